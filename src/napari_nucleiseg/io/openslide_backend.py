@@ -1,0 +1,135 @@
+"""Slides read by OpenSlide: Aperio .svs, Hamamatsu .ndpi, MIRAX .mrxs, Leica .scn, generic tiled
+TIFF, DICOM WSI and the other vendor formats it knows.
+
+Why a handle per thread: an OpenSlide handle becomes unusable after any read error and must not be
+used across ``fork``; one handle per reading thread (dask's pool, napari's slicer) isolates
+failures and lets JPEG decoding run in parallel, while a single shared ``OpenSlideCache`` keeps the
+decoded-tile memory bounded whatever the number of threads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CorruptSlideError, SlideError
+from .slide import BACKGROUND, Slide
+
+#: Decoded-tile cache shared by all handles of all slides in this process.
+CACHE_BYTES = 64 * 1024 * 1024
+_shared_cache = None
+_cache_lock = threading.Lock()
+
+
+def _cache():
+    global _shared_cache
+    with _cache_lock:
+        if _shared_cache is None:
+            import openslide
+
+            _shared_cache = openslide.OpenSlideCache(CACHE_BYTES)
+        return _shared_cache
+
+
+def detect_format(path: Path) -> str | None:
+    import openslide
+
+    try:
+        return openslide.OpenSlide.detect_format(str(path))
+    except Exception:  # detection of an unreadable file is "not ours", the caller reports it
+        return None
+
+
+class OpenSlideSlide(Slide):
+    backend = "openslide"
+
+    def __init__(self, path: str | Path, mpp: float | None = None):
+        import openslide
+
+        path = Path(path)
+        self._handles: dict[int, openslide.OpenSlide] = {}
+        self._handles_lock = threading.Lock()
+        self._pid = os.getpid()
+        try:
+            first = openslide.OpenSlide(str(path))
+        except openslide.OpenSlideUnsupportedFormatError as exc:
+            raise SlideError(path, f"OpenSlide does not support this file: {exc}") from exc
+        except openslide.OpenSlideError as exc:
+            raise CorruptSlideError(path, f"the slide is corrupt or truncated: {exc}") from exc
+        first.set_cache(_cache())
+        self._handles[threading.get_ident()] = first
+        props = dict(first.properties)
+        vendor = props.get("openslide.vendor", "openslide")
+        mpp_file = None
+        if "openslide.mpp-x" in props and "openslide.mpp-y" in props:
+            mpp_file = (float(props["openslide.mpp-x"]) + float(props["openslide.mpp-y"])) / 2
+        bg = props.get("openslide.background-color")
+        self._background = (
+            np.array([int(bg[i : i + 2], 16) for i in (0, 2, 4)], np.uint8) if bg else None
+        )
+        super().__init__(
+            path,
+            format=vendor,
+            level_shapes=[(h, w) for (w, h) in first.level_dimensions],
+            level_downsamples=list(first.level_downsamples),
+            mpp_file=mpp_file,
+            mpp_override=mpp,
+            properties=props,
+        )
+        # A truncated file often opens (the header is intact) and fails on its last tiles; the
+        # coarsest level sits at the end of most formats, so reading it now turns a later
+        # mid-session failure into a clear error at open time. It is small by construction.
+        lh, lw = self.level_shapes[-1]
+        if lh * lw <= 4096 * 4096:
+            try:
+                self._read_level(self.level_count - 1, 0, 0, lw, lh)
+            except Exception as exc:
+                self.close()
+                raise CorruptSlideError(path, f"the slide is corrupt or truncated: {exc}") from exc
+
+    def _handle(self):
+        import openslide
+
+        if os.getpid() != self._pid:  # forked: inherited handles are not ours to use
+            with self._handles_lock:
+                self._handles = {}
+                self._pid = os.getpid()
+        tid = threading.get_ident()
+        h = self._handles.get(tid)
+        if h is None:
+            self._check_open()
+            h = openslide.OpenSlide(str(self.path))
+            h.set_cache(_cache())
+            with self._handles_lock:
+                self._handles[tid] = h
+        return h
+
+    def _read_level(self, level, x, y, width, height):
+        ds = self.level_downsamples[level]
+        loc = (int(round(x * ds)), int(round(y * ds)))
+        h = self._handle()
+        try:
+            rgba = np.asarray(h.read_region(loc, level, (width, height)))
+        except Exception:
+            # The handle is now in an error state: drop it so the next read starts clean.
+            with self._handles_lock:
+                self._handles.pop(threading.get_ident(), None)
+            raise
+        rgb = rgba[:, :, :3].copy()
+        alpha = rgba[:, :, 3]
+        if alpha.min() < 255:  # outside the scanned area: glass, or the slide's stated background
+            rgb[alpha == 0] = BACKGROUND if self._background is None else self._background
+        return rgb
+
+    def associated_images(self) -> list[str]:
+        return list(self._handle().associated_images.keys())
+
+    def close(self):
+        with self._handles_lock:
+            handles, self._handles = list(self._handles.values()), {}
+        for h in handles:
+            h.close()
+        super().close()
