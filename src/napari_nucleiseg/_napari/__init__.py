@@ -1,0 +1,1 @@
+"""The napari face of the plugin: reader, sample data and dock widgets (thin, over the core)."""

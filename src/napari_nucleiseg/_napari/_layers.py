@@ -1,0 +1,33 @@
+"""Finding and replacing this plugin's layers by their metadata tag, never by name."""
+
+from __future__ import annotations
+
+from ..layers import META_KEY
+
+
+def tag(layer) -> dict:
+    return layer.metadata.get(META_KEY, {}) if hasattr(layer, "metadata") else {}
+
+
+def find_layers(viewer, kind: str, **match):
+    return [
+        lyr for lyr in viewer.layers
+        if tag(lyr).get("kind") == kind and all(tag(lyr).get(k) == v for k, v in match.items())
+    ]
+
+
+def put_layer(viewer, layer_tuple, replace_kind: str | None = None, **match):
+    """Add a layer data tuple, replacing (in place) an earlier layer of ours of the same kind."""
+    from napari.layers import Layer
+
+    data, kwargs, ltype = layer_tuple
+    new = Layer.create(data, dict(kwargs), ltype)
+    old = find_layers(viewer, replace_kind, **match) if replace_kind else []
+    if old:
+        index = viewer.layers.index(old[0])
+        for lyr in old:
+            viewer.layers.remove(lyr)
+        viewer.layers.insert(min(index, len(viewer.layers)), new)
+    else:
+        viewer.layers.append(new)
+    return new

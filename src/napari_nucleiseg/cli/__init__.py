@@ -1,0 +1,1 @@
+"""The ``nucleiseg`` command line."""

@@ -1,0 +1,158 @@
+"""``nucleiseg``: the headless face of the plugin.
+
+Subcommands: ``info`` (levels and µm/px of slides), ``tissue`` (tissue mask and tile list),
+``demo`` (write the demo slide), ``view`` (napari with the plugin docked, on a slide or the demo).
+Errors about input files print one line naming the file and exit non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+
+def _open(path, mpp=None):
+    from ..io import open_slide
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        slide = open_slide(path, mpp=mpp)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    return slide
+
+
+def cmd_info(args) -> int:
+    from ..io import SlideError
+
+    failed = 0
+    results = []
+    for p in args.slides:
+        try:
+            slide = _open(p, args.mpp)
+        except SlideError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            results.append(slide.metadata())
+        else:
+            print(slide.describe())
+        slide.close()
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 1 if failed else 0
+
+
+def cmd_tissue(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from ..io import SlideError
+    from ..tiling import slide_grid
+    from ..tissue import tissue_mask
+
+    try:
+        slide = _open(args.slide, args.mpp)
+    except SlideError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    mask = tissue_mask(slide)
+    if slide.mpp is not None:
+        grid = slide_grid(slide, tile_um=args.tile_um)
+    else:
+        grid = slide_grid(slide, tile_px=args.tile_px)
+    tiles = grid.tissue_tiles(mask)
+    print(f"{slide.path.name}: tissue {100 * mask.fraction:.1f} %, {len(tiles)} of {len(grid)} tiles "
+          f"of {grid.tile} px hold tissue (mask at {mask.downsample:.3g}x)")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((mask.mask * 255).astype(np.uint8)).save(out)
+        print(f"wrote {out}")
+    if args.tiles:
+        Path(args.tiles).write_text(json.dumps(
+            {"slide": str(slide.path), "tile_px": grid.tile, "tiles": [t.box for t in tiles]}))
+        print(f"wrote {args.tiles}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..demo import demo_slide
+
+    d = demo_slide(args.out)
+    print(f"demo slide: {d.slide}\nground truth: {d.labels}\n{d.nuclei} nuclei at {d.mpp} µm/px")
+    return 0
+
+
+def cmd_view(args) -> int:
+    import napari
+
+    viewer = napari.Viewer(title="napari-nucleiseg")
+    viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Slide")
+    if args.slide:
+        viewer.open(args.slide, plugin="napari-nucleiseg")
+    else:
+        viewer.open_sample("napari-nucleiseg", "demo_slide")
+    viewer.scale_bar.visible = True
+    viewer.window.resize(1500, 950)
+    slides = [lyr for lyr in viewer.layers if lyr.metadata.get("nucleiseg", {}).get("kind") == "slide"]
+    if slides:
+        viewer.layers.selection.active = slides[-1]
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, viewer.reset_view)  # after the window has its final size
+    if args.screenshot:  # for docs and smoke tests: render once, save, quit
+        def shoot():
+            viewer.screenshot(args.screenshot, canvas_only=False)
+            viewer.close()
+
+        QTimer.singleShot(int(args.screenshot_delay * 1000), shoot)
+    napari.run()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    p = argparse.ArgumentParser(prog="nucleiseg", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"napari-nucleiseg {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="levels, µm/px and format of slides")
+    s.add_argument("slides", nargs="+")
+    s.add_argument("--mpp", type=float, help="µm/px override")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("tissue", help="tissue mask and the tissue tiles whole-slide jobs visit")
+    s.add_argument("slide")
+    s.add_argument("--mpp", type=float, help="µm/px override")
+    s.add_argument("--tile-um", type=float, default=256.0, help="tile edge in µm (default 256)")
+    s.add_argument("--tile-px", type=int, default=512, help="tile edge in px when the slide has no µm/px")
+    s.add_argument("--out", help="write the mask as PNG")
+    s.add_argument("--tiles", help="write the tissue tiles as JSON")
+    s.set_defaults(func=cmd_tissue)
+
+    s = sub.add_parser("demo", help="generate the demo slide and print where it is")
+    s.add_argument("--out", help="directory (default: the user cache)")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("view", help="open napari with the plugin docked, on a slide or the demo")
+    s.add_argument("slide", nargs="?")
+    s.add_argument("--screenshot", help=argparse.SUPPRESS)
+    s.add_argument("--screenshot-delay", type=float, default=3.0, help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_view)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""napari layer data tuples built from core objects, without importing napari.
+
+Every layer carries ``scale`` (and ``translate`` for coarser layers) in µm from the slide's
+µm/px, so masks, labels and heatmaps at any resolution line up with the slide at every zoom.
+Our layers are tagged in ``metadata["nucleiseg"]`` so widgets find them without relying on names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: Key under ``layer.metadata`` that marks and describes the layers this plugin creates.
+META_KEY = "nucleiseg"
+
+
+def physical_transform(slide, downsample: float = 1.0) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``(scale, translate)`` for a layer whose pixel spans ``downsample`` level-0 pixels.
+
+    napari draws data pixel ``i`` centred on ``i * scale + translate``. Level-0 pixel 0 spans
+    ``[-mpp/2, mpp/2]``; a coarser pixel 0 must span ``[-mpp/2, -mpp/2 + downsample*mpp]``, so its
+    centre — the translate — is ``(downsample - 1) * mpp / 2``. Without this a 16× mask would sit
+    7.5 level-0 pixels off the tissue.
+    """
+    base = slide.mpp if slide.mpp is not None else 1.0
+    s = base * downsample
+    t = (s - base) / 2.0
+    return (s, s), (t, t)
+
+
+def _units(slide) -> tuple[str, str]:
+    return ("micrometer", "micrometer") if slide.mpp is not None else ("pixel", "pixel")
+
+
+def slide_layer(slide, chunk: int | None = None, name: str | None = None) -> tuple[Any, dict, str]:
+    """A multiscale RGB image layer for a :class:`~napari_nucleiseg.io.Slide`."""
+    from .io.slide import DEFAULT_CHUNK
+
+    pyramid = slide.pyramid(chunk or DEFAULT_CHUNK)
+    scale, translate = physical_transform(slide)
+    kwargs = {
+        "name": name or slide.path.name,
+        "rgb": True,
+        "multiscale": True,
+        "scale": scale,
+        "translate": translate,
+        "units": _units(slide),
+        # Given explicitly: otherwise napari would compute them from the pixels.
+        "contrast_limits": [0, 255],
+        "metadata": {META_KEY: {"kind": "slide", **slide.metadata()}},
+    }
+    return (pyramid, kwargs, "image")
+
+
+def tissue_layer(slide, mask, name: str = "tissue") -> tuple[Any, dict, str]:
+    """A low-resolution labels layer (1 = tissue) for a :class:`~napari_nucleiseg.tissue.TissueMask`."""
+    scale, translate = physical_transform(slide, mask.downsample)
+    kwargs = {
+        "name": name,
+        "scale": scale,
+        "translate": translate,
+        "units": _units(slide),
+        "opacity": 0.35,
+        "metadata": {
+            META_KEY: {
+                "kind": "tissue",
+                "slide": str(slide.path),
+                "downsample": mask.downsample,
+                "mpp": mask.mpp,
+                "fraction": mask.fraction,
+                "threshold_od": mask.threshold_od,
+            }
+        },
+    }
+    return (mask.mask.astype(np.uint8), kwargs, "labels")
+
+
+def labels_layer(slide, pyramid, name: str = "nuclei", kind: str = "nuclei", **meta) -> tuple[Any, dict, str]:
+    """A (multiscale) instance labels layer aligned with the slide's level 0."""
+    scale, translate = physical_transform(slide)
+    multiscale = isinstance(pyramid, (list, tuple))
+    kwargs = {
+        "name": name,
+        "scale": scale,
+        "translate": translate,
+        "units": _units(slide),
+        "multiscale": multiscale,
+        "metadata": {META_KEY: {"kind": kind, "slide": str(slide.path), **meta}},
+    }
+    return (list(pyramid) if multiscale else pyramid, kwargs, "labels")
