@@ -48,6 +48,9 @@ def slide_layer(slide, chunk: int | None = None, name: str | None = None) -> tup
         "units": _units(slide),
         # Given explicitly: otherwise napari would compute them from the pixels.
         "contrast_limits": [0, 255],
+        # napari's opportunistic dask cache would keep every chunk ever viewed (up to a quarter
+        # of RAM); the slide backends keep their own bounded tile cache, so memory stays flat.
+        "cache": False,
         "metadata": {META_KEY: {"kind": "slide", **slide.metadata()}},
     }
     return (pyramid, kwargs, "image")
@@ -86,6 +89,7 @@ def labels_layer(slide, pyramid, name: str = "nuclei", kind: str = "nuclei", **m
         "translate": translate,
         "units": _units(slide),
         "multiscale": multiscale,
+        "cache": False,
         "metadata": {META_KEY: {"kind": kind, "slide": str(slide.path), **meta}},
     }
     return (list(pyramid) if multiscale else pyramid, kwargs, "labels")

@@ -45,6 +45,7 @@ SLIDE_SUFFIXES = (
     ".dcm", ".zarr",
 )
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+_VENDOR_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 
 
 def open_slide(path: str | os.PathLike, mpp: float | None = None, backend: str | None = None) -> Slide:
@@ -88,12 +89,12 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, backend: str |
         return TiffSlide(p, mpp=mpp)
     if detect_format(p) is not None:
         return OpenSlideSlide(p, mpp=mpp)
-    if name.endswith(_TIFF_SUFFIXES) or _looks_like_tiff(p):
-        return TiffSlide(p, mpp=mpp)
-    if name.endswith((".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")):
-        # A slide suffix OpenSlide did not recognise: the content is broken, not the format.
+    if name.endswith(_VENDOR_SUFFIXES):
+        # A vendor slide OpenSlide does not recognise: the content is broken, not the format.
         raise CorruptSlideError(p, "has a slide file name but OpenSlide cannot recognise its content "
                                    "(truncated, corrupt, or not really a slide)")
+    if name.endswith(_TIFF_SUFFIXES) or _looks_like_tiff(p):
+        return TiffSlide(p, mpp=mpp)
     return ImageSlide(p, mpp=mpp)
 
 

@@ -79,16 +79,17 @@ class OpenSlideSlide(Slide):
             mpp_override=mpp,
             properties=props,
         )
-        # A truncated file often opens (the header is intact) and fails on its last tiles; the
-        # coarsest level sits at the end of most formats, so reading it now turns a later
-        # mid-session failure into a clear error at open time. It is small by construction.
-        lh, lw = self.level_shapes[-1]
-        if lh * lw <= 4096 * 4096:
-            try:
-                self._read_level(self.level_count - 1, 0, 0, lw, lh)
-            except Exception as exc:
-                self.close()
-                raise CorruptSlideError(path, f"the slide is corrupt or truncated: {exc}") from exc
+        # A truncated file often opens (the header is intact) and fails on its last tiles. Probing
+        # the first and last tile of the finest and coarsest levels turns most such failures into
+        # a clear error now rather than a broken tile mid-session, for a few tile decodes.
+        try:
+            for level in {0, self.level_count - 1}:
+                lh, lw = self.level_shapes[level]
+                for x, y in ((0, 0), (max(lw - 64, 0), max(lh - 64, 0))):
+                    self._read_level(level, x, y, min(64, lw), min(64, lh))
+        except Exception as exc:
+            self.close()
+            raise CorruptSlideError(path, f"the slide is corrupt or truncated: {exc}") from exc
 
     def _handle(self):
         import openslide

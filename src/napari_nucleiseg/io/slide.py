@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,15 @@ DEFAULT_CHUNK = 512
 
 #: A µm/px above this is no microscope (72 dpi = 352 µm/px is a TIFF writer's default).
 PLAUSIBLE_MPP_MAX = 100.0
+
+
+#: Every slide object alive in this process (tests and the GUI find a layer's slide through it).
+_OPEN_SLIDES: "weakref.WeakSet[Slide]" = weakref.WeakSet()
+
+
+def open_slides() -> list["Slide"]:
+    """Slides currently open in this process."""
+    return [s for s in list(_OPEN_SLIDES) if not s._closed]
 
 
 @dataclass
@@ -108,6 +118,7 @@ class Slide:
         self.stats = ReadStats()
         self._pyramids: dict[int, list] = {}
         self._closed = False
+        _OPEN_SLIDES.add(self)
         if warn_resolution and self.mpp_override is None:
             self._warn_about_resolution()
 

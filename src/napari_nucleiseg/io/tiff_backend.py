@@ -6,6 +6,7 @@ decoding the file; that store serialises its own file access, so many threads ma
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -23,12 +24,24 @@ class TiffSlide(Slide):
         import zarr
 
         path = Path(path)
+        # tifffile reports damaged structure through logging and carries on with what it can
+        # parse; for a slide, a damaged structure means a truncated or corrupt file.
+        problems = _LogCollector()
+        log = logging.getLogger("tifffile")
+        log.addHandler(problems)
+        log.propagate, propagate = False, log.propagate
         try:
             self._tif = tifffile.TiffFile(str(path))
             series = self._tif.series[0]
             levels = list(series.levels)
         except Exception as exc:
-            raise CorruptSlideError(path, f"not a readable TIFF: {exc}") from exc
+            raise CorruptSlideError(path, f"not a readable TIFF (truncated or corrupt): {exc or type(exc).__name__}") from exc
+        finally:
+            log.removeHandler(problems)
+            log.propagate = propagate
+        if problems.messages:
+            self._tif.close()
+            raise CorruptSlideError(path, "the TIFF is truncated or corrupt: " + "; ".join(problems.messages[:3]))
         self._axes = series.axes
         if not set("YX") <= set(self._axes):
             raise SlideError(path, f"the image has axes {self._axes!r}; a slide needs Y and X")
@@ -115,3 +128,12 @@ def _tiff_mpp(tif) -> float | None:
             px_per_unit = num / den
             return (25400.0 if unit == 2 else 10000.0) / px_per_unit
     return None
+
+
+class _LogCollector(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())

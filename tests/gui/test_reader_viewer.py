@@ -1,0 +1,135 @@
+"""The reader, sample data and Slide widget in a real napari viewer (run under Xvfb)."""
+
+import numpy as np
+import pytest
+
+from conftest import shared_slide
+
+pytestmark = pytest.mark.gui
+
+REAL = {
+    "CMU-1-Small-Region.svs": ([(2967, 2220)], 0.499),
+    "tcga-cr-7395-01a-01-ts1.svs": ([(3567, 4443), (1783, 2221)], None),
+    "boxes.tiff": ([(250, 300), (125, 150), (62, 75), (31, 37)], 352.7777798),
+    "boxes_0.dcm": ([(16, 16)], 0.499),
+}
+
+
+def _errors():
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records]
+
+
+@pytest.mark.real_slides
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_slides_open_with_levels_and_um_scale(make_napari_viewer, qtbot, name):
+    path = shared_slide(name)
+    shapes, mpp = REAL[name]
+    viewer = make_napari_viewer(show=True)
+    (layer,) = viewer.open(str(path), plugin="napari-nucleiseg")
+    assert layer.multiscale and layer.rgb
+    assert [tuple(d.shape[:2]) for d in layer.data] == shapes
+    expected = mpp if mpp is not None else 1.0
+    assert tuple(layer.scale) == pytest.approx((expected, expected), rel=1e-6)
+    meta = layer.metadata["nucleiseg"]
+    assert meta["kind"] == "slide" and meta["path"] == str(path)
+    assert (meta["mpp"] is None) == (mpp is None)
+    qtbot.wait(50)
+    # The view shows real pixels, not an empty canvas.
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    assert shot[..., :3].std() > 5
+
+
+def test_missing_resolution_becomes_a_notification(make_napari_viewer, tmp_path, png_image):
+    import shutil
+
+    viewer = make_napari_viewer()
+    p = tmp_path / "nores.tif"
+    import tifffile
+
+    from PIL import Image
+
+    tifffile.imwrite(p, np.asarray(Image.open(png_image)), photometric="rgb")
+    (layer,) = viewer.open(str(p), plugin="napari-nucleiseg")
+    assert any("nores.tif" in m and "no µm/px" in m for m in _errors())
+    assert tuple(layer.scale) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 500])
+def test_bad_slide_is_a_notification_not_a_crash(make_napari_viewer, tmp_path, content):
+    viewer = make_napari_viewer()
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(content)
+    layers = viewer.open(str(bad), plugin="napari-nucleiseg")
+    assert layers == [] and len(viewer.layers) == 0
+    assert any("broken.svs" in m for m in _errors())
+
+
+def test_demo_sample_aligns_slide_and_ground_truth(make_napari_viewer, demo):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-nucleiseg", "demo_slide")
+    slide = next(lyr for lyr in viewer.layers if lyr.metadata["nucleiseg"]["kind"] == "slide")
+    truth = next(lyr for lyr in viewer.layers if lyr.metadata["nucleiseg"]["kind"] == "ground_truth")
+    assert tuple(slide.scale) == (0.5, 0.5) and tuple(truth.scale) == (0.5, 0.5)
+    assert tuple(slide.translate) == tuple(truth.translate)
+    assert [d.shape[:2] for d in slide.data] == [d.shape for d in truth.data]
+    # A nucleus centre in world µm hits the same id in the ground truth at every level.
+    labels0 = np.asarray(truth.data[0][1000:1400, 1000:1400])
+    ys, xs = np.nonzero(labels0)
+    y, x = ys[len(ys) // 2] + 1000, xs[len(xs) // 2] + 1000
+    world = np.array([y, x]) * 0.5 + np.array(truth.translate)
+    for lyr in (slide, truth):
+        assert np.allclose(lyr.world_to_data(world), (y, x))
+    assert str(slide.units[0]) == "micrometer"
+
+
+def test_slide_widget_info_tissue_and_override(make_napari_viewer, qtbot, demo):
+    from napari_nucleiseg._napari._slide_widget import SlideWidget
+
+    viewer = make_napari_viewer()
+    widget = SlideWidget(viewer)
+    assert "No slide open" in widget._info.value
+    (layer,) = viewer.open(str(demo.slide), plugin="napari-nucleiseg")
+    assert widget._layer.value is layer
+    assert "0.5 µm/px (file)" in widget._info.value and "4096 x 3072" in widget._info.value
+
+    widget._tissue.clicked.emit()
+    qtbot.waitUntil(lambda: any(l.metadata.get("nucleiseg", {}).get("kind") == "tissue" for l in viewer.layers), timeout=20000)
+    tissue = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "tissue")
+    d = tissue.metadata["nucleiseg"]["downsample"]
+    assert tuple(tissue.scale) == pytest.approx((0.5 * d, 0.5 * d))
+    # Pixel-edge alignment: the mask's first pixel starts where the slide's first pixel starts.
+    left_edge_mask = tissue.translate[1] - tissue.scale[1] / 2
+    left_edge_slide = layer.translate[1] - layer.scale[1] / 2
+    assert left_edge_mask == pytest.approx(left_edge_slide)
+    assert "Tissue:" in widget._status.value
+
+    # Running again replaces the layer instead of piling up copies.
+    widget._tissue.clicked.emit()
+    qtbot.wait(200)
+    qtbot.waitUntil(lambda: widget._worker.is_running is False, timeout=20000)
+    qtbot.wait(100)
+    assert sum(l.metadata.get("nucleiseg", {}).get("kind") == "tissue" for l in viewer.layers) == 1
+
+    widget._mpp.value = 0.25
+    widget._apply_mpp.clicked.emit()
+    assert tuple(layer.scale) == (0.25, 0.25)
+    assert "0.25 µm/px (override)" in widget._info.value
+
+
+def test_widget_without_slide_says_so(make_napari_viewer):
+    from napari_nucleiseg._napari._slide_widget import SlideWidget
+
+    viewer = make_napari_viewer()
+    widget = SlideWidget(viewer)
+    widget._tissue.clicked.emit()
+    widget._apply_mpp.clicked.emit()
+    msgs = _errors()
+    assert any("No slide open" in m for m in msgs)
+
+
+def test_plugin_widget_docks_from_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Slide")
+    assert type(widget).__name__ == "SlideWidget"

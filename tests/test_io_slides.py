@@ -1,0 +1,203 @@
+"""Slide access on real slides (../shared) and synthetic ones: levels, µm/px, regions, pyramid."""
+
+import pickle
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from conftest import shared_slide
+from napari_nucleiseg.io import (
+    ImplausibleResolutionWarning,
+    MissingResolutionWarning,
+    SlideError,
+    open_slide,
+)
+
+REAL = {
+    # name: (format, level (w, h) list, mpp or None)
+    "CMU-1-Small-Region.svs": ("aperio", [(2220, 2967)], 0.499),
+    "tcga-cr-7395-01a-01-ts1.svs": ("aperio", [(4443, 3567), (2221, 1783)], None),
+    "boxes.tiff": ("generic-tiff", [(300, 250), (150, 125), (75, 62), (37, 31)], 352.7777798),
+    "boxes_0.dcm": ("dicom", [(16, 16)], 0.499),
+}
+
+
+@pytest.mark.real_slides
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_slides_levels_and_mpp(name, quiet):
+    fmt, dims, mpp = REAL[name]
+    import openslide
+
+    path = shared_slide(name)
+    slide = open_slide(path)
+    assert slide.format == fmt
+    assert [(w, h) for h, w in slide.level_shapes] == dims
+    if mpp is None:
+        assert slide.mpp is None and slide.mpp_source == "none"
+    else:
+        assert slide.mpp == pytest.approx(mpp, rel=1e-6) and slide.mpp_source == "file"
+    # Pixels agree with OpenSlide's own read of the same region, at every level.
+    ref = openslide.OpenSlide(str(path))
+    for level, (w, h) in enumerate(dims):
+        rw, rh = min(w, 200), min(h, 150)
+        ours = slide.read_region(0, 0, rw, rh, level)
+        theirs = np.asarray(ref.read_region((0, 0), level, (rw, rh)))
+        opaque = theirs[:, :, 3] == 255
+        assert np.array_equal(ours[opaque], theirs[:, :, :3][opaque])
+        lazy = slide.pyramid()[level][:rh, :rw].compute()
+        assert np.array_equal(lazy, ours)
+
+
+@pytest.mark.real_slides
+def test_missing_resolution_warns_and_override_wins():
+    path = shared_slide("tcga-cr-7395-01a-01-ts1.svs")
+    with pytest.warns(MissingResolutionWarning, match="tcga-cr-7395"):
+        slide = open_slide(path)
+    with pytest.raises(SlideError, match="states no µm/px"):
+        slide.read_region_um(0, 0, 10, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an override silences the warning
+        over = open_slide(path, mpp=0.25)
+    assert over.mpp == 0.25 and over.mpp_source == "override"
+    assert over.level_mpp(1) == pytest.approx(0.25 * 2.0005, rel=1e-3)
+
+
+@pytest.mark.real_slides
+def test_implausible_resolution_is_flagged():
+    with pytest.warns(ImplausibleResolutionWarning, match="72 dpi"):
+        open_slide(shared_slide("boxes.tiff"))
+
+
+def test_demo_slide_through_openslide(demo):
+    slide = open_slide(demo.slide)
+    assert slide.backend == "openslide" and slide.format == "generic-tiff"
+    assert slide.mpp == pytest.approx(0.5)
+    assert slide.level_shapes == ((3072, 4096), (768, 1024), (192, 256))
+    assert slide.level_downsamples == pytest.approx((1, 4, 16))
+
+
+def test_read_region_outside_is_glass_and_inside_matches(demo):
+    slide = open_slide(demo.slide)
+    h, w = slide.shape
+    region = slide.read_region(w - 50, h - 30, 100, 100)
+    assert region.shape == (100, 100, 3)
+    assert (region[30:, :] == 255).all() and (region[:, 50:] == 255).all()
+    inner = slide.read_region(w - 50, h - 30, 50, 30)
+    assert np.array_equal(region[:30, :50], inner)
+    assert (slide.read_region(-500, -500, 100, 100) == 255).all()
+    with pytest.raises(SlideError, match="level 7 does not exist"):
+        slide.read_region(0, 0, 10, 10, level=7)
+
+
+def test_read_region_um_resamples_from_the_right_level(demo):
+    slide = open_slide(demo.slide)
+    # 200 µm square at 2 µm/px = 100 px, must come from level 1 (2 µm/px) unchanged.
+    slide.stats.reset()
+    out = slide.read_region_um(400, 300, 200, 200, mpp=2.0)
+    assert out.shape == (100, 100, 3)
+    assert np.array_equal(out, slide.read_region(200, 150, 100, 100, level=1))
+    # At 1 µm/px it is an area average of level 0 (0.5 µm/px).
+    out1 = slide.read_region_um(400, 300, 200, 200, mpp=1.0)
+    lvl0 = slide.read_region(800, 600, 400, 400, 0).astype(np.float32)
+    expected = lvl0.reshape(200, 2, 200, 2, 3).mean(axis=(1, 3))
+    assert out1.shape == (200, 200, 3)
+    assert np.abs(out1.astype(np.float32) - expected).mean() < 1.0
+
+
+def test_pyramid_is_lazy_and_counts_only_touched_chunks(demo):
+    slide = open_slide(demo.slide)
+    pyr = slide.pyramid(chunk=512)
+    assert [a.shape for a in pyr] == [(3072, 4096, 3), (768, 1024, 3), (192, 256, 3)]
+    slide.stats.reset()
+    block = pyr[0][1100:1200, 2100:2200].compute()  # inside one 512 chunk
+    assert slide.stats.chunks == 1
+    assert np.array_equal(block, slide.read_region(2100, 1100, 100, 100))
+    slide.stats.reset()
+    pyr[0][500:530, 500:530].compute()  # straddles 4 chunks
+    assert slide.stats.chunks == 4
+
+
+def test_parallel_reads_from_many_threads_are_consistent(demo):
+    slide = open_slide(demo.slide)
+    boxes = [(x, y) for x in range(0, 4096, 512) for y in range(0, 3072, 512)]
+    serial = {b: slide.read_region(b[0], b[1], 512, 512) for b in boxes}
+    tids = set()
+
+    def read(b):
+        tids.add(threading.get_ident())
+        return b, slide.read_region(b[0], b[1], 512, 512)
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(3):
+            for b, arr in pool.map(read, boxes):
+                assert np.array_equal(arr, serial[b])
+    assert len(tids) > 1
+    # One handle per reading thread, all sharing one bounded tile cache.
+    assert len(slide._handles) >= 2
+
+
+def test_pyramid_pickles_for_distributed_workers(demo):
+    slide = open_slide(demo.slide)
+    arr = slide.pyramid()[1]
+    clone = pickle.loads(pickle.dumps(arr))
+    assert np.array_equal(clone[100:300, 200:500].compute(), arr[100:300, 200:500].compute())
+    s2 = pickle.loads(pickle.dumps(slide))
+    assert s2.path == slide.path and s2.mpp == slide.mpp
+
+
+def test_thumbnail_fits_and_comes_from_a_coarse_level(demo):
+    slide = open_slide(demo.slide)
+    slide.stats.reset()
+    th = slide.thumbnail(300)
+    assert max(th.shape[:2]) == 300 and th.shape[2] == 3
+    assert slide.stats.pixels == 1024 * 768  # read level 1 only, not level 0
+
+
+def test_ome_tiff_levels_and_physical_size(ome_tiff, he_rgb):
+    slide = open_slide(ome_tiff)
+    assert slide.backend == "tifffile" and slide.format == "ome-tiff"
+    assert slide.mpp == pytest.approx(0.25)
+    assert slide.level_shapes == ((600, 800), (300, 400))
+    assert np.array_equal(slide.read_region(10, 20, 64, 32), he_rgb[0][20:52, 10:74])
+    assert np.array_equal(slide.pyramid(chunk=256)[1].compute(), he_rgb[0][::2, ::2])
+
+
+def test_ome_zarr_levels_and_physical_size(ome_zarr, he_rgb):
+    slide = open_slide(ome_zarr)
+    assert slide.backend == "zarr" and slide.format == "ome-zarr"
+    assert slide.mpp == pytest.approx(0.25)
+    assert slide.level_shapes == ((600, 800), (300, 400))
+    assert np.array_equal(slide.read_region(100, 50, 300, 200), he_rgb[0][50:250, 100:400])
+    assert np.array_equal(slide.pyramid(chunk=256)[1].compute(), he_rgb[0][::2, ::2])
+
+
+def test_plain_png_is_a_single_level_slide(png_image, he_rgb):
+    with pytest.warns(MissingResolutionWarning, match="field.png"):
+        slide = open_slide(png_image)
+    assert slide.backend == "image" and slide.level_count == 1 and slide.mpp is None
+    assert np.array_equal(slide.read_region(0, 0, 800, 600), he_rgb[0])
+    assert open_slide(png_image, mpp=0.25).mpp == 0.25
+
+
+def test_grey_rgba_and_16bit_images_become_rgb(tmp_path):
+    from PIL import Image
+    import tifffile
+
+    grey = (np.arange(64 * 64) % 256).reshape(64, 64).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:16, :, 3] = 255  # bottom half fully transparent: composited on white glass
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "w.tif", (grey.astype(np.uint16) * 200))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = open_slide(tmp_path / "g.png").read_region(0, 0, 64, 64)
+        a = open_slide(tmp_path / "a.png").read_region(0, 0, 32, 32)
+        w = open_slide(tmp_path / "w.tif").read_region(0, 0, 64, 64)
+    assert np.array_equal(g[..., 0], grey) and np.array_equal(g[..., 1], grey)
+    assert (a[:16, :, 0] == 200).all() and (a[:16, :, 1] == 0).all() and (a[16:] == 255).all()
+    assert w.dtype == np.uint8 and w.shape == (64, 64, 3) and w.max() == 255 and w.min() == 0
