@@ -207,10 +207,12 @@ class Slide:
         width, height = int(width), int(height)
         if width < 0 or height < 0:
             raise ValueError(f"region size must be non-negative, got {width}x{height}")
-        out = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+        x, y = int(x), int(y)
         lh, lw = self.level_shapes[level]
-        x0, y0 = max(int(x), 0), max(int(y), 0)
-        x1, y1 = min(int(x) + width, lw), min(int(y) + height, lh)
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, lw), min(y + height, lh)
+        inside = (x0, y0, x1, y1) == (x, y, x + width, y + height)
+        data = None
         if x1 > x0 and y1 > y0:
             try:
                 data = self._read_level(level, x0, y0, x1 - x0, y1 - y0)
@@ -221,8 +223,12 @@ class Slide:
                     self.path,
                     f"could not read level {level} region x={x0} y={y0} {x1 - x0}x{y1 - y0}: {exc}",
                 ) from exc
-            out[y0 - int(y) : y1 - int(y), x0 - int(x) : x1 - int(x)] = data
         self.stats.record(width * height, _chunk)
+        if inside and data is not None:  # the common case: no padding, no extra copy
+            return data
+        out = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
+        if data is not None:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = data
         return out
 
     def read_region_um(
