@@ -201,3 +201,23 @@ def test_grey_rgba_and_16bit_images_become_rgb(tmp_path):
     assert np.array_equal(g[..., 0], grey) and np.array_equal(g[..., 1], grey)
     assert (a[:16, :, 0] == 200).all() and (a[:16, :, 1] == 0).all() and (a[16:] == 255).all()
     assert w.dtype == np.uint8 and w.shape == (64, 64, 3) and w.max() == 255 and w.min() == 0
+
+
+def test_single_level_big_image_gets_lazy_overview_levels(tmp_path):
+    """A pyramid-less 9000 px TIFF still gives napari a small overview level, computed lazily."""
+    import tifffile
+
+    from napari_nucleiseg.layers import slide_layer
+
+    rgb = np.zeros((9000, 4000, 3), np.uint8)
+    rgb[:, :, 0] = (np.arange(9000) % 256)[:, None]
+    tifffile.imwrite(tmp_path / "flat.tif", rgb, tile=(512, 512), photometric="rgb")
+    slide = open_slide(tmp_path / "flat.tif", mpp=0.5)
+    assert slide.level_count == 1
+    data, kwargs, kind = slide_layer(slide)
+    assert [d.shape[:2] for d in data] == [(9000, 4000), (2250, 1000)]
+    slide.stats.reset()
+    corner = np.asarray(data[1][:64, :64])  # 256x256 level-0 pixels: one chunk
+    assert slide.stats.chunks == 1
+    assert corner.dtype == np.uint8
+    assert np.allclose(corner[:, 0, 0], rgb[:256, :4, 0].reshape(64, 4, 4).mean(axis=(1, 2)), atol=1)

@@ -33,11 +33,32 @@ def _units(slide) -> tuple[str, str]:
     return ("micrometer", "micrometer") if slide.mpp is not None else ("pixel", "pixel")
 
 
+#: Largest coarsest level napari should be given: zoomed out, it draws that level whole.
+MAX_OVERVIEW = 4096
+
+
+def display_pyramid(levels: list) -> list:
+    """Add lazy ×4 area-averaged levels while the coarsest one is larger than ``MAX_OVERVIEW``.
+
+    Files without a pyramid (a single-level tiled TIFF, a big PNG) would otherwise make napari
+    read the full-resolution level to draw a zoomed-out view. The added levels are computed chunk
+    by chunk from the level above only when they are looked at.
+    """
+    import dask.array as da
+
+    levels = list(levels)
+    while max(levels[-1].shape[:2]) > MAX_OVERVIEW:
+        prev = levels[-1]
+        small = da.coarsen(np.mean, prev, {0: 4, 1: 4}, trim_excess=True)
+        levels.append(small.astype(prev.dtype))
+    return levels
+
+
 def slide_layer(slide, chunk: int | None = None, name: str | None = None) -> tuple[Any, dict, str]:
     """A multiscale RGB image layer for a :class:`~napari_nucleiseg.io.Slide`."""
     from .io.slide import DEFAULT_CHUNK
 
-    pyramid = slide.pyramid(chunk or DEFAULT_CHUNK)
+    pyramid = display_pyramid(slide.pyramid(chunk or DEFAULT_CHUNK))
     scale, translate = physical_transform(slide)
     kwargs = {
         "name": name or slide.path.name,
