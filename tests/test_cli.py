@@ -52,3 +52,8 @@ def test_demo_command(tmp_path):
     out = run("demo", "--out", tmp_path)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "demo_he.tif").exists() and "nuclei at 0.5 µm/px" in out.stdout
+
+
+def test_non_positive_sizes_are_refused(demo):
+    out = run("tissue", demo.slide, "--tile-um", "0")
+    assert out.returncode == 2 and "must be greater than 0" in out.stderr

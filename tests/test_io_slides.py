@@ -217,7 +217,80 @@ def test_single_level_big_image_gets_lazy_overview_levels(tmp_path):
     data, kwargs, kind = slide_layer(slide)
     assert [d.shape[:2] for d in data] == [(9000, 4000), (2250, 1000)]
     slide.stats.reset()
-    corner = np.asarray(data[1][:64, :64])  # 256x256 level-0 pixels: one chunk
-    assert slide.stats.chunks == 1
+    corner = np.asarray(data[1][:64, :64])  # inside one 512 px overview chunk = 4x4 level-0 chunks
+    assert slide.stats.chunks == 16  # of the 144 the level has
     assert corner.dtype == np.uint8
     assert np.allclose(corner[:, 0, 0], rgb[:256, :4, 0].reshape(64, 4, 4).mean(axis=(1, 2)), atol=1)
+
+
+@pytest.mark.real_slides
+@pytest.mark.parametrize("name", ["boxes.tiff", "tcga-cr-7395-01a-01-ts1.svs"])
+def test_coarse_levels_have_no_seams_between_chunks(name, quiet):
+    """Non-integer downsamples (4.016, 2.0005) must not shift chunks by sub-pixel amounts."""
+    slide = open_slide(shared_slide(name))
+    for level in range(1, slide.level_count):
+        h, w = slide.level_shapes[level]
+        whole = slide.read_region(0, 0, w, h, level)
+        for chunk in (16, 100, 512):
+            assert np.array_equal(slide.pyramid(chunk)[level].compute(), whole), (level, chunk)
+        # Windows away from the origin agree with the whole-level read too.
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+            assert np.array_equal(slide.read_region(x, y, 8, 8, level), whole[y : y + 8, x : x + 8])
+
+
+def test_pickled_pyramids_survive_more_slides_than_the_reopen_cache(demo):
+    from napari_nucleiseg.io import _REOPEN_MAX
+
+    arrays = [pickle.loads(pickle.dumps(open_slide(demo.slide, mpp=0.5 + i / 100).pyramid()[2]))
+              for i in range(_REOPEN_MAX + 3)]
+    first = arrays[0].compute()
+    assert first.shape == (192, 256, 3) and np.array_equal(first, arrays[-1].compute())
+
+
+def test_plain_image_reads_are_copies(png_image, quiet):
+    slide = open_slide(png_image)
+    a = slide.read_region(0, 0, 50, 50)
+    a[:] = 0
+    assert slide.read_region(0, 0, 50, 50).max() > 0
+
+
+def test_unexpected_library_errors_are_named_slide_errors(tmp_path, ome_zarr):
+    import json as _json
+
+    # NGFF allows long axis names: "channel" must work.
+    meta = _json.loads((ome_zarr / ".zattrs").read_text())
+    meta["multiscales"][0]["axes"][0]["name"] = "channel"
+    (ome_zarr / ".zattrs").write_text(_json.dumps(meta))
+    assert open_slide(ome_zarr).level_count == 2
+    # A multiscale pointing at a missing dataset is a clear error, not a KeyError.
+    meta["multiscales"][0]["datasets"][0]["path"] = "nope"
+    del meta["multiscales"][0]["axes"]
+    (ome_zarr / ".zattrs").write_text(_json.dumps(meta))
+    with pytest.raises(SlideError, match="field.zarr: .*missing"):
+        open_slide(ome_zarr)
+
+
+def test_pyramid_less_large_tiff_warns_and_thumbnails_in_strips(tmp_path):
+    import tifffile
+
+    from napari_nucleiseg.io import NoPyramidWarning
+
+    data = np.zeros((17000, 600, 3), np.uint8)
+    data[:8500] = 200
+    tifffile.imwrite(tmp_path / "tall.tif", data, tile=(512, 512), photometric="rgb", compression="zlib")
+    with pytest.warns(NoPyramidWarning, match="tall.tif"):
+        slide = open_slide(tmp_path / "tall.tif", mpp=0.5)
+    th = slide.thumbnail(512)
+    assert th.shape[0] == 512 and abs(int(th[100, 10, 0]) - 200) <= 1 and th[400, 10, 0] == 0
+
+
+def test_display_pyramid_keeps_chunks_large(tmp_path):
+    import dask.array as da
+
+    from napari_nucleiseg.layers import display_pyramid
+
+    lv = display_pyramid([da.zeros((40000, 40000, 3), np.uint8, chunks=(512, 512, 3))])
+    assert [l.shape[0] for l in lv] == [40000, 10000, 2500]
+    assert all(l.chunksize[0] >= 512 for l in lv)

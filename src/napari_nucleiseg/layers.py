@@ -15,7 +15,7 @@ import numpy as np
 META_KEY = "nucleiseg"
 
 
-def physical_transform(slide, downsample: float = 1.0) -> tuple[tuple[float, float], tuple[float, float]]:
+def physical_transform(slide, downsample: float | tuple[float, float] = 1.0) -> tuple[tuple[float, float], tuple[float, float]]:
     """``(scale, translate)`` for a layer whose pixel spans ``downsample`` level-0 pixels.
 
     napari draws data pixel ``i`` centred on ``i * scale + translate``. Level-0 pixel 0 spans
@@ -24,9 +24,9 @@ def physical_transform(slide, downsample: float = 1.0) -> tuple[tuple[float, flo
     7.5 level-0 pixels off the tissue.
     """
     base = slide.mpp if slide.mpp is not None else 1.0
-    s = base * downsample
-    t = (s - base) / 2.0
-    return (s, s), (t, t)
+    dy, dx = downsample if isinstance(downsample, tuple) else (downsample, downsample)
+    sy, sx = base * dy, base * dx
+    return (sy, sx), ((sy - base) / 2.0, (sx - base) / 2.0)
 
 
 def _units(slide) -> tuple[str, str]:
@@ -50,7 +50,9 @@ def display_pyramid(levels: list) -> list:
     while max(levels[-1].shape[:2]) > MAX_OVERVIEW:
         prev = levels[-1]
         small = da.coarsen(np.mean, prev, {0: 4, 1: 4}, trim_excess=True)
-        levels.append(small.astype(prev.dtype))
+        # Coarsening shrinks chunks 4x per level; rechunk so the overview is not thousands of
+        # tiny tasks.
+        levels.append(small.astype(prev.dtype).rechunk((512, 512, -1)))
     return levels
 
 
@@ -58,7 +60,7 @@ def slide_layer(slide, chunk: int | None = None, name: str | None = None) -> tup
     """A multiscale RGB image layer for a :class:`~napari_nucleiseg.io.Slide`."""
     from .io.slide import DEFAULT_CHUNK
 
-    pyramid = display_pyramid(slide.pyramid(chunk or DEFAULT_CHUNK))
+    pyramid = display_pyramid(slide.pyramid(chunk or DEFAULT_CHUNK, on_error="warn"))
     scale, translate = physical_transform(slide)
     kwargs = {
         "name": name or slide.path.name,
@@ -79,7 +81,7 @@ def slide_layer(slide, chunk: int | None = None, name: str | None = None) -> tup
 
 def tissue_layer(slide, mask, name: str = "tissue") -> tuple[Any, dict, str]:
     """A low-resolution labels layer (1 = tissue) for a :class:`~napari_nucleiseg.tissue.TissueMask`."""
-    scale, translate = physical_transform(slide, mask.downsample)
+    scale, translate = physical_transform(slide, mask.downsample_yx)
     kwargs = {
         "name": name,
         "scale": scale,

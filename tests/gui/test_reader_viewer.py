@@ -21,6 +21,15 @@ def _errors():
     return [str(n.message) for n in notification_manager.records]
 
 
+@pytest.fixture(autouse=True)
+def fresh_notifications():
+    """napari keeps notifications for the whole process: start each test from none."""
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.records.clear()
+    yield
+
+
 @pytest.mark.real_slides
 @pytest.mark.parametrize("name", sorted(REAL))
 def test_real_slides_open_with_levels_and_um_scale(make_napari_viewer, qtbot, name):
@@ -124,9 +133,60 @@ def test_widget_without_slide_says_so(make_napari_viewer):
     viewer = make_napari_viewer()
     widget = SlideWidget(viewer)
     widget._tissue.clicked.emit()
+    assert any("before computing its tissue mask" in m for m in _errors())
     widget._apply_mpp.clicked.emit()
-    msgs = _errors()
-    assert any("No slide open" in m for m in msgs)
+    assert any("before setting its µm/px" in m for m in _errors())
+
+
+def test_widget_open_errors_and_moved_files_are_notifications(make_napari_viewer, tmp_path, demo, png_image):
+    import shutil
+
+    from napari_nucleiseg._napari._slide_widget import SlideWidget
+
+    viewer = make_napari_viewer()
+    widget = SlideWidget(viewer)
+    widget._file.value = tmp_path / "missing.svs"
+    widget._open.clicked.emit()
+    assert any("missing.svs: no such file" in m for m in _errors())
+    # A plain PNG opens through the panel as a single-level slide (warning: no µm/px).
+    widget._file.value = png_image
+    widget._open.clicked.emit()
+    assert [l.metadata["nucleiseg"]["format"] for l in viewer.layers] == ["png"]
+    assert any("no µm/px" in m for m in _errors())
+    # The slide's file disappears: asking for its tissue mask says so instead of raising.
+    moved = tmp_path / "moved.tif"
+    shutil.copy(demo.slide, moved)
+    widget._file.value = moved
+    widget._open.clicked.emit()
+    widget._layer.value = viewer.layers[-1]
+    moved.unlink()
+    notification_count = len(_errors())
+    widget._tissue.clicked.emit()
+    assert any("moved.tif: no such file" in m for m in _errors()[notification_count:])
+
+
+def test_override_rescales_layers_drawn_over_the_slide(make_napari_viewer, qtbot, demo):
+    from napari_nucleiseg._napari._slide_widget import SlideWidget
+
+    viewer = make_napari_viewer()
+    widget = SlideWidget(viewer)
+    viewer.open_sample("napari-nucleiseg", "demo_slide")
+    slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
+    widget._layer.value = slide
+    widget._tissue.clicked.emit()
+    qtbot.waitUntil(lambda: any(l.metadata.get("nucleiseg", {}).get("kind") == "tissue" for l in viewer.layers), timeout=20000)
+    widget._mpp.value = 0.2527
+    widget._apply_mpp.clicked.emit()
+    assert tuple(slide.scale) == pytest.approx((0.2527, 0.2527))
+    for lyr in viewer.layers:
+        if lyr is slide:
+            continue
+        # Same physical extent as the slide, and the same left/top pixel edge.
+        ext_slide = np.asarray(slide.extent.world)
+        ext_other = np.asarray(lyr.extent.world)
+        assert np.allclose(ext_other[1] - ext_other[0], ext_slide[1] - ext_slide[0], rtol=0.02), lyr.name
+        edge = lyr.translate[1] - lyr.scale[1] / 2
+        assert edge == pytest.approx(slide.translate[1] - slide.scale[1] / 2), lyr.name
 
 
 def test_plugin_widget_docks_from_the_manifest(make_napari_viewer):

@@ -21,7 +21,7 @@ class SlideWidget(Container):
         self._open = PushButton(text="Open slide")
         self._layer = ComboBox(label="slide layer", choices=self._slide_layer_choices)
         self._info = Label(value="No slide open.")
-        self._mpp = FloatSpinBox(label="µm/px override", min=0.0, max=100.0, step=0.001, value=0.0)
+        self._mpp = FloatSpinBox(label="µm/px override", min=0.0, max=100.0, step=0.0001, value=0.0)
         self._apply_mpp = PushButton(text="Apply µm/px")
         self._tissue = PushButton(text="Show tissue mask")
         self._status = Label(value="")
@@ -44,16 +44,23 @@ class SlideWidget(Container):
         self._show_info()
 
     def _current_slide(self):
-        from ..io import open_slide
+        """The selected slide layer and its slide, or (layer, None) after telling the user why not."""
+        from napari.utils.notifications import show_error
+
+        from ..io import SlideError, open_slide
 
         layer = self._layer.value
         if layer is None:
             return None, None
         meta = tag(layer)
         override = meta["mpp"] if meta.get("mpp_source") == "override" else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return layer, open_slide(meta["path"], mpp=override, backend=meta.get("backend"))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return layer, open_slide(meta["path"], mpp=override, backend=meta.get("backend"))
+        except SlideError as exc:
+            show_error(str(exc))
+            return layer, None
 
     def _show_info(self, _=None):
         layer = self._layer.value
@@ -70,7 +77,21 @@ class SlideWidget(Container):
 
     # ------------------------------------------------------------- actions
     def _on_open(self, _=None):
-        self.viewer.open(str(self._file.value), plugin="napari-nucleiseg")
+        from napari.utils.notifications import show_error, show_warning
+
+        from ..io import SlideError, open_slide
+        from ..layers import slide_layer
+
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                slide = open_slide(self._file.value)
+        except SlideError as exc:
+            show_error(str(exc))
+            return
+        for w in caught:
+            show_warning(str(w.message))
+        put_layer(self.viewer, slide_layer(slide))
 
     def _on_apply_mpp(self, _=None):
         from napari.utils.notifications import show_error
@@ -91,10 +112,17 @@ class SlideWidget(Container):
         except SlideError as exc:
             show_error(str(exc))
             return
+        ratio = self._mpp.value / (meta["mpp"] or 1.0)
         _, kwargs, _ = slide_layer(slide)
         layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
         layer.units = kwargs["units"]
         layer.metadata = kwargs["metadata"]
+        # Everything drawn over this slide (tissue, nuclei, ground truth) scales with it.
+        for other in self.viewer.layers:
+            if other is not layer and tag(other).get("slide") == meta["path"]:
+                other.scale = [v * ratio for v in other.scale]
+                other.translate = [v * ratio for v in other.translate]
+                other.units = kwargs["units"]
         self._show_info()
 
     def _on_tissue(self, _=None):
@@ -105,8 +133,10 @@ class SlideWidget(Container):
         from ..tissue import tissue_mask
 
         layer, slide = self._current_slide()
-        if slide is None:
+        if layer is None:
             show_error("No slide open: open a slide before computing its tissue mask.")
+            return
+        if slide is None:  # the file could not be re-opened; the user has been told why
             return
         self._status.value = "Computing tissue mask…"
         worker = create_worker(lambda: tissue_layer(slide, tissue_mask(slide), name=f"tissue ({layer.name})"))

@@ -60,7 +60,11 @@ def cmd_tissue(args) -> int:
     except SlideError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    mask = tissue_mask(slide)
+    try:
+        mask = tissue_mask(slide)
+    except SlideError as exc:  # damage the open-time probe did not reach
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if slide.mpp is not None:
         grid = slide_grid(slide, tile_um=args.tile_um)
     else:
@@ -115,6 +119,44 @@ def cmd_view(args) -> int:
     return 0
 
 
+def cmd_segment(args) -> int:
+    from ..segmentation.commands import segment_files
+
+    return segment_files(args.inputs, args.out, mpp=args.mpp, method=args.method)
+
+
+def cmd_eval(args) -> int:
+    from ..segmentation.commands import evaluate_dirs
+
+    return evaluate_dirs(args.pred_dir, args.gt_dir)
+
+
+def cmd_train(args) -> int:
+    from ..training.seg_train import TrainConfig, train
+
+    cfg = TrainConfig(data=args.data, out=args.out, iters=args.iters, batch=args.batch, patch=args.patch,
+                      threads=args.threads, seed=args.seed, mpp=args.model_mpp,
+                      widths=tuple(int(w) for w in args.widths.split(",")))
+    for info in train(cfg):
+        if info["iter"] % args.log_every == 0 or "val" in info or info["iter"] == cfg.iters:
+            eta = info["elapsed_s"] / max(1, info["iter"] - info.get("start", 0)) * (cfg.iters - info["iter"])
+            val = f"  val {info['val']}" if "val" in info else ""
+            print(f"iter {info['iter']}/{cfg.iters}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
+                  f"eta {eta / 60:.1f} min{val}", flush=True)
+    print(f"checkpoint: {Path(args.out) / 'checkpoint.pt'}")
+    return 0
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -124,15 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("info", help="levels, µm/px and format of slides")
     s.add_argument("slides", nargs="+")
-    s.add_argument("--mpp", type=float, help="µm/px override")
+    s.add_argument("--mpp", type=_positive(float), help="µm/px override")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("tissue", help="tissue mask and the tissue tiles whole-slide jobs visit")
     s.add_argument("slide")
-    s.add_argument("--mpp", type=float, help="µm/px override")
-    s.add_argument("--tile-um", type=float, default=256.0, help="tile edge in µm (default 256)")
-    s.add_argument("--tile-px", type=int, default=512, help="tile edge in px when the slide has no µm/px")
+    s.add_argument("--mpp", type=_positive(float), help="µm/px override")
+    s.add_argument("--tile-um", type=_positive(float), default=256.0, help="tile edge in µm (default 256)")
+    s.add_argument("--tile-px", type=_positive(int), default=512, help="tile edge in px when the slide has no µm/px")
     s.add_argument("--out", help="write the mask as PNG")
     s.add_argument("--tiles", help="write the tissue tiles as JSON")
     s.set_defaults(func=cmd_tissue)
@@ -140,6 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="generate the demo slide and print where it is")
     s.add_argument("--out", help="directory (default: the user cache)")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("segment", help="segment nuclei: DIR/<stem>.tif labels + DIR/<stem>.csv measurements")
+    s.add_argument("inputs", nargs="+")
+    s.add_argument("--out", required=True)
+    s.add_argument("--mpp", type=_positive(float), help="µm/px of inputs that do not state it")
+    s.add_argument("--method", default=None,
+                   help="model name (default: the shipped model), 'classical' or 'classical-phansalkar'")
+    s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("eval", help="score predicted label maps against ground truth")
+    s.add_argument("pred_dir")
+    s.add_argument("gt_dir")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("train", help="train the nuclei network (resumable: re-run the same command)")
+    s.add_argument("--data", required=True, help="data set folder (images/, labels/, index.json)")
+    s.add_argument("--out", required=True, help="run folder: checkpoint.pt, train.log, config.json")
+    s.add_argument("--iters", type=int, default=1100)
+    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--patch", type=int, default=256)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--model-mpp", type=float, default=0.5)
+    s.add_argument("--widths", default="8,24,48,96")
+    s.add_argument("--log-every", type=int, default=25)
+    s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("view", help="open napari with the plugin docked, on a slide or the demo")
     s.add_argument("slide", nargs="?")

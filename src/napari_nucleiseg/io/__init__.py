@@ -20,6 +20,7 @@ from .errors import (
     CorruptSlideError,
     ImplausibleResolutionWarning,
     MissingResolutionWarning,
+    NoPyramidWarning,
     SlideError,
     SlideNotFoundError,
     UnsupportedFormatError,
@@ -35,6 +36,7 @@ __all__ = [
     "CorruptSlideError",
     "MissingResolutionWarning",
     "ImplausibleResolutionWarning",
+    "NoPyramidWarning",
     "DEFAULT_CHUNK",
     "SLIDE_SUFFIXES",
 ]
@@ -65,12 +67,27 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, backend: str |
     SlideError
         With a message naming the file and the problem: missing, unsupported, corrupt, invalid.
     """
+    p = Path(path).expanduser()
+    try:
+        return _open(p, mpp, backend)
+    except SlideError:
+        raise
+    except ValueError as exc:
+        if backend is not None and "unknown backend" in str(exc):
+            raise
+        raise CorruptSlideError(p, f"cannot be read: {exc}") from exc
+    except MemoryError as exc:
+        raise SlideError(p, "too large to load as a plain image; convert it to a tiled pyramidal TIFF") from exc
+    except Exception as exc:  # a library's own error type: still one line naming the file
+        raise CorruptSlideError(p, f"cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _open(p: Path, mpp, backend) -> Slide:
     from .image_backend import ImageSlide
     from .openslide_backend import OpenSlideSlide, detect_format
     from .tiff_backend import TiffSlide
     from .zarr_backend import OmeZarrSlide, is_ome_zarr
 
-    p = Path(path).expanduser()
     if not p.exists():
         raise SlideNotFoundError(p, "no such file or directory")
     backends = {"openslide": OpenSlideSlide, "tifffile": TiffSlide, "zarr": OmeZarrSlide, "image": ImageSlide}
@@ -129,6 +146,6 @@ def _reopen(path: str, mpp_override: float | None, backend: str) -> Slide:
     with _REOPEN_LOCK:
         _REOPEN_CACHE[key] = slide
         while len(_REOPEN_CACHE) > _REOPEN_MAX:
-            _, old = _REOPEN_CACHE.popitem(last=False)
-            old.close()
+            # Not closed: tasks may still hold it; its handles are released when the last goes.
+            _REOPEN_CACHE.popitem(last=False)
     return slide

@@ -36,3 +36,7 @@ class MissingResolutionWarning(UserWarning):
 
 class ImplausibleResolutionWarning(UserWarning):
     """The file states a pixel size no microscope produces (typically a 72 dpi default)."""
+
+
+class NoPyramidWarning(UserWarning):
+    """A large image without reduced-resolution levels: viewing it zoomed out is slow."""

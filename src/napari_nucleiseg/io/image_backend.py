@@ -91,4 +91,5 @@ class ImageSlide(Slide):
         )
 
     def _read_level(self, level, x, y, width, height):
-        return self._levels[level][y : y + height, x : x + width]
+        # A copy: callers may write into what they get without corrupting the slide.
+        return self._levels[level][y : y + height, x : x + width].copy()

@@ -50,6 +50,7 @@ class OpenSlideSlide(Slide):
         import openslide
 
         path = Path(path)
+        self._exact_levels = None
         self._handles: dict[int, openslide.OpenSlide] = {}
         self._handles_lock = threading.Lock()
         self._pid = os.getpid()
@@ -79,6 +80,7 @@ class OpenSlideSlide(Slide):
             mpp_override=mpp,
             properties=props,
         )
+        self._exact_levels = _exact_level_reader(path, vendor, self.level_shapes, self.level_downsamples)
         # A truncated file often opens (the header is intact) and fails on its last tiles. Probing
         # the first and last tile of the finest and coarsest levels turns most such failures into
         # a clear error now rather than a broken tile mid-session, for a few tile decodes.
@@ -109,6 +111,8 @@ class OpenSlideSlide(Slide):
         return h
 
     def _read_level(self, level, x, y, width, height):
+        if level and self._exact_levels is not None:
+            return self._exact_levels(level, x, y, width, height)
         ds = self.level_downsamples[level]
         loc = (int(round(x * ds)), int(round(y * ds)))
         h = self._handle()
@@ -125,6 +129,8 @@ class OpenSlideSlide(Slide):
         return list(self._handle().associated_images.keys())
 
     def close(self):
+        if self._exact_levels is not None:
+            self._exact_levels.tif.close()
         with self._handles_lock:
             handles, self._handles = list(self._handles.values()), {}
         for h in handles:
@@ -175,3 +181,37 @@ def _argb_to_rgb(argb: np.ndarray, background) -> np.ndarray:
             rgb[partial] = np.clip(rgb[partial].astype(np.float32) * 255.0 / a, 0, 255).astype(np.uint8)
         rgb[alpha == 0] = background
     return rgb
+
+
+def _exact_level_reader(path: Path, vendor: str, shapes, downsamples):
+    """Pixel-exact reads of coarse levels for TIFF-based slides, or None.
+
+    OpenSlide addresses every level in level-0 coordinates; with a non-integer downsample
+    (4.016, 2.0005, ...) a chunk's origin falls between pixels and OpenSlide resamples it with an
+    offset that differs from chunk to chunk, so neighbouring chunks disagree at their seam. For
+    Aperio and generic TIFF files the levels are plain tiled TIFF pages that tifffile reads
+    exactly; it is used when its level geometry matches OpenSlide's.
+    """
+    if vendor not in ("aperio", "generic-tiff") or all(abs(d - round(d)) < 1e-9 for d in downsamples):
+        return None
+    try:
+        import tifffile
+        import zarr
+
+        tif = tifffile.TiffFile(str(path))
+        series = tif.series[0]
+        levels = list(series.levels)
+        if series.axes != "YXS" or [lv.shape[:2] for lv in levels] != [tuple(s) for s in shapes]:
+            tif.close()
+            return None
+        group = zarr.open(series.aszarr(), mode="r")
+        arrays = [group[str(i)] for i in range(len(levels))]
+        arrays[-1][:1, :1]  # decodable here (codec available), or fall back to OpenSlide
+    except Exception:
+        return None
+
+    def read(level, x, y, width, height):
+        return np.ascontiguousarray(arrays[level][y : y + height, x : x + width, :3], dtype=np.uint8)
+
+    read.tif = tif
+    return read

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImplausibleResolutionWarning, MissingResolutionWarning, SlideError
+from .errors import ImplausibleResolutionWarning, MissingResolutionWarning, NoPyramidWarning, SlideError
 
 #: Background for areas outside the scanned image: brightfield glass is white.
 BACKGROUND = 255
@@ -116,11 +116,18 @@ class Slide:
         if self.mpp_override is not None and not (0 < self.mpp_override < math.inf):
             raise SlideError(self.path, f"the µm/px override {mpp_override!r} must be a positive number")
         self.stats = ReadStats()
-        self._pyramids: dict[int, list] = {}
+        self._pyramids: dict[tuple, list] = {}
+        self._warned_bad_chunk = False
         self._closed = False
         _OPEN_SLIDES.add(self)
         if warn_resolution and self.mpp_override is None:
             self._warn_about_resolution()
+        if max(self.level_shapes[-1]) > 16384:
+            warnings.warn(
+                f"{self.path}: the file has no reduced-resolution levels below "
+                f"{self.level_shapes[-1][1]}x{self.level_shapes[-1][0]} px, so zoomed-out views must "
+                "read the full resolution and will be slow; save it as a pyramidal TIFF",
+                NoPyramidWarning, stacklevel=3)
 
     # ----------------------------------------------------------------- geometry and units
     @property
@@ -265,34 +272,55 @@ class Slide:
         downsample = max(h0, w0) / max_size
         level = self.best_level_for_downsample(max(downsample, 1.0))
         lh, lw = self.level_shapes[level]
-        region = self.read_region(0, 0, lw, lh, level)
         scale = max_size / max(lh, lw)
         if scale >= 1:
-            return region
+            return self.read_region(0, 0, lw, lh, level)
         from PIL import Image
 
         size = (max(1, round(lw * scale)), max(1, round(lh * scale)))
-        return np.asarray(Image.fromarray(region).resize(size, Image.Resampling.BOX))
+        if lh * lw <= 4096 * 4096:
+            region = self.read_region(0, 0, lw, lh, level)
+            return np.asarray(Image.fromarray(region).resize(size, Image.Resampling.BOX))
+        # No level near the requested size (a pyramid-less file): shrink strip by strip so memory
+        # stays at one strip, however large the level is.
+        strip = max(1, int(4096 * 4096 // lw))
+        rows_per_out = lh / size[1]
+        out = np.empty((size[1], size[0], 3), np.uint8)
+        y_out = 0
+        while y_out < size[1]:
+            n_out = max(1, int(strip // rows_per_out))
+            y1_out = min(size[1], y_out + n_out)
+            y0, y1 = round(y_out * rows_per_out), round(y1_out * rows_per_out)
+            region = self.read_region(0, y0, lw, max(1, y1 - y0), level)
+            out[y_out:y1_out] = np.asarray(Image.fromarray(region).resize((size[0], y1_out - y_out), Image.Resampling.BOX))
+            y_out = y1_out
+        return out
 
     # ----------------------------------------------------------------- lazy pyramid
-    def pyramid(self, chunk: int = DEFAULT_CHUNK) -> list:
+    def pyramid(self, chunk: int = DEFAULT_CHUNK, on_error: str = "raise") -> list:
         """One lazy dask array ``(rows, cols, 3)`` uint8 per level, finest first.
 
         Chunks are read on demand, from any number of threads; the arrays pickle (the slide is
         re-opened by path in the receiving process), so the same graph runs on dask.distributed.
+        ``on_error="warn"`` turns an unreadable chunk (a damaged tile) into glass plus one warning
+        per slide — for viewing, where one bad tile must not break the display; computations keep
+        the default ``"raise"``.
         """
         self._check_open()
-        if chunk not in self._pyramids:
+        if on_error not in ("raise", "warn"):
+            raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+        key = (chunk, on_error)
+        if key not in self._pyramids:
             import dask.array as da
 
             levels = []
             for level in range(self.level_count):
-                proxy = _LevelArray(self, level)
+                proxy = _LevelArray(self, level, on_error)
                 levels.append(
                     da.from_array(
                         proxy,
                         chunks=(chunk, chunk, 3),
-                        name=f"slide-{self._token()}-l{level}-c{chunk}",
+                        name=f"slide-{self._token()}-l{level}-c{chunk}-{on_error}",
                         asarray=False,
                         fancy=False,
                         lock=False,
@@ -300,8 +328,8 @@ class Slide:
                         meta=np.empty((0, 0, 3), dtype=np.uint8),
                     )
                 )
-            self._pyramids[chunk] = levels
-        return list(self._pyramids[chunk])
+            self._pyramids[key] = levels
+        return list(self._pyramids[key])
 
     def _token(self) -> str:
         import hashlib
@@ -365,9 +393,10 @@ class Slide:
 class _LevelArray:
     """Array-like view of one level for ``dask.array.from_array``: slicing reads the region."""
 
-    def __init__(self, slide: Slide, level: int):
+    def __init__(self, slide: Slide, level: int, on_error: str = "raise"):
         self.slide = slide
         self.level = level
+        self.on_error = on_error
         h, w = slide.level_shapes[level]
         self.shape = (h, w, 3)
         self.dtype = np.dtype(np.uint8)
@@ -380,9 +409,17 @@ class _LevelArray:
         ys, xs, cs = key
         y0, y1, _ = ys.indices(self.shape[0])
         x0, x1, _ = xs.indices(self.shape[1])
-        region = self.slide.read_region(
-            x0, y0, max(0, x1 - x0), max(0, y1 - y0), self.level, _chunk=True
-        )
+        try:
+            region = self.slide.read_region(
+                x0, y0, max(0, x1 - x0), max(0, y1 - y0), self.level, _chunk=True
+            )
+        except SlideError as exc:
+            if self.on_error == "raise":
+                raise
+            if not self.slide._warned_bad_chunk:
+                self.slide._warned_bad_chunk = True
+                warnings.warn(f"{exc} (shown as glass; the file is damaged)", RuntimeWarning, stacklevel=2)
+            region = np.full((max(0, y1 - y0), max(0, x1 - x0), 3), BACKGROUND, np.uint8)
         return region[:, :, cs]
 
 

@@ -59,7 +59,7 @@ class TiffSlide(Slide):
         self._scale = None
         if dtype != np.uint8:
             # Display range from the coarsest level: cheap, and representative of the slide.
-            low = self._to_yxc(self._arrays[-1][...])
+            low = self._to_yxc(np.asarray(self._arrays[-1][_sample_index(self._arrays[-1].shape, self._axes)]))
             lo, hi = float(np.percentile(low, 0.1)), float(np.percentile(low, 99.9))
             self._scale = (lo, max(hi - lo, 1e-6))
         fmt = "ome-tiff" if self._tif.is_ome else "tiff"
@@ -137,3 +137,16 @@ class _LogCollector(logging.Handler):
 
     def emit(self, record):
         self.messages.append(record.getMessage())
+
+
+def _sample_index(shape, axes: str, size: int = 2048):
+    """A centred window of at most ``size`` px in Y and X: enough pixels to set a display range,
+    bounded however large the (possibly only) level is."""
+    index = []
+    for n, a in zip(shape, axes):
+        if a in "YX" and n > size:
+            start = (n - size) // 2
+            index.append(slice(start, start + size))
+        else:
+            index.append(slice(None))
+    return tuple(index)

@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import CorruptSlideError, SlideError
 from .slide import Slide
+from .tiff_backend import _sample_index
 
 _UNIT_TO_UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6}
 
@@ -36,8 +37,16 @@ class OmeZarrSlide(Slide):
         if not multiscales:
             raise SlideError(path, "zarr group has no OME-NGFF 'multiscales' metadata")
         ms = multiscales[0]
-        axes = ms.get("axes") or [{"name": n} for n in "tczyx"[-len(group[ms["datasets"][0]["path"]].shape):]]
-        self._axes = "".join((a["name"] if isinstance(a, dict) else a).lower() for a in axes)
+        try:
+            ndim = len(group[ms["datasets"][0]["path"]].shape)
+        except (KeyError, IndexError) as exc:
+            raise CorruptSlideError(path, f"the first multiscale level is missing: {exc}") from exc
+        axes = ms.get("axes") or [{"name": n} for n in "tczyx"[-ndim:]]
+        names = [str(a["name"] if isinstance(a, dict) else a).lower() for a in axes]
+        # One letter per axis from here on; NGFF allows long names such as "channel".
+        self._axes = "".join({"channel": "c", "time": "t"}.get(n, n[:1]) for n in names)
+        if len(set(self._axes)) != len(self._axes):
+            raise SlideError(path, f"OME-Zarr axes {names} are ambiguous")
         if not {"y", "x"} <= set(self._axes):
             raise SlideError(path, f"OME-Zarr axes {self._axes!r} have no y and x")
         try:
@@ -55,7 +64,7 @@ class OmeZarrSlide(Slide):
                     mpp_file = float(t["scale"][xi]) * _UNIT_TO_UM[unit]
         self._scale = None
         if np.dtype(self._arrays[0].dtype) != np.uint8:
-            low = self._to_yxc(np.asarray(self._arrays[-1][...]))
+            low = self._to_yxc(np.asarray(self._arrays[-1][_sample_index(self._arrays[-1].shape, self._axes.upper())]))
             lo, hi = float(np.percentile(low, 0.1)), float(np.percentile(low, 99.9))
             self._scale = (lo, max(hi - lo, 1e-6))
         super().__init__(

@@ -25,9 +25,14 @@ class TissueMask:
     """A boolean mask over the whole slide at ``downsample`` level-0 pixels per mask pixel."""
 
     mask: np.ndarray
-    downsample: float
-    mpp: float | None  # µm per mask pixel, None when the slide has no resolution
+    downsample: float  # level-0 pixels per mask pixel, vertically
+    mpp: float | None  # µm per mask pixel (vertical), None when the slide has no resolution
     threshold_od: float
+    downsample_x: float | None = None  # horizontally, when rounding made it differ
+
+    @property
+    def downsample_yx(self) -> tuple[float, float]:
+        return (self.downsample, self.downsample_x or self.downsample)
 
     @property
     def fraction(self) -> float:
@@ -35,9 +40,9 @@ class TissueMask:
 
     def fraction_in(self, x0: float, y0: float, x1: float, y1: float) -> float:
         """Tissue fraction of a level-0 rectangle (exclusive ends)."""
-        d = self.downsample
-        r0, r1 = int(np.floor(y0 / d)), int(np.ceil(y1 / d))
-        c0, c1 = int(np.floor(x0 / d)), int(np.ceil(x1 / d))
+        dy, dx = self.downsample_yx
+        r0, r1 = int(np.floor(y0 / dy)), int(np.ceil(y1 / dy))
+        c0, c1 = int(np.floor(x0 / dx)), int(np.ceil(x1 / dx))
         window = self.mask[max(r0, 0) : max(r1, 0), max(c0, 0) : max(c1, 0)]
         return float(window.mean()) if window.size else 0.0
 
@@ -66,10 +71,10 @@ def tissue_mask(slide, mpp: float = MASK_MPP, max_size: int = 2048) -> TissueMas
             f = slide.level_downsamples[level] / target
             size = (max(1, round(lw * f)), max(1, round(lh * f)))
             rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
-    downsample = h0 / rgb.shape[0]
+    downsample, downsample_x = h0 / rgb.shape[0], w0 / rgb.shape[1]
     mask_mpp = None if slide.mpp is None else slide.mpp * downsample
     mask, thr = tissue_from_rgb(rgb, mask_mpp)
-    return TissueMask(mask=mask, downsample=downsample, mpp=mask_mpp, threshold_od=thr)
+    return TissueMask(mask=mask, downsample=downsample, mpp=mask_mpp, threshold_od=thr, downsample_x=downsample_x)
 
 
 def tissue_from_rgb(rgb: np.ndarray, mpp: float | None = None) -> tuple[np.ndarray, float]:

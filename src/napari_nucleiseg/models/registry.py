@@ -1,0 +1,95 @@
+"""Model registry: find, verify and load shipped (or user-trained) nuclei models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).resolve().parent
+DEFAULT_NUCLEI_MODEL = "nuclei-unet-v1"
+
+
+class WeightsError(RuntimeError):
+    """Weights missing, corrupt, or not matching their model card."""
+
+
+@dataclass
+class ModelCard:
+    name: str
+    version: str
+    architecture: str
+    widths: list
+    mpp: float
+    sha256: str
+    weights: str
+    task: str = "nuclei instance segmentation"
+    outputs: list = field(default_factory=lambda: ["foreground", "contour", "distance"])
+    training_data: list = field(default_factory=list)
+    licence: str = ""
+    metrics: dict = field(default_factory=dict)
+    postprocess: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    created: str = ""
+    notes: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, ensure_ascii=False)
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _card_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".json" and p.exists():
+        return p
+    candidate = MODELS_DIR / f"{name_or_path}.json"
+    if candidate.exists():
+        return candidate
+    raise WeightsError(f"no model named {name_or_path!r}; available: {', '.join(list_models()) or 'none'}")
+
+
+def list_models() -> list[str]:
+    return sorted(p.stem for p in MODELS_DIR.glob("*.json"))
+
+
+def load_card(name_or_path: str | Path) -> ModelCard:
+    path = _card_path(name_or_path)
+    data = json.loads(path.read_text())
+    known = ModelCard.__dataclass_fields__
+    return ModelCard(**{k: v for k, v in data.items() if k in known})
+
+
+def load_predictor(name_or_path: str | Path = DEFAULT_NUCLEI_MODEL, **kwargs):
+    """A :class:`~napari_nucleiseg.segmentation.predict.Predictor` for a registered model, after
+    checking the weights' SHA-256 against the card. Loads without pickle (safetensors)."""
+    from safetensors.torch import load_file
+
+    from ..segmentation.postprocess import PostprocessSettings
+    from ..segmentation.predict import Predictor
+    from ..segmentation.unet import UNet, fuse_for_inference
+
+    card_path = _card_path(name_or_path)
+    card = load_card(card_path)
+    weights = card_path.parent / card.weights
+    if not weights.exists():
+        raise WeightsError(f"{weights}: weights file missing for model {card.name!r}")
+    digest = sha256_of(weights)
+    if digest != card.sha256:
+        raise WeightsError(
+            f"{weights}: SHA-256 {digest[:12]}… does not match the model card ({card.sha256[:12]}…); "
+            "the file is corrupt or was replaced — refusing to load it")
+    model = UNet(tuple(card.widths))
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as exc:
+        raise WeightsError(f"{weights}: weights do not fit the {card.architecture} {card.widths}: {exc}") from exc
+    settings = PostprocessSettings(**card.postprocess) if card.postprocess else PostprocessSettings()
+    return Predictor(fuse_for_inference(model), card.mpp, settings=settings, **kwargs), card

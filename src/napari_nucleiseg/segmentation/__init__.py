@@ -1,0 +1,1 @@
+"""Nuclei instance segmentation: a classical floor and learned CPU models behind one interface."""

@@ -1,0 +1,79 @@
+"""One entry point for every nuclei method: ``segment_image(rgb, mpp, method)``.
+
+Methods: the shipped learned model (default, by registry name), ``classical`` (haematoxylin Otsu
++ watershed) and ``classical-phansalkar`` (local threshold, reference 004). Inputs larger than a
+tile are segmented tile by tile and merged seam-free.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+CLASSICAL = ("classical", "classical-phansalkar")
+#: Tile edge in model pixels for instance tiling; large enough that halo overhead is small.
+TILE_MODEL_PX = 1024
+HALO_UM = 24.0
+
+
+@lru_cache(maxsize=4)
+def _predictor(name: str):
+    from ..models import load_predictor
+
+    return load_predictor(name)
+
+
+def default_method() -> str:
+    from ..models import DEFAULT_NUCLEI_MODEL
+
+    return DEFAULT_NUCLEI_MODEL
+
+
+def describe_method(method: str | None) -> dict:
+    """What produced a result: recorded in output files."""
+    method = method or default_method()
+    if method in CLASSICAL:
+        return {"method": method}
+    _, card = _predictor(method)
+    return {"method": method, "model": card.name, "version": card.version, "sha256": card.sha256, "model_mpp": card.mpp}
+
+
+def segment_untiled(rgb: np.ndarray, mpp: float, method: str | None = None) -> np.ndarray:
+    from ..io.image_backend import to_rgb_uint8
+
+    rgb = to_rgb_uint8(rgb)
+    method = method or default_method()
+    if method == "classical":
+        from .classical import segment_classical
+
+        return segment_classical(rgb, mpp, "otsu")
+    if method == "classical-phansalkar":
+        from .classical import segment_classical
+
+        return segment_classical(rgb, mpp, "phansalkar")
+    predictor, _ = _predictor(method)
+    return predictor.segment(rgb, mpp)
+
+
+def segment_image(rgb: np.ndarray, mpp: float, method: str | None = None, tile: int | None = None,
+                  progress=None) -> np.ndarray:
+    """Instance labels (uint32, 0 = background) for an RGB image at ``mpp`` µm/px."""
+    from ..io.image_backend import to_rgb_uint8
+
+    rgb = to_rgb_uint8(rgb)
+    if min(rgb.shape[:2]) < 2:
+        return np.zeros(rgb.shape[:2], np.uint32)
+    model_mpp = 0.5 if (method in CLASSICAL) else _predictor(method or default_method())[1].mpp
+    if tile is None:
+        tile = int(round(TILE_MODEL_PX * model_mpp / mpp))
+    halo = int(round(HALO_UM / mpp))
+    h, w = rgb.shape[:2]
+    if h <= tile + 2 * halo and w <= tile + 2 * halo:
+        labels = segment_untiled(rgb, mpp, method)
+        if progress is not None:
+            progress(1, 1)
+        return labels
+    from .tiled import segment_tiled
+
+    return segment_tiled(rgb, mpp, lambda block, m: segment_untiled(block, m, method), tile, halo, progress)

@@ -1,0 +1,89 @@
+"""Run the nuclei network on an image at any µm/px: resample to the model's resolution, infer in
+overlapping tiles (only each tile's centre is kept, so no seams), bring the maps back to the
+input resolution, then post-process into instances there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .postprocess import PostprocessSettings, instances_from_maps
+
+
+def _resize(arr: np.ndarray, shape: tuple[int, int], shrink: bool) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.fromarray(arr)
+    method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
+    return np.asarray(img.resize((shape[1], shape[0]), method))
+
+
+class Predictor:
+    """Wraps a :class:`~napari_nucleiseg.segmentation.unet.UNet` trained at ``mpp`` µm/px."""
+
+    def __init__(self, model, mpp: float, tile: int = 1024, halo: int = 48, threads: int | None = None,
+                 settings: PostprocessSettings = PostprocessSettings()):
+        import torch
+
+        self.model = model.eval()
+        self.mpp = float(mpp)
+        self.multiple = getattr(model, "multiple", 8)
+        self.tile = tile - tile % self.multiple
+        self.halo = halo
+        self.settings = settings
+        if threads:
+            torch.set_num_threads(threads)
+
+    # ------------------------------------------------------------------ maps
+    def _forward(self, rgb: np.ndarray) -> np.ndarray:
+        """Probabilities (3, h, w) for an RGB uint8 block, reflect-padded to the model's multiple."""
+        import torch
+
+        h, w = rgb.shape[:2]
+        m = self.multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            out = torch.sigmoid(self.model(x))[0, :, :h, :w]
+        return out.numpy()
+
+    def maps_at_model_resolution(self, rgb: np.ndarray, progress=None) -> np.ndarray:
+        """Seam-free probability maps over an image already at the model's µm/px."""
+        h, w = rgb.shape[:2]
+        t, halo = self.tile, self.halo
+        if h <= t + 2 * halo and w <= t + 2 * halo:
+            return self._forward(rgb)
+        out = np.zeros((3, h, w), np.float32)
+        padded = np.pad(rgb, ((halo, halo), (halo, halo), (0, 0)), mode="reflect")
+        boxes = [(y, x) for y in range(0, h, t) for x in range(0, w, t)]
+        for i, (y, x) in enumerate(boxes):
+            y1, x1 = min(y + t, h), min(x + t, w)
+            block = padded[y : y1 + 2 * halo, x : x1 + 2 * halo]
+            probs = self._forward(block)
+            out[:, y:y1, x:x1] = probs[:, halo : halo + (y1 - y), halo : halo + (x1 - x)]
+            if progress is not None:
+                progress(i + 1, len(boxes))
+        return out
+
+    def maps(self, rgb: np.ndarray, mpp: float, progress=None) -> np.ndarray:
+        """Probability maps (3, H, W) at the input's own resolution."""
+        h, w = rgb.shape[:2]
+        f = mpp / self.mpp
+        if abs(f - 1) < 0.02:
+            return self.maps_at_model_resolution(rgb, progress)
+        mh, mw = max(1, round(h * f)), max(1, round(w * f))
+        small = _resize(rgb, (mh, mw), shrink=f < 1)
+        probs = self.maps_at_model_resolution(small, progress)
+        import torch
+        from torch.nn import functional as F
+
+        up = F.interpolate(torch.from_numpy(probs)[None], size=(h, w), mode="bilinear", align_corners=False)
+        return up[0].numpy()
+
+    # ------------------------------------------------------------------ instances
+    def segment(self, rgb: np.ndarray, mpp: float, progress=None) -> np.ndarray:
+        """Instance labels (uint32) at the input's resolution."""
+        return instances_from_maps(self.maps(rgb, mpp, progress), mpp, self.settings)

@@ -1,0 +1,80 @@
+"""A small U-Net for CPU inference: nucleus foreground, contour and normalised distance maps.
+
+Three outputs (logits): foreground, contour (the ring where touching nuclei meet), and the
+per-nucleus distance to the background normalised to 1 at the centre. The distance map gives
+one marker per nucleus for the watershed; the contour keeps touching nuclei apart. Widths are
+small on purpose: at 0.5 µm/px a 4000² region is 16 MP, and two CPU cores must get through it in
+seconds.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """U-Net with ``widths`` channels per level; input (N, 3, H, W) in [0, 1], H and W multiples
+    of ``2 ** (len(widths) - 1)``; output (N, 3, H, W) logits [foreground, contour, distance]."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), out_channels: int = 3):
+        super().__init__()
+        self.widths = tuple(widths)
+        self.down = nn.ModuleList()
+        cin = 3
+        for w in widths:
+            self.down.append(_block(cin, w))
+            cin = w
+        self.up = nn.ModuleList()
+        for w_skip, w_deep in zip(reversed(widths[:-1]), reversed(widths[1:])):
+            self.up.append(_block(w_skip + w_deep, w_skip))
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+
+    @property
+    def multiple(self) -> int:
+        return 2 ** (len(self.widths) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([skip, x], dim=1))
+        return self.head(x)
+
+
+def fuse_for_inference(model: UNet) -> UNet:
+    """Fold every BatchNorm into the convolution before it (exact in eval mode, ~20 % faster) and
+    switch to channels-last memory, the fast layout for CPU convolutions."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    m = copy.deepcopy(model).eval()
+    for block in list(m.down) + list(m.up):
+        layers = list(block)
+        fused = []
+        i = 0
+        while i < len(layers):
+            if isinstance(layers[i], nn.Conv2d) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d):
+                fused.append(fuse_conv_bn_eval(layers[i], layers[i + 1]))
+                i += 2
+            else:
+                fused.append(layers[i])
+                i += 1
+        block._modules.clear()
+        for j, layer in enumerate(fused):
+            block.add_module(str(j), layer)
+    return m.to(memory_format=torch.channels_last)

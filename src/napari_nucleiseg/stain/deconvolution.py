@@ -1,0 +1,29 @@
+"""Ruifrok & Johnston colour deconvolution (reference 004).
+
+``OD = -log10(I / I0)`` per channel, then ``[H, E, DAB] = OD @ HED_FROM_RGB``, where
+``HED_FROM_RGB`` is the inverse of the stain OD matrix (rows: haematoxylin, eosin, DAB).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Stain optical-density vectors (rows: H, E, DAB), Ruifrok & Johnston 2001, unit length.
+RGB_FROM_HED = np.array(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64
+)
+RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
+#: Its inverse; reference 004 quotes it as [[1.88,-0.07,-0.60],[-1.02,1.13,-0.48],[-0.55,-0.13,1.57]].
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
+
+
+def od_from_rgb(rgb: np.ndarray, background: float = 255.0) -> np.ndarray:
+    """Optical density (log10) of an RGB uint8 image; zeros are clipped to 1 so OD stays finite."""
+    rgb = np.asarray(rgb, dtype=np.float32)
+    return -np.log10(np.clip(rgb, 1.0, background) / np.float32(background))
+
+
+def rgb_to_hed(rgb: np.ndarray, background: float = 255.0) -> np.ndarray:
+    """(H, W, 3) RGB uint8 to (H, W, 3) float32 stain concentrations [H, E, DAB], OD units."""
+    od = od_from_rgb(rgb, background)
+    return (od.reshape(-1, 3) @ HED_FROM_RGB.astype(np.float32)).reshape(od.shape)

@@ -1,0 +1,1 @@
+"""Training: data sets of labelled nuclei, the resumable training loop, checkpoints."""

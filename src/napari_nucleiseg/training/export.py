@@ -1,0 +1,35 @@
+"""Turn a training checkpoint into a shipped model: safetensors weights + model card with hash."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+
+def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Path, *,
+                 training_data: list, licence: str, metrics: dict | None = None,
+                 postprocess: dict | None = None, notes: str = "") -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    from ..models.registry import ModelCard, sha256_of
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    weights = out_dir / f"{name}.safetensors"
+    # Plain contiguous float tensors only: nothing in the file can execute when loaded.
+    save_file({k: v.contiguous() for k, v in state["model"].items()}, str(weights))
+    card = ModelCard(
+        name=name, version=version, architecture="UNet", widths=list(cfg["widths"]), mpp=cfg["mpp"],
+        sha256=sha256_of(weights), weights=weights.name, training_data=training_data, licence=licence,
+        metrics=metrics or {}, postprocess=postprocess or {},
+        training={k: cfg[k] for k in ("iters", "batch", "patch", "lr", "seed", "holdout") if k in cfg}
+        | {"iterations_done": int(state["iter"]),
+           "command": f"nucleiseg train --data <monuseg2018_train> --out <run> --iters {cfg['iters']}"},
+        created=datetime.date.today().isoformat(), notes=notes,
+    )
+    (out_dir / f"{name}.json").write_text(card.to_json() + "\n")
+    return weights

@@ -1,0 +1,118 @@
+"""Resumable training of the nuclei U-Net.
+
+One command reproduces the shipped weights from scratch (see docs/researcher.md); a killed run
+restarted with the same command resumes from its last checkpoint. Training data: the training
+sets only — a fixed subset of training images is held out for model selection; test sets are
+never read here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    mpp: float = 0.5
+    widths: tuple = (8, 24, 48, 96)
+    patch: int = 256
+    batch: int = 8
+    iters: int = 6000
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    threads: int = 2
+    checkpoint_every: int = 250
+    validate_every: int = 1000
+    holdout: list = field(default_factory=lambda: [
+        "TCGA-18-5592-01Z-00-DX1", "TCGA-49-4488-01Z-00-DX1", "TCGA-E2-A1B5-01Z-00-DX1", "TCGA-RD-A8N9-01A-01-TS1"])
+
+
+def loss_fn(logits, targets):
+    import torch
+    from torch.nn import functional as F
+
+    fg, contour, dist = targets[:, 0], targets[:, 1], targets[:, 2]
+    l_fg = F.binary_cross_entropy_with_logits(logits[:, 0], fg)
+    p = torch.sigmoid(logits[:, 0])
+    dice = 1 - (2 * (p * fg).sum() + 1) / (p.sum() + fg.sum() + 1)
+    l_contour = F.binary_cross_entropy_with_logits(logits[:, 1], contour, pos_weight=torch.tensor(3.0))
+    l_dist = F.mse_loss(torch.sigmoid(logits[:, 2]), dist)
+    return l_fg + dice + l_contour + 2.0 * l_dist
+
+
+def train(cfg: TrainConfig) -> Iterator[dict]:
+    """Train, yielding a progress dict after every iteration (the CLI prints, tests drain)."""
+    import torch
+
+    from ..segmentation.unet import UNet
+    from .nuclei_data import PatchSampler, load_dataset
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    torch.manual_seed(cfg.seed)
+    images = load_dataset(cfg.data)
+    train_imgs = [im for im in images if im.stem not in cfg.holdout]
+    val_imgs = [im for im in images if im.stem in cfg.holdout]
+    model = UNet(tuple(cfg.widths)).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    sampler = PatchSampler(train_imgs, cfg.mpp, cfg.patch, seed=cfg.seed)
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = int(state["iter"])
+        # Re-seed deterministically from the iteration so a resumed run sees fresh patches.
+        sampler.rng = np.random.default_rng([cfg.seed, start])
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    log = open(out / "train.log", "a")
+    model.train()
+    t0 = time.perf_counter()
+    for it in range(start, cfg.iters):
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iters))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        rgb, targets = sampler.batch(cfg.batch)
+        x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255.0)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.from_numpy(targets)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        info = {"iter": it + 1, "iters": cfg.iters, "loss": float(loss.detach()), "lr": lr,
+                "elapsed_s": time.perf_counter() - t0}
+        if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iters:
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "iter": it + 1}, tmp)
+            tmp.replace(ckpt_path)  # atomic: a kill never leaves half a checkpoint
+        if val_imgs and ((it + 1) % cfg.validate_every == 0 or it + 1 == cfg.iters):
+            info["val"] = validate(model, val_imgs, cfg)
+            model.train()
+        log.write(json.dumps(info) + "\n")
+        log.flush()
+        yield info
+    log.close()
+
+
+def validate(model, images, cfg) -> dict:
+    """Aggregate AJI/F1/PQ on held-out training images with the default post-processing."""
+    from ..metrics import aggregate, score_image
+    from ..segmentation.predict import Predictor
+
+    pred = Predictor(model=model.eval(), mpp=cfg.mpp)
+    scores = [score_image(im.labels, pred.segment(im.rgb, im.mpp), im.stem) for im in images]
+    a = aggregate(scores)
+    return {k: round(a[k], 4) for k in ("aji", "f1", "pq", "ap")}

@@ -1,0 +1,77 @@
+"""Metrics on cases checkable by hand."""
+
+import numpy as np
+import pytest
+
+from napari_nucleiseg.metrics import aggregate, score_image
+
+
+def squares(*boxes, shape=(20, 20)):
+    lab = np.zeros(shape, np.int32)
+    for i, (y0, x0, y1, x1) in enumerate(boxes, start=1):
+        lab[y0:y1, x0:x1] = i
+    return lab
+
+
+def test_identical_maps_score_perfectly():
+    gt = squares((1, 1, 5, 5), (8, 8, 12, 14), (15, 2, 19, 6))
+    pred = gt * 7  # ids do not matter
+    s = score_image(gt, pred)
+    for k in ("pixel_accuracy", "mean_accuracy", "mean_iu", "dice", "f1", "aji", "pq", "ap", "dq", "sq"):
+        assert getattr(s, k) == pytest.approx(1.0), k
+
+
+def test_one_nucleus_split_in_two():
+    gt = squares((0, 0, 4, 8))                        # one 4x8 nucleus (32 px)
+    pred = squares((0, 0, 4, 4), (0, 4, 4, 8))        # predicted as two 4x4 halves
+    s = score_image(gt, pred)
+    # IoU of each half with the nucleus is 16/32 = 0.5, not > 0.5: no true positive.
+    assert s.f1 == 0 and s.pq == 0 and s.ap == 0
+    # AJI: best half gives inter 16, union 32; the other half (16 px) is unused -> union 48.
+    assert s.aji == pytest.approx(16 / 48)
+    # Pixels are all right.
+    assert s.dice == 1 and s.pixel_accuracy == 1
+
+
+def test_empty_prediction():
+    gt = squares((1, 1, 5, 5), (8, 8, 12, 12))
+    s = score_image(gt, np.zeros_like(gt))
+    assert s.f1 == 0 and s.aji == 0 and s.pq == 0 and s.ap == 0 and s.dice == 0
+    assert s.recall == 0 and s.n_pred == 0
+    # Background is all correct: 400 - 32 of 400 pixels.
+    assert s.pixel_accuracy == pytest.approx(368 / 400)
+    assert s.mean_accuracy == pytest.approx(0.5)
+
+
+def test_partial_overlap_by_hand():
+    gt = squares((0, 0, 4, 4), (10, 10, 14, 14))        # two 16 px nuclei
+    pred = squares((0, 1, 4, 5), (15, 15, 18, 18))      # one shifted by 1 px, one false positive
+    s = score_image(gt, pred)
+    iou = 12 / 20
+    assert s.counts["tp"] == 1 and s.counts["fp"] == 1 and s.counts["fn"] == 1
+    assert s.f1 == pytest.approx(2 / 4)
+    assert s.sq == pytest.approx(iou) and s.dq == pytest.approx(0.5) and s.pq == pytest.approx(0.5 * iou)
+    # AP: matched at thresholds 0.5 and 0.55 (IoU 0.6 > both), not from 0.6 on.
+    assert s.ap == pytest.approx((1 / 3 + 1 / 3) / 10)
+    # AJI: inter 12; unions 20 (first) + 16 (second, unmatched) + 9 (unused prediction).
+    assert s.aji == pytest.approx(12 / (20 + 16 + 9))
+
+
+def test_aggregate_sums_numerators_and_denominators():
+    a = score_image(squares((0, 0, 4, 4)), squares((0, 0, 4, 4)))        # AJI 16/16
+    b = score_image(squares((0, 0, 4, 8)), squares((0, 0, 4, 4), (0, 4, 4, 8)))  # AJI 16/48
+    agg = aggregate([a, b])
+    assert agg["aji"] == pytest.approx((16 + 16) / (16 + 48))
+    assert agg["mean_per_image"]["aji"] == pytest.approx((1 + 1 / 3) / 2)
+    assert agg["tp"] == 1 and agg["fp"] == 2 and agg["fn"] == 1
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="differ in shape"):
+        score_image(np.zeros((4, 4), int), np.zeros((4, 5), int))
+
+
+def test_large_ids_and_speed_independent_of_id_values():
+    gt = squares((1, 1, 5, 5)).astype(np.int64) * 4_000_000_000
+    pred = squares((1, 1, 5, 5)) * 123456
+    assert score_image(gt, pred).aji == 1
