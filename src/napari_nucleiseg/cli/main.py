@@ -157,6 +157,14 @@ def _positive(kind):
     return parse
 
 
+def cmd_release(args) -> int:
+    from ..training.release import release
+
+    card = release(args.run, args.name, args.version, args.train_data, args.test_data, args.out_dir)
+    print(Path(card).read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -208,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--widths", default="8,24,48,96")
     s.add_argument("--log-every", type=int, default=25)
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("release-model", help="tune, export and measure a training run as a shipped model")
+    s.add_argument("run")
+    s.add_argument("--name", required=True)
+    s.add_argument("--version", required=True)
+    s.add_argument("--train-data", required=True)
+    s.add_argument("--test-data", required=True, help="measured only, never tuned on")
+    s.add_argument("--out-dir", help="default: the package's models folder")
+    s.set_defaults(func=cmd_release)
 
     s = sub.add_parser("view", help="open napari with the plugin docked, on a slide or the demo")
     s.add_argument("slide", nargs="?")

@@ -1,0 +1,99 @@
+"""End-to-end speed of ``nucleiseg segment`` on a 4000x4000 region of a 20x (0.5 µm/px) image,
+against OpenSlide's read throughput of the same pixels, measured in the same run.
+
+    python benchmarks/segment_speed.py [--method nuclei-unet-v1] [--out benchmarks/results/segment_speed.json]
+
+The input is real tissue: the CMU-1 Aperio crop (20x, 0.499 µm/px) mirrored out to 4000x4000 and
+saved as a tiled pyramidal TIFF, so OpenSlide and the segmenter read the same file. The segment
+time is the whole command as a user runs it (process start-up, imports, read, network,
+post-processing, measurements, writing). The issue's bar: segment throughput >= 0.04 x read
+throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CMU = Path(os.environ.get("NUCLEISEG_SHARED", REPO.parent / "shared")) / "data" / "slides" / "CMU-1-Small-Region.svs"
+SIZE = 4000
+
+
+def build_input(path: Path) -> Path:
+    from napari_nucleiseg.demo.slides import write_pyramidal_tiff
+    from napari_nucleiseg.io import open_slide
+
+    slide = open_slide(CMU)
+    h, w = slide.shape
+    rgb = slide.read_region(0, 0, w, h, 0)
+    reps = (-(-SIZE // h), -(-SIZE // w))
+    tiles = [[rgb if (i + j) % 2 == 0 else rgb[:, ::-1] for j in range(reps[1])] for i in range(reps[0])]
+    big = np.concatenate([np.concatenate(row, axis=1) for row in tiles], axis=0)
+    write_pyramidal_tiff(path, np.ascontiguousarray(big[:SIZE, :SIZE]), slide.mpp, tile=256, quality=90)
+    return path
+
+
+def openslide_read_seconds(path: Path) -> float:
+    import openslide
+
+    o = openslide.OpenSlide(str(path))
+    t = time.perf_counter()
+    for y in range(0, SIZE, 512):
+        for x in range(0, SIZE, 512):
+            np.asarray(o.read_region((x, y), 0, (min(512, SIZE - x), min(512, SIZE - y))))
+    dt = time.perf_counter() - t
+    o.close()
+    return dt
+
+
+def main(argv=None):
+    from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--method", default=DEFAULT_NUCLEI_MODEL)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "segment_speed.json"))
+    args = ap.parse_args(argv)
+    warnings.simplefilter("ignore")
+    if not CMU.exists():
+        sys.exit(f"{CMU} not found: this benchmark needs ../shared/data/slides")
+    tmp = Path(tempfile.mkdtemp())
+    src = build_input(tmp / "region_20x.tif")
+    rounds = []
+    for r in range(args.rounds):
+        read_s = openslide_read_seconds(src)
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "napari_nucleiseg.cli.main", "segment", str(src),
+                              "--out", str(tmp / "out"), "--method", args.method], capture_output=True, text=True)
+        seg_s = time.perf_counter() - t
+        if out.returncode:
+            sys.exit(out.stderr)
+        n = int(out.stdout.split(": ")[1].split(" nuclei")[0])
+        mp = SIZE * SIZE / 1e6
+        rounds.append({"read_s": read_s, "segment_s": seg_s, "read_mp_s": mp / read_s, "segment_mp_s": mp / seg_s,
+                       "ratio": (mp / seg_s) / (mp / read_s), "nuclei": n, "nuclei_per_s": n / seg_s})
+    best = min(rounds, key=lambda r: r["segment_s"])
+    print(f"\n4000x4000 px at 0.499 µm/px (4.0 mm²), method {args.method}, {os.cpu_count()} cores\n")
+    print(f"{'round':<7}{'OpenSlide read s':>18}{'read MP/s':>11}{'segment s':>11}{'seg MP/s':>10}{'ratio':>8}{'nuclei':>8}")
+    for i, r in enumerate(rounds):
+        print(f"{i:<7}{r['read_s']:18.2f}{r['read_mp_s']:11.2f}{r['segment_s']:11.2f}{r['segment_mp_s']:10.3f}"
+              f"{r['ratio']:8.4f}{r['nuclei']:8d}")
+    print(f"\nbest ratio {best['ratio']:.4f} (bar: >= 0.04); {best['nuclei_per_s']:.0f} nuclei/s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "segment_speed", "size": SIZE, "method": args.method, "rounds": rounds}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The shipped nuclei model: loads offline without pickle, matches its hash, reproduces the metrics
+its card records, and tiles seam-free."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SHARED, shared_slide
+from napari_nucleiseg.metrics import aggregate, score_image
+from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL, MODELS_DIR, load_card, load_predictor
+from napari_nucleiseg.models.registry import sha256_of
+
+TEST_SET = SHARED / "data" / "nuclei" / "monuseg2018_test"
+
+
+def test_card_is_complete_and_hash_matches():
+    card = load_card(DEFAULT_NUCLEI_MODEL)
+    weights = MODELS_DIR / card.weights
+    assert weights.suffix == ".safetensors" and weights.stat().st_size < 5_000_000
+    assert sha256_of(weights) == card.sha256
+    assert card.mpp > 0 and card.licence and card.training_data and card.created
+    assert {"aji", "f1", "pq"} <= set(card.metrics["monuseg2018_test"])
+    assert "monuseg2018_test" not in json.dumps(card.training_data)
+
+
+def test_shipped_model_reproduces_its_recorded_metrics_on_a_subset():
+    if not TEST_SET.exists():
+        pytest.skip(f"{TEST_SET} not available (../shared is absent)")
+    from napari_nucleiseg.training.nuclei_data import load_dataset
+
+    predictor, card = load_predictor(DEFAULT_NUCLEI_MODEL)
+    subset = card.metrics["ci_subset"]
+    images = load_dataset(TEST_SET, stems=subset["stems"])
+    agg = aggregate([score_image(im.labels, predictor.segment(im.rgb, im.mpp), im.stem) for im in images])
+    assert agg["aji"] == pytest.approx(subset["aji"], abs=0.005)
+    assert agg["f1"] == pytest.approx(subset["f1"], abs=0.005)
+
+
+@pytest.fixture(scope="module")
+def cmu_crop():
+    from napari_nucleiseg.io import open_slide
+
+    slide = open_slide(shared_slide("CMU-1-Small-Region.svs"))
+    return slide.read_region(100, 500, 2000, 2000, 0), slide.mpp
+
+
+@pytest.mark.real_slides
+def test_tiled_and_untiled_agree_on_a_2000px_image(cmu_crop):
+    from napari_nucleiseg.segmentation.api import segment_untiled
+    from napari_nucleiseg.segmentation.tiled import segment_tiled
+
+    rgb, mpp = cmu_crop
+    whole = segment_untiled(rgb, mpp)
+    tiled = segment_tiled(rgb, mpp, segment_untiled, tile=600, halo=64)
+    assert whole.max() > 500
+    assert score_image(whole, tiled).aji >= 0.99
+
+
+@pytest.mark.real_slides
+def test_nucleus_on_a_tile_corner_comes_out_as_one(cmu_crop):
+    from scipy import ndimage as ndi
+
+    from napari_nucleiseg.segmentation.api import segment_untiled
+    from napari_nucleiseg.segmentation.tiled import segment_tiled
+
+    rgb, mpp = cmu_crop
+    rgb = rgb[:1200, :1200]
+    whole = segment_untiled(rgb, mpp)
+    # Pick a good-sized nucleus near the middle and shift the image so a tile corner sits on it.
+    ids, areas = np.unique(whole, return_counts=True)
+    ids, areas = ids[1:], areas[1:]
+    centres = np.array(ndi.center_of_mass(whole > 0, whole, ids))
+    near = np.hypot(centres[:, 0] - 600, centres[:, 1] - 600)
+    pick = ids[np.argmin(np.where(areas > np.median(areas), near, np.inf))]
+    cy, cx = (int(round(v)) for v in ndi.center_of_mass(whole == pick))
+    tile = 400
+    shifted = rgb[cy - tile :, cx - tile :]  # the nucleus centre is now at (tile, tile)
+    tiled = segment_tiled(shifted, mpp, segment_untiled, tile=tile, halo=64)
+    inside = tiled[(whole == pick)[cy - tile :, cx - tile :]]
+    values, counts = np.unique(inside[inside > 0], return_counts=True)
+    assert len(values) == 1, values  # one nucleus, not split between the four tiles
+    assert counts[0] > 0.8 * (whole == pick).sum()
