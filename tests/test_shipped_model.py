@@ -82,3 +82,23 @@ def test_nucleus_on_a_tile_corner_comes_out_as_one(cmu_crop):
     values, counts = np.unique(inside[inside > 0], return_counts=True)
     assert len(values) == 1, values  # one nucleus, not split between the four tiles
     assert counts[0] > 0.8 * (whole == pick).sum()
+
+
+def test_awkward_inputs_with_the_default_model():
+    from napari_nucleiseg.demo.render import render_he
+    from napari_nucleiseg.segmentation.api import segment_image
+
+    rgb, truth = render_he((300, 300), 0.5, seed=21, coverage=1.0)
+    ref = segment_image(rgb, 0.5)
+    assert ref.shape == (300, 300) and ref.max() > 10
+    grey = rgb.mean(axis=2).astype(np.uint8)
+    rgba = np.dstack([rgb, np.full((300, 300), 255, np.uint8)])
+    deep = rgb.astype(np.uint16) * 257
+    for img in (grey, rgba, deep):
+        out = segment_image(img, 0.5)
+        assert out.shape == (300, 300) and out.dtype == np.uint32
+    assert np.array_equal(segment_image(rgba, 0.5), ref)
+    assert np.array_equal(segment_image(deep, 0.5), ref)
+    assert segment_image(np.full((256, 256, 3), 245, np.uint8), 0.5).max() == 0  # glass
+    assert segment_image(rgb[:5, :7], 0.5).shape == (5, 7)                      # tiny
+    assert segment_image(rgb, 0.25).shape == (300, 300)                          # 40x input

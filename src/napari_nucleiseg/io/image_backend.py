@@ -50,10 +50,13 @@ def to_rgb_uint8(arr: np.ndarray, mode: str = "") -> np.ndarray:
         a = arr.astype(np.float32)
         if arr.dtype.kind == "f" and a.max() <= 1.0:
             a = a * 255.0
+        elif arr.dtype == np.uint16 and a.size and a.max() > 4095:
+            a = a / 257.0  # full-range 16-bit: the exact inverse of 8-bit * 257
         elif arr.dtype.kind in "ui":
+            # 10/12-bit data in a 16-bit container, or other integer types: stretch to 8 bits.
             hi = float(np.percentile(a, 99.9)) if a.size else 1.0
             a = a * (255.0 / max(hi, 1.0)) if hi > 255 else a
-        arr = np.clip(a, 0, 255).astype(np.uint8)
+        arr = np.clip(np.rint(a), 0, 255).astype(np.uint8)
     c = arr.shape[2]
     if c in (2, 4):  # trailing alpha: composite on white glass
         alpha = arr[:, :, -1:].astype(np.float32) / 255.0

@@ -44,7 +44,7 @@ class Predictor:
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
+        x = torch.from_numpy(np.require(rgb, requirements="CW")).permute(2, 0, 1)[None].float().div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             out = torch.sigmoid(self.model(x))[0, :, :h, :w]
