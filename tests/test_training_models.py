@@ -64,6 +64,23 @@ def test_export_load_and_hash_check(tiny_dataset, tmp_path):
     predictor, _ = load_predictor(tmp_path / "tiny-test.json")
     rgb = render_he((128, 128), 0.5, seed=5, coverage=1.0)[0]
     assert predictor.segment(rgb, 0.5).shape == (128, 128)
+    # The ONNX twin (for ONNX Runtime) computes the same maps as PyTorch.
+    assert predictor.runtime == "onnxruntime" and card["onnx_sha256"]
+    import os
+
+    os.environ["NUCLEISEG_RUNTIME"] = "torch"
+    try:
+        torch_predictor, _ = load_predictor(tmp_path / "tiny-test.json")
+    finally:
+        del os.environ["NUCLEISEG_RUNTIME"]
+    assert torch_predictor.runtime == "torch"
+    assert np.abs(predictor.maps(rgb, 0.5) - torch_predictor.maps(rgb, 0.5)).max() < 1e-4
+    onnx = tmp_path / "tiny-test.onnx"
+    good = onnx.read_bytes()
+    onnx.write_bytes(good[:-10] + bytes(10))
+    with pytest.raises(WeightsError, match="tiny-test.onnx: SHA-256"):
+        load_predictor(tmp_path / "tiny-test.json")
+    onnx.write_bytes(good)
     # One flipped byte: refused, with the file named.
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF

@@ -33,6 +33,8 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     created: str = ""
     notes: str = ""
+    onnx: str = ""
+    onnx_sha256: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
@@ -67,9 +69,34 @@ def load_card(name_or_path: str | Path) -> ModelCard:
     return ModelCard(**{k: v for k, v in data.items() if k in known})
 
 
+def _onnx_session(card: ModelCard, folder: Path):
+    """An ONNX Runtime session for the card's ONNX twin, or None (not shipped, or no runtime)."""
+    import os
+
+    if not card.onnx or os.environ.get("NUCLEISEG_RUNTIME", "auto") == "torch":
+        return None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    path = folder / card.onnx
+    if not path.exists():
+        return None
+    digest = sha256_of(path)
+    if digest != card.onnx_sha256:
+        raise WeightsError(f"{path}: SHA-256 {digest[:12]}… does not match the model card "
+                           f"({card.onnx_sha256[:12]}…); refusing to load it")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def load_predictor(name_or_path: str | Path = DEFAULT_NUCLEI_MODEL, **kwargs):
     """A :class:`~napari_nucleiseg.segmentation.predict.Predictor` for a registered model, after
-    checking the weights' SHA-256 against the card. Loads without pickle (safetensors)."""
+    checking the weights' SHA-256 against the card. Loads without pickle (safetensors, and the
+    ONNX twin for ONNX Runtime when present; ``NUCLEISEG_RUNTIME=torch`` forces PyTorch)."""
     from safetensors.torch import load_file
 
     from ..segmentation.postprocess import PostprocessSettings
@@ -92,4 +119,5 @@ def load_predictor(name_or_path: str | Path = DEFAULT_NUCLEI_MODEL, **kwargs):
     except Exception as exc:
         raise WeightsError(f"{weights}: weights do not fit the {card.architecture} {card.widths}: {exc}") from exc
     settings = PostprocessSettings(**card.postprocess) if card.postprocess else PostprocessSettings()
-    return Predictor(fuse_for_inference(model), card.mpp, settings=settings, **kwargs), card
+    session = _onnx_session(card, card_path.parent)
+    return Predictor(fuse_for_inference(model), card.mpp, settings=settings, session=session, **kwargs), card

@@ -22,7 +22,7 @@ class Predictor:
     """Wraps a :class:`~napari_nucleiseg.segmentation.unet.UNet` trained at ``mpp`` µm/px."""
 
     def __init__(self, model, mpp: float, tile: int = 1024, halo: int = 48, threads: int | None = None,
-                 settings: PostprocessSettings = PostprocessSettings()):
+                 settings: PostprocessSettings = PostprocessSettings(), session=None):
         import torch
 
         self.model = model.eval()
@@ -31,8 +31,14 @@ class Predictor:
         self.tile = tile - tile % self.multiple
         self.halo = halo
         self.settings = settings
+        #: An ONNX Runtime session running the same network (2-3x faster on CPU), or None.
+        self.session = session
         if threads:
             torch.set_num_threads(threads)
+
+    @property
+    def runtime(self) -> str:
+        return "onnxruntime" if self.session is not None else "torch"
 
     # ------------------------------------------------------------------ maps
     def _forward(self, rgb: np.ndarray) -> np.ndarray:
@@ -45,6 +51,9 @@ class Predictor:
         if ph or pw:
             rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
         x = torch.from_numpy(np.require(rgb, requirements="CW")).permute(2, 0, 1)[None].float().div_(255.0)
+        if self.session is not None:
+            logits = self.session.run(None, {"rgb": x.contiguous().numpy()})[0]
+            return (1.0 / (1.0 + np.exp(-logits[0, :, :h, :w]))).astype(np.float32)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             out = torch.sigmoid(self.model(x))[0, :, :h, :w]

@@ -22,6 +22,7 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
     weights = out_dir / f"{name}.safetensors"
     # Plain contiguous float tensors only: nothing in the file can execute when loaded.
     save_file({k: v.contiguous() for k, v in state["model"].items()}, str(weights))
+    onnx_path = export_onnx(state["model"], tuple(cfg["widths"]), out_dir / f"{name}.onnx")
     card = ModelCard(
         name=name, version=version, architecture="UNet", widths=list(cfg["widths"]), mpp=cfg["mpp"],
         sha256=sha256_of(weights), weights=weights.name, training_data=training_data, licence=licence,
@@ -30,6 +31,24 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
         | {"iterations_done": int(state["iter"]),
            "command": f"nucleiseg train --data <monuseg2018_train> --out <run> --iters {cfg['iters']}"},
         created=datetime.date.today().isoformat(), notes=notes,
+        onnx=onnx_path.name, onnx_sha256=sha256_of(onnx_path),
     )
     (out_dir / f"{name}.json").write_text(card.to_json() + "\n")
     return weights
+
+
+def export_onnx(state_dict, widths, path: Path) -> Path:
+    """The same network, BatchNorm folded, as ONNX (protobuf: no code runs on load) for ONNX
+    Runtime, which runs it 2-3x faster than PyTorch on CPU. Height and width are dynamic."""
+    import torch
+
+    from ..segmentation.unet import UNet, fuse_for_inference
+
+    model = UNet(widths)
+    model.load_state_dict(state_dict)
+    fused = fuse_for_inference(model).to(memory_format=torch.contiguous_format)
+    x = torch.rand(1, 3, 256, 256)
+    torch.onnx.export(fused, x, str(path), input_names=["rgb"], output_names=["logits"],
+                      dynamic_axes={"rgb": {2: "h", 3: "w"}, "logits": {2: "h", 3: "w"}},
+                      opset_version=17, dynamo=False)
+    return Path(path)
