@@ -44,84 +44,65 @@ def regions_for(shape, n, aligned, seed):
     return out
 
 
-def raw_openslide(path, regions):
+def _timed(opener, read_all):
+    """Seconds ``read_all(handle)`` takes on a freshly opened handle (no inherited tile cache)."""
+    handle = opener()
+    t = time.perf_counter()
+    read_all(handle)
+    dt = time.perf_counter() - t
+    handle.close()
+    return dt
+
+
+def _raw(path):
     import openslide
 
-    o = openslide.OpenSlide(str(path))
-    t = time.perf_counter()
-    for x, y in regions:
-        a = np.asarray(o.read_region((x, y), 0, (TILE, TILE)))[:, :, :3]
-    dt = time.perf_counter() - t
-    o.close()
-    return dt
+    return openslide.OpenSlide(str(path))
+
+
+def _ours(path):
+    from napari_nucleiseg.io import open_slide
+
+    return open_slide(path)
+
+
+def raw_openslide(path, regions):
+    return _timed(lambda: _raw(path), lambda o: [np.asarray(o.read_region((x, y), 0, (TILE, TILE)))[:, :, :3]
+                                                for x, y in regions])
 
 
 def ours_dask_batch(path, regions):
     import dask
 
-    from napari_nucleiseg.io import open_slide
+    def read_all(s):
+        level0 = s.pyramid(TILE)[0]
+        dask.compute(*[level0[y : y + TILE, x : x + TILE] for x, y in regions], scheduler="threads",
+                     num_workers=os.cpu_count())
 
-    s = open_slide(path)
-    level0 = s.pyramid(TILE)[0]
-    t = time.perf_counter()
-    dask.compute(*[level0[y : y + TILE, x : x + TILE] for x, y in regions], scheduler="threads",
-                 num_workers=os.cpu_count())
-    dt = time.perf_counter() - t
-    s.close()
-    return dt
+    return _timed(lambda: _ours(path), read_all)
 
 
 def ours_dask_one_by_one(path, regions):
-    from napari_nucleiseg.io import open_slide
-
-    s = open_slide(path)
-    level0 = s.pyramid(TILE)[0]
-    t = time.perf_counter()
-    for x, y in regions:
-        np.asarray(level0[y : y + TILE, x : x + TILE])  # what napari does for each view
-    dt = time.perf_counter() - t
-    s.close()
-    return dt
+    # What napari does for each view: np.asarray on a slice of the level.
+    return _timed(lambda: _ours(path), lambda s: [np.asarray(s.pyramid(TILE)[0][y : y + TILE, x : x + TILE])
+                                                  for x, y in regions])
 
 
 def ours_read_region(path, regions):
-    from napari_nucleiseg.io import open_slide
-
-    s = open_slide(path)
-    t = time.perf_counter()
-    for x, y in regions:
-        s.read_region(x, y, TILE, TILE, 0)
-    dt = time.perf_counter() - t
-    s.close()
-    return dt
+    return _timed(lambda: _ours(path), lambda s: [s.read_region(x, y, TILE, TILE, 0) for x, y in regions])
 
 
 VIEW = (1024, 2048)  # rows, cols: about what a full-HD canvas shows at full resolution
 
 
 def raw_openslide_views(path, regions):
-    import openslide
-
-    o = openslide.OpenSlide(str(path))
-    t = time.perf_counter()
-    for x, y in regions:
-        np.asarray(o.read_region((x, y), 0, (VIEW[1], VIEW[0])))[:, :, :3]
-    dt = time.perf_counter() - t
-    o.close()
-    return dt
+    return _timed(lambda: _raw(path), lambda o: [np.asarray(o.read_region((x, y), 0, (VIEW[1], VIEW[0])))[:, :, :3]
+                                                for x, y in regions])
 
 
 def ours_dask_views(path, regions):
-    from napari_nucleiseg.io import open_slide
-
-    s = open_slide(path)
-    level0 = s.pyramid(TILE)[0]
-    t = time.perf_counter()
-    for x, y in regions:
-        np.asarray(level0[y : y + VIEW[0], x : x + VIEW[1]])  # napari's read of one view
-    dt = time.perf_counter() - t
-    s.close()
-    return dt
+    return _timed(lambda: _ours(path), lambda s: [np.asarray(s.pyramid(TILE)[0][y : y + VIEW[0], x : x + VIEW[1]])
+                                                  for x, y in regions])
 
 
 VIEW_METHODS = {
@@ -135,6 +116,23 @@ METHODS = {
     "ours: dask pyramid, np.asarray per region": ours_dask_one_by_one,
     "ours: dask pyramid, batch (threads)": ours_dask_batch,
 }
+
+
+def compare(methods, path, regions, px_per_region, rounds, row) -> list[dict]:
+    """Median MP/s of each method and its ratio to raw OpenSlide over ``rounds`` rounds that
+    alternate the order of methods."""
+    mp = len(regions) * px_per_region / 1e6
+    per_method = {m: [] for m in methods}
+    ratios = {m: [] for m in methods}
+    for r in range(rounds):
+        order = list(methods) if r % 2 == 0 else list(reversed(methods))
+        times = {m: methods[m](path, regions) for m in order}
+        for m in methods:
+            per_method[m].append(mp / times[m])
+            ratios[m].append(times["raw openslide.read_region"] / times[m])
+    return [row | {"method": m, "regions": len(regions), "mp_per_s": statistics.median(per_method[m]),
+                   "ratio_vs_raw_openslide": statistics.median(ratios[m]), "rounds_mp_per_s": per_method[m]}
+            for m in methods]
 
 
 def main(argv=None):
@@ -165,42 +163,13 @@ def main(argv=None):
         shape = open_slide(path).shape
         for aligned in (True, False):
             regions = regions_for(shape, args.regions, aligned, seed=1)
-            mp = len(regions) * TILE * TILE / 1e6
-            per_method = {m: [] for m in METHODS}
-            ratios = {m: [] for m in METHODS}
-            for r in range(args.rounds):
-                order = list(METHODS) if r % 2 == 0 else list(reversed(METHODS))
-                times = {m: METHODS[m](path, regions) for m in order}
-                for m in METHODS:
-                    per_method[m].append(mp / times[m])
-                    ratios[m].append(times["raw openslide.read_region"] / times[m])
-            for m in METHODS:
-                results.append({
-                    "slide": label, "aligned": aligned, "method": m, "regions": len(regions),
-                    "mp_per_s": statistics.median(per_method[m]),
-                    "ratio_vs_raw_openslide": statistics.median(ratios[m]),
-                    "rounds_mp_per_s": per_method[m],
-                })
+            results += compare(METHODS, path, regions, TILE * TILE, args.rounds,
+                               {"slide": label, "aligned": aligned})
         # Screen-sized views (what napari reads when the user pans), aligned to the chunk grid.
-        regions = [(x, y) for x, y in regions_for((shape[0] - VIEW[0] + TILE, shape[1] - VIEW[1] + TILE),
-                                                    max(8, args.regions // 8), True, seed=2)]
-        mp = len(regions) * VIEW[0] * VIEW[1] / 1e6
-        per_method = {m: [] for m in VIEW_METHODS}
-        ratios = {m: [] for m in VIEW_METHODS}
-        for r in range(args.rounds):
-            order = list(VIEW_METHODS) if r % 2 == 0 else list(reversed(VIEW_METHODS))
-            times = {m: VIEW_METHODS[m](path, regions) for m in order}
-            for m in VIEW_METHODS:
-                per_method[m].append(mp / times[m])
-                ratios[m].append(times["raw openslide.read_region"] / times[m])
-        for m in VIEW_METHODS:
-            results.append({
-                "slide": label, "aligned": "view", "method": m, "regions": len(regions),
-                "region_px": list(VIEW),
-                "mp_per_s": statistics.median(per_method[m]),
-                "ratio_vs_raw_openslide": statistics.median(ratios[m]),
-                "rounds_mp_per_s": per_method[m],
-            })
+        regions = regions_for((shape[0] - VIEW[0] + TILE, shape[1] - VIEW[1] + TILE),
+                              max(8, args.regions // 8), True, seed=2)
+        results += compare(VIEW_METHODS, path, regions, VIEW[0] * VIEW[1], args.rounds,
+                           {"slide": label, "aligned": "view", "region_px": list(VIEW)})
 
     print(f"\nRead throughput, 512x512 level-0 regions, {args.regions} regions x {args.rounds} rounds, "
           f"{os.cpu_count()} cores\n")

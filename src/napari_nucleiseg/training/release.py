@@ -23,7 +23,7 @@ def tune_postprocess(predictor, images) -> dict:
 
     maps = [(im, predictor.maps(im.rgb, im.mpp)) for im in images]
     best = None
-    for fg, md, mc in itertools.product((0.4, 0.5, 0.6), (0.3, 0.4, 0.5, 0.6), (0.3, 0.5, 0.7)):
+    for fg, md, mc in itertools.product((0.3, 0.4, 0.5), (0.15, 0.2, 0.3, 0.4, 0.5), (0.5, 0.7, 0.9)):
         s = PostprocessSettings(foreground=fg, marker_distance=md, marker_contour=mc)
         agg = aggregate([score_image(im.labels, instances_from_maps(p, im.mpp, s)) for im, p in maps])
         if best is None or agg["aji"] > best[0]:
