@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .axes import display_range, read_window
 from .errors import CorruptSlideError, SlideError
 from .slide import Slide
 
@@ -56,12 +57,8 @@ class TiffSlide(Slide):
             shp = dict(zip(self._axes, arr.shape))
             shapes.append((shp["Y"], shp["X"]))
         dtype = np.dtype(self._arrays[0].dtype)
-        self._scale = None
-        if dtype != np.uint8:
-            # Display range from the coarsest level: cheap, and representative of the slide.
-            low = self._to_yxc(np.asarray(self._arrays[-1][_sample_index(self._arrays[-1].shape, self._axes)]))
-            lo, hi = float(np.percentile(low, 0.1)), float(np.percentile(low, 99.9))
-            self._scale = (lo, max(hi - lo, 1e-6))
+        # Display range from the coarsest level: cheap, and representative of the slide.
+        self._scale = display_range(self._arrays[-1], self._axes)
         fmt = "ome-tiff" if self._tif.is_ome else "tiff"
         super().__init__(
             path,
@@ -72,33 +69,8 @@ class TiffSlide(Slide):
             properties={"tiff.axes": self._axes, "tiff.dtype": str(dtype)},
         )
 
-    def _to_yxc(self, block: np.ndarray) -> np.ndarray:
-        axes = self._axes
-        # Take the first plane of any axis other than Y, X and samples/channels.
-        index = tuple(slice(None) if a in "YXSC" else 0 for a in axes)
-        block = block[index]
-        kept = [a for a in axes if a in "YXSC"]
-        order = [kept.index("Y"), kept.index("X")] + [i for i, a in enumerate(kept) if a in "SC"]
-        block = np.transpose(block, order)
-        if block.ndim == 2:
-            block = block[:, :, None]
-        if block.shape[2] == 1:
-            block = np.repeat(block, 3, axis=2)
-        elif block.shape[2] > 3:
-            block = block[:, :, :3]  # RGBA or extra channels: keep the colour ones
-        elif block.shape[2] == 2:
-            block = np.concatenate([block, block[:, :, :1]], axis=2)
-        return block
-
     def _read_level(self, level, x, y, width, height):
-        # Slice every axis (length-1 for T/Z/...) so the block keeps the file's axis order.
-        spans = {"Y": slice(y, y + height), "X": slice(x, x + width)}
-        index = tuple(spans.get(a, slice(None) if a in "SC" else slice(0, 1)) for a in self._axes)
-        out = self._to_yxc(np.asarray(self._arrays[level][index]))
-        if self._scale is not None:
-            lo, span = self._scale
-            out = np.clip((out.astype(np.float32) - lo) * (255.0 / span), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(out, dtype=np.uint8)
+        return read_window(self._arrays[level], self._axes, x, y, width, height, self._scale)
 
     def close(self):
         self._tif.close()
@@ -128,6 +100,15 @@ def _tiff_mpp(tif) -> float | None:
             px_per_unit = num / den
             return (25400.0 if unit == 2 else 10000.0) / px_per_unit
     return None
+
+
+class _LogCollector(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
 
 class _LogCollector(logging.Handler):
