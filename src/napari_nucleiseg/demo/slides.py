@@ -83,50 +83,33 @@ def _levels(rgb: np.ndarray, factor: int = 4, smallest: int = 512) -> list[np.nd
     return levels
 
 
-def write_pyramidal_tiff(path: str | Path, rgb: np.ndarray, mpp: float, tile: int = TILE,
-                         quality: int = 90) -> None:
-    """Write an RGB image as a tiled JPEG pyramid (×4 per level) with its µm/px."""
+def _write_pyramid(path, levels: list[np.ndarray], mpp: float, tile: int, description: str, **codec) -> None:
+    """Tiled TIFF, one page per ×4 level, each with its own resolution tags (OpenSlide's generic
+    TIFF layout)."""
     import tifffile
 
     px_per_cm = 1e4 / mpp
-    with tifffile.TiffWriter(path, bigtiff=rgb.nbytes > 2**31) as tw:
-        for i, level in enumerate(_levels(rgb)):
-            tw.write(
-                level,
-                tile=(tile, tile),
-                compression="jpeg",
-                compressionargs={"level": quality},
-                photometric="rgb",
-                resolution=(px_per_cm / 4**i, px_per_cm / 4**i),
-                resolutionunit="CENTIMETER",
-                subfiletype=0 if i == 0 else 1,
-                description=f"napari-nucleiseg synthetic H&E, mpp={mpp}" if i == 0 else None,
-                metadata=None,
-            )
+    with tifffile.TiffWriter(path, bigtiff=levels[0].nbytes > 2**31) as tw:
+        for i, level in enumerate(levels):
+            tw.write(level, tile=(tile, tile), resolution=(px_per_cm / 4**i, px_per_cm / 4**i),
+                     resolutionunit="CENTIMETER", subfiletype=0 if i == 0 else 1,
+                     description=description if i == 0 else None, metadata=None, **codec)
+
+
+def write_pyramidal_tiff(path: str | Path, rgb: np.ndarray, mpp: float, tile: int = TILE,
+                         quality: int = 90) -> None:
+    """Write an RGB image as a tiled JPEG pyramid (×4 per level, area-averaged) with its µm/px."""
+    _write_pyramid(path, _levels(rgb), mpp, tile, f"napari-nucleiseg synthetic H&E, mpp={mpp}",
+                   compression="jpeg", compressionargs={"level": quality}, photometric="rgb")
 
 
 def write_label_tiff(path: str | Path, labels: np.ndarray, mpp: float, tile: int = TILE) -> None:
-    """Write an instance label map as a tiled, zlib-compressed uint32 TIFF (nearest pyramid)."""
-    import tifffile
-
-    px_per_cm = 1e4 / mpp
-    n = int(labels.max())
-    with tifffile.TiffWriter(path) as tw:
-        level, i = labels, 0
-        while True:
-            tw.write(
-                level,
-                tile=(tile, tile),
-                compression="zlib",
-                resolution=(px_per_cm / 4**i, px_per_cm / 4**i),
-                resolutionunit="CENTIMETER",
-                subfiletype=0 if i == 0 else 1,
-                description=f"napari-nucleiseg labels, nuclei={n}" if i == 0 else None,
-                metadata=None,
-            )
-            if max(level.shape) <= 512:
-                break
-            level, i = level[::4, ::4], i + 1
+    """Write an instance label map as a tiled, zlib-compressed TIFF with a nearest-neighbour pyramid."""
+    levels = [labels]
+    while max(levels[-1].shape) > 512:
+        levels.append(levels[-1][::4, ::4])
+    _write_pyramid(path, levels, mpp, tile, f"napari-nucleiseg labels, nuclei={int(labels.max())}",
+                   compression="zlib")
 
 
 def read_label_pyramid(path: str | Path) -> list:
