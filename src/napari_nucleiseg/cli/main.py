@@ -136,7 +136,8 @@ def cmd_train(args) -> int:
 
     cfg = TrainConfig(data=args.data, out=args.out, iters=args.iters, batch=args.batch, patch=args.patch,
                       threads=args.threads, seed=args.seed, mpp=args.model_mpp,
-                      widths=tuple(int(w) for w in args.widths.split(",")))
+                      widths=tuple(int(w) for w in args.widths.split(",")), decoder=args.decoder,
+                      lr=args.lr)
     for info in train(cfg):
         if info["iter"] % args.log_every == 0 or "val" in info or info["iter"] == cfg.iters:
             eta = info["elapsed_s"] / max(1, info["iter"] - info.get("start", 0)) * (cfg.iters - info["iter"])
@@ -214,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--model-mpp", type=float, default=0.5)
     s.add_argument("--widths", default="8,24,48,96")
+    s.add_argument("--decoder", choices=("double", "light"), default="double")
+    s.add_argument("--lr", type=float, default=3e-3)
     s.add_argument("--log-every", type=int, default=25)
     s.set_defaults(func=cmd_train)
 

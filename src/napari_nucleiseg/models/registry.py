@@ -35,6 +35,7 @@ class ModelCard:
     notes: str = ""
     onnx: str = ""
     onnx_sha256: str = ""
+    decoder: str = "double"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
@@ -96,12 +97,10 @@ def _onnx_session(card: ModelCard, folder: Path):
 def load_predictor(name_or_path: str | Path = DEFAULT_NUCLEI_MODEL, **kwargs):
     """A :class:`~napari_nucleiseg.segmentation.predict.Predictor` for a registered model, after
     checking the weights' SHA-256 against the card. Loads without pickle (safetensors, and the
-    ONNX twin for ONNX Runtime when present; ``NUCLEISEG_RUNTIME=torch`` forces PyTorch)."""
-    from safetensors.torch import load_file
-
+    ONNX twin for ONNX Runtime when present; ``NUCLEISEG_RUNTIME=torch`` forces PyTorch). With
+    the ONNX twin, PyTorch is not even imported: that is most of a command's start-up time."""
     from ..segmentation.postprocess import PostprocessSettings
     from ..segmentation.predict import Predictor
-    from ..segmentation.unet import UNet, fuse_for_inference
 
     card_path = _card_path(name_or_path)
     card = load_card(card_path)
@@ -113,11 +112,18 @@ def load_predictor(name_or_path: str | Path = DEFAULT_NUCLEI_MODEL, **kwargs):
         raise WeightsError(
             f"{weights}: SHA-256 {digest[:12]}… does not match the model card ({card.sha256[:12]}…); "
             "the file is corrupt or was replaced — refusing to load it")
-    model = UNet(tuple(card.widths))
+    settings = PostprocessSettings(**card.postprocess) if card.postprocess else PostprocessSettings()
+    session = _onnx_session(card, card_path.parent)
+    if session is not None:
+        multiple = 2 ** (len(card.widths) - 1)
+        return Predictor(None, card.mpp, settings=settings, session=session, multiple=multiple, **kwargs), card
+    from safetensors.torch import load_file
+
+    from ..segmentation.unet import UNet, fuse_for_inference
+
+    model = UNet(tuple(card.widths), decoder=card.decoder)
     try:
         model.load_state_dict(load_file(str(weights)))
     except Exception as exc:
         raise WeightsError(f"{weights}: weights do not fit the {card.architecture} {card.widths}: {exc}") from exc
-    settings = PostprocessSettings(**card.postprocess) if card.postprocess else PostprocessSettings()
-    session = _onnx_session(card, card_path.parent)
-    return Predictor(fuse_for_inference(model), card.mpp, settings=settings, session=session, **kwargs), card
+    return Predictor(fuse_for_inference(model), card.mpp, settings=settings, **kwargs), card

@@ -44,7 +44,9 @@ def segment_files(inputs, out_dir, mpp=None, method=None) -> int:
             stem = Path(path).name.split(".")[0]
             meta = {"source": str(path), "mpp": slide.mpp, **info}
             tmp = out / f"{stem}.tif.part"
-            tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib",
+            # zlib level 1: label maps are mostly runs of zeros, so it compresses almost as well
+            # as the default level 6 in a fraction of the time.
+            tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", compressionargs={"level": 1},
                              resolution=(1e4 / slide.mpp, 1e4 / slide.mpp), resolutionunit="CENTIMETER",
                              description=json.dumps(meta), metadata=None)
             tmp.replace(out / f"{stem}.tif")

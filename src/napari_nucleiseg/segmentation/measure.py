@@ -25,32 +25,87 @@ COLUMNS = ["label", "centroid_x_um", "centroid_y_um", "area_um2", "perimeter_um"
 def _edge_counts(labels: np.ndarray, n: int) -> np.ndarray:
     """Pixel edges each label shares with a different label or the background (or the border)."""
     counts = np.zeros(n + 1, np.int64)
-    padded = np.pad(labels, 1)
-    for a, b in ((padded[1:, :], padded[:-1, :]), (padded[:, 1:], padded[:, :-1])):
+    for a, b in ((labels[1:, :], labels[:-1, :]), (labels[:, 1:], labels[:, :-1])):
         diff = a != b
         counts += np.bincount(a[diff], minlength=n + 1) + np.bincount(b[diff], minlength=n + 1)
+    # The image border is an edge too.
+    for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        counts += np.bincount(side, minlength=n + 1)
     return counts
 
 
-def _solidity(labels: np.ndarray, ids: np.ndarray, area: np.ndarray) -> np.ndarray:
-    from scipy.spatial import ConvexHull, QhullError
+def _area_under_majorant(group: np.ndarray, y: np.ndarray, v: np.ndarray, n_groups: int) -> np.ndarray:
+    """For points sorted by (group, y) with one point per (group, y): the area under each group's
+    concave majorant (upper hull) between its first and last y.
 
-    out = np.ones(len(ids))
-    slices = ndi.find_objects(labels)
-    corners = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
-    for k, i in enumerate(ids):
-        sl = slices[i - 1]
-        if sl is None:
-            continue
-        obj = labels[sl] == i
-        edge = obj & ~ndi.binary_erosion(obj)
-        pts = np.argwhere(edge)
-        pts = (pts[:, None, :] + corners[None]).reshape(-1, 2)
-        try:
-            out[k] = min(1.0, area[k] / ConvexHull(pts).volume)
-        except (QhullError, ValueError):
-            out[k] = 1.0
-    return out
+    Vectorised over all groups: every pass drops, at once, each point lying on or below the chord
+    of its two current neighbours (such a point is never a hull vertex, whatever else is dropped
+    in the same pass), until each chain is concave. Chains of a few dozen points settle in a few
+    passes.
+    """
+    alive = np.arange(len(group))
+    while len(alive) > 2:
+        g = group[alive]
+        inner = np.zeros(len(alive), bool)
+        inner[1:-1] = (g[1:-1] == g[:-2]) & (g[1:-1] == g[2:])
+        k = np.flatnonzero(inner)
+        a, b, c = alive[k - 1], alive[k], alive[k + 1]
+        below = (v[b] - v[a]) * (y[c] - y[a]) <= (v[c] - v[a]) * (y[b] - y[a])
+        if not below.any():
+            break
+        keep = np.ones(len(alive), bool)
+        keep[k[below]] = False
+        alive = alive[keep]
+    g = group[alive]
+    same = g[1:] == g[:-1]
+    a, c = alive[:-1][same], alive[1:][same]
+    return np.bincount(g[:-1][same], (y[c] - y[a]) * (v[a] + v[c]) / 2, minlength=n_groups)
+
+
+def _solidity(labels: np.ndarray, ids: np.ndarray, area: np.ndarray) -> np.ndarray:
+    """Area / area of the convex hull of each nucleus' pixel squares, for all nuclei at once.
+
+    A horizontal slice of the hull of a set is [convex minorant of the set's left ends, concave
+    majorant of its right ends], so the hull area is the area under the majorant of the right
+    edges minus that under the minorant of the left edges, each a 1-D hull of a few dozen points
+    per nucleus, computed for every nucleus together (no per-nucleus qhull call: those had taken
+    seconds for the ~8,000 nuclei of a 4000² field).
+    """
+    # Horizontal runs of one label, from their start and end pixels (raster order pairs the
+    # k-th start with the k-th end): a few hundred thousand runs instead of every pixel.
+    h, w = labels.shape
+    diff = labels[:, 1:] != labels[:, :-1]
+    starts = np.empty((h, w), bool)
+    starts[:, 0] = labels[:, 0] > 0
+    np.logical_and(diff, labels[:, 1:] > 0, out=starts[:, 1:])
+    ends = np.empty((h, w), bool)
+    ends[:, -1] = labels[:, -1] > 0
+    np.logical_and(diff, labels[:, :-1] > 0, out=ends[:, :-1])
+    ys, x0 = np.nonzero(starts)
+    x1 = np.nonzero(ends)[1] + 1
+    lab = labels[ys, x0]
+    # Stable sort by label keeps raster order within a label: per (label, row), the first run
+    # starts leftmost and the last ends rightmost.
+    order = np.argsort(lab, kind="stable")
+    lab, ys, x0, x1 = lab[order], ys[order], x0[order], x1[order]
+    change = np.flatnonzero((lab[1:] != lab[:-1]) | (ys[1:] != ys[:-1])) + 1
+    first = np.concatenate([[0], change])
+    last = np.concatenate([change - 1, [len(lab) - 1]])
+    row_lab, row_y = lab[first], ys[first]
+    left, right = x0[first].astype(np.float64), x1[last].astype(np.float64)
+    # Each row's edges hold from y to y + 1: points at both; where rows meet keep the outer one.
+    group = np.searchsorted(ids, np.repeat(row_lab, 2))
+    y = np.stack([row_y, row_y + 1], axis=1).ravel().astype(np.int64)
+    key = group.astype(np.int64) * (h + 2) + y
+    order = np.argsort(key, kind="stable")
+    key, group, y = key[order], group[order], y[order]
+    starts = np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1])
+    r = np.maximum.reduceat(np.repeat(right, 2)[order], starts)
+    l_ = np.minimum.reduceat(np.repeat(left, 2)[order], starts)
+    group, y = group[starts], y[starts].astype(np.float64)
+    hull = (_area_under_majorant(group, y, r, len(ids)) + _area_under_majorant(group, y, -l_, len(ids)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(hull > 0, np.minimum(1.0, area / hull), 1.0)
 
 
 def measure_nuclei(labels: np.ndarray, rgb: np.ndarray | None, mpp: float,

@@ -18,22 +18,45 @@ def _resize(arr: np.ndarray, shape: tuple[int, int], shrink: bool) -> np.ndarray
     return np.asarray(img.resize((shape[1], shape[0]), method))
 
 
+def _resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resampling of float32 maps (C, h, w) to (C, H, W), pixel centres aligned (the
+    same convention as torch's ``align_corners=False``), without importing torch."""
+    from PIL import Image
+
+    out = np.empty((maps.shape[0], *shape), np.float32)
+    for c, m in enumerate(maps):
+        out[c] = np.asarray(Image.fromarray(np.ascontiguousarray(m), mode="F").resize(
+            (shape[1], shape[0]), Image.Resampling.BILINEAR))
+    return out
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    out = np.negative(logits, dtype=np.float32)
+    np.exp(out, out=out)
+    out += 1
+    return np.reciprocal(out, out=out)
+
+
 class Predictor:
     """Wraps a :class:`~napari_nucleiseg.segmentation.unet.UNet` trained at ``mpp`` µm/px."""
 
     def __init__(self, model, mpp: float, tile: int = 1024, halo: int = 48, threads: int | None = None,
-                 settings: PostprocessSettings = PostprocessSettings(), session=None):
-        import torch
-
-        self.model = model.eval()
+                 settings: PostprocessSettings = PostprocessSettings(), session=None, multiple: int | None = None):
+        #: The PyTorch network, or None when ``session`` runs it (then torch is never imported,
+        #: which saves seconds of start-up for a command-line run).
+        self.model = model.eval() if model is not None else None
         self.mpp = float(mpp)
-        self.multiple = getattr(model, "multiple", 8)
+        self.multiple = multiple or getattr(model, "multiple", 8)
         self.tile = tile - tile % self.multiple
         self.halo = halo
         self.settings = settings
         #: An ONNX Runtime session running the same network (2-3x faster on CPU), or None.
         self.session = session
-        if threads:
+        if model is None and session is None:
+            raise ValueError("a Predictor needs a model or an ONNX Runtime session")
+        if threads and self.session is None:
+            import torch
+
             torch.set_num_threads(threads)
 
     @property
@@ -43,17 +66,18 @@ class Predictor:
     # ------------------------------------------------------------------ maps
     def _forward(self, rgb: np.ndarray) -> np.ndarray:
         """Probabilities (3, h, w) for an RGB uint8 block, reflect-padded to the model's multiple."""
-        import torch
-
         h, w = rgb.shape[:2]
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
-        x = torch.from_numpy(np.require(rgb, requirements="CW")).permute(2, 0, 1)[None].float().div_(255.0)
         if self.session is not None:
-            logits = self.session.run(None, {"rgb": x.contiguous().numpy()})[0]
-            return (1.0 / (1.0 + np.exp(-logits[0, :, :h, :w]))).astype(np.float32)
+            x = np.multiply(np.moveaxis(rgb, 2, 0)[None], np.float32(1 / 255), dtype=np.float32)
+            logits = self.session.run(None, {"rgb": x})[0]
+            return _sigmoid(logits[0, :, :h, :w])
+        import torch
+
+        x = torch.from_numpy(np.require(rgb, requirements="CW")).permute(2, 0, 1)[None].float().div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             out = torch.sigmoid(self.model(x))[0, :, :h, :w]
@@ -63,7 +87,9 @@ class Predictor:
         """Seam-free probability maps over an image already at the model's µm/px."""
         h, w = rgb.shape[:2]
         t, halo = self.tile, self.halo
-        if h <= t + 2 * halo and w <= t + 2 * halo:
+        # One pass up to 1.5 tiles: callers that tile already (segment_image, whole-slide jobs)
+        # hand over a tile plus its halo, which must not be split again into slivers.
+        if h <= t * 3 // 2 + 2 * halo and w <= t * 3 // 2 + 2 * halo:
             return self._forward(rgb)
         out = np.zeros((3, h, w), np.float32)
         padded = np.pad(rgb, ((halo, halo), (halo, halo), (0, 0)), mode="reflect")
@@ -86,11 +112,7 @@ class Predictor:
         mh, mw = max(1, round(h * f)), max(1, round(w * f))
         small = _resize(rgb, (mh, mw), shrink=f < 1)
         probs = self.maps_at_model_resolution(small, progress)
-        import torch
-        from torch.nn import functional as F
-
-        up = F.interpolate(torch.from_numpy(probs)[None], size=(h, w), mode="bilinear", align_corners=False)
-        return up[0].numpy()
+        return _resize_maps(probs, (h, w))
 
     # ------------------------------------------------------------------ instances
     def segment(self, rgb: np.ndarray, mpp: float, progress=None) -> np.ndarray:

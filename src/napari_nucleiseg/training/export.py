@@ -22,9 +22,10 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
     weights = out_dir / f"{name}.safetensors"
     # Plain contiguous float tensors only: nothing in the file can execute when loaded.
     save_file({k: v.contiguous() for k, v in state["model"].items()}, str(weights))
-    onnx_path = export_onnx(state["model"], tuple(cfg["widths"]), out_dir / f"{name}.onnx")
+    decoder = cfg.get("decoder", "double")
+    onnx_path = export_onnx(state["model"], tuple(cfg["widths"]), out_dir / f"{name}.onnx", decoder)
     card = ModelCard(
-        name=name, version=version, architecture="UNet", widths=list(cfg["widths"]), mpp=cfg["mpp"],
+        name=name, version=version, architecture="UNet", widths=list(cfg["widths"]), decoder=decoder, mpp=cfg["mpp"],
         sha256=sha256_of(weights), weights=weights.name, training_data=training_data, licence=licence,
         metrics=metrics or {}, postprocess=postprocess or {},
         training={k: cfg[k] for k in ("iters", "batch", "patch", "lr", "seed", "holdout") if k in cfg}
@@ -37,14 +38,14 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
     return weights
 
 
-def export_onnx(state_dict, widths, path: Path) -> Path:
+def export_onnx(state_dict, widths, path: Path, decoder: str = "double") -> Path:
     """The same network, BatchNorm folded, as ONNX (protobuf: no code runs on load) for ONNX
     Runtime, which runs it 2-3x faster than PyTorch on CPU. Height and width are dynamic."""
     import torch
 
     from ..segmentation.unet import UNet, fuse_for_inference
 
-    model = UNet(widths)
+    model = UNet(widths, decoder=decoder)
     model.load_state_dict(state_dict)
     fused = fuse_for_inference(model).to(memory_format=torch.contiguous_format)
     x = torch.rand(1, 3, 256, 256)

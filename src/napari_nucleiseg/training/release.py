@@ -46,7 +46,7 @@ def release(run_dir, name, version, train_data, test_data, out_dir=None, notes="
     out_dir = Path(out_dir) if out_dir else MODELS_DIR
     cfg = json.loads((run_dir / "config.json").read_text())
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    model = UNet(tuple(cfg["widths"]))
+    model = UNet(tuple(cfg["widths"]), decoder=cfg.get("decoder", "double"))
     model.load_state_dict(state["model"])
     heldout = load_dataset(train_data, stems=cfg["holdout"])
     pp = tune_postprocess(Predictor(fuse_for_inference(model), cfg["mpp"]), heldout)

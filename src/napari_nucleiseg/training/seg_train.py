@@ -24,6 +24,7 @@ class TrainConfig:
     out: str
     mpp: float = 0.5
     widths: tuple = (8, 24, 48, 96)
+    decoder: str = "double"
     patch: int = 256
     batch: int = 8
     iters: int = 6000
@@ -65,7 +66,7 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
     images = load_dataset(cfg.data)
     train_imgs = [im for im in images if im.stem not in cfg.holdout]
     val_imgs = [im for im in images if im.stem in cfg.holdout]
-    model = UNet(tuple(cfg.widths)).to(memory_format=torch.channels_last)
+    model = UNet(tuple(cfg.widths), decoder=cfg.decoder).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     sampler = PatchSampler(train_imgs, cfg.mpp, cfg.patch, seed=cfg.seed)
@@ -80,11 +81,18 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
     log = open(out / "train.log", "a")
     model.train()
     t0 = time.perf_counter()
+    # The next batch is cut and augmented in a thread while the network trains on this one (torch
+    # releases the GIL in its kernels); batches come in the same order, so runs stay reproducible.
+    from concurrent.futures import ThreadPoolExecutor
+
+    prefetch = ThreadPoolExecutor(max_workers=1)
+    pending = prefetch.submit(sampler.batch, cfg.batch)
     for it in range(start, cfg.iters):
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iters))
         for g in opt.param_groups:
             g["lr"] = lr
-        rgb, targets = sampler.batch(cfg.batch)
+        rgb, targets = pending.result()
+        pending = prefetch.submit(sampler.batch, cfg.batch)
         x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(targets)
@@ -105,6 +113,7 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
         log.flush()
         yield info
     log.close()
+    prefetch.shutdown(cancel_futures=True)
 
 
 def validate(model, images, cfg) -> dict:
