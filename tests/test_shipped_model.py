@@ -102,3 +102,19 @@ def test_awkward_inputs_with_the_default_model():
     assert segment_image(np.full((256, 256, 3), 245, np.uint8), 0.5).max() == 0  # glass
     assert segment_image(rgb[:5, :7], 0.5).shape == (5, 7)                      # tiny
     assert segment_image(rgb, 0.25).shape == (300, 300)                          # 40x input
+
+
+def test_segmenting_with_the_onnx_twin_never_imports_torch():
+    """Importing torch was most of a command's start-up time; the ONNX path must not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from napari_nucleiseg.segmentation.api import segment_image\n"
+            "from napari_nucleiseg.demo.render import render_he\n"
+            "rgb = render_he((300, 300), 0.5, seed=3, coverage=1.0)[0]\n"
+            "assert segment_image(rgb, 0.5).max() > 0\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -27,9 +27,9 @@ def tiny_dataset(tmp_path_factory):
     return root
 
 
-def tiny_cfg(data, out, iters):
+def tiny_cfg(data, out, iters, decoder="double"):
     return TrainConfig(data=str(data), out=str(out), iters=iters, batch=2, patch=64, widths=(4, 8, 16, 32),
-                       checkpoint_every=2, validate_every=1000, holdout=["im2"], threads=1)
+                       checkpoint_every=2, validate_every=1000, holdout=["im2"], threads=1, decoder=decoder)
 
 
 def test_training_steps_reduce_loss_checkpoint_and_resume(tiny_dataset, tmp_path):
@@ -50,12 +50,13 @@ def test_training_steps_reduce_loss_checkpoint_and_resume(tiny_dataset, tmp_path
     assert log[-1]["iter"] == 6
 
 
-def test_export_load_and_hash_check(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("decoder", ["double", "light"])
+def test_export_load_and_hash_check(tiny_dataset, tmp_path, decoder):
     from napari_nucleiseg.models import WeightsError, load_predictor
     from napari_nucleiseg.training.export import export_model
 
     run = tmp_path / "run"
-    list(train(tiny_cfg(tiny_dataset, run, iters=2)))
+    list(train(tiny_cfg(tiny_dataset, run, iters=2, decoder=decoder)))
     weights = export_model(run, "tiny-test", "0.0.1", tmp_path, training_data=["tiny"], licence="CC0")
     card = json.loads((tmp_path / "tiny-test.json").read_text())
     assert card["mpp"] == 0.5 and len(card["sha256"]) == 64 and card["weights"] == weights.name
