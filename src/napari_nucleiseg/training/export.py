@@ -30,7 +30,9 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
         metrics=metrics or {}, postprocess=postprocess or {},
         training={k: cfg[k] for k in ("iters", "batch", "patch", "lr", "seed", "holdout") if k in cfg}
         | {"iterations_done": int(state["iter"]),
-           "command": f"nucleiseg train --data <monuseg2018_train> --out <run> --iters {cfg['iters']}"},
+           "command": f"nucleiseg train --data <monuseg2018_train> --out <run> --iters {cfg['iters']} "
+                      f"--widths {','.join(map(str, cfg['widths']))} --decoder {decoder} --lr {cfg['lr']} "
+                      f"--batch {cfg['batch']} --patch {cfg['patch']} --model-mpp {cfg['mpp']} --seed {cfg['seed']}"},
         created=datetime.date.today().isoformat(), notes=notes,
         onnx=onnx_path.name, onnx_sha256=sha256_of(onnx_path),
     )
