@@ -71,7 +71,8 @@ def main(argv=None):
     src = build_input(tmp / "region_20x.tif")
     rounds = []
     for r in range(args.rounds):
-        read_s = openslide_read_seconds(src)
+        # A 16 MP read takes a fraction of a second, so one timing is noisy: the median of five.
+        read_s = float(np.median([openslide_read_seconds(src) for _ in range(5)]))
         t = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "napari_nucleiseg.cli.main", "segment", str(src),
                               "--out", str(tmp / "out"), "--method", args.method], capture_output=True, text=True)
@@ -83,15 +84,17 @@ def main(argv=None):
         rounds.append({"read_s": read_s, "segment_s": seg_s, "read_mp_s": mp / read_s, "segment_mp_s": mp / seg_s,
                        "ratio": (mp / seg_s) / (mp / read_s), "nuclei": n, "nuclei_per_s": n / seg_s})
     best = min(rounds, key=lambda r: r["segment_s"])
+    median_ratio = float(np.median([r["ratio"] for r in rounds]))
     print(f"\n4000x4000 px at 0.499 µm/px (4.0 mm²), method {args.method}, {os.cpu_count()} cores\n")
     print(f"{'round':<7}{'OpenSlide read s':>18}{'read MP/s':>11}{'segment s':>11}{'seg MP/s':>10}{'ratio':>8}{'nuclei':>8}")
     for i, r in enumerate(rounds):
         print(f"{i:<7}{r['read_s']:18.2f}{r['read_mp_s']:11.2f}{r['segment_s']:11.2f}{r['segment_mp_s']:10.3f}"
               f"{r['ratio']:8.4f}{r['nuclei']:8d}")
-    print(f"\nbest ratio {best['ratio']:.4f} (bar: >= 0.04); {best['nuclei_per_s']:.0f} nuclei/s")
+    print(f"\nmedian ratio {median_ratio:.4f}, fastest round's {best['ratio']:.4f} (bar: >= 0.04); "
+          f"{best['nuclei_per_s']:.0f} nuclei/s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "segment_speed", "size": SIZE, "method": args.method, "rounds": rounds}, indent=1))
+    out.write_text(json.dumps({"benchmark": "segment_speed", "size": SIZE, "method": args.method, "median_ratio": median_ratio, "rounds": rounds}, indent=1))
     print(f"wrote {out}")
 
 

@@ -48,14 +48,27 @@ def cmu_crop():
 
 @pytest.mark.real_slides
 def test_tiled_and_untiled_agree_on_a_2000px_image(cmu_crop):
-    from napari_nucleiseg.segmentation.api import segment_untiled
-    from napari_nucleiseg.segmentation.tiled import segment_tiled
+    from napari_nucleiseg.segmentation.api import _predictor, default_method, segment_image
 
     rgb, mpp = cmu_crop
-    whole = segment_untiled(rgb, mpp)
-    tiled = segment_tiled(rgb, mpp, segment_untiled, tile=600, halo=64)
+    predictor, _ = _predictor(default_method())
+    # Untiled: the network sees the whole 2000x2000 image in one pass.
+    one_pass = type(predictor)(None, predictor.mpp, tile=4096, settings=predictor.settings,
+                               session=predictor.session, multiple=predictor.multiple)
+    whole = one_pass.segment(rgb, mpp)
+    # Tiled as the product tiles: 640 px tiles, so the image has 3 seams each way.
+    tiled = segment_image(rgb, mpp, tile=640)
     assert whole.max() > 500
     assert score_image(whole, tiled).aji >= 0.99
+
+
+def test_tiles_sit_on_the_network_grid():
+    """Blocks start on multiples of the network's pooling factor (in model pixels), 20x and 40x."""
+    from napari_nucleiseg.segmentation.api import tile_geometry
+
+    assert tile_geometry(0.499, 0.5, 16) == (1024, 64, 16)
+    assert tile_geometry(0.25, 0.5, 16) == (2048, 128, 32)
+    assert tile_geometry(0.5, 0.5, 16, tile=600) == (608, 64, 16)
 
 
 @pytest.mark.real_slides

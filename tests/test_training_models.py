@@ -51,7 +51,7 @@ def test_training_steps_reduce_loss_checkpoint_and_resume(tiny_dataset, tmp_path
 
 
 @pytest.mark.parametrize("decoder", ["double", "light"])
-def test_export_load_and_hash_check(tiny_dataset, tmp_path, decoder):
+def test_export_load_and_hash_check(tiny_dataset, tmp_path, decoder, monkeypatch):
     from napari_nucleiseg.models import WeightsError, load_predictor
     from napari_nucleiseg.training.export import export_model
 
@@ -65,23 +65,32 @@ def test_export_load_and_hash_check(tiny_dataset, tmp_path, decoder):
     predictor, _ = load_predictor(tmp_path / "tiny-test.json")
     rgb = render_he((128, 128), 0.5, seed=5, coverage=1.0)[0]
     assert predictor.segment(rgb, 0.5).shape == (128, 128)
-    # The ONNX twin (for ONNX Runtime) computes the same maps as PyTorch.
-    assert predictor.runtime == "onnxruntime" and card["onnx_sha256"]
-    import os
+    # By default the int8 ONNX model runs; the float32 ONNX twin computes the same maps as
+    # PyTorch, and int8 stays close to them.
+    assert predictor.runtime == "onnxruntime-int8" and card["onnx_sha256"] and card["onnx_int8_sha256"]
 
-    os.environ["NUCLEISEG_RUNTIME"] = "torch"
-    try:
-        torch_predictor, _ = load_predictor(tmp_path / "tiny-test.json")
-    finally:
-        del os.environ["NUCLEISEG_RUNTIME"]
-    assert torch_predictor.runtime == "torch"
-    assert np.abs(predictor.maps(rgb, 0.5) - torch_predictor.maps(rgb, 0.5)).max() < 1e-4
-    onnx = tmp_path / "tiny-test.onnx"
-    good = onnx.read_bytes()
-    onnx.write_bytes(good[:-10] + bytes(10))
-    with pytest.raises(WeightsError, match="tiny-test.onnx: SHA-256"):
-        load_predictor(tmp_path / "tiny-test.json")
-    onnx.write_bytes(good)
+    def with_runtime(runtime):
+        monkeypatch.setenv("NUCLEISEG_RUNTIME", runtime)
+        try:
+            return load_predictor(tmp_path / "tiny-test.json")[0]
+        finally:
+            monkeypatch.delenv("NUCLEISEG_RUNTIME")
+
+    torch_predictor, fp32_predictor = with_runtime("torch"), with_runtime("onnx-fp32")
+    assert torch_predictor.runtime == "torch" and fp32_predictor.runtime == "onnxruntime"
+    reference = torch_predictor.maps(rgb, 0.5)
+    assert np.abs(fp32_predictor.maps(rgb, 0.5) - reference).max() < 1e-4
+    assert np.abs(predictor.maps(rgb, 0.5) - reference).mean() < 0.03
+    with pytest.raises(WeightsError, match="NUCLEISEG_RUNTIME='fast'"):
+        with_runtime("fast")
+    for name in ("tiny-test.onnx", "tiny-test.int8.onnx"):
+        onnx = tmp_path / name
+        good = onnx.read_bytes()
+        onnx.write_bytes(good[:-10] + bytes(10))
+        runtime = "onnx-fp32" if name == "tiny-test.onnx" else "auto"
+        with pytest.raises(WeightsError, match=f"{name}: SHA-256"):
+            with_runtime(runtime)
+        onnx.write_bytes(good)
     # One flipped byte: refused, with the file named.
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF

@@ -36,6 +36,8 @@ class ModelCard:
     onnx: str = ""
     onnx_sha256: str = ""
     decoder: str = "double"
+    onnx_int8: str = ""
+    onnx_int8_sha256: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
@@ -70,28 +72,42 @@ def load_card(name_or_path: str | Path) -> ModelCard:
     return ModelCard(**{k: v for k, v in data.items() if k in known})
 
 
+#: ``NUCLEISEG_RUNTIME``: ``auto`` (the int8 ONNX model when shipped, else float32 ONNX, else
+#: PyTorch), ``onnx-fp32`` (float32 ONNX), or ``torch``.
+RUNTIMES = ("auto", "onnx-fp32", "torch")
+
+
 def _onnx_session(card: ModelCard, folder: Path):
-    """An ONNX Runtime session for the card's ONNX twin, or None (not shipped, or no runtime)."""
+    """An ONNX Runtime session for the card's ONNX twin (int8 when shipped), or None (not
+    shipped, no runtime, or ``NUCLEISEG_RUNTIME=torch``)."""
     import os
 
-    if not card.onnx or os.environ.get("NUCLEISEG_RUNTIME", "auto") == "torch":
+    runtime = os.environ.get("NUCLEISEG_RUNTIME", "auto")
+    if runtime not in RUNTIMES:
+        raise WeightsError(f"NUCLEISEG_RUNTIME={runtime!r}: use one of {', '.join(RUNTIMES)}")
+    if not card.onnx or runtime == "torch":
         return None
     try:
         import onnxruntime as ort
     except ImportError:
         return None
-    path = folder / card.onnx
+    name, expected = card.onnx, card.onnx_sha256
+    if card.onnx_int8 and runtime == "auto":
+        name, expected = card.onnx_int8, card.onnx_int8_sha256
+    path = folder / name
     if not path.exists():
         return None
     digest = sha256_of(path)
-    if digest != card.onnx_sha256:
+    if digest != expected:
         raise WeightsError(f"{path}: SHA-256 {digest[:12]}… does not match the model card "
-                           f"({card.onnx_sha256[:12]}…); refusing to load it")
+                           f"({expected[:12]}…); refusing to load it")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session.nucleiseg_precision = "int8" if name == card.onnx_int8 else "float32"
+    return session
 
 
 def load_predictor(name_or_path: str | Path = DEFAULT_NUCLEI_MODEL, **kwargs):

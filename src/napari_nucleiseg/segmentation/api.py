@@ -14,7 +14,28 @@ import numpy as np
 CLASSICAL = ("classical", "classical-phansalkar")
 #: Tile edge in model pixels for instance tiling; large enough that halo overhead is small.
 TILE_MODEL_PX = 1024
-HALO_UM = 24.0
+#: Context on every side of a tile. The 5-level network sees ~100 px around a pixel; 32 µm (64 px
+#: at 0.5 µm/px) keeps tiled and untiled maps the same (AJI >= 0.99 between them, tested).
+HALO_UM = 32.0
+
+
+def tile_geometry(mpp: float, model_mpp: float, multiple: int, tile: int | None = None) -> tuple[int, int, int]:
+    """``(tile, halo, align)`` in input pixels for tiling an image at ``mpp`` for a network at
+    ``model_mpp`` whose input must be a multiple of ``multiple`` (its total pooling factor).
+
+    A pooling network is not shift-invariant: a block that starts 2 px off the grid of its
+    neighbour predicts visibly different maps (tiled vs untiled AJI fell to 0.79). So every tile
+    and halo is a multiple of the input pixels that map to ``multiple`` model pixels, and all
+    blocks sit on one global grid. (Exact where the resolution ratio makes that a whole number —
+    20x and 40x inputs to a 20x model —, the nearest grid otherwise.)
+    """
+    f = mpp / model_mpp  # model pixels per input pixel
+    align = max(1, int(round(multiple / f)))
+    if tile is None:
+        tile = TILE_MODEL_PX / f
+    tile = max(align, int(round(tile / align)) * align)
+    halo = max(1, int(round(HALO_UM / mpp / align))) * align
+    return tile, halo, align
 
 
 @lru_cache(maxsize=4)
@@ -64,10 +85,11 @@ def segment_image(rgb: np.ndarray, mpp: float, method: str | None = None, tile: 
     rgb = to_rgb_uint8(rgb)
     if min(rgb.shape[:2]) < 2:
         return np.zeros(rgb.shape[:2], np.uint32)
-    model_mpp = 0.5 if (method in CLASSICAL) else _predictor(method or default_method())[1].mpp
-    if tile is None:
-        tile = int(round(TILE_MODEL_PX * model_mpp / mpp))
-    halo = int(round(HALO_UM / mpp))
+    if method in CLASSICAL:
+        tile, halo, _ = tile_geometry(mpp, 0.5, 1, tile)
+    else:
+        predictor, card = _predictor(method or default_method())
+        tile, halo, _ = tile_geometry(mpp, card.mpp, predictor.multiple, tile)
     h, w = rgb.shape[:2]
     if h <= tile + 2 * halo and w <= tile + 2 * halo:
         labels = segment_untiled(rgb, mpp, method)

@@ -40,7 +40,7 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
 class Predictor:
     """Wraps a :class:`~napari_nucleiseg.segmentation.unet.UNet` trained at ``mpp`` µm/px."""
 
-    def __init__(self, model, mpp: float, tile: int = 1024, halo: int = 48, threads: int | None = None,
+    def __init__(self, model, mpp: float, tile: int = 1024, halo: int = 64, threads: int | None = None,
                  settings: PostprocessSettings = PostprocessSettings(), session=None, multiple: int | None = None):
         #: The PyTorch network, or None when ``session`` runs it (then torch is never imported,
         #: which saves seconds of start-up for a command-line run).
@@ -61,7 +61,9 @@ class Predictor:
 
     @property
     def runtime(self) -> str:
-        return "onnxruntime" if self.session is not None else "torch"
+        if self.session is None:
+            return "torch"
+        return "onnxruntime-int8" if getattr(self.session, "nucleiseg_precision", "") == "int8" else "onnxruntime"
 
     # ------------------------------------------------------------------ maps
     def _forward(self, rgb: np.ndarray) -> np.ndarray:

@@ -24,6 +24,8 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
     save_file({k: v.contiguous() for k, v in state["model"].items()}, str(weights))
     decoder = cfg.get("decoder", "double")
     onnx_path = export_onnx(state["model"], tuple(cfg["widths"]), out_dir / f"{name}.onnx", decoder)
+    int8_path = quantize_onnx(onnx_path, out_dir / f"{name}.int8.onnx",
+                              calibration_blocks(cfg["data"], cfg["mpp"], exclude=cfg.get("holdout", [])))
     card = ModelCard(
         name=name, version=version, architecture="UNet", widths=list(cfg["widths"]), decoder=decoder, mpp=cfg["mpp"],
         sha256=sha256_of(weights), weights=weights.name, training_data=training_data, licence=licence,
@@ -35,6 +37,7 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
                       f"--batch {cfg['batch']} --patch {cfg['patch']} --model-mpp {cfg['mpp']} --seed {cfg['seed']}"},
         created=datetime.date.today().isoformat(), notes=notes,
         onnx=onnx_path.name, onnx_sha256=sha256_of(onnx_path),
+        onnx_int8=int8_path.name, onnx_int8_sha256=sha256_of(int8_path),
     )
     (out_dir / f"{name}.json").write_text(card.to_json() + "\n")
     return weights
@@ -55,3 +58,47 @@ def export_onnx(state_dict, widths, path: Path, decoder: str = "double") -> Path
                       dynamic_axes={"rgb": {2: "h", 3: "w"}, "logits": {2: "h", 3: "w"}},
                       opset_version=17, dynamo=False)
     return Path(path)
+
+
+def calibration_blocks(data_dir, mpp: float, exclude=(), n: int = 8, size: int = 512) -> list:
+    """Training images (never test images) at the model's µm/px, as network inputs, for
+    calibrating the int8 model's activation ranges."""
+    import numpy as np
+    from PIL import Image
+
+    from .nuclei_data import load_dataset
+
+    blocks = []
+    for im in [im for im in load_dataset(data_dir) if im.stem not in exclude][:n]:
+        f = im.mpp / mpp
+        h, w = im.rgb.shape[:2]
+        small = Image.fromarray(im.rgb).resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX)
+        rgb = np.asarray(small)[:size, :size]
+        rgb = rgb[: rgb.shape[0] - rgb.shape[0] % 16, : rgb.shape[1] - rgb.shape[1] % 16]
+        blocks.append(np.moveaxis(rgb, 2, 0)[None].astype(np.float32) / 255)
+    return blocks
+
+
+def quantize_onnx(fp32_path: Path, out_path: Path, blocks: list) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights, activations calibrated on ``blocks``):
+    about twice as fast as float32 in ONNX Runtime on this CPU. The release measures the test set
+    with it, since it is what runs by default."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Blocks(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(blocks)
+
+        def get_next(self):
+            x = next(self._it, None)
+            return None if x is None else {"rgb": x}
+
+    pre = Path(out_path).with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre))
+    try:
+        quantize_static(str(pre), str(out_path), Blocks(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        pre.unlink(missing_ok=True)
+    return Path(out_path)
