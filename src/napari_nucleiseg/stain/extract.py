@@ -29,15 +29,18 @@ ANGULAR_PERCENTILE = 99.0
 VAHADANE_LAMBDA = 0.02
 
 
-def check_tissue(od: np.ndarray) -> None:
-    """Refuse pixel sets that cannot hold two stains."""
+def check_tissue(od: np.ndarray) -> np.ndarray:
+    """Refuse pixel sets that cannot hold two stains; returns their OD covariance (3 × 3)."""
     n = len(od)
     if n < MIN_TISSUE_PIXELS:
         raise StainError(f"only {n} tissue pixels (at least {MIN_TISSUE_PIXELS} needed): the image is "
                          "mostly glass or saturated; choose a region with stained tissue")
-    var = float(np.var(od, axis=0).sum())
-    if var < MIN_OD_VARIANCE:
+    cov = np.cov(od, rowvar=False)
+    if not np.isfinite(cov).all():
+        raise StainError("stain vectors could not be estimated (non-finite optical density)")
+    if float(np.trace(cov)) < MIN_OD_VARIANCE:
         raise StainError("the tissue is a single flat colour (no variation to separate two stains)")
+    return cov
 
 
 def order_he(v: np.ndarray) -> np.ndarray:
@@ -65,8 +68,7 @@ def macenko_stains(od: np.ndarray, percentile: float = ANGULAR_PERCENTILE) -> np
     """Macenko et al. 2009: the plane of the two largest principal directions of tissue OD, and
     in it the robust extreme angles (``percentile`` and ``100 - percentile``)."""
     od = np.asarray(od, dtype=np.float32)
-    check_tissue(od)
-    _, vecs = np.linalg.eigh(np.cov(od, rowvar=False))
+    _, vecs = np.linalg.eigh(check_tissue(od))
     e = vecs[:, [2, 1]]
     e = e * np.where(e[0] < 0, -1.0, 1.0)  # both directions pointing into positive OD
     e32 = e.astype(np.float32)

@@ -47,24 +47,27 @@ def _mix(m: np.ndarray, cols: list[np.ndarray], offset=None) -> list[np.ndarray]
 
 
 def _f(t: np.ndarray) -> np.ndarray:
-    lin = t * np.float32(1.0 / (3 * _DELTA**2)) + np.float32(4.0 / 29.0)
     cube = np.cbrt(t)
+    if t.min() > _EPS:  # the usual block: nothing in the linear toe (L* < 8, near black)
+        return cube
+    lin = t * np.float32(1.0 / (3 * _DELTA**2)) + np.float32(4.0 / 29.0)
     m = (t > _EPS).astype(np.float32)
     lin += m * (cube - lin)
     return lin
 
 
 def _f_inv(f: np.ndarray) -> np.ndarray:
-    lin = (f - np.float32(4.0 / 29.0)) * np.float32(3 * _DELTA**2)
     cube = f * f * f
+    if f.min() > _DELTA:
+        return cube
+    lin = (f - np.float32(4.0 / 29.0)) * np.float32(3 * _DELTA**2)
     m = (f > _DELTA).astype(np.float32)
     lin += m * (cube - lin)
     return lin
 
 
 def _f_of_pixels(px: np.ndarray) -> list[np.ndarray]:
-    lin = _LIN32.take(px)  # (n, 3) float32 in one gather
-    cols = [np.ascontiguousarray(lin[:, c]) for c in range(3)]
+    cols = [_LIN32.take(px[:, c]) for c in range(3)]  # planar linear light, one gather per channel
     return [_f(t) for t in _mix(XYZN_FROM_LIN, cols)]
 
 
