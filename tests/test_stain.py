@@ -124,6 +124,32 @@ def test_profile_json_round_trip(tmp_path, pair, method):
     assert n3.method == method and n3.profile == n.profile
 
 
+def test_folder_of_references_is_averaged(tmp_path, pair):
+    from PIL import Image
+
+    from napari_nucleiseg.stain import average_profiles
+
+    ref, src = pair
+    (tmp_path / "refs").mkdir()
+    for i, img in enumerate((ref, src, ref[::-1])):
+        Image.fromarray(img).save(tmp_path / "refs" / f"r{i}.png")
+    (tmp_path / "refs" / "notes.txt").write_text("not an image")
+    n = load_target("macenko", tmp_path / "refs")
+    singles = [make_normaliser("macenko").fit(img).profile for img in (ref, src, ref[::-1])]
+    w = np.mean([p.stain_matrix for p in singles], axis=0)
+    np.testing.assert_allclose(n.profile.stain_matrix, w / np.linalg.norm(w, axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(n.profile.max_concentrations,
+                               np.median([p.max_concentrations for p in singles], axis=0), atol=1e-6)
+    assert n.profile.fitted_on["images"] == ["r0.png", "r1.png", "r2.png"]
+    lab = average_profiles([make_normaliser("reinhard").fit(img).profile for img in (ref, src)])
+    assert lab.method == "reinhard" and len(lab.lab_mean) == 3
+    with pytest.raises(StainError, match="different methods"):
+        average_profiles([singles[0], lab])
+    with pytest.raises(StainError, match="empty: no reference images"):
+        (tmp_path / "empty").mkdir()
+        load_target("macenko", tmp_path / "empty")
+
+
 def test_profile_errors_name_the_file(tmp_path):
     with pytest.raises(StainError, match="missing.json: no such stain profile"):
         StainProfile.load(tmp_path / "missing.json")

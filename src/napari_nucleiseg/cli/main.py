@@ -223,14 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model name (default: the shipped model), 'classical' or 'classical-phansalkar'")
     s.add_argument("--normalize", metavar="METHOD", choices=STAIN_METHODS,
                    help="normalise stains first: " + ", ".join(STAIN_METHODS) + " (recorded in the output)")
-    s.add_argument("--target", metavar="REF_OR_PROFILE", help="reference image or stain profile .json for --normalize")
+    s.add_argument("--target", metavar="REF_OR_PROFILE",
+                   help="for --normalize: reference image, folder of references (averaged) or profile .json")
     s.set_defaults(func=cmd_segment)
 
     s = sub.add_parser("normalize", help="stain-normalise an image or a whole slide (pyramidal output)")
     s.add_argument("input")
     s.add_argument("--method", choices=STAIN_METHODS, help="required unless --target is a profile .json")
     s.add_argument("--target", required=True, metavar="REF_OR_PROFILE",
-                   help="reference image or slide to fit, or a saved stain profile .json")
+                   help="reference image or slide to fit, a folder of them (profiles averaged), "
+                        "or a saved stain profile .json")
     s.add_argument("--out", required=True,
                    help=".png/.jpg (image), .tif (pyramidal tiled TIFF) or .zarr (OME-Zarr)")
     s.add_argument("--save-profile", metavar="JSON", help="also save the fitted target profile")

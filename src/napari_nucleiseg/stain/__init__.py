@@ -18,7 +18,7 @@ from .deconvolution import (
     rgb_to_hed,
 )
 from .errors import StainError
-from .lazy import normalise_levels, sample_levels, sample_slide
+from .lazy import adapt_to_slide, normalise_levels, sample_levels, sample_slide
 from .normalise import (
     MacenkoNormaliser,
     Normaliser,
@@ -30,12 +30,12 @@ from .normalise import (
     normalise_image,
     normaliser_from_profile,
 )
-from .profile import METHODS, StainProfile
+from .profile import METHODS, StainProfile, average_profiles
 
 __all__ = [
     "HED_FROM_RGB", "RGB_FROM_HED", "deconvolve", "haematoxylin_od", "hed_to_rgb", "od_from_rgb",
-    "rgb_to_hed", "StainError", "normalise_levels", "sample_levels", "sample_slide",
+    "rgb_to_hed", "StainError", "adapt_to_slide", "normalise_levels", "sample_levels", "sample_slide",
     "MacenkoNormaliser", "Normaliser", "ReinhardNormaliser", "RuifrokNormaliser", "VahadaneNormaliser",
     "load_target", "make_normaliser", "normalise_image", "normaliser_from_profile", "METHODS",
-    "StainProfile",
+    "StainProfile", "average_profiles",
 ]

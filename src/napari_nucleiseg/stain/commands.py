@@ -47,7 +47,7 @@ def normalize_file(input_path, out_path, method: str | None, target, save_profil
     or ``StainError`` (both name the file) for bad input."""
     from ..io import SlideError, open_slide
     from ..io.pyramid_writer import write_ome_zarr, write_pyramidal_tiff
-    from .lazy import normalise_levels, sample_slide
+    from .lazy import adapt_to_slide, normalise_levels
     from .normalise import load_target
 
     out = Path(out_path)
@@ -66,7 +66,7 @@ def normalize_file(input_path, out_path, method: str | None, target, save_profil
         from .errors import StainError
 
         try:
-            adapted = normaliser.adapt(sample_slide(slide, normaliser.max_pixels), name=Path(input_path).name)
+            adapted = adapt_to_slide(normaliser, slide)
         except StainError as exc:
             raise exc.for_path(input_path) from None
         record = {"source": str(input_path), "stain": adapted.describe(),

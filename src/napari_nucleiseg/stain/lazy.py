@@ -96,6 +96,13 @@ def adapt_to_levels(normaliser, levels, name: str | None = None):
     return normaliser.adapt(sample_levels(levels, normaliser.max_pixels), name=name)
 
 
+def adapt_to_slide(normaliser, slide):
+    """``normaliser`` adapted once to a whole :class:`~napari_nucleiseg.io.Slide` (sampled from its
+    tissue at full resolution), unless it already is: call this before a tile loop so every tile
+    of the slide gets the same colour mapping."""
+    return adapt_to_levels(normaliser, slide.pyramid(), name=slide.path.name)
+
+
 def normalise_levels(levels, normaliser, name: str | None = None) -> list:
     """Lazily normalised copies of a multiscale RGB image (list of dask arrays, finest first).
 

@@ -102,7 +102,6 @@ class Normaliser:
         self._require_fitted()
         other = copy.copy(self)
         other.source = self.measure(rgb, name)
-        other._mapping = None
         other._mapping = other._build(other.source)
         return other
 
@@ -329,8 +328,14 @@ def normaliser_from_profile(profile: StainProfile) -> Normaliser:
     return n
 
 
+#: Files a reference folder contributes (a data set's ``images/`` subfolder is used if present).
+REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".svs", ".ndpi")
+
+
 def load_target(method: str | None, path: str | Path) -> Normaliser:
-    """A fitted normaliser from a saved profile (``.json``) or a reference image/slide.
+    """A fitted normaliser from a saved profile (``.json``), a reference image/slide, or a folder
+    of reference images (each fitted, the profiles averaged: see
+    :func:`~.profile.average_profiles`).
 
     A reference image is read whole (PNG, JPEG, TIFF); a whole slide is sampled from its tissue
     (see :func:`~.lazy.sample_slide`). Errors name the file: :class:`StainError` for a reference
@@ -338,6 +343,8 @@ def load_target(method: str | None, path: str | Path) -> Normaliser:
     unreadable image.
     """
     path = Path(path)
+    if path.is_dir() and not path.name.lower().endswith(".zarr"):
+        return _load_target_folder(method, path)
     if path.suffix.lower() == ".json":
         profile = StainProfile.load(path)
         if method is not None and profile.method != str(method).lower():
@@ -353,6 +360,19 @@ def load_target(method: str | None, path: str | Path) -> Normaliser:
         return normaliser.fit(pixels, name=path.name)
     except StainError as exc:
         raise StainError(f"cannot be used as a {method} reference: {exc.problem}", path) from None
+
+
+def _load_target_folder(method: str | None, folder: Path) -> Normaliser:
+    from .profile import average_profiles
+
+    if method is None:
+        raise StainError("give a method (reinhard, macenko, vahadane, ruifrok) to fit reference images", folder)
+    images = folder / "images" if (folder / "images").is_dir() else folder
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in REFERENCE_SUFFIXES)
+    if not files:
+        raise StainError(f"no reference images ({', '.join(REFERENCE_SUFFIXES)}) in the folder", images)
+    profiles = [load_target(method, f).profile for f in files]
+    return normaliser_from_profile(average_profiles(profiles, name=f"{folder.name} ({len(files)} images)"))
 
 
 def normalise_image(rgb, normaliser: Normaliser) -> np.ndarray:

@@ -105,6 +105,34 @@ class StainProfile:
             raise StainError(f"not a valid stain profile ({exc})", path) from None
 
 
+def average_profiles(profiles: list[StainProfile], name: str | None = None) -> StainProfile:
+    """One target from several references of one method (a lab's set of slides, or a model's
+    training images): unit stain vectors averaged and renormalised, concentration scales by their
+    median, Reinhard means and deviations averaged. An outlier image moves it little."""
+    import numpy as np
+
+    if not profiles:
+        raise StainError("no profiles to average")
+    methods = {p.method for p in profiles}
+    if len(methods) != 1:
+        raise StainError(f"cannot average profiles of different methods: {', '.join(sorted(methods))}")
+    first = profiles[0]
+    fitted_on = {"name": name, "images": [p.fitted_on.get("name") for p in profiles],
+                 "pixels": int(sum(p.fitted_on.get("pixels", 0) for p in profiles)),
+                 "tissue_pixels": int(sum(p.fitted_on.get("tissue_pixels", 0) for p in profiles))}
+    if first.method == "reinhard":
+        return StainProfile("reinhard",
+                            lab_mean=np.mean([p.lab_mean for p in profiles], axis=0).round(6).tolist(),
+                            lab_std=np.mean([p.lab_std for p in profiles], axis=0).round(6).tolist(),
+                            params=dict(first.params), fitted_on=fitted_on)
+    w = np.mean([np.asarray(p.stain_matrix, dtype=float) for p in profiles], axis=0)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    maxc = np.median([p.max_concentrations for p in profiles], axis=0)
+    return StainProfile(first.method, stain_matrix=w.round(8).tolist(),
+                        max_concentrations=maxc.round(8).tolist(), params=dict(first.params),
+                        fitted_on=fitted_on)
+
+
 def _check_numbers(values, n: int, what: str, positive: bool = False) -> None:
     if not isinstance(values, (list, tuple)) or len(values) != n:
         raise StainError(f"{what} must be {n} numbers, got {values!r}")
