@@ -101,3 +101,31 @@ def test_bad_references_are_named(files):
     assert out.returncode == 2 and "missing.json: no such stain profile file" in out.stderr
     out = run("normalize", d / "src.png", "--method", "macenko", "--target", d / "ref.png", "--out", d / "x.gif")
     assert out.returncode == 1 and "x.gif" in out.stderr
+
+
+def test_slide_normalisation_memory_stays_flat(tmp_path, files, quiet):
+    """An 8192² slide (200 MB of pixels) is normalised to a pyramid holding only a few windows."""
+    import tracemalloc
+
+    from napari_nucleiseg.demo import make_large_slide
+    from napari_nucleiseg.io import open_slide
+    from napari_nucleiseg.stain.commands import normalize_file
+
+    d, _, _ = files
+    slide_path = make_large_slide(tmp_path / "big.tif", size=(8192, 8192), tile=256)
+    done = []
+    # warm-up on the small slide: first imports (dask, tifffile, codecs) allocate tens of MB once
+    normalize_file(d / "slide.tif", tmp_path / "small_norm.tif", "macenko", d / "ref.png")
+    tracemalloc.start()
+    try:
+        normalize_file(slide_path, tmp_path / "big_norm.tif", "macenko", d / "ref.png",
+                       progress=lambda i, n: done.append((i, n)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert done[-1][0] == done[-1][1] > 256  # every tile of every level reported
+    assert peak < 50e6, f"peak {peak / 1e6:.0f} MB"
+    with open_slide(slide_path) as src, open_slide(tmp_path / "big_norm.tif") as out:
+        assert out.level_shapes == src.level_shapes
+        a, b = src.read_region(4000, 4000, 256, 256), out.read_region(4000, 4000, 256, 256)
+        assert np.abs(a.astype(int) - b).mean() > 2  # the colours did change

@@ -21,6 +21,8 @@ SAMPLE_BLOCKS = 16
 SAMPLE_BLOCK_PX = 512
 #: A level this small (pixels) is read whole instead of sampled block by block.
 READ_WHOLE_PX = 2048 * 2048
+#: Pixels of the coarse view that locates tissue.
+MASK_PX = 512 * 512
 
 
 def sample_levels(levels, max_pixels: int = MAX_FIT_PIXELS, blocks: int = SAMPLE_BLOCKS,
@@ -41,8 +43,8 @@ def sample_levels(levels, max_pixels: int = MAX_FIT_PIXELS, blocks: int = SAMPLE
         return as_pixels(levels[0].compute())
     coarse = levels[-1]
     ch, cw = coarse.shape[:2]
-    if ch * cw > READ_WHOLE_PX:  # no small level (a pyramid-less file): look at a strided view
-        step = int(np.ceil(np.sqrt(ch * cw / READ_WHOLE_PX)))
+    if ch * cw > MASK_PX:  # a strided view is plenty to locate tissue blocks (and keeps memory low)
+        step = int(np.ceil(np.sqrt(ch * cw / MASK_PX)))
         coarse = coarse[::step, ::step]
     small = coarse.compute()
     sy, sx = h0 / small.shape[0], w0 / small.shape[1]
