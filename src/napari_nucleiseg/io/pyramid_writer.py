@@ -118,7 +118,8 @@ def write_ome_zarr(path: str | Path, levels, mpp: float | None = None,
                 if progress is not None:
                     progress(done, total)
             scale = [1.0, 1.0, 1.0] if mpp is None else [1.0, mpp * downsamples[i], mpp * downsamples[i]]
-            datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+            datasets.append({"path": str(i),
+                             "coordinateTransformations": [{"type": "scale", "scale": scale}]})
         space = {"type": "space", **({"unit": "micrometer"} if mpp is not None else {})}
         root.attrs["multiscales"] = [{
             "version": "0.4",

@@ -351,7 +351,8 @@ def load_target(method: str | None, path: str | Path) -> Normaliser:
             raise StainError(f"the profile was fitted with {profile.method}, not {method}", path)
         return normaliser_from_profile(profile)
     if method is None:
-        raise StainError("give a method (reinhard, macenko, vahadane, ruifrok) to fit a reference image", path)
+        raise StainError("give a method (reinhard, macenko, vahadane, ruifrok) to fit a reference image",
+                         path)
     normaliser = make_normaliser(method)
     from .lazy import sample_image_or_slide
 
@@ -366,7 +367,8 @@ def _load_target_folder(method: str | None, folder: Path) -> Normaliser:
     from .profile import average_profiles
 
     if method is None:
-        raise StainError("give a method (reinhard, macenko, vahadane, ruifrok) to fit reference images", folder)
+        raise StainError("give a method (reinhard, macenko, vahadane, ruifrok) to fit reference images",
+                         folder)
     images = folder / "images" if (folder / "images").is_dir() else folder
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in REFERENCE_SUFFIXES)
     if not files:

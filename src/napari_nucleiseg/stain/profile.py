@@ -75,7 +75,8 @@ class StainProfile:
         if not isinstance(d, dict) or "method" not in d:
             raise StainError("not a stain profile (no 'method')")
         if d.get("version", VERSION) > VERSION:
-            raise StainError(f"profile version {d['version']} is newer than this napari-nucleiseg reads ({VERSION})")
+            raise StainError(f"profile version {d['version']} is newer than this napari-nucleiseg "
+                             f"reads ({VERSION})")
         keys = {"method", "stain_matrix", "max_concentrations", "lab_mean", "lab_std", "params", "fitted_on"}
         return cls(**{k: v for k, v in d.items() if k in keys})
 
