@@ -174,7 +174,7 @@ def test_current_view_exports(he_rgb, tmp_path):
 
     from napari_nucleiseg.segmentation.api import segment_image
     from napari_nucleiseg.segmentation.measure import measure_nuclei
-    from napari_nucleiseg.wholeslide import export_geojson, read_table, write_table
+    from napari_nucleiseg.wholeslide import export_geojson, export_table, read_table, write_table
 
     rgb = he_rgb[0]
     labels = segment_image(rgb, MPP, "classical")
@@ -182,7 +182,7 @@ def test_current_view_exports(he_rgb, tmp_path):
     table = measure_nuclei(labels, rgb, MPP, origin_px=offset)
     n = export_geojson(labels, tmp_path / "view.geojson", MPP, offset=offset, table=table)
     write_table(table, tmp_path / "view.parquet")
-    write_table(table, tmp_path / "view.csv")
+    assert np.array_equal(export_table(labels, tmp_path / "view.csv", MPP, rgb, offset)["label"], table["label"])
     feats = json.loads((tmp_path / "view.geojson").read_text())["features"]
     assert n == len(feats) == labels.max() > 50
     xs = np.concatenate([np.asarray(f["geometry"]["coordinates"][0])[:, 0] for f in feats])
@@ -326,6 +326,35 @@ def test_store_of_another_slide_method_or_folder_is_refused(tiny_slides, tmp_pat
     # The finished store is untouched, and the same call again is a no-op that reports it.
     (p,) = list(segment_slide(a, tmp_path, method="classical", tile_um=TILE_UM))
     assert p.finished and p.nuclei > 20
+
+
+def test_shipped_model_and_stain_normaliser_are_recorded_and_checked(tiny_slides, tmp_path):
+    from dataclasses import dataclass
+
+    from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
+    from napari_nucleiseg.wholeslide import StoreMismatchError, segment_slide
+
+    @dataclass
+    class Profile:  # what a fitted stain profile records
+        method: str
+        target: list
+
+    class Brighter:
+        """A fixed (chunk-safe) colour transform with a profile, as stain normalisers have."""
+
+        def __init__(self, gain):
+            self.profile = Profile("gain", [gain])
+
+        def transform(self, rgb):
+            return np.clip(rgb.astype(np.float32) * self.profile.target[0], 0, 255).astype(np.uint8)
+
+    runs = list(segment_slide(tiny_slides[0], tmp_path, tile_um=TILE_UM, normaliser=Brighter(1.02)))
+    assert runs[-1].finished and runs[-1].nuclei > 20
+    meta = json.loads((runs[-1].store / ".zattrs").read_text())["nucleiseg"]["identity"]
+    assert meta["method"]["model"] == DEFAULT_NUCLEI_MODEL and len(meta["method"]["sha256"]) == 64
+    assert meta["stain"] == {"method": "gain", "target": [1.02]}
+    with pytest.raises(StoreMismatchError, match="another stain normalisation"):
+        list(segment_slide(tiny_slides[0], tmp_path, tile_um=TILE_UM, normaliser=Brighter(1.1)))
 
 
 def test_cohort_of_folder_and_list_routes_and_survives_bad_slides(tiny_slides, he_rgb, tmp_path):

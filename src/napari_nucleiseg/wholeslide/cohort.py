@@ -170,18 +170,9 @@ def _client(scheduler, workers):
     """One dask client for the whole cohort (a LocalCluster for ``"local"``), or None for threads."""
     if scheduler is None:
         return None, None
-    from distributed import Client, LocalCluster
+    from .job import connect
 
-    if scheduler == "local":
-        import os
-
-        cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                               processes=True, dashboard_address=None)
-        return Client(cluster), cluster
-    try:
-        return Client(scheduler, timeout="20s"), None
-    except (OSError, TimeoutError) as exc:
-        raise ConnectionError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from exc
+    return connect(scheduler, workers)
 
 
 def segment_cohort(slides, out_dir, *, method=None, mpp=None, tile_um=None, scheduler=None, workers=None,

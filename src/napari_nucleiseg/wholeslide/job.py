@@ -9,7 +9,10 @@ generator cancels what has not started; what has finished stays recorded and the
 the same arguments goes on from there.
 
 Where tasks run: ``scheduler=None`` — a thread pool in this process (``workers`` threads, default
-2: the GUI's choice, and on two cores as fast as two processes, see benchmarks/wholeslide.py);
+2). It is the default of the GUI and of ``nucleiseg segment`` without ``--scheduler``: on two
+cores it is within measurement noise of a local cluster of processes (benchmarks/wholeslide.py),
+starts at once and holds one copy of the model; the network runs one pass at a time (it already
+uses every core) while the other thread reads, measures, outlines and writes.
 ``"local"`` — a dask.distributed LocalCluster of ``workers`` single-threaded processes;
 ``"tcp://host:port"`` (or a ``distributed.Client``) — an existing cluster whose workers see the
 slide and the output folder at the same paths. A worker that dies mid-task has its task re-run
@@ -102,24 +105,31 @@ class _Threads:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def connect(scheduler, workers: int | None = None):
+    """A dask client for ``scheduler`` (``"local"``: a new LocalCluster of ``workers``
+    single-threaded processes; else the address of a running scheduler): ``(client, cluster)``."""
+    from distributed import Client, LocalCluster
+
+    if scheduler == "local":
+        cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                               processes=True, dashboard_address=None)
+        return Client(cluster), cluster
+    try:
+        return Client(scheduler, timeout="20s"), None
+    except (OSError, TimeoutError) as exc:
+        raise ConnectionError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from exc
+
+
 class _Dask:
     kind = "dask"
 
     def __init__(self, scheduler, workers: int | None):
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
-        self.own, self.cluster = True, None
         if isinstance(scheduler, Client):
-            self.client, self.own = scheduler, False
-        elif scheduler == "local":
-            self.cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                                        processes=True, dashboard_address=None)
-            self.client = Client(self.cluster)
+            self.client, self.cluster, self.own = scheduler, None, False
         else:
-            try:
-                self.client = Client(scheduler, timeout="20s")
-            except (OSError, TimeoutError) as exc:
-                raise ConnectionError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from exc
+            (self.client, self.cluster), self.own = connect(scheduler, workers), True
         self._slots, self._checked = 4, 0.0
 
     def slots(self) -> int:
@@ -171,7 +181,8 @@ def _stain_identity(normaliser):
     if dataclasses.is_dataclass(profile):
         import json
 
-        return json.loads(json.dumps(dataclasses.asdict(profile), default=lambda v: getattr(v, "tolist", lambda: str(v))()))
+        plain = json.dumps(dataclasses.asdict(profile), default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+        return json.loads(plain)
     return repr(profile if profile is not None else normaliser)
 
 
@@ -197,7 +208,7 @@ def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float
     dtype = "uint32" if len(grid) <= 2 ** (32 - LOCAL_BITS) else "uint64"
     identity = {"format": st.STORE_FORMAT, "slide": st.slide_fingerprint(slide), "method": info,
                 "stain": _stain_identity(normaliser), "tile_px": tile, "halo_px": halo,
-                "min_tissue": min_tissue}
+                "min_tissue": min_tissue, "mask_max_px": MASK_MAX_PX}
     kwargs = dict(mpp=mpp, method=method, tile=tile, halo=halo, shape=tuple(slide.shape), rows=grid.rows,
                   cols=grid.cols, dtype=dtype, normaliser=normaliser)
     return kwargs, [(t.row, t.col) for t in tissue], identity
@@ -269,8 +280,8 @@ def _run(slide, out_dir, method, normaliser, tile_um, scheduler, workers, min_ti
         n = int(meta.get("summary", {}).get("nuclei", 0))
         yield SlideProgress(name, total, total, n, path, True, total, total, "done", 0.0)
         return
-    st.remove_stale_temporaries(path)
     job = Job(slide=slide, store=str(path), levels=int(meta.get("levels", 1)), **kwargs)
+    st.remove_stale_temporaries(path)
     state = _State(job, tissue)
     progress = lambda stage: SlideProgress(  # noqa: E731
         name, len(state.chunk_done & state.tissue), total, state.nuclei(), path, False,
@@ -319,23 +330,33 @@ class _State:
         # Chunks to write: every tissue tile and every tile next to one (a nucleus owned by a
         # tissue tile may reach into its neighbour's chunk).
         self.chunks = {nb for rc in self.tissue for nb in job.neighbours(*rc)}
+        self.seg_done, self.chunk_done, self.nonzero, self.owned = set(), set(), set(), {}
+        self.count = 0
         seg_keys, chunk_keys = st.finished_keys(job.store, "tiles"), st.finished_keys(job.store, "chunks")
-        self.seg_done = {rc for rc in self.tissue if key(*rc) in seg_keys}
-        self.chunk_done, self.nonzero, self.owned, self.kept = set(), set(), {}, {}
-        for rc in self.seg_done:
-            with np.load(st.tile_record(job.store, key(*rc))) as z:
-                self.owned[rc] = int(z["owned"])
+        for rc in self.order:
+            if key(*rc) in seg_keys:
+                with np.load(st.tile_record(job.store, key(*rc))) as z:
+                    self.tile_done(rc, int(z["owned"]))
         for rc in self.chunks:
             if key(*rc) in chunk_keys:
                 rec = json.loads(st.chunk_record(job.store, key(*rc)).read_text())
-                self.chunk_done.add(rc)
-                self.kept[rc] = len(rec["kept"])
-                if rec["nonzero"]:
-                    self.nonzero.add(rc)
+                self.chunk_written(rc, len(rec["kept"]), rec["nonzero"])
         self.resumed = len(self.seg_done)
 
+    def tile_done(self, rc, owned: int) -> None:
+        self.seg_done.add(rc)
+        self.owned[rc] = owned
+        self.count += owned
+
+    def chunk_written(self, rc, kept: int, nonzero: bool) -> None:
+        self.chunk_done.add(rc)
+        if rc in self.tissue:  # its owned nuclei less the duplicates dropped
+            self.count += kept - self.owned.get(rc, 0)
+        if nonzero:
+            self.nonzero.add(rc)
+
     def nuclei(self) -> int:
-        return sum(self.kept.get(rc, self.owned.get(rc, 0)) for rc in self.seg_done)
+        return self.count
 
     def sources(self, rc):
         return [nb for nb in self.job.neighbours(*rc) if nb in self.tissue]
@@ -368,18 +389,14 @@ def _segment_and_merge(runner, job: Job, state: _State, progress):
                 kind, rc = inflight.pop(f)
                 result = f.result()  # re-raises the task's error (SlideError, OSError, ...)
                 if kind == "tile":
-                    state.seg_done.add(rc)
-                    state.owned[rc] = result["owned"]
+                    state.tile_done(rc, result["owned"])
                     for nb in job.neighbours(*rc):
                         if nb in state.chunks and nb not in queued and state.chunk_ready(nb):
                             ready.append(nb)
                             queued.add(nb)
                     ready.sort(key=lambda x: job.index(*x))
                 else:
-                    state.chunk_done.add(rc)
-                    state.kept[rc] = result["kept"]
-                    if result["nonzero"]:
-                        state.nonzero.add(rc)
+                    state.chunk_written(rc, result["kept"], result["nonzero"])
                 yield progress("segment" if to_segment or any(k == "tile" for k, _ in inflight.values()) else "merge")
     finally:
         if inflight:

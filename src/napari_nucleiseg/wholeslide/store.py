@@ -43,7 +43,8 @@ class DiskFullError(SlideError):
 
 
 def is_no_space(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in _NO_SPACE
+    # Arrow's I/O errors are OSErrors without an errno: recognise them by their message.
+    return isinstance(exc, OSError) and (exc.errno in _NO_SPACE or "No space left" in str(exc))
 
 
 def slide_stem(path) -> str:
@@ -203,6 +204,7 @@ def open_or_create(path: Path, identity: dict, shape: tuple[int, int], tile: int
                                "nucleiseg": {"identity": identity, "finished": False, "levels": len(shapes)}})
             try:
                 os.rename(tmp, path)  # atomic; fails if another run created it meanwhile
+                fsync_path(path.parent)
             except OSError:
                 if not path.exists():
                     raise
