@@ -121,7 +121,8 @@ def cmd_view(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from ..segmentation.commands import segment_files
+    # Plain images keep segment_files' contract; whole slides and cohorts go to the whole-slide job.
+    from ..wholeslide.cohort import segment_command
 
     normaliser = None
     if args.normalize or args.target:
@@ -136,7 +137,7 @@ def cmd_segment(args) -> int:
         except (SlideError, StainError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    return segment_files(args.inputs, args.out, mpp=args.mpp, method=args.method, normaliser=normaliser)
+    return segment_command(args, normaliser=normaliser)
 
 
 def cmd_normalize(args) -> int:
@@ -217,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("segment", help="segment nuclei: DIR/<stem>.tif labels + DIR/<stem>.csv measurements")
-    s.add_argument("inputs", nargs="+")
+    s.add_argument("inputs", nargs="+", help="images or slides, folders of them, or .txt lists of paths")
     s.add_argument("--out", required=True)
     s.add_argument("--mpp", type=_positive(float), help="µm/px of inputs that do not state it")
     s.add_argument("--method", default=None,
@@ -226,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="normalise stains first: " + ", ".join(STAIN_METHODS) + " (recorded in the output)")
     s.add_argument("--target", metavar="REF_OR_PROFILE",
                    help="for --normalize: reference image, folder of references (averaged) or profile .json")
+    s.add_argument("--whole-slide", action="store_true",
+                   help="use the whole-slide job (automatic above 120 MP): DIR/<stem>.nuclei.zarr/.csv/.parquet/.geojson")
+    s.add_argument("--scheduler", help="run on this dask.distributed cluster (tcp://HOST:PORT), or 'local' "
+                                       "for a local cluster of processes; implies --whole-slide")
+    s.add_argument("--workers", type=_positive(int), help="threads (default 2) or local-cluster processes")
+    s.add_argument("--tile-um", type=_positive(float), help="whole-slide tile edge in µm (default 960 model px)")
     s.set_defaults(func=cmd_segment)
 
     s = sub.add_parser("normalize", help="stain-normalise an image or a whole slide (pyramidal output)")
