@@ -143,13 +143,14 @@ class GeoJSONWriter:
 
 
 def export_geojson(labels_or_store, path, mpp: float | None = None, offset=(0, 0), table: dict | None = None,
-                   id_seed: str = "") -> int:
+                   id_seed: str | None = None) -> int:
     """Write nucleus outlines as QuPath-importable GeoJSON; returns the number of features.
 
     ``labels_or_store`` is a label array (e.g. a current-view result; ``offset`` = its ``(x, y)``
     in slide level-0 pixels) or a finished whole-slide result store (its GeoJSON is copied).
     ``table`` (from :func:`~napari_nucleiseg.segmentation.measure.measure_nuclei`) supplies the
     measurements; without it shape measurements are computed from the labels at ``mpp``.
+    ``id_seed`` makes the feature UUIDs (default: from ``offset``, so two views' nuclei differ).
     """
     import shutil
 
@@ -172,6 +173,8 @@ def export_geojson(labels_or_store, path, mpp: float | None = None, offset=(0, 0
         from ..segmentation.measure import measure_nuclei
 
         table = measure_nuclei(labels, None, mpp, origin_px=offset)
+    if id_seed is None:
+        id_seed = f"view:{int(offset[0])},{int(offset[1])}"
     with GeoJSONWriter(path, id_seed) as w:
         w.add(table, outlines(labels, table["label"], offset))
     return w.count
