@@ -116,3 +116,25 @@ def labels_layer(slide, pyramid, name: str = "nuclei", kind: str = "nuclei", **m
         "metadata": {META_KEY: {"kind": kind, "slide": str(slide.path), **meta}},
     }
     return (list(pyramid) if multiscale else pyramid, kwargs, "labels")
+
+
+def region_labels_layer(slide, labels, origin_px: tuple[float, float], downsample: float = 1.0,
+                        name: str = "nuclei", kind: str = "nuclei", **meta) -> tuple[Any, dict, str]:
+    """A labels layer for a label map cut from the slide.
+
+    ``origin_px`` is the level-0 pixel ``(x, y)`` where label pixel (0, 0) starts and
+    ``downsample`` the level-0 pixels per label pixel, so the map sits on the tissue it was
+    computed from at every zoom.
+    """
+    (sy, sx), (ty, tx) = physical_transform(slide, downsample)
+    base = slide.mpp if slide.mpp is not None else 1.0
+    ox, oy = origin_px
+    kwargs = {
+        "name": name,
+        "scale": (sy, sx),
+        "translate": (ty + oy * base, tx + ox * base),
+        "units": _units(slide),
+        "metadata": {META_KEY: {"kind": kind, "slide": str(slide.path), "origin_px": [float(ox), float(oy)],
+                                "downsample": float(downsample), **meta}},
+    }
+    return (labels, kwargs, "labels")

@@ -31,3 +31,28 @@ def put_layer(viewer, layer_tuple, replace_kind: str | None = None, **match):
     else:
         viewer.layers.append(new)
     return new
+
+
+def slide_layers(viewer):
+    """The slide layers open in ``viewer``, as (name, layer) choices for a combo box."""
+    return [(lyr.name, lyr) for lyr in find_layers(viewer, "slide")]
+
+
+def open_layer_slide(layer):
+    """Open the slide behind one of our slide layers (with its µm/px override), or None after
+    telling the user why not (the file moved, ...)."""
+    import warnings
+
+    from napari.utils.notifications import show_error
+
+    from ..io import SlideError, open_slide
+
+    meta = tag(layer)
+    override = meta["mpp"] if meta.get("mpp_source") == "override" else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return open_slide(meta["path"], mpp=override, backend=meta.get("backend"))
+    except SlideError as exc:
+        show_error(str(exc))
+        return None

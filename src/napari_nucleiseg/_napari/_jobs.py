@@ -1,0 +1,174 @@
+"""Background runs for the dock widgets: a core progress generator in napari's ``thread_worker``.
+
+The core yields after every tile (``(done, total)`` tuples, or objects with ``done``/``total``);
+anything else it yields (an intermediate result) goes to ``on_item``. The napari activity dock
+shows a progress bar with an ETA and a Cancel button; the widget shows its own status line and
+Cancel button. Cancelling sets a flag the worker thread checks between tiles, then closes the core
+generator *in the worker thread* — so the core's own clean-up (recording finished tiles) runs
+there and the interface never waits on it — and the run ends within one tile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Generator
+
+#: Returned by a run that was cancelled.
+CANCELLED = object()
+
+
+def _progress_of(item) -> tuple[int, int] | None:
+    if isinstance(item, tuple) and len(item) == 2 and all(isinstance(v, int) for v in item):
+        return item
+    done, total = getattr(item, "done", None), getattr(item, "total", None)
+    if isinstance(done, int) and isinstance(total, int):
+        return done, total
+    return None
+
+
+def _drive(steps: Generator, cancel: threading.Event):
+    """Runs in the worker thread: pass the core's items on, stop between tiles when cancelled."""
+    try:
+        while True:
+            if cancel.is_set():
+                return CANCELLED
+            try:
+                item = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            yield item
+    finally:
+        steps.close()
+
+
+def format_seconds(s: float) -> str:
+    s = max(0, int(round(s)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+class JobRunner:
+    """One run at a time for a widget, with progress, ETA and cancel.
+
+    Parameters
+    ----------
+    status : callable
+        ``status(text)`` shows a line in the widget.
+    cancel_button : magicgui PushButton, optional
+        Enabled while a run is going.
+    """
+
+    def __init__(self, status: Callable[[str], None], cancel_button=None):
+        self._status = status
+        self._cancel_button = cancel_button
+        self.worker = None
+        self.title = ""
+        self._cancel = threading.Event()
+        self._pbar = None
+        self._started = 0.0
+        self._done = (0, 0)
+        if cancel_button is not None:
+            cancel_button.enabled = False
+            cancel_button.changed.connect(self.cancel)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def busy_message(self) -> str:
+        done, total = self._done
+        where = f" ({done}/{total} tiles)" if total else ""
+        return f"{self.title}{where} is still running: wait for it to finish, or press Cancel first."
+
+    def start(self, title: str, steps: Generator, *, on_item: Callable[[Any], None] | None = None,
+              on_done: Callable[[Any], None] | None = None, on_cancelled: Callable[[], None] | None = None,
+              on_error: Callable[[Exception], None] | None = None):
+        """Run ``steps`` in a worker thread; returns the worker, or None (after saying why) when a
+        run is already going."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_warning
+
+        if self.running:
+            show_warning(self.busy_message())
+            steps.close()
+            return None
+        self.title = title
+        self._cancel = threading.Event()
+        self._started = time.perf_counter()
+        self._done = (0, 0)
+        self._status(f"{title}: starting…")
+        worker = create_worker(_drive, steps, self._cancel, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(lambda item: self._on_yielded(item, on_item))
+        worker.returned.connect(lambda value: self._on_returned(value, on_done, on_cancelled))
+        worker.errored.connect(lambda exc: self._on_errored(exc, on_error))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        if self._cancel_button is not None:
+            self._cancel_button.enabled = True
+        worker.start()
+        return worker
+
+    def cancel(self, _=None) -> None:
+        if not self.running:
+            return
+        self._cancel.set()
+        self._status(f"{self.title}: cancelling after the current tile…")
+
+    # ------------------------------------------------------------------ main-thread callbacks
+    def _on_yielded(self, item, on_item) -> None:
+        prog = _progress_of(item)
+        if prog is None:
+            if on_item is not None:
+                on_item(item)
+            return
+        done, total = prog
+        self._done = (done, total)
+        self._update_bar(done, total)
+        text = f"{self.title}: {done}/{total} tiles"
+        elapsed = time.perf_counter() - self._started
+        if 0 < done < total:
+            text += f" · ETA {format_seconds(elapsed / done * (total - done))}"
+        self._status(text)
+
+    def _update_bar(self, done: int, total: int) -> None:
+        from napari.utils import cancelable_progress
+
+        if self._pbar is None:
+            self._pbar = cancelable_progress(total=total, desc=self.title, cancel_callback=self.cancel)
+        if self._pbar.total != total:
+            self._pbar.total = total
+        if done > self._pbar.n:
+            self._pbar.update(done - self._pbar.n)
+
+    def _on_returned(self, value, on_done, on_cancelled) -> None:
+        elapsed = format_seconds(time.perf_counter() - self._started)
+        if value is CANCELLED:
+            done, total = self._done
+            self._status(f"{self.title}: cancelled after {done}/{total} tiles; finished tiles are kept.")
+            if on_cancelled is not None:
+                on_cancelled()
+            return
+        self._status(f"{self.title}: done in {elapsed}.")
+        if on_done is not None:
+            on_done(value)
+
+    def _on_errored(self, exc, on_error) -> None:
+        from napari.utils.notifications import show_error
+
+        self._status(f"{self.title}: {exc}")
+        if on_error is not None:
+            on_error(exc)
+        else:
+            show_error(str(exc))
+
+    def _on_finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.worker = None
+        if self._cancel_button is not None:
+            self._cancel_button.enabled = False

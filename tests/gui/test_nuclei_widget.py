@@ -1,0 +1,145 @@
+"""The Nuclei panel in a real napari viewer (run under Xvfb): segment what is on screen, see it
+line up with the slide, count and measure it, cancel, export, and be told why not."""
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def _messages():
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records]
+
+
+@pytest.fixture(autouse=True)
+def fresh_notifications():
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.records.clear()
+    yield
+
+
+def _nuclei_layers(viewer, scope=None):
+    return [l for l in viewer.layers if l.metadata.get("nucleiseg", {}).get("kind") == "nuclei"
+            and (scope is None or l.metadata["nucleiseg"].get("scope") == scope)]
+
+
+def _look_at(viewer, centre_px, screen_px_per_level0_px, mpp=0.5):
+    """Point the camera at a level-0 pixel of the slide at a given magnification."""
+    viewer.scene.camera.center = (centre_px[0] * mpp, centre_px[1] * mpp)
+    viewer.scene.camera.zoom = screen_px_per_level0_px / mpp
+
+
+@pytest.fixture
+def panel(make_napari_viewer, demo, tmp_path):
+    from napari_nucleiseg._napari._nuclei_widget import NucleiWidget
+
+    viewer = make_napari_viewer()
+    widget = NucleiWidget(viewer)
+    widget._out.value = tmp_path / "exports"
+    viewer.open_sample("napari-nucleiseg", "demo_slide")
+    slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
+    truth = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "ground_truth")
+    widget._layer.value = slide
+    widget._method.value = "classical"  # the model is not the point here, the panel is
+    return viewer, widget, slide, truth
+
+
+def _run(qtbot, widget, button):
+    button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
+    qtbot.wait(50)
+
+
+def test_current_view_segments_what_is_on_screen_and_lines_up(panel, qtbot):
+    from napari_nucleiseg._napari._view import canvas_size
+
+    viewer, widget, slide, truth = panel
+    _look_at(viewer, (1400, 1500), 2.0)
+    rows, cols = canvas_size(viewer)
+    _run(qtbot, widget, widget._run_view)
+    (layer,) = _nuclei_layers(viewer, "view")
+    meta = layer.metadata["nucleiseg"]
+    # Labels at the method's 0.5 µm/px, placed by their first pixel's level-0 position.
+    assert tuple(layer.scale) == (0.5, 0.5)
+    x0, y0, x1, y1 = meta["box"]
+    ox, oy = meta["origin_px"]
+    assert tuple(layer.translate) == pytest.approx((oy * 0.5, ox * 0.5))
+    # The box is what the screen shows: canvas pixels / 2 screen px per slide pixel.
+    assert (x1 - x0, y1 - y0) == pytest.approx((cols / 2, rows / 2), abs=2)
+    assert (x0 + x1) / 2 == pytest.approx(1500, abs=1.5) and (y0 + y1) / 2 == pytest.approx(1400, abs=1.5)
+    # Every nucleus found sits on a true nucleus of the slide, in world coordinates.
+    data = np.asarray(layer.data)
+    ids = np.unique(data[data > 0])
+    assert len(ids) == meta["count"] > 20
+    hits = 0
+    for i in ids:
+        ys, xs = np.nonzero(data == i)
+        world = layer.data_to_world((ys.mean(), xs.mean()))
+        ty, tx = np.round(truth.world_to_data(world)).astype(int)
+        hits += np.asarray(truth.data[0][ty, tx]) > 0
+    assert hits / len(ids) > 0.8
+    # Count and measurements table.
+    assert f"{meta['count']} nuclei in view" in widget._count.value
+    assert widget.table.row_count() == meta["count"]
+
+    # Running again replaces the layer instead of piling up copies.
+    _look_at(viewer, (1800, 2200), 2.0)
+    _run(qtbot, widget, widget._run_view)
+    (again,) = _nuclei_layers(viewer, "view")
+    assert again.metadata["nucleiseg"]["box"] != meta["box"]
+
+
+def test_view_messages_glass_no_slide_and_busy(panel, qtbot, make_napari_viewer):
+    from napari_nucleiseg._napari._nuclei_widget import NucleiWidget
+
+    viewer, widget, slide, truth = panel
+    _look_at(viewer, (150, 150), 4.0)  # the top-left corner of the demo slide is glass
+    _run(qtbot, widget, widget._run_view)
+    assert any("only glass" in m for m in _messages())
+    assert not _nuclei_layers(viewer)
+
+    _look_at(viewer, (1536, 2048), 0.25)  # the whole slide: too much for a current-view run
+    _run(qtbot, widget, widget._run_view)
+    assert any("whole-slide job" in m for m in _messages())
+
+    empty = NucleiWidget(make_napari_viewer())
+    empty._run_view.clicked.emit()
+    assert any("No slide open" in m for m in _messages())
+
+
+def test_a_second_run_while_one_runs_is_refused_and_cancel_keeps_finished_tiles(panel, qtbot):
+    viewer, widget, slide, truth = panel
+    # A view of several tiles (classical tiles are 1024 px): cancel after the first one.
+    _look_at(viewer, (1536, 2048), 0.62)
+    widget._run_view.clicked.emit()
+    qtbot.waitUntil(lambda: widget.jobs._done[0] >= 1, timeout=60_000)
+    widget._run_view.clicked.emit()
+    assert any("still running" in m for m in _messages())
+    widget._cancel.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=60_000)
+    assert "cancelled" in widget._status.value
+    assert not _nuclei_layers(viewer)
+
+
+def test_export_current_view_measurements(panel, qtbot, tmp_path):
+    import csv
+
+    viewer, widget, slide, truth = panel
+    _look_at(viewer, (1400, 1500), 3.0)
+    _run(qtbot, widget, widget._run_view)
+    path = widget._on_export_csv()
+    rows = list(csv.DictReader(open(path)))
+    (layer,) = _nuclei_layers(viewer, "view")
+    assert len(rows) == layer.metadata["nucleiseg"]["count"]
+    x0, y0, x1, y1 = layer.metadata["nucleiseg"]["box"]
+    cx = np.array([float(r["centroid_x_um"]) for r in rows]) / 0.5
+    assert cx.min() >= x0 and cx.max() < x1
+
+
+def test_nuclei_panel_docks_from_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei")
+    assert type(widget).__name__ == "NucleiWidget"
