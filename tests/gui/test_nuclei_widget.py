@@ -110,18 +110,26 @@ def test_view_messages_glass_no_slide_and_busy(panel, qtbot, make_napari_viewer)
     assert any("No slide open" in m for m in _messages())
 
 
-def test_a_second_run_while_one_runs_is_refused_and_cancel_keeps_finished_tiles(panel, qtbot):
+def test_a_second_run_while_one_runs_is_refused_and_cancel_stops_between_tiles(panel, qtbot):
+    from napari_nucleiseg._napari._view import canvas_size
+
     viewer, widget, slide, truth = panel
-    # A view of several tiles (classical tiles are 1024 px): cancel after the first one.
-    _look_at(viewer, (1536, 2048), 0.62)
+    # A view about 2100 slide pixels across: two or more tiles (classical tiles are 1024 px).
+    rows, cols = canvas_size(viewer)
+    _look_at(viewer, (1536, 2048), max(rows, cols) / 2100)
     widget._run_view.clicked.emit()
     qtbot.waitUntil(lambda: widget.jobs._done[0] >= 1, timeout=60_000)
     widget._run_view.clicked.emit()
     assert any("still running" in m for m in _messages())
+    at_cancel = widget.jobs._done[0]
     widget._cancel.clicked.emit()
     qtbot.waitUntil(lambda: not widget.jobs.running, timeout=60_000)
-    assert "cancelled" in widget._status.value
-    assert not _nuclei_layers(viewer)
+    done, total = widget.jobs._done
+    # Stopped within one tile: the one being segmented at the click finishes (plus, at most, one
+    # whose progress report was still queued for the interface), no new one starts.
+    assert total >= 4 and done <= at_cancel + 2 and done < total
+    assert f"cancelled after {done}/{total} tiles" in widget._status.value
+    assert not _nuclei_layers(viewer)  # a view's partial result is not shown
 
 
 def test_export_current_view_measurements(panel, qtbot, tmp_path):

@@ -86,9 +86,9 @@ class JobRunner:
 
     def start(self, title: str, steps: Generator, *, on_item: Callable[[Any], None] | None = None,
               on_done: Callable[[Any], None] | None = None, on_cancelled: Callable[[], None] | None = None,
-              on_error: Callable[[Exception], None] | None = None):
+              on_error: Callable[[Exception], None] | None = None, cancelled_note: str = ""):
         """Run ``steps`` in a worker thread; returns the worker, or None (after saying why) when a
-        run is already going."""
+        run is already going. ``cancelled_note`` tells the user what a cancel leaves behind."""
         from napari.qt.threading import create_worker
         from napari.utils.notifications import show_warning
 
@@ -103,7 +103,7 @@ class JobRunner:
         self._status(f"{title}: starting…")
         worker = create_worker(_drive, steps, self._cancel, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(lambda item: self._on_yielded(item, on_item))
-        worker.returned.connect(lambda value: self._on_returned(value, on_done, on_cancelled))
+        worker.returned.connect(lambda value: self._on_returned(value, on_done, on_cancelled, cancelled_note))
         worker.errored.connect(lambda exc: self._on_errored(exc, on_error))
         worker.finished.connect(self._on_finished)
         self.worker = worker
@@ -144,11 +144,11 @@ class JobRunner:
         if done > self._pbar.n:
             self._pbar.update(done - self._pbar.n)
 
-    def _on_returned(self, value, on_done, on_cancelled) -> None:
+    def _on_returned(self, value, on_done, on_cancelled, note="") -> None:
         elapsed = format_seconds(time.perf_counter() - self._started)
         if value is CANCELLED:
             done, total = self._done
-            self._status(f"{self.title}: cancelled after {done}/{total} tiles; finished tiles are kept.")
+            self._status(f"{self.title}: cancelled after {done}/{total} tiles{'; ' + note if note else ''}.")
             if on_cancelled is not None:
                 on_cancelled()
             return

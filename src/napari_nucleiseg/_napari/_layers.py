@@ -17,12 +17,28 @@ def find_layers(viewer, kind: str, **match):
 
 
 def put_layer(viewer, layer_tuple, replace_kind: str | None = None, **match):
-    """Add a layer data tuple, replacing (in place) an earlier layer of ours of the same kind."""
+    """Add a layer data tuple, replacing an earlier layer of ours of the same kind.
+
+    An earlier layer of the same type takes the new data in place: it keeps its position and the
+    user's display settings, and removing a layer would cost napari a full garbage collection.
+    """
     from napari.layers import Layer
 
     data, kwargs, ltype = layer_tuple
-    new = Layer.create(data, dict(kwargs), ltype)
     old = find_layers(viewer, replace_kind, **match) if replace_kind else []
+    if old and old[0]._type_string == ltype and bool(getattr(old[0], "multiscale", False)) == bool(kwargs.get("multiscale", False)):
+        layer = old[0]
+        for extra in old[1:]:
+            viewer.layers.remove(extra)
+        for key in ("scale", "translate", "units", "metadata"):
+            if key in kwargs:
+                setattr(layer, key, kwargs[key])
+        layer.data = data
+        if "name" in kwargs:
+            layer.name = kwargs["name"]
+        layer.refresh()
+        return layer
+    new = Layer.create(data, dict(kwargs), ltype)
     if old:
         index = viewer.layers.index(old[0])
         for lyr in old:

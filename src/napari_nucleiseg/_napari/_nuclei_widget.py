@@ -67,9 +67,7 @@ class NucleiWidget(Container):
         """Load the model in the background now, so the first click is as fast as the next."""
         import threading
 
-        from ..segmentation.region import warm_up
-
-        threading.Thread(target=warm_up, args=(self._method.value,), daemon=True).start()
+        threading.Thread(target=_warm_up, args=(self._method.value,), daemon=True).start()
 
     def _slide(self, what: str):
         """The selected slide layer and its opened slide, or (None, None) after saying why."""
@@ -102,7 +100,8 @@ class NucleiWidget(Container):
         steps = segment_region(slide, visible_box(self.viewer, layer), self._method.value)
         self.jobs.start("Nuclei in view", _then_measure(steps),
                         on_item=lambda result: self._show_view_labels(slide, result),
-                        on_done=self._show_table, on_error=self._on_view_error)
+                        on_done=self._show_table, on_error=self._on_view_error,
+                        cancelled_note="the view's labels were not shown")
 
     def _show_view_labels(self, slide, result) -> None:
         from ..layers import region_labels_layer
@@ -175,6 +174,16 @@ class NucleiWidget(Container):
         write_csv(self._table, path)
         self._set_status(f"Measurements written to {path}")
         return path
+
+
+def _warm_up(method) -> None:
+    import importlib
+
+    from ..segmentation.region import warm_up
+
+    # napari's first labels layer imports pandas (for label features): about a second, once.
+    importlib.import_module("pandas")
+    warm_up(method)
 
 
 def _then_measure(steps):

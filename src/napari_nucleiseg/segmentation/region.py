@@ -203,13 +203,17 @@ def segment_region(slide, box, method: str | None = None, normaliser=None,
         raise EmptyRegionError(f"{slide.path.name}: the view shows only glass, no tissue: pan to the tissue")
     if normaliser is not None:
         rgb = normaliser.transform(rgb)
-    tile = int(round(TILE_MODEL_PX * model_mpp(method) / plan.mpp))
+    # Tiles of about the core's usual size, but balanced: a screen a few pixels wider than one
+    # tile is one tile, not one tile plus slivers that each pay a model call.
+    tile = TILE_MODEL_PX * model_mpp(method) / plan.mpp
     tile_halo = int(round(HALO_UM / plan.mpp))
     h, w = rgb.shape[:2]
-    if h <= tile + 2 * tile_halo and w <= tile + 2 * tile_halo:
+    ny, nx = max(1, round((h - 2 * tile_halo) / tile)), max(1, round((w - 2 * tile_halo) / tile))
+    if ny == nx == 1:
         labels = segment_untiled(rgb, plan.mpp, method)
         yield 1, 1
     else:
+        tile = max(math.ceil(h / ny), math.ceil(w / nx))
         labels = yield from iter_segment_tiled(rgb, plan.mpp, lambda b, m: segment_untiled(b, m, method),
                                                tile, tile_halo)
     method_info = describe_method(method) if normaliser is None else describe_method(method, normaliser=normaliser)
