@@ -132,22 +132,131 @@ def test_a_second_run_while_one_runs_is_refused_and_cancel_stops_between_tiles(p
     assert not _nuclei_layers(viewer)  # a view's partial result is not shown
 
 
-def test_export_current_view_measurements(panel, qtbot, tmp_path):
+def test_export_current_view_and_read_each_export_back(panel, qtbot):
     import csv
+    import json
+
+    import zarr
 
     viewer, widget, slide, truth = panel
     _look_at(viewer, (1400, 1500), 3.0)
     _run(qtbot, widget, widget._run_view)
-    path = widget._on_export_csv()
-    rows = list(csv.DictReader(open(path)))
     (layer,) = _nuclei_layers(viewer, "view")
-    assert len(rows) == layer.metadata["nucleiseg"]["count"]
-    x0, y0, x1, y1 = layer.metadata["nucleiseg"]["box"]
+    meta = layer.metadata["nucleiseg"]
+    count, (x0, y0, x1, y1) = meta["count"], meta["box"]
+
+    # Measurements: one row per nucleus, centroids (slide µm) inside the view.
+    rows = list(csv.DictReader(open(widget._on_export_csv())))
+    assert len(rows) == count
     cx = np.array([float(r["centroid_x_um"]) for r in rows]) / 0.5
     assert cx.min() >= x0 and cx.max() < x1
+
+    # Labels: OME-Zarr whose scale/translation put it where the napari layer is.
+    store = widget._on_export_labels()
+    root = zarr.open_group(str(store), mode="r")
+    ds = root.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert ds[0]["scale"] == pytest.approx(list(layer.scale))
+    assert ds[1]["translation"] == pytest.approx(list(layer.translate))
+    assert np.array_equal(root["0"][:], np.asarray(layer.data))
+
+    # Outlines: QuPath detections in slide level-0 pixels, one per nucleus, on the nucleus.
+    gj = json.load(open(widget._on_export_geojson()))
+    feats = gj["features"] if isinstance(gj, dict) else gj
+    assert len(feats) == count
+    data = np.asarray(layer.data)
+    on = 0
+    for f in feats:
+        ring = np.asarray(f["geometry"]["coordinates"][0], float)
+        assert f["properties"]["objectType"] == "detection"
+        cx, cy = ring[:, 0].mean(), ring[:, 1].mean()  # level-0 px (pixel edges at integers)
+        r, c = int(cy - meta["origin_px"][1]), int(cx - meta["origin_px"][0])
+        on += data[r, c] > 0
+    assert on / count > 0.9
 
 
 def test_nuclei_panel_docks_from_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei")
     assert type(widget).__name__ == "NucleiWidget"
+
+
+def _latency_probe(qtbot):
+    """Tick every 20 ms on the GUI thread and record the gaps between ticks."""
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    stamps = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    timer.start()
+    return timer, stamps
+
+
+def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qtbot, tmp_path):
+    import csv
+    import json
+
+    import dask.array as da
+
+    from napari_nucleiseg.wholeslide import open_labels
+
+    viewer, widget, slide, truth = panel
+    timer, stamps = _latency_probe(qtbot)
+    widget._run_slide.clicked.emit()
+    qtbot.waitUntil(lambda: len(_nuclei_layers(viewer, "slide")) == 1, timeout=120_000)
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=600_000)
+    timer.stop()
+    gaps = np.diff(stamps)
+    # The viewer stays responsive while the whole slide is segmented in the background.
+    assert len(stamps) > 100
+    assert gaps.max() < 0.2, f"event loop blocked for {gaps.max() * 1000:.0f} ms"
+    print(f"\nlongest event-loop gap during the whole-slide run: {gaps.max() * 1000:.0f} ms "
+          f"over {len(stamps)} ticks of 20 ms")
+    assert "done" in widget._status.value, widget._status.value
+
+    (layer,) = _nuclei_layers(viewer, "slide")
+    # Lazy multiscale labels from the chunked store, never full resolution in memory.
+    assert layer.multiscale and all(isinstance(d, da.Array) for d in layer.data)
+    assert tuple(layer.data[0].shape) == tuple(slide.data[0].shape[:2])
+    assert tuple(layer.scale) == tuple(slide.scale) and tuple(layer.translate) == tuple(slide.translate)
+    # Nuclei found sit on true nuclei.
+    labels = np.asarray(layer.data[0][1000:1600, 1200:1800])
+    gt = np.asarray(truth.data[0][1000:1600, 1200:1800])
+    fg, t = labels > 0, gt > 0
+    assert 2 * (fg & t).sum() / (fg.sum() + t.sum()) > 0.7
+    n = len(widget.table.columns._cols[0])
+    assert n > 500 and f"{n} nuclei in the whole slide" in widget._count.value
+
+    # Exports of the whole slide, read back.
+    out = tmp_path / "elsewhere"
+    widget._out.value = out
+    levels, mpp, meta = open_labels(widget._on_export_labels())
+    assert mpp == 0.5 and meta["finished"] and levels[0].shape == layer.data[0].shape
+    assert len(list(csv.DictReader(open(widget._on_export_csv())))) == n
+    gj = json.load(open(widget._on_export_geojson()))
+    assert len(gj["features"] if isinstance(gj, dict) else gj) == n
+
+
+def test_whole_slide_cancel_stops_within_a_tile_and_the_next_run_resumes(panel, qtbot):
+    viewer, widget, slide, truth = panel
+    seen = []
+    widget._run_slide.clicked.emit()
+    widget.jobs.worker.yielded.connect(seen.append)
+    qtbot.waitUntil(lambda: widget.jobs._done[0] >= 1 or any(getattr(p, "segmented", 0) >= 2 for p in seen),
+                    timeout=300_000)
+    widget._cancel.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
+    assert "cancelled" in widget._status.value and "run it again" in widget._status.value
+    total, segmented = seen[-1].total, seen[-1].segmented
+    assert 0 < segmented < total
+
+    # Again: the finished tiles are not segmented twice.
+    again = []
+    widget._run_slide.clicked.emit()
+    widget.jobs.worker.yielded.connect(again.append)
+    qtbot.waitUntil(lambda: len(again) >= 1, timeout=120_000)
+    widget._cancel.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
+    assert again[0].resumed >= segmented

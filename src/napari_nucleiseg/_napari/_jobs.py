@@ -71,6 +71,7 @@ class JobRunner:
         self._pbar = None
         self._started = 0.0
         self._done = (0, 0)
+        self._first = None
         if cancel_button is not None:
             cancel_button.enabled = False
             cancel_button.changed.connect(self.cancel)
@@ -85,6 +86,7 @@ class JobRunner:
         return f"{self.title}{where} is still running: wait for it to finish, or press Cancel first."
 
     def start(self, title: str, steps: Generator, *, on_item: Callable[[Any], None] | None = None,
+              on_progress: Callable[[Any], None] | None = None,
               on_done: Callable[[Any], None] | None = None, on_cancelled: Callable[[], None] | None = None,
               on_error: Callable[[Exception], None] | None = None, cancelled_note: str = ""):
         """Run ``steps`` in a worker thread; returns the worker, or None (after saying why) when a
@@ -100,9 +102,10 @@ class JobRunner:
         self._cancel = threading.Event()
         self._started = time.perf_counter()
         self._done = (0, 0)
+        self._first = None
         self._status(f"{title}: starting…")
         worker = create_worker(_drive, steps, self._cancel, _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(lambda item: self._on_yielded(item, on_item))
+        worker.yielded.connect(lambda item: self._on_yielded(item, on_item, on_progress))
         worker.returned.connect(lambda value: self._on_returned(value, on_done, on_cancelled, cancelled_note))
         worker.errored.connect(lambda exc: self._on_errored(exc, on_error))
         worker.finished.connect(self._on_finished)
@@ -119,7 +122,7 @@ class JobRunner:
         self._status(f"{self.title}: cancelling after the current tile…")
 
     # ------------------------------------------------------------------ main-thread callbacks
-    def _on_yielded(self, item, on_item) -> None:
+    def _on_yielded(self, item, on_item, on_progress) -> None:
         prog = _progress_of(item)
         if prog is None:
             if on_item is not None:
@@ -129,10 +132,29 @@ class JobRunner:
         self._done = (done, total)
         self._update_bar(done, total)
         text = f"{self.title}: {done}/{total} tiles"
-        elapsed = time.perf_counter() - self._started
-        if 0 < done < total:
-            text += f" · ETA {format_seconds(elapsed / done * (total - done))}"
+        eta = self._eta(item, done, total)
+        if eta is not None:
+            text += f" · ETA {format_seconds(eta)}"
         self._status(text)
+        if on_progress is not None:
+            on_progress(item)
+
+    def _eta(self, item, done: int, total: int) -> float | None:
+        """Seconds left, from the rate since this run started (tiles finished by an earlier,
+        resumed run do not count as speed). A core progress object with a ``fraction`` of the
+        work (which weighs stages by their cost) is preferred over the tile count."""
+        now = time.perf_counter()
+        frac = getattr(item, "fraction", None)
+        frac = float(frac) if isinstance(frac, (int, float)) else (done / total if total else None)
+        if frac is None:
+            return None
+        if self._first is None:
+            self._first = (now, frac)
+            return None
+        t0, f0 = self._first
+        if frac >= 1 or frac <= f0 or now - t0 < 0.5:
+            return None
+        return (now - t0) / (frac - f0) * (1 - frac)
 
     def _update_bar(self, done: int, total: int) -> None:
         from napari.utils import cancelable_progress

@@ -1,7 +1,10 @@
 """Nuclei dock widget: segment what is on screen (or the whole slide), count, measure, export.
 
-Each callback is a line or two into the core (``segmentation.region`` for the view); the work
-runs in a background worker (``_jobs.JobRunner``) with a progress bar, an ETA and Cancel.
+Each callback is a line or two into the core (``segmentation.region`` for the view,
+``wholeslide.segment_slide`` for the slide); the work runs in a background worker
+(``_jobs.JobRunner``) with a progress bar, an ETA and Cancel. Whole-slide labels are shown from
+the job's chunked result store as a lazy multiscale layer, refreshed while the job runs, so they
+never sit in memory at full resolution.
 """
 
 from __future__ import annotations
@@ -29,14 +32,17 @@ class NucleiWidget(Container):
         self.viewer = napari_viewer
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
         self._method = ComboBox(label="method", choices=_methods(), value=DEFAULT_NUCLEI_MODEL)
+        self._out = FileEdit(label="results folder", mode="d", value=Path.home() / "nucleiseg-results")
         self._run_view = PushButton(text="Segment current view")
+        self._run_slide = PushButton(text="Segment whole slide")
         self._cancel = PushButton(text="Cancel")
         self._status = Label(value="")
         self._count = Label(value="")
-        self._out = FileEdit(label="export folder", mode="d", value=Path.home() / "nucleiseg-results")
+        self._export_labels = PushButton(text="Export labels (OME-Zarr)")
+        self._export_geojson = PushButton(text="Export outlines (GeoJSON for QuPath)")
         self._export_csv = PushButton(text="Export measurements (CSV)")
-        self.extend([self._layer, self._method, self._run_view, self._cancel, self._status,
-                     self._count, self._out, self._export_csv])
+        self.extend([self._layer, self._method, self._out, self._run_view, self._run_slide, self._cancel,
+                     self._status, self._count, self._export_labels, self._export_geojson, self._export_csv])
         from ._table import MeasurementsView
 
         self.table = MeasurementsView()
@@ -44,9 +50,12 @@ class NucleiWidget(Container):
         self.table.nucleus_chosen.connect(self._centre_on)
 
         self.jobs = JobRunner(self._set_status, self._cancel)
-        self._result = None  # the last current-view result (RegionResult) and its table
-        self._table = None
+        self._last = None  # what the table and the exports show: the last finished run
+        self._refreshed = 0.0
         self._run_view.changed.connect(self._on_run_view)
+        self._run_slide.changed.connect(self._on_run_slide)
+        self._export_labels.changed.connect(self._on_export_labels)
+        self._export_geojson.changed.connect(self._on_export_geojson)
         self._export_csv.changed.connect(self._on_export_csv)
         self._method.changed.connect(self._warm_up)
         self.viewer.layers.events.inserted.connect(self._refresh)
@@ -107,20 +116,20 @@ class NucleiWidget(Container):
         from ..layers import region_labels_layer
 
         plan = result.plan
-        slide_path = str(slide.path)
         layer_tuple = region_labels_layer(
             slide, result.labels, plan.origin, plan.downsample, name="nuclei (view)", kind="nuclei",
             scope="view", box=list(plan.box), mpp=plan.mpp, level=plan.level, count=result.count,
             method=result.method,
         )
-        new = put_layer(self.viewer, layer_tuple, "nuclei", slide=slide_path, scope="view")
+        new = put_layer(self.viewer, layer_tuple, "nuclei", slide=str(slide.path), scope="view")
         new.contour = 1
-        self._result = result
-        self._result_slide = slide
+        self._last = _Outcome("view", slide, result=result)
         self._count.value = f"{result.count} nuclei in view (segmented at {plan.mpp:.3g} µm/px)"
+        self.table.set_table(None)
 
     def _show_table(self, table) -> None:
-        self._table = table
+        if self._last is not None and table is not None:
+            self._last.table = table
         self.table.set_table(table)
 
     def _on_view_error(self, exc) -> None:
@@ -139,9 +148,72 @@ class NucleiWidget(Container):
             show_warning(f"Segmenting the view failed: {type(exc).__name__}: {exc}")
 
     def _offer_whole_slide(self, message: str) -> None:
+        from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
+
+        notification_manager.dispatch(Notification(
+            message, severity=NotificationSeverity.WARNING,
+            actions=[("Segment whole slide", lambda _: self._on_run_slide())]))
+
+    # ------------------------------------------------------------------ whole slide
+    def _on_run_slide(self, _=None):
         from napari.utils.notifications import show_warning
 
-        show_warning(message)
+        from ..wholeslide import segment_slide
+
+        if self.jobs.running:
+            show_warning(self.jobs.busy_message())
+            return
+        layer, slide = self._slide("segmenting the whole slide")
+        if slide is None:
+            return
+        steps = segment_slide(slide, Path(self._out.value), method=self._method.value)
+        self._refreshed = 0.0
+        self.jobs.start("Whole slide", _then_read_table(steps),
+                        on_progress=lambda p: self._on_slide_progress(slide, p),
+                        on_done=lambda table: self._on_slide_done(slide, table),
+                        on_error=self._on_slide_error,
+                        cancelled_note="finished tiles are kept: run it again to go on from there")
+
+    def _on_slide_progress(self, slide, p) -> None:
+        """Show the result store as soon as it exists; redraw it every couple of seconds."""
+        import time
+
+        from ..layers import labels_layer
+        from ..wholeslide import open_labels
+
+        self._count.value = f"{p.nuclei} nuclei so far ({p.done}/{p.total} tissue tiles)"
+        now = time.perf_counter()
+        existing = find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="slide")
+        if existing and existing[0].metadata["nucleiseg"].get("store") == str(p.store):
+            if now - self._refreshed > 2.0:
+                existing[0].refresh()
+                self._refreshed = now
+            return
+        levels, _, _ = open_labels(p.store)
+        put_layer(self.viewer, labels_layer(slide, levels, name="nuclei (whole slide)", kind="nuclei",
+                                            scope="slide", store=str(p.store)),
+                  "nuclei", slide=str(slide.path), scope="slide")
+        self._refreshed = now
+
+    def _on_slide_done(self, slide, outcome) -> None:
+        from ..layers import labels_layer
+        from ..wholeslide import open_labels
+
+        store, table = outcome
+        levels, _, meta = open_labels(store)  # reopened: the coarse levels are now filled
+        layer = put_layer(self.viewer, labels_layer(slide, levels, name="nuclei (whole slide)", kind="nuclei",
+                                                    scope="slide", store=str(store), method=meta.get("method")),
+                          "nuclei", slide=str(slide.path), scope="slide")
+        layer.refresh()
+        n = len(table["label"])
+        self._last = _Outcome("slide", slide, store=Path(store), table=table)
+        self._count.value = f"{n} nuclei in the whole slide (results in {Path(store).parent})"
+        self.table.set_table(table)
+
+    def _on_slide_error(self, exc) -> None:
+        from napari.utils.notifications import show_error
+
+        show_error(str(exc))
 
     def _centre_on(self, row: dict) -> None:
         """Centre the view on a nucleus picked in the table (centroids are from the slide's edge)."""
@@ -153,27 +225,79 @@ class NucleiWidget(Container):
         self.viewer.scene.camera.center = tuple(layer.data_to_world((y, x)))
 
     # ------------------------------------------------------------------ exports
-    def _export_stem(self) -> Path | None:
+    def _export_target(self, suffix: str) -> Path | None:
+        """Where an export of the last result goes: ``<results folder>/<slide>[.view_x…_y…]<suffix>``."""
         from napari.utils.notifications import show_error
 
-        if self._result is None:
-            show_error("Nothing to export yet: segment the view (or the whole slide) first.")
+        if self._last is None:
+            show_error("Nothing to export yet: segment the view or the whole slide first.")
+            return None
+        if self._last.scope == "view" and self._last.table is None:
+            show_error("The view's measurements are still being computed: export in a moment.")
             return None
         out = Path(self._out.value)
         out.mkdir(parents=True, exist_ok=True)
-        x0, y0, *_ = self._result.plan.box
-        return out / f"{self._result_slide.path.stem}.view_x{x0}_y{y0}"
+        stem = self._last.slide.path.name.split(".")[0]
+        if self._last.scope == "view":
+            x0, y0, *_ = self._last.result.plan.box
+            stem += f".view_x{x0}_y{y0}"
+        return out / f"{stem}{suffix}"
+
+    def _exported(self, path: Path) -> Path:
+        self._set_status(f"Written {path}")
+        return path
+
+    def _on_export_labels(self, _=None) -> Path | None:
+        from ..segmentation.region import write_labels_zarr
+
+        path = self._export_target(".nuclei.zarr")
+        if path is None:
+            return None
+        if self._last.scope == "slide":
+            return self._exported(_copy_tree(self._last.store, path))
+        r = self._last.result
+        write_labels_zarr(r.labels, path, r.plan.mpp, r.plan.origin, r.plan.downsample, self._last.slide.mpp)
+        return self._exported(path)
+
+    def _on_export_geojson(self, _=None) -> Path | None:
+        from ..wholeslide import export_geojson
+
+        path = self._export_target(".nuclei.geojson")
+        if path is None:
+            return None
+        if self._last.scope == "slide":
+            export_geojson(self._last.store, path)
+            return self._exported(path)
+        r = self._last.result
+        labels0, offset = r.labels_level0()
+        export_geojson(labels0, path, self._last.slide.mpp, offset=offset, table=self._last.table)
+        return self._exported(path)
 
     def _on_export_csv(self, _=None) -> Path | None:
-        from ..segmentation.measure import write_csv
+        from ..wholeslide import write_table
 
-        stem = self._export_stem()
-        if stem is None or self._table is None:
+        path = self._export_target(".nuclei.csv")
+        if path is None:
             return None
-        path = stem.with_name(stem.name + ".nuclei.csv")
-        write_csv(self._table, path)
-        self._set_status(f"Measurements written to {path}")
-        return path
+        write_table(self._last.table, path)
+        return self._exported(path)
+
+
+class _Outcome:
+    """A finished run the table and exports refer to."""
+
+    def __init__(self, scope, slide, result=None, store=None, table=None):
+        self.scope, self.slide, self.result, self.store, self.table = scope, slide, result, store, table
+
+
+def _copy_tree(src: Path, dst: Path) -> Path:
+    import shutil
+
+    if Path(src).resolve() != Path(dst).resolve():
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
+    return dst
 
 
 def _warm_up(method) -> None:
@@ -184,6 +308,23 @@ def _warm_up(method) -> None:
     # napari's first labels layer imports pandas (for label features): about a second, once.
     importlib.import_module("pandas")
     warm_up(method)
+
+
+def _then_read_table(steps):
+    """Pass a whole-slide job's progress on; when it has finished, read its table (in the worker
+    thread: a million nuclei take a second) and return ``(store, table)``."""
+    last = None
+    try:
+        for last in steps:
+            yield last
+    finally:
+        steps.close()
+    if last is None or not last.finished:
+        return None
+    from ..wholeslide import read_table
+
+    parquet = last.store.parent / f"{last.store.name[: -len('.zarr')]}.parquet"
+    return last.store, read_table(parquet)
 
 
 def _then_measure(steps):

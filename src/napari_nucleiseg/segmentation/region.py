@@ -83,6 +83,18 @@ class RegionResult:
         ox, oy = self.plan.origin
         return measure_nuclei(self.labels, self.rgb, self.plan.mpp, origin_px=(ox / d, oy / d))
 
+    def labels_level0(self) -> tuple[np.ndarray, tuple[int, int]]:
+        """The labels on the slide's level-0 pixel grid and their ``(x, y)`` offset there (for
+        exports in slide pixels, e.g. QuPath outlines). Nearest neighbour: ids are never mixed."""
+        d = self.plan.downsample
+        ox, oy = (int(round(v)) for v in self.plan.origin)
+        if d == 1.0:
+            return self.labels, (ox, oy)
+        h, w = self.labels.shape
+        rows = np.minimum((np.arange(round(h * d)) + 0.5) / d, h - 1).astype(np.intp)
+        cols = np.minimum((np.arange(round(w * d)) + 0.5) / d, w - 1).astype(np.intp)
+        return self.labels[rows[:, None], cols[None, :]], (ox, oy)
+
 
 def model_mpp(method: str | None) -> float:
     """µm/px the method works at (the classical methods are tuned at 0.5)."""
@@ -218,6 +230,53 @@ def segment_region(slide, box, method: str | None = None, normaliser=None,
                                                tile, tile_halo)
     method_info = describe_method(method) if normaliser is None else describe_method(method, normaliser=normaliser)
     return RegionResult(plan=plan, labels=keep_centred(labels, core), rgb=rgb, method=method_info)
+
+
+def write_labels_zarr(labels: np.ndarray, path, mpp: float, origin_px: tuple[float, float],
+                      downsample: float = 1.0, slide_mpp: float | None = None, **meta) -> None:
+    """Write a region's labels as an OME-Zarr (NGFF 0.4) labels image placed on the slide.
+
+    ``origin_px`` is the level-0 pixel where label pixel (0, 0) starts, ``mpp`` the labels' µm/px;
+    the translation is that of the pixel's centre, in µm, as NGFF viewers (napari-ome-zarr,
+    QuPath) place images. The array is written under a temporary name and moved into place, so a
+    failed export leaves no half-written store.
+    """
+    import json
+    import shutil
+    import uuid
+    from pathlib import Path
+
+    import zarr
+
+    path = Path(path)
+    base = slide_mpp if slide_mpp is not None else mpp / downsample
+    ox, oy = origin_px
+    translate = [oy * base + (mpp - base) / 2, ox * base + (mpp - base) / 2]
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+        chunk = (min(1024, labels.shape[0]), min(1024, labels.shape[1]))
+        root.create_array("0", data=np.ascontiguousarray(labels, dtype=np.uint32), chunks=chunk,
+                          chunk_key_encoding={"name": "v2", "separator": "/"})
+        root.attrs.update({
+            "multiscales": [{
+                "version": "0.4", "name": "nuclei",
+                "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
+                         {"name": "x", "type": "space", "unit": "micrometer"}],
+                "datasets": [{"path": "0", "coordinateTransformations": [
+                    {"type": "scale", "scale": [mpp, mpp]},
+                    {"type": "translation", "translation": translate}]}],
+            }],
+            "image-label": {"version": "0.4"},
+            "nucleiseg": json.loads(json.dumps({"origin_px": [ox, oy], "downsample": downsample, **meta},
+                                               default=str)),
+        })
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(steps: Generator) -> object:
