@@ -120,9 +120,10 @@ def cmd_view(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from ..segmentation.commands import segment_files
+    # Plain images keep segment_files' contract; whole slides and cohorts go to the whole-slide job.
+    from ..wholeslide.cohort import segment_command
 
-    return segment_files(args.inputs, args.out, mpp=args.mpp, method=args.method)
+    return segment_command(args)
 
 
 def cmd_eval(args) -> int:
@@ -192,11 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("segment", help="segment nuclei: DIR/<stem>.tif labels + DIR/<stem>.csv measurements")
-    s.add_argument("inputs", nargs="+")
+    s.add_argument("inputs", nargs="+", help="images or slides, folders of them, or .txt lists of paths")
     s.add_argument("--out", required=True)
     s.add_argument("--mpp", type=_positive(float), help="µm/px of inputs that do not state it")
     s.add_argument("--method", default=None,
                    help="model name (default: the shipped model), 'classical' or 'classical-phansalkar'")
+    s.add_argument("--whole-slide", action="store_true",
+                   help="use the whole-slide job (automatic above 120 MP): DIR/<stem>.nuclei.zarr/.csv/.parquet/.geojson")
+    s.add_argument("--scheduler", help="run on this dask.distributed cluster (tcp://HOST:PORT), or 'local' "
+                                       "for a local cluster of processes; implies --whole-slide")
+    s.add_argument("--workers", type=_positive(int), help="threads (default 2) or local-cluster processes")
+    s.add_argument("--tile-um", type=_positive(float), help="whole-slide tile edge in µm (default 960 model px)")
     s.set_defaults(func=cmd_segment)
 
     s = sub.add_parser("eval", help="score predicted label maps against ground truth")

@@ -127,12 +127,17 @@ def read_label_pyramid(path: str | Path) -> list:
 
 
 def make_large_slide(path: str | Path, size: tuple[int, int] = (100_000, 100_000), mpp: float = 0.5,
-                     tile: int = 512, tissue_fraction: float = 0.4, seed: int = 0) -> Path:
+                     tile: int = 512, tissue_fraction: float = 0.4, seed: int = 0,
+                     tissue_box: tuple[int, int, int, int] | None = None) -> Path:
     """A gigapixel pyramidal slide written in seconds: tiles are pre-encoded once and repeated.
 
     Tissue tiles (cut from a rendered H&E field) fill an ellipse covering ``tissue_fraction`` of the
     slide and glass fills the rest, at every level (×4). Each level is written from an iterator of
     encoded tiles, so memory stays at a few tiles whatever ``size`` is.
+
+    ``tissue_box=(x0, y0, x1, y1)`` (level-0 px) puts tissue in that rectangle instead, drawn to the
+    pixel at every level (tiles across its edge are composed and encoded on the fly), so a small
+    patch of tissue on a huge slide is seen where it is by a mask made from a coarse level.
     """
     import imagecodecs
     import tifffile
@@ -163,6 +168,10 @@ def make_large_slide(path: str | Path, size: tuple[int, int] = (100_000, 100_000
             rows, cols = -(-h // tile), -(-w // tile)
 
             def tiles(rows=rows, cols=cols, h=h, w=w):
+                if tissue_box is not None:
+                    yield from _box_tiles(rows, cols, factor, tile, tissue_box, texture, glass, tissue_tiles,
+                                          glass_jpeg, encode)
+                    return
                 for r in range(rows):
                     cy = ((r + 0.5) * tile / h) - 0.5
                     for c in range(cols):
@@ -189,6 +198,27 @@ def make_large_slide(path: str | Path, size: tuple[int, int] = (100_000, 100_000
                 break
             factor, i = factor * 4, i + 1
     return path
+
+
+def _box_tiles(rows, cols, factor, tile, box, texture, glass, tissue_tiles, glass_jpeg, encode):
+    """Encoded tiles of one level for tissue in ``box`` (level-0 px): whole tiles reuse the
+    pre-encoded ones, tiles across the box edge are composed (tissue inside, glass outside)."""
+    x0, y0, x1, y1 = (v / factor for v in box)
+    th, tw = texture.shape[:2]
+    for r in range(rows):
+        ys = r * tile + np.arange(tile) + 0.5
+        inside_y = (ys >= y0) & (ys < y1)
+        for c in range(cols):
+            xs = c * tile + np.arange(tile) + 0.5
+            inside = inside_y[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+            if not inside.any():
+                yield glass_jpeg
+            elif inside.all():
+                yield tissue_tiles[(r * 7 + c * 3) % 4]
+            else:
+                k = (r * 7 + c * 3) % 4
+                part = texture[(k // 2) * (th - tile) :][:tile, (k % 2) * (tw - tile) :][:, :tile]
+                yield encode(np.where(inside[:, :, None], part, glass))
 
 
 def _texture(field: np.ndarray, factor: int, tile: int) -> np.ndarray:

@@ -1,0 +1,9 @@
+"""Whole slides and whole cohorts: every nucleus, streamed to an OME-Zarr labels pyramid, a table
+(CSV, Parquet) and QuPath GeoJSON; resumable, memory-flat, on threads or a dask cluster."""
+
+from .export import export_geojson, outlines, read_table, write_table
+from .job import SlideProgress, segment_slide
+from .store import DiskFullError, StoreMismatchError, open_labels, store_path
+
+__all__ = ["segment_slide", "SlideProgress", "open_labels", "export_geojson", "write_table", "read_table",
+           "outlines", "store_path", "StoreMismatchError", "DiskFullError"]

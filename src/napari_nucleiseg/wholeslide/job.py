@@ -1,0 +1,436 @@
+"""``segment_slide``: every nucleus of a whole slide, streamed to disk, resumable, on threads or dask.
+
+The driver (this generator) computes the tissue tiles, creates or re-opens the result store, and
+hands out tasks (:mod:`.tasks`): segment each tissue tile not yet recorded; merge each level-0
+chunk as soon as the tiles around it are recorded; at the end build the coarse levels and stream
+the table and outlines. It never holds more than a few tasks' results, so its memory does not grow
+with the slide, and it yields a :class:`SlideProgress` after every finished task. Closing the
+generator cancels what has not started; what has finished stays recorded and the next call with
+the same arguments goes on from there.
+
+Where tasks run: ``scheduler=None`` — a thread pool in this process (``workers`` threads, default
+2: the GUI's choice, and on two cores as fast as two processes, see benchmarks/wholeslide.py);
+``"local"`` — a dask.distributed LocalCluster of ``workers`` single-threaded processes;
+``"tcp://host:port"`` (or a ``distributed.Client``) — an existing cluster whose workers see the
+slide and the output folder at the same paths. A worker that dies mid-task has its task re-run
+elsewhere by dask; tasks are idempotent (atomic writes of deterministic content), so the result
+is the same.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ..io.errors import SlideError
+from . import store as st
+from .tasks import LOCAL_BITS, Job, build_level_chunk, key, segment_tile, write_chunk
+
+#: Tile core in model pixels: with the halo the read box (1088 px) stays within the network's
+#: single-pass size (1024 + 2 × 48), so each tile is one forward pass.
+TILE_MODEL_PX = 960
+#: Context around each tile and the largest nucleus a tile can own whole (µm).
+HALO_UM = 32.0
+#: Nominal resolution of the classical methods (they adapt to any µm/px).
+CLASSICAL_MPP = 0.5
+#: Largest tissue-mask edge (px): the mask's memory is then the same for any slide above ~16 mm
+#: (512 px is still 5+ mask pixels across a 480-µm tile on a 50-mm slide).
+MASK_MAX_PX = 512
+
+
+@dataclass
+class SlideProgress:
+    """Where a slide's job stands; yielded after every finished task.
+
+    ``done`` counts tissue tiles whose labels are final in the store, ``segmented`` those whose
+    nuclei are recorded (a tile is final once its neighbours are segmented too), ``total`` all
+    tissue tiles; ``resumed`` tiles were already segmented by an earlier run. ``nuclei`` counts
+    kept nuclei of final tiles plus owned nuclei of the others (exact once ``finished``).
+    """
+
+    slide: str
+    done: int
+    total: int
+    nuclei: int
+    store: Path
+    finished: bool = False
+    segmented: int = 0
+    resumed: int = 0
+    stage: str = "segment"
+    elapsed: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        if self.finished:
+            return 1.0
+        # Segmenting is most of the work; merging and finishing the rest.
+        return (0.8 * self.segmented + 0.2 * self.done) / max(1, self.total)
+
+
+# --------------------------------------------------------------------------- runners
+class _Threads:
+    kind = "threads"
+
+    def __init__(self, workers: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.workers = workers
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="nucleiseg")
+
+    def slots(self) -> int:
+        return 2 * self.workers
+
+    def submit(self, fn, *args, key=None):
+        return self.pool.submit(fn, *args)
+
+    def wait_any(self, futures):
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        return wait(futures, return_when=FIRST_COMPLETED).done
+
+    def cancel(self, futures) -> None:
+        for f in futures:
+            f.cancel()
+
+    def close(self) -> None:
+        # Waits for the (at most ``workers``) running tasks: no write outlives the call.
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Dask:
+    kind = "dask"
+
+    def __init__(self, scheduler, workers: int | None):
+        from distributed import Client, LocalCluster
+
+        self.own, self.cluster = True, None
+        if isinstance(scheduler, Client):
+            self.client, self.own = scheduler, False
+        elif scheduler == "local":
+            self.cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                                        processes=True, dashboard_address=None)
+            self.client = Client(self.cluster)
+        else:
+            try:
+                self.client = Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise ConnectionError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from exc
+        self._slots, self._checked = 4, 0.0
+
+    def slots(self) -> int:
+        if time.monotonic() - self._checked > 5:  # workers may join or leave
+            self._slots = max(4, 2 * sum(self.client.nthreads().values()))
+            self._checked = time.monotonic()
+        return self._slots
+
+    def submit(self, fn, *args, key=None):
+        return self.client.submit(fn, *args, key=key, pure=False, retries=1)
+
+    def wait_any(self, futures):
+        from distributed import wait
+
+        return wait(list(futures), return_when="FIRST_COMPLETED").done
+
+    def cancel(self, futures) -> None:
+        if futures:
+            self.client.cancel(list(futures))
+
+    def close(self) -> None:
+        if self.own:
+            self.client.close()
+            if self.cluster is not None:
+                self.cluster.close()
+
+
+def make_runner(scheduler=None, workers: int | None = None):
+    if scheduler is None:
+        return _Threads(workers or min(2, os.cpu_count() or 1))
+    return _Dask(scheduler, workers)
+
+
+# --------------------------------------------------------------------------- the job
+def _model_mpp(method: str | None) -> float:
+    from ..segmentation.api import CLASSICAL, _predictor, default_method
+
+    if method in CLASSICAL:
+        return CLASSICAL_MPP
+    return float(_predictor(method or default_method())[1].mpp)
+
+
+def _stain_identity(normaliser):
+    if normaliser is None:
+        return None
+    profile = getattr(normaliser, "profile", None)
+    import dataclasses
+
+    if dataclasses.is_dataclass(profile):
+        import json
+
+        return json.loads(json.dumps(dataclasses.asdict(profile), default=lambda v: getattr(v, "tolist", lambda: str(v))()))
+    return repr(profile if profile is not None else normaliser)
+
+
+def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float = 0.01):
+    """The tiling and identity of a job, without running it: ``(job_kwargs, tissue_keys, identity)``."""
+    from ..segmentation.api import describe_method
+    from ..tiling import TileGrid
+    from ..tissue import tissue_mask
+
+    mpp = slide.mpp
+    if mpp is None:
+        raise SlideError(slide.path, "states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)")
+    info = describe_method(method)
+    if tile_um is None:
+        tile_um = TILE_MODEL_PX * _model_mpp(method)
+    tile, halo = max(1, round(tile_um / mpp)), round(HALO_UM / mpp)
+    if 2 * halo > tile:
+        raise ValueError(f"tiles of {tile_um:g} µm are too small: they must be at least twice the "
+                         f"{HALO_UM:g} µm halo ({2 * HALO_UM:g} µm)")
+    grid = TileGrid(slide.shape, tile, halo)
+    # A mask of at most 512² px (and ≥ 16 µm/px): a few MB whatever the slide's size.
+    tissue = grid.tissue_tiles(tissue_mask(slide, max_size=MASK_MAX_PX), min_tissue)
+    dtype = "uint32" if len(grid) <= 2 ** (32 - LOCAL_BITS) else "uint64"
+    identity = {"format": st.STORE_FORMAT, "slide": st.slide_fingerprint(slide), "method": info,
+                "stain": _stain_identity(normaliser), "tile_px": tile, "halo_px": halo,
+                "min_tissue": min_tissue}
+    kwargs = dict(mpp=mpp, method=method, tile=tile, halo=halo, shape=tuple(slide.shape), rows=grid.rows,
+                  cols=grid.cols, dtype=dtype, normaliser=normaliser)
+    return kwargs, [(t.row, t.col) for t in tissue], identity
+
+
+def segment_slide(slide, out_dir, *, method: str | None = None, mpp: float | None = None, normaliser=None,
+                  tile_um: float | None = None, scheduler=None, workers: int | None = None,
+                  min_tissue: float = 0.01) -> Iterator[SlideProgress]:
+    """Segment every nucleus of a whole slide into ``<out_dir>/<stem>.nuclei.zarr`` (+ .csv,
+    .parquet, .geojson), yielding progress after every finished task.
+
+    Parameters
+    ----------
+    slide
+        Path of the slide, or an opened :class:`~napari_nucleiseg.io.Slide`.
+    out_dir
+        Folder for the result store and exports (created if missing).
+    method
+        Model name (default: the shipped model), ``"classical"`` or ``"classical-phansalkar"``.
+    mpp
+        µm/px of a slide that does not state it (or overriding what it states).
+    normaliser
+        A fitted stain normaliser (``.transform(rgb) -> rgb``) applied to each tile first.
+    tile_um
+        Tile core edge in µm (default: 960 model pixels, 480 µm for a 0.5 µm/px model).
+    scheduler, workers
+        ``None``: ``workers`` threads here (default 2); ``"local"``: a LocalCluster of ``workers``
+        processes; ``"tcp://host:port"`` or a ``distributed.Client``: that cluster.
+
+    Raises
+    ------
+    SlideError
+        The slide cannot be read (named), or states no µm/px.
+    StoreMismatchError
+        The output store holds another slide's, method's, model version's or tiling's results.
+    DiskFullError
+        No space left; finished tiles stay recorded, the same call resumes.
+    """
+    from ..io import open_slide
+
+    opened = not hasattr(slide, "read_region")
+    if opened:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slide = open_slide(slide, mpp=mpp)
+    elif mpp is not None and slide.mpp != mpp:
+        slide = open_slide(slide.path, mpp=mpp)
+        opened = True
+    try:
+        yield from _run(slide, Path(out_dir), method, normaliser, tile_um, scheduler, workers, min_tissue)
+    finally:
+        if opened:
+            slide.close()
+
+
+def _run(slide, out_dir, method, normaliser, tile_um, scheduler, workers, min_tissue):
+    t_start = time.perf_counter()
+    kwargs, tissue, identity = plan(slide, method=method, normaliser=normaliser, tile_um=tile_um,
+                                    min_tissue=min_tissue)
+    path = st.store_path(out_dir, slide.path)
+    meta = st.open_or_create(path, identity, kwargs["shape"], kwargs["tile"], kwargs["dtype"])
+    name = str(slide.path)
+    total = len(tissue)
+    if meta.get("finished"):
+        if (path / "progress").exists():  # killed while tidying up
+            shutil.rmtree(path / "progress", ignore_errors=True)
+        n = int(meta.get("summary", {}).get("nuclei", 0))
+        yield SlideProgress(name, total, total, n, path, True, total, total, "done", 0.0)
+        return
+    st.remove_stale_temporaries(path)
+    job = Job(slide=slide, store=str(path), levels=int(meta.get("levels", 1)), **kwargs)
+    state = _State(job, tissue)
+    progress = lambda stage: SlideProgress(  # noqa: E731
+        name, len(state.chunk_done & state.tissue), total, state.nuclei(), path, False,
+        len(state.seg_done), state.resumed, stage, time.perf_counter() - t_start)
+    runner = None
+    try:
+        yield progress("segment")
+        runner = make_runner(scheduler, workers)
+        yield from _segment_and_merge(runner, job, state, progress)
+        yield from _build_pyramid(runner, job, state, progress)
+        yield progress("tables")
+        n = _write_exports(job, state, path, out_dir, identity)
+        summary = {"nuclei": n, "tissue_tiles": total, "tiles": job.rows * job.cols,
+                   "tile_px": job.tile, "halo_px": job.halo, "seconds_last_run": round(time.perf_counter() - t_start, 2),
+                   "resumed_tiles": state.resumed, "runner": runner.kind}
+        stem = st.slide_stem(slide.path)
+        st.update_attrs(path, finished=True, summary=summary,
+                        outputs={"csv": f"{stem}.nuclei.csv", "parquet": f"{stem}.nuclei.parquet",
+                                 "geojson": f"{stem}.nuclei.geojson"})
+        shutil.rmtree(path / "progress", ignore_errors=True)
+        yield SlideProgress(name, total, total, n, path, True, len(state.seg_done), state.resumed, "done",
+                            time.perf_counter() - t_start)
+    except OSError as exc:
+        if st.is_no_space(exc):
+            raise st.DiskFullError(
+                path, f"disk full while writing results ({exc.strerror}); {len(state.chunk_done & state.tissue)} "
+                      f"of {total} tiles are finished and {len(state.seg_done)} segmented, and they stay "
+                      "recorded: free some space and run the same command again to resume") from exc
+        raise
+    finally:
+        if runner is not None:
+            runner.close()
+
+
+class _State:
+    """What is recorded: segmented tiles, written chunks, nuclei counts (from records on resume)."""
+
+    def __init__(self, job: Job, tissue):
+        import json
+
+        import numpy as np
+
+        self.job = job
+        self.tissue = set(tissue)
+        self.order = sorted(self.tissue, key=lambda rc: job.index(*rc))
+        # Chunks to write: every tissue tile and every tile next to one (a nucleus owned by a
+        # tissue tile may reach into its neighbour's chunk).
+        self.chunks = {nb for rc in self.tissue for nb in job.neighbours(*rc)}
+        seg_keys, chunk_keys = st.finished_keys(job.store, "tiles"), st.finished_keys(job.store, "chunks")
+        self.seg_done = {rc for rc in self.tissue if key(*rc) in seg_keys}
+        self.chunk_done, self.nonzero, self.owned, self.kept = set(), set(), {}, {}
+        for rc in self.seg_done:
+            with np.load(st.tile_record(job.store, key(*rc))) as z:
+                self.owned[rc] = int(z["owned"])
+        for rc in self.chunks:
+            if key(*rc) in chunk_keys:
+                rec = json.loads(st.chunk_record(job.store, key(*rc)).read_text())
+                self.chunk_done.add(rc)
+                self.kept[rc] = len(rec["kept"])
+                if rec["nonzero"]:
+                    self.nonzero.add(rc)
+        self.resumed = len(self.seg_done)
+
+    def nuclei(self) -> int:
+        return sum(self.kept.get(rc, self.owned.get(rc, 0)) for rc in self.seg_done)
+
+    def sources(self, rc):
+        return [nb for nb in self.job.neighbours(*rc) if nb in self.tissue]
+
+    def chunk_ready(self, rc) -> bool:
+        return rc not in self.chunk_done and all(nb in self.seg_done for nb in self.sources(rc))
+
+
+def _segment_and_merge(runner, job: Job, state: _State, progress):
+    run = uuid.uuid4().hex[:8]
+    stem = st.slide_stem(job.slide.path)
+    to_segment = [rc for rc in state.order if rc not in state.seg_done]
+    to_segment.reverse()  # pop() from the end = raster order
+    ready = sorted((rc for rc in state.chunks if state.chunk_ready(rc)), key=lambda rc: job.index(*rc))
+    queued = set(ready)
+    inflight: dict = {}
+    try:
+        while to_segment or ready or inflight:
+            # Merging first: it frees the tile records' neighbours soonest and streams results out.
+            while (ready or to_segment) and len(inflight) < runner.slots():
+                if ready:
+                    rc = ready.pop(0)
+                    f = runner.submit(write_chunk, job, *rc, state.sources(rc), key=f"nucleiseg-merge-{stem}-{key(*rc)}-{run}")
+                    inflight[f] = ("chunk", rc)
+                else:
+                    rc = to_segment.pop()
+                    f = runner.submit(segment_tile, job, *rc, key=f"nucleiseg-tile-{stem}-{key(*rc)}-{run}")
+                    inflight[f] = ("tile", rc)
+            for f in runner.wait_any(inflight):
+                kind, rc = inflight.pop(f)
+                result = f.result()  # re-raises the task's error (SlideError, OSError, ...)
+                if kind == "tile":
+                    state.seg_done.add(rc)
+                    state.owned[rc] = result["owned"]
+                    for nb in job.neighbours(*rc):
+                        if nb in state.chunks and nb not in queued and state.chunk_ready(nb):
+                            ready.append(nb)
+                            queued.add(nb)
+                    ready.sort(key=lambda x: job.index(*x))
+                else:
+                    state.chunk_done.add(rc)
+                    state.kept[rc] = result["kept"]
+                    if result["nonzero"]:
+                        state.nonzero.add(rc)
+                yield progress("segment" if to_segment or any(k == "tile" for k, _ in inflight.values()) else "merge")
+    finally:
+        if inflight:
+            runner.cancel(list(inflight))
+
+
+def _build_pyramid(runner, job: Job, state: _State, progress):
+    run = uuid.uuid4().hex[:8]
+    stem = st.slide_stem(job.slide.path)
+    nonzero = set(state.nonzero)
+    for level in range(1, job.levels):
+        coarse = sorted({(i // st.PYRAMID_FACTOR, j // st.PYRAMID_FACTOR) for i, j in nonzero})
+        futures = {runner.submit(build_level_chunk, job.store, level, i, j, job.tile,
+                                 key=f"nucleiseg-level{level}-{stem}-{i}_{j}-{run}"): (i, j) for i, j in coarse}
+        nonzero = set()
+        try:
+            while futures:
+                for f in runner.wait_any(futures):
+                    ij = futures.pop(f)
+                    if f.result():
+                        nonzero.add(ij)
+        finally:
+            if futures:
+                runner.cancel(list(futures))
+        yield progress("pyramid")
+
+
+def _write_exports(job: Job, state: _State, path: Path, out_dir: Path, identity) -> int:
+    """Stream the kept nuclei of every tile, in tile order, into the CSV, Parquet and GeoJSON."""
+    import json
+
+    import numpy as np
+
+    from ..segmentation.measure import COLUMNS
+    from .export import GeoJSONWriter, TableWriter
+    from .tasks import load_tile
+
+    stem = st.slide_stem(job.slide.path)
+    label_type = "uint32" if job.dtype == "uint32" else "uint64"
+    with TableWriter(out_dir / f"{stem}.nuclei.csv", out_dir / f"{stem}.nuclei.parquet", label_type) as tw, \
+            GeoJSONWriter(out_dir / f"{stem}.nuclei.geojson", identity["slide"]["sha1_head_tail"]) as gw:
+        for rc in state.order:
+            kept = json.loads(st.chunk_record(job.store, key(*rc)).read_text())["kept"]
+            if not kept:
+                continue
+            rec = load_tile(job.store, *rc)
+            rows = np.asarray(kept, np.int64) - 1  # local id i is row i - 1 of the tile's table
+            base = np.uint64(job.index(*rc)) << np.uint64(LOCAL_BITS)
+            table = {c: rec[f"col_{c}"][rows] for c in COLUMNS}
+            table["label"] = base + table["label"].astype(np.uint64)
+            offs, xy = rec["ring_offsets"], rec["ring_xy"]
+            tw.add(table)
+            gw.add(table, [xy[offs[i] : offs[i + 1]] for i in rows])
+    return tw.count

@@ -1,0 +1,288 @@
+"""The result store of one slide: an OME-Zarr (NGFF 0.4) labels pyramid plus its progress records.
+
+Layout of ``<out>/<stem>.nuclei.zarr``::
+
+    .zattrs            multiscales (y, x in µm), image-label, nucleiseg: identity, finished, summary
+    0/ 1/ 2/ ...       label levels (zarr v2, "/" chunk keys); level 0 = slide level 0 pixels,
+                       chunk = one tile core, level k = level 0 sampled every 4**k pixels
+    progress/tiles/    r_c.npz   one per segmented tile (its owned nuclei, table rows, outlines)
+    progress/chunks/   r_c.json  one per level-0 chunk written (kept ids of that tile)
+
+Every file is written to a temporary name beside its target, flushed to disk and renamed over it
+(zarr's local store renames too; we fsync each chunk before recording it), so a crash or SIGKILL
+never leaves half a file under a real name, and a record exists only once what it records is on
+disk. The store is created under a temporary name and renamed into place, so it is either absent
+or complete with its identity.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from ..io.errors import SlideError
+
+#: Bump when the store layout or the merge rule changes: old stores are then refused, not mixed.
+STORE_FORMAT = 1
+#: Level k of the labels pyramid is level 0 sampled every ``PYRAMID_FACTOR**k`` pixels.
+PYRAMID_FACTOR = 4
+#: errno values that mean "no room to write".
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class StoreMismatchError(SlideError):
+    """The output store holds results of another slide, method, model version or tiling."""
+
+
+class DiskFullError(SlideError):
+    """Writing results failed for lack of space; what was finished stays recorded."""
+
+
+def is_no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _NO_SPACE
+
+
+def slide_stem(path) -> str:
+    """The name results are saved under (the same rule as ``nucleiseg segment``)."""
+    return Path(path).name.split(".")[0]
+
+
+def store_path(out_dir, slide_path) -> Path:
+    return Path(out_dir) / f"{slide_stem(slide_path)}.nuclei.zarr"
+
+
+# --------------------------------------------------------------------------- atomic files
+def fsync_path(path: Path) -> None:
+    """Flush a file (or directory entry) to disk; missing paths are ignored."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_path(path.parent)
+
+
+def atomic_json(path: Path, data) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(data).encode()))
+
+
+def remove_stale_temporaries(store: Path) -> int:
+    """Delete temporary files a killed run left behind (ours ``.*.tmp``, zarr's ``*.partial``)."""
+    n = 0
+    for root, _, files in os.walk(store):
+        for name in files:
+            if (name.startswith(".") and name.endswith(".tmp")) or name.endswith(".partial"):
+                try:
+                    os.unlink(os.path.join(root, name))
+                    n += 1
+                except FileNotFoundError:
+                    pass
+    return n
+
+
+# --------------------------------------------------------------------------- identity
+def slide_fingerprint(slide) -> dict:
+    """What makes a slide this slide: geometry, resolution and a hash of its first and last MiB."""
+    import hashlib
+
+    p = Path(slide.path)
+    h = hashlib.sha1()
+    size = 0
+    try:
+        if p.is_dir():  # OME-Zarr: the metadata files describe the content
+            for f in sorted(p.rglob(".z*"))[:64] + sorted(p.rglob("zarr.json"))[:64]:
+                h.update(f.read_bytes())
+        else:
+            size = p.stat().st_size
+            with open(p, "rb") as f:
+                h.update(f.read(1 << 20))
+                if size > 2 << 20:
+                    f.seek(-(1 << 20), os.SEEK_END)
+                    h.update(f.read(1 << 20))
+    except OSError as exc:
+        raise SlideError(p, f"cannot be read: {exc}") from exc
+    return {"name": p.name, "bytes": size, "sha1_head_tail": h.hexdigest(),
+            "level_shapes": [list(s) for s in slide.level_shapes], "mpp": slide.mpp}
+
+
+def describe_difference(old: dict, new: dict) -> str:
+    """One phrase saying why a store's identity differs from this run's."""
+    if old.get("format") != new.get("format"):
+        return f"it was written by another version of the whole-slide job (store format {old.get('format')})"
+    o, n = old.get("slide", {}), new.get("slide", {})
+    if o != n:
+        if o.get("sha1_head_tail") != n.get("sha1_head_tail") or o.get("level_shapes") != n.get("level_shapes"):
+            return f"it holds results of another slide ({o.get('name')}, {o.get('bytes')} bytes)"
+        return f"it was made at {o.get('mpp')} µm/px, this run uses {n.get('mpp')} µm/px"
+    if old.get("method") != new.get("method"):
+        om, nm = old.get("method", {}), new.get("method", {})
+        def name(m):
+            return " ".join(str(m[k]) for k in ("method", "version") if k in m) + (
+                f" (weights {m['sha256'][:12]})" if "sha256" in m else "")
+        return f"it was made with {name(om)}, this run uses {name(nm)}"
+    if old.get("stain") != new.get("stain"):
+        return "it was made with another stain normalisation"
+    return (f"it was made with tiles of {old.get('tile_px')} px and a {old.get('halo_px')} px halo, "
+            f"this run uses {new.get('tile_px')} px and {new.get('halo_px')} px")
+
+
+# --------------------------------------------------------------------------- the store
+def level_shapes(shape: tuple[int, int], tile: int) -> list[tuple[int, int]]:
+    """Level 0 is the slide; each next level is 4× smaller, down to one chunk across."""
+    shapes = [tuple(shape)]
+    while max(shapes[-1]) > tile:
+        h, w = shapes[-1]
+        shapes.append((-(-h // PYRAMID_FACTOR), -(-w // PYRAMID_FACTOR)))
+    return shapes
+
+
+def _ngff_attrs(shapes, mpp: float) -> dict:
+    datasets = [{"path": str(k), "coordinateTransformations": [
+        {"type": "scale", "scale": [mpp * PYRAMID_FACTOR**k, mpp * PYRAMID_FACTOR**k]}]}
+        for k in range(len(shapes))]
+    return {
+        "multiscales": [{
+            "version": "0.4",
+            "name": "nuclei",
+            "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
+                     {"name": "x", "type": "space", "unit": "micrometer"}],
+            "datasets": datasets,
+            "type": "subsample",
+            "metadata": {"description": f"level k = level 0 sampled every {PYRAMID_FACTOR}**k pixels "
+                                        "(labels are never interpolated)"},
+        }],
+        "image-label": {"version": "0.4"},
+    }
+
+
+def open_or_create(path: Path, identity: dict, shape: tuple[int, int], tile: int, dtype) -> dict:
+    """Open the store at ``path`` made with ``identity``, creating it when absent.
+
+    Returns its ``nucleiseg`` attributes. Raises :class:`StoreMismatchError` when the store
+    exists with another identity (another slide, method, model version or tiling).
+    """
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            root = zarr.open_group(str(tmp), mode="w-", zarr_format=2)
+            shapes = level_shapes(shape, tile)
+            for k, s in enumerate(shapes):
+                root.create_array(str(k), shape=s, chunks=(tile, tile), dtype=dtype, fill_value=0,
+                                  chunk_key_encoding={"name": "v2", "separator": "/"})
+            (tmp / "progress" / "tiles").mkdir(parents=True)
+            (tmp / "progress" / "chunks").mkdir(parents=True)
+            root.attrs.update({**_ngff_attrs(shapes, identity["slide"]["mpp"]),
+                               "nucleiseg": {"identity": identity, "finished": False, "levels": len(shapes)}})
+            try:
+                os.rename(tmp, path)  # atomic; fails if another run created it meanwhile
+            except OSError:
+                if not path.exists():
+                    raise
+        except OSError as exc:
+            if is_no_space(exc):
+                raise DiskFullError(path, f"no space left to create the result store ({exc.strerror})") from exc
+            raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    attrs = read_attrs(path)
+    meta = attrs.get("nucleiseg")
+    if not isinstance(meta, dict) or "identity" not in meta:
+        raise StoreMismatchError(path, "exists and is not a nucleiseg whole-slide result store; "
+                                       "refusing to write into it (choose another --out)")
+    if meta["identity"] != identity:
+        raise StoreMismatchError(
+            path, f"{describe_difference(meta['identity'], identity)}; refusing to mix results — "
+                  "delete the store or choose another --out")
+    return meta
+
+
+def read_attrs(path: Path) -> dict:
+    try:
+        return json.loads((Path(path) / ".zattrs").read_text())
+    except FileNotFoundError as exc:
+        raise StoreMismatchError(path, "exists and is not a nucleiseg whole-slide result store; "
+                                       "refusing to write into it (choose another --out)") from exc
+    except (OSError, ValueError) as exc:
+        raise StoreMismatchError(path, f"exists but its metadata cannot be read ({exc}); "
+                                       "refusing to write into it") from exc
+
+
+def update_attrs(path: Path, **nucleiseg) -> None:
+    """Merge keys into the store's ``nucleiseg`` attributes (atomic rename of ``.zattrs``)."""
+    attrs = read_attrs(path)
+    attrs["nucleiseg"].update(nucleiseg)
+    atomic_write(Path(path) / ".zattrs", lambda f: f.write(json.dumps(attrs, indent=1).encode()))
+
+
+def tile_record(store: Path, key: str) -> Path:
+    return Path(store) / "progress" / "tiles" / f"{key}.npz"
+
+
+def chunk_record(store: Path, key: str) -> Path:
+    return Path(store) / "progress" / "chunks" / f"{key}.json"
+
+
+def finished_keys(store: Path, kind: str) -> set[str]:
+    """Keys of the tiles (``kind="tiles"``) or chunks (``"chunks"``) a previous run recorded."""
+    d = Path(store) / "progress" / kind
+    suffix = ".npz" if kind == "tiles" else ".json"
+    if not d.is_dir():
+        return set()
+    return {n[: -len(suffix)] for n in os.listdir(d) if n.endswith(suffix) and not n.startswith(".")}
+
+
+def chunk_file(store: Path, level: int, row: int, col: int) -> Path:
+    return Path(store) / str(level) / str(row) / str(col)
+
+
+# --------------------------------------------------------------------------- reading
+def open_labels(store_path) -> tuple[list, float, dict]:
+    """Lazy multiscale labels of a result store, for napari: ``(levels, mpp, meta)``.
+
+    ``levels`` are dask arrays, finest first (level 0 = slide level 0 pixels), read chunk by chunk
+    on demand; ``mpp`` is µm per level-0 pixel; ``meta`` is the store's ``nucleiseg`` attributes
+    (identity: slide, method, model version; ``finished``; ``summary``). Coarse levels are filled
+    when the job finishes; level 0 grows as tiles finish.
+    """
+    import dask.array as da
+    import zarr
+
+    path = Path(store_path)
+    attrs = read_attrs(path)
+    if "nucleiseg" not in attrs or "multiscales" not in attrs:
+        raise SlideError(path, "is not a nucleiseg whole-slide result store")
+    group = zarr.open_group(str(path), mode="r")
+    ms = attrs["multiscales"][0]
+    levels = [da.from_zarr(group[d["path"]]) for d in ms["datasets"]]
+    mpp = float(ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1])
+    return levels, mpp, attrs["nucleiseg"]
+

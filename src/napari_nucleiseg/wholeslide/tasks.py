@@ -1,0 +1,218 @@
+"""The three kinds of task a whole-slide job runs — each a plain function of picklable arguments,
+so the same code runs in a thread, a local process or a dask.distributed worker.
+
+1. :func:`segment_tile` — segment one tissue tile's read box (core + halo) and record the nuclei it
+   *owns* (centroid in its core, and no larger than the halo, so the tile saw them whole), with
+   their measurements and outlines, in ``progress/tiles/r_c.npz``.
+2. :func:`write_chunk` — once the tile records of the 3×3 tiles around a chunk exist, merge them
+   into that level-0 chunk (= one tile core) and record which of the tile's own nuclei are kept.
+3. :func:`build_level_chunk` — one chunk of a coarser pyramid level from the level below.
+
+The merge rule (reference 000 §3.3, as :mod:`napari_nucleiseg.segmentation.tiled` in memory): a
+nucleus is dropped as a duplicate when more than 30 % of its pixels are covered by nuclei owned by
+tiles earlier in raster order (the same nucleus seen from the other side of a border); where two
+kept nuclei overlap a little, the earlier tile's keeps the pixels. "Covered" counts every owned
+nucleus of the earlier tiles, kept or not, so a decision depends on two tiles' records only and
+never on the order tasks finish in. Because owned nuclei are at most one halo across and the halo
+is at most half a tile, every nucleus that can overlap one touching a chunk is owned by one of
+the 3×3 tiles around it — so every chunk a nucleus touches takes the same decision about it, and a
+nucleus is either kept whole in every chunk it covers or nowhere.
+
+Ids are ``tile_index * 2**16 + local`` (local = 1.. in the tile's own label order): unique,
+and the same whichever process, order or run produced them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .store import PYRAMID_FACTOR, atomic_json, atomic_write, chunk_file, chunk_record, fsync_path, tile_record
+
+#: A nucleus covered by earlier tiles' nuclei over more than this fraction of its area is a duplicate.
+DUPLICATE_OVERLAP = 0.3
+#: Bits of a label id that number nuclei within their tile.
+LOCAL_BITS = 16
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a task needs; small and picklable (the slide pickles as its path)."""
+
+    slide: object
+    store: str
+    mpp: float
+    method: str | None
+    tile: int
+    halo: int
+    shape: tuple[int, int]
+    rows: int
+    cols: int
+    dtype: str
+    normaliser: object = None
+    levels: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def index(self, r: int, c: int) -> int:
+        return r * self.cols + c
+
+    def core(self, r: int, c: int) -> tuple[int, int, int, int]:
+        x, y = c * self.tile, r * self.tile
+        return x, y, min(x + self.tile, self.shape[1]), min(y + self.tile, self.shape[0])
+
+    def neighbours(self, r: int, c: int):
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                rr, cc = r + dr, c + dc
+                if 0 <= rr < self.rows and 0 <= cc < self.cols:
+                    yield rr, cc
+
+
+def key(r: int, c: int) -> str:
+    return f"{r}_{c}"
+
+
+# --------------------------------------------------------------------------- 1. segment a tile
+def segment_tile(job: Job, r: int, c: int) -> dict:
+    """Segment tile ``(r, c)`` and record the nuclei it owns. Returns ``{"owned": n}``."""
+    from ..segmentation.api import segment_untiled
+    from ..segmentation.measure import measure_nuclei
+    from .export import outlines
+
+    x0, y0, x1, y1 = job.core(r, c)
+    h = job.halo
+    rx0, ry0 = x0 - h, y0 - h
+    rgb = job.slide.read_region(rx0, ry0, x1 - x0 + 2 * h, y1 - y0 + 2 * h, 0)
+    if job.normaliser is not None:
+        rgb = job.normaliser.transform(rgb)
+    lab = np.asarray(segment_untiled(rgb, job.mpp, job.method))
+    n = int(lab.max()) if lab.size else 0
+    owned_ids = np.zeros(0, np.int64)
+    if n:
+        fg = lab > 0
+        flat = lab[fg]
+        ys, xs = np.nonzero(fg)
+        area = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cy = np.bincount(flat, ys, n + 1)[1:] / area + ry0
+            cx = np.bincount(flat, xs, n + 1)[1:] / area + rx0
+        extent = np.zeros((n, 2), np.int64)
+        for i, sl in enumerate(ndi.find_objects(lab)):
+            if sl is not None:
+                extent[i] = (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+        owned = ((area > 0) & (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
+                 & (extent[:, 0] <= h) & (extent[:, 1] <= h))
+        owned_ids = np.nonzero(owned)[0] + 1
+    k = len(owned_ids)
+    if k >= 2**LOCAL_BITS:
+        from ..io.errors import SlideError
+
+        raise SlideError(job.slide.path, f"tile {key(r, c)} holds {k} nuclei, more than one tile can number; "
+                                         "use a smaller tile size (--tile-um)")
+    record = {"origin": np.array([rx0, ry0], np.int64), "labels": np.zeros((0, 0), np.uint16),
+              "owned": np.array(k)}
+    if k:
+        local = np.zeros(n + 1, np.uint16)
+        local[owned_ids] = np.arange(1, k + 1, dtype=np.uint16)
+        sel = local[lab]
+        rows, cols = np.nonzero(sel)
+        cy0, cy1, cx0, cx1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        crop = np.ascontiguousarray(sel[cy0:cy1, cx0:cx1])
+        origin = (rx0 + int(cx0), ry0 + int(cy0))
+        table = measure_nuclei(crop, rgb[cy0:cy1, cx0:cx1], job.mpp, origin_px=origin)
+        rings = outlines(crop, table["label"], offset=origin)
+        offsets = np.cumsum([0] + [len(p) for p in rings]).astype(np.int64)
+        record.update({"origin": np.array(origin, np.int64), "labels": crop,
+                       "ring_xy": np.concatenate(rings).astype(np.float64) if rings else np.zeros((0, 2)),
+                       "ring_offsets": offsets,
+                       **{f"col_{name}": np.asarray(v) for name, v in table.items()}})
+    atomic_write(tile_record(job.store, key(r, c)), lambda f: np.savez_compressed(f, **record))
+    return {"owned": k}
+
+
+def load_tile(job_store, r: int, c: int) -> dict:
+    with np.load(tile_record(job_store, key(r, c))) as z:
+        return {name: z[name] for name in z.files}
+
+
+# --------------------------------------------------------------------------- 2. merge into a chunk
+def write_chunk(job: Job, r: int, c: int, sources: list[tuple[int, int]]) -> dict:
+    """Merge the owned nuclei of ``sources`` (the tissue tiles among the 3×3 around ``(r, c)``)
+    into level-0 chunk ``(r, c)``. Returns ``{"kept": n kept of tile (r, c), "nonzero": bool}``."""
+    import zarr
+
+    x0, y0, x1, y1 = job.core(r, c)
+    h = job.halo
+    ex0, ey0 = x0 - h, y0 - h  # every nucleus that matters here lies in the core plus one halo
+    covered = np.zeros((y1 - y0 + 2 * h, x1 - x0 + 2 * h), bool)
+    final = np.zeros((y1 - y0, x1 - x0), np.dtype(job.dtype))
+    kept_own: list[int] = []
+    for rr, cc in sorted(sources, key=lambda rc: job.index(*rc)):
+        rec = load_tile(job.store, rr, cc)
+        lab = rec["labels"]
+        if not lab.size:
+            continue
+        ox, oy = (int(v) for v in rec["origin"])
+        k = int(rec["owned"])
+        area = np.bincount(lab.ravel(), minlength=k + 1)
+        # The record's window on the extended chunk, and on the core.
+        ev, lv = _overlap((ex0, ey0, ex0 + covered.shape[1], ey0 + covered.shape[0]), (ox, oy, lab.shape))
+        clash = np.zeros(k + 1, np.int64)
+        if ev is not None:
+            sub = lab[lv]
+            clash = np.bincount(sub[covered[ev] & (sub > 0)], minlength=k + 1)
+        keep = clash <= DUPLICATE_OVERLAP * area
+        keep[0] = False
+        if (rr, cc) == (r, c):
+            kept_own = (np.nonzero(keep)[0]).tolist()
+        cv, lc = _overlap((x0, y0, x1, y1), (ox, oy, lab.shape))
+        if cv is not None:
+            sub = lab[lc]
+            window = final[cv]
+            place = keep[sub] & (window == 0)
+            base = np.array(job.index(rr, cc) << LOCAL_BITS, dtype=final.dtype)
+            window[place] = base + sub[place].astype(final.dtype)
+        if ev is not None:
+            covered[ev] |= lab[lv] > 0
+    arr = zarr.open_array(str(_level_path(job.store, 0)), mode="r+")
+    arr[y0:y1, x0:x1] = final
+    fsync_path(chunk_file(job.store, 0, r, c))
+    nonzero = bool(final.any())
+    atomic_json(chunk_record(job.store, key(r, c)), {"kept": kept_own, "nonzero": nonzero})
+    return {"kept": len(kept_own), "nonzero": nonzero}
+
+
+def _overlap(box, placed):
+    """Slices of ``box`` (x0, y0, x1, y1) and of an array placed at ``(ox, oy)`` where they meet."""
+    bx0, by0, bx1, by1 = box
+    ox, oy, (ah, aw) = placed
+    ix0, iy0, ix1, iy1 = max(bx0, ox), max(by0, oy), min(bx1, ox + aw), min(by1, oy + ah)
+    if ix0 >= ix1 or iy0 >= iy1:
+        return None, None
+    return ((slice(iy0 - by0, iy1 - by0), slice(ix0 - bx0, ix1 - bx0)),
+            (slice(iy0 - oy, iy1 - oy), slice(ix0 - ox, ix1 - ox)))
+
+
+def _level_path(store, level: int):
+    from pathlib import Path
+
+    return Path(store) / str(level)
+
+
+# --------------------------------------------------------------------------- 3. pyramid
+def build_level_chunk(store: str, level: int, i: int, j: int, tile: int) -> bool:
+    """Chunk ``(i, j)`` of ``level`` = level ``level - 1`` sampled every 4 pixels. Returns whether
+    it holds any label."""
+    import zarr
+
+    src = zarr.open_array(str(_level_path(store, level - 1)), mode="r")
+    dst = zarr.open_array(str(_level_path(store, level)), mode="r+")
+    f = PYRAMID_FACTOR
+    y0, x0 = i * tile * f, j * tile * f
+    y1, x1 = min(y0 + tile * f, src.shape[0]), min(x0 + tile * f, src.shape[1])
+    data = np.asarray(src[y0:y1:f, x0:x1:f])
+    dst[i * tile : i * tile + data.shape[0], j * tile : j * tile + data.shape[1]] = data
+    fsync_path(chunk_file(store, level, i, j))
+    return bool(data.any())
