@@ -174,14 +174,36 @@ def test_export_current_view_and_read_each_export_back(panel, qtbot):
     assert on / count > 0.9
 
 
+def test_measurements_table_sorts_and_centres_on_a_nucleus(panel, qtbot):
+    from qtpy.QtCore import Qt
+
+    viewer, widget, slide, truth = panel
+    _look_at(viewer, (1400, 1500), 3.0)
+    _run(qtbot, widget, widget._run_view)
+    table = widget.table
+    area = table.columns._cols[table.columns._names.index("area_um2")]
+    table.sortByColumn(table.columns._names.index("area_um2"), Qt.SortOrder.DescendingOrder)
+    biggest = table.columns.row(0)
+    assert biggest["area_um2"] == area.max()
+    shown = table.model().index(0, table.columns._names.index("area_um2")).data()
+    assert float(shown) == pytest.approx(area.max(), rel=1e-3)
+    # Double-clicking it centres the view on that nucleus.
+    table.doubleClicked.emit(table.model().index(0, 0))
+    cy, cx = viewer.scene.camera.center[-2:]
+    assert (cx, cy) == pytest.approx((biggest["centroid_x_um"] - 0.25, biggest["centroid_y_um"] - 0.25), abs=1e-6)
+    (layer,) = _nuclei_layers(viewer, "view")
+    r, c = np.round(layer.world_to_data((cy, cx))).astype(int)
+    assert np.asarray(layer.data)[r, c] == biggest["label"]
+
+
 def test_nuclei_panel_docks_from_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei")
     assert type(widget).__name__ == "NucleiWidget"
 
 
-def _latency_probe(qtbot):
-    """Tick every 20 ms on the GUI thread and record the gaps between ticks."""
+def _latency_probe():
+    """Tick every 20 ms on the GUI thread and record when each tick came."""
     import time
 
     from qtpy.QtCore import QTimer
@@ -203,18 +225,22 @@ def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qt
     from napari_nucleiseg.wholeslide import open_labels
 
     viewer, widget, slide, truth = panel
-    timer, stamps = _latency_probe(qtbot)
+    # The machine's own noise floor: the same probe with nothing running.
+    timer, idle = _latency_probe()
+    qtbot.wait(3000)
+    timer.stop()
+    idle_gap = np.diff(idle).max()
+
+    timer, stamps = _latency_probe()
     widget._run_slide.clicked.emit()
     qtbot.waitUntil(lambda: len(_nuclei_layers(viewer, "slide")) == 1, timeout=120_000)
     qtbot.waitUntil(lambda: not widget.jobs.running, timeout=600_000)
     timer.stop()
     gaps = np.diff(stamps)
-    # The viewer stays responsive while the whole slide is segmented in the background.
-    assert len(stamps) > 100
-    assert gaps.max() < 0.2, f"event loop blocked for {gaps.max() * 1000:.0f} ms"
-    print(f"\nlongest event-loop gap during the whole-slide run: {gaps.max() * 1000:.0f} ms "
-          f"over {len(stamps)} ticks of 20 ms")
+    print(f"\nlongest event-loop gap: {gaps.max() * 1000:.0f} ms during the whole-slide run "
+          f"({len(stamps)} ticks of 20 ms), {idle_gap * 1000:.0f} ms with nothing running")
     assert "done" in widget._status.value, widget._status.value
+    assert len(stamps) > 100
 
     (layer,) = _nuclei_layers(viewer, "slide")
     # Lazy multiscale labels from the chunked store, never full resolution in memory.
@@ -237,6 +263,13 @@ def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qt
     assert len(list(csv.DictReader(open(widget._on_export_csv())))) == n
     gj = json.load(open(widget._on_export_geojson()))
     assert len(gj["features"] if isinstance(gj, dict) else gj) == n
+
+    # Last (everything above holds on any machine): the viewer stayed responsive while the whole
+    # slide was segmented in the background. Only measurable when the machine itself is.
+    if idle_gap > 0.1:
+        pytest.skip(f"this machine is too busy to measure latency: {idle_gap * 1000:.0f} ms gaps with "
+                    "nothing running")
+    assert gaps.max() < 0.2, f"event loop blocked for {gaps.max() * 1000:.0f} ms"
 
 
 def test_whole_slide_cancel_stops_within_a_tile_and_the_next_run_resumes(panel, qtbot):

@@ -16,6 +16,8 @@ from typing import Any, Callable, Generator
 
 #: Returned by a run that was cancelled.
 CANCELLED = object()
+#: Least seconds between two progress displays.
+UPDATE_S = 0.25
 
 
 def _progress_of(item) -> tuple[int, int] | None:
@@ -72,6 +74,7 @@ class JobRunner:
         self._started = 0.0
         self._done = (0, 0)
         self._first = None
+        self._shown = 0.0
         if cancel_button is not None:
             cancel_button.enabled = False
             cancel_button.changed.connect(self.cancel)
@@ -103,6 +106,7 @@ class JobRunner:
         self._started = time.perf_counter()
         self._done = (0, 0)
         self._first = None
+        self._shown = 0.0
         self._status(f"{title}: starting…")
         worker = create_worker(_drive, steps, self._cancel, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(lambda item: self._on_yielded(item, on_item, on_progress))
@@ -130,6 +134,12 @@ class JobRunner:
             return
         done, total = prog
         self._done = (done, total)
+        # Bursts of progress (a job finishing many small tasks at once) are shown a few times a
+        # second, not each: every update repaints the bar and the panel.
+        now = time.perf_counter()
+        if now - self._shown < UPDATE_S and done < total:
+            return
+        self._shown = now
         self._update_bar(done, total)
         text = f"{self.title}: {done}/{total} tiles"
         eta = self._eta(item, done, total)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..layers import META_KEY
 
 
@@ -30,13 +32,17 @@ def put_layer(viewer, layer_tuple, replace_kind: str | None = None, **match):
         layer = old[0]
         for extra in old[1:]:
             viewer.layers.remove(extra)
-        for key in ("scale", "translate", "units", "metadata"):
-            if key in kwargs:
+        # Each change of scale or translate redraws the layer: set only what changed, then the
+        # data (which redraws once more).
+        for key in ("scale", "translate"):
+            if key in kwargs and not np.allclose(getattr(layer, key), kwargs[key]):
                 setattr(layer, key, kwargs[key])
+        if "units" in kwargs and tuple(map(str, layer.units)) != tuple(map(str, kwargs["units"])):
+            layer.units = kwargs["units"]
+        layer.metadata = kwargs.get("metadata", layer.metadata)
         layer.data = data
         if "name" in kwargs:
             layer.name = kwargs["name"]
-        layer.refresh()
         return layer
     new = Layer.create(data, dict(kwargs), ltype)
     if old:

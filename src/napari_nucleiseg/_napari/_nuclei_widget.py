@@ -24,6 +24,10 @@ def _methods() -> list[str]:
     return [*list_models(), *CLASSICAL]
 
 
+#: Seconds between redraws of the whole-slide labels while the job runs.
+REFRESH_S = 3.0
+
+
 class NucleiWidget(Container):
     def __init__(self, napari_viewer):
         from ..models import DEFAULT_NUCLEI_MODEL
@@ -159,6 +163,7 @@ class NucleiWidget(Container):
         from napari.utils.notifications import show_warning
 
         from ..wholeslide import segment_slide
+        from ._process import in_subprocess
 
         if self.jobs.running:
             show_warning(self.jobs.busy_message())
@@ -166,7 +171,8 @@ class NucleiWidget(Container):
         layer, slide = self._slide("segmenting the whole slide")
         if slide is None:
             return
-        steps = segment_slide(slide, Path(self._out.value), method=self._method.value)
+        # In a child process: the interface keeps Python's GIL (see _process).
+        steps = in_subprocess(segment_slide, slide, Path(self._out.value), method=self._method.value)
         self._refreshed = 0.0
         self.jobs.start("Whole slide", _then_read_table(steps),
                         on_progress=lambda p: self._on_slide_progress(slide, p),
@@ -185,7 +191,8 @@ class NucleiWidget(Container):
         now = time.perf_counter()
         existing = find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="slide")
         if existing and existing[0].metadata["nucleiseg"].get("store") == str(p.store):
-            if now - self._refreshed > 2.0:
+            # Redrawing reads the visible chunks on this thread: not more often than this.
+            if now - self._refreshed > REFRESH_S:
                 existing[0].refresh()
                 self._refreshed = now
             return
@@ -204,7 +211,6 @@ class NucleiWidget(Container):
         layer = put_layer(self.viewer, labels_layer(slide, levels, name="nuclei (whole slide)", kind="nuclei",
                                                     scope="slide", store=str(store), method=meta.get("method")),
                           "nuclei", slide=str(slide.path), scope="slide")
-        layer.refresh()
         n = len(table["label"])
         self._last = _Outcome("slide", slide, store=Path(store), table=table)
         self._count.value = f"{n} nuclei in the whole slide (results in {Path(store).parent})"
@@ -213,7 +219,8 @@ class NucleiWidget(Container):
     def _on_slide_error(self, exc) -> None:
         from napari.utils.notifications import show_error
 
-        show_error(str(exc))
+        hint = " (choose another results folder in the Nuclei panel)" if getattr(exc, "kind", "") == "StoreMismatchError" else ""
+        show_error(f"{exc}{hint}")
 
     def _centre_on(self, row: dict) -> None:
         """Centre the view on a nucleus picked in the table (centroids are from the slide's edge)."""

@@ -1,14 +1,15 @@
 """The measurements table: a Qt view over numpy columns.
 
 A Qt model reads cells on demand, so a table of a whole slide's nuclei costs no more to show than
-one screen's (a QTableWidget would build an item per cell). Columns sort by clicking their header;
-double-clicking a row reports the nucleus so the widget can centre the view on it.
+one screen's (a QTableWidget would build an item per cell). Columns sort by clicking their header,
+with numpy (a Qt sort proxy would call back into Python n·log n times); double-clicking a row
+reports the nucleus so the widget can centre the view on it.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
+from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
 from qtpy.QtWidgets import QAbstractItemView, QTableView
 
 
@@ -17,13 +18,26 @@ class ColumnsModel(QAbstractTableModel):
         super().__init__(parent)
         self._names: list[str] = []
         self._cols: list[np.ndarray] = []
+        self._order: np.ndarray | None = None  # row i shows table row _order[i]
 
     def set_columns(self, table: dict[str, np.ndarray] | None) -> None:
         self.beginResetModel()
         table = table or {}
         self._names = list(table)
         self._cols = [np.asarray(v) for v in table.values()]
+        self._order = None
         self.endResetModel()
+
+    def _row(self, i: int) -> int:
+        return int(self._order[i]) if self._order is not None else i
+
+    def sort(self, column, order=Qt.SortOrder.AscendingOrder):
+        if not self._cols or not 0 <= column < len(self._cols):
+            return
+        self.layoutAboutToBeChanged.emit()
+        idx = np.argsort(self._cols[column], kind="stable")
+        self._order = idx[::-1] if order == Qt.SortOrder.DescendingOrder else idx
+        self.layoutChanged.emit()
 
     def rowCount(self, parent=QModelIndex()):  # noqa: N802 (Qt's name)
         return 0 if parent.isValid() or not self._cols else len(self._cols[0])
@@ -34,11 +48,9 @@ class ColumnsModel(QAbstractTableModel):
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
             return None
-        v = self._cols[index.column()][index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
+            v = self._cols[index.column()][self._row(index.row())]
             return str(int(v)) if np.issubdtype(type(v), np.integer) else f"{float(v):.4g}"
-        if role == Qt.ItemDataRole.UserRole:  # the raw number, for sorting
-            return float(v)
         if role == Qt.ItemDataRole.TextAlignmentRole:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
@@ -51,7 +63,8 @@ class ColumnsModel(QAbstractTableModel):
         return None
 
     def row(self, i: int) -> dict[str, float]:
-        return {n: c[i].item() for n, c in zip(self._names, self._cols)}
+        """The table row shown at position ``i``."""
+        return {n: c[self._row(i)].item() for n, c in zip(self._names, self._cols)}
 
 
 class MeasurementsView(QTableView):
@@ -62,11 +75,11 @@ class MeasurementsView(QTableView):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.columns = ColumnsModel(self)
-        self._proxy = QSortFilterProxyModel(self)
-        self._proxy.setSourceModel(self.columns)
-        self._proxy.setSortRole(Qt.ItemDataRole.UserRole)
-        self.setModel(self._proxy)
+        self.setModel(self.columns)
         self.setSortingEnabled(True)
+        # Column widths from the first rows only: measuring every row of a big table would call
+        # into Python for each cell.
+        self.horizontalHeader().setResizeContentsPrecision(50)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.verticalHeader().setVisible(False)
@@ -75,10 +88,12 @@ class MeasurementsView(QTableView):
 
     def set_table(self, table: dict[str, np.ndarray] | None) -> None:
         self.columns.set_columns(table)
+        header = self.horizontalHeader()
+        self.sortByColumn(header.sortIndicatorSection(), header.sortIndicatorOrder())
         self.resizeColumnsToContents()
 
     def row_count(self) -> int:
         return self.columns.rowCount()
 
     def _on_double_click(self, index) -> None:
-        self.nucleus_chosen.emit(self.columns.row(self._proxy.mapToSource(index).row()))
+        self.nucleus_chosen.emit(self.columns.row(index.row()))
