@@ -174,6 +174,34 @@ def test_export_current_view_and_read_each_export_back(panel, qtbot):
     assert on / count > 0.9
 
 
+def test_segmenting_the_normalised_stain_uses_the_stain_panels_mapping(panel, qtbot):
+    from napari_nucleiseg._napari._stain_widget import StainWidget
+
+    viewer, widget, slide, truth = panel
+    _look_at(viewer, (1400, 1500), 3.0)
+    widget._normalise.value = True
+    widget._run_view.clicked.emit()
+    assert any("show the slide normalised in the Stain panel" in m for m in _messages())
+    assert not widget.jobs.running
+
+    stain = StainWidget(viewer)
+    stain._layer.value = slide
+    stain._fit.clicked.emit()
+    qtbot.waitUntil(lambda: not stain.jobs.running, timeout=120_000)
+    stain._show.value = True
+    qtbot.waitUntil(lambda: not stain.jobs.running, timeout=120_000)
+    _run(qtbot, widget, widget._run_view)
+    (layer,) = _nuclei_layers(viewer, "view")
+    recorded = layer.metadata["nucleiseg"]["method"]["stain"]
+    assert recorded["method"] == "macenko" and recorded["profile"] == stain.adapted.profile.to_dict()
+    # The image segmented is the normalised view's pixels: the measured haematoxylin differs.
+    assert widget._last.result.rgb is not None
+    x0, y0 = (int(v) for v in widget._last.result.plan.origin)
+    h, w = widget._last.result.rgb.shape[:2]
+    expected = stain.adapted.transform(np.asarray(slide.data[0][y0:y0 + h, x0:x0 + w]))
+    assert np.array_equal(widget._last.result.rgb, expected)
+
+
 def test_measurements_table_sorts_and_centres_on_a_nucleus(panel, qtbot):
     from qtpy.QtCore import Qt
 

@@ -75,6 +75,7 @@ class JobRunner:
         self._done = (0, 0)
         self._first = None
         self._shown = 0.0
+        self._ended = True
         if cancel_button is not None:
             cancel_button.enabled = False
             cancel_button.changed.connect(self.cancel)
@@ -114,8 +115,14 @@ class JobRunner:
         worker.errored.connect(lambda exc: self._on_errored(exc, on_error))
         worker.finished.connect(self._on_finished)
         self.worker = worker
+        self._ended = False
         if self._cancel_button is not None:
             self._cancel_button.enabled = True
+        # The bar is made now, before any progress arrives: napari processes pending events while
+        # it adds a bar, and a handler re-entered that way would show progress out of order.
+        from napari.utils import cancelable_progress
+
+        self._pbar = cancelable_progress(total=0, desc=title, cancel_callback=self.cancel)
         worker.start()
         return worker
 
@@ -128,6 +135,8 @@ class JobRunner:
     # ------------------------------------------------------------------ main-thread callbacks
     def _on_yielded(self, item, on_item, on_progress) -> None:
         prog = _progress_of(item)
+        if prog is not None and self._ended:  # delivered late: the run is over
+            return
         if prog is None:
             if on_item is not None:
                 on_item(item)
@@ -140,12 +149,12 @@ class JobRunner:
         if now - self._shown < UPDATE_S and done < total:
             return
         self._shown = now
-        self._update_bar(done, total)
         text = f"{self.title}: {done}/{total} tiles"
         eta = self._eta(item, done, total)
         if eta is not None:
             text += f" · ETA {format_seconds(eta)}"
         self._status(text)
+        self._update_bar(done, total)
         if on_progress is not None:
             on_progress(item)
 
@@ -167,16 +176,15 @@ class JobRunner:
         return (now - t0) / (frac - f0) * (1 - frac)
 
     def _update_bar(self, done: int, total: int) -> None:
-        from napari.utils import cancelable_progress
-
         if self._pbar is None:
-            self._pbar = cancelable_progress(total=total, desc=self.title, cancel_callback=self.cancel)
+            return
         if self._pbar.total != total:
             self._pbar.total = total
         if done > self._pbar.n:
             self._pbar.update(done - self._pbar.n)
 
     def _on_returned(self, value, on_done, on_cancelled, note="") -> None:
+        self._ended = True
         elapsed = format_seconds(time.perf_counter() - self._started)
         if value is CANCELLED:
             done, total = self._done
@@ -190,6 +198,8 @@ class JobRunner:
 
     def _on_errored(self, exc, on_error) -> None:
         from napari.utils.notifications import show_error
+
+        self._ended = True
 
         self._status(f"{self.title}: {exc}")
         if on_error is not None:

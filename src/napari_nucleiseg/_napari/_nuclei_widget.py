@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 
 from ._jobs import JobRunner
 from ._layers import find_layers, open_layer_slide, put_layer, slide_layers, tag
@@ -36,6 +36,7 @@ class NucleiWidget(Container):
         self.viewer = napari_viewer
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
         self._method = ComboBox(label="method", choices=_methods(), value=DEFAULT_NUCLEI_MODEL)
+        self._normalise = CheckBox(text="normalise the stain first (as the Stain panel shows it)", value=False)
         self._out = FileEdit(label="results folder", mode="d", value=Path.home() / "nucleiseg-results")
         self._run_view = PushButton(text="Segment current view")
         self._run_slide = PushButton(text="Segment whole slide")
@@ -45,7 +46,7 @@ class NucleiWidget(Container):
         self._export_labels = PushButton(text="Export labels (OME-Zarr)")
         self._export_geojson = PushButton(text="Export outlines (GeoJSON for QuPath)")
         self._export_csv = PushButton(text="Export measurements (CSV)")
-        self.extend([self._layer, self._method, self._out, self._run_view, self._run_slide, self._cancel,
+        self.extend([self._layer, self._method, self._normalise, self._out, self._run_view, self._run_slide, self._cancel,
                      self._status, self._count, self._export_labels, self._export_geojson, self._export_csv])
         from ._table import MeasurementsView
 
@@ -97,6 +98,25 @@ class NucleiWidget(Container):
         slide = open_layer_slide(layer)
         return (layer, slide) if slide is not None else (None, None)
 
+    def _normaliser(self, slide):
+        """The Stain panel's normaliser for this slide (adapted to it), None when not asked for,
+        or False after telling the user what is missing."""
+        from napari.utils.notifications import show_error
+
+        if not self._normalise.value:
+            return None
+        shown = find_layers(self.viewer, "stain_normalised", slide=str(slide.path))
+        if not shown:
+            show_error("To segment the normalised stain, show the slide normalised in the Stain panel "
+                       "first (or untick 'normalise the stain first').")
+            return False
+        from ..stain import StainProfile, normaliser_from_profile
+
+        meta = tag(shown[0])
+        normaliser = normaliser_from_profile(StainProfile.from_dict(meta["profile"]))
+        normaliser.source = StainProfile.from_dict(meta["source"])  # the slide's colour mapping
+        return normaliser
+
     # ------------------------------------------------------------------ current view
     def _on_run_view(self, _=None):
         from napari.utils.notifications import show_warning
@@ -110,16 +130,24 @@ class NucleiWidget(Container):
         layer, slide = self._slide("segmenting the view")
         if slide is None:
             return
-        steps = segment_region(slide, visible_box(self.viewer, layer), self._method.value)
+        normaliser = self._normaliser(slide)
+        if normaliser is False:
+            return
+        steps = segment_region(slide, visible_box(self.viewer, layer), self._method.value, normaliser=normaliser)
         self.jobs.start("Nuclei in view", _then_measure(steps),
                         on_item=lambda result: self._show_view_labels(slide, result),
-                        on_done=self._show_table, on_error=self._on_view_error,
+                        on_done=lambda outcome: self._show_table(slide, outcome), on_error=self._on_view_error,
                         cancelled_note="the view's labels were not shown")
 
     def _show_view_labels(self, slide, result) -> None:
+        """The labels, as soon as they exist (the measurements follow)."""
         from ..layers import region_labels_layer
 
         plan = result.plan
+        if self._last is None or self._last.result is not result:
+            self._last = _Outcome("view", slide, result=result)
+            self.table.set_table(None)
+        self._count.value = f"{result.count} nuclei in view (segmented at {plan.mpp:.3g} µm/px)"
         layer_tuple = region_labels_layer(
             slide, result.labels, plan.origin, plan.downsample, name="nuclei (view)", kind="nuclei",
             scope="view", box=list(plan.box), mpp=plan.mpp, level=plan.level, count=result.count,
@@ -127,13 +155,10 @@ class NucleiWidget(Container):
         )
         new = put_layer(self.viewer, layer_tuple, "nuclei", slide=str(slide.path), scope="view")
         new.contour = 1
-        self._last = _Outcome("view", slide, result=result)
-        self._count.value = f"{result.count} nuclei in view (segmented at {plan.mpp:.3g} µm/px)"
-        self.table.set_table(None)
 
-    def _show_table(self, table) -> None:
-        if self._last is not None and table is not None:
-            self._last.table = table
+    def _show_table(self, slide, outcome) -> None:
+        result, table = outcome
+        self._last = _Outcome("view", slide, result=result, table=table)
         self.table.set_table(table)
 
     def _on_view_error(self, exc) -> None:
@@ -171,8 +196,12 @@ class NucleiWidget(Container):
         layer, slide = self._slide("segmenting the whole slide")
         if slide is None:
             return
+        normaliser = self._normaliser(slide)
+        if normaliser is False:
+            return
         # In a child process: the interface keeps Python's GIL (see _process).
-        steps = in_subprocess(segment_slide, slide, Path(self._out.value), method=self._method.value)
+        steps = in_subprocess(segment_slide, slide, Path(self._out.value), method=self._method.value,
+                              normaliser=normaliser)
         self._refreshed = 0.0
         self.jobs.start("Whole slide", _then_read_table(steps),
                         on_progress=lambda p: self._on_slide_progress(slide, p),
@@ -338,5 +367,5 @@ def _then_measure(steps):
     """Yield the tiles' progress, then the labels (shown at once), then return the measurements."""
     result = yield from steps
     yield result
-    return result.measure()
+    return result, result.measure()
 

@@ -3,7 +3,10 @@
 The reference is what is on screen, a reference image file or a saved profile. The normalised
 slide and the deconvolution channels are lazy layers over the slide layer's own pyramid
 (``stain.normalise_levels``; ``stain.deconvolve`` per chunk): only what is on screen, at the zoom
-on screen, is ever computed.
+on screen, is ever computed. The normaliser is adapted once to the whole slide (a sample of its
+tissue, in the background), so every chunk at every zoom gets the same colour mapping; the
+normalised layer records that mapping (target and source profiles) in its metadata, which is how
+the Nuclei panel segments the normalised stain.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 from ._jobs import JobRunner
 from ._layers import find_layers, open_layer_slide, put_layer, slide_layers, tag
 
-METHODS = ("macenko", "reinhard", "vahadane")
+METHODS = ("macenko", "reinhard", "vahadane", "ruifrok")
 REFERENCES = ("current view", "file (reference image or saved profile)")
 #: Largest current view (pixels at the level on screen) a normaliser is fitted on; larger views
 #: are read from a coarser level. Stain statistics need colour, not detail.
@@ -51,7 +54,8 @@ class StainWidget(Container):
         self.extend([self._layer, self._method, self._reference, self._file, self._fit, self._cancel,
                      self._status, self._show, self._profile_path, self._save, self._channels])
         self.jobs = JobRunner(self._set_status, self._cancel)
-        self.normaliser = None
+        self.normaliser = None  # fitted on the reference
+        self.adapted = None  # ... and adapted to the slide shown normalised
         self._fitted_on = ""
         self._fit.changed.connect(self._on_fit)
         self._show.changed.connect(self._on_show)
@@ -99,7 +103,7 @@ class StainWidget(Container):
             source = f"the current view of {slide.path.name}"
         else:
             path = Path(self._file.value)
-            if not path.is_file():
+            if not path.exists():
                 show_error(f"{path}: no such reference file: choose a reference image or a saved profile.")
                 return
             steps = _fit_file(method, path)
@@ -112,12 +116,14 @@ class StainWidget(Container):
         self._fitted_on = source
         self._set_status(f"{normaliser.profile.method} fitted on {source}.")
         if self._show.value:
-            self._on_show()
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._on_show)  # after this run has finished
 
     # ------------------------------------------------------------------ views
     def _on_show(self, _=None):
-        """Add (or replace) the lazily normalised slide; unticking hides it."""
-        from napari.utils.notifications import show_error
+        """Show (or replace) the lazily normalised slide; unticking hides it."""
+        from napari.utils.notifications import show_error, show_warning
 
         existing = find_layers(self.viewer, "stain_normalised")
         if not self._show.value:
@@ -132,18 +138,25 @@ class StainWidget(Container):
             show_error("Fit a normaliser first (choose a reference, then Fit to reference).")
             self._show.value = False
             return
-        from ..stain import normalise_levels
+        if self.jobs.running:
+            show_warning(self.jobs.busy_message())
+            return
+        self.jobs.start("Normalised view", _normalised_levels(self.normaliser, list(layer.data), layer.name),
+                        on_done=lambda out: self._show_normalised(layer, *out))
 
+    def _show_normalised(self, layer, adapted, data) -> None:
         meta = tag(layer)
-        kwargs = {k: getattr(layer, k) for k in ("scale", "translate")}
-        data = normalise_levels(list(layer.data), self.normaliser)
-        new = put_layer(self.viewer, (data, {
-            **kwargs, "name": f"{layer.name} (normalised, {self.normaliser.profile.method})", "rgb": True,
-            "multiscale": True, "contrast_limits": [0, 255], "cache": False, "units": layer.units,
-            "metadata": {"nucleiseg": {"kind": "stain_normalised", "slide": meta["path"],
-                                       "method": self.normaliser.profile.method, "reference": self._fitted_on}},
+        put_layer(self.viewer, (data, {
+            "name": f"{layer.name} (normalised, {adapted.method})", "rgb": True, "multiscale": True,
+            "scale": layer.scale, "translate": layer.translate, "units": layer.units,
+            "contrast_limits": [0, 255], "cache": False,
+            "metadata": {"nucleiseg": {
+                "kind": "stain_normalised", "slide": meta["path"], "method": adapted.method,
+                "reference": self._fitted_on, "profile": adapted.profile.to_dict(),
+                "source": adapted.source.to_dict()}},
         }, "image"), "stain_normalised", slide=meta["path"])
-        new.visible = True
+        self.adapted = adapted
+        self._set_status(f"{adapted.method} fitted on {self._fitted_on}; the slide is shown normalised.")
 
     def _on_channels(self, _=None):
         """H, E and DAB optical density of the slide, lazily per chunk at every zoom."""
@@ -187,7 +200,7 @@ def _fit_view(method: str, slide, box):
         raise ValueError(f"{slide.path.name}: the view is too large to fit a stain reference on at this "
                          "file's resolution levels: zoom in, or use a reference file")
     rgb = slide.read_region(int(x0 / d), int(y0 / d), max(1, int((x1 - x0) / d)), max(1, int((y1 - y0) / d)), level)
-    normaliser = make_normaliser(method).fit(rgb)
+    normaliser = make_normaliser(method).fit(rgb, name=f"{slide.path.name} view x={int(x0)} y={int(y0)}")
     yield 1, 1
     return normaliser
 
@@ -196,6 +209,19 @@ def _fit_file(method: str, path: Path):
     from ..stain import load_target
 
     yield 0, 1
-    normaliser = load_target(method, path)
+    # A saved profile knows its method; the method box only matters for reference images.
+    normaliser = load_target(None if path.suffix.lower() == ".json" else method, path)
     yield 1, 1
     return normaliser
+
+
+def _normalised_levels(normaliser, levels, name):
+    """Adapt the normaliser to the slide (reads a sample of its tissue), then the lazy levels."""
+    from ..stain import normalise_levels
+    from ..stain.lazy import adapt_to_levels
+
+    yield 0, 1
+    adapted = adapt_to_levels(normaliser, levels, name=name)
+    data = normalise_levels(levels, adapted)
+    yield 1, 1
+    return adapted, data

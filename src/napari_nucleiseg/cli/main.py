@@ -1,7 +1,8 @@
 """``nucleiseg``: the headless face of the plugin.
 
 Subcommands: ``info`` (levels and µm/px of slides), ``tissue`` (tissue mask and tile list),
-``demo`` (write the demo slide), ``view`` (napari with the plugin docked, on a slide or the demo).
+``demo`` (write the demo slide), ``view`` (napari with the plugin docked, on a slide or the demo),
+``segment``/``eval``/``train``/``release-model`` (nuclei), ``normalize`` (stain normalisation).
 Errors about input files print one line naming the file and exit non-zero, never a traceback.
 """
 
@@ -123,7 +124,26 @@ def cmd_segment(args) -> int:
     # Plain images keep segment_files' contract; whole slides and cohorts go to the whole-slide job.
     from ..wholeslide.cohort import segment_command
 
-    return segment_command(args)
+    normaliser = None
+    if args.normalize or args.target:
+        from ..io import SlideError
+        from ..stain import StainError, load_target
+
+        if not args.target:
+            print("error: --normalize needs --target (a reference image or a saved profile .json)", file=sys.stderr)
+            return 2
+        try:
+            normaliser = load_target(args.normalize, args.target)
+        except (SlideError, StainError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return segment_command(args, normaliser=normaliser)
+
+
+def cmd_normalize(args) -> int:
+    from ..stain.commands import normalize_command
+
+    return normalize_command(args)
 
 
 def cmd_eval(args) -> int:
@@ -166,6 +186,10 @@ def cmd_release(args) -> int:
     return 0
 
 
+#: Stain normalisation methods (napari_nucleiseg.stain.METHODS, listed here to keep --help import-light).
+STAIN_METHODS = ("reinhard", "macenko", "vahadane", "ruifrok")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
@@ -204,7 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
                                        "for a local cluster of processes; implies --whole-slide")
     s.add_argument("--workers", type=_positive(int), help="threads (default 2) or local-cluster processes")
     s.add_argument("--tile-um", type=_positive(float), help="whole-slide tile edge in µm (default 960 model px)")
+    s.add_argument("--normalize", metavar="METHOD", choices=STAIN_METHODS,
+                   help="normalise stains first: " + ", ".join(STAIN_METHODS) + " (recorded in the output)")
+    s.add_argument("--target", metavar="REF_OR_PROFILE",
+                   help="for --normalize: reference image, folder of references (averaged) or profile .json")
     s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("normalize", help="stain-normalise an image or a whole slide (pyramidal output)")
+    s.add_argument("input")
+    s.add_argument("--method", choices=STAIN_METHODS, help="required unless --target is a profile .json")
+    s.add_argument("--target", required=True, metavar="REF_OR_PROFILE",
+                   help="reference image or slide to fit, a folder of them (profiles averaged), "
+                        "or a saved stain profile .json")
+    s.add_argument("--out", required=True,
+                   help=".png/.jpg (image), .tif (pyramidal tiled TIFF) or .zarr (OME-Zarr)")
+    s.add_argument("--save-profile", metavar="JSON", help="also save the fitted target profile")
+    s.add_argument("--mpp", type=_positive(float), help="µm/px of an input that does not state it")
+    s.set_defaults(func=cmd_normalize)
 
     s = sub.add_parser("eval", help="score predicted label maps against ground truth")
     s.add_argument("pred_dir")

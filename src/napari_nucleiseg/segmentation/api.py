@@ -30,13 +30,19 @@ def default_method() -> str:
     return DEFAULT_NUCLEI_MODEL
 
 
-def describe_method(method: str | None) -> dict:
-    """What produced a result: recorded in output files."""
+def describe_method(method: str | None, normaliser=None) -> dict:
+    """What produced a result: recorded in output files, with the stain normalisation (target
+    profile) when the input was normalised first."""
     method = method or default_method()
     if method in CLASSICAL:
-        return {"method": method}
-    _, card = _predictor(method)
-    return {"method": method, "model": card.name, "version": card.version, "sha256": card.sha256, "model_mpp": card.mpp}
+        info = {"method": method}
+    else:
+        _, card = _predictor(method)
+        info = {"method": method, "model": card.name, "version": card.version, "sha256": card.sha256,
+                "model_mpp": card.mpp}
+    if normaliser is not None:
+        info["stain"] = normaliser.describe()
+    return info
 
 
 def segment_untiled(rgb: np.ndarray, mpp: float, method: str | None = None) -> np.ndarray:
@@ -57,11 +63,19 @@ def segment_untiled(rgb: np.ndarray, mpp: float, method: str | None = None) -> n
 
 
 def segment_image(rgb: np.ndarray, mpp: float, method: str | None = None, tile: int | None = None,
-                  progress=None) -> np.ndarray:
-    """Instance labels (uint32, 0 = background) for an RGB image at ``mpp`` µm/px."""
+                  progress=None, normaliser=None) -> np.ndarray:
+    """Instance labels (uint32, 0 = background) for an RGB image at ``mpp`` µm/px.
+
+    With a stain ``normaliser`` (:func:`napari_nucleiseg.stain.make_normaliser`, fitted), the
+    image is first normalised to its target, as one source (see ``stain.normalise_image``).
+    """
     from ..io.image_backend import to_rgb_uint8
 
     rgb = to_rgb_uint8(rgb)
+    if normaliser is not None:
+        from ..stain import normalise_image
+
+        rgb = normalise_image(rgb, normaliser)
     if min(rgb.shape[:2]) < 2:
         return np.zeros(rgb.shape[:2], np.uint32)
     model_mpp = 0.5 if (method in CLASSICAL) else _predictor(method or default_method())[1].mpp

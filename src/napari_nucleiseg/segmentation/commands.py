@@ -13,7 +13,7 @@ import numpy as np
 MAX_IMAGE_PIXELS = 120_000_000
 
 
-def segment_files(inputs, out_dir, mpp=None, method=None) -> int:
+def segment_files(inputs, out_dir, mpp=None, method=None, normaliser=None) -> int:
     import tifffile
 
     from ..io import SlideError, open_slide
@@ -24,7 +24,7 @@ def segment_files(inputs, out_dir, mpp=None, method=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failed = []
     try:
-        info = describe_method(method)
+        info = describe_method(method, normaliser)
     except Exception as exc:  # unknown model name, weights failing their hash
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -39,7 +39,7 @@ def segment_files(inputs, out_dir, mpp=None, method=None) -> int:
             if h * w > MAX_IMAGE_PIXELS:
                 raise SlideError(path, f"{w}x{h} px is a whole slide; segment its tissue with the whole-slide job")
             rgb = slide.read_region(0, 0, w, h, 0)
-            labels = segment_image(rgb, slide.mpp, method)
+            labels = segment_image(rgb, slide.mpp, method, normaliser=normaliser)
             dtype = np.uint16 if labels.max() < 65535 else np.uint32
             stem = Path(path).name.split(".")[0]
             meta = {"source": str(path), "mpp": slide.mpp, **info}

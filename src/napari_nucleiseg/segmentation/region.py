@@ -213,8 +213,10 @@ def segment_region(slide, box, method: str | None = None, normaliser=None,
     core = (round((bx0 - ox) / d), round((by0 - oy) / d), math.ceil((bx1 - ox) / d), math.ceil((by1 - oy) / d))
     if tissue_fraction(rgb[core[1]:core[3], core[0]:core[2]], plan.mpp) < MIN_TISSUE_FRACTION:
         raise EmptyRegionError(f"{slide.path.name}: the view shows only glass, no tissue: pan to the tissue")
-    if normaliser is not None:
-        rgb = normaliser.transform(rgb)
+    if normaliser is not None:  # adapted to the slide: the colours of the normalised view
+        from ..stain import normalise_image
+
+        rgb = normalise_image(rgb, normaliser)
     # Tiles of about the core's usual size, but balanced: a screen a few pixels wider than one
     # tile is one tile, not one tile plus slivers that each pay a model call.
     tile = TILE_MODEL_PX * model_mpp(method) / plan.mpp
@@ -228,7 +230,7 @@ def segment_region(slide, box, method: str | None = None, normaliser=None,
         tile = max(math.ceil(h / ny), math.ceil(w / nx))
         labels = yield from iter_segment_tiled(rgb, plan.mpp, lambda b, m: segment_untiled(b, m, method),
                                                tile, tile_halo)
-    method_info = describe_method(method) if normaliser is None else describe_method(method, normaliser=normaliser)
+    method_info = describe_method(method, normaliser=normaliser)
     return RegionResult(plan=plan, labels=keep_centred(labels, core), rgb=rgb, method=method_info)
 
 

@@ -1,4 +1,4 @@
-"""Ruifrok & Johnston colour deconvolution (reference 004).
+"""Ruifrok & Johnston colour deconvolution (reference 004): haematoxylin, eosin and DAB.
 
 ``OD = -log10(I / I0)`` per channel, then ``[H, E, DAB] = OD @ HED_FROM_RGB``, where
 ``HED_FROM_RGB`` is the inverse of the stain OD matrix (rows: haematoxylin, eosin, DAB).
@@ -39,3 +39,39 @@ def haematoxylin_od(rgb: np.ndarray) -> np.ndarray:
     od = -np.log10(np.clip(np.arange(256, dtype=np.float64), 1, 255) / 255.0)
     luts = [(od * HED_FROM_RGB[c, 0]).astype(np.float32) for c in range(3)]
     return luts[0][rgb[..., 0]] + luts[1][rgb[..., 1]] + luts[2][rgb[..., 2]]
+
+
+def _od10_lut() -> np.ndarray:
+    return -np.log10(np.clip(np.arange(256, dtype=np.float64), 1, 255) / 255.0)
+
+
+def deconvolve(rgb: np.ndarray) -> np.ndarray:
+    """Ruifrok-Johnston colour deconvolution: (H, W, 3) RGB -> (H, W, 3) float32 optical
+    densities (log10) of haematoxylin, eosin and DAB.
+
+    For 8-bit input each stain is ``Σ_c OD(value_c)·M[c, k]`` with OD a function of the 8-bit
+    value alone, so nine 256-entry tables replace the logarithm and the matrix product. Other
+    dtypes (float 0-1, 16-bit) go through :func:`rgb_to_hed` after conversion.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8:
+        from .optical import as_pixels
+
+        rgb = as_pixels(rgb).reshape(rgb.shape[:-1] + (3,))
+    od = _od10_lut()
+    # (3 input channels, 256 values, 3 stains)
+    tables = (od[None, :, None] * HED_FROM_RGB[:, None, :]).astype(np.float32)
+    px = rgb.reshape(-1, 3)
+    out = tables[0].take(px[:, 0], axis=0)
+    out += tables[1].take(px[:, 1], axis=0)
+    out += tables[2].take(px[:, 2], axis=0)
+    return out.reshape(rgb.shape[:-1] + (3,))
+
+
+def hed_to_rgb(hed: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`deconvolve`: stain optical densities (…, 3) -> RGB uint8 (recomposition,
+    e.g. of one stain alone: ``hed_to_rgb(hed * [1, 0, 0])`` is the haematoxylin-only image)."""
+    hed = np.asarray(hed, dtype=np.float32)
+    od = (hed.reshape(-1, 3) @ RGB_FROM_HED.astype(np.float32)).reshape(hed.shape)
+    rgb = 255.0 * np.power(np.float32(10.0), -np.maximum(od, 0))
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)

@@ -61,7 +61,7 @@ def needs_whole_slide(path: Path, mpp=None) -> bool:
     return h * w > MAX_IMAGE_PIXELS
 
 
-def segment_command(args) -> int:
+def segment_command(args, normaliser=None) -> int:
     """``nucleiseg segment``: plain images as before, whole slides to the whole-slide job."""
     from ..segmentation.commands import segment_files
 
@@ -73,12 +73,12 @@ def segment_command(args) -> int:
     plain = [p for p in paths if p not in whole]
     codes = [1] if errors else []
     if plain:
-        codes.append(segment_files(plain, args.out, mpp=args.mpp, method=args.method))
+        codes.append(segment_files(plain, args.out, mpp=args.mpp, method=args.method, normaliser=normaliser))
     if whole:
         codes.append(segment_cohort(whole, args.out, method=args.method, mpp=args.mpp,
                                     tile_um=getattr(args, "tile_um", None),
                                     scheduler=getattr(args, "scheduler", None),
-                                    workers=getattr(args, "workers", None)))
+                                    workers=getattr(args, "workers", None), normaliser=normaliser))
     return 2 if 2 in codes else (1 if 1 in codes else 0)
 
 
@@ -185,7 +185,7 @@ def _client(scheduler, workers):
 
 
 def segment_cohort(slides, out_dir, *, method=None, mpp=None, tile_um=None, scheduler=None, workers=None,
-                   stream=None) -> int:
+                   stream=None, normaliser=None) -> int:
     """Run the whole-slide job on each slide in turn; returns the exit code (0, 1: some slides
     failed, 2: nothing could run). Prints progress and, at the end, one summary line per slide."""
     from ..io import SlideError
@@ -212,7 +212,7 @@ def segment_cohort(slides, out_dir, *, method=None, mpp=None, tile_um=None, sche
             try:
                 p = None
                 for p in segment_slide(path, out, method=method, mpp=mpp, tile_um=tile_um,
-                                       scheduler=client, workers=workers):
+                                       scheduler=client, workers=workers, normaliser=normaliser):
                     display.update(name, p)
                 o = SlideOutcome(str(path), True, p.total, p.resumed, p.nuclei, time.perf_counter() - t0, str(p.store))
             except SlideError as exc:  # unreadable slide, store of another slide/model, disk full
