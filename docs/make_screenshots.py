@@ -120,7 +120,7 @@ def main():
     viewer.screenshot(str(OUT / "nuclei_whole_slide.png"), canvas_only=False)
     whole.visible = False
 
-    # 4. Stain panel: the slide normalised lazily, and its haematoxylin channel.
+    # 4. Stain panel: fit a reference on the demo slide's view; its haematoxylin channel.
     stain = docks["Stain"][1]
     show_only(all_docks, "Stain")
     stain._layer.value = slide
@@ -130,15 +130,13 @@ def main():
     stain._method.value = "macenko"
     stain._fit.clicked.emit()
     wait_until(viewer, lambda: not stain.jobs.running)
-    stain._show.value = True
-    settle(viewer, 1500)
-    viewer.screenshot(str(OUT / "stain_normalised.png"), canvas_only=False)
-    stain._show.value = False
     stain._channels.clicked.emit()
+    slide.visible = False
     viewer.layers.selection.active = next(l for l in viewer.layers if kind(l) == "stain_channel")
     settle(viewer, 1500)
     viewer.screenshot(str(OUT / "stain_channels.png"), canvas_only=False)
-    for lyr in [l for l in viewer.layers if kind(l) in ("stain_channel", "stain_normalised")]:
+    slide.visible = True
+    for lyr in [l for l in viewer.layers if kind(l) == "stain_channel"]:
         viewer.layers.remove(lyr)
 
     # 5. A real Aperio slide opened through the reader, in µm.
@@ -172,6 +170,21 @@ def main():
         viewer.layers.selection.active = next(l for l in viewer.layers if kind(l) == "nuclei")
         settle(viewer, 1200)
         viewer.screenshot(str(OUT / "nuclei_current_view.png"), canvas_only=False)
+
+        # 7. The real slide in the demo's colours (the reference fitted above), side by side.
+        show_only(all_docks, "Stain")
+        for lyr in [l for l in viewer.layers if kind(l) != "slide"]:
+            viewer.layers.remove(lyr)
+        stain._layer.value = cmu_layer
+        stain._show.value = True
+        wait_until(viewer, lambda: not stain.jobs.running and any(kind(l) == "stain_normalised" for l in viewer.layers))
+        grid = viewer.canvas.grid if hasattr(getattr(viewer, "canvas", None), "grid") else viewer.grid
+        grid.enabled = True
+        viewer.scene.camera.center = (1400 * 0.499, 1100 * 0.499)
+        viewer.scene.camera.zoom = 1.2
+        settle(viewer, 1500)
+        viewer.screenshot(str(OUT / "stain_normalised.png"), canvas_only=False)
+        grid.enabled = False
     else:
         print(f"skipping the real-slide screenshots: {cmu} not found", file=sys.stderr)
     viewer.close()

@@ -102,6 +102,21 @@ def tissue_layer(slide, mask, name: str = "tissue") -> tuple[Any, dict, str]:
     return (mask.mask.astype(np.uint8), kwargs, "labels")
 
 
+def labels_display_pyramid(levels: list) -> list:
+    """Add lazy ×2 levels (every other pixel: ids are never mixed) between levels further apart.
+
+    napari draws the finest level the zoom needs and colour-maps every drawn pixel on the
+    interface thread; with ×4 steps, a slide fitted to the window is drawn from a level up to 16
+    times the screen's pixels. ×2 steps keep that at most 4 times.
+    """
+    out = [levels[0]]
+    for nxt in levels[1:]:
+        while out[-1].shape[0] >= 4 * nxt.shape[0] and out[-1].shape[1] >= 4 * nxt.shape[1]:
+            out.append(out[-1][::2, ::2])
+        out.append(nxt)
+    return out
+
+
 def labels_layer(slide, pyramid, name: str = "nuclei", kind: str = "nuclei", **meta) -> tuple[Any, dict, str]:
     """A (multiscale) instance labels layer aligned with the slide's level 0."""
     scale, translate = physical_transform(slide)

@@ -230,6 +230,20 @@ def test_nuclei_panel_docks_from_the_manifest(make_napari_viewer):
     assert type(widget).__name__ == "NucleiWidget"
 
 
+#: Sleeps 20 ms at a time until told to stop on stdin; prints the longest gap it saw.
+NOISE_PROBE = """
+import sys, threading, time
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+last, worst = time.perf_counter(), 0.0
+while not stop.is_set():
+    time.sleep(0.02)
+    now = time.perf_counter()
+    worst, last = max(worst, now - last), now
+print(worst)
+"""
+
+
 def _latency_probe():
     """Tick every 20 ms on the GUI thread and record when each tick came."""
     import time
@@ -247,26 +261,34 @@ def _latency_probe():
 def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qtbot, tmp_path):
     import csv
     import json
+    import subprocess
+    import sys
+    import time
 
     import dask.array as da
 
     from napari_nucleiseg.wholeslide import open_labels
 
     viewer, widget, slide, truth = panel
-    # The machine's own noise floor: the same probe with nothing running.
-    timer, idle = _latency_probe()
-    qtbot.wait(3000)
-    timer.stop()
-    idle_gap = np.diff(idle).max()
-
+    # The machine's own noise, measured at the same time by a process that only sleeps 20 ms at a
+    # time: on a shared, overloaded machine the OS alone delays it (and us) by more than 100 ms.
+    noise = subprocess.Popen([sys.executable, "-c", NOISE_PROBE], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
     timer, stamps = _latency_probe()
     widget._run_slide.clicked.emit()
-    qtbot.waitUntil(lambda: len(_nuclei_layers(viewer, "slide")) == 1, timeout=120_000)
+    finished = []
+    widget.jobs.worker.returned.connect(lambda _: finished.append(time.perf_counter()))
     qtbot.waitUntil(lambda: not widget.jobs.running, timeout=600_000)
+    qtbot.wait(500)
     timer.stop()
-    gaps = np.diff(stamps)
-    print(f"\nlongest event-loop gap: {gaps.max() * 1000:.0f} ms during the whole-slide run "
-          f"({len(stamps)} ticks of 20 ms), {idle_gap * 1000:.0f} ms with nothing running")
+    idle_gap = float(noise.communicate("stop\n", timeout=30)[0])
+    ticks = np.array(stamps)
+    running, after = ticks[ticks <= finished[0]], ticks[ticks >= finished[0] - 0.2]
+    gaps = np.diff(running)
+    shown = np.diff(after).max()
+    print(f"\nlongest event-loop gap: {gaps.max() * 1000:.0f} ms while the whole slide ran "
+          f"({len(running)} ticks of 20 ms), {shown * 1000:.0f} ms when its labels layer was shown at "
+          f"the end; {idle_gap * 1000:.0f} ms for a process that only sleeps, meanwhile")
     assert "done" in widget._status.value, widget._status.value
     assert len(stamps) > 100
 
@@ -295,8 +317,8 @@ def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qt
     # Last (everything above holds on any machine): the viewer stayed responsive while the whole
     # slide was segmented in the background. Only measurable when the machine itself is.
     if idle_gap > 0.1:
-        pytest.skip(f"this machine is too busy to measure latency: {idle_gap * 1000:.0f} ms gaps with "
-                    "nothing running")
+        pytest.skip(f"this machine is too busy to measure latency: a process that only sleeps 20 ms at "
+                    f"a time saw {idle_gap * 1000:.0f} ms gaps meanwhile")
     assert gaps.max() < 0.2, f"event loop blocked for {gaps.max() * 1000:.0f} ms"
 
 

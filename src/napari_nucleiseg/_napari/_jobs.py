@@ -18,6 +18,8 @@ from typing import Any, Callable, Generator
 CANCELLED = object()
 #: Least seconds between two progress displays.
 UPDATE_S = 0.25
+#: A run still going after this many seconds gets a napari progress bar.
+BAR_AFTER_S = 1.5
 
 
 def _progress_of(item) -> tuple[int, int] | None:
@@ -118,13 +120,30 @@ class JobRunner:
         self._ended = False
         if self._cancel_button is not None:
             self._cancel_button.enabled = True
-        # The bar is made now, before any progress arrives: napari processes pending events while
-        # it adds a bar, and a handler re-entered that way would show progress out of order.
-        from napari.utils import cancelable_progress
+        # napari's progress bar (with its ETA and Cancel) appears only for runs that last: a run
+        # of a second or two needs none, and while a bar is up napari animates an activity
+        # indicator, which costs CPU the run could use (a lot with software OpenGL).
+        from qtpy.QtCore import QTimer
 
-        self._pbar = cancelable_progress(total=0, desc=title, cancel_callback=self.cancel)
+        self._pbar = None
+        QTimer.singleShot(int(BAR_AFTER_S * 1000), lambda w=worker: self._make_bar(w))
         worker.start()
         return worker
+
+    def _make_bar(self, worker) -> None:
+        from napari.utils import cancelable_progress
+
+        if self.worker is not worker or self._ended or self._pbar is not None:
+            return
+        done, total = self._done
+        # napari processes pending events while it adds a bar: progress handled meanwhile is
+        # applied to it below.
+        bar = cancelable_progress(total=total, desc=self.title, cancel_callback=self.cancel)
+        if self.worker is not worker or self._ended:
+            bar.close()
+            return
+        self._pbar = bar
+        self._update_bar(*self._done)
 
     def cancel(self, _=None) -> None:
         if not self.running:

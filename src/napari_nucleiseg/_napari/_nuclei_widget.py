@@ -26,6 +26,8 @@ def _methods() -> list[str]:
 
 #: Seconds between redraws of the whole-slide labels while the job runs.
 REFRESH_S = 3.0
+#: Largest part of the whole-slide labels (pixels napari would draw) redrawn while the job runs.
+LIVE_MAX_PX = 2_000_000
 
 
 class NucleiWidget(Container):
@@ -36,7 +38,7 @@ class NucleiWidget(Container):
         self.viewer = napari_viewer
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
         self._method = ComboBox(label="method", choices=_methods(), value=DEFAULT_NUCLEI_MODEL)
-        self._normalise = CheckBox(text="normalise the stain first (as the Stain panel shows it)", value=False)
+        self._normalise = CheckBox(text="normalise stain first (as in the Stain panel)", value=False)
         self._out = FileEdit(label="results folder", mode="d", value=Path.home() / "nucleiseg-results")
         self._run_view = PushButton(text="Segment current view")
         self._run_slide = PushButton(text="Segment whole slide")
@@ -52,6 +54,9 @@ class NucleiWidget(Container):
 
         self.table = MeasurementsView()
         self.native.layout().addWidget(self.table)
+        for label in (self._status, self._count):  # long paths and messages wrap, not widen the dock
+            label.native.setWordWrap(True)
+        self.native.setMinimumWidth(380)
         self.table.nucleus_chosen.connect(self._centre_on)
 
         self.jobs = JobRunner(self._set_status, self._cancel)
@@ -108,7 +113,7 @@ class NucleiWidget(Container):
         shown = find_layers(self.viewer, "stain_normalised", slide=str(slide.path))
         if not shown:
             show_error("To segment the normalised stain, show the slide normalised in the Stain panel "
-                       "first (or untick 'normalise the stain first').")
+                       "first (or untick 'normalise stain first').")
             return False
         from ..stain import StainProfile, normaliser_from_profile
 
@@ -203,6 +208,7 @@ class NucleiWidget(Container):
         steps = in_subprocess(segment_slide, slide, Path(self._out.value), method=self._method.value,
                               normaliser=normaliser)
         self._refreshed = 0.0
+        self._run_layer = layer
         self.jobs.start("Whole slide", _then_read_table(steps),
                         on_progress=lambda p: self._on_slide_progress(slide, p),
                         on_done=lambda table: self._on_slide_done(slide, table),
@@ -210,36 +216,55 @@ class NucleiWidget(Container):
                         cancelled_note="finished tiles are kept: run it again to go on from there")
 
     def _on_slide_progress(self, slide, p) -> None:
-        """Show the result store as soon as it exists; redraw it every couple of seconds."""
+        """Show the result store while the job runs, where that is cheap.
+
+        napari draws labels on this thread, colour-mapping every pixel of the level it shows; a
+        zoomed-out view of a large slide can mean tens of megapixels per redraw. So the layer is
+        added, and redrawn every few seconds, only while the part on screen is small (zoomed in,
+        where a pathologist looks at nuclei); otherwise it appears when the job has finished.
+        """
         import time
 
-        from ..layers import labels_layer
+        from ..layers import labels_display_pyramid, labels_layer
         from ..wholeslide import open_labels
 
         self._count.value = f"{p.nuclei} nuclei so far ({p.done}/{p.total} tissue tiles)"
         now = time.perf_counter()
+        if now - self._refreshed < REFRESH_S:
+            return
+        slide_layer = self._run_layer
         existing = find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="slide")
         if existing and existing[0].metadata["nucleiseg"].get("store") == str(p.store):
-            # Redrawing reads the visible chunks on this thread: not more often than this.
-            if now - self._refreshed > REFRESH_S:
-                existing[0].refresh()
+            layer = existing[0]
+            if layer.visible and _drawn_pixels(self.viewer, slide_layer, layer.level_shapes) <= LIVE_MAX_PX:
+                layer.refresh()
                 self._refreshed = now
             return
-        levels, _, _ = open_labels(p.store)
+        levels = labels_display_pyramid(open_labels(p.store)[0])
+        if _drawn_pixels(self.viewer, slide_layer, [lv.shape for lv in levels]) > LIVE_MAX_PX:
+            return
         put_layer(self.viewer, labels_layer(slide, levels, name="nuclei (whole slide)", kind="nuclei",
                                             scope="slide", store=str(p.store)),
                   "nuclei", slide=str(slide.path), scope="slide")
         self._refreshed = now
 
     def _on_slide_done(self, slide, outcome) -> None:
-        from ..layers import labels_layer
+        from qtpy.QtCore import QTimer
+
+        from ..layers import labels_display_pyramid, labels_layer
         from ..wholeslide import open_labels
 
         store, table = outcome
         levels, _, meta = open_labels(store)  # reopened: the coarse levels are now filled
-        layer = put_layer(self.viewer, labels_layer(slide, levels, name="nuclei (whole slide)", kind="nuclei",
-                                                    scope="slide", store=str(store), method=meta.get("method")),
-                          "nuclei", slide=str(slide.path), scope="slide")
+        levels = labels_display_pyramid(levels)
+        layer_tuple = labels_layer(slide, levels, name="nuclei (whole slide)", kind="nuclei", scope="slide",
+                                   store=str(store), method=meta.get("method"))
+        new = not find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="slide")
+        if new:  # added hidden, drawn on the next turn of the event loop: two short pauses, not one
+            layer_tuple[1]["visible"] = False
+        layer = put_layer(self.viewer, layer_tuple, "nuclei", slide=str(slide.path), scope="slide")
+        if new:
+            QTimer.singleShot(0, lambda: setattr(layer, "visible", True))
         n = len(table["label"])
         self._last = _Outcome("slide", slide, store=Path(store), table=table)
         self._count.value = f"{n} nuclei in the whole slide (results in {Path(store).parent})"
@@ -334,6 +359,24 @@ def _copy_tree(src: Path, dst: Path) -> Path:
             shutil.rmtree(dst)
         shutil.copytree(src, dst)
     return dst
+
+
+def _drawn_pixels(viewer, slide_layer, level_shapes) -> float:
+    """About how many pixels napari draws for a multiscale layer over ``slide_layer`` at the
+    current zoom: the visible part of the finest level it needs (it never upsamples)."""
+    from ._view import canvas_size, visible_box
+
+    x0, y0, x1, y1 = visible_box(viewer, slide_layer)
+    h0, w0 = level_shapes[0][:2]
+    w, h = max(0.0, min(x1, w0) - max(x0, 0)), max(0.0, min(y1, h0) - max(y0, 0))
+    rows, cols = canvas_size(viewer)
+    need = min((y1 - y0) / max(rows, 1), (x1 - x0) / max(cols, 1))  # level-0 px per screen px
+    down = 1.0
+    for shape in level_shapes:
+        d = h0 / shape[0]
+        if d <= need * 1.001:
+            down = d
+    return w * h / (down * down)
 
 
 def _warm_up(method) -> None:

@@ -25,7 +25,7 @@ REFERENCES = ("current view", "file (reference image or saved profile)")
 #: are read from a coarser level. Stain statistics need colour, not detail.
 MAX_FIT_PIXELS = 4_000_000
 #: Display ranges (optical density) and colours of the deconvolution channels.
-CHANNELS = (("haematoxylin", "blue", 1.5), ("eosin", "magenta", 1.0), ("DAB", "yellow", 1.0))
+CHANNELS = (("haematoxylin", "blue", 1.0), ("eosin", "magenta", 1.0), ("DAB", "yellow", 1.0))
 
 
 def _channel(block, k):
@@ -53,6 +53,8 @@ class StainWidget(Container):
         self._channels = PushButton(text="Show H / E / DAB channels")
         self.extend([self._layer, self._method, self._reference, self._file, self._fit, self._cancel,
                      self._status, self._show, self._profile_path, self._save, self._channels])
+        self._status.native.setWordWrap(True)
+        self.native.setMinimumWidth(360)
         self.jobs = JobRunner(self._set_status, self._cancel)
         self.normaliser = None  # fitted on the reference
         self.adapted = None  # ... and adapted to the slide shown normalised

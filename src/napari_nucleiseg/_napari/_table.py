@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
-from qtpy.QtWidgets import QAbstractItemView, QTableView
+from qtpy.QtWidgets import QAbstractItemView, QSizePolicy, QTableView
 
 
 class ColumnsModel(QAbstractTableModel):
@@ -76,6 +76,7 @@ class MeasurementsView(QTableView):
         super().__init__(parent)
         self.columns = ColumnsModel(self)
         self.setModel(self.columns)
+        self.horizontalHeader().setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.setSortingEnabled(True)
         # Column widths from the first rows only: measuring every row of a big table would call
         # into Python for each cell.
@@ -84,6 +85,8 @@ class MeasurementsView(QTableView):
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.verticalHeader().setVisible(False)
         self.setMinimumHeight(160)
+        # Its columns scroll: the table must not make the dock (and so squeeze the canvas) wider.
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
         self.doubleClicked.connect(self._on_double_click)
 
     def set_table(self, table: dict[str, np.ndarray] | None) -> None:
