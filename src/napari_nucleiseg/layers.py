@@ -102,6 +102,21 @@ def tissue_layer(slide, mask, name: str = "tissue") -> tuple[Any, dict, str]:
     return (mask.mask.astype(np.uint8), kwargs, "labels")
 
 
+def labels_display_pyramid(levels: list) -> list:
+    """Add lazy ×2 levels (every other pixel: ids are never mixed) between levels further apart.
+
+    napari draws the finest level the zoom needs and colour-maps every drawn pixel on the
+    interface thread; with ×4 steps, a slide fitted to the window is drawn from a level up to 16
+    times the screen's pixels. ×2 steps keep that at most 4 times.
+    """
+    out = [levels[0]]
+    for nxt in levels[1:]:
+        while out[-1].shape[0] >= 4 * nxt.shape[0] and out[-1].shape[1] >= 4 * nxt.shape[1]:
+            out.append(out[-1][::2, ::2])
+        out.append(nxt)
+    return out
+
+
 def labels_layer(slide, pyramid, name: str = "nuclei", kind: str = "nuclei", **meta) -> tuple[Any, dict, str]:
     """A (multiscale) instance labels layer aligned with the slide's level 0."""
     scale, translate = physical_transform(slide)
@@ -116,3 +131,25 @@ def labels_layer(slide, pyramid, name: str = "nuclei", kind: str = "nuclei", **m
         "metadata": {META_KEY: {"kind": kind, "slide": str(slide.path), **meta}},
     }
     return (list(pyramid) if multiscale else pyramid, kwargs, "labels")
+
+
+def region_labels_layer(slide, labels, origin_px: tuple[float, float], downsample: float = 1.0,
+                        name: str = "nuclei", kind: str = "nuclei", **meta) -> tuple[Any, dict, str]:
+    """A labels layer for a label map cut from the slide.
+
+    ``origin_px`` is the level-0 pixel ``(x, y)`` where label pixel (0, 0) starts and
+    ``downsample`` the level-0 pixels per label pixel, so the map sits on the tissue it was
+    computed from at every zoom.
+    """
+    (sy, sx), (ty, tx) = physical_transform(slide, downsample)
+    base = slide.mpp if slide.mpp is not None else 1.0
+    ox, oy = origin_px
+    kwargs = {
+        "name": name,
+        "scale": (sy, sx),
+        "translate": (ty + oy * base, tx + ox * base),
+        "units": _units(slide),
+        "metadata": {META_KEY: {"kind": kind, "slide": str(slide.path), "origin_px": [float(ox), float(oy)],
+                                "downsample": float(downsample), **meta}},
+    }
+    return (labels, kwargs, "labels")

@@ -97,7 +97,8 @@ def cmd_view(args) -> int:
     import napari
 
     viewer = napari.Viewer(title="napari-nucleiseg")
-    viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Slide")
+    for name in ("Nuclei", "Stain", "Slide"):  # one dock, three tabs; Slide in front
+        viewer.window.add_plugin_dock_widget("napari-nucleiseg", name, tabify=True)
     if args.slide:
         viewer.open(args.slide, plugin="napari-nucleiseg")
     else:

@@ -52,9 +52,10 @@ def merge_tile(out: np.ndarray, tile_labels: np.ndarray, read_box, core_box, nex
     return next_id + int(keep.sum())
 
 
-def segment_tiled(rgb: np.ndarray, mpp: float, segment: Callable[[np.ndarray, float], np.ndarray],
-                  tile: int = 1024, halo: int = 64, progress=None) -> np.ndarray:
-    """Segment an image tile by tile with ``segment(rgb_block, mpp) -> labels``; one global map."""
+def iter_segment_tiled(rgb: np.ndarray, mpp: float, segment: Callable[[np.ndarray, float], np.ndarray],
+                       tile: int = 1024, halo: int = 64):
+    """Generator form of :func:`segment_tiled`: yields ``(done, total)`` after every tile and
+    returns the label map (``StopIteration.value``), so a caller can stop between tiles."""
     h, w = rgb.shape[:2]
     out = np.zeros((h, w), np.uint32)
     grid = TileGrid((h, w), tile, halo)
@@ -64,6 +65,18 @@ def segment_tiled(rgb: np.ndarray, mpp: float, segment: Callable[[np.ndarray, fl
         rb = (max(x0, 0), max(y0, 0), min(x1, w), min(y1, h))
         block = rgb[rb[1] : rb[3], rb[0] : rb[2]]
         next_id = merge_tile(out, segment(block, mpp), rb, t.box, next_id)
-        if progress is not None:
-            progress(i + 1, len(grid))
+        yield i + 1, len(grid)
     return out
+
+
+def segment_tiled(rgb: np.ndarray, mpp: float, segment: Callable[[np.ndarray, float], np.ndarray],
+                  tile: int = 1024, halo: int = 64, progress=None) -> np.ndarray:
+    """Segment an image tile by tile with ``segment(rgb_block, mpp) -> labels``; one global map."""
+    steps = iter_segment_tiled(rgb, mpp, segment, tile, halo)
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total)

@@ -1,0 +1,235 @@
+"""Background runs for the dock widgets: a core progress generator in napari's ``thread_worker``.
+
+The core yields after every tile (``(done, total)`` tuples, or objects with ``done``/``total``);
+anything else it yields (an intermediate result) goes to ``on_item``. The napari activity dock
+shows a progress bar with an ETA and a Cancel button; the widget shows its own status line and
+Cancel button. Cancelling sets a flag the worker thread checks between tiles, then closes the core
+generator *in the worker thread* — so the core's own clean-up (recording finished tiles) runs
+there and the interface never waits on it — and the run ends within one tile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Generator
+
+#: Returned by a run that was cancelled.
+CANCELLED = object()
+#: Least seconds between two progress displays.
+UPDATE_S = 0.25
+#: A run still going after this many seconds gets a napari progress bar.
+BAR_AFTER_S = 1.5
+
+
+def _progress_of(item) -> tuple[int, int] | None:
+    if isinstance(item, tuple) and len(item) == 2 and all(isinstance(v, int) for v in item):
+        return item
+    done, total = getattr(item, "done", None), getattr(item, "total", None)
+    if isinstance(done, int) and isinstance(total, int):
+        return done, total
+    return None
+
+
+def _drive(steps: Generator, cancel: threading.Event):
+    """Runs in the worker thread: pass the core's items on, stop between tiles when cancelled."""
+    try:
+        while True:
+            if cancel.is_set():
+                return CANCELLED
+            try:
+                item = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            yield item
+    finally:
+        steps.close()
+
+
+def format_seconds(s: float) -> str:
+    s = max(0, int(round(s)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+class JobRunner:
+    """One run at a time for a widget, with progress, ETA and cancel.
+
+    Parameters
+    ----------
+    status : callable
+        ``status(text)`` shows a line in the widget.
+    cancel_button : magicgui PushButton, optional
+        Enabled while a run is going.
+    """
+
+    def __init__(self, status: Callable[[str], None], cancel_button=None):
+        self._status = status
+        self._cancel_button = cancel_button
+        self.worker = None
+        self.title = ""
+        self._cancel = threading.Event()
+        self._pbar = None
+        self._started = 0.0
+        self._done = (0, 0)
+        self._first = None
+        self._shown = 0.0
+        self._ended = True
+        if cancel_button is not None:
+            cancel_button.enabled = False
+            cancel_button.changed.connect(self.cancel)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def busy_message(self) -> str:
+        done, total = self._done
+        where = f" ({done}/{total} tiles)" if total else ""
+        return f"{self.title}{where} is still running: wait for it to finish, or press Cancel first."
+
+    def start(self, title: str, steps: Generator, *, on_item: Callable[[Any], None] | None = None,
+              on_progress: Callable[[Any], None] | None = None,
+              on_done: Callable[[Any], None] | None = None, on_cancelled: Callable[[], None] | None = None,
+              on_error: Callable[[Exception], None] | None = None, cancelled_note: str = ""):
+        """Run ``steps`` in a worker thread; returns the worker, or None (after saying why) when a
+        run is already going. ``cancelled_note`` tells the user what a cancel leaves behind."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_warning
+
+        if self.running:
+            show_warning(self.busy_message())
+            steps.close()
+            return None
+        self.title = title
+        self._cancel = threading.Event()
+        self._started = time.perf_counter()
+        self._done = (0, 0)
+        self._first = None
+        self._shown = 0.0
+        self._status(f"{title}: starting…")
+        worker = create_worker(_drive, steps, self._cancel, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(lambda item: self._on_yielded(item, on_item, on_progress))
+        worker.returned.connect(lambda value: self._on_returned(value, on_done, on_cancelled, cancelled_note))
+        worker.errored.connect(lambda exc: self._on_errored(exc, on_error))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._ended = False
+        if self._cancel_button is not None:
+            self._cancel_button.enabled = True
+        # napari's progress bar (with its ETA and Cancel) appears only for runs that last: a run
+        # of a second or two needs none, and while a bar is up napari animates an activity
+        # indicator, which costs CPU the run could use (a lot with software OpenGL).
+        from qtpy.QtCore import QTimer
+
+        self._pbar = None
+        QTimer.singleShot(int(BAR_AFTER_S * 1000), lambda w=worker: self._make_bar(w))
+        worker.start()
+        return worker
+
+    def _make_bar(self, worker) -> None:
+        from napari.utils import cancelable_progress
+
+        if self.worker is not worker or self._ended or self._pbar is not None:
+            return
+        done, total = self._done
+        # napari processes pending events while it adds a bar: progress handled meanwhile is
+        # applied to it below.
+        bar = cancelable_progress(total=total, desc=self.title, cancel_callback=self.cancel)
+        if self.worker is not worker or self._ended:
+            bar.close()
+            return
+        self._pbar = bar
+        self._update_bar(*self._done)
+
+    def cancel(self, _=None) -> None:
+        if not self.running:
+            return
+        self._cancel.set()
+        self._status(f"{self.title}: cancelling after the current tile…")
+
+    # ------------------------------------------------------------------ main-thread callbacks
+    def _on_yielded(self, item, on_item, on_progress) -> None:
+        prog = _progress_of(item)
+        if prog is not None and self._ended:  # delivered late: the run is over
+            return
+        if prog is None:
+            if on_item is not None:
+                on_item(item)
+            return
+        done, total = prog
+        self._done = (done, total)
+        # Bursts of progress (a job finishing many small tasks at once) are shown a few times a
+        # second, not each: every update repaints the bar and the panel.
+        now = time.perf_counter()
+        if now - self._shown < UPDATE_S and done < total:
+            return
+        self._shown = now
+        text = f"{self.title}: {done}/{total} tiles"
+        eta = self._eta(item, done, total)
+        if eta is not None:
+            text += f" · ETA {format_seconds(eta)}"
+        self._status(text)
+        self._update_bar(done, total)
+        if on_progress is not None:
+            on_progress(item)
+
+    def _eta(self, item, done: int, total: int) -> float | None:
+        """Seconds left, from the rate since this run started (tiles finished by an earlier,
+        resumed run do not count as speed). A core progress object with a ``fraction`` of the
+        work (which weighs stages by their cost) is preferred over the tile count."""
+        now = time.perf_counter()
+        frac = getattr(item, "fraction", None)
+        frac = float(frac) if isinstance(frac, (int, float)) else (done / total if total else None)
+        if frac is None:
+            return None
+        if self._first is None:
+            self._first = (now, frac)
+            return None
+        t0, f0 = self._first
+        if frac >= 1 or frac <= f0 or now - t0 < 0.5:
+            return None
+        return (now - t0) / (frac - f0) * (1 - frac)
+
+    def _update_bar(self, done: int, total: int) -> None:
+        if self._pbar is None:
+            return
+        if self._pbar.total != total:
+            self._pbar.total = total
+        if done > self._pbar.n:
+            self._pbar.update(done - self._pbar.n)
+
+    def _on_returned(self, value, on_done, on_cancelled, note="") -> None:
+        self._ended = True
+        elapsed = format_seconds(time.perf_counter() - self._started)
+        if value is CANCELLED:
+            done, total = self._done
+            self._status(f"{self.title}: cancelled after {done}/{total} tiles{'; ' + note if note else ''}.")
+            if on_cancelled is not None:
+                on_cancelled()
+            return
+        self._status(f"{self.title}: done in {elapsed}.")
+        if on_done is not None:
+            on_done(value)
+
+    def _on_errored(self, exc, on_error) -> None:
+        from napari.utils.notifications import show_error
+
+        self._ended = True
+
+        self._status(f"{self.title}: {exc}")
+        if on_error is not None:
+            on_error(exc)
+        else:
+            show_error(str(exc))
+
+    def _on_finished(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.worker = None
+        if self._cancel_button is not None:
+            self._cancel_button.enabled = False

@@ -1,0 +1,229 @@
+"""Stain dock widget: fit a normaliser to a reference, view the slide normalised, see H / E / DAB.
+
+The reference is what is on screen, a reference image file or a saved profile. The normalised
+slide and the deconvolution channels are lazy layers over the slide layer's own pyramid
+(``stain.normalise_levels``; ``stain.deconvolve`` per chunk): only what is on screen, at the zoom
+on screen, is ever computed. The normaliser is adapted once to the whole slide (a sample of its
+tissue, in the background), so every chunk at every zoom gets the same colour mapping; the
+normalised layer records that mapping (target and source profiles) in its metadata, which is how
+the Nuclei panel segments the normalised stain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+
+from ._jobs import JobRunner
+from ._layers import find_layers, open_layer_slide, put_layer, slide_layers, tag
+
+METHODS = ("macenko", "reinhard", "vahadane", "ruifrok")
+REFERENCES = ("current view", "file (reference image or saved profile)")
+#: Largest current view (pixels at the level on screen) a normaliser is fitted on; larger views
+#: are read from a coarser level. Stain statistics need colour, not detail.
+MAX_FIT_PIXELS = 4_000_000
+#: Display ranges (optical density) and colours of the deconvolution channels.
+CHANNELS = (("haematoxylin", "blue", 1.0), ("eosin", "magenta", 1.0), ("DAB", "yellow", 1.0))
+
+
+def _channel(block, k):
+    from ..stain import deconvolve
+
+    return deconvolve(block)[..., k]
+
+
+class StainWidget(Container):
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
+        self._method = ComboBox(label="method", choices=list(METHODS), value="macenko")
+        self._reference = ComboBox(label="reference", choices=list(REFERENCES), value=REFERENCES[0])
+        self._file = FileEdit(label="reference file", mode="r",
+                              filter="Images or profiles (*.png *.jpg *.jpeg *.tif *.tiff *.json);;All files (*)")
+        self._fit = PushButton(text="Fit to reference")
+        self._cancel = PushButton(text="Cancel")
+        self._status = Label(value="No normaliser fitted yet.")
+        self._show = CheckBox(text="Show the slide normalised", value=False)
+        self._profile_path = FileEdit(label="profile file", mode="w", filter="Stain profiles (*.json)",
+                                      value=Path.home() / "stain-profile.json")
+        self._save = PushButton(text="Save profile")
+        self._channels = PushButton(text="Show H / E / DAB channels")
+        self.extend([self._layer, self._method, self._reference, self._file, self._fit, self._cancel,
+                     self._status, self._show, self._profile_path, self._save, self._channels])
+        self._status.native.setWordWrap(True)
+        self.native.setMinimumWidth(360)
+        self.jobs = JobRunner(self._set_status, self._cancel)
+        self.normaliser = None  # fitted on the reference
+        self.adapted = None  # ... and adapted to the slide shown normalised
+        self._fitted_on = ""
+        self._fit.changed.connect(self._on_fit)
+        self._show.changed.connect(self._on_show)
+        self._save.changed.connect(self._on_save)
+        self._channels.changed.connect(self._on_channels)
+        self.viewer.layers.events.inserted.connect(self._refresh)
+        self.viewer.layers.events.removed.connect(self._refresh)
+
+    # ------------------------------------------------------------------ state
+    def _slide_choices(self, _=None):
+        return slide_layers(self.viewer)
+
+    def _refresh(self, _=None):
+        self._layer.reset_choices()
+
+    def _set_status(self, text: str) -> None:
+        self._status.value = text
+
+    def _need_slide(self, what: str):
+        from napari.utils.notifications import show_error
+
+        layer = self._layer.value
+        if layer is None:
+            show_error(f"No slide open: open a slide (File > Open, or the Slide panel) before {what}.")
+        return layer
+
+    # ------------------------------------------------------------------ fitting
+    def _on_fit(self, _=None):
+        from napari.utils.notifications import show_error, show_warning
+
+        if self.jobs.running:
+            show_warning(self.jobs.busy_message())
+            return
+        method = self._method.value
+        if self._reference.value == REFERENCES[0]:
+            layer = self._need_slide("fitting to the current view")
+            if layer is None:
+                return
+            slide = open_layer_slide(layer)
+            if slide is None:
+                return
+            from ._view import visible_box
+
+            steps = _fit_view(method, slide, visible_box(self.viewer, layer))
+            source = f"the current view of {slide.path.name}"
+        else:
+            path = Path(self._file.value)
+            if not path.exists():
+                show_error(f"{path}: no such reference file: choose a reference image or a saved profile.")
+                return
+            steps = _fit_file(method, path)
+            source = path.name
+        self.jobs.start(f"Stain reference ({method})", steps,
+                        on_done=lambda normaliser: self._on_fitted(normaliser, source))
+
+    def _on_fitted(self, normaliser, source: str) -> None:
+        self.normaliser = normaliser
+        self._fitted_on = source
+        self._set_status(f"{normaliser.profile.method} fitted on {source}.")
+        if self._show.value:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._on_show)  # after this run has finished
+
+    # ------------------------------------------------------------------ views
+    def _on_show(self, _=None):
+        """Show (or replace) the lazily normalised slide; unticking hides it."""
+        from napari.utils.notifications import show_error, show_warning
+
+        existing = find_layers(self.viewer, "stain_normalised")
+        if not self._show.value:
+            for lyr in existing:
+                lyr.visible = False
+            return
+        layer = self._need_slide("showing it normalised")
+        if layer is None:
+            self._show.value = False
+            return
+        if self.normaliser is None:
+            show_error("Fit a normaliser first (choose a reference, then Fit to reference).")
+            self._show.value = False
+            return
+        if self.jobs.running:
+            show_warning(self.jobs.busy_message())
+            return
+        self.jobs.start("Normalised view", _normalised_levels(self.normaliser, list(layer.data), layer.name),
+                        on_done=lambda out: self._show_normalised(layer, *out))
+
+    def _show_normalised(self, layer, adapted, data) -> None:
+        meta = tag(layer)
+        put_layer(self.viewer, (data, {
+            "name": f"{layer.name} (normalised, {adapted.method})", "rgb": True, "multiscale": True,
+            "scale": layer.scale, "translate": layer.translate, "units": layer.units,
+            "contrast_limits": [0, 255], "cache": False,
+            "metadata": {"nucleiseg": {
+                "kind": "stain_normalised", "slide": meta["path"], "method": adapted.method,
+                "reference": self._fitted_on, "profile": adapted.profile.to_dict(),
+                "source": adapted.source.to_dict()}},
+        }, "image"), "stain_normalised", slide=meta["path"])
+        self.adapted = adapted
+        self._set_status(f"{adapted.method} fitted on {self._fitted_on}; the slide is shown normalised.")
+
+    def _on_channels(self, _=None):
+        """H, E and DAB optical density of the slide, lazily per chunk at every zoom."""
+        layer = self._need_slide("showing its stain channels")
+        if layer is None:
+            return
+        meta = tag(layer)
+        for k, (name, colour, top) in enumerate(CHANNELS):
+            data = [lv.map_blocks(_channel, k, drop_axis=2, dtype=np.float32) for lv in layer.data]
+            put_layer(self.viewer, (data, {
+                "name": f"{name} ({layer.name})", "multiscale": True, "scale": layer.scale,
+                "translate": layer.translate, "units": layer.units, "colormap": colour,
+                "contrast_limits": [0.0, top], "blending": "additive", "cache": False, "visible": k == 0,
+                "metadata": {"nucleiseg": {"kind": "stain_channel", "channel": name, "slide": meta["path"]}},
+            }, "image"), "stain_channel", slide=meta["path"], channel=name)
+
+    def _on_save(self, _=None) -> Path | None:
+        from napari.utils.notifications import show_error
+
+        if self.normaliser is None:
+            show_error("Nothing to save: fit a normaliser first.")
+            return None
+        path = Path(self._profile_path.value)
+        self.normaliser.profile.save(path)
+        self._set_status(f"Profile ({self.normaliser.profile.method}) saved to {path}.")
+        return path
+
+
+def _fit_view(method: str, slide, box):
+    """Fit on the visible region, read from the finest level that keeps it under MAX_FIT_PIXELS."""
+    from ..stain import make_normaliser
+
+    yield 0, 1
+    x0, y0, x1, y1 = (max(0, v) for v in box)
+    h0, w0 = slide.shape
+    x1, y1 = min(x1, w0), min(y1, h0)
+    area = max(1.0, (x1 - x0) * (y1 - y0))
+    level = slide.best_level_for_downsample(max(1.0, (area / MAX_FIT_PIXELS) ** 0.5))
+    d = slide.level_downsamples[level]
+    if area / d**2 > 4 * MAX_FIT_PIXELS:  # a slide without reduced levels, seen whole
+        raise ValueError(f"{slide.path.name}: the view is too large to fit a stain reference on at this "
+                         "file's resolution levels: zoom in, or use a reference file")
+    rgb = slide.read_region(int(x0 / d), int(y0 / d), max(1, int((x1 - x0) / d)), max(1, int((y1 - y0) / d)), level)
+    normaliser = make_normaliser(method).fit(rgb, name=f"{slide.path.name} view x={int(x0)} y={int(y0)}")
+    yield 1, 1
+    return normaliser
+
+
+def _fit_file(method: str, path: Path):
+    from ..stain import load_target
+
+    yield 0, 1
+    # A saved profile knows its method; the method box only matters for reference images.
+    normaliser = load_target(None if path.suffix.lower() == ".json" else method, path)
+    yield 1, 1
+    return normaliser
+
+
+def _normalised_levels(normaliser, levels, name):
+    """Adapt the normaliser to the slide (reads a sample of its tissue), then the lazy levels."""
+    from ..stain import normalise_levels
+    from ..stain.lazy import adapt_to_levels
+
+    yield 0, 1
+    adapted = adapt_to_levels(normaliser, levels, name=name)
+    data = normalise_levels(levels, adapted)
+    yield 1, 1
+    return adapted, data

@@ -1,0 +1,155 @@
+"""The Stain panel in a real napari viewer (run under Xvfb): fit on the view, a file or a profile;
+a lazy normalised slide at every zoom; H / E / DAB channels; messages instead of crashes."""
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def _messages():
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records]
+
+
+@pytest.fixture(autouse=True)
+def fresh_notifications():
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.records.clear()
+    yield
+
+
+def _kind(viewer, kind):
+    return [l for l in viewer.layers if l.metadata.get("nucleiseg", {}).get("kind") == kind]
+
+
+@pytest.fixture
+def panel(make_napari_viewer, demo):
+    from napari_nucleiseg._napari._stain_widget import StainWidget
+
+    viewer = make_napari_viewer()
+    widget = StainWidget(viewer)
+    viewer.open_sample("napari-nucleiseg", "demo_slide")
+    slide = _kind(viewer, "slide")[0]
+    widget._layer.value = slide
+    viewer.scene.camera.center = (1400 * 0.5, 1500 * 0.5)
+    viewer.scene.camera.zoom = 1.0  # 2 slide pixels per screen pixel: level 0 on screen
+    return viewer, widget, slide
+
+
+def _fit(qtbot, widget):
+    widget._fit.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
+    qtbot.wait(50)  # a ticked "show" starts its own background step after the fit
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
+
+
+def _show(qtbot, widget, on=True):
+    widget._show.value = on
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
+
+
+def test_fit_on_the_view_and_show_the_slide_normalised_lazily(panel, qtbot, tmp_path):
+    import dask.array as da
+
+    viewer, widget, slide = panel
+    widget._method.value = "macenko"
+    _fit(qtbot, widget)
+    assert widget.normaliser is not None and "fitted on the current view" in widget._status.value
+
+    _show(qtbot, widget)
+    (norm,) = _kind(viewer, "stain_normalised")
+    # Same pyramid, same place, computed lazily per chunk.
+    assert norm.multiscale and all(isinstance(d, da.Array) for d in norm.data)
+    assert [d.shape for d in norm.data] == [d.shape for d in slide.data]
+    assert tuple(norm.scale) == tuple(slide.scale) and tuple(norm.translate) == tuple(slide.translate)
+    # One colour mapping for the whole slide: a chunk is the slide-adapted normaliser applied to
+    # the slide's chunk, whatever its neighbours, and it really changes the colours.
+    adapted = widget.adapted
+    assert adapted.adapted and norm.metadata["nucleiseg"]["source"] == adapted.source.to_dict()
+    block = np.asarray(slide.data[0][1024:1280, 1024:1280])
+    shown = np.asarray(norm.data[0][1024:1280, 1024:1280])
+    assert np.array_equal(shown, adapted.transform(block))
+    assert np.array_equal(np.asarray(norm.data[0][1024:1536, 1024:1536])[:256, :256], shown)
+    assert np.abs(shown.astype(int) - block).mean() > 1
+    qtbot.wait(200)
+    assert viewer.screenshot(canvas_only=True, flash=False)[..., :3].std() > 5
+
+    # Toggling off hides it; a new fit replaces it instead of adding another.
+    _show(qtbot, widget, False)
+    assert not norm.visible
+    _show(qtbot, widget)
+    widget._method.value = "reinhard"
+    _fit(qtbot, widget)
+    (again,) = _kind(viewer, "stain_normalised")
+    assert again.metadata["nucleiseg"]["method"] == "reinhard"
+
+    # Save the profile and use it as the reference: the same target.
+    path = tmp_path / "ref.json"
+    widget._profile_path.value = path
+    assert widget._on_save() == path and path.exists()
+    before = widget.normaliser.profile.to_dict()
+    widget._reference.value = widget._reference.choices[1]
+    widget._file.value = path
+    widget._method.value = "macenko"  # a profile knows its own method
+    _fit(qtbot, widget)
+    assert widget.normaliser.profile.to_dict() == before
+
+
+def test_fit_on_a_reference_image_file(panel, qtbot, png_image):
+    viewer, widget, slide = panel
+    widget._reference.value = widget._reference.choices[1]
+    widget._file.value = png_image
+    _fit(qtbot, widget)
+    assert widget.normaliser is not None and png_image.name in widget._status.value
+
+
+def test_deconvolution_channels_are_lazy_layers(panel, qtbot):
+    import dask.array as da
+
+    from napari_nucleiseg.stain import deconvolve
+
+    viewer, widget, slide = panel
+    widget._channels.clicked.emit()
+    layers = _kind(viewer, "stain_channel")
+    assert [l.metadata["nucleiseg"]["channel"] for l in layers] == ["haematoxylin", "eosin", "DAB"]
+    block = np.asarray(slide.data[0][1024:1280, 1024:1280])
+    expected = deconvolve(block)
+    for k, lyr in enumerate(layers):
+        assert isinstance(lyr.data[0], da.Array) and lyr.data[0].shape == slide.data[0].shape[:2]
+        assert np.allclose(np.asarray(lyr.data[0][1024:1280, 1024:1280]), expected[..., k])
+    widget._channels.clicked.emit()  # again: replaced, not piled up
+    assert len(_kind(viewer, "stain_channel")) == 3
+
+
+def test_stain_messages_instead_of_crashes(make_napari_viewer, panel, qtbot, tmp_path):
+    from napari_nucleiseg._napari._stain_widget import StainWidget
+
+    empty = StainWidget(make_napari_viewer())
+    empty._fit.clicked.emit()
+    assert any("No slide open" in m for m in _messages())
+    empty._save.clicked.emit()
+    assert any("Nothing to save" in m for m in _messages())
+    empty._show.value = True
+    assert not empty._show.value
+
+    viewer, widget, slide = panel
+    _show(qtbot, widget)
+    assert any("Fit a normaliser first" in m for m in _messages()) and not widget._show.value
+    widget._reference.value = widget._reference.choices[1]
+    widget._file.value = tmp_path / "missing.json"
+    widget._fit.clicked.emit()
+    assert any("missing.json" in m for m in _messages())
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    widget._file.value = bad
+    _fit(qtbot, widget)
+    assert any("bad.json" in m for m in _messages())
+
+
+def test_stain_panel_docks_from_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Stain")
+    assert type(widget).__name__ == "StainWidget"
