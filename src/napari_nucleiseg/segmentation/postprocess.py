@@ -41,11 +41,10 @@ def instances_from_maps(probs: np.ndarray, mpp: float, s: PostprocessSettings = 
     orphans, m = ndi.label(mask & (labels == 0))
     if m:
         labels = np.where(orphans > 0, orphans + n, labels)
-    # Drop debris, then renumber 1..k.
+    # Drop debris and renumber 1..k in one lookup.
     areas = np.bincount(labels.ravel())
-    small = areas < max(1, s.min_area_um2 / px)
-    small[0] = False
-    labels[small[labels]] = 0
-    from skimage.segmentation import relabel_sequential
-
-    return relabel_sequential(labels)[0].astype(np.uint32)
+    keep = areas >= max(1, s.min_area_um2 / px)
+    keep[0] = False
+    mapping = np.zeros(len(areas), np.uint32)
+    mapping[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    return mapping[labels]

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ..tiling import TileGrid
 
@@ -37,7 +36,12 @@ def merge_tile(out: np.ndarray, tile_labels: np.ndarray, read_box, core_box, nex
     ids = np.arange(1, n + 1)
     area = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     present = area > 0
-    cy, cx = (np.array(c) for c in zip(*ndi.center_of_mass(np.ones_like(lab, np.uint8), lab, ids)))
+    flat = lab.ravel()
+    rows = np.repeat(np.arange(lab.shape[0], dtype=np.float64), lab.shape[1])
+    cols = np.tile(np.arange(lab.shape[1], dtype=np.float64), lab.shape[0])
+    safe = np.maximum(area, 1)
+    cy = np.bincount(flat, rows, n + 1)[1:] / safe
+    cx = np.bincount(flat, cols, n + 1)[1:] / safe
     gy, gx = cy + ry0, cx + rx0
     owned = present & (gy >= cy0) & (gy < cy1) & (gx >= cx0) & (gx < cx1)
     window = out[ry0:ry1, rx0:rx1]
