@@ -61,7 +61,7 @@ def main(argv=None):
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tile", type=int, default=1024)
-    ap.add_argument("--halo", type=int, default=48)
+    ap.add_argument("--halo", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "network_speed.json"))
     args = ap.parse_args(argv)
@@ -73,10 +73,13 @@ def main(argv=None):
         card = load_card(name)
         if not card.onnx:
             continue
-        mps = _time(_session(MODELS_DIR / card.onnx, threads), block, args.rounds)
-        rows.append({"network": name, "widths": card.widths, "decoder": card.decoder, "mpp": card.mpp,
-                     "params_m": None, "mp_per_s": mps, "shipped": True,
-                     "aji": card.metrics.get("monuseg2018_test", {}).get("aji")})
+        test = card.metrics.get("monuseg2018_test", {})
+        fp32_aji = card.metrics.get("monuseg2018_test_float32", test).get("aji")
+        files = [(card.onnx, "float32", fp32_aji)] + ([(card.onnx_int8, "int8", test.get("aji"))] if card.onnx_int8 else [])
+        for file, precision, aji in files:
+            mps = _time(_session(MODELS_DIR / file, threads), block, args.rounds)
+            rows.append({"network": f"{name} ({precision})", "widths": card.widths, "decoder": card.decoder,
+                         "mpp": card.mpp, "params_m": None, "mp_per_s": mps, "shipped": True, "aji": aji})
     tmp = Path(tempfile.mkdtemp())
     for widths, decoder in CANDIDATES:
         torch.manual_seed(0)
