@@ -129,7 +129,10 @@ def test_a_second_run_while_one_runs_is_refused_and_cancel_stops_between_tiles(p
     # whose progress report was still queued for the interface), no new one starts.
     assert total >= 4 and done <= at_cancel + 2 and done < total
     assert f"cancelled after {done}/{total} tiles" in widget._status.value
-    assert not _nuclei_layers(viewer)  # a view's partial result is not shown
+    # What was finished stays: the nuclei of the finished tiles, marked as such.
+    (layer,) = _nuclei_layers(viewer)
+    assert layer.data.max() > 0 and "so far (finished tiles)" in widget._count.value
+    assert "finished tiles stay shown" in widget._status.value
 
 
 def test_export_current_view_and_read_each_export_back(panel, qtbot):

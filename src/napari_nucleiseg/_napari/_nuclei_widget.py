@@ -144,7 +144,7 @@ class NucleiWidget(Container):
         self.jobs.start("Nuclei in view", _then_measure(steps),
                         on_item=lambda result: self._show_view_labels(slide, result),
                         on_done=lambda outcome: self._show_table(slide, outcome), on_error=self._on_view_error,
-                        cancelled_note="the view's labels were not shown")
+                        cancelled_note="the nuclei of the finished tiles stay shown")
 
     def _show_view_labels(self, slide, result) -> None:
         """The labels, as soon as they exist (the measurements follow)."""
@@ -154,7 +154,8 @@ class NucleiWidget(Container):
         if self._last is None or self._last.result is not result:
             self._last = _Outcome("view", slide, result=result)
             self.table.set_table(None)
-        self._count.value = f"{result.count} nuclei in view (segmented at {plan.mpp:.3g} µm/px)"
+        so_far = " so far (finished tiles)" if result.partial else ""
+        self._count.value = f"{result.count} nuclei in view{so_far} (segmented at {plan.mpp:.3g} µm/px)"
         layer_tuple = region_labels_layer(
             slide, result.labels, plan.origin, plan.downsample, name="nuclei (view)", kind="nuclei",
             scope="view", box=list(plan.box), mpp=plan.mpp, level=plan.level, count=result.count,

@@ -70,6 +70,8 @@ class RegionResult:
     labels: np.ndarray
     rgb: np.ndarray = field(repr=False)
     method: dict = field(default_factory=dict)
+    #: Only the tiles finished so far (yielded between tiles of a multi-tile region).
+    partial: bool = False
 
     @property
     def count(self) -> int:
@@ -241,8 +243,14 @@ def segment_region(slide, box, method: str | None = None, normaliser=None,
         tile = max(math.ceil(h / ny), math.ceil(w / nx))
         m = _multiple(method)
         tile, tile_halo = -(-tile // m) * m, -(-tile_halo // m) * m  # on the pooling grid
-        labels = yield from iter_segment_tiled(rgb, plan.mpp, lambda b, m: segment_untiled(b, m, method),
-                                               tile, tile_halo)
+        labels = np.zeros((h, w), np.uint32)
+        steps = iter_segment_tiled(rgb, plan.mpp, lambda b, m: segment_untiled(b, m, method), tile, tile_halo,
+                                   out=labels)
+        for done, total in steps:
+            yield done, total
+            if done < total:  # what is finished so far, so a cancelled run still leaves it
+                yield RegionResult(plan=plan, labels=keep_centred(labels.copy(), core), rgb=rgb,
+                                   method=describe_method(method, normaliser=normaliser), partial=True)
     method_info = describe_method(method, normaliser=normaliser)
     return RegionResult(plan=plan, labels=keep_centred(labels, core), rgb=rgb, method=method_info)
 

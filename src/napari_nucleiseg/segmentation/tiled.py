@@ -57,11 +57,13 @@ def merge_tile(out: np.ndarray, tile_labels: np.ndarray, read_box, core_box, nex
 
 
 def iter_segment_tiled(rgb: np.ndarray, mpp: float, segment: Callable[[np.ndarray, float], np.ndarray],
-                       tile: int = 1024, halo: int = 64):
+                       tile: int = 1024, halo: int = 64, out: np.ndarray | None = None):
     """Generator form of :func:`segment_tiled`: yields ``(done, total)`` after every tile and
-    returns the label map (``StopIteration.value``), so a caller can stop between tiles."""
+    returns the label map (``StopIteration.value``), so a caller can stop between tiles. Pass
+    ``out`` (zeros, uint32, the image's height and width) to see the finished tiles meanwhile."""
     h, w = rgb.shape[:2]
-    out = np.zeros((h, w), np.uint32)
+    if out is None:
+        out = np.zeros((h, w), np.uint32)
     grid = TileGrid((h, w), tile, halo)
     next_id = 1
     for i, t in enumerate(grid):
