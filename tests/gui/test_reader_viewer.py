@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_slide
+from _notifications import fresh_notifications, messages as _errors  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.gui
 
@@ -15,19 +16,6 @@ REAL = {
 }
 
 
-def _errors():
-    from napari.utils.notifications import notification_manager
-
-    return [str(n.message) for n in notification_manager.records]
-
-
-@pytest.fixture(autouse=True)
-def fresh_notifications():
-    """napari keeps notifications for the whole process: start each test from none."""
-    from napari.utils.notifications import notification_manager
-
-    notification_manager.records.clear()
-    yield
 
 
 @pytest.mark.real_slides

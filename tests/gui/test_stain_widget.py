@@ -3,22 +3,11 @@ a lazy normalised slide at every zoom; H / E / DAB channels; messages instead of
 
 import numpy as np
 import pytest
+from _notifications import fresh_notifications, messages as _messages  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.gui
 
 
-def _messages():
-    from napari.utils.notifications import notification_manager
-
-    return [str(n.message) for n in notification_manager.records]
-
-
-@pytest.fixture(autouse=True)
-def fresh_notifications():
-    from napari.utils.notifications import notification_manager
-
-    notification_manager.records.clear()
-    yield
 
 
 def _kind(viewer, kind):

@@ -12,11 +12,23 @@ from functools import lru_cache
 import numpy as np
 
 CLASSICAL = ("classical", "classical-phansalkar")
+#: Nominal resolution of the classical methods (they adapt to any µm/px).
+CLASSICAL_MPP = 0.5
 #: Tile edge in model pixels for instance tiling; large enough that halo overhead is small.
 TILE_MODEL_PX = 1024
 #: Context on every side of a tile. The 5-level network sees ~100 px around a pixel; 32 µm (64 px
 #: at 0.5 µm/px) keeps tiled and untiled maps the same (AJI >= 0.99 between them, tested).
 HALO_UM = 32.0
+
+
+def method_grid(method: str | None) -> tuple[float, int]:
+    """``(µm/px, multiple)`` a method works at: its resolution, and the pooling factor its input
+    sides must be a multiple of (1 for the classical methods)."""
+    method = method or default_method()
+    if method in CLASSICAL:
+        return CLASSICAL_MPP, 1
+    predictor, card = _predictor(method)
+    return float(card.mpp), int(predictor.multiple)
 
 
 def tile_geometry(mpp: float, model_mpp: float, multiple: int, tile: int | None = None) -> tuple[int, int, int]:
@@ -99,11 +111,7 @@ def segment_image(rgb: np.ndarray, mpp: float, method: str | None = None, tile: 
         rgb = normalise_image(rgb, normaliser)
     if min(rgb.shape[:2]) < 2:
         return np.zeros(rgb.shape[:2], np.uint32)
-    if method in CLASSICAL:
-        tile, halo, _ = tile_geometry(mpp, 0.5, 1, tile)
-    else:
-        predictor, card = _predictor(method or default_method())
-        tile, halo, _ = tile_geometry(mpp, card.mpp, predictor.multiple, tile)
+    tile, halo, _ = tile_geometry(mpp, *method_grid(method), tile)
     h, w = rgb.shape[:2]
     if h <= tile + 2 * halo and w <= tile + 2 * halo:
         labels = segment_untiled(rgb, mpp, method)

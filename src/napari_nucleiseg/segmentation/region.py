@@ -100,17 +100,9 @@ class RegionResult:
 
 def model_mpp(method: str | None) -> float:
     """µm/px the method works at (the classical methods are tuned at 0.5)."""
-    from .api import CLASSICAL, _predictor, default_method
+    from .api import method_grid
 
-    method = method or default_method()
-    return 0.5 if method in CLASSICAL else float(_predictor(method)[1].mpp)
-
-
-def _multiple(method: str | None) -> int:
-    from .api import CLASSICAL, _predictor, default_method
-
-    method = method or default_method()
-    return 1 if method in CLASSICAL else int(_predictor(method)[0].multiple)
+    return method_grid(method)[0]
 
 
 def plan_region(slide, box, method: str | None = None, context_um: float = CONTEXT_UM) -> RegionPlan:
@@ -132,7 +124,9 @@ def plan_region(slide, box, method: str | None = None, context_um: float = CONTE
     # The label grid starts on a whole label pixel; for a native level also on a whole level pixel;
     # and on the network's pooling grid over the whole slide, so a view predicts the same maps
     # as the whole-slide job and as any other view (see api.tile_geometry).
-    m = _multiple(method)
+    from .api import method_grid
+
+    m = method_grid(method)[1]
     gx0 = (math.floor(x0 / downsample) - halo) // m * m
     gy0 = (math.floor(y0 / downsample) - halo) // m * m
     gx1, gy1 = math.ceil(x1 / downsample) + halo, math.ceil(y1 / downsample) + halo
@@ -209,7 +203,7 @@ def segment_region(slide, box, method: str | None = None, normaliser=None,
         The region exceeds ``max_megapixels`` at the model's resolution.
     """
     from ..io.image_backend import to_rgb_uint8
-    from .api import HALO_UM, TILE_MODEL_PX, describe_method, segment_untiled, tile_geometry
+    from .api import HALO_UM, TILE_MODEL_PX, describe_method, method_grid, segment_untiled
     from .tiled import iter_segment_tiled
 
     plan = plan_region(slide, box, method)
@@ -241,7 +235,7 @@ def segment_region(slide, box, method: str | None = None, normaliser=None,
         yield 1, 1
     else:
         tile = max(math.ceil(h / ny), math.ceil(w / nx))
-        m = _multiple(method)
+        m = method_grid(method)[1]
         tile, tile_halo = -(-tile // m) * m, -(-tile_halo // m) * m  # on the pooling grid
         labels = np.zeros((h, w), np.uint32)
         steps = iter_segment_tiled(rgb, plan.mpp, lambda b, m: segment_untiled(b, m, method), tile, tile_halo,

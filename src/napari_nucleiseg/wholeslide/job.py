@@ -37,8 +37,6 @@ from .tasks import LOCAL_BITS, Job, build_level_chunk, key, segment_tile, write_
 
 #: Tile core in model pixels: with the halo the read box (1088 px) is one forward pass.
 TILE_MODEL_PX = 960
-#: Nominal resolution of the classical methods (they adapt to any µm/px).
-CLASSICAL_MPP = 0.5
 #: Largest tissue-mask edge (px): the mask's memory is then the same for any slide above ~16 mm
 #: (512 px is still 5+ mask pixels across a 480-µm tile on a 50-mm slide).
 MASK_MAX_PX = 512
@@ -162,20 +160,6 @@ def make_runner(scheduler=None, workers: int | None = None):
 
 
 # --------------------------------------------------------------------------- the job
-def _model_mpp(method: str | None) -> float:
-    from ..segmentation.api import CLASSICAL, _predictor, default_method
-
-    if method in CLASSICAL:
-        return CLASSICAL_MPP
-    return float(_predictor(method or default_method())[1].mpp)
-
-
-def _multiple(method: str | None) -> int:
-    from ..segmentation.api import CLASSICAL, _predictor, default_method
-
-    return 1 if method in CLASSICAL else int(_predictor(method or default_method())[0].multiple)
-
-
 def _stain_identity(normaliser):
     if normaliser is None:
         return None
@@ -192,7 +176,7 @@ def _stain_identity(normaliser):
 
 def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float = 0.01):
     """The tiling and identity of a job, without running it: ``(job_kwargs, tissue_keys, identity)``."""
-    from ..segmentation.api import describe_method, tile_geometry
+    from ..segmentation.api import describe_method, method_grid, tile_geometry
     from ..tiling import TileGrid
     from ..tissue import tissue_mask
 
@@ -200,12 +184,12 @@ def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float
     if mpp is None:
         raise SlideError(slide.path, "states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)")
     info = describe_method(method)
-    model_mpp = _model_mpp(method)
+    model_mpp, multiple = method_grid(method)
     if tile_um is None:
         tile_um = TILE_MODEL_PX * model_mpp
     # Tiles and halos on the network's pooling grid, so every tile sees the same maps an
     # untiled pass would (see segmentation.api.tile_geometry).
-    tile, halo, _ = tile_geometry(mpp, model_mpp, _multiple(method), tile_um / mpp)
+    tile, halo, _ = tile_geometry(mpp, model_mpp, multiple, tile_um / mpp)
     if 2 * halo > tile:
         raise ValueError(f"tiles of {tile_um:g} µm are too small: they must be at least twice the "
                          f"{HALO_UM:g} µm halo ({2 * HALO_UM:g} µm)")
