@@ -50,6 +50,29 @@ def test_training_steps_reduce_loss_checkpoint_and_resume(tiny_dataset, tmp_path
     assert log[-1]["iter"] == 6
 
 
+def test_warm_restart_cycles_match_a_run_continued_from_the_first_cycle(tiny_dataset, tmp_path):
+    """``--cycles 3,3`` in one go gives the same weights as ``--iters 3`` followed by the same
+    ``--cycles 3,3`` command on that run folder: how nuclei-unet-v3 continued v2's run."""
+    import dataclasses
+
+    import torch
+
+    def cfg(out, **kw):
+        return dataclasses.replace(tiny_cfg(tiny_dataset, out, iters=3), checkpoint_every=3, **kw)
+
+    one_go = list(train(cfg(tmp_path / "a", cycles=(3, 3))))
+    list(train(cfg(tmp_path / "b")))
+    continued = list(train(cfg(tmp_path / "b", cycles=(3, 3))))
+    assert [r["iter"] for r in continued] == [4, 5, 6]
+    # The schedule: cosine to zero, then a restart at half the peak.
+    assert one_go[0]["lr"] == pytest.approx(3e-3) and one_go[3]["lr"] == pytest.approx(1.5e-3)
+    assert [r["lr"] for r in one_go[3:]] == [r["lr"] for r in continued]
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert [r["loss"] for r in one_go[3:]] == pytest.approx([r["loss"] for r in continued], rel=1e-5)
+
+
 @pytest.mark.parametrize("decoder", ["double", "light"])
 def test_export_load_and_hash_check(tiny_dataset, tmp_path, decoder, monkeypatch):
     from napari_nucleiseg.models import WeightsError, load_predictor

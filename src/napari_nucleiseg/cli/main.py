@@ -159,7 +159,8 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, iters=args.iters, batch=args.batch, patch=args.patch,
                       threads=args.threads, seed=args.seed, mpp=args.model_mpp,
                       widths=tuple(int(w) for w in args.widths.split(",")), decoder=args.decoder,
-                      lr=args.lr)
+                      lr=args.lr, cycles=tuple(int(c) for c in args.cycles.split(",")) if args.cycles else (),
+                      cycle_lr_decay=args.cycle_lr_decay)
     for info in train(cfg):
         if info["iter"] % args.log_every == 0 or "val" in info or info["iter"] == cfg.iters:
             eta = info["elapsed_s"] / max(1, info["iter"] - info.get("start", 0)) * (cfg.iters - info["iter"])
@@ -265,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--widths", default="8,24,48,96")
     s.add_argument("--decoder", choices=("double", "light"), default="double")
     s.add_argument("--lr", type=float, default=3e-3)
+    s.add_argument("--cycles", default="", help="cosine cycles with warm restarts, e.g. 2000,2000 "
+                   "(replaces --iters by their sum); a run stopped after a cycle continues from it")
+    s.add_argument("--cycle-lr-decay", type=float, default=0.5, help="peak learning rate of each cycle "
+                   "relative to the one before")
     s.add_argument("--log-every", type=int, default=25)
     s.set_defaults(func=cmd_train)
 

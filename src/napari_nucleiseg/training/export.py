@@ -30,9 +30,10 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
         name=name, version=version, architecture="UNet", widths=list(cfg["widths"]), decoder=decoder, mpp=cfg["mpp"],
         sha256=sha256_of(weights), weights=weights.name, training_data=training_data, licence=licence,
         metrics=metrics or {}, postprocess=postprocess or {},
-        training={k: cfg[k] for k in ("iters", "batch", "patch", "lr", "seed", "holdout") if k in cfg}
+        training={k: cfg[k] for k in ("iters", "cycles", "cycle_lr_decay", "batch", "patch", "lr", "seed", "holdout")
+                  if k in cfg}
         | {"iterations_done": int(state["iter"]),
-           "command": f"nucleiseg train --data <monuseg2018_train> --out <run> --iters {cfg['iters']} "
+           "command": f"nucleiseg train --data <monuseg2018_train> --out <run> {_schedule_args(cfg)} "
                       f"--widths {','.join(map(str, cfg['widths']))} --decoder {decoder} --lr {cfg['lr']} "
                       f"--batch {cfg['batch']} --patch {cfg['patch']} --model-mpp {cfg['mpp']} --seed {cfg['seed']}"},
         created=datetime.date.today().isoformat(), notes=notes,
@@ -41,6 +42,14 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
     )
     (out_dir / f"{name}.json").write_text(card.to_json() + "\n")
     return weights
+
+
+def _schedule_args(cfg: dict) -> str:
+    """The training command's schedule options, as the run used them."""
+    if cfg.get("cycles"):
+        return (f"--cycles {','.join(map(str, cfg['cycles']))} "
+                f"--cycle-lr-decay {cfg.get('cycle_lr_decay', 0.5)}")
+    return f"--iters {cfg['iters']}"
 
 
 def export_onnx(state_dict, widths, path: Path, decoder: str = "double") -> Path:

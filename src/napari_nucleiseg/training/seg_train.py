@@ -36,6 +36,31 @@ class TrainConfig:
     validate_every: int = 1000
     holdout: list = field(default_factory=lambda: [
         "TCGA-18-5592-01Z-00-DX1", "TCGA-49-4488-01Z-00-DX1", "TCGA-E2-A1B5-01Z-00-DX1", "TCGA-RD-A8N9-01A-01-TS1"])
+    # Cosine cycles with warm restarts (SGDR). Empty: one cycle of ``iters``. Given, ``iters`` is
+    # their sum and cycle k peaks at ``lr * cycle_lr_decay**k``.
+    cycles: tuple = ()
+    cycle_lr_decay: float = 0.5
+
+    def __post_init__(self):
+        self.cycles = tuple(int(c) for c in self.cycles)
+        if self.cycles:
+            if min(self.cycles) < 1:
+                raise ValueError(f"cycles must be positive, got {self.cycles}")
+            self.iters = sum(self.cycles)
+
+    def cycle_starts(self) -> list[int]:
+        """Iterations where a cycle begins (0 first)."""
+        return [int(c) for c in np.cumsum((0,) + self.cycles[:-1])] if self.cycles else [0]
+
+    def lr_at(self, it: int) -> float:
+        """Learning rate of iteration ``it`` (0-based): cosine from the cycle's peak to zero."""
+        lengths = self.cycles or (self.iters,)
+        start = 0
+        for k, n in enumerate(lengths):
+            if it < start + n or k == len(lengths) - 1:
+                return self.lr * self.cycle_lr_decay ** k * 0.5 * (1 + math.cos(math.pi * (it - start) / n))
+            start += n
+        raise AssertionError("unreachable")
 
 
 def loss_fn(logits, targets):
@@ -87,8 +112,16 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
 
     prefetch = ThreadPoolExecutor(max_workers=1)
     pending = prefetch.submit(sampler.batch, cfg.batch)
+    restarts = set(int(c) for c in cfg.cycle_starts()) - {0}
     for it in range(start, cfg.iters):
-        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * it / cfg.iters))
+        if it in restarts and it != start:
+            # A new cycle re-seeds the sampler exactly as a run resumed here does, so one
+            # uninterrupted command and a run continued from the previous cycle's checkpoint
+            # see the same patches.
+            pending.result()
+            sampler.rng = np.random.default_rng([cfg.seed, it])
+            pending = prefetch.submit(sampler.batch, cfg.batch)
+        lr = cfg.lr_at(it)
         for g in opt.param_groups:
             g["lr"] = lr
         rgb, targets = pending.result()
@@ -100,7 +133,7 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        info = {"iter": it + 1, "iters": cfg.iters, "loss": float(loss.detach()), "lr": lr,
+        info = {"iter": it + 1, "iters": cfg.iters, "start": start, "loss": float(loss.detach()), "lr": lr,
                 "elapsed_s": time.perf_counter() - t0}
         if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iters:
             tmp = ckpt_path.with_suffix(".tmp")
