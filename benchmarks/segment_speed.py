@@ -1,7 +1,7 @@
 """End-to-end speed of ``nucleiseg segment`` on a 4000x4000 region of a 20x (0.5 µm/px) image,
 against OpenSlide's read throughput of the same pixels, measured in the same run.
 
-    python benchmarks/segment_speed.py [--method nuclei-unet-v2] [--out benchmarks/results/segment_speed.json]
+    python benchmarks/segment_speed.py [--method nuclei-unet-v3] [--out benchmarks/results/segment_speed.json]
 
 The input is real tissue: the CMU-1 Aperio crop (20x, 0.499 µm/px) mirrored out to 4000x4000 and
 saved as a tiled pyramidal TIFF, so OpenSlide and the segmenter read the same file. The segment

@@ -2,7 +2,7 @@
 against the current-view path of the same model in the same run; GeoJSON check; peak memory on a
 20,000² and a 60,000² synthetic slide.
 
-    python benchmarks/wholeslide.py [--method nuclei-unet-v1] [--rounds 1] [--skip-rss]
+    python benchmarks/wholeslide.py [--method nuclei-unet-v2] [--rounds 1] [--skip-rss]
 
 * Throughput is the tissue tiles' core area segmented per second (MP/s), start to finish of
   ``segment_slide``: tissue mask, reads, network, merge, pyramid, CSV/Parquet/GeoJSON. The

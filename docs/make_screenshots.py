@@ -60,6 +60,8 @@ def main():
     warnings.simplefilter("ignore")
     import napari
 
+    from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
+
     OUT.mkdir(exist_ok=True)
     viewer = napari.Viewer(title="napari-nucleiseg")
     viewer.window.resize(1500, 950)
@@ -161,7 +163,7 @@ def main():
         next(l for l in viewer.layers if kind(l) == "tissue").visible = False
         cmu_layer = next(l for l in viewer.layers if kind(l) == "slide")
         nuclei._layer.value = cmu_layer
-        nuclei._method.value = "nuclei-unet-v1"
+        nuclei._method.value = DEFAULT_NUCLEI_MODEL
         viewer.scene.camera.center = (1400 * 0.499, 1100 * 0.499)
         viewer.scene.camera.zoom = 3.0
         settle(viewer)

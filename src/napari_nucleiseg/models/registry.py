@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent
-DEFAULT_NUCLEI_MODEL = "nuclei-unet-v2"
+DEFAULT_NUCLEI_MODEL = "nuclei-unet-v3"
 
 
 class WeightsError(RuntimeError):

@@ -1,7 +1,7 @@
 """Release a trained run as the shipped model: tune post-processing on held-out *training* images,
 export safetensors + model card, then measure (never tune) on the test set and record the figures.
 
-    nucleiseg release-model runs/seg-v2 --name nuclei-unet-v2 --version 2.0.0 \\
+    nucleiseg release-model runs/seg-v3 --name nuclei-unet-v3 --version 3.0.0 \\
         --train-data ../shared/data/nuclei/monuseg2018_train --test-data ../shared/data/nuclei/monuseg2018_test
 """
 
