@@ -3,9 +3,12 @@
 Each tile is segmented with a halo of context around it. A nucleus belongs to the tile whose core
 holds its centroid — with a halo wider than any nucleus, that tile saw the nucleus whole — so a
 nucleus cut by a tile border (or lying on a tile corner) is taken once, whole, from its owner.
-When two tiles' versions of a nucleus still overlap (their centroids fell on either side of the
-border), the second is recognised as the same nucleus by its overlap with the first and dropped:
-none is doubled. Ids are global and consecutive.
+Each tile segments the nucleus with its own context, so two tiles can put its centroid a pixel
+or two apart, on either side of a border. Were ownership strict, a nucleus on a corner could then be
+owned by no tile and vanish (a shipped-model test caught exactly that), so a tile also owns
+nuclei whose centroid lies within a small margin outside its core. When two tiles thus both
+take a nucleus, the second is recognised as the same nucleus by its overlap with the first and
+dropped: none is doubled. Ids are global and consecutive.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from ..tiling import TileGrid
 DUPLICATE_OVERLAP = 0.3
 
 
-def merge_tile(out: np.ndarray, tile_labels: np.ndarray, read_box, core_box, next_id: int) -> int:
-    """Paste the objects of one tile (labelled over ``read_box``) that it owns into ``out``.
+def merge_tile(out: np.ndarray, tile_labels: np.ndarray, read_box, core_box, next_id: int,
+               margin: float = 0.0) -> int:
+    """Paste the objects of one tile (labelled over ``read_box``) that it owns into ``out``: those
+    whose centroid lies in ``core_box`` grown by ``margin`` pixels.
 
     Boxes are ``(x0, y0, x1, y1)`` in ``out``'s pixels; ``read_box`` must lie inside ``out``.
     Returns the next free id.
@@ -43,7 +48,8 @@ def merge_tile(out: np.ndarray, tile_labels: np.ndarray, read_box, core_box, nex
     cy = np.bincount(flat, rows, n + 1)[1:] / safe
     cx = np.bincount(flat, cols, n + 1)[1:] / safe
     gy, gx = cy + ry0, cx + rx0
-    owned = present & (gy >= cy0) & (gy < cy1) & (gx >= cx0) & (gx < cx1)
+    owned = (present & (gy >= cy0 - margin) & (gy < cy1 + margin)
+             & (gx >= cx0 - margin) & (gx < cx1 + margin))
     window = out[ry0:ry1, rx0:rx1]
     clash = np.bincount(lab[(window > 0) & (lab > 0)], minlength=n + 1)[1:]
     duplicate = clash > DUPLICATE_OVERLAP * np.maximum(area, 1)
@@ -70,7 +76,10 @@ def iter_segment_tiled(rgb: np.ndarray, mpp: float, segment: Callable[[np.ndarra
         x0, y0, x1, y1 = t.read_box
         rb = (max(x0, 0), max(y0, 0), min(x1, w), min(y1, h))
         block = rgb[rb[1] : rb[3], rb[0] : rb[2]]
-        next_id = merge_tile(out, segment(block, mpp), rb, t.box, next_id)
+        # 3 px covers the pixel or two by which two tiles' centroids of one nucleus differ. A
+        # quarter of the halo (16 px) let partial duplicates (overlap < 30 %) through: tiled vs
+        # untiled AJI fell from >= 0.99 to 0.9898 on the 2000 px CMU crop.
+        next_id = merge_tile(out, segment(block, mpp), rb, t.box, next_id, margin=3)
         yield i + 1, len(grid)
     return out
 
