@@ -115,12 +115,19 @@ def test_merge_is_seam_free_with_unique_ids_owned_by_their_tile(ws_slide, refere
     seq = relabel_sequential(lab.astype(np.int64))[0]
     parts = [ndi.label(seq[sl] == i + 1)[1] for i, sl in enumerate(ndi.find_objects(seq))]
     assert max(parts) == 1  # no nucleus cut into pieces at a seam
-    # Each id names the tile that owns it: its centroid lies in that tile's core.
+    # Each id names the tile that owns it: its centroid lies in that tile's core, or within the
+    # ownership margin outside it (a corner nucleus may be taken by either tile; see tasks.py).
+    from napari_nucleiseg.wholeslide.tasks import OWNERSHIP_MARGIN_UM
+
     tile_px = reference["meta"]["identity"]["tile_px"]
     cols = -(-SHAPE[1] // tile_px)
     index = table["label"].astype(np.int64) >> 16
     cx, cy = table["centroid_x_um"] / MPP - 0.5, table["centroid_y_um"] / MPP - 0.5
-    assert (np.floor(cx / tile_px) == index % cols).all() and (np.floor(cy / tile_px) == index // cols).all()
+    m = np.ceil(OWNERSHIP_MARGIN_UM / MPP)
+    for pos, cell in ((cx, index % cols), (cy, index // cols)):
+        assert ((pos >= cell * tile_px - m) & (pos < (cell + 1) * tile_px + m)).all()
+    outside = (np.floor(cx / tile_px) != index % cols) | (np.floor(cy / tile_px) != index // cols)
+    assert outside.mean() < 0.02  # the margin is an exception, not the rule
     # As accurate against the ground truth as segmenting the whole image in one piece (no seams).
     with open_slide(ws_slide[0]) as s:
         rgb = s.read_region(0, 0, SHAPE[1], SHAPE[0])
@@ -448,3 +455,45 @@ def test_peak_memory_does_not_grow_with_the_slide(tmp_path):
         slide.unlink()
     assert nuclei[20_000] == nuclei[60_000] > 50  # the same work on both
     assert abs(peaks[60_000] - peaks[20_000]) / peaks[20_000] < 0.2, peaks
+
+
+@pytest.mark.real_slides
+def test_whole_slide_job_keeps_every_nucleus_on_a_tile_corner(tmp_path):
+    """Two tiles segment a nucleus on their shared corner each with its own context, so their
+    centroids of it can differ by a pixel or two; with strict centroid-in-core ownership a
+    nucleus could then be owned by no tile and vanish (3 of 26 corner nuclei did, tiles of 192
+    and 224 px on this crop). Every nucleus the untiled pass finds within 10 px of a tile corner
+    must come out of the whole-slide job, as one nucleus."""
+    from scipy import ndimage as ndi
+
+    from conftest import shared_slide
+    from napari_nucleiseg.demo.slides import write_pyramidal_tiff
+    from napari_nucleiseg.io import open_slide
+    from napari_nucleiseg.segmentation.api import segment_untiled
+    from napari_nucleiseg.wholeslide import open_labels, segment_slide
+
+    with open_slide(shared_slide("CMU-1-Small-Region.svs")) as s:
+        mpp = s.mpp
+        crop = s.read_region(100, 500, 1536, 1536, 0)
+    path = tmp_path / "corners.tif"
+    write_pyramidal_tiff(path, crop, mpp)
+    with open_slide(path) as s:  # the reference sees the slide's own (JPEG) pixels
+        ref = segment_untiled(s.read_region(0, 0, 1536, 1536, 0), mpp)
+    ids = np.unique(ref[ref > 0])
+    centres = np.array(ndi.center_of_mass(ref > 0, ref, ids)) + 0.5
+    checked = 0
+    for tile in (192, 224):
+        out = tmp_path / f"tile{tile}"
+        list(segment_slide(path, out, tile_um=tile * mpp, workers=1))
+        levels, _, meta = open_labels(out / "corners.nuclei.zarr")
+        assert meta["identity"]["tile_px"] == tile
+        lab = np.asarray(levels[0])
+        off = np.abs(centres - np.round(centres / tile) * tile)
+        for i in ids[np.hypot(off[:, 0], off[:, 1]) < 10]:
+            nucleus = ref == i
+            values, counts = np.unique(lab[nucleus], return_counts=True)
+            counts = counts[values > 0]
+            assert counts.size and counts.max() >= 0.5 * nucleus.sum(), (tile, i, "missing")
+            assert np.sort(counts)[-2:-1].sum() <= 0.2 * nucleus.sum(), (tile, i, "split")
+            checked += 1
+    assert checked >= 15

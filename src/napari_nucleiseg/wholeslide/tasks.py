@@ -2,8 +2,11 @@
 so the same code runs in a thread, a local process or a dask.distributed worker.
 
 1. :func:`segment_tile` — segment one tissue tile's read box (core + halo) and record the nuclei it
-   *owns* (centroid in its core, and no larger than the halo, so the tile saw them whole), with
-   their measurements and outlines, in ``progress/tiles/r_c.npz``.
+   *owns* (centroid in its core grown by a small margin, and small enough that the tile saw them
+   whole), with their measurements and outlines, in ``progress/tiles/r_c.npz``. The margin is why
+   a nucleus on a tile corner cannot vanish: each tile segments it with its own context, so their
+   centroids can differ by a pixel or two, and with strict ownership both could land in the
+   other's core. With the margin both tiles may own it; the merge keeps one.
 2. :func:`write_chunk` — once the tile records of the 3×3 tiles around a chunk exist, merge them
    into that level-0 chunk (= one tile core) and record which of the tile's own nuclei are kept.
 3. :func:`build_level_chunk` — one chunk of a coarser pyramid level from the level below.
@@ -13,9 +16,10 @@ nucleus is dropped as a duplicate when more than 30 % of its pixels are covered 
 tiles earlier in raster order (the same nucleus seen from the other side of a border); where two
 kept nuclei overlap a little, the earlier tile's keeps the pixels. "Covered" counts every owned
 nucleus of the earlier tiles, kept or not, so a decision depends on two tiles' records only and
-never on the order tasks finish in. Because owned nuclei are at most one halo across and the halo
-is at most half a tile, every nucleus that can overlap one touching a chunk is owned by one of
-the 3×3 tiles around it — so every chunk a nucleus touches takes the same decision about it, and a
+never on the order tasks finish in. Because an owned nucleus has its centroid within ``m`` (the
+margin) of its tile's core and spans at most ``halo - m``, and the halo is at most half a tile,
+any nucleus overlapping one that touches a chunk has its centroid within ``2 * halo - m`` of that
+chunk, so it is owned by one of the 3×3 tiles around it — so every chunk a nucleus touches takes the same decision about it, and a
 nucleus is either kept whole in every chunk it covers or nowhere.
 
 Ids are ``tile_index * 2**16 + local`` (local = 1.. in the tile's own label order): unique,
@@ -34,6 +38,10 @@ from .store import PYRAMID_FACTOR, atomic_json, atomic_write, chunk_file, chunk_
 
 #: A nucleus covered by earlier tiles' nuclei over more than this fraction of its area is a duplicate.
 DUPLICATE_OVERLAP = 0.3
+#: A tile also owns the nuclei whose centroid lies this far outside its core (µm): two tiles'
+#: centroids of one nucleus differ by a pixel or two of the model (0.5 µm/px), and at 1.5 µm a
+#: nucleus on a corner is owned by at least one of them. The in-memory tiling uses 3 model pixels.
+OWNERSHIP_MARGIN_UM = 1.5
 #: Bits of a label id that number nuclei within their tile.
 LOCAL_BITS = 16
 #: One network pass at a time per process: ONNX Runtime already spreads a pass over every core,
@@ -74,6 +82,13 @@ class Job:
                     yield rr, cc
 
 
+def ownership_margin(job: Job) -> int:
+    """:data:`OWNERSHIP_MARGIN_UM` in the job's pixels, at least 1 and at most a quarter halo."""
+    import math
+
+    return max(1, min(job.halo // 4, math.ceil(OWNERSHIP_MARGIN_UM / job.mpp)))
+
+
 def key(r: int, c: int) -> str:
     return f"{r}_{c}"
 
@@ -112,8 +127,11 @@ def segment_tile(job: Job, r: int, c: int) -> dict:
         for i, sl in enumerate(ndi.find_objects(lab)):
             if sl is not None:
                 extent[i] = (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
-        owned = ((area > 0) & (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
-                 & (extent[:, 0] <= h) & (extent[:, 1] <= h))
+        m = ownership_margin(job)
+        # Centroid within the core grown by m, and at most h - m across: then the nucleus lies
+        # inside the read box (the tile saw it whole) and the merge's 3x3 argument holds.
+        owned = ((area > 0) & (cy >= y0 - m) & (cy < y1 + m) & (cx >= x0 - m) & (cx < x1 + m)
+                 & (extent[:, 0] <= h - m) & (extent[:, 1] <= h - m))
         owned_ids = np.nonzero(owned)[0] + 1
     k = len(owned_ids)
     if k >= 2**LOCAL_BITS:
