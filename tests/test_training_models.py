@@ -73,6 +73,41 @@ def test_warm_restart_cycles_match_a_run_continued_from_the_first_cycle(tiny_dat
     assert [r["loss"] for r in one_go[3:]] == pytest.approx([r["loss"] for r in continued], rel=1e-5)
 
 
+def test_warm_start_from_an_exported_model_into_one_more_level(tiny_dataset, tmp_path):
+    """``--init-from``: a network one level deeper starts with every trained level of the
+    exported model (encoder from the input, decoder from the output) and a fresh bottom; its
+    first loss is the exported model's, not a random network's. A corrupt file is refused."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    from napari_nucleiseg.models import WeightsError
+    from napari_nucleiseg.training.export import export_model
+
+    base = tmp_path / "base"
+    list(train(dataclasses.replace(tiny_cfg(tiny_dataset, base, iters=40), lr=1e-2)))
+    export_model(base, "tiny-base", "0.0.1", tmp_path, training_data=["tiny"], licence="CC0")
+    src = load_file(str(tmp_path / "tiny-base.safetensors"))
+
+    def deeper(out, **kw):
+        return dataclasses.replace(tiny_cfg(tiny_dataset, out, iters=1), widths=(4, 8, 16, 32, 64),
+                                   checkpoint_every=1, **kw)
+
+    warm = list(train(deeper(tmp_path / "warm", init_from=str(tmp_path / "tiny-base.json"))))
+    cold = list(train(deeper(tmp_path / "cold")))
+    log = json.loads((tmp_path / "warm" / "train.log").read_text().splitlines()[0])
+    assert log["tensors_copied"] == len(src) < log["tensors"]
+    # One step at a small learning rate: the copied encoder level is still (nearly) the source's.
+    state = torch.load(tmp_path / "warm" / "checkpoint.pt", weights_only=True)["model"]
+    assert torch.allclose(state["down.0.0.weight"], src["down.0.0.weight"], atol=0.05)
+    assert torch.allclose(state["up.3.3.weight"], src["up.2.3.weight"], atol=0.05)  # decoder shifted by one
+    assert warm[0]["loss"] < cold[0]["loss"]
+    (tmp_path / "tiny-base.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(WeightsError, match="SHA-256"):
+        list(train(deeper(tmp_path / "refused", init_from=str(tmp_path / "tiny-base.json"))))
+
+
 @pytest.mark.parametrize("decoder", ["double", "light"])
 def test_export_load_and_hash_check(tiny_dataset, tmp_path, decoder, monkeypatch):
     from napari_nucleiseg.models import WeightsError, load_predictor

@@ -160,7 +160,7 @@ def cmd_train(args) -> int:
                       threads=args.threads, seed=args.seed, mpp=args.model_mpp,
                       widths=tuple(int(w) for w in args.widths.split(",")), decoder=args.decoder,
                       lr=args.lr, cycles=tuple(int(c) for c in args.cycles.split(",")) if args.cycles else (),
-                      cycle_lr_decay=args.cycle_lr_decay)
+                      cycle_lr_decay=args.cycle_lr_decay, init_from=args.init_from)
     for info in train(cfg):
         if info["iter"] % args.log_every == 0 or "val" in info or info["iter"] == cfg.iters:
             eta = info["elapsed_s"] / max(1, info["iter"] - info.get("start", 0)) * (cfg.iters - info["iter"])
@@ -270,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(replaces --iters by their sum); a run stopped after a cycle continues from it")
     s.add_argument("--cycle-lr-decay", type=float, default=0.5, help="peak learning rate of each cycle "
                    "relative to the one before")
+    s.add_argument("--init-from", default="", help="start from a shipped model (registry name or "
+                   ".safetensors file): every level it shares with --widths is copied, the rest starts "
+                   "from random weights")
     s.add_argument("--log-every", type=int, default=25)
     s.set_defaults(func=cmd_train)
 

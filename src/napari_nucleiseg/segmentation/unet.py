@@ -67,6 +67,30 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+def warm_start(model: UNet, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy a trained U-Net's weights (``state``, possibly of a shallower or narrower network)
+    into ``model`` wherever a tensor has the same place and shape; returns the names copied.
+
+    Encoder levels match from the input down, decoder blocks from the output up (``up.0`` of a
+    4-level network is the block that ``up.1`` is in a 5-level one), so a network given one more
+    level keeps every trained level and starts only the new bottom from scratch.
+    """
+    src_up = {int(k.split(".")[1]) for k in state if k.startswith("up.")}
+    shift = len(model.up) - (max(src_up) + 1 if src_up else 0)
+    own = model.state_dict()
+    copied = []
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "up":
+            parts[1] = str(int(parts[1]) + shift)
+        target = ".".join(parts)
+        if target in own and own[target].shape == value.shape:
+            own[target] = value.clone()
+            copied.append(target)
+    model.load_state_dict(own)
+    return copied
+
+
 def fuse_for_inference(model: UNet) -> UNet:
     """Fold every BatchNorm into the convolution before it (exact in eval mode, ~20 % faster) and
     switch to channels-last memory, the fast layout for CPU convolutions."""

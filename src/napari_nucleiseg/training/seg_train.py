@@ -40,6 +40,9 @@ class TrainConfig:
     # their sum and cycle k peaks at ``lr * cycle_lr_decay**k``.
     cycles: tuple = ()
     cycle_lr_decay: float = 0.5
+    # Start from a shipped model's weights (registry name or .safetensors file) instead of random
+    # ones: every level they share is copied (see ``unet.warm_start``). Ignored on resume.
+    init_from: str = ""
 
     def __post_init__(self):
         self.cycles = tuple(int(c) for c in self.cycles)
@@ -94,6 +97,8 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
     model = UNet(tuple(cfg.widths), decoder=cfg.decoder).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
+    if cfg.init_from and not ckpt_path.exists():
+        _warm_start(model, cfg.init_from, log_to=out / "train.log")
     sampler = PatchSampler(train_imgs, cfg.mpp, cfg.patch, seed=cfg.seed)
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
@@ -147,6 +152,28 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
         yield info
     log.close()
     prefetch.shutdown(cancel_futures=True)
+
+
+def _warm_start(model, source: str, log_to: Path) -> None:
+    """Load ``source`` (a registered model name or a .safetensors file) into ``model``."""
+    from safetensors.torch import load_file
+
+    from ..models.registry import WeightsError, _card_path, load_card, sha256_of
+    from ..segmentation.unet import warm_start
+
+    path = Path(source)
+    if path.suffix != ".safetensors":
+        card_path = _card_path(source)
+        card = load_card(card_path)
+        path = card_path.parent / card.weights
+        if sha256_of(path) != card.sha256:
+            raise WeightsError(f"{path}: SHA-256 does not match the card of {card.name!r}; not starting from it")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such weights file to start training from")
+    copied = warm_start(model, load_file(str(path)))
+    total = len(model.state_dict())
+    with open(log_to, "a") as log:
+        log.write(json.dumps({"init_from": str(source), "tensors_copied": len(copied), "tensors": total}) + "\n")
 
 
 def validate(model, images, cfg) -> dict:
