@@ -103,6 +103,10 @@ def test_warm_start_from_an_exported_model_into_one_more_level(tiny_dataset, tmp
     assert torch.allclose(state["down.0.0.weight"], src["down.0.0.weight"], atol=0.05)
     assert torch.allclose(state["up.3.3.weight"], src["up.2.3.weight"], atol=0.05)  # decoder shifted by one
     assert warm[0]["loss"] < cold[0]["loss"]
+    # The card's training command names the starting point: it is part of reproducing the weights.
+    export_model(tmp_path / "warm", "tiny-deeper", "0.0.1", tmp_path, training_data=["tiny"], licence="CC0")
+    card = json.loads((tmp_path / "tiny-deeper.json").read_text())
+    assert card["training"]["command"].endswith(f"--init-from {tmp_path / 'tiny-base.json'}")
     (tmp_path / "tiny-base.safetensors").write_bytes(b"corrupt")
     with pytest.raises(WeightsError, match="SHA-256"):
         list(train(deeper(tmp_path / "refused", init_from=str(tmp_path / "tiny-base.json"))))

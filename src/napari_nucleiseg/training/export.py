@@ -30,12 +30,14 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
         name=name, version=version, architecture="UNet", widths=list(cfg["widths"]), decoder=decoder, mpp=cfg["mpp"],
         sha256=sha256_of(weights), weights=weights.name, training_data=training_data, licence=licence,
         metrics=metrics or {}, postprocess=postprocess or {},
-        training={k: cfg[k] for k in ("iters", "cycles", "cycle_lr_decay", "batch", "patch", "lr", "seed", "holdout")
-                  if k in cfg}
+        training={k: cfg[k] for k in ("iters", "cycles", "cycle_lr_decay", "batch", "patch", "lr", "seed", "holdout",
+                                    "init_from")
+                  if cfg.get(k) not in (None, "")}
         | {"iterations_done": int(state["iter"]),
            "command": f"nucleiseg train --data <monuseg2018_train> --out <run> {_schedule_args(cfg)} "
                       f"--widths {','.join(map(str, cfg['widths']))} --decoder {decoder} --lr {cfg['lr']} "
-                      f"--batch {cfg['batch']} --patch {cfg['patch']} --model-mpp {cfg['mpp']} --seed {cfg['seed']}"},
+                      f"--batch {cfg['batch']} --patch {cfg['patch']} --model-mpp {cfg['mpp']} --seed {cfg['seed']}"
+                      f"{_init_args(cfg)}"},
         created=datetime.date.today().isoformat(), notes=notes,
         onnx=onnx_path.name, onnx_sha256=sha256_of(onnx_path),
         onnx_int8=int8_path.name, onnx_int8_sha256=sha256_of(int8_path),
@@ -50,6 +52,11 @@ def _schedule_args(cfg: dict) -> str:
         return (f"--cycles {','.join(map(str, cfg['cycles']))} "
                 f"--cycle-lr-decay {cfg.get('cycle_lr_decay', 0.5)}")
     return f"--iters {cfg['iters']}"
+
+
+def _init_args(cfg: dict) -> str:
+    """``--init-from`` as the run used it (a warm start is part of reproducing the weights)."""
+    return f" --init-from {cfg['init_from']}" if cfg.get("init_from") else ""
 
 
 def export_onnx(state_dict, widths, path: Path, decoder: str = "double") -> Path:
