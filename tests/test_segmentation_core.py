@@ -58,6 +58,38 @@ def test_tiled_equals_untiled_and_a_corner_nucleus_stays_whole(field):
     assert max(pieces) == 1
 
 
+def test_tiles_segmented_ahead_in_threads_give_the_same_map_and_stop_cleanly(field):
+    """The next tile is segmented in a worker thread while this one merges; merging stays in
+    raster order, so the map is the one a single thread makes. Closing the generator (a
+    cancelled run) waits for the tile in flight and leaves no worker behind."""
+    import threading
+
+    from napari_nucleiseg.segmentation.tiled import iter_segment_tiled
+
+    rgb, _ = field
+    threads_used = set()
+
+    def segment(block, mpp):
+        threads_used.add(threading.current_thread().name)
+        return segment_classical(block, mpp)
+
+    def drain(gen):
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    serial = drain(iter_segment_tiled(rgb, 0.5, segment_classical, tile=256, halo=48, lookahead=0))
+    ahead = drain(iter_segment_tiled(rgb, 0.5, segment, tile=256, halo=48, lookahead=2))
+    assert np.array_equal(serial, ahead) and serial.max() > 20
+    assert len(threads_used) > 1  # the tiles really were spread over worker threads
+    gen = iter_segment_tiled(rgb, 0.5, segment_classical, tile=256, halo=48, lookahead=2)
+    assert next(gen)[0] == 1
+    gen.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("nucleiseg-tile")]
+
+
 def test_merge_drops_a_duplicate_seen_from_the_neighbour():
     out = np.zeros((20, 40), np.uint32)
     a = np.zeros((20, 24), np.int32)

@@ -5,6 +5,8 @@ input resolution, then post-process into instances there.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .postprocess import PostprocessSettings, instances_from_maps
@@ -54,6 +56,10 @@ class Predictor:
         self.session = session
         if model is None and session is None:
             raise ValueError("a Predictor needs a model or an ONNX Runtime session")
+        #: One network pass at a time: a pass already spreads over every core, and two at once
+        #: only contend. Everything else (resampling, watershed) may run beside another
+        #: thread's pass, which is how tiled jobs keep both cores busy.
+        self._network = threading.Lock()
         if threads and self.session is None:
             import torch
 
@@ -75,13 +81,14 @@ class Predictor:
             rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
         if self.session is not None:
             x = np.multiply(np.moveaxis(rgb, 2, 0)[None], np.float32(1 / 255), dtype=np.float32)
-            logits = self.session.run(None, {"rgb": x})[0]
+            with self._network:
+                logits = self.session.run(None, {"rgb": x})[0]
             return _sigmoid(logits[0, :, :h, :w])
         import torch
 
         x = torch.from_numpy(np.require(rgb, requirements="CW")).permute(2, 0, 1)[None].float().div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._network:
             out = torch.sigmoid(self.model(x))[0, :, :h, :w]
         return out.numpy()
 

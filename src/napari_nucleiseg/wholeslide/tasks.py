@@ -28,7 +28,6 @@ and the same whichever process, order or run produced them.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,10 +43,6 @@ DUPLICATE_OVERLAP = 0.3
 OWNERSHIP_MARGIN_UM = 1.5
 #: Bits of a label id that number nuclei within their tile.
 LOCAL_BITS = 16
-#: One network pass at a time per process: ONNX Runtime already spreads a pass over every core,
-#: and two concurrent passes only contend (measured: 2 threads slower than 1 without this lock).
-#: The rest of a tile (read, measure, outline, write) overlaps the other thread's pass.
-_NETWORK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -106,13 +101,10 @@ def segment_tile(job: Job, r: int, c: int) -> dict:
     rgb = job.slide.read_region(rx0, ry0, x1 - x0 + 2 * h, y1 - y0 + 2 * h, 0)
     if job.normaliser is not None:
         rgb = job.normaliser.transform(rgb)
-    from ..segmentation.api import CLASSICAL
-
-    if job.method in CLASSICAL:
-        lab = np.asarray(segment_untiled(rgb, job.mpp, job.method))
-    else:
-        with _NETWORK:
-            lab = np.asarray(segment_untiled(rgb, job.mpp, job.method))
+    # The predictor runs one network pass at a time per process (ONNX Runtime already spreads a
+    # pass over every core; two at once only contend): the rest of this tile (read, watershed,
+    # measure, outline, write) overlaps the other thread's pass.
+    lab = np.asarray(segment_untiled(rgb, job.mpp, job.method))
     n = int(lab.max()) if lab.size else 0
     owned_ids = np.zeros(0, np.int64)
     if n:
