@@ -18,7 +18,9 @@ TEST_SET = SHARED / "data" / "nuclei" / "monuseg2018_test"
 def test_card_is_complete_and_hash_matches():
     card = load_card(DEFAULT_NUCLEI_MODEL)
     weights = MODELS_DIR / card.weights
-    assert weights.suffix == ".safetensors" and weights.stat().st_size < 5_000_000
+    # A few MB: the 3.25 M float32 parameters of nuclei-unet-v4 are 13 MB (its int8 ONNX, which
+    # runs by default, 3.3 MB).
+    assert weights.suffix == ".safetensors" and weights.stat().st_size < 16_000_000
     assert sha256_of(weights) == card.sha256
     assert card.mpp > 0 and card.licence and card.training_data and card.created
     assert {"aji", "f1", "pq"} <= set(card.metrics["monuseg2018_test"])

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent
-DEFAULT_NUCLEI_MODEL = "nuclei-unet-v3"
+DEFAULT_NUCLEI_MODEL = "nuclei-unet-v4"
 
 
 class WeightsError(RuntimeError):
@@ -38,6 +38,10 @@ class ModelCard:
     decoder: str = "double"
     onnx_int8: str = ""
     onnx_int8_sha256: str = ""
+    #: Tile edge in model pixels, and the context (µm) a tile needs on every side for tiled maps
+    #: to match an untiled pass: a deeper network sees farther (see training.export).
+    tile_px: int = 1024
+    context_um: float = 32.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
@@ -130,6 +134,10 @@ def load_predictor(name_or_path: str | Path = DEFAULT_NUCLEI_MODEL, **kwargs):
             "the file is corrupt or was replaced — refusing to load it")
     settings = PostprocessSettings(**card.postprocess) if card.postprocess else PostprocessSettings()
     session = _onnx_session(card, card_path.parent)
+    import math
+
+    kwargs.setdefault("tile", int(card.tile_px))
+    kwargs.setdefault("halo", int(math.ceil(card.context_um / card.mpp)))
     if session is not None:
         multiple = 2 ** (len(card.widths) - 1)
         return Predictor(None, card.mpp, settings=settings, session=session, multiple=multiple, **kwargs), card

@@ -31,9 +31,21 @@ def method_grid(method: str | None) -> tuple[float, int]:
     return float(card.mpp), int(predictor.multiple)
 
 
-def tile_geometry(mpp: float, model_mpp: float, multiple: int, tile: int | None = None) -> tuple[int, int, int]:
+def method_context(method: str | None) -> tuple[int, float]:
+    """``(tile edge in model pixels, context in µm)`` a method is tiled with: the model card's
+    (a deeper network needs more context around a tile), the module defaults otherwise."""
+    method = method or default_method()
+    if method in CLASSICAL:
+        return TILE_MODEL_PX, HALO_UM
+    _, card = _predictor(method)
+    return int(card.tile_px), float(card.context_um)
+
+
+def tile_geometry(mpp: float, model_mpp: float, multiple: int, tile: int | None = None,
+                  tile_model_px: int = TILE_MODEL_PX, halo_um: float = HALO_UM) -> tuple[int, int, int]:
     """``(tile, halo, align)`` in input pixels for tiling an image at ``mpp`` for a network at
-    ``model_mpp`` whose input must be a multiple of ``multiple`` (its total pooling factor).
+    ``model_mpp`` whose input must be a multiple of ``multiple`` (its total pooling factor), with
+    tiles of ``tile_model_px`` model pixels (or ``tile`` input pixels) and ``halo_um`` of context.
 
     A pooling network is not shift-invariant: a block that starts 2 px off the grid of its
     neighbour predicts visibly different maps (tiled vs untiled AJI fell to 0.79). So every tile
@@ -44,9 +56,9 @@ def tile_geometry(mpp: float, model_mpp: float, multiple: int, tile: int | None 
     f = mpp / model_mpp  # model pixels per input pixel
     align = max(1, int(round(multiple / f)))
     if tile is None:
-        tile = TILE_MODEL_PX / f
+        tile = tile_model_px / f
     tile = max(align, int(round(tile / align)) * align)
-    halo = max(1, int(round(HALO_UM / mpp / align))) * align
+    halo = max(1, int(round(halo_um / mpp / align))) * align
     return tile, halo, align
 
 
@@ -111,7 +123,8 @@ def segment_image(rgb: np.ndarray, mpp: float, method: str | None = None, tile: 
         rgb = normalise_image(rgb, normaliser)
     if min(rgb.shape[:2]) < 2:
         return np.zeros(rgb.shape[:2], np.uint32)
-    tile, halo, _ = tile_geometry(mpp, *method_grid(method), tile)
+    tile_model_px, halo_um = method_context(method)
+    tile, halo, _ = tile_geometry(mpp, *method_grid(method), tile, tile_model_px, halo_um)
     h, w = rgb.shape[:2]
     if h <= tile + 2 * halo and w <= tile + 2 * halo:
         labels = segment_untiled(rgb, mpp, method)

@@ -105,8 +105,9 @@ def model_mpp(method: str | None) -> float:
     return method_grid(method)[0]
 
 
-def plan_region(slide, box, method: str | None = None, context_um: float = CONTEXT_UM) -> RegionPlan:
-    """Clip ``box`` (level-0 px, any floats) to the slide and choose level and resolution."""
+def plan_region(slide, box, method: str | None = None, context_um: float | None = None) -> RegionPlan:
+    """Clip ``box`` (level-0 px, any floats) to the slide and choose level and resolution. The
+    context read around it is :data:`CONTEXT_UM`, or the network's own when it needs more."""
     mpp0 = slide._require_mpp()
     h0, w0 = slide.shape
     x0, y0, x1, y1 = box
@@ -114,6 +115,10 @@ def plan_region(slide, box, method: str | None = None, context_um: float = CONTE
     x1, y1 = min(w0, math.ceil(x1)), min(h0, math.ceil(y1))
     if x1 <= x0 or y1 <= y0:
         raise EmptyRegionError(f"{slide.path.name}: the view is outside the slide; pan back to the tissue")
+    if context_um is None:
+        from .api import CLASSICAL, method_context
+
+        context_um = CONTEXT_UM if (method in CLASSICAL) else max(CONTEXT_UM, method_context(method)[1])
     target = model_mpp(method)
     level = slide.best_level_for_mpp(target)
     native = slide.level_downsamples[level]
@@ -203,7 +208,7 @@ def segment_region(slide, box, method: str | None = None, normaliser=None,
         The region exceeds ``max_megapixels`` at the model's resolution.
     """
     from ..io.image_backend import to_rgb_uint8
-    from .api import HALO_UM, TILE_MODEL_PX, describe_method, method_grid, segment_untiled
+    from .api import describe_method, method_context, method_grid, segment_untiled
     from .tiled import iter_segment_tiled
 
     plan = plan_region(slide, box, method)
@@ -226,8 +231,9 @@ def segment_region(slide, box, method: str | None = None, normaliser=None,
         rgb = normalise_image(rgb, normaliser)
     # Tiles of about the core's usual size, but balanced: a screen a few pixels wider than one
     # tile is one tile, not one tile plus slivers that each pay a model call.
-    tile = TILE_MODEL_PX * model_mpp(method) / plan.mpp
-    tile_halo = int(round(HALO_UM / plan.mpp))
+    tile_model_px, halo_um = method_context(method)
+    tile = tile_model_px * model_mpp(method) / plan.mpp
+    tile_halo = int(round(halo_um / plan.mpp))
     h, w = rgb.shape[:2]
     ny, nx = max(1, round((h - 2 * tile_halo) / tile)), max(1, round((w - 2 * tile_halo) / tile))
     if ny == nx == 1:

@@ -22,6 +22,7 @@ is the same.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -31,11 +32,11 @@ from pathlib import Path
 from typing import Iterator
 
 from ..io.errors import SlideError
-from ..segmentation.api import HALO_UM  # context around each tile, and the largest nucleus a tile owns whole
 from . import store as st
 from .tasks import LOCAL_BITS, Job, build_level_chunk, key, segment_tile, write_chunk
 
-#: Tile core in model pixels: with the halo the read box (1088 px) is one forward pass.
+#: Smallest tile core in model pixels. With a 32-µm halo the read box (1088 px) is one forward
+#: pass; a model that needs more context gets a larger core (its card's tile_px, halo included).
 TILE_MODEL_PX = 960
 #: Largest tissue-mask edge (px): the mask's memory is then the same for any slide above ~16 mm
 #: (512 px is still 5+ mask pixels across a 480-µm tile on a 50-mm slide).
@@ -176,7 +177,7 @@ def _stain_identity(normaliser):
 
 def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float = 0.01):
     """The tiling and identity of a job, without running it: ``(job_kwargs, tissue_keys, identity)``."""
-    from ..segmentation.api import describe_method, method_grid, tile_geometry
+    from ..segmentation.api import describe_method, method_context, method_grid, tile_geometry
     from ..tiling import TileGrid
     from ..tissue import tissue_mask
 
@@ -185,14 +186,16 @@ def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float
         raise SlideError(slide.path, "states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)")
     info = describe_method(method)
     model_mpp, multiple = method_grid(method)
+    pass_px, halo_um = method_context(method)
     if tile_um is None:
-        tile_um = TILE_MODEL_PX * model_mpp
+        # A core plus its halo is one network pass of the method's tile size (never below 960).
+        tile_um = max(TILE_MODEL_PX, pass_px - 2 * math.ceil(halo_um / model_mpp)) * model_mpp
     # Tiles and halos on the network's pooling grid, so every tile sees the same maps an
     # untiled pass would (see segmentation.api.tile_geometry).
-    tile, halo, _ = tile_geometry(mpp, model_mpp, multiple, tile_um / mpp)
+    tile, halo, _ = tile_geometry(mpp, model_mpp, multiple, tile_um / mpp, halo_um=halo_um)
     if 2 * halo > tile:
         raise ValueError(f"tiles of {tile_um:g} µm are too small: they must be at least twice the "
-                         f"{HALO_UM:g} µm halo ({2 * HALO_UM:g} µm)")
+                         f"{halo_um:g} µm halo ({2 * halo_um:g} µm)")
     grid = TileGrid(slide.shape, tile, halo)
     # A mask of at most 512² px (and ≥ 16 µm/px): a few MB whatever the slide's size.
     tissue = grid.tissue_tiles(tissue_mask(slide, max_size=MASK_MAX_PX), min_tissue)
