@@ -38,15 +38,14 @@ def merge_tile(out: np.ndarray, tile_labels: np.ndarray, read_box, core_box, nex
     n = int(lab.max())
     if n == 0:
         return next_id
-    ids = np.arange(1, n + 1)
-    area = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    # Centroids from the foreground pixels only (a tile is mostly background).
+    ys, xs = np.nonzero(lab)
+    flat = lab[ys, xs]
+    area = np.bincount(flat, minlength=n + 1)[1:]
     present = area > 0
-    flat = lab.ravel()
-    rows = np.repeat(np.arange(lab.shape[0], dtype=np.float64), lab.shape[1])
-    cols = np.tile(np.arange(lab.shape[1], dtype=np.float64), lab.shape[0])
     safe = np.maximum(area, 1)
-    cy = np.bincount(flat, rows, n + 1)[1:] / safe
-    cx = np.bincount(flat, cols, n + 1)[1:] / safe
+    cy = np.bincount(flat, ys, n + 1)[1:] / safe
+    cx = np.bincount(flat, xs, n + 1)[1:] / safe
     gy, gx = cy + ry0, cx + rx0
     owned = (present & (gy >= cy0 - margin) & (gy < cy1 + margin)
              & (gx >= cx0 - margin) & (gx < cx1 + margin))

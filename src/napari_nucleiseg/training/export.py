@@ -41,7 +41,7 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
         created=datetime.date.today().isoformat(), notes=notes,
         onnx=onnx_path.name, onnx_sha256=sha256_of(onnx_path),
         onnx_int8=int8_path.name, onnx_int8_sha256=sha256_of(int8_path),
-        tile_px=TILE_PX_BY_LEVELS.get(len(cfg["widths"]), 2048),
+        tile_px=TILE_PX_BY_LEVELS.get(len(cfg["widths"]), 1024),
         context_um=CONTEXT_UM_BY_LEVELS.get(len(cfg["widths"]), 96.0),
     )
     (out_dir / f"{name}.json").write_text(card.to_json() + "\n")
@@ -52,9 +52,12 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
 #: (AJI >= 0.99 on the 2000 px CMU crop in 640 px tiles). Measured for 6 levels (nuclei-unet-v4):
 #: 32 µm 0.959, 48 µm 0.975, 64 µm 0.988, 80 µm 0.994, 96 µm 0.998; 5 levels: 32 µm >= 0.99.
 CONTEXT_UM_BY_LEVELS = {4: 32.0, 5: 32.0, 6: 80.0}
-#: Tile edge in model pixels: a larger context gets a larger tile, so that the halo's share of the
-#: work stays the same (1024 + 2 x 64 and 2048 + 2 x 160 px both cost ~1.3x their core).
-TILE_PX_BY_LEVELS = {4: 1024, 5: 1024, 6: 2048}
+#: Tile edge in model pixels. Larger tiles would amortise v4's wider halo, but on this 2-core
+#: machine ONNX Runtime's throughput on a 2368² block swung between 1.8 and 5.6 MP/s (memory
+#: allocation for every new shape) while 1152-1344² blocks held 5.2-5.6: the 4000² speed region
+#: took 8.0-10.3 s with 2048 px tiles, 7.2-7.6 s with 1024 (8.5-9.4 s with 768 or 1280, which
+#: leave a sliver tile).
+TILE_PX_BY_LEVELS = {4: 1024, 5: 1024, 6: 1024}
 
 
 def _schedule_args(cfg: dict) -> str:
