@@ -335,7 +335,7 @@ def test_store_of_another_slide_method_or_folder_is_refused(tiny_slides, tmp_pat
     assert p.finished and p.nuclei > 20
 
 
-def test_shipped_model_and_stain_normaliser_are_recorded_and_checked(tiny_slides, tmp_path):
+def test_shipped_model_and_stain_normaliser_are_recorded_and_checked(tiny_slides, tmp_path, monkeypatch):
     from dataclasses import dataclass
 
     from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
@@ -362,8 +362,13 @@ def test_shipped_model_and_stain_normaliser_are_recorded_and_checked(tiny_slides
     meta = json.loads((runs[-1].store / ".zattrs").read_text())["nucleiseg"]["identity"]
     assert meta["method"]["model"] == DEFAULT_NUCLEI_MODEL and len(meta["method"]["sha256"]) == 64
     assert meta["stain"] == {"method": "gain", "target": [1.02]}
+    assert meta["method"]["test_time_flips"] == os.environ.get("NUCLEISEG_TTA", "auto")
     with pytest.raises(StoreMismatchError, match="another stain normalisation"):
         list(segment_slide(tiny_slides[0], tmp_path, tile_um=tile_um, normaliser=Brighter(1.1)))
+    # The flip setting changes labels at 40x: a store made under one is not resumed under another.
+    monkeypatch.setenv("NUCLEISEG_TTA", "4")
+    with pytest.raises(StoreMismatchError, match="NUCLEISEG_TTA=4"):
+        list(segment_slide(tiny_slides[0], tmp_path, tile_um=tile_um, normaliser=Brighter(1.02)))
 
 
 def test_cohort_of_folder_and_list_routes_and_survives_bad_slides(tiny_slides, he_rgb, tmp_path):

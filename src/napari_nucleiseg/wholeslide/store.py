@@ -144,6 +144,9 @@ def describe_difference(old: dict, new: dict) -> str:
         def name(m):
             return " ".join(str(m[k]) for k in ("method", "version") if k in m) + (
                 f" (weights {m['sha256'][:12]})" if "sha256" in m else "")
+        if name(om) == name(nm) and om.get("test_time_flips") != nm.get("test_time_flips"):
+            return (f"it was made with NUCLEISEG_TTA={om.get('test_time_flips')}, this run uses "
+                    f"NUCLEISEG_TTA={nm.get('test_time_flips')}")
         return f"it was made with {name(om)}, this run uses {name(nm)}"
     if old.get("stain") != new.get("stain"):
         return "it was made with another stain normalisation"
