@@ -153,6 +153,9 @@ def test_flip_passes_follow_the_constant_work_rule(monkeypatch):
     assert flip_passes(0.5, 0.25) == 1
     monkeypatch.setenv("NUCLEISEG_TTA", "2")
     assert flip_passes(0.5, 0.5) == 2
+    monkeypatch.setenv("NUCLEISEG_TTA", "8")
+    with pytest.raises(ValueError, match="NUCLEISEG_TTA='8'"):
+        flip_passes(0.5, 0.25)
 
 
 def test_flipped_passes_average_maps_that_line_up(monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -134,8 +135,6 @@ def load_predictor(name_or_path: str | Path = DEFAULT_NUCLEI_MODEL, **kwargs):
             "the file is corrupt or was replaced — refusing to load it")
     settings = PostprocessSettings(**card.postprocess) if card.postprocess else PostprocessSettings()
     session = _onnx_session(card, card_path.parent)
-    import math
-
     kwargs.setdefault("tile", int(card.tile_px))
     kwargs.setdefault("halo", int(math.ceil(card.context_um / card.mpp)))
     if session is not None:

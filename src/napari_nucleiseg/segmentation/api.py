@@ -82,13 +82,13 @@ def describe_method(method: str | None, normaliser=None) -> dict:
     if method in CLASSICAL:
         info = {"method": method}
     else:
-        _, card = _predictor(method)
-        import os
+        from .predict import tta_mode
 
+        _, card = _predictor(method)
         # The flip rule changes the labels of inputs finer than the model: a whole-slide store
         # written under one setting must not be resumed under another.
         info = {"method": method, "model": card.name, "version": card.version, "sha256": card.sha256,
-                "model_mpp": card.mpp, "test_time_flips": os.environ.get("NUCLEISEG_TTA", "auto").strip().lower()}
+                "model_mpp": card.mpp, "test_time_flips": tta_mode()}
     if normaliser is not None:
         info["stain"] = normaliser.describe()
     return info

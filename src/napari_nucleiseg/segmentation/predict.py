@@ -43,13 +43,21 @@ def _resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 FLIPS = {1: ((),), 2: ((), (1,)), 4: ((), (1,), (0,), (0, 1))}
 
 
+def tta_mode() -> str:
+    """``NUCLEISEG_TTA`` normalised: ``auto`` (the rule), ``off``, ``2`` or ``4``. One reading of
+    the variable for the predictor and for the method identity that outputs record."""
+    mode = os.environ.get("NUCLEISEG_TTA", "auto").strip().lower() or "auto"
+    mode = "off" if mode in ("0", "1", "none") else mode
+    if mode not in ("auto", "off", "2", "4"):
+        raise ValueError(f"NUCLEISEG_TTA={mode!r}: use auto, off, 2 or 4")
+    return mode
+
+
 def flip_passes(model_mpp: float, mpp: float) -> int:
     """Passes for an input at ``mpp`` into a model at ``model_mpp`` (see the module docstring)."""
-    mode = os.environ.get("NUCLEISEG_TTA", "auto").strip().lower()
-    if mode in ("off", "0", "1", "none"):
-        return 1
-    if mode in ("2", "4"):
-        return int(mode)
+    mode = tta_mode()
+    if mode != "auto":
+        return 1 if mode == "off" else int(mode)
     # Model pixels per input pixel, squared: the work a 20x input would cost, left over. 5 %
     # slack so a 0.2527 µm/px Aperio 40x scan counts as 40x.
     spare = (model_mpp / mpp) ** 2 * 1.05
