@@ -103,20 +103,28 @@ def test_a_second_run_while_one_runs_is_refused_and_cancel_stops_between_tiles(p
     from napari_nucleiseg._napari._view import canvas_size
 
     viewer, widget, slide, truth = panel
-    # A view about 2100 slide pixels across: two or more tiles (classical tiles are 1024 px).
+    # A view about 2100 slide pixels across: four tiles (classical tiles are 1024 px).
     rows, cols = canvas_size(viewer)
     _look_at(viewer, (1536, 2048), max(rows, cols) / 2100)
-    widget._run_view.clicked.emit()
-    qtbot.waitUntil(lambda: widget.jobs._done[0] >= 1, timeout=60_000)
-    widget._run_view.clicked.emit()
+    # The user clicks Run again, then Cancel, the moment the first tile's nuclei reach the panel
+    # (before it draws them, which takes longer than a classical tile), so the run is certainly
+    # still going and the click lands between tiles 1 and 3 of 4.
+    show = widget._show_view_labels
+
+    def click_at_first_tile(slide, result):
+        if widget.jobs.done_at_cancel is None:
+            widget._run_view.clicked.emit()
+            widget._cancel.clicked.emit()
+        show(slide, result)
+
+    widget._show_view_labels = click_at_first_tile
+    _run(qtbot, widget, widget._run_view)
     assert any("still running" in m for m in _messages())
-    at_cancel = widget.jobs._done[0]
-    widget._cancel.clicked.emit()
-    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=60_000)
+    at_cancel = widget.jobs.done_at_cancel  # tiles the worker had finished at the click
     done, total = widget.jobs._done
-    # Stopped within one tile: the one being segmented at the click finishes (plus, at most, one
-    # whose progress report was still queued for the interface), no new one starts.
-    assert total >= 4 and done <= at_cancel + 2 and done < total
+    # Stopped within one tile of the click: the tile being segmented finishes, and the next,
+    # whose network pass was already running beside it (tiles are pipelined); no other starts.
+    assert total == 4 and 1 <= at_cancel <= 2 and done <= at_cancel + 2 and done < total
     assert f"cancelled after {done}/{total} tiles" in widget._status.value
     # What was finished stays: the nuclei of the finished tiles, marked as such.
     (layer,) = _nuclei_layers(viewer)

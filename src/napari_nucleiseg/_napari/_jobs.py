@@ -1,9 +1,9 @@
 """Background runs for the dock widgets: a core progress generator in napari's ``thread_worker``.
 
-The core yields after every tile (``(done, total)`` tuples, or objects with ``done``/``total``);
-anything else it yields (an intermediate result) goes to ``on_item``. The napari activity dock
-shows a progress bar with an ETA and a Cancel button; the widget shows its own status line and
-Cancel button. Cancelling sets a flag the worker thread checks between tiles, then closes the core
+The core yields after every tile (``(done, total)`` tuples, or objects with ``done``/``total``,
+which may carry the result so far as ``so_far``); anything else it yields (an intermediate result)
+goes to ``on_item``, as does a ``so_far``. The napari activity dock shows a progress bar with an
+ETA and a Cancel button; the widget shows its own status line and Cancel button. Cancelling sets a flag the worker thread checks between tiles, then closes the core
 generator *in the worker thread* — so the core's own clean-up (recording finished tiles) runs
 there and the interface never waits on it — and the run ends within one tile.
 """
@@ -31,8 +31,12 @@ def _progress_of(item) -> tuple[int, int] | None:
     return None
 
 
-def _drive(steps: Generator, cancel: threading.Event):
-    """Runs in the worker thread: pass the core's items on, stop between tiles when cancelled."""
+def _drive(steps: Generator, cancel: threading.Event, counted: list):
+    """Runs in the worker thread: pass the core's items on, stop between tiles when cancelled.
+
+    ``counted[0]`` is the latest progress as the worker has it: the interface learns of it only
+    when it gets round to the queued report, which on a busy interface is tiles later.
+    """
     try:
         while True:
             if cancel.is_set():
@@ -41,6 +45,9 @@ def _drive(steps: Generator, cancel: threading.Event):
                 item = next(steps)
             except StopIteration as stop:
                 return stop.value
+            prog = _progress_of(item)
+            if prog is not None:
+                counted[0] = prog
             yield item
     finally:
         steps.close()
@@ -75,6 +82,9 @@ class JobRunner:
         self._pbar = None
         self._started = 0.0
         self._done = (0, 0)
+        self._counted = [(0, 0)]
+        #: Tiles the worker had finished when Cancel was pressed (None: not cancelled).
+        self.done_at_cancel = None
         self._first = None
         self._shown = 0.0
         self._ended = True
@@ -108,10 +118,13 @@ class JobRunner:
         self._cancel = threading.Event()
         self._started = time.perf_counter()
         self._done = (0, 0)
+        self._counted = [(0, 0)]
+        self.done_at_cancel = None
         self._first = None
         self._shown = 0.0
         self._status(f"{title}: starting…")
-        worker = create_worker(_drive, steps, self._cancel, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(_drive, steps, self._cancel, self._counted, _start_thread=False,
+                               _ignore_errors=True)
         worker.yielded.connect(lambda item: self._on_yielded(item, on_item, on_progress))
         worker.returned.connect(lambda value: self._on_returned(value, on_done, on_cancelled, cancelled_note))
         worker.errored.connect(lambda exc: self._on_errored(exc, on_error))
@@ -148,18 +161,23 @@ class JobRunner:
     def cancel(self, _=None) -> None:
         if not self.running:
             return
+        if not self._cancel.is_set():
+            self.done_at_cancel = self._counted[0][0]
         self._cancel.set()
         self._status(f"{self.title}: cancelling after the current tile…")
 
     # ------------------------------------------------------------------ main-thread callbacks
     def _on_yielded(self, item, on_item, on_progress) -> None:
         prog = _progress_of(item)
-        if prog is not None and self._ended:  # delivered late: the run is over
-            return
         if prog is None:
             if on_item is not None:
                 on_item(item)
             return
+        if self._ended:  # delivered late: the run is over
+            return
+        so_far = getattr(item, "so_far", None)
+        if so_far is not None and on_item is not None:
+            on_item(so_far)
         done, total = prog
         self._done = (done, total)
         # Bursts of progress (a job finishing many small tasks at once) are shown a few times a
@@ -206,7 +224,8 @@ class JobRunner:
         self._ended = True
         elapsed = format_seconds(time.perf_counter() - self._started)
         if value is CANCELLED:
-            done, total = self._done
+            # The worker's own count: every tile it finished, reported or not yet shown.
+            done, total = self._done = self._counted[0]
             self._status(f"{self.title}: cancelled after {done}/{total} tiles{'; ' + note if note else ''}.")
             if on_cancelled is not None:
                 on_cancelled()

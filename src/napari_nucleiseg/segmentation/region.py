@@ -6,8 +6,10 @@ of context around it so nuclei cut by the edge of the screen are segmented whole
 centroid lies in the region are kept, complete (they may reach into the halo); the others belong to
 the neighbouring view and are dropped.
 
-The work is a generator yielding ``(done, total)`` tiles, returning a :class:`RegionResult`; the
-widget runs it in a worker thread, the benchmark and tests drain it directly.
+The work is a generator yielding ``(done, total)`` tiles — a :class:`TilesDone`, which also
+carries the nuclei of the finished tiles, between the tiles of a multi-tile region — and returning a
+:class:`RegionResult`; the widget runs it in a worker thread, the benchmark and tests drain it
+directly.
 """
 
 from __future__ import annotations
@@ -96,6 +98,19 @@ class RegionResult:
         rows = np.minimum((np.arange(round(h * d)) + 0.5) / d, h - 1).astype(np.intp)
         cols = np.minimum((np.arange(round(w * d)) + 0.5) / d, w - 1).astype(np.intp)
         return self.labels[rows[:, None], cols[None, :]], (ox, oy)
+
+
+@dataclass
+class TilesDone:
+    """Progress between the tiles of a region, with what is finished so far.
+
+    One item, so that whoever has counted ``done`` tiles also has their nuclei: a run cancelled
+    at any point between items still leaves everything it counted.
+    """
+
+    done: int
+    total: int
+    so_far: RegionResult
 
 
 def model_mpp(method: str | None) -> float:
@@ -247,10 +262,12 @@ def segment_region(slide, box, method: str | None = None, normaliser=None,
         steps = iter_segment_tiled(rgb, plan.mpp, lambda b, m: segment_untiled(b, m, method), tile, tile_halo,
                                    out=labels)
         for done, total in steps:
-            yield done, total
             if done < total:  # what is finished so far, so a cancelled run still leaves it
-                yield RegionResult(plan=plan, labels=keep_centred(labels.copy(), core), rgb=rgb,
-                                   method=describe_method(method, normaliser=normaliser), partial=True)
+                yield TilesDone(done, total, RegionResult(
+                    plan=plan, labels=keep_centred(labels.copy(), core), rgb=rgb,
+                    method=describe_method(method, normaliser=normaliser), partial=True))
+            else:
+                yield done, total
     method_info = describe_method(method, normaliser=normaliser)
     return RegionResult(plan=plan, labels=keep_centred(labels, core), rgb=rgb, method=method_info)
 
