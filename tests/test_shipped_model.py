@@ -73,6 +73,21 @@ def test_tiles_sit_on_the_network_grid():
     assert tile_geometry(0.5, 0.5, 16, tile=600) == (608, 64, 16)
 
 
+def test_tiles_are_balanced_without_slivers():
+    """As many tiles as the largest tile needs, of nearly equal size, still on the grid."""
+    from napari_nucleiseg.segmentation.api import balanced_tile
+
+    assert balanced_tile((2100, 2100), 1344, 32) == 1056  # two of ~1050, not 1344 + a 756 sliver
+    assert balanced_tile((4000, 4000), 1344, 32) == 1344  # three already even (1344, 1344, 1312)
+    assert balanced_tile((4000, 4000), 1536, 32) == 1344  # three, not 1536 + 1536 + 928
+    assert balanced_tile((1000, 5000), 1344, 32) == 1280  # the longer side decides: four, not 3 + 1 of 968
+    assert balanced_tile((10, 10), 1344, 32) == 32  # never below one grid step
+    for shape in ((2100, 2100), (4000, 4000), (1000, 5000), (3001, 2999)):
+        t = balanced_tile(shape, 1344, 32)
+        assert t % 32 == 0 and t <= 1344
+        assert all(-(-side // t) == -(-side // 1344) for side in shape)  # no extra tile
+
+
 @pytest.mark.real_slides
 def test_nucleus_on_a_tile_corner_comes_out_as_one(cmu_crop):
     from scipy import ndimage as ndi

@@ -39,8 +39,9 @@ class ModelCard:
     decoder: str = "double"
     onnx_int8: str = ""
     onnx_int8_sha256: str = ""
-    #: Tile edge in model pixels, and the context (µm) a tile needs on every side for tiled maps
-    #: to match an untiled pass: a deeper network sees farther (see training.export).
+    #: Tile core in model pixels (a network pass is the core plus the context on both sides), and
+    #: the context (µm) a tile needs on every side for tiled maps to match an untiled pass: a
+    #: deeper network sees farther (see training.export).
     tile_px: int = 1024
     context_um: float = 32.0
 

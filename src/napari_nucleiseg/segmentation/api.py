@@ -7,6 +7,7 @@ tile are segmented tile by tile and merged seam-free.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -60,6 +61,16 @@ def tile_geometry(mpp: float, model_mpp: float, multiple: int, tile: int | None 
     tile = max(align, int(round(tile / align)) * align)
     halo = max(1, int(round(halo_um / mpp / align))) * align
     return tile, halo, align
+
+
+def balanced_tile(shape: tuple[int, int], tile: int, align: int = 1) -> int:
+    """The tile edge (at most ``tile``, rounded up to ``align``) that cuts ``shape`` into as
+    many tiles as ``tile`` would, but of nearly equal size: 2100 px in tiles of up to 1344 is
+    two of 1056, not 1344 and a 756 sliver that pays a network pass (and its halo) for little
+    image."""
+    ny, nx = (max(1, math.ceil(side / tile)) for side in shape)
+    even = max(math.ceil(shape[0] / ny), math.ceil(shape[1] / nx))
+    return min(tile, max(align, -(-even // align) * align))
 
 
 @lru_cache(maxsize=4)
@@ -128,8 +139,11 @@ def segment_image(rgb: np.ndarray, mpp: float, method: str | None = None, tile: 
     if min(rgb.shape[:2]) < 2:
         return np.zeros(rgb.shape[:2], np.uint32)
     tile_model_px, halo_um = method_context(method)
-    tile, halo, _ = tile_geometry(mpp, *method_grid(method), tile, tile_model_px, halo_um)
+    chosen = tile
+    tile, halo, align = tile_geometry(mpp, *method_grid(method), tile, tile_model_px, halo_um)
     h, w = rgb.shape[:2]
+    if chosen is None:
+        tile = balanced_tile((h, w), tile, align)
     if h <= tile + 2 * halo and w <= tile + 2 * halo:
         labels = segment_untiled(rgb, mpp, method)
         if progress is not None:

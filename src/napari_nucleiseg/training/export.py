@@ -52,12 +52,11 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
 #: (AJI >= 0.99 on the 2000 px CMU crop in 640 px tiles). Measured for 6 levels (nuclei-unet-v4):
 #: 32 µm 0.959, 48 µm 0.975, 64 µm 0.988, 80 µm 0.994, 96 µm 0.998; 5 levels: 32 µm >= 0.99.
 CONTEXT_UM_BY_LEVELS = {4: 32.0, 5: 32.0, 6: 80.0}
-#: Tile edge in model pixels. Larger tiles would amortise v4's wider halo, but on this 2-core
-#: machine ONNX Runtime's throughput on a 2368² block swung between 1.8 and 5.6 MP/s (memory
-#: allocation for every new shape) while 1152-1344² blocks held 5.2-5.6: the 4000² speed region
-#: took 8.0-10.3 s with 2048 px tiles, 7.2-7.6 s with 1024 (8.5-9.4 s with 768 or 1280, which
-#: leave a sliver tile).
-TILE_PX_BY_LEVELS = {4: 1024, 5: 1024, 6: 1024}
+#: Tile core in model pixels (a pass adds the context on both sides). v4's 80 µm context makes
+#: a 1024 px core a 1344² pass, 54 % more network work than image on a 4000² region; a 1344 px
+#: core (1664² passes, which ONNX Runtime runs at the same 5.5-5.8 MP/s here) cuts that to 34 %.
+#: Images are cut into tiles of at most this size, balanced (segmentation.api.balanced_tile).
+TILE_PX_BY_LEVELS = {4: 1024, 5: 1024, 6: 1344}
 
 
 def _schedule_args(cfg: dict) -> str:

@@ -22,7 +22,6 @@ is the same.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -35,8 +34,8 @@ from ..io.errors import SlideError
 from . import store as st
 from .tasks import LOCAL_BITS, Job, build_level_chunk, key, segment_tile, write_chunk
 
-#: Smallest tile core in model pixels. With a 32-µm halo the read box (1088 px) is one forward
-#: pass; a model that needs more context gets a larger core (its card's tile_px, halo included).
+#: Smallest tile core in model pixels; a model's card may ask for larger cores (its ``tile_px``,
+#: chosen so a core plus its context on both sides is a pass its runtime does at full speed).
 TILE_MODEL_PX = 960
 #: Largest tissue-mask edge (px): the mask's memory is then the same for any slide above ~16 mm
 #: (512 px is still 5+ mask pixels across a 480-µm tile on a 50-mm slide).
@@ -186,10 +185,9 @@ def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float
         raise SlideError(slide.path, "states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)")
     info = describe_method(method)
     model_mpp, multiple = method_grid(method)
-    pass_px, halo_um = method_context(method)
+    core_px, halo_um = method_context(method)
     if tile_um is None:
-        # A core plus its halo is one network pass of the method's tile size (never below 960).
-        tile_um = max(TILE_MODEL_PX, pass_px - 2 * math.ceil(halo_um / model_mpp)) * model_mpp
+        tile_um = max(TILE_MODEL_PX, core_px) * model_mpp
     # Tiles and halos on the network's pooling grid, so every tile sees the same maps an
     # untiled pass would (see segmentation.api.tile_geometry).
     tile, halo, _ = tile_geometry(mpp, model_mpp, multiple, tile_um / mpp, halo_um=halo_um)
