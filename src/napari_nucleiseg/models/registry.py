@@ -111,6 +111,12 @@ def _onnx_session(card: ModelCard, folder: Path):
     opts.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # No memory pattern: ONNX Runtime plans one per input shape, and the pass that records it is
+    # slow (a first 1664² block: 1.6 s instead of 0.6-0.8). Tiles and views come in many shapes,
+    # each seen once or twice, so the plan rarely pays back: in interleaved runs the 4000² region
+    # took 5.3-6.5 s without it against 6.8-7.6 s with it (whole command: 7.3-8.9 s against
+    # 9.1-9.4 s in a slower hour), same labels.
+    opts.enable_mem_pattern = False
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     session.nucleiseg_precision = "int8" if name == card.onnx_int8 else "float32"
     return session
