@@ -64,6 +64,43 @@ def test_tiled_and_untiled_agree_on_a_2000px_image(cmu_crop):
     assert score_image(whole, tiled).aji >= 0.99
 
 
+@pytest.mark.real_slides
+def test_passes_sharing_the_cores_run_side_by_side_with_the_same_maps(cmu_crop):
+    """Tiles segmented in parallel each take their share of the cores (a session with fewer
+    threads, no lock between them) and get exactly the maps a pass alone gets."""
+    import os
+    import threading
+
+    from napari_nucleiseg.segmentation.api import _predictor, default_method
+    from napari_nucleiseg.segmentation.predict import sharing_cores
+
+    rgb, _ = cmu_crop
+    blocks = [np.ascontiguousarray(rgb[:512, :512]), np.ascontiguousarray(rgb[700:1212, 900:1412])]
+    predictor, _ = _predictor(default_method())
+    alone = [predictor._forward(b) for b in blocks]
+    cores = len(os.sched_getaffinity(0))
+    with sharing_cores(2):
+        shared = predictor._shared_session()
+        assert shared is not None and shared is not predictor.session
+        assert shared.get_session_options().intra_op_num_threads == max(1, cores // 2)
+    assert predictor._shared_session() is None  # outside: a pass alone, on every core
+
+    side_by_side, inside = [None, None], threading.Barrier(2)
+
+    def run(i):
+        with sharing_cores(2):
+            inside.wait(timeout=30)  # both threads inside at once: neither waits for the other's pass
+            side_by_side[i] = predictor._forward(blocks[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for a, b in zip(alone, side_by_side):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_tiles_sit_on_the_network_grid():
     """Blocks start on multiples of the network's pooling factor (in model pixels), 20x and 40x."""
     from napari_nucleiseg.segmentation.api import tile_geometry

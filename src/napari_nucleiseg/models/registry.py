@@ -94,7 +94,7 @@ def _onnx_session(card: ModelCard, folder: Path):
     if not card.onnx or runtime == "torch":
         return None
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (optional: without it, the PyTorch weights run)
     except ImportError:
         return None
     name, expected = card.onnx, card.onnx_sha256
@@ -107,8 +107,21 @@ def _onnx_session(card: ModelCard, folder: Path):
     if digest != expected:
         raise WeightsError(f"{path}: SHA-256 {digest[:12]}… does not match the model card "
                            f"({expected[:12]}…); refusing to load it")
+    session = open_session(path)
+    session.nucleiseg_precision = "int8" if name == card.onnx_int8 else "float32"
+    return session
+
+
+def open_session(path: Path, threads: int | None = None):
+    """An ONNX Runtime session (CPU) for a model file already checked against its card, using
+    ``threads`` cores (default: every core this process may run on)."""
+    import os
+
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                            else (os.cpu_count() or 1))
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     # No memory pattern: ONNX Runtime plans one per input shape, and the pass that records it is
@@ -118,7 +131,7 @@ def _onnx_session(card: ModelCard, folder: Path):
     # 9.1-9.4 s in a slower hour), same labels.
     opts.enable_mem_pattern = False
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    session.nucleiseg_precision = "int8" if name == card.onnx_int8 else "float32"
+    session.nucleiseg_path = str(path)
     return session
 
 
@@ -146,7 +159,14 @@ def load_predictor(name_or_path: str | Path = DEFAULT_NUCLEI_MODEL, **kwargs):
     kwargs.setdefault("halo", int(math.ceil(card.context_um / card.mpp)))
     if session is not None:
         multiple = 2 ** (len(card.widths) - 1)
-        return Predictor(None, card.mpp, settings=settings, session=session, multiple=multiple, **kwargs), card
+
+        def make_session(threads: int, path=Path(session.nucleiseg_path), precision=session.nucleiseg_precision):
+            shared = open_session(path, threads)
+            shared.nucleiseg_precision = precision
+            return shared
+
+        return Predictor(None, card.mpp, settings=settings, session=session, multiple=multiple,
+                         make_session=make_session, **kwargs), card
     from safetensors.torch import load_file
 
     from ..segmentation.unet import UNet, fuse_for_inference

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -64,6 +65,28 @@ def flip_passes(model_mpp: float, mpp: float) -> int:
     return 4 if spare >= 4 else 2 if spare >= 2 else 1
 
 
+_SHARING = threading.local()
+
+
+@contextmanager
+def sharing_cores(passes: int):
+    """Within this, the calling thread's network passes run beside ``passes - 1`` others (tiles
+    segmented in parallel): each takes its share of the cores and none waits for another.
+
+    Two single-threaded passes side by side beat one two-threaded pass at a time on this 2-core
+    machine: a pass's threads wait for each other at every layer, and the tile's watershed, run
+    in between, leaves one of them idle. Eight 1664² blocks took 3.3 s against 3.85 s; the 4000²
+    region 5.4-6.4 s against 6.6-6.9 s. Results are identical (integer arithmetic in the int8
+    network; the same kernels in float32).
+    """
+    before = getattr(_SHARING, "passes", 1)
+    _SHARING.passes = max(1, int(passes))
+    try:
+        yield
+    finally:
+        _SHARING.passes = before
+
+
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     out = np.negative(logits, dtype=np.float32)
     np.exp(out, out=out)
@@ -75,7 +98,8 @@ class Predictor:
     """Wraps a :class:`~napari_nucleiseg.segmentation.unet.UNet` trained at ``mpp`` µm/px."""
 
     def __init__(self, model, mpp: float, tile: int = 1024, halo: int = 64, threads: int | None = None,
-                 settings: PostprocessSettings = PostprocessSettings(), session=None, multiple: int | None = None):
+                 settings: PostprocessSettings = PostprocessSettings(), session=None, multiple: int | None = None,
+                 make_session=None):
         #: The PyTorch network, or None when ``session`` runs it (then torch is never imported,
         #: which saves seconds of start-up for a command-line run).
         self.model = model.eval() if model is not None else None
@@ -88,10 +112,16 @@ class Predictor:
         self.session = session
         if model is None and session is None:
             raise ValueError("a Predictor needs a model or an ONNX Runtime session")
-        #: One network pass at a time: a pass already spreads over every core, and two at once
-        #: only contend. Everything else (resampling, watershed) may run beside another
-        #: thread's pass, which is how tiled jobs keep both cores busy.
+        #: One full-width network pass at a time: such a pass already spreads over every core,
+        #: and two at once only contend. Everything else (resampling, watershed) may run beside
+        #: it. Passes inside :func:`sharing_cores` take their share of the cores instead, and
+        #: run side by side without this lock.
         self._network = threading.Lock()
+        #: ``make_session(threads)`` → a session of the same network using that many threads,
+        #: for passes that share the cores (:func:`sharing_cores`); made once per thread count.
+        self._make_session = make_session
+        self._shared_sessions: dict[int, object] = {}
+        self._sessions_lock = threading.Lock()
         if threads and self.session is None:
             import torch
 
@@ -123,9 +153,24 @@ class Predictor:
             total /= passes
         return np.ascontiguousarray(total[:, :h, :w])
 
+    def _shared_session(self):
+        """The session for a pass that shares the cores with others, or None (pass alone)."""
+        passes = getattr(_SHARING, "passes", 1)
+        if passes <= 1 or self._make_session is None:
+            return None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // passes)
+        with self._sessions_lock:
+            if threads not in self._shared_sessions:
+                self._shared_sessions[threads] = self._make_session(threads)
+            return self._shared_sessions[threads]
+
     def _forward_once(self, rgb: np.ndarray) -> np.ndarray:
         if self.session is not None:
             x = np.multiply(np.moveaxis(rgb, 2, 0)[None], np.float32(1 / 255), dtype=np.float32)
+            shared = self._shared_session()
+            if shared is not None:  # its share of the cores: runs beside the other passes
+                return _sigmoid(shared.run(None, {"rgb": x})[0][0])
             with self._network:
                 logits = self.session.run(None, {"rgb": x})[0]
             return _sigmoid(logits[0])

@@ -67,13 +67,16 @@ def iter_segment_tiled(rgb: np.ndarray, mpp: float, segment: Callable[[np.ndarra
     returns the label map (``StopIteration.value``), so a caller can stop between tiles. Pass
     ``out`` (zeros, uint32, the image's height and width) to see the finished tiles meanwhile.
 
-    ``lookahead`` more tiles are segmented in worker threads while one is post-processed and
-    merged: the network runs one pass at a time (see ``Predictor``), so the next tile's pass
-    overlaps this tile's watershed. Tiles are merged in raster order whatever finishes first,
-    so the result does not depend on threads.
+    ``1 + lookahead`` tiles are segmented at once in worker threads, each network pass on its
+    share of the cores (:func:`~napari_nucleiseg.segmentation.predict.sharing_cores`), while
+    this thread merges finished tiles. Tiles are merged in raster order whatever finishes first,
+    and a pass gives the same maps on any number of cores, so the result does not depend on
+    threads.
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
+
+    from .predict import sharing_cores
 
     h, w = rgb.shape[:2]
     if out is None:
@@ -81,13 +84,16 @@ def iter_segment_tiled(rgb: np.ndarray, mpp: float, segment: Callable[[np.ndarra
     grid = TileGrid((h, w), tile, halo)
     tiles = iter(grid)
 
+    workers = 1 + max(0, lookahead)
+
     def work(t):
         x0, y0, x1, y1 = t.read_box
         rb = (max(x0, 0), max(y0, 0), min(x1, w), min(y1, h))
-        return rb, segment(rgb[rb[1] : rb[3], rb[0] : rb[2]], mpp)
+        with sharing_cores(min(workers, len(grid))):
+            return rb, segment(rgb[rb[1] : rb[3], rb[0] : rb[2]], mpp)
 
     next_id = 1
-    pool = ThreadPoolExecutor(max_workers=1 + max(0, lookahead), thread_name_prefix="nucleiseg-tile")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nucleiseg-tile")
     pending: deque = deque()
     try:
         for t in tiles:

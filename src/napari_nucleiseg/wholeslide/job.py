@@ -32,7 +32,7 @@ from typing import Iterator
 
 from ..io.errors import SlideError
 from . import store as st
-from .tasks import LOCAL_BITS, Job, build_level_chunk, key, segment_tile, write_chunk
+from .tasks import LOCAL_BITS, Job, build_level_chunk, key, segment_tile, sharing_cores_for, write_chunk
 
 #: Smallest tile core in model pixels; a model's card may ask for larger cores (its ``tile_px``,
 #: chosen so a core plus its context on both sides is a pass its runtime does at full speed).
@@ -85,7 +85,8 @@ class _Threads:
         return 2 * self.workers
 
     def submit(self, fn, *args, key=None):
-        return self.pool.submit(fn, *args)
+        # The workers' network passes share the cores instead of taking turns at all of them.
+        return self.pool.submit(sharing_cores_for, self.workers, fn, *args)
 
     def wait_any(self, futures):
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -126,6 +127,9 @@ class _Dask:
             self.client, self.cluster, self.own = scheduler, None, False
         else:
             (self.client, self.cluster), self.own = connect(scheduler, workers), True
+        #: Worker processes on this machine (a cluster made here), whose passes share its cores;
+        #: None for a cluster elsewhere, whose machines we do not know.
+        self.local = len(self.cluster.workers) if self.cluster is not None else None
         self._slots, self._checked = 4, 0.0
 
     def slots(self) -> int:
@@ -135,6 +139,8 @@ class _Dask:
         return self._slots
 
     def submit(self, fn, *args, key=None):
+        if self.local:
+            return self.client.submit(sharing_cores_for, self.local, fn, *args, key=key, pure=False, retries=1)
         return self.client.submit(fn, *args, key=key, pure=False, retries=1)
 
     def wait_any(self, futures):

@@ -88,6 +88,15 @@ def key(r: int, c: int) -> str:
     return f"{r}_{c}"
 
 
+def sharing_cores_for(passes: int, fn, *args):
+    """Run a task whose network passes share this machine's cores with ``passes - 1`` other
+    workers' (see ``segmentation.predict.sharing_cores``)."""
+    from ..segmentation.predict import sharing_cores
+
+    with sharing_cores(passes):
+        return fn(*args)
+
+
 # --------------------------------------------------------------------------- 1. segment a tile
 def segment_tile(job: Job, r: int, c: int) -> dict:
     """Segment tile ``(r, c)`` and record the nuclei it owns. Returns ``{"owned": n}``."""
@@ -101,9 +110,9 @@ def segment_tile(job: Job, r: int, c: int) -> dict:
     rgb = job.slide.read_region(rx0, ry0, x1 - x0 + 2 * h, y1 - y0 + 2 * h, 0)
     if job.normaliser is not None:
         rgb = job.normaliser.transform(rgb)
-    # The predictor runs one network pass at a time per process (ONNX Runtime already spreads a
-    # pass over every core; two at once only contend): the rest of this tile (read, watershed,
-    # measure, outline, write) overlaps the other thread's pass.
+    # Each worker's pass takes its share of the cores (the runner wraps tasks in
+    # sharing_cores_for); the rest of this tile (read, watershed, measure, outline, write)
+    # overlaps the other workers' passes.
     lab = np.asarray(segment_untiled(rgb, job.mpp, job.method))
     n = int(lab.max()) if lab.size else 0
     owned_ids = np.zeros(0, np.int64)
