@@ -76,8 +76,8 @@ def sharing_cores(passes: int):
     Two single-threaded passes side by side beat one two-threaded pass at a time on this 2-core
     machine: a pass's threads wait for each other at every layer, and the tile's watershed, run
     in between, leaves one of them idle. Eight 1664² blocks took 3.3 s against 3.85 s; the 4000²
-    region 5.4-6.4 s against 6.6-6.9 s. Results are identical (integer arithmetic in the int8
-    network; the same kernels in float32).
+    region 5.4-6.4 s against 6.6-6.9 s. The shipped int8 network gives identical maps either way
+    (tested). The PyTorch runtime does not share: its passes take turns, as before.
     """
     before = getattr(_SHARING, "passes", 1)
     _SHARING.passes = max(1, int(passes))
