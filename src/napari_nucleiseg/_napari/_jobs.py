@@ -4,8 +4,9 @@ The core yields after every tile (``(done, total)`` tuples, or objects with ``do
 which may carry the result so far as ``so_far``); anything else it yields (an intermediate result)
 goes to ``on_item``, as does a ``so_far``. The napari activity dock shows a progress bar with an
 ETA and a Cancel button; the widget shows its own status line and Cancel button. Cancelling sets
-a flag the worker thread checks between tiles, then closes the core generator *in the worker thread* — so the core's own clean-up (recording finished tiles) runs
-there and the interface never waits on it — and the run ends within one tile.
+a flag the worker thread checks between tiles, then closes the core generator *in the worker
+thread* — so the core's own clean-up (recording finished tiles) runs there and the interface never
+waits on it — and the run ends within one tile.
 """
 
 from __future__ import annotations
