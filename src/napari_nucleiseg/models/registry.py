@@ -115,13 +115,12 @@ def _onnx_session(card: ModelCard, folder: Path):
 def open_session(path: Path, threads: int | None = None):
     """An ONNX Runtime session (CPU) for a model file already checked against its card, using
     ``threads`` cores (default: every core this process may run on)."""
-    import os
-
     import onnxruntime as ort
 
+    from ..segmentation.predict import usable_cores
+
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                            else (os.cpu_count() or 1))
+    opts.intra_op_num_threads = threads or usable_cores()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     # No memory pattern: ONNX Runtime plans one per input shape, and the pass that records it is

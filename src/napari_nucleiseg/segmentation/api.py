@@ -33,7 +33,7 @@ def method_grid(method: str | None) -> tuple[float, int]:
 
 
 def method_context(method: str | None) -> tuple[int, float]:
-    """``(tile edge in model pixels, context in µm)`` a method is tiled with: the model card's
+    """``(tile core in model pixels, context in µm)`` a method is tiled with: the model card's
     (a deeper network needs more context around a tile), the module defaults otherwise."""
     method = method or default_method()
     if method in CLASSICAL:

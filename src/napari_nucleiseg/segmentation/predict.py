@@ -65,6 +65,12 @@ def flip_passes(model_mpp: float, mpp: float) -> int:
     return 4 if spare >= 4 else 2 if spare >= 2 else 1
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which a container or ``taskset`` may
+    narrow below the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 _SHARING = threading.local()
 
 
@@ -158,8 +164,7 @@ class Predictor:
         passes = getattr(_SHARING, "passes", 1)
         if passes <= 1 or self._make_session is None:
             return None
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // passes)
+        threads = max(1, usable_cores() // passes)
         with self._sessions_lock:
             if threads not in self._shared_sessions:
                 self._shared_sessions[threads] = self._make_session(threads)

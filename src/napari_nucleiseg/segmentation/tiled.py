@@ -83,7 +83,6 @@ def iter_segment_tiled(rgb: np.ndarray, mpp: float, segment: Callable[[np.ndarra
         out = np.zeros((h, w), np.uint32)
     grid = TileGrid((h, w), tile, halo)
     tiles = iter(grid)
-
     workers = 1 + max(0, lookahead)
 
     def work(t):
