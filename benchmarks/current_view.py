@@ -27,7 +27,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SLIDE = Path(os.environ.get("NUCLEISEG_SHARED", REPO.parent / "shared")) / "data" / "slides" / "CMU-1-Small-Region.svs"
+SLIDE = (
+    Path(os.environ.get("NUCLEISEG_SHARED", REPO.parent / "shared"))
+    / "data"
+    / "slides"
+    / "CMU-1-Small-Region.svs"
+)
 SCREEN = 1024
 #: View centres (level-0 px, row/col) over tissue of the CMU slide; the 1024 x 1024 view plus its
 #: context halo stays inside the slide, so every round segments the same shape.
@@ -137,39 +142,72 @@ def main(argv=None) -> int:
         for l in old:
             l.events.data.disconnect(shown)
         t_table = time.perf_counter() - t0
-        layer = next(l for l in viewer.layers if l.metadata.get("nucleiseg", {}).get("scope") == "view")
+        layer = next(
+            l for l in viewer.layers if l.metadata.get("nucleiseg", {}).get("scope") == "view"
+        )
         meta = layer.metadata["nucleiseg"]
         x0, y0, x1, y1 = meta["box"]
         read = raw_read_mp_s((x0, y0, x1, y1))
         screen_mp = (x1 - x0) * (y1 - y0) / 1e6
-        rows.append({
-            "centre_px": [cy, cx], "box": meta["box"], "segmented_shape": list(np.asarray(layer.data).shape),
-            "labels_s": t_labels, "labels_cpu_s": cpu_labels, "load_avg_1min": load, "table_s": t_table, "nuclei": meta["count"],
-            "raw_read_mp_s": read, "raw_read_s": screen_mp / read, "view_mp": screen_mp,
-            "view_mp_s": screen_mp / t_labels, "ratio_to_read": (screen_mp / t_labels) / read,
-        })
+        rows.append(
+            {
+                "centre_px": [cy, cx],
+                "box": meta["box"],
+                "segmented_shape": list(np.asarray(layer.data).shape),
+                "labels_s": t_labels,
+                "labels_cpu_s": cpu_labels,
+                "load_avg_1min": load,
+                "table_s": t_table,
+                "nuclei": meta["count"],
+                "raw_read_mp_s": read,
+                "raw_read_s": screen_mp / read,
+                "view_mp": screen_mp,
+                "view_mp_s": screen_mp / t_labels,
+                "ratio_to_read": (screen_mp / t_labels) / read,
+            }
+        )
         pump(200)
 
-    print(f"\nCurrent view on {SLIDE.name}, {SCREEN}x{SCREEN} screen at {mpp_model} µm/px, method {method}")
-    print(f"viewer + slide + panel start-up {startup:.2f} s (model warm-up still pending at click time: {warm_wait:.2f} s)")
-    print(f"{'view centre':>14} {'nuclei':>7} {'labels s':>9} {'cpu s':>6} {'load':>5} {'+table s':>9} {'read MP/s':>10} {'read s':>7} {'view MP/s':>10} {'ratio':>7}")
+    print(
+        f"\nCurrent view on {SLIDE.name}, {SCREEN}x{SCREEN} screen at {mpp_model} µm/px, method {method}"
+    )
+    print(
+        f"viewer + slide + panel start-up {startup:.2f} s (model warm-up still pending at click time: {warm_wait:.2f} s)"
+    )
+    print(
+        f"{'view centre':>14} {'nuclei':>7} {'labels s':>9} {'cpu s':>6} {'load':>5} {'+table s':>9} {'read MP/s':>10} {'read s':>7} {'view MP/s':>10} {'ratio':>7}"
+    )
     for r in rows:
-        print(f"{str(tuple(r['centre_px'])):>14} {r['nuclei']:>7} {r['labels_s']:>9.2f} {r['labels_cpu_s']:>6.2f} {r['load_avg_1min']:>5.1f} {r['table_s']:>9.2f} "
-              f"{r['raw_read_mp_s']:>10.1f} {r['raw_read_s']:>7.3f} {r['view_mp_s']:>10.2f} {r['ratio_to_read']:>7.4f}")
+        print(
+            f"{str(tuple(r['centre_px'])):>14} {r['nuclei']:>7} {r['labels_s']:>9.2f} {r['labels_cpu_s']:>6.2f} {r['load_avg_1min']:>5.1f} {r['table_s']:>9.2f} "
+            f"{r['raw_read_mp_s']:>10.1f} {r['raw_read_s']:>7.3f} {r['view_mp_s']:>10.2f} {r['ratio_to_read']:>7.4f}"
+        )
     med = statistics.median(r["labels_s"] for r in rows)
-    print("cpu s: CPU time of this process (all threads) from click to labels; load: the machine's 1-minute\n"
-          "load average at the click (above the core count, other processes share the CPU)")
-    print(f"median click-to-labels {med:.2f} s, max {max(r['labels_s'] for r in rows):.2f} s "
-          f"(target <= 2 s); median raw read {statistics.median(r['raw_read_mp_s'] for r in rows):.1f} MP/s")
+    print(
+        "cpu s: CPU time of this process (all threads) from click to labels; load: the machine's 1-minute\n"
+        "load average at the click (above the core count, other processes share the CPU)"
+    )
+    print(
+        f"median click-to-labels {med:.2f} s, max {max(r['labels_s'] for r in rows):.2f} s "
+        f"(target <= 2 s); median raw read {statistics.median(r['raw_read_mp_s'] for r in rows):.1f} MP/s"
+    )
     out = {
-        "benchmark": "current_view", "slide": SLIDE.name, "screen_px": [SCREEN, SCREEN], "method": method,
-        "model_mpp": mpp_model, "slide_mpp": mpp0, "rounds": rows,
-        "median_labels_s": med, "max_labels_s": max(r["labels_s"] for r in rows),
+        "benchmark": "current_view",
+        "slide": SLIDE.name,
+        "screen_px": [SCREEN, SCREEN],
+        "method": method,
+        "model_mpp": mpp_model,
+        "slide_mpp": mpp0,
+        "rounds": rows,
+        "median_labels_s": med,
+        "max_labels_s": max(r["labels_s"] for r in rows),
         "median_labels_cpu_s": statistics.median(r["labels_cpu_s"] for r in rows),
         "median_load_avg_1min": statistics.median(r["load_avg_1min"] for r in rows),
         "median_table_s": statistics.median(r["table_s"] for r in rows),
         "median_raw_read_mp_s": statistics.median(r["raw_read_mp_s"] for r in rows),
-        "warm_up_wait_s": warm_wait, "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "warm_up_wait_s": warm_wait,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
         "python": platform.python_version(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

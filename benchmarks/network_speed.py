@@ -76,21 +76,42 @@ def main(argv=None):
             continue
         test = card.metrics.get("monuseg2018_test", {})
         fp32_aji = card.metrics.get("monuseg2018_test_float32", test).get("aji")
-        files = [(card.onnx, "float32", fp32_aji)] + ([(card.onnx_int8, "int8", test.get("aji"))] if card.onnx_int8 else [])
+        files = [(card.onnx, "float32", fp32_aji)] + (
+            [(card.onnx_int8, "int8", test.get("aji"))] if card.onnx_int8 else []
+        )
         for file, precision, aji in files:
             mps = _time(_session(MODELS_DIR / file, threads), block, args.rounds)
-            rows.append({"network": f"{name} ({precision})", "widths": card.widths, "decoder": card.decoder,
-                         "mpp": card.mpp, "params_m": None, "mp_per_s": mps, "shipped": True, "aji": aji})
+            rows.append(
+                {
+                    "network": f"{name} ({precision})",
+                    "widths": card.widths,
+                    "decoder": card.decoder,
+                    "mpp": card.mpp,
+                    "params_m": None,
+                    "mp_per_s": mps,
+                    "shipped": True,
+                    "aji": aji,
+                }
+            )
     tmp = Path(tempfile.mkdtemp())
     for widths, decoder in CANDIDATES:
         torch.manual_seed(0)
         net = UNet(widths, decoder=decoder).eval()
         path = export_onnx(net.state_dict(), widths, tmp / "candidate.onnx", decoder)
         mps = _time(_session(path, threads), block, args.rounds)
-        rows.append({"network": f"candidate {decoder} {','.join(map(str, widths))}", "widths": list(widths),
-                     "decoder": decoder, "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
-                     "mp_per_s": mps, "shipped": False})
-    print(f"\nONNX Runtime, {threads} threads, {side}x{side} block (tile {args.tile} + halo {args.halo})\n")
+        rows.append(
+            {
+                "network": f"candidate {decoder} {','.join(map(str, widths))}",
+                "widths": list(widths),
+                "decoder": decoder,
+                "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+                "mp_per_s": mps,
+                "shipped": False,
+            }
+        )
+    print(
+        f"\nONNX Runtime, {threads} threads, {side}x{side} block (tile {args.tile} + halo {args.halo})\n"
+    )
     head = f"{'network':<42}{'params M':>10}{'MP/s':>8}{'s per 16 MP':>13}{'test AJI':>10}"
     print(head)
     print("-" * len(head))
@@ -100,7 +121,12 @@ def main(argv=None):
         print(f"{r['network']:<42}{p}{r['mp_per_s']:8.2f}{16 / r['mp_per_s']:13.1f}{aji}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "network_speed", "threads": threads, "block": side, "rows": rows}, indent=1))
+    out.write_text(
+        json.dumps(
+            {"benchmark": "network_speed", "threads": threads, "block": side, "rows": rows},
+            indent=1,
+        )
+    )
     print(f"\nwrote {out}")
 
 

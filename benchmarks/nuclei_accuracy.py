@@ -17,10 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("NUCLEISEG_SHARED", REPO.parent / "shared")) / "data" / "nuclei" / "monuseg2018_test"
+DATA = (
+    Path(os.environ.get("NUCLEISEG_SHARED", REPO.parent / "shared"))
+    / "data"
+    / "nuclei"
+    / "monuseg2018_test"
+)
 PUBLISHED = {
     "HoVer-Net (Graham et al. 2019, MoNuSeg images)": {"aji": 0.618},
     "P-RCNN (reference 000, TCGA/MoNuSeg)": {"aji": 0.7087, "f1": 0.8825, "ap": 0.4842},
@@ -45,7 +48,9 @@ def main(argv=None):
     results = {}
     for method in args.methods.split(","):
         t = time.perf_counter()
-        scores = [score_image(im.labels, segment_image(im.rgb, im.mpp, method), im.stem) for im in images]
+        scores = [
+            score_image(im.labels, segment_image(im.rgb, im.mpp, method), im.stem) for im in images
+        ]
         dt = time.perf_counter() - t
         agg = aggregate(scores)
         agg["seconds"] = dt
@@ -57,13 +62,29 @@ def main(argv=None):
     print(head)
     print("-" * len(head))
     for m, a in results.items():
-        print(f"{m:<52}{a['aji']:8.4f}{a['f1']:8.4f}{a['pq']:8.4f}{a['ap']:8.4f}{a['dice']:8.4f}{a['mp_per_s']:8.2f}")
+        print(
+            f"{m:<52}{a['aji']:8.4f}{a['f1']:8.4f}{a['pq']:8.4f}{a['ap']:8.4f}{a['dice']:8.4f}{a['mp_per_s']:8.2f}"
+        )
     for m, a in PUBLISHED.items():
-        print(f"{m:<52}" + "".join(f"{a[k]:8.4f}" if k in a else f"{'':>8}" for k in ("aji", "f1", "pq", "ap", "dice")))
+        print(
+            f"{m:<52}"
+            + "".join(
+                f"{a[k]:8.4f}" if k in a else f"{'':>8}" for k in ("aji", "f1", "pq", "ap", "dice")
+            )
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "nuclei_accuracy", "data": str(args.data), "results": results,
-                               "published": PUBLISHED}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "nuclei_accuracy",
+                "data": str(args.data),
+                "results": results,
+                "published": PUBLISHED,
+            },
+            indent=1,
+        )
+    )
     print(f"\nwrote {out}")
 
 

@@ -26,7 +26,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("NUCLEISEG_SHARED", REPO.parent / "shared")) / "data" / "nuclei" / "monuseg2018_train"
+DATA = (
+    Path(os.environ.get("NUCLEISEG_SHARED", REPO.parent / "shared"))
+    / "data"
+    / "nuclei"
+    / "monuseg2018_train"
+)
 
 
 def variants(maps: np.ndarray, truth: np.ndarray, mpp: float, settings) -> dict:
@@ -39,7 +44,9 @@ def variants(maps: np.ndarray, truth: np.ndarray, mpp: float, settings) -> dict:
     fg_p, contour_p, dist_p = maps
     mask = fg_p > settings.foreground
     true_cores = np.where(make_targets(truth)[2] > 0.6, truth, 0)
-    pred_cores, _ = ndi.label(mask & (dist_p > settings.marker_distance) & (contour_p < settings.marker_contour))
+    pred_cores, _ = ndi.label(
+        mask & (dist_p > settings.marker_distance) & (contour_p < settings.marker_contour)
+    )
     return {
         "as shipped": instances_from_maps(maps, mpp, settings),
         "oracle markers": watershed(-dist_p, true_cores, mask=mask),
@@ -55,7 +62,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--method", default=DEFAULT_NUCLEI_MODEL)
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "nuclei_error_budget.json"))
+    ap.add_argument(
+        "--out", default=str(REPO / "benchmarks" / "results" / "nuclei_error_budget.json")
+    )
     args = ap.parse_args(argv)
     if not Path(args.data).exists():
         sys.exit(f"{args.data} not found: this benchmark needs ../shared/data")
@@ -64,19 +73,33 @@ def main(argv=None):
     scores: dict[str, dict[str, list]] = {"held out (4)": {}, "trained on (26)": {}}
     for im in load_dataset(args.data):
         group = "held out (4)" if im.stem in holdout else "trained on (26)"
-        for name, labels in variants(predictor.maps(im.rgb, im.mpp), im.labels, im.mpp, predictor.settings).items():
+        for name, labels in variants(
+            predictor.maps(im.rgb, im.mpp), im.labels, im.mpp, predictor.settings
+        ).items():
             scores[group].setdefault(name, []).append(score_image(im.labels, labels, im.stem))
-    results = {g: {name: {k: round(aggregate(s)[k], 4) for k in ("aji", "f1", "dice")} for name, s in v.items()}
-               for g, v in scores.items()}
+    results = {
+        g: {
+            name: {k: round(aggregate(s)[k], 4) for k in ("aji", "f1", "dice")}
+            for name, s in v.items()
+        }
+        for g, v in scores.items()
+    }
     head = f"{'images':<18}{'post-processing':<18}{'AJI':>8}{'F1@0.5':>8}{'Dice':>8}"
-    print(f"\n{args.method}: aggregate scores on MoNuSeg 2018 training images\n\n{head}\n" + "-" * len(head))
+    print(
+        f"\n{args.method}: aggregate scores on MoNuSeg 2018 training images\n\n{head}\n"
+        + "-" * len(head)
+    )
     for g, v in results.items():
         for name, a in v.items():
             print(f"{g:<18}{name:<18}{a['aji']:8.4f}{a['f1']:8.4f}{a['dice']:8.4f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "nuclei_error_budget", "method": args.method, "results": results},
-                              indent=1))
+    out.write_text(
+        json.dumps(
+            {"benchmark": "nuclei_error_budget", "method": args.method, "results": results},
+            indent=1,
+        )
+    )
     print(f"\nwrote {out}")
 
 

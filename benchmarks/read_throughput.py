@@ -67,8 +67,12 @@ def _ours(path):
 
 
 def raw_openslide(path, regions):
-    return _timed(lambda: _raw(path), lambda o: [np.asarray(o.read_region((x, y), 0, (TILE, TILE)))[:, :, :3]
-                                                for x, y in regions])
+    return _timed(
+        lambda: _raw(path),
+        lambda o: [
+            np.asarray(o.read_region((x, y), 0, (TILE, TILE)))[:, :, :3] for x, y in regions
+        ],
+    )
 
 
 def ours_dask_batch(path, regions):
@@ -76,33 +80,48 @@ def ours_dask_batch(path, regions):
 
     def read_all(s):
         level0 = s.pyramid(TILE)[0]
-        dask.compute(*[level0[y : y + TILE, x : x + TILE] for x, y in regions], scheduler="threads",
-                     num_workers=os.cpu_count())
+        dask.compute(
+            *[level0[y : y + TILE, x : x + TILE] for x, y in regions],
+            scheduler="threads",
+            num_workers=os.cpu_count(),
+        )
 
     return _timed(lambda: _ours(path), read_all)
 
 
 def ours_dask_one_by_one(path, regions):
     # What napari does for each view: np.asarray on a slice of the level.
-    return _timed(lambda: _ours(path), lambda s: [np.asarray(s.pyramid(TILE)[0][y : y + TILE, x : x + TILE])
-                                                  for x, y in regions])
+    return _timed(
+        lambda: _ours(path),
+        lambda s: [np.asarray(s.pyramid(TILE)[0][y : y + TILE, x : x + TILE]) for x, y in regions],
+    )
 
 
 def ours_read_region(path, regions):
-    return _timed(lambda: _ours(path), lambda s: [s.read_region(x, y, TILE, TILE, 0) for x, y in regions])
+    return _timed(
+        lambda: _ours(path), lambda s: [s.read_region(x, y, TILE, TILE, 0) for x, y in regions]
+    )
 
 
 VIEW = (1024, 2048)  # rows, cols: about what a full-HD canvas shows at full resolution
 
 
 def raw_openslide_views(path, regions):
-    return _timed(lambda: _raw(path), lambda o: [np.asarray(o.read_region((x, y), 0, (VIEW[1], VIEW[0])))[:, :, :3]
-                                                for x, y in regions])
+    return _timed(
+        lambda: _raw(path),
+        lambda o: [
+            np.asarray(o.read_region((x, y), 0, (VIEW[1], VIEW[0])))[:, :, :3] for x, y in regions
+        ],
+    )
 
 
 def ours_dask_views(path, regions):
-    return _timed(lambda: _ours(path), lambda s: [np.asarray(s.pyramid(TILE)[0][y : y + VIEW[0], x : x + VIEW[1]])
-                                                  for x, y in regions])
+    return _timed(
+        lambda: _ours(path),
+        lambda s: [
+            np.asarray(s.pyramid(TILE)[0][y : y + VIEW[0], x : x + VIEW[1]]) for x, y in regions
+        ],
+    )
 
 
 VIEW_METHODS = {
@@ -130,9 +149,17 @@ def compare(methods, path, regions, px_per_region, rounds, row) -> list[dict]:
         for m in methods:
             per_method[m].append(mp / times[m])
             ratios[m].append(times["raw openslide.read_region"] / times[m])
-    return [row | {"method": m, "regions": len(regions), "mp_per_s": statistics.median(per_method[m]),
-                   "ratio_vs_raw_openslide": statistics.median(ratios[m]), "rounds_mp_per_s": per_method[m]}
-            for m in methods]
+    return [
+        row
+        | {
+            "method": m,
+            "regions": len(regions),
+            "mp_per_s": statistics.median(per_method[m]),
+            "ratio_vs_raw_openslide": statistics.median(ratios[m]),
+            "rounds_mp_per_s": per_method[m],
+        }
+        for m in methods
+    ]
 
 
 def main(argv=None):
@@ -163,32 +190,63 @@ def main(argv=None):
         shape = open_slide(path).shape
         for aligned in (True, False):
             regions = regions_for(shape, args.regions, aligned, seed=1)
-            results += compare(METHODS, path, regions, TILE * TILE, args.rounds,
-                               {"slide": label, "aligned": aligned})
+            results += compare(
+                METHODS,
+                path,
+                regions,
+                TILE * TILE,
+                args.rounds,
+                {"slide": label, "aligned": aligned},
+            )
         # Screen-sized views (what napari reads when the user pans), aligned to the chunk grid.
-        regions = regions_for((shape[0] - VIEW[0] + TILE, shape[1] - VIEW[1] + TILE),
-                              max(8, args.regions // 8), True, seed=2)
-        results += compare(VIEW_METHODS, path, regions, VIEW[0] * VIEW[1], args.rounds,
-                           {"slide": label, "aligned": "view", "region_px": list(VIEW)})
+        regions = regions_for(
+            (shape[0] - VIEW[0] + TILE, shape[1] - VIEW[1] + TILE),
+            max(8, args.regions // 8),
+            True,
+            seed=2,
+        )
+        results += compare(
+            VIEW_METHODS,
+            path,
+            regions,
+            VIEW[0] * VIEW[1],
+            args.rounds,
+            {"slide": label, "aligned": "view", "region_px": list(VIEW)},
+        )
 
-    print(f"\nRead throughput, 512x512 level-0 regions, {args.regions} regions x {args.rounds} rounds, "
-          f"{os.cpu_count()} cores\n")
+    print(
+        f"\nRead throughput, 512x512 level-0 regions, {args.regions} regions x {args.rounds} rounds, "
+        f"{os.cpu_count()} cores\n"
+    )
     head = f"{'slide':<52} {'regions':<10} {'method':<44} {'MP/s':>7} {'vs raw':>7}"
     print(head)
     print("-" * len(head))
     for r in results:
-        print(f"{r['slide'][:52]:<52} {({True: 'aligned', False: 'unaligned'}.get(r['aligned'], '2048x1024')):<10} {r['method']:<44} "
-              f"{r['mp_per_s']:7.2f} {r['ratio_vs_raw_openslide']:6.2f}x")
+        print(
+            f"{r['slide'][:52]:<52} { ({True: 'aligned', False: 'unaligned'}.get(r['aligned'], '2048x1024')):<10} {r['method']:<44} "
+            f"{r['mp_per_s']:7.2f} {r['ratio_vs_raw_openslide']:6.2f}x"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     import openslide
 
-    out.write_text(json.dumps({
-        "benchmark": "read_throughput", "tile": TILE, "regions": args.regions, "rounds": args.rounds,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "openslide": openslide.__library_version__},
-        "results": results,
-    }, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "read_throughput",
+                "tile": TILE,
+                "regions": args.regions,
+                "rounds": args.rounds,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "openslide": openslide.__library_version__,
+                },
+                "results": results,
+            },
+            indent=1,
+        )
+    )
     print(f"\nwrote {out}")
 
 

@@ -28,7 +28,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-CMU = Path(os.environ.get("NUCLEISEG_SHARED", REPO.parent / "shared")) / "data" / "slides" / "CMU-1-Small-Region.svs"
+CMU = (
+    Path(os.environ.get("NUCLEISEG_SHARED", REPO.parent / "shared"))
+    / "data"
+    / "slides"
+    / "CMU-1-Small-Region.svs"
+)
 SIZE = 4000
 
 
@@ -40,8 +45,17 @@ def build_input_40x(path: Path) -> Path:
     from napari_nucleiseg.training.nuclei_data import load_dataset
 
     images = load_dataset(TRAIN)[:16]
-    rows = [np.concatenate([im.rgb[:1000, :1000] for im in images[i * 4:(i + 1) * 4]], axis=1) for i in range(4)]
-    write_pyramidal_tiff(path, np.ascontiguousarray(np.concatenate(rows, axis=0)), images[0].mpp, tile=256, quality=90)
+    rows = [
+        np.concatenate([im.rgb[:1000, :1000] for im in images[i * 4 : (i + 1) * 4]], axis=1)
+        for i in range(4)
+    ]
+    write_pyramidal_tiff(
+        path,
+        np.ascontiguousarray(np.concatenate(rows, axis=0)),
+        images[0].mpp,
+        tile=256,
+        quality=90,
+    )
     return path
 
 
@@ -53,9 +67,13 @@ def build_input(path: Path) -> Path:
     h, w = slide.shape
     rgb = slide.read_region(0, 0, w, h, 0)
     reps = (-(-SIZE // h), -(-SIZE // w))
-    tiles = [[rgb if (i + j) % 2 == 0 else rgb[:, ::-1] for j in range(reps[1])] for i in range(reps[0])]
+    tiles = [
+        [rgb if (i + j) % 2 == 0 else rgb[:, ::-1] for j in range(reps[1])] for i in range(reps[0])
+    ]
     big = np.concatenate([np.concatenate(row, axis=1) for row in tiles], axis=0)
-    write_pyramidal_tiff(path, np.ascontiguousarray(big[:SIZE, :SIZE]), slide.mpp, tile=256, quality=90)
+    write_pyramidal_tiff(
+        path, np.ascontiguousarray(big[:SIZE, :SIZE]), slide.mpp, tile=256, quality=90
+    )
     return path
 
 
@@ -85,7 +103,11 @@ def main(argv=None):
     if not CMU.exists():
         sys.exit(f"{CMU} not found: this benchmark needs ../shared/data/slides")
     tmp = Path(tempfile.mkdtemp())
-    src = build_input(tmp / "region_20x.tif") if args.magnification == 20 else build_input_40x(tmp / "region_40x.tif")
+    src = (
+        build_input(tmp / "region_20x.tif")
+        if args.magnification == 20
+        else build_input_40x(tmp / "region_40x.tif")
+    )
     from napari_nucleiseg.io import open_slide
 
     with open_slide(src) as slide:
@@ -95,28 +117,70 @@ def main(argv=None):
         # A 16 MP read takes a fraction of a second, so one timing is noisy: the median of five.
         read_s = float(np.median([openslide_read_seconds(src) for _ in range(5)]))
         t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "napari_nucleiseg.cli.main", "segment", str(src),
-                              "--out", str(tmp / "out"), "--method", args.method], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "napari_nucleiseg.cli.main",
+                "segment",
+                str(src),
+                "--out",
+                str(tmp / "out"),
+                "--method",
+                args.method,
+            ],
+            capture_output=True,
+            text=True,
+        )
         seg_s = time.perf_counter() - t
         if out.returncode:
             sys.exit(out.stderr)
         n = int(out.stdout.split(": ")[1].split(" nuclei")[0])
         mp = SIZE * SIZE / 1e6
-        rounds.append({"read_s": read_s, "segment_s": seg_s, "read_mp_s": mp / read_s, "segment_mp_s": mp / seg_s,
-                       "ratio": (mp / seg_s) / (mp / read_s), "nuclei": n, "nuclei_per_s": n / seg_s})
+        rounds.append(
+            {
+                "read_s": read_s,
+                "segment_s": seg_s,
+                "read_mp_s": mp / read_s,
+                "segment_mp_s": mp / seg_s,
+                "ratio": (mp / seg_s) / (mp / read_s),
+                "nuclei": n,
+                "nuclei_per_s": n / seg_s,
+            }
+        )
     best = min(rounds, key=lambda r: r["segment_s"])
     median_ratio = float(np.median([r["ratio"] for r in rounds]))
-    print(f"\n4000x4000 px at {mpp:.3g} µm/px ({(SIZE * mpp / 1000) ** 2:.1f} mm²), method {args.method}, "
-          f"{os.cpu_count()} cores\n")
-    print(f"{'round':<7}{'OpenSlide read s':>18}{'read MP/s':>11}{'segment s':>11}{'seg MP/s':>10}{'ratio':>8}{'nuclei':>8}")
+    print(
+        f"\n4000x4000 px at {mpp:.3g} µm/px ({(SIZE * mpp / 1000) ** 2:.1f} mm²), method {args.method}, "
+        f"{os.cpu_count()} cores\n"
+    )
+    print(
+        f"{'round':<7}{'OpenSlide read s':>18}{'read MP/s':>11}{'segment s':>11}{'seg MP/s':>10}{'ratio':>8}{'nuclei':>8}"
+    )
     for i, r in enumerate(rounds):
-        print(f"{i:<7}{r['read_s']:18.2f}{r['read_mp_s']:11.2f}{r['segment_s']:11.2f}{r['segment_mp_s']:10.3f}"
-              f"{r['ratio']:8.4f}{r['nuclei']:8d}")
-    print(f"\nmedian ratio {median_ratio:.4f}, fastest round's {best['ratio']:.4f} (bar: >= 0.04); "
-          f"{best['nuclei_per_s']:.0f} nuclei/s")
+        print(
+            f"{i:<7}{r['read_s']:18.2f}{r['read_mp_s']:11.2f}{r['segment_s']:11.2f}{r['segment_mp_s']:10.3f}"
+            f"{r['ratio']:8.4f}{r['nuclei']:8d}"
+        )
+    print(
+        f"\nmedian ratio {median_ratio:.4f}, fastest round's {best['ratio']:.4f} (bar: >= 0.04); "
+        f"{best['nuclei_per_s']:.0f} nuclei/s"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "segment_speed", "size": SIZE, "mpp": mpp, "method": args.method, "median_ratio": median_ratio, "rounds": rounds}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "segment_speed",
+                "size": SIZE,
+                "mpp": mpp,
+                "method": args.method,
+                "median_ratio": median_ratio,
+                "rounds": rounds,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
 
 

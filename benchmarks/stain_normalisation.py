@@ -79,6 +79,7 @@ def torchvision_shim():
     """Provide torchvision.transforms.functional.convert_image_dtype if torchvision is unusable."""
     try:
         import torchvision.transforms.functional  # noqa: F401
+
         return False
     except Exception:
         import torch
@@ -90,12 +91,19 @@ def torchvision_shim():
                 return image.to(dtype)
             return image.to(dtype) / float(torch.iinfo(image.dtype).max)
 
-        tv, tr, fn = (types.ModuleType(n) for n in ("torchvision", "torchvision.transforms",
-                                                    "torchvision.transforms.functional"))
+        tv, tr, fn = (
+            types.ModuleType(n)
+            for n in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional")
+        )
         fn.convert_image_dtype = convert_image_dtype
         tv.transforms, tr.functional = tr, fn
-        sys.modules.update({"torchvision": tv, "torchvision.transforms": tr,
-                            "torchvision.transforms.functional": fn})
+        sys.modules.update(
+            {
+                "torchvision": tv,
+                "torchvision.transforms": tr,
+                "torchvision.transforms.functional": fn,
+            }
+        )
         return True
 
 
@@ -106,12 +114,20 @@ def accuracy(src, tgt):
     for m in METHODS:
         ref = load(f"norm_{m}.png")
         out = make_normaliser(m).fit(tgt).transform(src)
-        rows[m] = {"mae": mae(out, ref), "mae_source_unchanged": mae(src, ref),
-                   "max_abs_levels": int(np.abs(out.astype(int) - ref).max())}
+        rows[m] = {
+            "mae": mae(out, ref),
+            "mae_source_unchanged": mae(src, ref),
+            "max_abs_levels": int(np.abs(out.astype(int) - ref).max()),
+        }
     rows["vahadane"]["mae_by_lambda"] = {
-        str(lam): mae(make_normaliser("vahadane", lam=lam).fit(tgt).transform(src), load("norm_vahadane.png"))
-        for lam in (0.1, 0.05, 0.02, 0.01)}
-    rows["vahadane"]["mae_to_norm_macenko"] = mae(load("norm_vahadane.png"), load("norm_macenko.png"))
+        str(lam): mae(
+            make_normaliser("vahadane", lam=lam).fit(tgt).transform(src), load("norm_vahadane.png")
+        )
+        for lam in (0.1, 0.05, 0.02, 0.01)
+    }
+    rows["vahadane"]["mae_to_norm_macenko"] = mae(
+        load("norm_vahadane.png"), load("norm_macenko.png")
+    )
     return rows
 
 
@@ -127,7 +143,9 @@ def speed_macenko(src, tgt, tile, repeats):
             import torchstain
 
             torch.set_num_threads(1)
-            tt, ti = (torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))) for a in (tgt, img))
+            tt, ti = (
+                torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))) for a in (tgt, img)
+            )
 
             def ts_torch():
                 n = torchstain.normalizers.MacenkoNormalizer(backend="torch")
@@ -146,8 +164,13 @@ def speed_macenko(src, tgt, tile, repeats):
         for k, (wall, cpu, _) in t.items():
             row[f"{k}_s"], row[f"{k}_cpu_s"] = wall, cpu
         if "torchstain_torch" in t:
-            row["speedup"] = min(row["torchstain_torch_s"], row["torchstain_numpy_s"]) / row["ours_s"]
-            row["speedup_cpu"] = min(row["torchstain_torch_cpu_s"], row["torchstain_numpy_cpu_s"]) / row["ours_cpu_s"]
+            row["speedup"] = (
+                min(row["torchstain_torch_s"], row["torchstain_numpy_s"]) / row["ours_s"]
+            )
+            row["speedup_cpu"] = (
+                min(row["torchstain_torch_cpu_s"], row["torchstain_numpy_cpu_s"])
+                / row["ours_cpu_s"]
+            )
         res[label] = row
     return res
 
@@ -158,8 +181,12 @@ def speed_vahadane(src, repeats):
     row = {}
     wall, cpu, ours = best(lambda: make_normaliser("vahadane").fit(src), repeats)
     w_ours = np.asarray(ours.profile.stain_matrix)
-    row.update(ours_fit_s=wall, ours_fit_cpu_s=cpu, ours_iterations=ours.profile.params["iterations"],
-               ours_stains=w_ours.tolist())
+    row.update(
+        ours_fit_s=wall,
+        ours_fit_cpu_s=cpu,
+        ours_iterations=ours.profile.params["iterations"],
+        ours_stains=w_ours.tolist(),
+    )
     w_ours_001 = np.asarray(make_normaliser("vahadane", lam=0.01).fit(src).profile.stain_matrix)
     try:
         row["torchvision_shim"] = torchvision_shim()
@@ -179,11 +206,17 @@ def speed_vahadane(src, repeats):
         rwall, rcpu, ref = best(fit, max(1, repeats // 4))
         w_ref = ref.stain_matrix_target[0].numpy().astype(np.float64)
         w_ref /= np.linalg.norm(w_ref, axis=1, keepdims=True)
-        row.update(torch_staintools_fit_s=rwall, torch_staintools_fit_cpu_s=rcpu, torch_staintools_stains=w_ref.tolist(),
-                   speedup=rwall / wall, speedup_cpu=rcpu / cpu,
-                   cosine_h=float(w_ours[0] @ w_ref[0]), cosine_e=float(w_ours[1] @ w_ref[1]),
-                   cosine_h_same_lambda=float(w_ours_001[0] @ w_ref[0]),
-                   cosine_e_same_lambda=float(w_ours_001[1] @ w_ref[1]))
+        row.update(
+            torch_staintools_fit_s=rwall,
+            torch_staintools_fit_cpu_s=rcpu,
+            torch_staintools_stains=w_ref.tolist(),
+            speedup=rwall / wall,
+            speedup_cpu=rcpu / cpu,
+            cosine_h=float(w_ours[0] @ w_ref[0]),
+            cosine_e=float(w_ours[1] @ w_ref[1]),
+            cosine_h_same_lambda=float(w_ours_001[0] @ w_ref[0]),
+            cosine_e_same_lambda=float(w_ours_001[1] @ w_ref[1]),
+        )
     except ImportError as exc:
         row["torch_staintools"] = f"not installed ({exc})"
     return row
@@ -192,8 +225,9 @@ def speed_vahadane(src, repeats):
 def speed_transform(tgt, tile, repeats):
     from napari_nucleiseg.stain import make_normaliser
 
-    tile = np.ascontiguousarray(np.pad(tile, ((0, 1024 - tile.shape[0]), (0, 1024 - tile.shape[1]), (0, 0)),
-                                       mode="reflect"))
+    tile = np.ascontiguousarray(
+        np.pad(tile, ((0, 1024 - tile.shape[0]), (0, 1024 - tile.shape[1]), (0, 0)), mode="reflect")
+    )
     n = make_normaliser("macenko").fit(tgt).adapt(tile)
     m32 = n.od_matrix().astype(np.float32)
 
@@ -226,60 +260,95 @@ def speed_transform(tgt, tile, repeats):
     rows = {"bare_blas_s": t["bare_blas"][0], "bare_planar_s": t["bare_planar"][0]}
     for m in METHODS:
         rows[m] = {"s": t[m][0], "ratio_to_bare": t[m][0] / bare}
-    rows["macenko"]["max_abs_levels_vs_bare"] = int(np.abs(t["macenko"][2].astype(int) - t["bare_blas"][2]).max())
+    rows["macenko"]["max_abs_levels_vs_bare"] = int(
+        np.abs(t["macenko"][2].astype(int) - t["bare_blas"][2]).max()
+    )
     return rows
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "stain_normalisation.json"))
+    ap.add_argument(
+        "--out", default=str(REPO / "benchmarks" / "results" / "stain_normalisation.json")
+    )
     args = ap.parse_args(argv)
     if not DATA.exists():
         sys.exit(f"{DATA} not found: this benchmark needs ../shared/data/stain")
-    src, tgt, tile = load("source_image.png"), load("target_image.png"), load("TCGA-HE-7130-01Z-00-DX1.png")
+    src, tgt, tile = (
+        load("source_image.png"),
+        load("target_image.png"),
+        load("TCGA-HE-7130-01Z-00-DX1.png"),
+    )
 
     acc = accuracy(src, tgt)
     print("\nAgreement with the reference toolbox (source_image -> target_image, MAE on 0-1)\n")
     print(f"{'method':<12}{'MAE':>10}{'unchanged':>12}{'max |Δ| levels':>16}")
     for m, r in acc.items():
         print(f"{m:<12}{r['mae']:10.4f}{r['mae_source_unchanged']:12.4f}{r['max_abs_levels']:16d}")
-    print("vahadane by λ: " + ", ".join(f"λ={k}: {v:.4f}" for k, v in acc["vahadane"]["mae_by_lambda"].items())
-          + f"  (norm_vahadane vs norm_macenko: {acc['vahadane']['mae_to_norm_macenko']:.4f})")
+    print(
+        "vahadane by λ: "
+        + ", ".join(f"λ={k}: {v:.4f}" for k, v in acc["vahadane"]["mae_by_lambda"].items())
+        + f"  (norm_vahadane vs norm_macenko: {acc['vahadane']['mae_to_norm_macenko']:.4f})"
+    )
 
     mac = speed_macenko(src, tgt, tile, args.repeats)
     print("\nMacenko fit (1000² target) + transform, single thread, best of", args.repeats, "\n")
-    print(f"{'image':<22}{'ours s':>10}{'torchstain torch':>18}{'torchstain numpy':>18}{'speed-up':>10}{'(CPU)':>8}")
+    print(
+        f"{'image':<22}{'ours s':>10}{'torchstain torch':>18}{'torchstain numpy':>18}{'speed-up':>10}{'(CPU)':>8}"
+    )
     for k, r in mac.items():
         if "speedup" in r:
-            print(f"{k:<22}{r['ours_s']:10.4f}{r['torchstain_torch_s']:18.4f}{r['torchstain_numpy_s']:18.4f}"
-                  f"{r['speedup']:9.1f}x{r['speedup_cpu']:7.1f}x")
+            print(
+                f"{k:<22}{r['ours_s']:10.4f}{r['torchstain_torch_s']:18.4f}{r['torchstain_numpy_s']:18.4f}"
+                f"{r['speedup']:9.1f}x{r['speedup_cpu']:7.1f}x"
+            )
         else:
             print(f"{k:<22}{r['ours_s']:10.4f}  {r['torchstain']}")
 
     vah = speed_vahadane(src, args.repeats)
     print("\nVahadane fit on source_image (256²), single thread\n")
     if "speedup" in vah:
-        print(f"ours {vah['ours_fit_s']:.3f} s ({vah['ours_iterations']} iterations), torch-staintools "
-              f"{vah['torch_staintools_fit_s']:.2f} s: {vah['speedup']:.0f}x faster (CPU {vah['speedup_cpu']:.0f}x)")
-        print(f"stain-vector cosine to torch-staintools: H {vah['cosine_h']:.4f}, E {vah['cosine_e']:.4f} "
-              f"(ours at its λ=0.01: H {vah['cosine_h_same_lambda']:.4f}, E {vah['cosine_e_same_lambda']:.4f})")
+        print(
+            f"ours {vah['ours_fit_s']:.3f} s ({vah['ours_iterations']} iterations), torch-staintools "
+            f"{vah['torch_staintools_fit_s']:.2f} s: {vah['speedup']:.0f}x faster (CPU {vah['speedup_cpu']:.0f}x)"
+        )
+        print(
+            f"stain-vector cosine to torch-staintools: H {vah['cosine_h']:.4f}, E {vah['cosine_e']:.4f} "
+            f"(ours at its λ=0.01: H {vah['cosine_h_same_lambda']:.4f}, E {vah['cosine_e_same_lambda']:.4f})"
+        )
     else:
         print(f"ours {vah['ours_fit_s']:.3f} s; {vah['torch_staintools']}")
 
     tr = speed_transform(tgt, tile, args.repeats)
     print("\nTransform a 1024² tile with an adapted profile vs a bare numpy log/matmul/exp pass\n")
-    print(f"bare pass: BLAS {tr['bare_blas_s'] * 1e3:.1f} ms, planar {tr['bare_planar_s'] * 1e3:.1f} ms")
+    print(
+        f"bare pass: BLAS {tr['bare_blas_s'] * 1e3:.1f} ms, planar {tr['bare_planar_s'] * 1e3:.1f} ms"
+    )
     for m in METHODS:
         print(f"{m:<12}{tr[m]['s'] * 1e3:8.1f} ms  ratio {tr[m]['ratio_to_bare']:.2f}")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "stain_normalisation", "data": str(DATA), "repeats": args.repeats,
-                               "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                           "load_average": os.getloadavg()},
-                               "accuracy": acc, "macenko_speed": mac, "vahadane_fit": vah,
-                               "transform_1024": tr}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "stain_normalisation",
+                "data": str(DATA),
+                "repeats": args.repeats,
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg(),
+                },
+                "accuracy": acc,
+                "macenko_speed": mac,
+                "vahadane_fit": vah,
+                "transform_1024": tr,
+            },
+            indent=1,
+        )
+    )
     print(f"\nwrote {out}")
 
 

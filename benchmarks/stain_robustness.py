@@ -88,11 +88,16 @@ def main(argv=None):
     from napari_nucleiseg.training.nuclei_data import load_dataset
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--method", default=None, help="segmentation method (default: the shipped model)")
+    ap.add_argument(
+        "--method", default=None, help="segmentation method (default: the shipped model)"
+    )
     ap.add_argument("--normalise", default="macenko", help="stain normalisation method")
-    ap.add_argument("--target", default=str(TRAIN),
-                    help="target: image, folder of images (profiles averaged) or profile .json "
-                         "(default: the monuseg2018_train images)")
+    ap.add_argument(
+        "--target",
+        default=str(TRAIN),
+        help="target: image, folder of images (profiles averaged) or profile .json "
+        "(default: the monuseg2018_train images)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "stain_robustness.json"))
@@ -121,37 +126,71 @@ def main(argv=None):
     results = {}
     for name, (rgb_of, norm) in runs.items():
         t = time.perf_counter()
-        scores = [score_image(im.labels, segment_image(rgb_of(i), im.mpp, method, normaliser=norm), im.stem)
-                  for i, im in enumerate(images)]
+        scores = [
+            score_image(
+                im.labels, segment_image(rgb_of(i), im.mpp, method, normaliser=norm), im.stem
+            )
+            for i, im in enumerate(images)
+        ]
         agg = aggregate(scores)
-        results[name] = {"aji": agg["aji"], "f1": agg["f1"], "pq": agg["pq"], "dice": agg["dice"],
-                         "seconds": time.perf_counter() - t,
-                         "per_image_aji": {s.name: s.as_row()["aji"] for s in scores}}
-        print(f"{name:<34} AJI {agg['aji']:.4f}  F1 {agg['f1']:.4f}  PQ {agg['pq']:.4f}  "
-              f"({results[name]['seconds']:.0f} s)", flush=True)
+        results[name] = {
+            "aji": agg["aji"],
+            "f1": agg["f1"],
+            "pq": agg["pq"],
+            "dice": agg["dice"],
+            "seconds": time.perf_counter() - t,
+            "per_image_aji": {s.name: s.as_row()["aji"] for s in scores},
+        }
+        print(
+            f"{name:<34} AJI {agg['aji']:.4f}  F1 {agg['f1']:.4f}  PQ {agg['pq']:.4f}  "
+            f"({results[name]['seconds']:.0f} s)",
+            flush=True,
+        )
     base = results["unperturbed"]["aji"]
     ratio_on = results["perturbed, normalisation on"]["aji"] / base
     ratio_off = results["perturbed, normalisation off"]["aji"] / base
-    print(f"\n{method} on MoNuSeg 2018 test, strong stain perturbation (seed {args.seed}), "
-          f"target: {args.normalise} profile of {normaliser.profile.fitted_on.get('name')}\n")
+    print(
+        f"\n{method} on MoNuSeg 2018 test, strong stain perturbation (seed {args.seed}), "
+        f"target: {args.normalise} profile of {normaliser.profile.fitted_on.get('name')}\n"
+    )
     head = f"{'condition':<34}{'AJI':>8}{'F1':>8}{'PQ':>8}{'of unperturbed AJI':>22}"
     print(head + "\n" + "-" * len(head))
     for name, r in results.items():
         print(f"{name:<34}{r['aji']:8.4f}{r['f1']:8.4f}{r['pq']:8.4f}{r['aji'] / base:21.1%}")
     verdict = "PASS" if ratio_on >= 0.95 else "FAIL"
-    print(f"\nnormalisation on keeps {ratio_on:.1%} of the unperturbed AJI (off: {ratio_off:.1%}); "
-          f"target ≥ 95 %: {verdict}")
+    print(
+        f"\nnormalisation on keeps {ratio_on:.1%} of the unperturbed AJI (off: {ratio_off:.1%}); "
+        f"target ≥ 95 %: {verdict}"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "benchmark": "stain_robustness", "data": str(TEST), "segmentation": describe_method(method),
-        "normalisation": {"method": args.normalise, "target": str(target_path),
-                          "profile": normaliser.profile.to_dict()},
-        "seed": args.seed, "perturbation": {"basis": "Ruifrok-Johnston H, E, DAB", "angles_deg": ANGLES_DEG,
-                                            "amounts": AMOUNTS, "draws": draws}, "results": results,
-        "aji_ratio_normalisation_on": ratio_on, "aji_ratio_normalisation_off": ratio_off,
-        "criterion": "normalisation on >= 95% of unperturbed AJI", "pass": ratio_on >= 0.95,
-    }, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "stain_robustness",
+                "data": str(TEST),
+                "segmentation": describe_method(method),
+                "normalisation": {
+                    "method": args.normalise,
+                    "target": str(target_path),
+                    "profile": normaliser.profile.to_dict(),
+                },
+                "seed": args.seed,
+                "perturbation": {
+                    "basis": "Ruifrok-Johnston H, E, DAB",
+                    "angles_deg": ANGLES_DEG,
+                    "amounts": AMOUNTS,
+                    "draws": draws,
+                },
+                "results": results,
+                "aji_ratio_normalisation_on": ratio_on,
+                "aji_ratio_normalisation_off": ratio_off,
+                "criterion": "normalisation on >= 95% of unperturbed AJI",
+                "pass": ratio_on >= 0.95,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -179,8 +179,15 @@ def main():
             viewer.layers.remove(lyr)
         stain._layer.value = cmu_layer
         stain._show.value = True
-        wait_until(viewer, lambda: not stain.jobs.running and any(kind(l) == "stain_normalised" for l in viewer.layers))
-        grid = viewer.canvas.grid if hasattr(getattr(viewer, "canvas", None), "grid") else viewer.grid
+        wait_until(
+            viewer,
+            lambda: (
+                not stain.jobs.running and any(kind(l) == "stain_normalised" for l in viewer.layers)
+            ),
+        )
+        grid = (
+            viewer.canvas.grid if hasattr(getattr(viewer, "canvas", None), "grid") else viewer.grid
+        )
         grid.enabled = True
         viewer.scene.camera.center = (1400 * 0.499, 1100 * 0.499)
         viewer.scene.camera.zoom = 1.2

@@ -25,8 +25,12 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    has_display = bool(os.environ.get("DISPLAY")) or os.environ.get("QT_QPA_PLATFORM") == "offscreen"
-    skip_gui = pytest.mark.skip(reason="needs a display with OpenGL: run under xvfb-run (see README)")
+    has_display = (
+        bool(os.environ.get("DISPLAY")) or os.environ.get("QT_QPA_PLATFORM") == "offscreen"
+    )
+    skip_gui = pytest.mark.skip(
+        reason="needs a display with OpenGL: run under xvfb-run (see README)"
+    )
     for item in items:
         if "gui" in item.keywords and not has_display:
             item.add_marker(skip_gui)
@@ -51,7 +55,9 @@ def big_slide(tmp_path_factory):
     """100,000 x 100,000 px pyramidal slide at 0.5 µm/px (about 0.6 GB, written in seconds)."""
     from napari_nucleiseg.demo import make_large_slide
 
-    return make_large_slide(tmp_path_factory.mktemp("big") / "big_100k.tif", size=(100_000, 100_000))
+    return make_large_slide(
+        tmp_path_factory.mktemp("big") / "big_100k.tif", size=(100_000, 100_000)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +75,19 @@ def ome_tiff(tmp_path, he_rgb):
     rgb = he_rgb[0]
     path = tmp_path / "field.ome.tif"
     with tifffile.TiffWriter(path, ome=True) as tw:
-        tw.write(rgb, tile=(128, 128), photometric="rgb", subifds=1,
-                 metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeXUnit": "µm",
-                           "PhysicalSizeY": 0.25, "PhysicalSizeYUnit": "µm"})
+        tw.write(
+            rgb,
+            tile=(128, 128),
+            photometric="rgb",
+            subifds=1,
+            metadata={
+                "axes": "YXS",
+                "PhysicalSizeX": 0.25,
+                "PhysicalSizeXUnit": "µm",
+                "PhysicalSizeY": 0.25,
+                "PhysicalSizeYUnit": "µm",
+            },
+        )
         tw.write(rgb[::2, ::2], tile=(128, 128), photometric="rgb", subfiletype=1)
     return path
 
@@ -86,15 +102,28 @@ def ome_zarr(tmp_path, he_rgb):
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     levels = [rgb, rgb[::2, ::2]]
     for i, lv in enumerate(levels):
-        root.create_array(str(i), data=np.ascontiguousarray(np.moveaxis(lv, 2, 0)), chunks=(3, 128, 128))
-    root.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": "c", "type": "channel"},
-                 {"name": "y", "type": "space", "unit": "micrometer"},
-                 {"name": "x", "type": "space", "unit": "micrometer"}],
-        "datasets": [{"path": str(i), "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0, 0.25 * 2**i, 0.25 * 2**i]}]} for i in range(2)],
-    }]
+        root.create_array(
+            str(i), data=np.ascontiguousarray(np.moveaxis(lv, 2, 0)), chunks=(3, 128, 128)
+        )
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [
+                {"name": "c", "type": "channel"},
+                {"name": "y", "type": "space", "unit": "micrometer"},
+                {"name": "x", "type": "space", "unit": "micrometer"},
+            ],
+            "datasets": [
+                {
+                    "path": str(i),
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [1.0, 0.25 * 2**i, 0.25 * 2**i]}
+                    ],
+                }
+                for i in range(2)
+            ],
+        }
+    ]
     return path
 
 

@@ -4,9 +4,15 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import shared_slide
-from napari_nucleiseg.io import CorruptSlideError, SlideError, SlideNotFoundError, UnsupportedFormatError, open_slide
+
+from napari_nucleiseg.io import (
+    CorruptSlideError,
+    SlideError,
+    SlideNotFoundError,
+    UnsupportedFormatError,
+    open_slide,
+)
 
 
 def test_missing_file(tmp_path):
@@ -39,7 +45,9 @@ def test_garbage_with_a_slide_suffix(tmp_path):
 def test_unsupported_directory(tmp_path):
     d = tmp_path / "folder.zarr"
     d.mkdir()
-    with pytest.raises(UnsupportedFormatError, match="folder.zarr: a directory that is not an OME-Zarr"):
+    with pytest.raises(
+        UnsupportedFormatError, match="folder.zarr: a directory that is not an OME-Zarr"
+    ):
         open_slide(d)
 
 

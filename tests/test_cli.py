@@ -5,18 +5,23 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import shared_slide
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "napari_nucleiseg.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_nucleiseg.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.real_slides
 def test_info_reports_levels_and_mpp():
-    out = run("info", shared_slide("CMU-1-Small-Region.svs"), shared_slide("tcga-cr-7395-01a-01-ts1.svs"))
+    out = run(
+        "info", shared_slide("CMU-1-Small-Region.svs"), shared_slide("tcga-cr-7395-01a-01-ts1.svs")
+    )
     assert out.returncode == 0, out.stderr
     assert "0.499 µm/px (file)" in out.stdout and "level 0: 2220 x 2967 px" in out.stdout
     assert "level 1: 2221 x 1783 px" in out.stdout
@@ -41,7 +46,9 @@ def test_bad_files_are_named_and_exit_non_zero(tmp_path, demo):
 
 
 def test_tissue_writes_mask_and_tiles(tmp_path, demo):
-    out = run("tissue", demo.slide, "--out", tmp_path / "mask.png", "--tiles", tmp_path / "tiles.json")
+    out = run(
+        "tissue", demo.slide, "--out", tmp_path / "mask.png", "--tiles", tmp_path / "tiles.json"
+    )
     assert out.returncode == 0, out.stderr
     tiles = json.loads((tmp_path / "tiles.json").read_text())
     assert tiles["tile_px"] == 512 and 0 < len(tiles["tiles"]) < 48

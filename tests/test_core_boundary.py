@@ -9,7 +9,17 @@ from pathlib import Path
 import napari_nucleiseg
 
 PKG = Path(napari_nucleiseg.__file__).parent
-GUI_PACKAGES = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt", "vispy")
+GUI_PACKAGES = (
+    "napari",
+    "qtpy",
+    "PyQt5",
+    "PyQt6",
+    "PySide2",
+    "PySide6",
+    "magicgui",
+    "superqt",
+    "vispy",
+)
 
 
 def core_modules():

@@ -1,7 +1,6 @@
 """The demo slide: deterministic, H&E-like, nuclei of realistic size, some touching."""
 
 import numpy as np
-import pytest
 
 from napari_nucleiseg.demo import demo_slide, read_label_pyramid
 from napari_nucleiseg.demo.render import render_he
@@ -41,7 +40,9 @@ def test_demo_nuclei_are_realistic(demo):
     # Some nuclei touch: a different id directly to the right or below.
     right = (labels[:, :-1] > 0) & (labels[:, 1:] > 0) & (labels[:, :-1] != labels[:, 1:])
     down = (labels[:-1] > 0) & (labels[1:] > 0) & (labels[:-1] != labels[1:])
-    pairs = set(zip(labels[:, :-1][right], labels[:, 1:][right])) | set(zip(labels[:-1][down], labels[1:][down]))
+    pairs = set(zip(labels[:, :-1][right], labels[:, 1:][right])) | set(
+        zip(labels[:-1][down], labels[1:][down])
+    )
     assert len(pairs) > 50
 
 

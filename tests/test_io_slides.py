@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from conftest import shared_slide
+
 from napari_nucleiseg.io import (
     ImplausibleResolutionWarning,
     MissingResolutionWarning,
@@ -183,8 +183,8 @@ def test_plain_png_is_a_single_level_slide(png_image, he_rgb):
 
 
 def test_grey_rgba_and_16bit_images_become_rgb(tmp_path):
-    from PIL import Image
     import tifffile
+    from PIL import Image
 
     grey = (np.arange(64 * 64) % 256).reshape(64, 64).astype(np.uint8)
     Image.fromarray(grey).save(tmp_path / "g.png")
@@ -220,7 +220,9 @@ def test_single_level_big_image_gets_lazy_overview_levels(tmp_path):
     corner = np.asarray(data[1][:64, :64])  # inside one 512 px overview chunk = 4x4 level-0 chunks
     assert slide.stats.chunks == 16  # of the 144 the level has
     assert corner.dtype == np.uint8
-    assert np.allclose(corner[:, 0, 0], rgb[:256, :4, 0].reshape(64, 4, 4).mean(axis=(1, 2)), atol=1)
+    assert np.allclose(
+        corner[:, 0, 0], rgb[:256, :4, 0].reshape(64, 4, 4).mean(axis=(1, 2)), atol=1
+    )
 
 
 @pytest.mark.real_slides
@@ -243,8 +245,10 @@ def test_coarse_levels_have_no_seams_between_chunks(name, quiet):
 def test_pickled_pyramids_survive_more_slides_than_the_reopen_cache(demo):
     from napari_nucleiseg.io import _REOPEN_MAX
 
-    arrays = [pickle.loads(pickle.dumps(open_slide(demo.slide, mpp=0.5 + i / 100).pyramid()[2]))
-              for i in range(_REOPEN_MAX + 3)]
+    arrays = [
+        pickle.loads(pickle.dumps(open_slide(demo.slide, mpp=0.5 + i / 100).pyramid()[2]))
+        for i in range(_REOPEN_MAX + 3)
+    ]
     first = arrays[0].compute()
     assert first.shape == (192, 256, 3) and np.array_equal(first, arrays[-1].compute())
 
@@ -279,7 +283,9 @@ def test_pyramid_less_large_tiff_warns_and_thumbnails_in_strips(tmp_path):
 
     data = np.zeros((17000, 600, 3), np.uint8)
     data[:8500] = 200
-    tifffile.imwrite(tmp_path / "tall.tif", data, tile=(512, 512), photometric="rgb", compression="zlib")
+    tifffile.imwrite(
+        tmp_path / "tall.tif", data, tile=(512, 512), photometric="rgb", compression="zlib"
+    )
     with pytest.warns(NoPyramidWarning, match="tall.tif"):
         slide = open_slide(tmp_path / "tall.tif", mpp=0.5)
     th = slide.thumbnail(512)

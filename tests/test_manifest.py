@@ -54,9 +54,20 @@ def test_reader_claims_slides_and_declines_others(tmp_path):
 @pytest.mark.timeout(300)
 def test_wheel_ships_the_manifest_inside_the_package(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     (wheel,) = tmp_path.glob("napari_nucleiseg-*.whl")

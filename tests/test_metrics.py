@@ -17,13 +17,24 @@ def test_identical_maps_score_perfectly():
     gt = squares((1, 1, 5, 5), (8, 8, 12, 14), (15, 2, 19, 6))
     pred = gt * 7  # ids do not matter
     s = score_image(gt, pred)
-    for k in ("pixel_accuracy", "mean_accuracy", "mean_iu", "dice", "f1", "aji", "pq", "ap", "dq", "sq"):
+    for k in (
+        "pixel_accuracy",
+        "mean_accuracy",
+        "mean_iu",
+        "dice",
+        "f1",
+        "aji",
+        "pq",
+        "ap",
+        "dq",
+        "sq",
+    ):
         assert getattr(s, k) == pytest.approx(1.0), k
 
 
 def test_one_nucleus_split_in_two():
-    gt = squares((0, 0, 4, 8))                        # one 4x8 nucleus (32 px)
-    pred = squares((0, 0, 4, 4), (0, 4, 4, 8))        # predicted as two 4x4 halves
+    gt = squares((0, 0, 4, 8))  # one 4x8 nucleus (32 px)
+    pred = squares((0, 0, 4, 4), (0, 4, 4, 8))  # predicted as two 4x4 halves
     s = score_image(gt, pred)
     # IoU of each half with the nucleus is 16/32 = 0.5, not > 0.5: no true positive.
     assert s.f1 == 0 and s.pq == 0 and s.ap == 0
@@ -44,13 +55,17 @@ def test_empty_prediction():
 
 
 def test_partial_overlap_by_hand():
-    gt = squares((0, 0, 4, 4), (10, 10, 14, 14))        # two 16 px nuclei
-    pred = squares((0, 1, 4, 5), (15, 15, 18, 18))      # one shifted by 1 px, one false positive
+    gt = squares((0, 0, 4, 4), (10, 10, 14, 14))  # two 16 px nuclei
+    pred = squares((0, 1, 4, 5), (15, 15, 18, 18))  # one shifted by 1 px, one false positive
     s = score_image(gt, pred)
     iou = 12 / 20
     assert s.counts["tp"] == 1 and s.counts["fp"] == 1 and s.counts["fn"] == 1
     assert s.f1 == pytest.approx(2 / 4)
-    assert s.sq == pytest.approx(iou) and s.dq == pytest.approx(0.5) and s.pq == pytest.approx(0.5 * iou)
+    assert (
+        s.sq == pytest.approx(iou)
+        and s.dq == pytest.approx(0.5)
+        and s.pq == pytest.approx(0.5 * iou)
+    )
     # AP: matched at thresholds 0.5 and 0.55 (IoU 0.6 > both), not from 0.6 on.
     assert s.ap == pytest.approx((1 / 3 + 1 / 3) / 10)
     # AJI: inter 12; unions 20 (first) + 16 (second, unmatched) + 9 (unused prediction).
@@ -58,7 +73,7 @@ def test_partial_overlap_by_hand():
 
 
 def test_aggregate_sums_numerators_and_denominators():
-    a = score_image(squares((0, 0, 4, 4)), squares((0, 0, 4, 4)))        # AJI 16/16
+    a = score_image(squares((0, 0, 4, 4)), squares((0, 0, 4, 4)))  # AJI 16/16
     b = score_image(squares((0, 0, 4, 8)), squares((0, 0, 4, 4), (0, 4, 4, 8)))  # AJI 16/48
     agg = aggregate([a, b])
     assert agg["aji"] == pytest.approx((16 + 16) / (16 + 48))

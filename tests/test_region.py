@@ -56,8 +56,12 @@ def test_region_labels_sit_on_the_true_nuclei(demo, demo_open):
     cx = table["centroid_x_um"] / 0.5
     cy = table["centroid_y_um"] / 0.5
     assert cx.min() >= box[0] and cx.max() < box[2] and cy.min() >= box[1] and cy.max() < box[3]
-    assert (result.labels[:48] > 0).any() or (result.labels[:, :48] > 0).any() or \
-        (result.labels[-48:] > 0).any() or (result.labels[:, -48:] > 0).any()
+    assert (
+        (result.labels[:48] > 0).any()
+        or (result.labels[:, :48] > 0).any()
+        or (result.labels[-48:] > 0).any()
+        or (result.labels[:, -48:] > 0).any()
+    )
 
 
 def test_a_coarser_model_resolution_resamples_and_places_the_labels(demo):
@@ -92,7 +96,9 @@ def test_a_tiled_region_yields_per_tile_and_stops_when_closed(demo_open):
     first = next(steps)
     assert first.done == 1 and first.total > 1
     partial = first.so_far
-    assert partial.partial and partial.labels.max() > 0 and partial.labels.shape == partial.plan.shape
+    assert (
+        partial.partial and partial.labels.max() > 0 and partial.labels.shape == partial.plan.shape
+    )
     steps.close()  # cancelling: no error, nothing more runs
     with pytest.raises(StopIteration):
         next(steps)

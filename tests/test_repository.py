@@ -12,7 +12,9 @@ TEXT = (".py", ".md", ".toml", ".yaml", ".yml", ".sh", ".json", ".cfg", ".txt")
 
 def _tracked_text_files():
     try:
-        out = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     return [REPO / f for f in out.splitlines() if f.endswith(TEXT) and (REPO / f).is_file()]
@@ -36,8 +38,13 @@ def test_every_shipped_model_card_matches_its_files():
     for path in cards:
         card = load_card(path.stem)
         assert card.name == path.stem
-        for name, digest in ((card.weights, card.sha256), (card.onnx, card.onnx_sha256),
-                             (card.onnx_int8, card.onnx_int8_sha256)):
+        for name, digest in (
+            (card.weights, card.sha256),
+            (card.onnx, card.onnx_sha256),
+            (card.onnx_int8, card.onnx_int8_sha256),
+        ):
             if name:
-                assert sha256_of(MODELS_DIR / name) == digest, f"{path.name}: {name} does not match its hash"
+                assert sha256_of(MODELS_DIR / name) == digest, (
+                    f"{path.name}: {name} does not match its hash"
+                )
         assert card.metrics.get("monuseg2018_test", {}).get("aji", 0) > 0.6, path.name

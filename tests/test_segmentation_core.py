@@ -96,7 +96,9 @@ def test_merge_drops_a_duplicate_seen_from_the_neighbour():
     a[5:15, 16:24] = 1  # nucleus cut by the read box edge, centroid in tile A's core (x < 20)
     nid = merge_tile(out, a, (0, 0, 24, 20), (0, 0, 20, 20), 1)
     b = np.zeros((20, 24), np.int32)
-    b[5:15, 0:9] = 1  # the same nucleus from tile B (read box starts at x=16), centroid x=20 -> B's core
+    b[5:15, 0:9] = (
+        1  # the same nucleus from tile B (read box starts at x=16), centroid x=20 -> B's core
+    )
     nid = merge_tile(out, b, (16, 0, 40, 20), (20, 0, 40, 20), nid)
     assert nid == 2 and set(np.unique(out)) == {0, 1}
 
@@ -116,8 +118,12 @@ def test_measurements_in_micrometres():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "napari_nucleiseg.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_nucleiseg.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_segment_and_eval_commands(tmp_path, field):
@@ -131,8 +137,17 @@ def test_segment_and_eval_commands(tmp_path, field):
     (tmp_path / "gt").mkdir()
     for stem in ("f1", "f2"):
         tifffile.imwrite(tmp_path / "gt" / f"{stem}.tif", truth)
-    out = _cli("segment", tmp_path / "f1.png", tmp_path / "f2.png", "--out", tmp_path / "pred",
-               "--mpp", "0.5", "--method", "classical")
+    out = _cli(
+        "segment",
+        tmp_path / "f1.png",
+        tmp_path / "f2.png",
+        "--out",
+        tmp_path / "pred",
+        "--mpp",
+        "0.5",
+        "--method",
+        "classical",
+    )
     assert out.returncode == 0, out.stderr
     lab = tifffile.imread(tmp_path / "pred" / "f1.tif")
     assert lab.shape == rgb.shape[:2] and lab.dtype in (np.uint16, np.uint32)

@@ -2,12 +2,11 @@
 its card records, and tiles seam-free."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHARED, shared_slide
+
 from napari_nucleiseg.metrics import aggregate, score_image
 from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL, MODELS_DIR, load_card, load_predictor
 from napari_nucleiseg.models.registry import sha256_of
@@ -35,7 +34,9 @@ def test_shipped_model_reproduces_its_recorded_metrics_on_a_subset():
     predictor, card = load_predictor(DEFAULT_NUCLEI_MODEL)
     subset = card.metrics["ci_subset"]
     images = load_dataset(TEST_SET, stems=subset["stems"])
-    agg = aggregate([score_image(im.labels, predictor.segment(im.rgb, im.mpp), im.stem) for im in images])
+    agg = aggregate(
+        [score_image(im.labels, predictor.segment(im.rgb, im.mpp), im.stem) for im in images]
+    )
     assert agg["aji"] == pytest.approx(subset["aji"], abs=0.005)
     assert agg["f1"] == pytest.approx(subset["f1"], abs=0.005)
 
@@ -55,8 +56,14 @@ def test_tiled_and_untiled_agree_on_a_2000px_image(cmu_crop):
     rgb, mpp = cmu_crop
     predictor, _ = _predictor(default_method())
     # Untiled: the network sees the whole 2000x2000 image in one pass.
-    one_pass = type(predictor)(None, predictor.mpp, tile=4096, settings=predictor.settings,
-                               session=predictor.session, multiple=predictor.multiple)
+    one_pass = type(predictor)(
+        None,
+        predictor.mpp,
+        tile=4096,
+        settings=predictor.settings,
+        session=predictor.session,
+        multiple=predictor.multiple,
+    )
     whole = one_pass.segment(rgb, mpp)
     # Tiled as the product tiles: 640 px tiles, so the image has 3 seams each way.
     tiled = segment_image(rgb, mpp, tile=640)
@@ -89,7 +96,9 @@ def test_passes_sharing_the_cores_run_side_by_side_with_the_same_maps(cmu_crop):
 
     def run(i):
         with sharing_cores(2):
-            inside.wait(timeout=30)  # both threads inside at once: neither waits for the other's pass
+            inside.wait(
+                timeout=30
+            )  # both threads inside at once: neither waits for the other's pass
             side_by_side[i] = predictor._forward(blocks[i])
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
@@ -117,7 +126,9 @@ def test_tiles_are_balanced_without_slivers():
     assert balanced_tile((2100, 2100), 1344, 32) == 1056  # two of ~1050, not 1344 + a 756 sliver
     assert balanced_tile((4000, 4000), 1344, 32) == 1344  # three already even (1344, 1344, 1312)
     assert balanced_tile((4000, 4000), 1536, 32) == 1344  # three, not 1536 + 1536 + 928
-    assert balanced_tile((1000, 5000), 1344, 32) == 1280  # the longer side decides: four, not 3 + 1 of 968
+    assert (
+        balanced_tile((1000, 5000), 1344, 32) == 1280
+    )  # the longer side decides: four, not 3 + 1 of 968
     assert balanced_tile((10, 10), 1344, 32) == 32  # never below one grid step
     for shape in ((2100, 2100), (4000, 4000), (1000, 5000), (3001, 2999)):
         t = balanced_tile(shape, 1344, 32)
@@ -174,8 +185,8 @@ def test_awkward_inputs_with_the_default_model():
     assert np.array_equal(segment_image(rgba, 0.5), ref)
     assert np.array_equal(segment_image(deep, 0.5), ref)
     assert segment_image(np.full((256, 256, 3), 245, np.uint8), 0.5).max() == 0  # glass
-    assert segment_image(rgb[:5, :7], 0.5).shape == (5, 7)                      # tiny
-    assert segment_image(rgb, 0.25).shape == (300, 300)                          # 40x input
+    assert segment_image(rgb[:5, :7], 0.5).shape == (5, 7)  # tiny
+    assert segment_image(rgb, 0.25).shape == (300, 300)  # 40x input
 
 
 def test_segmenting_with_the_onnx_twin_never_imports_torch():
@@ -183,12 +194,14 @@ def test_segmenting_with_the_onnx_twin_never_imports_torch():
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np\n"
-            "from napari_nucleiseg.segmentation.api import segment_image\n"
-            "from napari_nucleiseg.demo.render import render_he\n"
-            "rgb = render_he((300, 300), 0.5, seed=3, coverage=1.0)[0]\n"
-            "assert segment_image(rgb, 0.5).max() > 0\n"
-            "print('torch' in sys.modules)\n")
+    code = (
+        "import sys, numpy as np\n"
+        "from napari_nucleiseg.segmentation.api import segment_image\n"
+        "from napari_nucleiseg.demo.render import render_he\n"
+        "rgb = render_he((300, 300), 0.5, seed=3, coverage=1.0)[0]\n"
+        "assert segment_image(rgb, 0.5).max() > 0\n"
+        "print('torch' in sys.modules)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -200,7 +213,14 @@ def test_flip_passes_follow_the_constant_work_rule(monkeypatch):
     from napari_nucleiseg.segmentation.predict import flip_passes
 
     monkeypatch.delenv("NUCLEISEG_TTA", raising=False)
-    assert [flip_passes(0.5, m) for m in (0.5, 0.499, 0.35, 0.2527, 0.25, 0.125)] == [1, 1, 2, 4, 4, 4]
+    assert [flip_passes(0.5, m) for m in (0.5, 0.499, 0.35, 0.2527, 0.25, 0.125)] == [
+        1,
+        1,
+        2,
+        4,
+        4,
+        4,
+    ]
     monkeypatch.setenv("NUCLEISEG_TTA", "off")
     assert flip_passes(0.5, 0.25) == 1
     monkeypatch.setenv("NUCLEISEG_TTA", "2")

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import SHARED
+
 from napari_nucleiseg.stain import (
     RGB_FROM_HED,
     StainError,
@@ -137,9 +137,14 @@ def test_folder_of_references_is_averaged(tmp_path, pair):
     n = load_target("macenko", tmp_path / "refs")
     singles = [make_normaliser("macenko").fit(img).profile for img in (ref, src, ref[::-1])]
     w = np.mean([p.stain_matrix for p in singles], axis=0)
-    np.testing.assert_allclose(n.profile.stain_matrix, w / np.linalg.norm(w, axis=1, keepdims=True), atol=1e-6)
-    np.testing.assert_allclose(n.profile.max_concentrations,
-                               np.median([p.max_concentrations for p in singles], axis=0), atol=1e-6)
+    np.testing.assert_allclose(
+        n.profile.stain_matrix, w / np.linalg.norm(w, axis=1, keepdims=True), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        n.profile.max_concentrations,
+        np.median([p.max_concentrations for p in singles], axis=0),
+        atol=1e-6,
+    )
     assert n.profile.fitted_on["images"] == ["r0.png", "r1.png", "r2.png"]
     lab = average_profiles([make_normaliser("reinhard").fit(img).profile for img in (ref, src)])
     assert lab.method == "reinhard" and len(lab.lab_mean) == 3
@@ -158,7 +163,9 @@ def test_profile_errors_name_the_file(tmp_path):
     with pytest.raises(StainError, match="bad.json: not a readable JSON"):
         StainProfile.load(bad)
     wrong = tmp_path / "wrong.json"
-    wrong.write_text(json.dumps({"method": "macenko", "stain_matrix": [[1, 0, 0]], "max_concentrations": [1, 1]}))
+    wrong.write_text(
+        json.dumps({"method": "macenko", "stain_matrix": [[1, 0, 0]], "max_concentrations": [1, 1]})
+    )
     with pytest.raises(StainError, match="wrong.json: stain_matrix must be two rows"):
         StainProfile.load(wrong)
     nan = tmp_path / "nan.json"
@@ -166,8 +173,12 @@ def test_profile_errors_name_the_file(tmp_path):
     with pytest.raises(StainError, match="nan.json: lab_mean must be finite"):
         StainProfile.load(nan)
     other = tmp_path / "other.json"
-    make_normaliser("reinhard").fit(np.random.default_rng(0).integers(0, 200, (64, 64, 3)).astype(np.uint8)).profile.save(other)
-    with pytest.raises(StainError, match="other.json: the profile was fitted with reinhard, not macenko"):
+    make_normaliser("reinhard").fit(
+        np.random.default_rng(0).integers(0, 200, (64, 64, 3)).astype(np.uint8)
+    ).profile.save(other)
+    with pytest.raises(
+        StainError, match="other.json: the profile was fitted with reinhard, not macenko"
+    ):
         load_target("macenko", other)
 
 
@@ -193,7 +204,9 @@ def test_unadapted_view_adapts_once_to_the_whole_image(pair):
     n = make_normaliser("macenko").fit(ref)
     lazy = normalise_levels([da.from_array(src, chunks=(128, 128, 3))], n)[0]
     np.testing.assert_array_equal(lazy.compute(), n.adapt(src).transform(src))
-    np.testing.assert_array_equal(lazy.compute(), n.transform(src))  # unadapted: the image is its source
+    np.testing.assert_array_equal(
+        lazy.compute(), n.transform(src)
+    )  # unadapted: the image is its source
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +214,9 @@ def pyramid_slide(tmp_path_factory):
     """16384² px pyramidal slide (levels 16384, 4096, 1024, 256) with tissue in an ellipse."""
     from napari_nucleiseg.demo import make_large_slide
 
-    return make_large_slide(tmp_path_factory.mktemp("stain") / "pyr.tif", size=(16384, 16384), tile=256)
+    return make_large_slide(
+        tmp_path_factory.mktemp("stain") / "pyr.tif", size=(16384, 16384), tile=256
+    )
 
 
 def test_normalised_pyramid_is_lazy(pyramid_slide, pair, quiet):
@@ -221,9 +236,9 @@ def test_normalised_pyramid_is_lazy(pyramid_slide, pair, quiet):
     views = normalise_levels(levels, n.adapt(pair[1]))  # adapted: no read at all until asked
     assert slide.stats.chunks == 0
     y, x = 8192, 8192
-    block = views[0][y:y + 300, x:x + 300].compute()
+    block = views[0][y : y + 300, x : x + 300].compute()
     assert slide.stats.chunks == 1  # one 512² chunk holds that window
-    raw = levels[0][y:y + 300, x:x + 300].compute()
+    raw = levels[0][y : y + 300, x : x + 300].compute()
     np.testing.assert_array_equal(block, n.adapt(pair[1]).transform(raw))
     slide.close()
 
@@ -259,7 +274,9 @@ def test_load_target_names_the_reference(tmp_path):
 
     p = tmp_path / "blank.png"
     Image.fromarray(np.full((64, 64, 3), 250, np.uint8)).save(p)
-    with pytest.raises(StainError, match=r"blank.png: cannot be used as a macenko reference: only \d+"):
+    with pytest.raises(
+        StainError, match=r"blank.png: cannot be used as a macenko reference: only \d+"
+    ):
         load_target("macenko", p)
     with pytest.raises(StainError, match="unknown stain normalisation method 'spams'"):
         make_normaliser("spams")
@@ -290,7 +307,14 @@ def test_saturated_and_non_finite_pixels(method, pair):
 # ------------------------------------------------------------------ deconvolution
 def test_deconvolution_recovers_known_concentrations():
     rng = np.random.default_rng(2)
-    hed = np.stack([rng.uniform(0, 1.0, (64, 64)), rng.uniform(0, 0.8, (64, 64)), rng.uniform(0, 0.5, (64, 64))], -1)
+    hed = np.stack(
+        [
+            rng.uniform(0, 1.0, (64, 64)),
+            rng.uniform(0, 0.8, (64, 64)),
+            rng.uniform(0, 0.5, (64, 64)),
+        ],
+        -1,
+    )
     od = hed @ RGB_FROM_HED
     rgb = np.clip(np.rint(255.0 * 10.0 ** (-od)), 0, 255).astype(np.uint8)
     got = deconvolve(rgb)
@@ -298,7 +322,9 @@ def test_deconvolution_recovers_known_concentrations():
     # 8-bit quantisation limits the precision: half a level of a dark channel (value ~8 at OD 1.5)
     # is 0.03 OD, times the inverse matrix's gain (~2)
     assert np.abs(got - hed).max() < 0.06 and np.abs(got - hed).mean() < 0.005
-    np.testing.assert_allclose(got, rgb_to_hed(rgb), atol=1e-5)  # the table path = the direct formula
+    np.testing.assert_allclose(
+        got, rgb_to_hed(rgb), atol=1e-5
+    )  # the table path = the direct formula
     assert np.abs(hed_to_rgb(got).astype(int) - rgb).max() <= 1
 
 

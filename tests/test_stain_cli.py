@@ -11,8 +11,12 @@ import pytest
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "napari_nucleiseg.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_nucleiseg.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +42,18 @@ def test_normalize_image_and_save_profile(files):
     from napari_nucleiseg.stain import StainProfile, make_normaliser
 
     d, ref, src = files
-    out = run("normalize", d / "src.png", "--method", "vahadane", "--target", d / "ref.png",
-              "--out", d / "out.png", "--save-profile", d / "lab.json")
+    out = run(
+        "normalize",
+        d / "src.png",
+        "--method",
+        "vahadane",
+        "--target",
+        d / "ref.png",
+        "--out",
+        d / "out.png",
+        "--save-profile",
+        d / "lab.json",
+    )
     assert out.returncode == 0, out.stderr
     got = np.asarray(Image.open(d / "out.png"))
     expected = make_normaliser("vahadane").fit(ref).transform(src)
@@ -60,7 +74,10 @@ def test_normalize_slide_to_pyramids(files, quiet):
         assert out.returncode == 0, out.stderr
         assert "tiles" in out.stderr  # progress
     slide = open_slide(d / "slide.tif")
-    expected = [lv.compute() for lv in normalise_levels(slide.pyramid(), make_normaliser("macenko").fit(ref))]
+    expected = [
+        lv.compute()
+        for lv in normalise_levels(slide.pyramid(), make_normaliser("macenko").fit(ref))
+    ]
     for name in ("out.tif", "out.zarr"):
         result = open_slide(d / name)
         assert result.level_shapes == slide.level_shapes and result.mpp == 0.5
@@ -79,8 +96,20 @@ def test_segment_records_normalisation(files):
     import tifffile
 
     d, _, _ = files
-    out = run("segment", d / "src.png", "--mpp", "0.5", "--method", "classical", "--normalize", "macenko",
-              "--target", d / "ref.png", "--out", d / "seg")
+    out = run(
+        "segment",
+        d / "src.png",
+        "--mpp",
+        "0.5",
+        "--method",
+        "classical",
+        "--normalize",
+        "macenko",
+        "--target",
+        d / "ref.png",
+        "--out",
+        d / "seg",
+    )
     assert out.returncode == 0, out.stderr
     with tifffile.TiffFile(d / "seg" / "src.tif") as tf:
         meta = json.loads(tf.pages[0].description)
@@ -93,13 +122,43 @@ def test_bad_references_are_named(files):
 
     d, _, _ = files
     Image.fromarray(np.full((64, 64, 3), 248, np.uint8)).save(d / "glass.png")
-    out = run("normalize", d / "src.png", "--method", "macenko", "--target", d / "glass.png", "--out", d / "x.png")
+    out = run(
+        "normalize",
+        d / "src.png",
+        "--method",
+        "macenko",
+        "--target",
+        d / "glass.png",
+        "--out",
+        d / "x.png",
+    )
     assert out.returncode == 1 and "glass.png: cannot be used as a macenko reference" in out.stderr
     assert "Traceback" not in out.stderr and not (d / "x.png").exists()
-    out = run("segment", d / "src.png", "--mpp", "0.5", "--method", "classical", "--normalize", "macenko",
-              "--target", d / "missing.json", "--out", d / "seg2")
+    out = run(
+        "segment",
+        d / "src.png",
+        "--mpp",
+        "0.5",
+        "--method",
+        "classical",
+        "--normalize",
+        "macenko",
+        "--target",
+        d / "missing.json",
+        "--out",
+        d / "seg2",
+    )
     assert out.returncode == 2 and "missing.json: no such stain profile file" in out.stderr
-    out = run("normalize", d / "src.png", "--method", "macenko", "--target", d / "ref.png", "--out", d / "x.gif")
+    out = run(
+        "normalize",
+        d / "src.png",
+        "--method",
+        "macenko",
+        "--target",
+        d / "ref.png",
+        "--out",
+        d / "x.gif",
+    )
     assert out.returncode == 1 and "x.gif" in out.stderr
 
 
@@ -118,8 +177,13 @@ def test_slide_normalisation_memory_stays_flat(tmp_path, files, quiet):
     normalize_file(d / "slide.tif", tmp_path / "small_norm.tif", "macenko", d / "ref.png")
     tracemalloc.start()
     try:
-        normalize_file(slide_path, tmp_path / "big_norm.tif", "macenko", d / "ref.png",
-                       progress=lambda i, n: done.append((i, n)))
+        normalize_file(
+            slide_path,
+            tmp_path / "big_norm.tif",
+            "macenko",
+            d / "ref.png",
+            progress=lambda i, n: done.append((i, n)),
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import shared_slide
+
 from napari_nucleiseg.demo.render import tissue_shape
 from napari_nucleiseg.io import open_slide
 from napari_nucleiseg.tiling import TileGrid, slide_grid
@@ -19,14 +19,20 @@ def test_demo_tissue_mask_matches_the_rendered_tissue(demo):
     assert m.mpp == pytest.approx(16.0, rel=0.05)
     truth = tissue_shape(np.random.default_rng(DEMO_SEED), DEMO_SHAPE)
     d = int(round(m.downsample))
-    truth_small = truth[: m.mask.shape[0] * d, : m.mask.shape[1] * d].reshape(
-        m.mask.shape[0], d, m.mask.shape[1], d).mean(axis=(1, 3)) > 0.5
+    truth_small = (
+        truth[: m.mask.shape[0] * d, : m.mask.shape[1] * d]
+        .reshape(m.mask.shape[0], d, m.mask.shape[1], d)
+        .mean(axis=(1, 3))
+        > 0.5
+    )
     agreement = (truth_small == m.mask).mean()
     assert agreement > 0.95, agreement
 
 
 def test_glass_only_and_all_tissue_images():
-    glass = np.full((200, 200, 3), 243, np.uint8) + np.random.default_rng(0).integers(0, 3, (200, 200, 3)).astype(np.uint8)
+    glass = np.full((200, 200, 3), 243, np.uint8) + np.random.default_rng(0).integers(
+        0, 3, (200, 200, 3)
+    ).astype(np.uint8)
     assert not tissue_from_rgb(glass, 16.0)[0].any()
     tissue = np.zeros((200, 200, 3), np.uint8)
     tissue[...] = (200, 120, 180)

@@ -23,13 +23,26 @@ def tiny_dataset(tmp_path_factory):
         Image.fromarray(rgb).save(root / "images" / f"im{i}.png")
         tifffile.imwrite(root / "labels" / f"im{i}.tif", lab.astype(np.int32))
         rows.append({"stem": f"im{i}", "nuclei": int(lab.max())})
-    (root / "index.json").write_text(json.dumps({"name": "tiny", "licence": "CC0", "mpp": 0.25, "images": rows}))
+    (root / "index.json").write_text(
+        json.dumps({"name": "tiny", "licence": "CC0", "mpp": 0.25, "images": rows})
+    )
     return root
 
 
 def tiny_cfg(data, out, iters, decoder="double"):
-    return TrainConfig(data=str(data), out=str(out), iters=iters, batch=2, patch=64, widths=(4, 8, 16, 32),
-                       checkpoint_every=2, validate_every=1000, holdout=["im2"], threads=1, decoder=decoder)
+    return TrainConfig(
+        data=str(data),
+        out=str(out),
+        iters=iters,
+        batch=2,
+        patch=64,
+        widths=(4, 8, 16, 32),
+        checkpoint_every=2,
+        validate_every=1000,
+        holdout=["im2"],
+        threads=1,
+        decoder=decoder,
+    )
 
 
 def test_training_steps_reduce_loss_checkpoint_and_resume(tiny_dataset, tmp_path):
@@ -70,7 +83,9 @@ def test_warm_restart_cycles_match_a_run_continued_from_the_first_cycle(tiny_dat
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert [r["loss"] for r in one_go[3:]] == pytest.approx([r["loss"] for r in continued], rel=1e-5)
+    assert [r["loss"] for r in one_go[3:]] == pytest.approx(
+        [r["loss"] for r in continued], rel=1e-5
+    )
 
 
 def test_warm_start_from_an_exported_model_into_one_more_level(tiny_dataset, tmp_path):
@@ -91,8 +106,12 @@ def test_warm_start_from_an_exported_model_into_one_more_level(tiny_dataset, tmp
     src = load_file(str(tmp_path / "tiny-base.safetensors"))
 
     def deeper(out, **kw):
-        return dataclasses.replace(tiny_cfg(tiny_dataset, out, iters=1), widths=(4, 8, 16, 32, 64),
-                                   checkpoint_every=1, **kw)
+        return dataclasses.replace(
+            tiny_cfg(tiny_dataset, out, iters=1),
+            widths=(4, 8, 16, 32, 64),
+            checkpoint_every=1,
+            **kw,
+        )
 
     warm = list(train(deeper(tmp_path / "warm", init_from=str(tmp_path / "tiny-base.json"))))
     cold = list(train(deeper(tmp_path / "cold")))
@@ -101,10 +120,14 @@ def test_warm_start_from_an_exported_model_into_one_more_level(tiny_dataset, tmp
     # One step at a small learning rate: the copied encoder level is still (nearly) the source's.
     state = torch.load(tmp_path / "warm" / "checkpoint.pt", weights_only=True)["model"]
     assert torch.allclose(state["down.0.0.weight"], src["down.0.0.weight"], atol=0.05)
-    assert torch.allclose(state["up.3.3.weight"], src["up.2.3.weight"], atol=0.05)  # decoder shifted by one
+    assert torch.allclose(
+        state["up.3.3.weight"], src["up.2.3.weight"], atol=0.05
+    )  # decoder shifted by one
     assert warm[0]["loss"] < cold[0]["loss"]
     # The card's training command names the starting point: it is part of reproducing the weights.
-    export_model(tmp_path / "warm", "tiny-deeper", "0.0.1", tmp_path, training_data=["tiny"], licence="CC0")
+    export_model(
+        tmp_path / "warm", "tiny-deeper", "0.0.1", tmp_path, training_data=["tiny"], licence="CC0"
+    )
     card = json.loads((tmp_path / "tiny-deeper.json").read_text())
     assert card["training"]["command"].endswith(f"--init-from {tmp_path / 'tiny-base.json'}")
     (tmp_path / "tiny-base.safetensors").write_bytes(b"corrupt")
@@ -119,7 +142,9 @@ def test_export_load_and_hash_check(tiny_dataset, tmp_path, decoder, monkeypatch
 
     run = tmp_path / "run"
     list(train(tiny_cfg(tiny_dataset, run, iters=2, decoder=decoder)))
-    weights = export_model(run, "tiny-test", "0.0.1", tmp_path, training_data=["tiny"], licence="CC0")
+    weights = export_model(
+        run, "tiny-test", "0.0.1", tmp_path, training_data=["tiny"], licence="CC0"
+    )
     card = json.loads((tmp_path / "tiny-test.json").read_text())
     assert card["mpp"] == 0.5 and len(card["sha256"]) == 64 and card["weights"] == weights.name
     # safetensors is a JSON header plus raw tensors: no pickle opcode stream.
@@ -129,7 +154,9 @@ def test_export_load_and_hash_check(tiny_dataset, tmp_path, decoder, monkeypatch
     assert predictor.segment(rgb, 0.5).shape == (128, 128)
     # By default the int8 ONNX model runs; the float32 ONNX twin computes the same maps as
     # PyTorch, and int8 stays close to them.
-    assert predictor.runtime == "onnxruntime-int8" and card["onnx_sha256"] and card["onnx_int8_sha256"]
+    assert (
+        predictor.runtime == "onnxruntime-int8" and card["onnx_sha256"] and card["onnx_int8_sha256"]
+    )
 
     def with_runtime(runtime):
         monkeypatch.setenv("NUCLEISEG_RUNTIME", runtime)

@@ -26,13 +26,31 @@ STEM = "cohort_a"
 
 
 def _cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "napari_nucleiseg.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_nucleiseg.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
 
 
 def _cli_cmd(slide, out, *extra):
-    return [sys.executable, "-m", "napari_nucleiseg.cli.main", "segment", str(slide), "--out", str(out),
-            "--whole-slide", "--method", "classical", "--tile-um", str(TILE_UM), *map(str, extra)]
+    return [
+        sys.executable,
+        "-m",
+        "napari_nucleiseg.cli.main",
+        "segment",
+        str(slide),
+        "--out",
+        str(out),
+        "--whole-slide",
+        "--method",
+        "classical",
+        "--tile-um",
+        str(TILE_UM),
+        *map(str, extra),
+    ]
 
 
 def _snapshot(out_dir: Path, stem: str = STEM) -> dict:
@@ -40,10 +58,14 @@ def _snapshot(out_dir: Path, stem: str = STEM) -> dict:
     from napari_nucleiseg.wholeslide import open_labels, read_table
 
     levels, mpp, meta = open_labels(out_dir / f"{stem}.nuclei.zarr")
-    return {"levels": [np.asarray(lv) for lv in levels], "mpp": mpp, "meta": meta,
-            "csv": (out_dir / f"{stem}.nuclei.csv").read_text(),
-            "geojson": (out_dir / f"{stem}.nuclei.geojson").read_text(),
-            "parquet": read_table(out_dir / f"{stem}.nuclei.parquet")}
+    return {
+        "levels": [np.asarray(lv) for lv in levels],
+        "mpp": mpp,
+        "meta": meta,
+        "csv": (out_dir / f"{stem}.nuclei.csv").read_text(),
+        "geojson": (out_dir / f"{stem}.nuclei.geojson").read_text(),
+        "parquet": read_table(out_dir / f"{stem}.nuclei.parquet"),
+    }
 
 
 def _assert_identical(a: dict, b: dict) -> None:
@@ -68,7 +90,9 @@ def _wait_for_records(out_dir: Path, n: int, proc, timeout: float = 180) -> int:
         if k >= n:
             return k
         if proc.poll() is not None:
-            raise AssertionError(f"the run ended before {n} tiles were recorded:\n{proc.stderr.read()}")
+            raise AssertionError(
+                f"the run ended before {n} tiles were recorded:\n{proc.stderr.read()}"
+            )
         time.sleep(0.05)
     raise AssertionError(f"fewer than {n} tiles recorded after {timeout} s")
 
@@ -110,7 +134,9 @@ def test_merge_is_seam_free_with_unique_ids_owned_by_their_tile(ws_slide, refere
     assert lab.shape == SHAPE and lab.dtype == np.uint32
     ids = np.unique(lab[lab > 0])
     table = reference["parquet"]
-    assert np.array_equal(np.sort(table["label"]), ids)  # one row per nucleus in the map, no doubles
+    assert np.array_equal(
+        np.sort(table["label"]), ids
+    )  # one row per nucleus in the map, no doubles
     assert len(ids) == reference["progress"][-1].nuclei == reference["meta"]["summary"]["nuclei"]
     seq = relabel_sequential(lab.astype(np.int64))[0]
     parts = [ndi.label(seq[sl] == i + 1)[1] for i, sl in enumerate(ndi.find_objects(seq))]
@@ -145,7 +171,10 @@ def test_store_is_an_aligned_ngff_labels_pyramid(reference):
     store = reference["progress"][-1].store
     attrs = json.loads((store / ".zattrs").read_text())
     ms = attrs["multiscales"][0]
-    assert ms["version"] == "0.4" and [a["unit"] for a in ms["axes"]] == ["micrometer", "micrometer"]
+    assert ms["version"] == "0.4" and [a["unit"] for a in ms["axes"]] == [
+        "micrometer",
+        "micrometer",
+    ]
     assert "image-label" in attrs
     levels, mpp, meta = open_labels(store)
     assert all(isinstance(lv, da.Array) for lv in levels) and mpp == MPP
@@ -162,8 +191,13 @@ def test_geojson_is_one_valid_qupath_detection_per_table_row(reference):
     doc = json.loads(reference["geojson"])
     table = reference["parquet"]
     assert doc["type"] == "FeatureCollection" and len(doc["features"]) == len(table["label"])
-    for f, label, x, y, area in zip(doc["features"], table["label"], table["centroid_x_um"],
-                                    table["centroid_y_um"], table["area_um2"]):
+    for f, label, x, y, area in zip(
+        doc["features"],
+        table["label"],
+        table["centroid_x_um"],
+        table["centroid_y_um"],
+        table["area_um2"],
+    ):
         poly = shape(f["geometry"])
         assert f["geometry"]["type"] == "Polygon" and poly.is_valid
         props = f["properties"]
@@ -189,7 +223,9 @@ def test_current_view_exports(he_rgb, tmp_path):
     table = measure_nuclei(labels, rgb, MPP, origin_px=offset)
     n = export_geojson(labels, tmp_path / "view.geojson", MPP, offset=offset, table=table)
     write_table(table, tmp_path / "view.parquet")
-    assert np.array_equal(export_table(labels, tmp_path / "view.csv", MPP, rgb, offset)["label"], table["label"])
+    assert np.array_equal(
+        export_table(labels, tmp_path / "view.csv", MPP, rgb, offset)["label"], table["label"]
+    )
     feats = json.loads((tmp_path / "view.geojson").read_text())["features"]
     assert n == len(feats) == labels.max() > 50
     xs = np.concatenate([np.asarray(f["geometry"]["coordinates"][0])[:, 0] for f in feats])
@@ -254,11 +290,39 @@ def loopback_cluster():
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    scheduler = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1",
-                                  "--port", str(port), "--no-dashboard"], **quiet)
-    workers = subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nworkers", "2",
-                                "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
-                                "--memory-limit", "0"], **quiet)
+    scheduler = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dask",
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-dashboard",
+        ],
+        **quiet,
+    )
+    workers = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dask",
+            "worker",
+            address,
+            "--nworkers",
+            "2",
+            "--nthreads",
+            "1",
+            "--host",
+            "127.0.0.1",
+            "--no-dashboard",
+            "--memory-limit",
+            "0",
+        ],
+        **quiet,
+    )
     client = None
     try:
         client = Client(address, timeout="60s")
@@ -277,12 +341,17 @@ def loopback_cluster():
 
 
 def test_cluster_of_two_workers_gives_the_single_process_labels_even_when_one_dies(
-        ws_slide, reference, tmp_path, loopback_cluster):
+    ws_slide, reference, tmp_path, loopback_cluster
+):
     address, client = loopback_cluster
     pids = sorted(client.run(os.getpid).values())
     assert len(pids) == 2 and os.getpid() not in pids
-    proc = subprocess.Popen(_cli_cmd(ws_slide[0], tmp_path, "--scheduler", address),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli_cmd(ws_slide[0], tmp_path, "--scheduler", address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for_records(tmp_path, 6, proc)
         os.kill(pids[0], signal.SIGKILL)  # a worker dies mid-slide; dask re-runs its tasks
@@ -292,7 +361,9 @@ def test_cluster_of_two_workers_gives_the_single_process_labels_even_when_one_di
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stderr
-    assert killed_at < reference["progress"][-1].total, "the run finished before the worker was killed"
+    assert killed_at < reference["progress"][-1].total, (
+        "the run finished before the worker was killed"
+    )
     snap = _snapshot(tmp_path)
     assert snap["meta"]["summary"]["runner"] == "dask"
     _assert_identical(snap, reference)
@@ -319,7 +390,9 @@ def test_store_of_another_slide_method_or_folder_is_refused(tiny_slides, tmp_pat
 
     a, b = tiny_slides
     list(segment_slide(a, tmp_path, method="classical", tile_um=TILE_UM))
-    with pytest.raises(StoreMismatchError, match="made with classical, this run uses classical-phansalkar"):
+    with pytest.raises(
+        StoreMismatchError, match="made with classical, this run uses classical-phansalkar"
+    ):
         list(segment_slide(a, tmp_path, method="classical-phansalkar", tile_um=TILE_UM))
     with pytest.raises(StoreMismatchError, match="another slide .*refusing to mix"):
         list(segment_slide(b, tmp_path, method="classical", tile_um=TILE_UM))
@@ -335,7 +408,9 @@ def test_store_of_another_slide_method_or_folder_is_refused(tiny_slides, tmp_pat
     assert p.finished and p.nuclei > 20
 
 
-def test_shipped_model_and_stain_normaliser_are_recorded_and_checked(tiny_slides, tmp_path, monkeypatch):
+def test_shipped_model_and_stain_normaliser_are_recorded_and_checked(
+    tiny_slides, tmp_path, monkeypatch
+):
     from dataclasses import dataclass
 
     from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
@@ -384,18 +459,44 @@ def test_cohort_of_folder_and_list_routes_and_survives_bad_slides(tiny_slides, h
     (cohort / "broken.svs").write_bytes(b"not a slide" * 100)
     listing = tmp_path / "more.txt"
     listing.write_text(f"# two more\n{tiny_slides[0]}\nmissing.svs\n")
-    out = _cli("segment", cohort, listing, "--out", tmp_path / "res", "--mpp", "0.5", "--method", "classical")
+    out = _cli(
+        "segment",
+        cohort,
+        listing,
+        "--out",
+        tmp_path / "res",
+        "--mpp",
+        "0.5",
+        "--method",
+        "classical",
+    )
     assert out.returncode == 1
-    assert "broken.svs" in out.stderr and "missing.svs" in out.stderr and "Traceback" not in out.stderr
+    assert (
+        "broken.svs" in out.stderr and "missing.svs" in out.stderr and "Traceback" not in out.stderr
+    )
     res = tmp_path / "res"
     assert (res / "field.tif").exists() and (res / "field.csv").exists()  # plain images: as before
     assert (res / "tiny.tif").exists()  # a small slide without --whole-slide: as before
     assert json.loads((res / "big.nuclei.zarr" / ".zattrs").read_text())["nucleiseg"]["finished"]
     assert "big.tif" in out.stdout and "done" in out.stdout
 
-    out = _cli("segment", tiny_slides[0], cohort / "broken.svs", "--out", tmp_path / "ws", "--whole-slide",
-               "--method", "classical", "--tile-um", TILE_UM)
-    assert out.returncode == 1 and "failed:" in out.stderr and "broken.svs" in out.stderr.split("failed:")[1]
+    out = _cli(
+        "segment",
+        tiny_slides[0],
+        cohort / "broken.svs",
+        "--out",
+        tmp_path / "ws",
+        "--whole-slide",
+        "--method",
+        "classical",
+        "--tile-um",
+        TILE_UM,
+    )
+    assert (
+        out.returncode == 1
+        and "failed:" in out.stderr
+        and "broken.svs" in out.stderr.split("failed:")[1]
+    )
     assert (tmp_path / "ws" / "tiny.nuclei.geojson").exists()
     lines = out.stdout.splitlines()
     assert any(line.startswith("tiny.tif") and " done " in line for line in lines)
@@ -415,7 +516,10 @@ def test_full_disk_keeps_finished_tiles_and_says_how_to_resume(tiny_slides, tmp_
     cmd = _cli_cmd(slide, tmp_path / "out")
     full = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=small_disk)
     assert full.returncode == 1, full.stderr
-    assert "disk full while writing results" in full.stderr and "run the same command again" in full.stderr
+    assert (
+        "disk full while writing results" in full.stderr
+        and "run the same command again" in full.stderr
+    )
     assert "tiny.tif" in full.stderr.split("failed:")[1]
     recorded = len(_tile_records(tmp_path / "out", "tiny"))
     assert recorded > 0
@@ -423,7 +527,9 @@ def test_full_disk_keeps_finished_tiles_and_says_how_to_resume(tiny_slides, tmp_
     assert again.returncode == 0, again.stderr
     resumed = _snapshot(tmp_path / "out", "tiny")
     assert resumed["meta"]["summary"]["resumed_tiles"] == recorded
-    fresh = subprocess.run(_cli_cmd(slide, tmp_path / "fresh"), capture_output=True, text=True, timeout=600)
+    fresh = subprocess.run(
+        _cli_cmd(slide, tmp_path / "fresh"), capture_output=True, text=True, timeout=600
+    )
     assert fresh.returncode == 0, fresh.stderr
     _assert_identical(resumed, _snapshot(tmp_path / "fresh", "tiny"))
 
@@ -442,7 +548,9 @@ runpy.run_module("napari_nucleiseg.cli.main", run_name="__main__")
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak from /proc (Linux)")
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="reads the peak from /proc (Linux)"
+)
 def test_peak_memory_does_not_grow_with_the_slide(tmp_path):
     """The same patch of tissue on a 20,000² and a 60,000² slide: the same peak RSS (± 20 %).
     (benchmarks/wholeslide.py measures it with 4096² px of tissue and the default tiles.)"""
@@ -450,12 +558,31 @@ def test_peak_memory_does_not_grow_with_the_slide(tmp_path):
 
     peaks, nuclei = {}, {}
     for n in (20_000, 60_000):
-        slide = make_large_slide(tmp_path / f"s{n}.tif", size=(n, n), tissue_box=(8192, 8192, 9216, 9216))
+        slide = make_large_slide(
+            tmp_path / f"s{n}.tif", size=(n, n), tissue_box=(8192, 8192, 9216, 9216)
+        )
         out = tmp_path / f"out{n}"
         env = dict(os.environ, NUCLEISEG_PEAK_FILE=str(tmp_path / f"peak{n}"))
-        run = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, "segment", slide, "--out", out, "--whole-slide",
-                              "--method", "classical", "--tile-um", "256"], capture_output=True, text=True,
-                             env=env, timeout=600)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _PEAK_WRAPPER,
+                "segment",
+                slide,
+                "--out",
+                out,
+                "--whole-slide",
+                "--method",
+                "classical",
+                "--tile-um",
+                "256",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert run.returncode == 0, run.stderr
         peaks[n] = int((tmp_path / f"peak{n}").read_text()) / 1024
         nuclei[n] = int(run.stdout.strip().splitlines()[-1].split(": ")[1].split(" nuclei")[0])
@@ -474,9 +601,9 @@ def test_whole_slide_job_keeps_every_nucleus_on_a_tile_corner(tmp_path):
     32-µm context allows tiles this small; nuclei-unet-v4 needs 80 µm, so tiles of at least 160 µm,
     which leaves this crop too few corners to test."""
     method = "nuclei-unet-v3"
+    from conftest import shared_slide
     from scipy import ndimage as ndi
 
-    from conftest import shared_slide
     from napari_nucleiseg.demo.slides import write_pyramidal_tiff
     from napari_nucleiseg.io import open_slide
     from napari_nucleiseg.segmentation.api import segment_untiled

@@ -15,7 +15,9 @@ import numpy as np
 META_KEY = "nucleiseg"
 
 
-def physical_transform(slide, downsample: float | tuple[float, float] = 1.0) -> tuple[tuple[float, float], tuple[float, float]]:
+def physical_transform(
+    slide, downsample: float | tuple[float, float] = 1.0
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """``(scale, translate)`` for a layer whose pixel spans ``downsample`` level-0 pixels.
 
     napari draws data pixel ``i`` centred on ``i * scale + translate``. Level-0 pixel 0 spans
@@ -117,7 +119,9 @@ def labels_display_pyramid(levels: list) -> list:
     return out
 
 
-def labels_layer(slide, pyramid, name: str = "nuclei", kind: str = "nuclei", **meta) -> tuple[Any, dict, str]:
+def labels_layer(
+    slide, pyramid, name: str = "nuclei", kind: str = "nuclei", **meta
+) -> tuple[Any, dict, str]:
     """A (multiscale) instance labels layer aligned with the slide's level 0."""
     scale, translate = physical_transform(slide)
     multiscale = isinstance(pyramid, (list, tuple))
@@ -133,8 +137,15 @@ def labels_layer(slide, pyramid, name: str = "nuclei", kind: str = "nuclei", **m
     return (list(pyramid) if multiscale else pyramid, kwargs, "labels")
 
 
-def region_labels_layer(slide, labels, origin_px: tuple[float, float], downsample: float = 1.0,
-                        name: str = "nuclei", kind: str = "nuclei", **meta) -> tuple[Any, dict, str]:
+def region_labels_layer(
+    slide,
+    labels,
+    origin_px: tuple[float, float],
+    downsample: float = 1.0,
+    name: str = "nuclei",
+    kind: str = "nuclei",
+    **meta,
+) -> tuple[Any, dict, str]:
     """A labels layer for a label map cut from the slide.
 
     ``origin_px`` is the level-0 pixel ``(x, y)`` where label pixel (0, 0) starts and
@@ -149,7 +160,14 @@ def region_labels_layer(slide, labels, origin_px: tuple[float, float], downsampl
         "scale": (sy, sx),
         "translate": (ty + oy * base, tx + ox * base),
         "units": _units(slide),
-        "metadata": {META_KEY: {"kind": kind, "slide": str(slide.path), "origin_px": [float(ox), float(oy)],
-                                "downsample": float(downsample), **meta}},
+        "metadata": {
+            META_KEY: {
+                "kind": kind,
+                "slide": str(slide.path),
+                "origin_px": [float(ox), float(oy)],
+                "downsample": float(downsample),
+                **meta,
+            }
+        },
     }
     return (labels, kwargs, "labels")

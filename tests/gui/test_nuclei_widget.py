@@ -3,16 +3,19 @@ line up with the slide, count and measure it, cancel, export, and be told why no
 
 import numpy as np
 import pytest
-from _notifications import fresh_notifications, messages as _messages  # noqa: F401 (autouse fixture)
+from _notifications import fresh_notifications  # noqa: F401 (autouse fixture)
+from _notifications import messages as _messages
 
 pytestmark = pytest.mark.gui
 
 
-
-
 def _nuclei_layers(viewer, scope=None):
-    return [l for l in viewer.layers if l.metadata.get("nucleiseg", {}).get("kind") == "nuclei"
-            and (scope is None or l.metadata["nucleiseg"].get("scope") == scope)]
+    return [
+        l
+        for l in viewer.layers
+        if l.metadata.get("nucleiseg", {}).get("kind") == "nuclei"
+        and (scope is None or l.metadata["nucleiseg"].get("scope") == scope)
+    ]
 
 
 def _look_at(viewer, centre_px, screen_px_per_level0_px, mpp=0.5):
@@ -58,7 +61,9 @@ def test_current_view_segments_what_is_on_screen_and_lines_up(panel, qtbot):
     assert tuple(layer.translate) == pytest.approx((oy * 0.5, ox * 0.5))
     # The box is what the screen shows: canvas pixels / 2 screen px per slide pixel.
     assert (x1 - x0, y1 - y0) == pytest.approx((cols / 2, rows / 2), abs=2)
-    assert (x0 + x1) / 2 == pytest.approx(1500, abs=1.5) and (y0 + y1) / 2 == pytest.approx(1400, abs=1.5)
+    assert (x0 + x1) / 2 == pytest.approx(1500, abs=1.5) and (y0 + y1) / 2 == pytest.approx(
+        1400, abs=1.5
+    )
     # Every nucleus found sits on a true nucleus of the slide, in world coordinates.
     data = np.asarray(layer.data)
     ids = np.unique(data[data > 0])
@@ -193,12 +198,14 @@ def test_segmenting_the_normalised_stain_uses_the_stain_panels_mapping(panel, qt
     _run(qtbot, widget, widget._run_view)
     (layer,) = _nuclei_layers(viewer, "view")
     recorded = layer.metadata["nucleiseg"]["method"]["stain"]
-    assert recorded["method"] == "macenko" and recorded["profile"] == stain.adapted.profile.to_dict()
+    assert (
+        recorded["method"] == "macenko" and recorded["profile"] == stain.adapted.profile.to_dict()
+    )
     # The image segmented is the normalised view's pixels: the measured haematoxylin differs.
     assert widget._last.result.rgb is not None
     x0, y0 = (int(v) for v in widget._last.result.plan.origin)
     h, w = widget._last.result.rgb.shape[:2]
-    expected = stain.adapted.transform(np.asarray(slide.data[0][y0:y0 + h, x0:x0 + w]))
+    expected = stain.adapted.transform(np.asarray(slide.data[0][y0 : y0 + h, x0 : x0 + w]))
     assert np.array_equal(widget._last.result.rgb, expected)
 
 
@@ -218,7 +225,9 @@ def test_measurements_table_sorts_and_centres_on_a_nucleus(panel, qtbot):
     # Double-clicking it centres the view on that nucleus.
     table.doubleClicked.emit(table.model().index(0, 0))
     cy, cx = viewer.scene.camera.center[-2:]
-    assert (cx, cy) == pytest.approx((biggest["centroid_x_um"] - 0.25, biggest["centroid_y_um"] - 0.25), abs=1e-6)
+    assert (cx, cy) == pytest.approx(
+        (biggest["centroid_x_um"] - 0.25, biggest["centroid_y_um"] - 0.25), abs=1e-6
+    )
     (layer,) = _nuclei_layers(viewer, "view")
     r, c = np.round(layer.world_to_data((cy, cx))).astype(int)
     assert np.asarray(layer.data)[r, c] == biggest["label"]
@@ -272,8 +281,12 @@ def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qt
     viewer, widget, slide, truth = panel
     # The machine's own noise, measured at the same time by a process that only sleeps 20 ms at a
     # time: on a shared, overloaded machine the OS alone delays it (and us) by more than 100 ms.
-    noise = subprocess.Popen([sys.executable, "-c", NOISE_PROBE], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    noise = subprocess.Popen(
+        [sys.executable, "-c", NOISE_PROBE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     timer, stamps = _latency_probe()
     widget._run_slide.clicked.emit()
     finished = []
@@ -286,9 +299,11 @@ def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qt
     running, after = ticks[ticks <= finished[0]], ticks[ticks >= finished[0] - 0.2]
     gaps = np.diff(running)
     shown = np.diff(after).max()
-    print(f"\nlongest event-loop gap: {gaps.max() * 1000:.0f} ms while the whole slide ran "
-          f"({len(running)} ticks of 20 ms), {shown * 1000:.0f} ms when its labels layer was shown at "
-          f"the end; {idle_gap * 1000:.0f} ms for a process that only sleeps, meanwhile")
+    print(
+        f"\nlongest event-loop gap: {gaps.max() * 1000:.0f} ms while the whole slide ran "
+        f"({len(running)} ticks of 20 ms), {shown * 1000:.0f} ms when its labels layer was shown at "
+        f"the end; {idle_gap * 1000:.0f} ms for a process that only sleeps, meanwhile"
+    )
     assert "done" in widget._status.value, widget._status.value
     assert len(stamps) > 100
 
@@ -296,7 +311,9 @@ def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qt
     # Lazy multiscale labels from the chunked store, never full resolution in memory.
     assert layer.multiscale and all(isinstance(d, da.Array) for d in layer.data)
     assert tuple(layer.data[0].shape) == tuple(slide.data[0].shape[:2])
-    assert tuple(layer.scale) == tuple(slide.scale) and tuple(layer.translate) == tuple(slide.translate)
+    assert tuple(layer.scale) == tuple(slide.scale) and tuple(layer.translate) == tuple(
+        slide.translate
+    )
     # Nuclei found sit on true nuclei.
     labels = np.asarray(layer.data[0][1000:1600, 1200:1800])
     gt = np.asarray(truth.data[0][1000:1600, 1200:1800])
@@ -317,8 +334,10 @@ def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qt
     # Last (everything above holds on any machine): the viewer stayed responsive while the whole
     # slide was segmented in the background. Only measurable when the machine itself is.
     if idle_gap > 0.1:
-        pytest.skip(f"this machine is too busy to measure latency: a process that only sleeps 20 ms at "
-                    f"a time saw {idle_gap * 1000:.0f} ms gaps meanwhile")
+        pytest.skip(
+            f"this machine is too busy to measure latency: a process that only sleeps 20 ms at "
+            f"a time saw {idle_gap * 1000:.0f} ms gaps meanwhile"
+        )
     assert gaps.max() < 0.2, f"event loop blocked for {gaps.max() * 1000:.0f} ms"
 
 
@@ -327,8 +346,10 @@ def test_whole_slide_cancel_stops_within_a_tile_and_the_next_run_resumes(panel, 
     seen = []
     widget._run_slide.clicked.emit()
     widget.jobs.worker.yielded.connect(seen.append)
-    qtbot.waitUntil(lambda: widget.jobs._done[0] >= 1 or any(getattr(p, "segmented", 0) >= 2 for p in seen),
-                    timeout=300_000)
+    qtbot.waitUntil(
+        lambda: widget.jobs._done[0] >= 1 or any(getattr(p, "segmented", 0) >= 2 for p in seen),
+        timeout=300_000,
+    )
     widget._cancel.clicked.emit()
     qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
     assert "cancelled" in widget._status.value and "run it again" in widget._status.value

@@ -15,9 +15,20 @@ def test_nucleiseg_view_shows_the_demo_slide_with_the_widget_docked(tmp_path, de
     shot = tmp_path / "start.png"
     env = dict(os.environ)
     out = subprocess.run(
-        [sys.executable, "-m", "napari_nucleiseg.cli.main", "view", "--screenshot", str(shot),
-         "--screenshot-delay", "3"],
-        capture_output=True, text=True, timeout=240, env=env,
+        [
+            sys.executable,
+            "-m",
+            "napari_nucleiseg.cli.main",
+            "view",
+            "--screenshot",
+            str(shot),
+            "--screenshot-delay",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     from PIL import Image

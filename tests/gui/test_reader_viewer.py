@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-
+from _notifications import fresh_notifications  # noqa: F401 (autouse fixture)
+from _notifications import messages as _errors
 from conftest import shared_slide
-from _notifications import fresh_notifications, messages as _errors  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.gui
 
@@ -14,8 +14,6 @@ REAL = {
     "boxes.tiff": ([(250, 300), (125, 150), (62, 75), (31, 37)], 352.7777798),
     "boxes_0.dcm": ([(16, 16)], 0.499),
 }
-
-
 
 
 @pytest.mark.real_slides
@@ -39,12 +37,10 @@ def test_real_slides_open_with_levels_and_um_scale(make_napari_viewer, qtbot, na
 
 
 def test_missing_resolution_becomes_a_notification(make_napari_viewer, tmp_path, png_image):
-    import shutil
 
     viewer = make_napari_viewer()
     p = tmp_path / "nores.tif"
     import tifffile
-
     from PIL import Image
 
     tifffile.imwrite(p, np.asarray(Image.open(png_image)), photometric="rgb")
@@ -67,7 +63,9 @@ def test_demo_sample_aligns_slide_and_ground_truth(make_napari_viewer, demo):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-nucleiseg", "demo_slide")
     slide = next(lyr for lyr in viewer.layers if lyr.metadata["nucleiseg"]["kind"] == "slide")
-    truth = next(lyr for lyr in viewer.layers if lyr.metadata["nucleiseg"]["kind"] == "ground_truth")
+    truth = next(
+        lyr for lyr in viewer.layers if lyr.metadata["nucleiseg"]["kind"] == "ground_truth"
+    )
     assert tuple(slide.scale) == (0.5, 0.5) and tuple(truth.scale) == (0.5, 0.5)
     assert tuple(slide.translate) == tuple(truth.translate)
     assert [d.shape[:2] for d in slide.data] == [d.shape for d in truth.data]
@@ -92,7 +90,10 @@ def test_slide_widget_info_tissue_and_override(make_napari_viewer, qtbot, demo):
     assert "0.5 µm/px (file)" in widget._info.value and "4096 x 3072" in widget._info.value
 
     widget._tissue.clicked.emit()
-    qtbot.waitUntil(lambda: any(l.metadata.get("nucleiseg", {}).get("kind") == "tissue" for l in viewer.layers), timeout=20000)
+    qtbot.waitUntil(
+        lambda: any(l.metadata.get("nucleiseg", {}).get("kind") == "tissue" for l in viewer.layers),
+        timeout=20000,
+    )
     tissue = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "tissue")
     d = tissue.metadata["nucleiseg"]["downsample"]
     assert tuple(tissue.scale) == pytest.approx((0.5 * d, 0.5 * d))
@@ -126,7 +127,9 @@ def test_widget_without_slide_says_so(make_napari_viewer):
     assert any("before setting its µm/px" in m for m in _errors())
 
 
-def test_widget_open_errors_and_moved_files_are_notifications(make_napari_viewer, tmp_path, demo, png_image):
+def test_widget_open_errors_and_moved_files_are_notifications(
+    make_napari_viewer, tmp_path, demo, png_image
+):
     import shutil
 
     from napari_nucleiseg._napari._slide_widget import SlideWidget
@@ -162,7 +165,10 @@ def test_override_rescales_layers_drawn_over_the_slide(make_napari_viewer, qtbot
     slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
     widget._layer.value = slide
     widget._tissue.clicked.emit()
-    qtbot.waitUntil(lambda: any(l.metadata.get("nucleiseg", {}).get("kind") == "tissue" for l in viewer.layers), timeout=20000)
+    qtbot.waitUntil(
+        lambda: any(l.metadata.get("nucleiseg", {}).get("kind") == "tissue" for l in viewer.layers),
+        timeout=20000,
+    )
     widget._mpp.value = 0.2527
     widget._apply_mpp.clicked.emit()
     assert tuple(slide.scale) == pytest.approx((0.2527, 0.2527))
@@ -172,7 +178,9 @@ def test_override_rescales_layers_drawn_over_the_slide(make_napari_viewer, qtbot
         # Same physical extent as the slide, and the same left/top pixel edge.
         ext_slide = np.asarray(slide.extent.world)
         ext_other = np.asarray(lyr.extent.world)
-        assert np.allclose(ext_other[1] - ext_other[0], ext_slide[1] - ext_slide[0], rtol=0.02), lyr.name
+        assert np.allclose(ext_other[1] - ext_other[0], ext_slide[1] - ext_slide[0], rtol=0.02), (
+            lyr.name
+        )
         edge = lyr.translate[1] - lyr.scale[1] / 2
         assert edge == pytest.approx(slide.translate[1] - slide.scale[1] / 2), lyr.name
 

@@ -3,11 +3,10 @@ a lazy normalised slide at every zoom; H / E / DAB channels; messages instead of
 
 import numpy as np
 import pytest
-from _notifications import fresh_notifications, messages as _messages  # noqa: F401 (autouse fixture)
+from _notifications import fresh_notifications  # noqa: F401 (autouse fixture)
+from _notifications import messages as _messages
 
 pytestmark = pytest.mark.gui
-
-
 
 
 def _kind(viewer, kind):
@@ -53,7 +52,9 @@ def test_fit_on_the_view_and_show_the_slide_normalised_lazily(panel, qtbot, tmp_
     # Same pyramid, same place, computed lazily per chunk.
     assert norm.multiscale and all(isinstance(d, da.Array) for d in norm.data)
     assert [d.shape for d in norm.data] == [d.shape for d in slide.data]
-    assert tuple(norm.scale) == tuple(slide.scale) and tuple(norm.translate) == tuple(slide.translate)
+    assert tuple(norm.scale) == tuple(slide.scale) and tuple(norm.translate) == tuple(
+        slide.translate
+    )
     # One colour mapping for the whole slide: a chunk is the slide-adapted normaliser applied to
     # the slide's chunk, whatever its neighbours, and it really changes the colours.
     adapted = widget.adapted

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Generator
+from collections.abc import Callable, Generator
+from typing import Any
 
 #: Returned by a run that was cancelled.
 CANCELLED = object()
@@ -100,12 +101,22 @@ class JobRunner:
     def busy_message(self) -> str:
         done, total = self._done
         where = f" ({done}/{total} tiles)" if total else ""
-        return f"{self.title}{where} is still running: wait for it to finish, or press Cancel first."
+        return (
+            f"{self.title}{where} is still running: wait for it to finish, or press Cancel first."
+        )
 
-    def start(self, title: str, steps: Generator, *, on_item: Callable[[Any], None] | None = None,
-              on_progress: Callable[[Any], None] | None = None,
-              on_done: Callable[[Any], None] | None = None, on_cancelled: Callable[[], None] | None = None,
-              on_error: Callable[[Exception], None] | None = None, cancelled_note: str = ""):
+    def start(
+        self,
+        title: str,
+        steps: Generator,
+        *,
+        on_item: Callable[[Any], None] | None = None,
+        on_progress: Callable[[Any], None] | None = None,
+        on_done: Callable[[Any], None] | None = None,
+        on_cancelled: Callable[[], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+        cancelled_note: str = "",
+    ):
         """Run ``steps`` in a worker thread; returns the worker, or None (after saying why) when a
         run is already going. ``cancelled_note`` tells the user what a cancel leaves behind."""
         from napari.qt.threading import create_worker
@@ -124,10 +135,13 @@ class JobRunner:
         self._first = None
         self._shown = 0.0
         self._status(f"{title}: starting…")
-        worker = create_worker(_drive, steps, self._cancel, self._counted, _start_thread=False,
-                               _ignore_errors=True)
+        worker = create_worker(
+            _drive, steps, self._cancel, self._counted, _start_thread=False, _ignore_errors=True
+        )
         worker.yielded.connect(lambda item: self._on_yielded(item, on_item, on_progress))
-        worker.returned.connect(lambda value: self._on_returned(value, on_done, on_cancelled, cancelled_note))
+        worker.returned.connect(
+            lambda value: self._on_returned(value, on_done, on_cancelled, cancelled_note)
+        )
         worker.errored.connect(lambda exc: self._on_errored(exc, on_error))
         worker.finished.connect(self._on_finished)
         self.worker = worker
@@ -227,7 +241,9 @@ class JobRunner:
         if value is CANCELLED:
             # The worker's own count: every tile it finished, reported or not yet shown.
             done, total = self._done = self._counted[0]
-            self._status(f"{self.title}: cancelled after {done}/{total} tiles{'; ' + note if note else ''}.")
+            self._status(
+                f"{self.title}: cancelled after {done}/{total} tiles{'; ' + note if note else ''}."
+            )
             if on_cancelled is not None:
                 on_cancelled()
             return

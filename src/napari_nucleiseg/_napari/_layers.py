@@ -13,7 +13,8 @@ def tag(layer) -> dict:
 
 def find_layers(viewer, kind: str, **match):
     return [
-        lyr for lyr in viewer.layers
+        lyr
+        for lyr in viewer.layers
         if tag(lyr).get("kind") == kind and all(tag(lyr).get(k) == v for k, v in match.items())
     ]
 
@@ -28,7 +29,11 @@ def put_layer(viewer, layer_tuple, replace_kind: str | None = None, **match):
 
     data, kwargs, ltype = layer_tuple
     old = find_layers(viewer, replace_kind, **match) if replace_kind else []
-    if old and old[0]._type_string == ltype and bool(getattr(old[0], "multiscale", False)) == bool(kwargs.get("multiscale", False)):
+    if (
+        old
+        and old[0]._type_string == ltype
+        and bool(getattr(old[0], "multiscale", False)) == bool(kwargs.get("multiscale", False))
+    ):
         layer = old[0]
         for extra in old[1:]:
             viewer.layers.remove(extra)

@@ -40,8 +40,12 @@ class NucleiWidget(Container):
         self.viewer = napari_viewer
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
         self._method = ComboBox(label="method", choices=_methods(), value=DEFAULT_NUCLEI_MODEL)
-        self._normalise = CheckBox(text="normalise stain first (as in the Stain panel)", value=False)
-        self._out = FileEdit(label="results folder", mode="d", value=Path.home() / "nucleiseg-results")
+        self._normalise = CheckBox(
+            text="normalise stain first (as in the Stain panel)", value=False
+        )
+        self._out = FileEdit(
+            label="results folder", mode="d", value=Path.home() / "nucleiseg-results"
+        )
         self._run_view = PushButton(text="Segment current view")
         self._run_slide = PushButton(text="Segment whole slide")
         self._cancel = PushButton(text="Cancel")
@@ -50,13 +54,30 @@ class NucleiWidget(Container):
         self._export_labels = PushButton(text="Export labels (OME-Zarr)")
         self._export_geojson = PushButton(text="Export outlines (GeoJSON for QuPath)")
         self._export_csv = PushButton(text="Export measurements (CSV)")
-        self.extend([self._layer, self._method, self._normalise, self._out, self._run_view, self._run_slide, self._cancel,
-                     self._status, self._count, self._export_labels, self._export_geojson, self._export_csv])
+        self.extend(
+            [
+                self._layer,
+                self._method,
+                self._normalise,
+                self._out,
+                self._run_view,
+                self._run_slide,
+                self._cancel,
+                self._status,
+                self._count,
+                self._export_labels,
+                self._export_geojson,
+                self._export_csv,
+            ]
+        )
         from ._table import MeasurementsView
 
         self.table = MeasurementsView()
         self.native.layout().addWidget(self.table)
-        for label in (self._status, self._count):  # long paths and messages wrap, not widen the dock
+        for label in (
+            self._status,
+            self._count,
+        ):  # long paths and messages wrap, not widen the dock
             label.native.setWordWrap(True)
         self.native.setMinimumWidth(380)
         self.table.nucleus_chosen.connect(self._centre_on)
@@ -96,11 +117,15 @@ class NucleiWidget(Container):
 
         layer = self._layer.value
         if layer is None:
-            show_error(f"No slide open: open a slide (File > Open, or the Slide panel) before {what}.")
+            show_error(
+                f"No slide open: open a slide (File > Open, or the Slide panel) before {what}."
+            )
             return None, None
         if tag(layer).get("mpp") is None:
-            show_error(f"{Path(tag(layer)['path']).name}: the slide states no µm/px; set it in the Slide "
-                       f"panel before {what}.")
+            show_error(
+                f"{Path(tag(layer)['path']).name}: the slide states no µm/px; set it in the Slide "
+                f"panel before {what}."
+            )
             return None, None
         slide = open_layer_slide(layer)
         return (layer, slide) if slide is not None else (None, None)
@@ -114,8 +139,10 @@ class NucleiWidget(Container):
             return None
         shown = find_layers(self.viewer, "stain_normalised", slide=str(slide.path))
         if not shown:
-            show_error("To segment the normalised stain, show the slide normalised in the Stain panel "
-                       "first (or untick 'normalise stain first').")
+            show_error(
+                "To segment the normalised stain, show the slide normalised in the Stain panel "
+                "first (or untick 'normalise stain first')."
+            )
             return False
         from ..stain import StainProfile, normaliser_from_profile
 
@@ -140,11 +167,17 @@ class NucleiWidget(Container):
         normaliser = self._normaliser(slide)
         if normaliser is False:
             return
-        steps = segment_region(slide, visible_box(self.viewer, layer), self._method.value, normaliser=normaliser)
-        self.jobs.start("Nuclei in view", _then_measure(steps),
-                        on_item=lambda result: self._show_view_labels(slide, result),
-                        on_done=lambda outcome: self._show_table(slide, outcome), on_error=self._on_view_error,
-                        cancelled_note="the nuclei of the finished tiles stay shown")
+        steps = segment_region(
+            slide, visible_box(self.viewer, layer), self._method.value, normaliser=normaliser
+        )
+        self.jobs.start(
+            "Nuclei in view",
+            _then_measure(steps),
+            on_item=lambda result: self._show_view_labels(slide, result),
+            on_done=lambda outcome: self._show_table(slide, outcome),
+            on_error=self._on_view_error,
+            cancelled_note="the nuclei of the finished tiles stay shown",
+        )
 
     def _show_view_labels(self, slide, result) -> None:
         """The labels, as soon as they exist (the measurements follow)."""
@@ -155,10 +188,21 @@ class NucleiWidget(Container):
             self._last = _Outcome("view", slide, result=result)
             self.table.set_table(None)
         so_far = " so far (finished tiles)" if result.partial else ""
-        self._count.value = f"{result.count} nuclei in view{so_far} (segmented at {plan.mpp:.3g} µm/px)"
+        self._count.value = (
+            f"{result.count} nuclei in view{so_far} (segmented at {plan.mpp:.3g} µm/px)"
+        )
         layer_tuple = region_labels_layer(
-            slide, result.labels, plan.origin, plan.downsample, name="nuclei (view)", kind="nuclei",
-            scope="view", box=list(plan.box), mpp=plan.mpp, level=plan.level, count=result.count,
+            slide,
+            result.labels,
+            plan.origin,
+            plan.downsample,
+            name="nuclei (view)",
+            kind="nuclei",
+            scope="view",
+            box=list(plan.box),
+            mpp=plan.mpp,
+            level=plan.level,
+            count=result.count,
             method=result.method,
         )
         new = put_layer(self.viewer, layer_tuple, "nuclei", slide=str(slide.path), scope="view")
@@ -185,11 +229,19 @@ class NucleiWidget(Container):
             show_warning(f"Segmenting the view failed: {type(exc).__name__}: {exc}")
 
     def _offer_whole_slide(self, message: str) -> None:
-        from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
+        from napari.utils.notifications import (
+            Notification,
+            NotificationSeverity,
+            notification_manager,
+        )
 
-        notification_manager.dispatch(Notification(
-            message, severity=NotificationSeverity.WARNING,
-            actions=[("Segment whole slide", lambda _: self._on_run_slide())]))
+        notification_manager.dispatch(
+            Notification(
+                message,
+                severity=NotificationSeverity.WARNING,
+                actions=[("Segment whole slide", lambda _: self._on_run_slide())],
+            )
+        )
 
     # ------------------------------------------------------------------ whole slide
     def _on_run_slide(self, _=None):
@@ -208,15 +260,23 @@ class NucleiWidget(Container):
         if normaliser is False:
             return
         # In a child process: the interface keeps Python's GIL (see _process).
-        steps = in_subprocess(segment_slide, slide, Path(self._out.value), method=self._method.value,
-                              normaliser=normaliser)
+        steps = in_subprocess(
+            segment_slide,
+            slide,
+            Path(self._out.value),
+            method=self._method.value,
+            normaliser=normaliser,
+        )
         self._refreshed = 0.0
         self._run_layer = layer
-        self.jobs.start("Whole slide", _then_read_table(steps),
-                        on_progress=lambda p: self._on_slide_progress(slide, p),
-                        on_done=lambda table: self._on_slide_done(slide, table),
-                        on_error=self._on_slide_error,
-                        cancelled_note="finished tiles are kept: run it again to go on from there")
+        self.jobs.start(
+            "Whole slide",
+            _then_read_table(steps),
+            on_progress=lambda p: self._on_slide_progress(slide, p),
+            on_done=lambda table: self._on_slide_done(slide, table),
+            on_error=self._on_slide_error,
+            cancelled_note="finished tiles are kept: run it again to go on from there",
+        )
 
     def _on_slide_progress(self, slide, p) -> None:
         """Show the result store while the job runs, where that is cheap.
@@ -239,7 +299,10 @@ class NucleiWidget(Container):
         existing = find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="slide")
         if existing and existing[0].metadata["nucleiseg"].get("store") == str(p.store):
             layer = existing[0]
-            if layer.visible and _drawn_pixels(self.viewer, slide_layer, layer.level_shapes) <= LIVE_MAX_PX:
+            if (
+                layer.visible
+                and _drawn_pixels(self.viewer, slide_layer, layer.level_shapes) <= LIVE_MAX_PX
+            ):
                 layer.refresh()
                 self._refreshed = now
             return
@@ -248,8 +311,14 @@ class NucleiWidget(Container):
             return
         from qtpy.QtCore import QTimer
 
-        layer_tuple = labels_layer(slide, levels, name="nuclei (whole slide)", kind="nuclei", scope="slide",
-                                   store=str(p.store))
+        layer_tuple = labels_layer(
+            slide,
+            levels,
+            name="nuclei (whole slide)",
+            kind="nuclei",
+            scope="slide",
+            store=str(p.store),
+        )
         layer_tuple[1]["visible"] = False  # added hidden, drawn on the next turn: two short pauses
         layer = put_layer(self.viewer, layer_tuple, "nuclei", slide=str(slide.path), scope="slide")
         QTimer.singleShot(0, lambda: setattr(layer, "visible", True))
@@ -264,8 +333,15 @@ class NucleiWidget(Container):
         store, table = outcome
         levels, _, meta = open_labels(store)  # reopened: the coarse levels are now filled
         levels = labels_display_pyramid(levels)
-        layer_tuple = labels_layer(slide, levels, name="nuclei (whole slide)", kind="nuclei", scope="slide",
-                                   store=str(store), method=meta.get("method"))
+        layer_tuple = labels_layer(
+            slide,
+            levels,
+            name="nuclei (whole slide)",
+            kind="nuclei",
+            scope="slide",
+            store=str(store),
+            method=meta.get("method"),
+        )
         new = not find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="slide")
         if new:  # added hidden, drawn on the next turn of the event loop: two short pauses, not one
             layer_tuple[1]["visible"] = False
@@ -280,7 +356,11 @@ class NucleiWidget(Container):
     def _on_slide_error(self, exc) -> None:
         from napari.utils.notifications import show_error
 
-        hint = " (choose another results folder in the Nuclei panel)" if getattr(exc, "kind", "") == "StoreMismatchError" else ""
+        hint = (
+            " (choose another results folder in the Nuclei panel)"
+            if getattr(exc, "kind", "") == "StoreMismatchError"
+            else ""
+        )
         show_error(f"{exc}{hint}")
 
     def _centre_on(self, row: dict) -> None:
@@ -324,7 +404,9 @@ class NucleiWidget(Container):
         if self._last.scope == "slide":
             return self._exported(_copy_tree(self._last.store, path))
         r = self._last.result
-        write_labels_zarr(r.labels, path, r.plan.mpp, r.plan.origin, r.plan.downsample, self._last.slide.mpp)
+        write_labels_zarr(
+            r.labels, path, r.plan.mpp, r.plan.origin, r.plan.downsample, self._last.slide.mpp
+        )
         return self._exported(path)
 
     def _on_export_geojson(self, _=None) -> Path | None:
@@ -355,7 +437,13 @@ class _Outcome:
     """A finished run the table and exports refer to."""
 
     def __init__(self, scope, slide, result=None, store=None, table=None):
-        self.scope, self.slide, self.result, self.store, self.table = scope, slide, result, store, table
+        self.scope, self.slide, self.result, self.store, self.table = (
+            scope,
+            slide,
+            result,
+            store,
+            table,
+        )
 
 
 def _copy_tree(src: Path, dst: Path) -> Path:
@@ -418,4 +506,3 @@ def _then_measure(steps):
     result = yield from steps
     yield result
     return result, result.measure()
-

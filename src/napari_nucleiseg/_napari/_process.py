@@ -60,8 +60,13 @@ def in_subprocess(fn, *args, **kwargs):
     # The child must import this package from where the parent did (a source checkout too).
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join([pkg_root, *filter(None, [env.get("PYTHONPATH")])])
-    proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=err, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", __name__],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        env=env,
+    )
     try:
         proc.stdin.write(pickle.dumps((fn, args, kwargs)))
         proc.stdin.flush()
@@ -71,8 +76,10 @@ def in_subprocess(fn, *args, **kwargs):
                 proc.wait(30)
                 err.seek(0)
                 tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
-                raise JobError(f"the job's process stopped unexpectedly (exit code {proc.returncode})"
-                               + (": " + " / ".join(tail) if tail else ""))
+                raise JobError(
+                    f"the job's process stopped unexpectedly (exit code {proc.returncode})"
+                    + (": " + " / ".join(tail) if tail else "")
+                )
             what, value = pickle.loads(_read_exact(proc.stdout, _HEADER.unpack(header)[0]))
             if what == "item":
                 yield value

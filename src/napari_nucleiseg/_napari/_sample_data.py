@@ -12,7 +12,10 @@ def demo_slide():
     demo = make_demo()
     slide = open_slide(demo.slide)
     truth = labels_layer(
-        slide, read_label_pyramid(demo.labels), name="ground truth nuclei", kind="ground_truth",
+        slide,
+        read_label_pyramid(demo.labels),
+        name="ground truth nuclei",
+        kind="ground_truth",
         source=str(demo.labels),
     )
     truth[1]["visible"] = False

@@ -17,7 +17,11 @@ class SlideWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self._file = FileEdit(label="slide", mode="r", filter="Slides (*.svs *.tif *.tiff *.ndpi *.mrxs *.scn *.bif *.dcm *.vms *.svslide);;All files (*)")
+        self._file = FileEdit(
+            label="slide",
+            mode="r",
+            filter="Slides (*.svs *.tif *.tiff *.ndpi *.mrxs *.scn *.bif *.dcm *.vms *.svslide);;All files (*)",
+        )
         self._open = PushButton(text="Open slide")
         self._layer = ComboBox(label="slide layer", choices=self._slide_layer_choices)
         self._info = Label(value="No slide open.")
@@ -25,8 +29,18 @@ class SlideWidget(Container):
         self._apply_mpp = PushButton(text="Apply µm/px")
         self._tissue = PushButton(text="Show tissue mask")
         self._status = Label(value="")
-        self.extend([self._file, self._open, self._layer, self._info, self._mpp, self._apply_mpp,
-                     self._tissue, self._status])
+        self.extend(
+            [
+                self._file,
+                self._open,
+                self._layer,
+                self._info,
+                self._mpp,
+                self._apply_mpp,
+                self._tissue,
+                self._status,
+            ]
+        )
         self._open.changed.connect(self._on_open)
         self._layer.changed.connect(self._show_info)
         self._apply_mpp.changed.connect(self._on_apply_mpp)
@@ -68,7 +82,11 @@ class SlideWidget(Container):
             self._info.value = "No slide open: open a file, or File > Open Sample > Demo H&E slide."
             return
         m = tag(layer)
-        mpp = "unknown — set an override" if m.get("mpp") is None else f"{m['mpp']:.4g} µm/px ({m['mpp_source']})"
+        mpp = (
+            "unknown — set an override"
+            if m.get("mpp") is None
+            else f"{m['mpp']:.4g} µm/px ({m['mpp_source']})"
+        )
         levels = "\n".join(
             f"  {i}: {w} x {h} px (x{d:.3g})"
             for i, ((h, w), d) in enumerate(zip(m["level_shapes"], m["level_downsamples"]))
@@ -139,13 +157,22 @@ class SlideWidget(Container):
         if slide is None:  # the file could not be re-opened; the user has been told why
             return
         self._status.value = "Computing tissue mask…"
-        worker = create_worker(lambda: tissue_layer(slide, tissue_mask(slide), name=f"tissue ({layer.name})"))
+        worker = create_worker(
+            lambda: tissue_layer(slide, tissue_mask(slide), name=f"tissue ({layer.name})")
+        )
         worker.returned.connect(self._on_tissue_done)
-        worker.errored.connect(lambda exc: (show_error(str(exc)), setattr(self._status, "value", "")))
+        worker.errored.connect(
+            lambda exc: (show_error(str(exc)), setattr(self._status, "value", ""))
+        )
         worker.start()
         self._worker = worker
 
     def _on_tissue_done(self, layer_tuple):
-        put_layer(self.viewer, layer_tuple, "tissue", slide=layer_tuple[1]["metadata"]["nucleiseg"]["slide"])
+        put_layer(
+            self.viewer,
+            layer_tuple,
+            "tissue",
+            slide=layer_tuple[1]["metadata"]["nucleiseg"]["slide"],
+        )
         frac = layer_tuple[1]["metadata"]["nucleiseg"]["fraction"]
         self._status.value = f"Tissue: {100 * frac:.1f} % of the slide"

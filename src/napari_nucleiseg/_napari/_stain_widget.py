@@ -41,18 +41,38 @@ class StainWidget(Container):
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
         self._method = ComboBox(label="method", choices=list(METHODS), value="macenko")
         self._reference = ComboBox(label="reference", choices=list(REFERENCES), value=REFERENCES[0])
-        self._file = FileEdit(label="reference file", mode="r",
-                              filter="Images or profiles (*.png *.jpg *.jpeg *.tif *.tiff *.json);;All files (*)")
+        self._file = FileEdit(
+            label="reference file",
+            mode="r",
+            filter="Images or profiles (*.png *.jpg *.jpeg *.tif *.tiff *.json);;All files (*)",
+        )
         self._fit = PushButton(text="Fit to reference")
         self._cancel = PushButton(text="Cancel")
         self._status = Label(value="No normaliser fitted yet.")
         self._show = CheckBox(text="Show the slide normalised", value=False)
-        self._profile_path = FileEdit(label="profile file", mode="w", filter="Stain profiles (*.json)",
-                                      value=Path.home() / "stain-profile.json")
+        self._profile_path = FileEdit(
+            label="profile file",
+            mode="w",
+            filter="Stain profiles (*.json)",
+            value=Path.home() / "stain-profile.json",
+        )
         self._save = PushButton(text="Save profile")
         self._channels = PushButton(text="Show H / E / DAB channels")
-        self.extend([self._layer, self._method, self._reference, self._file, self._fit, self._cancel,
-                     self._status, self._show, self._profile_path, self._save, self._channels])
+        self.extend(
+            [
+                self._layer,
+                self._method,
+                self._reference,
+                self._file,
+                self._fit,
+                self._cancel,
+                self._status,
+                self._show,
+                self._profile_path,
+                self._save,
+                self._channels,
+            ]
+        )
         self._status.native.setWordWrap(True)
         self.native.setMinimumWidth(360)
         self.jobs = JobRunner(self._set_status, self._cancel)
@@ -81,7 +101,9 @@ class StainWidget(Container):
 
         layer = self._layer.value
         if layer is None:
-            show_error(f"No slide open: open a slide (File > Open, or the Slide panel) before {what}.")
+            show_error(
+                f"No slide open: open a slide (File > Open, or the Slide panel) before {what}."
+            )
         return layer
 
     # ------------------------------------------------------------------ fitting
@@ -106,12 +128,17 @@ class StainWidget(Container):
         else:
             path = Path(self._file.value)
             if not path.exists():
-                show_error(f"{path}: no such reference file: choose a reference image or a saved profile.")
+                show_error(
+                    f"{path}: no such reference file: choose a reference image or a saved profile."
+                )
                 return
             steps = _fit_file(method, path)
             source = path.name
-        self.jobs.start(f"Stain reference ({method})", steps,
-                        on_done=lambda normaliser: self._on_fitted(normaliser, source))
+        self.jobs.start(
+            f"Stain reference ({method})",
+            steps,
+            on_done=lambda normaliser: self._on_fitted(normaliser, source),
+        )
 
     def _on_fitted(self, normaliser, source: str) -> None:
         self.normaliser = normaliser
@@ -143,22 +170,47 @@ class StainWidget(Container):
         if self.jobs.running:
             show_warning(self.jobs.busy_message())
             return
-        self.jobs.start("Normalised view", _normalised_levels(self.normaliser, list(layer.data), layer.name),
-                        on_done=lambda out: self._show_normalised(layer, *out))
+        self.jobs.start(
+            "Normalised view",
+            _normalised_levels(self.normaliser, list(layer.data), layer.name),
+            on_done=lambda out: self._show_normalised(layer, *out),
+        )
 
     def _show_normalised(self, layer, adapted, data) -> None:
         meta = tag(layer)
-        put_layer(self.viewer, (data, {
-            "name": f"{layer.name} (normalised, {adapted.method})", "rgb": True, "multiscale": True,
-            "scale": layer.scale, "translate": layer.translate, "units": layer.units,
-            "contrast_limits": [0, 255], "cache": False,
-            "metadata": {"nucleiseg": {
-                "kind": "stain_normalised", "slide": meta["path"], "method": adapted.method,
-                "reference": self._fitted_on, "profile": adapted.profile.to_dict(),
-                "source": adapted.source.to_dict()}},
-        }, "image"), "stain_normalised", slide=meta["path"])
+        put_layer(
+            self.viewer,
+            (
+                data,
+                {
+                    "name": f"{layer.name} (normalised, {adapted.method})",
+                    "rgb": True,
+                    "multiscale": True,
+                    "scale": layer.scale,
+                    "translate": layer.translate,
+                    "units": layer.units,
+                    "contrast_limits": [0, 255],
+                    "cache": False,
+                    "metadata": {
+                        "nucleiseg": {
+                            "kind": "stain_normalised",
+                            "slide": meta["path"],
+                            "method": adapted.method,
+                            "reference": self._fitted_on,
+                            "profile": adapted.profile.to_dict(),
+                            "source": adapted.source.to_dict(),
+                        }
+                    },
+                },
+                "image",
+            ),
+            "stain_normalised",
+            slide=meta["path"],
+        )
         self.adapted = adapted
-        self._set_status(f"{adapted.method} fitted on {self._fitted_on}; the slide is shown normalised.")
+        self._set_status(
+            f"{adapted.method} fitted on {self._fitted_on}; the slide is shown normalised."
+        )
 
     def _on_channels(self, _=None):
         """H, E and DAB optical density of the slide, lazily per chunk at every zoom."""
@@ -168,12 +220,35 @@ class StainWidget(Container):
         meta = tag(layer)
         for k, (name, colour, top) in enumerate(CHANNELS):
             data = [lv.map_blocks(_channel, k, drop_axis=2, dtype=np.float32) for lv in layer.data]
-            put_layer(self.viewer, (data, {
-                "name": f"{name} ({layer.name})", "multiscale": True, "scale": layer.scale,
-                "translate": layer.translate, "units": layer.units, "colormap": colour,
-                "contrast_limits": [0.0, top], "blending": "additive", "cache": False, "visible": k == 0,
-                "metadata": {"nucleiseg": {"kind": "stain_channel", "channel": name, "slide": meta["path"]}},
-            }, "image"), "stain_channel", slide=meta["path"], channel=name)
+            put_layer(
+                self.viewer,
+                (
+                    data,
+                    {
+                        "name": f"{name} ({layer.name})",
+                        "multiscale": True,
+                        "scale": layer.scale,
+                        "translate": layer.translate,
+                        "units": layer.units,
+                        "colormap": colour,
+                        "contrast_limits": [0.0, top],
+                        "blending": "additive",
+                        "cache": False,
+                        "visible": k == 0,
+                        "metadata": {
+                            "nucleiseg": {
+                                "kind": "stain_channel",
+                                "channel": name,
+                                "slide": meta["path"],
+                            }
+                        },
+                    },
+                    "image",
+                ),
+                "stain_channel",
+                slide=meta["path"],
+                channel=name,
+            )
 
     def _on_save(self, _=None) -> Path | None:
         from napari.utils.notifications import show_error
@@ -199,10 +274,16 @@ def _fit_view(method: str, slide, box):
     level = slide.best_level_for_downsample(max(1.0, (area / MAX_FIT_PIXELS) ** 0.5))
     d = slide.level_downsamples[level]
     if area / d**2 > 4 * MAX_FIT_PIXELS:  # a slide without reduced levels, seen whole
-        raise ValueError(f"{slide.path.name}: the view is too large to fit a stain reference on at this "
-                         "file's resolution levels: zoom in, or use a reference file")
-    rgb = slide.read_region(int(x0 / d), int(y0 / d), max(1, int((x1 - x0) / d)), max(1, int((y1 - y0) / d)), level)
-    normaliser = make_normaliser(method).fit(rgb, name=f"{slide.path.name} view x={int(x0)} y={int(y0)}")
+        raise ValueError(
+            f"{slide.path.name}: the view is too large to fit a stain reference on at this "
+            "file's resolution levels: zoom in, or use a reference file"
+        )
+    rgb = slide.read_region(
+        int(x0 / d), int(y0 / d), max(1, int((x1 - x0) / d)), max(1, int((y1 - y0) / d)), level
+    )
+    normaliser = make_normaliser(method).fit(
+        rgb, name=f"{slide.path.name} view x={int(x0)} y={int(y0)}"
+    )
     yield 1, 1
     return normaliser
 

@@ -22,7 +22,9 @@ def _noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
     return n / max(float(n.std()), 1e-6)
 
 
-def tissue_shape(rng: np.random.Generator, shape: tuple[int, int], coverage: float = 0.55) -> np.ndarray:
+def tissue_shape(
+    rng: np.random.Generator, shape: tuple[int, int], coverage: float = 0.55
+) -> np.ndarray:
     """An irregular tissue outline covering about ``coverage`` of the frame, glass around it."""
     h, w = shape
     small = (max(8, h // 64), max(8, w // 64))
@@ -54,7 +56,7 @@ def render_he(
 
     area_mm2 = tissue.sum() * (mpp / 1000.0) ** 2
     target = int(area_mm2 * nuclei_per_mm2)
-    ys, xs = np.nonzero(tissue[:: 4, :: 4])
+    ys, xs = np.nonzero(tissue[::4, ::4])
     next_id = 1
     attempts = 0
     while next_id <= target and attempts < target * 4 and len(ys):
@@ -62,7 +64,7 @@ def render_he(
         k = rng.integers(len(ys))
         cy, cx = ys[k] * 4 + rng.uniform(0, 4), xs[k] * 4 + rng.uniform(0, 4)
         group = 1 + (rng.random() < touching_fraction) * rng.integers(1, 3)
-        placed_any = False
+        placed_any, prev_a = False, 0.0
         for _ in range(group):
             a_um = rng.uniform(2.5, 5.0)
             a = a_um / mpp

@@ -55,7 +55,11 @@ def demo_slide(directory: str | Path | None = None) -> DemoSlide:
     import tifffile
 
     with tifffile.TiffFile(labels) as tf:
-        n = int(tf.pages[0].description.split("nuclei=")[-1]) if "nuclei=" in (tf.pages[0].description or "") else 0
+        n = (
+            int(tf.pages[0].description.split("nuclei=")[-1])
+            if "nuclei=" in (tf.pages[0].description or "")
+            else 0
+        )
     return DemoSlide(slide=slide, labels=labels, mpp=DEMO_MPP, nuclei=n)
 
 
@@ -83,7 +87,9 @@ def _levels(rgb: np.ndarray, factor: int = 4, smallest: int = 512) -> list[np.nd
     return levels
 
 
-def _write_pyramid(path, levels: list[np.ndarray], mpp: float, tile: int, description: str, **codec) -> None:
+def _write_pyramid(
+    path, levels: list[np.ndarray], mpp: float, tile: int, description: str, **codec
+) -> None:
     """Tiled TIFF, one page per ×4 level, each with its own resolution tags (OpenSlide's generic
     TIFF layout)."""
     import tifffile
@@ -91,16 +97,32 @@ def _write_pyramid(path, levels: list[np.ndarray], mpp: float, tile: int, descri
     px_per_cm = 1e4 / mpp
     with tifffile.TiffWriter(path, bigtiff=levels[0].nbytes > 2**31) as tw:
         for i, level in enumerate(levels):
-            tw.write(level, tile=(tile, tile), resolution=(px_per_cm / 4**i, px_per_cm / 4**i),
-                     resolutionunit="CENTIMETER", subfiletype=0 if i == 0 else 1,
-                     description=description if i == 0 else None, metadata=None, **codec)
+            tw.write(
+                level,
+                tile=(tile, tile),
+                resolution=(px_per_cm / 4**i, px_per_cm / 4**i),
+                resolutionunit="CENTIMETER",
+                subfiletype=0 if i == 0 else 1,
+                description=description if i == 0 else None,
+                metadata=None,
+                **codec,
+            )
 
 
-def write_pyramidal_tiff(path: str | Path, rgb: np.ndarray, mpp: float, tile: int = TILE,
-                         quality: int = 90) -> None:
+def write_pyramidal_tiff(
+    path: str | Path, rgb: np.ndarray, mpp: float, tile: int = TILE, quality: int = 90
+) -> None:
     """Write an RGB image as a tiled JPEG pyramid (×4 per level, area-averaged) with its µm/px."""
-    _write_pyramid(path, _levels(rgb), mpp, tile, f"napari-nucleiseg synthetic H&E, mpp={mpp}",
-                   compression="jpeg", compressionargs={"level": quality}, photometric="rgb")
+    _write_pyramid(
+        path,
+        _levels(rgb),
+        mpp,
+        tile,
+        f"napari-nucleiseg synthetic H&E, mpp={mpp}",
+        compression="jpeg",
+        compressionargs={"level": quality},
+        photometric="rgb",
+    )
 
 
 def write_label_tiff(path: str | Path, labels: np.ndarray, mpp: float, tile: int = TILE) -> None:
@@ -108,8 +130,14 @@ def write_label_tiff(path: str | Path, labels: np.ndarray, mpp: float, tile: int
     levels = [labels]
     while max(levels[-1].shape) > 512:
         levels.append(levels[-1][::4, ::4])
-    _write_pyramid(path, levels, mpp, tile, f"napari-nucleiseg labels, nuclei={int(labels.max())}",
-                   compression="zlib")
+    _write_pyramid(
+        path,
+        levels,
+        mpp,
+        tile,
+        f"napari-nucleiseg labels, nuclei={int(labels.max())}",
+        compression="zlib",
+    )
 
 
 def read_label_pyramid(path: str | Path) -> list:
@@ -126,9 +154,15 @@ def read_label_pyramid(path: str | Path) -> list:
     return [da.from_zarr(a) for a in arrays]
 
 
-def make_large_slide(path: str | Path, size: tuple[int, int] = (100_000, 100_000), mpp: float = 0.5,
-                     tile: int = 512, tissue_fraction: float = 0.4, seed: int = 0,
-                     tissue_box: tuple[int, int, int, int] | None = None) -> Path:
+def make_large_slide(
+    path: str | Path,
+    size: tuple[int, int] = (100_000, 100_000),
+    mpp: float = 0.5,
+    tile: int = 512,
+    tissue_fraction: float = 0.4,
+    seed: int = 0,
+    tissue_box: tuple[int, int, int, int] | None = None,
+) -> Path:
     """A gigapixel pyramidal slide written in seconds: tiles are pre-encoded once and repeated.
 
     Tissue tiles (cut from a rendered H&E field) fill an ellipse covering ``tissue_fraction`` of the
@@ -169,8 +203,18 @@ def make_large_slide(path: str | Path, size: tuple[int, int] = (100_000, 100_000
 
             def tiles(rows=rows, cols=cols, h=h, w=w):
                 if tissue_box is not None:
-                    yield from _box_tiles(rows, cols, factor, tile, tissue_box, texture, glass, tissue_tiles,
-                                          glass_jpeg, encode)
+                    yield from _box_tiles(
+                        rows,
+                        cols,
+                        factor,
+                        tile,
+                        tissue_box,
+                        texture,
+                        glass,
+                        tissue_tiles,
+                        glass_jpeg,
+                        encode,
+                    )
                     return
                 for r in range(rows):
                     cy = ((r + 0.5) * tile / h) - 0.5

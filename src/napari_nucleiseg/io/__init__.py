@@ -43,14 +43,26 @@ __all__ = [
 
 #: File suffixes the napari reader claims (OpenSlide's formats, OME-TIFF/TIFF, DICOM, OME-Zarr).
 SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
-    ".dcm", ".zarr",
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".dcm",
+    ".zarr",
 )
 _TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
 _VENDOR_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
 
 
-def open_slide(path: str | os.PathLike, mpp: float | None = None, backend: str | None = None) -> Slide:
+def open_slide(
+    path: str | os.PathLike, mpp: float | None = None, backend: str | None = None
+) -> Slide:
     """Open a whole-slide image, OME-TIFF, OME-Zarr or plain image.
 
     Parameters
@@ -77,7 +89,9 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None, backend: str |
             raise
         raise CorruptSlideError(p, f"cannot be read: {exc}") from exc
     except MemoryError as exc:
-        raise SlideError(p, "too large to load as a plain image; convert it to a tiled pyramidal TIFF") from exc
+        raise SlideError(
+            p, "too large to load as a plain image; convert it to a tiled pyramidal TIFF"
+        ) from exc
     except Exception as exc:  # a library's own error type: still one line naming the file
         raise CorruptSlideError(p, f"cannot be read ({type(exc).__name__}: {exc})") from exc
 
@@ -90,7 +104,12 @@ def _open(p: Path, mpp, backend) -> Slide:
 
     if not p.exists():
         raise SlideNotFoundError(p, "no such file or directory")
-    backends = {"openslide": OpenSlideSlide, "tifffile": TiffSlide, "zarr": OmeZarrSlide, "image": ImageSlide}
+    backends = {
+        "openslide": OpenSlideSlide,
+        "tifffile": TiffSlide,
+        "zarr": OmeZarrSlide,
+        "image": ImageSlide,
+    }
     if backend is not None:
         if backend not in backends:
             raise ValueError(f"unknown backend {backend!r}; choose from {sorted(backends)}")
@@ -108,8 +127,11 @@ def _open(p: Path, mpp, backend) -> Slide:
         return OpenSlideSlide(p, mpp=mpp)
     if name.endswith(_VENDOR_SUFFIXES):
         # A vendor slide OpenSlide does not recognise: the content is broken, not the format.
-        raise CorruptSlideError(p, "has a slide file name but OpenSlide cannot recognise its content "
-                                   "(truncated, corrupt, or not really a slide)")
+        raise CorruptSlideError(
+            p,
+            "has a slide file name but OpenSlide cannot recognise its content "
+            "(truncated, corrupt, or not really a slide)",
+        )
     if name.endswith(_TIFF_SUFFIXES) or _looks_like_tiff(p):
         return TiffSlide(p, mpp=mpp)
     return ImageSlide(p, mpp=mpp)

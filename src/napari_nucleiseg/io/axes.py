@@ -27,7 +27,9 @@ def to_yxc(block: np.ndarray, axes: str) -> np.ndarray:
     return block[:, :, :3]
 
 
-def read_window(array, axes: str, x: int, y: int, width: int, height: int, scale=None) -> np.ndarray:
+def read_window(
+    array, axes: str, x: int, y: int, width: int, height: int, scale=None
+) -> np.ndarray:
     """RGB uint8 window of one level. Every axis is sliced (length 1 for T/Z/...) so the block
     keeps the array's axis order for :func:`to_yxc`."""
     spans = {"Y": slice(y, y + height), "X": slice(x, x + width)}

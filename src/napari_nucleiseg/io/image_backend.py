@@ -29,8 +29,9 @@ def load_rgb(path: Path) -> tuple[np.ndarray, float | None]:
             mode = img.mode
     except UnidentifiedImageError as exc:
         raise UnsupportedFormatError(
-            path, "not an image or slide format this plugin reads (OpenSlide formats, "
-            "OME-TIFF, OME-Zarr, TIFF, PNG, JPEG)"
+            path,
+            "not an image or slide format this plugin reads (OpenSlide formats, "
+            "OME-TIFF, OME-Zarr, TIFF, PNG, JPEG)",
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptSlideError(path, f"the image is corrupt or truncated: {exc}") from exc
@@ -71,8 +72,14 @@ def to_rgb_uint8(arr: np.ndarray, mode: str = "") -> np.ndarray:
 class ImageSlide(Slide):
     backend = "image"
 
-    def __init__(self, path: str | Path, mpp: float | None = None, *, array: np.ndarray | None = None,
-                 mpp_file: float | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        mpp: float | None = None,
+        *,
+        array: np.ndarray | None = None,
+        mpp_file: float | None = None,
+    ):
         path = Path(path)
         if array is None:
             array, mpp_file = load_rgb(path)

@@ -80,7 +80,9 @@ class OpenSlideSlide(Slide):
             mpp_override=mpp,
             properties=props,
         )
-        self._exact_levels = _exact_level_reader(path, vendor, self.level_shapes, self.level_downsamples)
+        self._exact_levels = _exact_level_reader(
+            path, vendor, self.level_shapes, self.level_downsamples
+        )
         # A truncated file often opens (the header is intact) and fails on its last tiles. Probing
         # the first and last tile of the finest and coarsest levels turns most such failures into
         # a clear error now rather than a broken tile mid-session, for a few tile decodes.
@@ -178,7 +180,9 @@ def _argb_to_rgb(argb: np.ndarray, background) -> np.ndarray:
         partial = (alpha > 0) & (alpha < 255)
         if partial.any():  # undo premultiplication at the (rare) semi-transparent edges
             a = alpha[partial].astype(np.float32)[:, None]
-            rgb[partial] = np.clip(rgb[partial].astype(np.float32) * 255.0 / a, 0, 255).astype(np.uint8)
+            rgb[partial] = np.clip(rgb[partial].astype(np.float32) * 255.0 / a, 0, 255).astype(
+                np.uint8
+            )
         rgb[alpha == 0] = background
     return rgb
 
@@ -192,7 +196,9 @@ def _exact_level_reader(path: Path, vendor: str, shapes, downsamples):
     Aperio and generic TIFF files the levels are plain tiled TIFF pages that tifffile reads
     exactly; it is used when its level geometry matches OpenSlide's.
     """
-    if vendor not in ("aperio", "generic-tiff") or all(abs(d - round(d)) < 1e-9 for d in downsamples):
+    if vendor not in ("aperio", "generic-tiff") or all(
+        abs(d - round(d)) < 1e-9 for d in downsamples
+    ):
         return None
     try:
         import tifffile
@@ -211,7 +217,9 @@ def _exact_level_reader(path: Path, vendor: str, shapes, downsamples):
         return None
 
     def read(level, x, y, width, height):
-        return np.ascontiguousarray(arrays[level][y : y + height, x : x + width, :3], dtype=np.uint8)
+        return np.ascontiguousarray(
+            arrays[level][y : y + height, x : x + width, :3], dtype=np.uint8
+        )
 
     read.tif = tif
     return read

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -38,16 +38,22 @@ def iter_windows(level, tile: int):
     width = tile * WINDOW_TILES
     boxes = [(y0, x0) for y0 in range(0, h, tile) for x0 in range(0, w, width)]
     for i in range(0, len(boxes), WINDOWS_AT_ONCE):
-        group = boxes[i:i + WINDOWS_AT_ONCE]
-        blocks = dask.compute(*[level[y0:y0 + tile, x0:x0 + width] for y0, x0 in group])
+        group = boxes[i : i + WINDOWS_AT_ONCE]
+        blocks = dask.compute(*[level[y0 : y0 + tile, x0 : x0 + width] for y0, x0 in group])
         for (y0, x0), block in zip(group, blocks):
             yield y0, x0, np.asarray(block)
 
 
-def write_pyramidal_tiff(path: str | Path, levels, mpp: float | None = None,
-                         downsamples: list[float] | None = None, tile: int = 512, quality: int = 90,
-                         description: str | None = None,
-                         progress: Callable[[int, int], None] | None = None) -> Path:
+def write_pyramidal_tiff(
+    path: str | Path,
+    levels,
+    mpp: float | None = None,
+    downsamples: list[float] | None = None,
+    tile: int = 512,
+    quality: int = 90,
+    description: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Stream ``levels`` into a tiled JPEG pyramid; ``progress(done_tiles, total_tiles)``.
 
     Written beside the target and renamed when complete, so a cancelled or failed job never
@@ -65,10 +71,13 @@ def write_pyramidal_tiff(path: str | Path, levels, mpp: float | None = None,
         nonlocal done
         for _, _, block in iter_windows(level, tile):
             for x in range(0, block.shape[1], tile):
-                t = block[:, x:x + tile]
+                t = block[:, x : x + tile]
                 if t.shape[:2] != (tile, tile):  # edge tiles are padded with glass
-                    t = np.pad(t, ((0, tile - t.shape[0]), (0, tile - t.shape[1]), (0, 0)),
-                               constant_values=255)
+                    t = np.pad(
+                        t,
+                        ((0, tile - t.shape[0]), (0, tile - t.shape[1]), (0, 0)),
+                        constant_values=255,
+                    )
                 done += 1  # counted before handing over: the writer asks for no tile after the last
                 if progress is not None:
                     progress(done, total)
@@ -82,10 +91,19 @@ def write_pyramidal_tiff(path: str | Path, levels, mpp: float | None = None,
                 if mpp is not None:
                     px_per_cm = 1e4 / (mpp * downsamples[i])
                     kw = {"resolution": (px_per_cm, px_per_cm), "resolutionunit": "CENTIMETER"}
-                tw.write(tiles(level), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile),
-                         photometric="rgb", compression="jpeg", compressionargs={"level": quality},
-                         subfiletype=0 if i == 0 else 1, metadata=None,
-                         description=description if i == 0 else None, **kw)
+                tw.write(
+                    tiles(level),
+                    shape=(h, w, 3),
+                    dtype=np.uint8,
+                    tile=(tile, tile),
+                    photometric="rgb",
+                    compression="jpeg",
+                    compressionargs={"level": quality},
+                    subfiletype=0 if i == 0 else 1,
+                    metadata=None,
+                    description=description if i == 0 else None,
+                    **kw,
+                )
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -93,9 +111,15 @@ def write_pyramidal_tiff(path: str | Path, levels, mpp: float | None = None,
     return path
 
 
-def write_ome_zarr(path: str | Path, levels, mpp: float | None = None,
-                   downsamples: list[float] | None = None, tile: int = 512, attrs: dict | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> Path:
+def write_ome_zarr(
+    path: str | Path,
+    levels,
+    mpp: float | None = None,
+    downsamples: list[float] | None = None,
+    tile: int = 512,
+    attrs: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
     """Stream ``levels`` into an OME-Zarr (NGFF 0.4) multiscale image of (c, y, x) uint8 arrays."""
     import zarr
 
@@ -110,22 +134,36 @@ def write_ome_zarr(path: str | Path, levels, mpp: float | None = None,
         datasets = []
         for i, level in enumerate(levels):
             h, w = level.shape[:2]
-            arr = root.create_array(str(i), shape=(3, h, w), chunks=(3, tile, tile), dtype=np.uint8,
-                                    fill_value=255)
+            arr = root.create_array(
+                str(i), shape=(3, h, w), chunks=(3, tile, tile), dtype=np.uint8, fill_value=255
+            )
             for y0, x0, block in iter_windows(level, tile):
-                arr[:, y0:y0 + block.shape[0], x0:x0 + block.shape[1]] = np.moveaxis(block, 2, 0)
+                arr[:, y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = np.moveaxis(
+                    block, 2, 0
+                )
                 done += math.ceil(block.shape[1] / tile)
                 if progress is not None:
                     progress(done, total)
-            scale = [1.0, 1.0, 1.0] if mpp is None else [1.0, mpp * downsamples[i], mpp * downsamples[i]]
-            datasets.append({"path": str(i),
-                             "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+            scale = (
+                [1.0, 1.0, 1.0]
+                if mpp is None
+                else [1.0, mpp * downsamples[i], mpp * downsamples[i]]
+            )
+            datasets.append(
+                {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+            )
         space = {"type": "space", **({"unit": "micrometer"} if mpp is not None else {})}
-        root.attrs["multiscales"] = [{
-            "version": "0.4",
-            "axes": [{"name": "c", "type": "channel"}, {"name": "y", **space}, {"name": "x", **space}],
-            "datasets": datasets,
-        }]
+        root.attrs["multiscales"] = [
+            {
+                "version": "0.4",
+                "axes": [
+                    {"name": "c", "type": "channel"},
+                    {"name": "y", **space},
+                    {"name": "x", **space},
+                ],
+                "datasets": datasets,
+            }
+        ]
         if attrs:
             root.attrs.update(attrs)
         if path.exists():

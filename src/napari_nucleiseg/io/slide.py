@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImplausibleResolutionWarning, MissingResolutionWarning, NoPyramidWarning, SlideError
+from .errors import (
+    ImplausibleResolutionWarning,
+    MissingResolutionWarning,
+    NoPyramidWarning,
+    SlideError,
+)
 
 #: Background for areas outside the scanned image: brightfield glass is white.
 BACKGROUND = 255
@@ -34,10 +39,10 @@ PLAUSIBLE_MPP_MAX = 100.0
 
 
 #: Every slide object alive in this process (tests and the GUI find a layer's slide through it).
-_OPEN_SLIDES: "weakref.WeakSet[Slide]" = weakref.WeakSet()
+_OPEN_SLIDES: weakref.WeakSet[Slide] = weakref.WeakSet()
 
 
-def open_slides() -> list["Slide"]:
+def open_slides() -> list[Slide]:
     """Slides currently open in this process."""
     return [s for s in list(_OPEN_SLIDES) if not s._closed]
 
@@ -114,7 +119,9 @@ class Slide:
         self.mpp_file = _valid_mpp(mpp_file)
         self.mpp_override = None if mpp_override is None else float(mpp_override)
         if self.mpp_override is not None and not (0 < self.mpp_override < math.inf):
-            raise SlideError(self.path, f"the µm/px override {mpp_override!r} must be a positive number")
+            raise SlideError(
+                self.path, f"the µm/px override {mpp_override!r} must be a positive number"
+            )
         self.stats = ReadStats()
         self._pyramids: dict[tuple, list] = {}
         self._warned_bad_chunk = False
@@ -127,7 +134,9 @@ class Slide:
                 f"{self.path}: the file has no reduced-resolution levels below "
                 f"{self.level_shapes[-1][1]}x{self.level_shapes[-1][0]} px, so zoomed-out views must "
                 "read the full resolution and will be slow; save it as a pyramidal TIFF",
-                NoPyramidWarning, stacklevel=3)
+                NoPyramidWarning,
+                stacklevel=3,
+            )
 
     # ----------------------------------------------------------------- geometry and units
     @property
@@ -210,7 +219,9 @@ class Slide:
         """
         self._check_open()
         if not 0 <= level < self.level_count:
-            raise SlideError(self.path, f"level {level} does not exist (the slide has {self.level_count})")
+            raise SlideError(
+                self.path, f"level {level} does not exist (the slide has {self.level_count})"
+            )
         width, height = int(width), int(height)
         if width < 0 or height < 0:
             raise ValueError(f"region size must be non-negative, got {width}x{height}")
@@ -292,7 +303,9 @@ class Slide:
             y1_out = min(size[1], y_out + n_out)
             y0, y1 = round(y_out * rows_per_out), round(y1_out * rows_per_out)
             region = self.read_region(0, y0, lw, max(1, y1 - y0), level)
-            out[y_out:y1_out] = np.asarray(Image.fromarray(region).resize((size[0], y1_out - y_out), Image.Resampling.BOX))
+            out[y_out:y1_out] = np.asarray(
+                Image.fromarray(region).resize((size[0], y1_out - y_out), Image.Resampling.BOX)
+            )
             y_out = y1_out
         return out
 
@@ -418,7 +431,9 @@ class _LevelArray:
                 raise
             if not self.slide._warned_bad_chunk:
                 self.slide._warned_bad_chunk = True
-                warnings.warn(f"{exc} (shown as glass; the file is damaged)", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"{exc} (shown as glass; the file is damaged)", RuntimeWarning, stacklevel=2
+                )
             region = np.full((max(0, y1 - y0), max(0, x1 - x0), 3), BACKGROUND, np.uint8)
         return region[:, :, cs]
 

@@ -36,20 +36,28 @@ class TiffSlide(Slide):
             series = self._tif.series[0]
             levels = list(series.levels)
         except Exception as exc:
-            raise CorruptSlideError(path, f"not a readable TIFF (truncated or corrupt): {exc or type(exc).__name__}") from exc
+            raise CorruptSlideError(
+                path, f"not a readable TIFF (truncated or corrupt): {exc or type(exc).__name__}"
+            ) from exc
         finally:
             log.removeHandler(problems)
             log.propagate = propagate
         if problems.messages:
             self._tif.close()
-            raise CorruptSlideError(path, "the TIFF is truncated or corrupt: " + "; ".join(problems.messages[:3]))
+            raise CorruptSlideError(
+                path, "the TIFF is truncated or corrupt: " + "; ".join(problems.messages[:3])
+            )
         self._axes = series.axes
         if not set("YX") <= set(self._axes):
             raise SlideError(path, f"the image has axes {self._axes!r}; a slide needs Y and X")
         try:
             store = series.aszarr()
             group = zarr.open(store, mode="r")
-            self._arrays = [group] if isinstance(group, zarr.Array) else [group[str(i)] for i in range(len(levels))]
+            self._arrays = (
+                [group]
+                if isinstance(group, zarr.Array)
+                else [group[str(i)] for i in range(len(levels))]
+            )
         except Exception as exc:
             raise CorruptSlideError(path, f"cannot read the TIFF's image data: {exc}") from exc
         shapes = []

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from .axes import display_range, read_window
 from .errors import CorruptSlideError, SlideError
 from .slide import Slide
 
-_UNIT_TO_UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6}
+_UNIT_TO_UM = {
+    "micrometer": 1.0,
+    "nanometer": 1e-3,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+    "meter": 1e6,
+}
 
 
 def is_ome_zarr(path: Path) -> bool:
@@ -68,7 +73,10 @@ class OmeZarrSlide(Slide):
             level_shapes=shapes,
             mpp_file=mpp_file,
             mpp_override=mpp,
-            properties={"ngff.axes": self._axes, "ngff.version": str(ms.get("version", attrs.get("ome", {}).get("version", "")))},
+            properties={
+                "ngff.axes": self._axes,
+                "ngff.version": str(ms.get("version", attrs.get("ome", {}).get("version", ""))),
+            },
         )
 
     def _read_level(self, level, x, y, width, height):

@@ -63,7 +63,9 @@ def contingency(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndar
         raise ValueError(f"label maps differ in shape: {true.shape} vs {pred.shape}")
     t, nt = _relabel(true)
     p, npred = _relabel(pred)
-    table = np.bincount((t.astype(np.int64) * (npred + 1) + p).ravel(), minlength=(nt + 1) * (npred + 1))
+    table = np.bincount(
+        (t.astype(np.int64) * (npred + 1) + p).ravel(), minlength=(nt + 1) * (npred + 1)
+    )
     table = table.reshape(nt + 1, npred + 1)
     return table, table.sum(axis=1), table.sum(axis=0)
 
@@ -122,13 +124,37 @@ def score_image(true: np.ndarray, pred: np.ndarray, name: str = "") -> ImageScor
     aji = aji_inter / aji_union if aji_union else 1.0
 
     return ImageScores(
-        name=name, n_true=nt, n_pred=npred,
-        pixel_accuracy=acc, mean_accuracy=(rec_fg + rec_bg) / 2, mean_iu=(iu_fg + iu_bg) / 2, dice=dice,
-        f1=f1, precision=tp / npred if npred else float(nt == 0), recall=tp / nt if nt else float(npred == 0),
-        aji=aji, dq=dq, sq=sq, pq=dq * sq, ap=float(np.mean(ap_terms)),
-        counts={"tp": tp, "fp": fp, "fn": fn, "iou_sum": matched_iou_sum, "aji_inter": aji_inter,
-                "aji_union": aji_union, "tp_by_thr": tp_by_thr, "n_true": nt, "n_pred": npred,
-                "bg_bg": bg_bg, "fg_fg": fg_fg, "fg_true": fg_true, "fg_pred": fg_pred, "total": total},
+        name=name,
+        n_true=nt,
+        n_pred=npred,
+        pixel_accuracy=acc,
+        mean_accuracy=(rec_fg + rec_bg) / 2,
+        mean_iu=(iu_fg + iu_bg) / 2,
+        dice=dice,
+        f1=f1,
+        precision=tp / npred if npred else float(nt == 0),
+        recall=tp / nt if nt else float(npred == 0),
+        aji=aji,
+        dq=dq,
+        sq=sq,
+        pq=dq * sq,
+        ap=float(np.mean(ap_terms)),
+        counts={
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "iou_sum": matched_iou_sum,
+            "aji_inter": aji_inter,
+            "aji_union": aji_union,
+            "tp_by_thr": tp_by_thr,
+            "n_true": nt,
+            "n_pred": npred,
+            "bg_bg": bg_bg,
+            "fg_fg": fg_fg,
+            "fg_true": fg_true,
+            "fg_pred": fg_pred,
+            "total": total,
+        },
     )
 
 
@@ -136,24 +162,50 @@ def aggregate(scores: list[ImageScores]) -> dict:
     """Data-set scores: AJI, F1, PQ and AP from summed counts ("aggregate"), plus per-image means."""
     if not scores:
         raise ValueError("no images to aggregate")
-    c = {k: sum(s.counts[k] for s in scores) for k in
-         ("tp", "fp", "fn", "iou_sum", "aji_inter", "aji_union", "n_true", "n_pred", "fg_fg", "fg_true", "fg_pred")}
+    c = {
+        k: sum(s.counts[k] for s in scores)
+        for k in (
+            "tp",
+            "fp",
+            "fn",
+            "iou_sum",
+            "aji_inter",
+            "aji_union",
+            "n_true",
+            "n_pred",
+            "fg_fg",
+            "fg_true",
+            "fg_pred",
+        )
+    }
     tp, fp, fn = c["tp"], c["fp"], c["fn"]
     dq = tp / (tp + 0.5 * fp + 0.5 * fn) if (tp + fp + fn) else 1.0
     sq = c["iou_sum"] / tp if tp else 0.0
     ap_terms = []
     for thr in AP_THRESHOLDS:
         t = sum(s.counts["tp_by_thr"][float(thr)] for s in scores)
-        ap_terms.append(t / (c["n_pred"] + c["n_true"] - t) if (c["n_pred"] + c["n_true"] - t) else 1.0)
+        ap_terms.append(
+            t / (c["n_pred"] + c["n_true"] - t) if (c["n_pred"] + c["n_true"] - t) else 1.0
+        )
     rows = [s.as_row() for s in scores]
-    means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], float)}
+    means = {
+        k: float(np.mean([r[k] for r in rows])) for k in rows[0] if isinstance(rows[0][k], float)
+    }
     return {
         "images": len(scores),
         "aji": c["aji_inter"] / c["aji_union"] if c["aji_union"] else 1.0,
         "f1": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0,
-        "dq": dq, "sq": sq, "pq": dq * sq,
+        "dq": dq,
+        "sq": sq,
+        "pq": dq * sq,
         "ap": float(np.mean(ap_terms)),
-        "dice": 2 * c["fg_fg"] / (c["fg_true"] + c["fg_pred"]) if (c["fg_true"] + c["fg_pred"]) else 1.0,
-        "n_true": c["n_true"], "n_pred": c["n_pred"], "tp": tp, "fp": fp, "fn": fn,
+        "dice": 2 * c["fg_fg"] / (c["fg_true"] + c["fg_pred"])
+        if (c["fg_true"] + c["fg_pred"])
+        else 1.0,
+        "n_true": c["n_true"],
+        "n_pred": c["n_pred"],
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
         "mean_per_image": means,
     }

@@ -5,6 +5,22 @@ the architecture, native µm/px, training data and its licence, metrics and the 
 weights file, which is checked before every load.
 """
 
-from .registry import MODELS_DIR, DEFAULT_NUCLEI_MODEL, ModelCard, WeightsError, list_models, load_card, load_predictor
+from .registry import (
+    DEFAULT_NUCLEI_MODEL,
+    MODELS_DIR,
+    ModelCard,
+    WeightsError,
+    list_models,
+    load_card,
+    load_predictor,
+)
 
-__all__ = ["MODELS_DIR", "DEFAULT_NUCLEI_MODEL", "ModelCard", "WeightsError", "list_models", "load_card", "load_predictor"]
+__all__ = [
+    "MODELS_DIR",
+    "DEFAULT_NUCLEI_MODEL",
+    "ModelCard",
+    "WeightsError",
+    "list_models",
+    "load_card",
+    "load_predictor",
+]

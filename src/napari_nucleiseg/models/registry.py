@@ -64,7 +64,9 @@ def _card_path(name_or_path: str | Path) -> Path:
     candidate = MODELS_DIR / f"{name_or_path}.json"
     if candidate.exists():
         return candidate
-    raise WeightsError(f"no model named {name_or_path!r}; available: {', '.join(list_models()) or 'none'}")
+    raise WeightsError(
+        f"no model named {name_or_path!r}; available: {', '.join(list_models()) or 'none'}"
+    )
 
 
 def list_models() -> list[str]:
@@ -105,8 +107,10 @@ def _onnx_session(card: ModelCard, folder: Path):
         return None
     digest = sha256_of(path)
     if digest != expected:
-        raise WeightsError(f"{path}: SHA-256 {digest[:12]}… does not match the model card "
-                           f"({expected[:12]}…); refusing to load it")
+        raise WeightsError(
+            f"{path}: SHA-256 {digest[:12]}… does not match the model card "
+            f"({expected[:12]}…); refusing to load it"
+        )
     session = open_session(path)
     session.nucleiseg_precision = "int8" if name == card.onnx_int8 else "float32"
     return session
@@ -151,21 +155,33 @@ def load_predictor(name_or_path: str | Path = DEFAULT_NUCLEI_MODEL, **kwargs):
     if digest != card.sha256:
         raise WeightsError(
             f"{weights}: SHA-256 {digest[:12]}… does not match the model card ({card.sha256[:12]}…); "
-            "the file is corrupt or was replaced — refusing to load it")
-    settings = PostprocessSettings(**card.postprocess) if card.postprocess else PostprocessSettings()
+            "the file is corrupt or was replaced — refusing to load it"
+        )
+    settings = (
+        PostprocessSettings(**card.postprocess) if card.postprocess else PostprocessSettings()
+    )
     session = _onnx_session(card, card_path.parent)
     kwargs.setdefault("tile", int(card.tile_px))
     kwargs.setdefault("halo", int(math.ceil(card.context_um / card.mpp)))
     if session is not None:
         multiple = 2 ** (len(card.widths) - 1)
 
-        def make_session(threads: int, path=Path(session.nucleiseg_path), precision=session.nucleiseg_precision):
+        def make_session(
+            threads: int, path=Path(session.nucleiseg_path), precision=session.nucleiseg_precision
+        ):
             shared = open_session(path, threads)
             shared.nucleiseg_precision = precision
             return shared
 
-        return Predictor(None, card.mpp, settings=settings, session=session, multiple=multiple,
-                         make_session=make_session, **kwargs), card
+        return Predictor(
+            None,
+            card.mpp,
+            settings=settings,
+            session=session,
+            multiple=multiple,
+            make_session=make_session,
+            **kwargs,
+        ), card
     from safetensors.torch import load_file
 
     from ..segmentation.unet import UNet, fuse_for_inference
@@ -174,5 +190,7 @@ def load_predictor(name_or_path: str | Path = DEFAULT_NUCLEI_MODEL, **kwargs):
     try:
         model.load_state_dict(load_file(str(weights)))
     except Exception as exc:
-        raise WeightsError(f"{weights}: weights do not fit the {card.architecture} {card.widths}: {exc}") from exc
+        raise WeightsError(
+            f"{weights}: weights do not fit the {card.architecture} {card.widths}: {exc}"
+        ) from exc
     return Predictor(fuse_for_inference(model), card.mpp, settings=settings, **kwargs), card

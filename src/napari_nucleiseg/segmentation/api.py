@@ -42,8 +42,14 @@ def method_context(method: str | None) -> tuple[int, float]:
     return int(card.tile_px), float(card.context_um)
 
 
-def tile_geometry(mpp: float, model_mpp: float, multiple: int, tile: int | None = None,
-                  tile_model_px: int = TILE_MODEL_PX, halo_um: float = HALO_UM) -> tuple[int, int, int]:
+def tile_geometry(
+    mpp: float,
+    model_mpp: float,
+    multiple: int,
+    tile: int | None = None,
+    tile_model_px: int = TILE_MODEL_PX,
+    halo_um: float = HALO_UM,
+) -> tuple[int, int, int]:
     """``(tile, halo, align)`` in input pixels for tiling an image at ``mpp`` for a network at
     ``model_mpp`` whose input must be a multiple of ``multiple`` (its total pooling factor), with
     tiles of ``tile_model_px`` model pixels (or ``tile`` input pixels) and ``halo_um`` of context.
@@ -98,8 +104,14 @@ def describe_method(method: str | None, normaliser=None) -> dict:
         _, card = _predictor(method)
         # The flip rule changes the labels of inputs finer than the model: a whole-slide store
         # written under one setting must not be resumed under another.
-        info = {"method": method, "model": card.name, "version": card.version, "sha256": card.sha256,
-                "model_mpp": card.mpp, "test_time_flips": tta_mode()}
+        info = {
+            "method": method,
+            "model": card.name,
+            "version": card.version,
+            "sha256": card.sha256,
+            "model_mpp": card.mpp,
+            "test_time_flips": tta_mode(),
+        }
     if normaliser is not None:
         info["stain"] = normaliser.describe()
     return info
@@ -122,8 +134,14 @@ def segment_untiled(rgb: np.ndarray, mpp: float, method: str | None = None) -> n
     return predictor.segment(rgb, mpp)
 
 
-def segment_image(rgb: np.ndarray, mpp: float, method: str | None = None, tile: int | None = None,
-                  progress=None, normaliser=None) -> np.ndarray:
+def segment_image(
+    rgb: np.ndarray,
+    mpp: float,
+    method: str | None = None,
+    tile: int | None = None,
+    progress=None,
+    normaliser=None,
+) -> np.ndarray:
     """Instance labels (uint32, 0 = background) for an RGB image at ``mpp`` µm/px.
 
     With a stain ``normaliser`` (:func:`napari_nucleiseg.stain.make_normaliser`, fitted), the
@@ -151,4 +169,6 @@ def segment_image(rgb: np.ndarray, mpp: float, method: str | None = None, tile: 
         return labels
     from .tiled import segment_tiled
 
-    return segment_tiled(rgb, mpp, lambda block, m: segment_untiled(block, m, method), tile, halo, progress)
+    return segment_tiled(
+        rgb, mpp, lambda block, m: segment_untiled(block, m, method), tile, halo, progress
+    )

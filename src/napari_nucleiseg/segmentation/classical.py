@@ -25,7 +25,9 @@ def haematoxylin(rgb: np.ndarray) -> np.ndarray:
     return np.clip(rgb_to_hed(rgb)[..., 0], 0, None)
 
 
-def phansalkar_threshold(image: np.ndarray, window: int, k=0.25, r=0.5, p=2.0, q=10.0) -> np.ndarray:
+def phansalkar_threshold(
+    image: np.ndarray, window: int, k=0.25, r=0.5, p=2.0, q=10.0
+) -> np.ndarray:
     """Per-pixel Phansalkar threshold of an image scaled to [0, 1] (box-filter mean and std)."""
     img = image.astype(np.float32)
     mean = ndi.uniform_filter(img, window)
@@ -63,8 +65,12 @@ def segment_classical(rgb: np.ndarray, mpp: float, threshold: str = "otsu") -> n
     dist = ndi.gaussian_filter(dist, 1.0)
     from skimage.feature import peak_local_max
 
-    peaks = peak_local_max(dist, min_distance=max(1, int(MIN_MARKER_DISTANCE_UM / mpp)),
-                           labels=ndi.label(fg)[0], exclude_border=False)
+    peaks = peak_local_max(
+        dist,
+        min_distance=max(1, int(MIN_MARKER_DISTANCE_UM / mpp)),
+        labels=ndi.label(fg)[0],
+        exclude_border=False,
+    )
     markers = np.zeros(fg.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     labels = watershed(-dist, markers, mask=fg)

@@ -34,10 +34,15 @@ def segment_files(inputs, out_dir, mpp=None, method=None, normaliser=None) -> in
                 warnings.simplefilter("ignore")
                 slide = open_slide(path, mpp=mpp)
             if slide.mpp is None:
-                raise SlideError(path, "states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)")
+                raise SlideError(
+                    path, "states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)"
+                )
             h, w = slide.shape
             if h * w > MAX_IMAGE_PIXELS:
-                raise SlideError(path, f"{w}x{h} px is a whole slide; segment its tissue with the whole-slide job")
+                raise SlideError(
+                    path,
+                    f"{w}x{h} px is a whole slide; segment its tissue with the whole-slide job",
+                )
             rgb = slide.read_region(0, 0, w, h, 0)
             labels = segment_image(rgb, slide.mpp, method, normaliser=normaliser)
             dtype = np.uint16 if labels.max() < 65535 else np.uint32
@@ -46,9 +51,16 @@ def segment_files(inputs, out_dir, mpp=None, method=None, normaliser=None) -> in
             tmp = out / f"{stem}.tif.part"
             # zlib level 1: label maps are mostly runs of zeros, so it compresses almost as well
             # as the default level 6 in a fraction of the time.
-            tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", compressionargs={"level": 1},
-                             resolution=(1e4 / slide.mpp, 1e4 / slide.mpp), resolutionunit="CENTIMETER",
-                             description=json.dumps(meta), metadata=None)
+            tifffile.imwrite(
+                tmp,
+                labels.astype(dtype),
+                compression="zlib",
+                compressionargs={"level": 1},
+                resolution=(1e4 / slide.mpp, 1e4 / slide.mpp),
+                resolutionunit="CENTIMETER",
+                description=json.dumps(meta),
+                metadata=None,
+            )
             tmp.replace(out / f"{stem}.tif")
             write_csv(measure_nuclei(labels, rgb, slide.mpp), out / f"{stem}.csv")
             print(f"{path}: {int(labels.max())} nuclei -> {out / (stem + '.tif')}")
@@ -80,7 +92,10 @@ def evaluate_dirs(pred_dir, gt_dir) -> int:
             continue
         gt, pred = tifffile.imread(gt_path), tifffile.imread(cands[0])
         if pred.shape != gt.shape:
-            print(f"error: {cands[0]}: shape {pred.shape} differs from ground truth {gt.shape}", file=sys.stderr)
+            print(
+                f"error: {cands[0]}: shape {pred.shape} differs from ground truth {gt.shape}",
+                file=sys.stderr,
+            )
             return 2
         scores.append(score_image(gt, pred, stem))
     if not scores:
@@ -90,12 +105,26 @@ def evaluate_dirs(pred_dir, gt_dir) -> int:
     print(f"{'image':<28}" + "".join(f"{c:>8}" for c in cols))
     for s in scores:
         r = s.as_row()
-        print(f"{s.name[:28]:<28}" + "".join(f"{r[c]:>8.4f}" if isinstance(r[c], float) else f"{r[c]:>8}" for c in cols))
+        print(
+            f"{s.name[:28]:<28}"
+            + "".join(f"{r[c]:>8.4f}" if isinstance(r[c], float) else f"{r[c]:>8}" for c in cols)
+        )
     agg = aggregate(scores)
     m = agg["mean_per_image"]
-    print(f"{'mean of images':<28}" + "".join(f"{m[c]:>8.4f}" if c in m else f"{'':>8}" for c in cols))
-    print(f"{'aggregate':<28}" + "".join(f"{agg[c]:>8.4f}" if isinstance(agg.get(c), float) else f"{agg.get(c, ''):>8}" for c in cols))
+    print(
+        f"{'mean of images':<28}" + "".join(f"{m[c]:>8.4f}" if c in m else f"{'':>8}" for c in cols)
+    )
+    print(
+        f"{'aggregate':<28}"
+        + "".join(
+            f"{agg[c]:>8.4f}" if isinstance(agg.get(c), float) else f"{agg.get(c, ''):>8}"
+            for c in cols
+        )
+    )
     if missing:
-        print(f"warning: no prediction for {len(missing)} image(s): {', '.join(missing)}", file=sys.stderr)
+        print(
+            f"warning: no prediction for {len(missing)} image(s): {', '.join(missing)}",
+            file=sys.stderr,
+        )
     print(json.dumps({k: v for k, v in agg.items()}))
     return 1 if missing else 0

@@ -16,10 +16,17 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
-COLUMNS = ["label", "centroid_x_um", "centroid_y_um", "area_um2", "perimeter_um", "eccentricity",
-           "solidity", "mean_haematoxylin_od"]
+COLUMNS = [
+    "label",
+    "centroid_x_um",
+    "centroid_y_um",
+    "area_um2",
+    "perimeter_um",
+    "eccentricity",
+    "solidity",
+    "mean_haematoxylin_od",
+]
 
 
 def _edge_counts(labels: np.ndarray, n: int) -> np.ndarray:
@@ -34,7 +41,9 @@ def _edge_counts(labels: np.ndarray, n: int) -> np.ndarray:
     return counts
 
 
-def _area_under_majorant(group: np.ndarray, y: np.ndarray, v: np.ndarray, n_groups: int) -> np.ndarray:
+def _area_under_majorant(
+    group: np.ndarray, y: np.ndarray, v: np.ndarray, n_groups: int
+) -> np.ndarray:
     """For points sorted by (group, y) with one point per (group, y): the area under each group's
     concave majorant (upper hull) between its first and last y.
 
@@ -103,13 +112,19 @@ def _solidity(labels: np.ndarray, ids: np.ndarray, area: np.ndarray) -> np.ndarr
     r = np.maximum.reduceat(np.repeat(right, 2)[order], starts)
     l_ = np.minimum.reduceat(np.repeat(left, 2)[order], starts)
     group, y = group[starts], y[starts].astype(np.float64)
-    hull = (_area_under_majorant(group, y, r, len(ids)) + _area_under_majorant(group, y, -l_, len(ids)))
+    hull = _area_under_majorant(group, y, r, len(ids)) + _area_under_majorant(
+        group, y, -l_, len(ids)
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(hull > 0, np.minimum(1.0, area / hull), 1.0)
 
 
-def measure_nuclei(labels: np.ndarray, rgb: np.ndarray | None, mpp: float,
-                   origin_px: tuple[float, float] = (0.0, 0.0)) -> dict[str, np.ndarray]:
+def measure_nuclei(
+    labels: np.ndarray,
+    rgb: np.ndarray | None,
+    mpp: float,
+    origin_px: tuple[float, float] = (0.0, 0.0),
+) -> dict[str, np.ndarray]:
     """Measure every nucleus of ``labels``.
 
     ``origin_px`` is the (x, y) of the label map's pixel (0, 0) in slide level-0 pixels, so

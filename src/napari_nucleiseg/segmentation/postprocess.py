@@ -23,7 +23,9 @@ class PostprocessSettings:
     min_area_um2: float = 8.0
 
 
-def instances_from_maps(probs: np.ndarray, mpp: float, s: PostprocessSettings = PostprocessSettings()) -> np.ndarray:
+def instances_from_maps(
+    probs: np.ndarray, mpp: float, s: PostprocessSettings = PostprocessSettings()
+) -> np.ndarray:
     """``probs`` (3, H, W) [foreground, contour, distance] in [0, 1] → uint32 labels (H, W)."""
     from skimage.morphology import remove_small_objects
     from skimage.segmentation import watershed

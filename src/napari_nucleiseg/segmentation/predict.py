@@ -35,8 +35,11 @@ def _resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
     out = np.empty((maps.shape[0], *shape), np.float32)
     for c, m in enumerate(maps):
-        out[c] = np.asarray(Image.fromarray(np.ascontiguousarray(m), mode="F").resize(
-            (shape[1], shape[0]), Image.Resampling.BILINEAR))
+        out[c] = np.asarray(
+            Image.fromarray(np.ascontiguousarray(m), mode="F").resize(
+                (shape[1], shape[0]), Image.Resampling.BILINEAR
+            )
+        )
     return out
 
 
@@ -68,7 +71,9 @@ def flip_passes(model_mpp: float, mpp: float) -> int:
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity, which a container or ``taskset`` may
     narrow below the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 _SHARING = threading.local()
@@ -103,9 +108,18 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
 class Predictor:
     """Wraps a :class:`~napari_nucleiseg.segmentation.unet.UNet` trained at ``mpp`` µm/px."""
 
-    def __init__(self, model, mpp: float, tile: int = 1024, halo: int = 64, threads: int | None = None,
-                 settings: PostprocessSettings = PostprocessSettings(), session=None, multiple: int | None = None,
-                 make_session=None):
+    def __init__(
+        self,
+        model,
+        mpp: float,
+        tile: int = 1024,
+        halo: int = 64,
+        threads: int | None = None,
+        settings: PostprocessSettings = PostprocessSettings(),
+        session=None,
+        multiple: int | None = None,
+        make_session=None,
+    ):
         #: The PyTorch network, or None when ``session`` runs it (then torch is never imported,
         #: which saves seconds of start-up for a command-line run).
         self.model = model.eval() if model is not None else None
@@ -137,7 +151,11 @@ class Predictor:
     def runtime(self) -> str:
         if self.session is None:
             return "torch"
-        return "onnxruntime-int8" if getattr(self.session, "nucleiseg_precision", "") == "int8" else "onnxruntime"
+        return (
+            "onnxruntime-int8"
+            if getattr(self.session, "nucleiseg_precision", "") == "int8"
+            else "onnxruntime"
+        )
 
     # ------------------------------------------------------------------ maps
     def _forward(self, rgb: np.ndarray, passes: int = 1) -> np.ndarray:
@@ -148,7 +166,11 @@ class Predictor:
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
-            rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
+            rgb = np.pad(
+                rgb,
+                ((0, ph), (0, pw), (0, 0)),
+                mode="reflect" if min(h, w) > max(ph, pw) else "edge",
+            )
         total = None
         for axes in FLIPS[passes]:
             probs = self._forward_once(np.ascontiguousarray(np.flip(rgb, axes)) if axes else rgb)
@@ -181,13 +203,20 @@ class Predictor:
             return _sigmoid(logits[0])
         import torch
 
-        x = torch.from_numpy(np.require(rgb, requirements="CW")).permute(2, 0, 1)[None].float().div_(255.0)
+        x = (
+            torch.from_numpy(np.require(rgb, requirements="CW"))
+            .permute(2, 0, 1)[None]
+            .float()
+            .div_(255.0)
+        )
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._network:
             out = torch.sigmoid(self.model(x))[0]
         return out.numpy()
 
-    def maps_at_model_resolution(self, rgb: np.ndarray, progress=None, passes: int = 1) -> np.ndarray:
+    def maps_at_model_resolution(
+        self, rgb: np.ndarray, progress=None, passes: int = 1
+    ) -> np.ndarray:
         """Seam-free probability maps over an image already at the model's µm/px."""
         h, w = rgb.shape[:2]
         t, halo = self.tile, self.halo

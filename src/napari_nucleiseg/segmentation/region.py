@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Generator
 
 import numpy as np
 
@@ -121,7 +121,9 @@ def model_mpp(method: str | None) -> float:
     return method_grid(method)[0]
 
 
-def plan_region(slide, box, method: str | None = None, context_um: float | None = None) -> RegionPlan:
+def plan_region(
+    slide, box, method: str | None = None, context_um: float | None = None
+) -> RegionPlan:
     """Clip ``box`` (level-0 px, any floats) to the slide and choose level and resolution. The
     context read around it is :data:`CONTEXT_UM`, or the network's own when it needs more."""
     mpp0 = slide._require_mpp()
@@ -130,11 +132,15 @@ def plan_region(slide, box, method: str | None = None, context_um: float | None 
     x0, y0 = max(0, math.floor(x0)), max(0, math.floor(y0))
     x1, y1 = min(w0, math.ceil(x1)), min(h0, math.ceil(y1))
     if x1 <= x0 or y1 <= y0:
-        raise EmptyRegionError(f"{slide.path.name}: the view is outside the slide; pan back to the tissue")
+        raise EmptyRegionError(
+            f"{slide.path.name}: the view is outside the slide; pan back to the tissue"
+        )
     if context_um is None:
         from .api import CLASSICAL, method_context
 
-        context_um = CONTEXT_UM if (method in CLASSICAL) else max(CONTEXT_UM, method_context(method)[1])
+        context_um = (
+            CONTEXT_UM if (method in CLASSICAL) else max(CONTEXT_UM, method_context(method)[1])
+        )
     target = model_mpp(method)
     level = slide.best_level_for_mpp(target)
     native = slide.level_downsamples[level]
@@ -168,7 +174,9 @@ def read_region(slide, plan: RegionPlan) -> np.ndarray:
     native = slide.level_downsamples[level]
     h, w = plan.shape
     if plan.downsample == native:
-        return slide.read_region(round(plan.origin[0] / native), round(plan.origin[1] / native), w, h, level)
+        return slide.read_region(
+            round(plan.origin[0] / native), round(plan.origin[1] / native), w, h, level
+        )
     mpp0 = slide.mpp
     ox, oy = plan.origin
     return slide.read_region_um(ox * mpp0, oy * mpp0, w * plan.mpp, h * plan.mpp, mpp=plan.mpp)
@@ -212,8 +220,13 @@ def keep_centred(labels: np.ndarray, core: tuple[int, int, int, int]) -> np.ndar
     return mapping[lab]
 
 
-def segment_region(slide, box, method: str | None = None, normaliser=None,
-                   max_megapixels: float = MAX_VIEW_MEGAPIXELS) -> Generator[tuple[int, int], None, RegionResult]:
+def segment_region(
+    slide,
+    box,
+    method: str | None = None,
+    normaliser=None,
+    max_megapixels: float = MAX_VIEW_MEGAPIXELS,
+) -> Generator[tuple[int, int], None, RegionResult]:
     """Segment the level-0 region ``box`` of ``slide``; a generator (see the module docstring).
 
     Raises
@@ -232,15 +245,23 @@ def segment_region(slide, box, method: str | None = None, normaliser=None,
         raise RegionTooLargeError(
             f"{slide.path.name}: the view is {plan.shape[1]} x {plan.shape[0]} px at the model's "
             f"{plan.mpp:.3g} µm/px ({plan.megapixels:.1f} MP, more than {max_megapixels:g} MP): zoom in, "
-            "or run it as a whole-slide job")
+            "or run it as a whole-slide job"
+        )
     yield 0, 1
     rgb = to_rgb_uint8(read_region(slide, plan))
     # The region itself in label pixels (without the halo): owns the nuclei centred in it.
     d, (ox, oy) = plan.downsample, plan.origin
     bx0, by0, bx1, by1 = plan.box
-    core = (round((bx0 - ox) / d), round((by0 - oy) / d), math.ceil((bx1 - ox) / d), math.ceil((by1 - oy) / d))
-    if tissue_fraction(rgb[core[1]:core[3], core[0]:core[2]], plan.mpp) < MIN_TISSUE_FRACTION:
-        raise EmptyRegionError(f"{slide.path.name}: the view shows only glass, no tissue: pan to the tissue")
+    core = (
+        round((bx0 - ox) / d),
+        round((by0 - oy) / d),
+        math.ceil((bx1 - ox) / d),
+        math.ceil((by1 - oy) / d),
+    )
+    if tissue_fraction(rgb[core[1] : core[3], core[0] : core[2]], plan.mpp) < MIN_TISSUE_FRACTION:
+        raise EmptyRegionError(
+            f"{slide.path.name}: the view shows only glass, no tissue: pan to the tissue"
+        )
     if normaliser is not None:  # adapted to the slide: the colours of the normalised view
         from ..stain import normalise_image
 
@@ -260,21 +281,37 @@ def segment_region(slide, box, method: str | None = None, normaliser=None,
         m = method_grid(method)[1]
         tile, tile_halo = -(-tile // m) * m, -(-tile_halo // m) * m  # on the pooling grid
         labels = np.zeros((h, w), np.uint32)
-        steps = iter_segment_tiled(rgb, plan.mpp, lambda b, m: segment_untiled(b, m, method), tile, tile_halo,
-                                   out=labels)
+        steps = iter_segment_tiled(
+            rgb, plan.mpp, lambda b, m: segment_untiled(b, m, method), tile, tile_halo, out=labels
+        )
         for done, total in steps:
             if done < total:  # what is finished so far, so a cancelled run still leaves it
-                yield TilesDone(done, total, RegionResult(
-                    plan=plan, labels=keep_centred(labels.copy(), core), rgb=rgb,
-                    method=describe_method(method, normaliser=normaliser), partial=True))
+                yield TilesDone(
+                    done,
+                    total,
+                    RegionResult(
+                        plan=plan,
+                        labels=keep_centred(labels.copy(), core),
+                        rgb=rgb,
+                        method=describe_method(method, normaliser=normaliser),
+                        partial=True,
+                    ),
+                )
             else:
                 yield done, total
     method_info = describe_method(method, normaliser=normaliser)
     return RegionResult(plan=plan, labels=keep_centred(labels, core), rgb=rgb, method=method_info)
 
 
-def write_labels_zarr(labels: np.ndarray, path, mpp: float, origin_px: tuple[float, float],
-                      downsample: float = 1.0, slide_mpp: float | None = None, **meta) -> None:
+def write_labels_zarr(
+    labels: np.ndarray,
+    path,
+    mpp: float,
+    origin_px: tuple[float, float],
+    downsample: float = 1.0,
+    slide_mpp: float | None = None,
+    **meta,
+) -> None:
     """Write a region's labels as an OME-Zarr (NGFF 0.4) labels image placed on the slide.
 
     ``origin_px`` is the level-0 pixel where label pixel (0, 0) starts, ``mpp`` the labels' µm/px;
@@ -297,21 +334,41 @@ def write_labels_zarr(labels: np.ndarray, path, mpp: float, origin_px: tuple[flo
     try:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         chunk = (min(1024, labels.shape[0]), min(1024, labels.shape[1]))
-        root.create_array("0", data=np.ascontiguousarray(labels, dtype=np.uint32), chunks=chunk,
-                          chunk_key_encoding={"name": "v2", "separator": "/"})
-        root.attrs.update({
-            "multiscales": [{
-                "version": "0.4", "name": "nuclei",
-                "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
-                         {"name": "x", "type": "space", "unit": "micrometer"}],
-                "datasets": [{"path": "0", "coordinateTransformations": [
-                    {"type": "scale", "scale": [mpp, mpp]},
-                    {"type": "translation", "translation": translate}]}],
-            }],
-            "image-label": {"version": "0.4"},
-            "nucleiseg": json.loads(json.dumps({"origin_px": [ox, oy], "downsample": downsample, **meta},
-                                               default=str)),
-        })
+        root.create_array(
+            "0",
+            data=np.ascontiguousarray(labels, dtype=np.uint32),
+            chunks=chunk,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+        root.attrs.update(
+            {
+                "multiscales": [
+                    {
+                        "version": "0.4",
+                        "name": "nuclei",
+                        "axes": [
+                            {"name": "y", "type": "space", "unit": "micrometer"},
+                            {"name": "x", "type": "space", "unit": "micrometer"},
+                        ],
+                        "datasets": [
+                            {
+                                "path": "0",
+                                "coordinateTransformations": [
+                                    {"type": "scale", "scale": [mpp, mpp]},
+                                    {"type": "translation", "translation": translate},
+                                ],
+                            }
+                        ],
+                    }
+                ],
+                "image-label": {"version": "0.4"},
+                "nucleiseg": json.loads(
+                    json.dumps(
+                        {"origin_px": [ox, oy], "downsample": downsample, **meta}, default=str
+                    )
+                ),
+            }
+        )
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

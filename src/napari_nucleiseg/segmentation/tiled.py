@@ -13,7 +13,7 @@ dropped: none is doubled. Ids are global and consecutive.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -24,8 +24,9 @@ from ..tiling import TileGrid
 DUPLICATE_OVERLAP = 0.3
 
 
-def merge_tile(out: np.ndarray, tile_labels: np.ndarray, read_box, core_box, next_id: int,
-               margin: float = 0.0) -> int:
+def merge_tile(
+    out: np.ndarray, tile_labels: np.ndarray, read_box, core_box, next_id: int, margin: float = 0.0
+) -> int:
     """Paste the objects of one tile (labelled over ``read_box``) that it owns into ``out``: those
     whose centroid lies in ``core_box`` grown by ``margin`` pixels.
 
@@ -47,8 +48,13 @@ def merge_tile(out: np.ndarray, tile_labels: np.ndarray, read_box, core_box, nex
     cy = np.bincount(flat, ys, n + 1)[1:] / safe
     cx = np.bincount(flat, xs, n + 1)[1:] / safe
     gy, gx = cy + ry0, cx + rx0
-    owned = (present & (gy >= cy0 - margin) & (gy < cy1 + margin)
-             & (gx >= cx0 - margin) & (gx < cx1 + margin))
+    owned = (
+        present
+        & (gy >= cy0 - margin)
+        & (gy < cy1 + margin)
+        & (gx >= cx0 - margin)
+        & (gx < cx1 + margin)
+    )
     window = out[ry0:ry1, rx0:rx1]
     clash = np.bincount(lab[(window > 0) & (lab > 0)], minlength=n + 1)[1:]
     duplicate = clash > DUPLICATE_OVERLAP * np.maximum(area, 1)
@@ -61,8 +67,15 @@ def merge_tile(out: np.ndarray, tile_labels: np.ndarray, read_box, core_box, nex
     return next_id + int(keep.sum())
 
 
-def iter_segment_tiled(rgb: np.ndarray, mpp: float, segment: Callable[[np.ndarray, float], np.ndarray],
-                       tile: int = 1024, halo: int = 64, out: np.ndarray | None = None, lookahead: int = 1):
+def iter_segment_tiled(
+    rgb: np.ndarray,
+    mpp: float,
+    segment: Callable[[np.ndarray, float], np.ndarray],
+    tile: int = 1024,
+    halo: int = 64,
+    out: np.ndarray | None = None,
+    lookahead: int = 1,
+):
     """Generator form of :func:`segment_tiled`: yields ``(done, total)`` after every tile and
     returns the label map (``StopIteration.value``), so a caller can stop between tiles. Pass
     ``out`` (zeros, uint32, the image's height and width) to see the finished tiles meanwhile.
@@ -119,8 +132,14 @@ def iter_segment_tiled(rgb: np.ndarray, mpp: float, segment: Callable[[np.ndarra
     return out
 
 
-def segment_tiled(rgb: np.ndarray, mpp: float, segment: Callable[[np.ndarray, float], np.ndarray],
-                  tile: int = 1024, halo: int = 64, progress=None) -> np.ndarray:
+def segment_tiled(
+    rgb: np.ndarray,
+    mpp: float,
+    segment: Callable[[np.ndarray, float], np.ndarray],
+    tile: int = 1024,
+    halo: int = 64,
+    progress=None,
+) -> np.ndarray:
     """Segment an image tile by tile with ``segment(rgb_block, mpp) -> labels``; one global map."""
     steps = iter_segment_tiled(rgb, mpp, segment, tile, halo)
     while True:

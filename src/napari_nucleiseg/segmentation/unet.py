@@ -17,8 +17,12 @@ from torch.nn import functional as F
 def _block(cin: int, cout: int, first_kernel: int = 3) -> nn.Sequential:
     k = first_kernel
     return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -33,8 +37,12 @@ class UNet(nn.Module):
     """U-Net with ``widths`` channels per level and a ``decoder`` from :data:`DECODERS`; input (N, 3, H, W) in [0, 1], H and W multiples
     of ``2 ** (len(widths) - 1)``; output (N, 3, H, W) logits [foreground, contour, distance]."""
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), out_channels: int = 3,
-                 decoder: str = "double"):
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (16, 32, 64, 128),
+        out_channels: int = 3,
+        decoder: str = "double",
+    ):
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
@@ -47,7 +55,9 @@ class UNet(nn.Module):
             cin = w
         self.up = nn.ModuleList()
         for w_skip, w_deep in zip(reversed(widths[:-1]), reversed(widths[1:])):
-            self.up.append(_block(w_skip + w_deep, w_skip, first_kernel=1 if decoder == "light" else 3))
+            self.up.append(
+                _block(w_skip + w_deep, w_skip, first_kernel=1 if decoder == "light" else 3)
+            )
         self.head = nn.Conv2d(widths[0], out_channels, 1)
 
     @property
@@ -104,7 +114,11 @@ def fuse_for_inference(model: UNet) -> UNet:
         fused = []
         i = 0
         while i < len(layers):
-            if isinstance(layers[i], nn.Conv2d) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d):
+            if (
+                isinstance(layers[i], nn.Conv2d)
+                and i + 1 < len(layers)
+                and isinstance(layers[i + 1], nn.BatchNorm2d)
+            ):
                 fused.append(fuse_conv_bn_eval(layers[i], layers[i + 1]))
                 i += 2
             else:

@@ -8,7 +8,9 @@ import numpy as np
 from .deconvolution import HED_FROM_RGB, RGB_FROM_HED
 
 
-def hed_jitter(rgb: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.05) -> np.ndarray:
+def hed_jitter(
+    rgb: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.05
+) -> np.ndarray:
     """Scale and shift each stain's concentration: ``c' = c·α + β``, α ~ U(1±σ·k), β ~ U(±bias)."""
     od = -np.log10(np.clip(rgb.astype(np.float32), 1, 255) / 255.0)
     hed = od.reshape(-1, 3) @ HED_FROM_RGB.astype(np.float32)

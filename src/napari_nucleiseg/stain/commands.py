@@ -40,8 +40,9 @@ def pyramid_levels(slide) -> tuple[list, list[float]]:
     return levels, downsamples
 
 
-def normalize_file(input_path, out_path, method: str | None, target, save_profile=None, mpp=None,
-                   progress=None) -> dict:
+def normalize_file(
+    input_path, out_path, method: str | None, target, save_profile=None, mpp=None, progress=None
+) -> dict:
     """Normalise ``input_path`` to ``target`` (a reference image/slide or profile .json) and write
     ``out_path``. Returns what was recorded (target and source profiles). Raises ``SlideError``
     or ``StainError`` (both name the file) for bad input."""
@@ -69,24 +70,41 @@ def normalize_file(input_path, out_path, method: str | None, target, save_profil
             adapted = adapt_to_slide(normaliser, slide)
         except StainError as exc:
             raise exc.for_path(input_path) from None
-        record = {"source": str(input_path), "stain": adapted.describe(),
-                  "source_profile": adapted.source.to_dict()}
+        record = {
+            "source": str(input_path),
+            "stain": adapted.describe(),
+            "source_profile": adapted.source.to_dict(),
+        }
         out.parent.mkdir(parents=True, exist_ok=True)
         if suffix in IMAGE_SUFFIXES:
             h, w = slide.shape
             if h * w > MAX_IMAGE_PIXELS:
-                raise SlideError(input_path, f"{w}x{h} px is a whole slide; write a .tif or .zarr pyramid")
+                raise SlideError(
+                    input_path, f"{w}x{h} px is a whole slide; write a .tif or .zarr pyramid"
+                )
             rgb = adapted.transform(slide.read_region(0, 0, w, h, 0))
             _save_image(out, rgb, record, slide.mpp)
         else:
             levels, downsamples = pyramid_levels(slide)
             levels = normalise_levels(levels, adapted)
             if suffix == ".zarr":
-                write_ome_zarr(out, levels, slide.mpp, downsamples, attrs={"nucleiseg": record},
-                               progress=progress)
+                write_ome_zarr(
+                    out,
+                    levels,
+                    slide.mpp,
+                    downsamples,
+                    attrs={"nucleiseg": record},
+                    progress=progress,
+                )
             else:
-                write_pyramidal_tiff(out, levels, slide.mpp, downsamples,
-                                     description=json.dumps({"nucleiseg": record}), progress=progress)
+                write_pyramidal_tiff(
+                    out,
+                    levels,
+                    slide.mpp,
+                    downsamples,
+                    description=json.dumps({"nucleiseg": record}),
+                    progress=progress,
+                )
         return record
     finally:
         slide.close()
@@ -117,11 +135,17 @@ def normalize_command(args) -> int:
 
     def progress(done, total):
         if done == total or done % 16 == 0:
-            print(f"\r{done}/{total} tiles", end="" if done < total else "\n", file=sys.stderr, flush=True)
+            print(
+                f"\r{done}/{total} tiles",
+                end="" if done < total else "\n",
+                file=sys.stderr,
+                flush=True,
+            )
 
     try:
-        record = normalize_file(args.input, args.out, args.method, args.target, args.save_profile,
-                                args.mpp, progress)
+        record = normalize_file(
+            args.input, args.out, args.method, args.target, args.save_profile, args.mpp, progress
+        )
     except (SlideError, StainError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

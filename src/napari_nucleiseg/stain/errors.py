@@ -18,6 +18,6 @@ class StainError(ValueError):
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
 
-    def for_path(self, path: str | Path) -> "StainError":
+    def for_path(self, path: str | Path) -> StainError:
         """The same problem, now naming the file it came from."""
         return StainError(self.problem, path)

@@ -34,8 +34,10 @@ def check_tissue(od: np.ndarray) -> np.ndarray:
     """Refuse pixel sets that cannot hold two stains; returns their OD covariance (3 × 3)."""
     n = len(od)
     if n < MIN_TISSUE_PIXELS:
-        raise StainError(f"only {n} tissue pixels (at least {MIN_TISSUE_PIXELS} needed): the image is "
-                         "mostly glass or saturated; choose a region with stained tissue")
+        raise StainError(
+            f"only {n} tissue pixels (at least {MIN_TISSUE_PIXELS} needed): the image is "
+            "mostly glass or saturated; choose a region with stained tissue"
+        )
     cov = np.cov(od, rowvar=False)
     if not np.isfinite(cov).all():
         raise StainError("stain vectors could not be estimated (non-finite optical density)")
@@ -59,9 +61,11 @@ def check_two_stains(w: np.ndarray) -> np.ndarray:
     if not np.isfinite(w).all():
         raise StainError("stain vectors could not be estimated (non-finite optical density)")
     if cos > MAX_STAIN_COSINE:
-        raise StainError(f"the tissue shows one stain only (the two colour directions are "
-                         f"{np.degrees(np.arccos(min(cos, 1.0))):.1f}° apart): no eosin, or no "
-                         "haematoxylin, so there is nothing to separate")
+        raise StainError(
+            f"the tissue shows one stain only (the two colour directions are "
+            f"{np.degrees(np.arccos(min(cos, 1.0))):.1f}° apart): no eosin, or no "
+            "haematoxylin, so there is nothing to separate"
+        )
     return w
 
 
@@ -84,8 +88,9 @@ def macenko_stains(od: np.ndarray, percentile: float = ANGULAR_PERCENTILE) -> np
     return check_two_stains(np.array([v1, v2]))
 
 
-def vahadane_stains(od: np.ndarray, lam: float = VAHADANE_LAMBDA, max_iter: int = 300,
-                    tol: float = 1e-5) -> tuple[np.ndarray, int]:
+def vahadane_stains(
+    od: np.ndarray, lam: float = VAHADANE_LAMBDA, max_iter: int = 300, tol: float = 1e-5
+) -> tuple[np.ndarray, int]:
     """Vahadane et al. 2016: non-negative stain vectors of a sparse NMF of tissue OD, started from
     Macenko's estimate (deterministic, and a few tens of iterations from the optimum)."""
     w0 = macenko_stains(od)

@@ -14,8 +14,9 @@ import numpy as np
 from .optical import SRGB_TO_LINEAR
 
 #: Linear sRGB -> XYZ (IEC 61966-2-1), rows divided by the D65 white so that white is (1, 1, 1).
-_XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
-                 [0.019334, 0.119193, 0.950227]])
+_XYZ = np.array(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
 _WHITE = np.array([0.950456, 1.0, 1.088754])
 XYZN_FROM_LIN = _XYZ / _WHITE[:, None]
 LIN_FROM_XYZN = np.linalg.inv(XYZN_FROM_LIN)
@@ -28,8 +29,13 @@ _LIN32 = SRGB_TO_LINEAR.astype(np.float32)
 _ENCODE_STEPS = 65535
 _lin = np.linspace(0.0, 1.0, _ENCODE_STEPS + 1)
 #: Linear light quantised to 1/65535 -> 8-bit sRGB (error < 0.03 of a level even near black).
-_ENCODE = np.clip(np.rint(255.0 * np.where(_lin <= 0.0031308, 12.92 * _lin,
-                                          1.055 * np.power(_lin, 1 / 2.4) - 0.055)), 0, 255).astype(np.uint8)
+_ENCODE = np.clip(
+    np.rint(
+        255.0 * np.where(_lin <= 0.0031308, 12.92 * _lin, 1.055 * np.power(_lin, 1 / 2.4) - 0.055)
+    ),
+    0,
+    255,
+).astype(np.uint8)
 BLOCK = 1 << 16
 
 
@@ -75,9 +81,9 @@ def rgb_to_lab(pixels: np.ndarray) -> np.ndarray:
     """(N, 3) uint8 sRGB -> (N, 3) float32 CIELAB (L in 0-100)."""
     out = np.empty(pixels.shape, np.float32)
     for s in range(0, len(pixels), BLOCK):
-        f = _f_of_pixels(pixels[s:s + BLOCK])
+        f = _f_of_pixels(pixels[s : s + BLOCK])
         lab = _mix(LAB_FROM_F, f, LAB_OFFSET)
-        out[s:s + BLOCK] = np.stack(lab, axis=1)
+        out[s : s + BLOCK] = np.stack(lab, axis=1)
     return out
 
 
@@ -95,10 +101,10 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     out = np.empty(lab.shape, np.uint8)
     f_from_lab = np.linalg.inv(LAB_FROM_F)
     for s in range(0, len(lab), BLOCK):
-        blk = lab[s:s + BLOCK]
+        blk = lab[s : s + BLOCK]
         cols = [np.ascontiguousarray(blk[:, c]) for c in range(3)]
         f = _mix(f_from_lab, cols, -f_from_lab @ LAB_OFFSET)
-        _encode(_mix(LIN_FROM_XYZN, [_f_inv(v) for v in f]), out[s:s + BLOCK])
+        _encode(_mix(LIN_FROM_XYZN, [_f_inv(v) for v in f]), out[s : s + BLOCK])
     return out
 
 
@@ -114,6 +120,6 @@ def lab_affine_rgb(pixels: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> 
     k0 = a_inv @ (np.asarray(scale) * LAB_OFFSET + np.asarray(shift) - LAB_OFFSET)
     out = np.empty(pixels.shape, np.uint8)
     for s in range(0, len(pixels), BLOCK):
-        f = _mix(k, _f_of_pixels(pixels[s:s + BLOCK]), k0)
-        _encode(_mix(LIN_FROM_XYZN, [_f_inv(v) for v in f]), out[s:s + BLOCK])
+        f = _mix(k, _f_of_pixels(pixels[s : s + BLOCK]), k0)
+        _encode(_mix(LIN_FROM_XYZN, [_f_inv(v) for v in f]), out[s : s + BLOCK])
     return out

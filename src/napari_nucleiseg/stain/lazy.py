@@ -25,8 +25,13 @@ READ_WHOLE_PX = 2048 * 2048
 MASK_PX = 512 * 512
 
 
-def sample_levels(levels, max_pixels: int = MAX_FIT_PIXELS, blocks: int = SAMPLE_BLOCKS,
-                  block_px: int = SAMPLE_BLOCK_PX, seed: int = 0) -> np.ndarray:
+def sample_levels(
+    levels,
+    max_pixels: int = MAX_FIT_PIXELS,
+    blocks: int = SAMPLE_BLOCKS,
+    block_px: int = SAMPLE_BLOCK_PX,
+    seed: int = 0,
+) -> np.ndarray:
     """Full-resolution pixels (N, 3) uint8 from the tissue of a multiscale RGB image.
 
     The coarsest level locates tissue; up to ``blocks`` level-0 blocks of ``block_px``² that are
@@ -36,8 +41,10 @@ def sample_levels(levels, max_pixels: int = MAX_FIT_PIXELS, blocks: int = SAMPLE
     import dask
     import dask.array as da
 
-    levels = [lv if isinstance(lv, da.Array) else da.from_array(lv, chunks=(block_px, block_px, 3))
-              for lv in levels]
+    levels = [
+        lv if isinstance(lv, da.Array) else da.from_array(lv, chunks=(block_px, block_px, 3))
+        for lv in levels
+    ]
     h0, w0 = levels[0].shape[:2]
     if h0 * w0 <= READ_WHOLE_PX:
         return as_pixels(levels[0].compute())
@@ -53,8 +60,14 @@ def sample_levels(levels, max_pixels: int = MAX_FIT_PIXELS, blocks: int = SAMPLE
     rows, cols = int(np.ceil(h0 / block_px)), int(np.ceil(w0 / block_px))
     yy, xx = np.nonzero(tissue)
     counts = np.zeros((rows, cols))
-    np.add.at(counts, (np.minimum((yy * sy / block_px).astype(int), rows - 1),
-                       np.minimum((xx * sx / block_px).astype(int), cols - 1)), 1.0)
+    np.add.at(
+        counts,
+        (
+            np.minimum((yy * sy / block_px).astype(int), rows - 1),
+            np.minimum((xx * sx / block_px).astype(int), cols - 1),
+        ),
+        1.0,
+    )
     per_block = max(1.0, (block_px / sy) * (block_px / sx))
     frac = counts / per_block
     candidates = np.flatnonzero(frac.ravel() >= 0.5)
@@ -68,7 +81,9 @@ def sample_levels(levels, max_pixels: int = MAX_FIT_PIXELS, blocks: int = SAMPLE
     regions = []
     for i in sorted(chosen):
         r, c = divmod(int(i), cols)
-        regions.append(levels[0][r * block_px:(r + 1) * block_px, c * block_px:(c + 1) * block_px])
+        regions.append(
+            levels[0][r * block_px : (r + 1) * block_px, c * block_px : (c + 1) * block_px]
+        )
     arrays = dask.compute(*regions)
     return np.concatenate([as_pixels(a) for a in arrays])
 
@@ -121,9 +136,16 @@ def normalise_levels(levels, normaliser, name: str | None = None) -> list:
         lv = lv if isinstance(lv, da.Array) else da.from_array(lv, chunks=(512, 512, 3))
         if lv.chunks[-1] != (3,):
             lv = lv.rechunk({lv.ndim - 1: 3})
-        out.append(da.map_blocks(_normalise_block, lv, normaliser, dtype=np.uint8,
-                                 name=f"stain-{normaliser.method}-{token}-{lv.name}",
-                                 meta=np.empty((0,) * lv.ndim, np.uint8)))
+        out.append(
+            da.map_blocks(
+                _normalise_block,
+                lv,
+                normaliser,
+                dtype=np.uint8,
+                name=f"stain-{normaliser.method}-{token}-{lv.name}",
+                meta=np.empty((0,) * lv.ndim, np.uint8),
+            )
+        )
     return out
 
 
@@ -136,6 +158,8 @@ def normaliser_token(normaliser) -> str:
     import hashlib
     import json
 
-    payload = {"target": normaliser.profile.to_dict(),
-               "source": None if normaliser.source is None else normaliser.source.to_dict()}
+    payload = {
+        "target": normaliser.profile.to_dict(),
+        "source": None if normaliser.source is None else normaliser.source.to_dict(),
+    }
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

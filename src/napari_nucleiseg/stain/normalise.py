@@ -62,8 +62,13 @@ class Normaliser:
 
     method = "abstract"
 
-    def __init__(self, profile: StainProfile | None = None, source: StainProfile | None = None,
-                 luminosity: float = LUMINOSITY_THRESHOLD, max_pixels: int = MAX_FIT_PIXELS):
+    def __init__(
+        self,
+        profile: StainProfile | None = None,
+        source: StainProfile | None = None,
+        luminosity: float = LUMINOSITY_THRESHOLD,
+        max_pixels: int = MAX_FIT_PIXELS,
+    ):
         self.luminosity = float(luminosity)
         self.max_pixels = int(max_pixels)
         self.profile = profile
@@ -72,11 +77,15 @@ class Normaliser:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_profile(cls, profile: StainProfile) -> "Normaliser":
+    def from_profile(cls, profile: StainProfile) -> Normaliser:
         return normaliser_from_profile(profile)
 
     def __repr__(self) -> str:
-        state = "unfitted" if self.profile is None else ("adapted" if self.source is not None else "fitted")
+        state = (
+            "unfitted"
+            if self.profile is None
+            else ("adapted" if self.source is not None else "fitted")
+        )
         return f"<{type(self).__name__} {state}>"
 
     def __getstate__(self):  # pickles small (for dask.distributed): tables are rebuilt on arrival
@@ -85,7 +94,7 @@ class Normaliser:
         return state
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, rgb, name: str | None = None) -> "Normaliser":
+    def fit(self, rgb, name: str | None = None) -> Normaliser:
         """Fit the target profile on a reference image (H, W, 3) or pixel list (N, 3).
 
         At most ``max_pixels`` pixels are sampled (seeded, so the fit is reproducible); stains are
@@ -96,7 +105,7 @@ class Normaliser:
         self._mapping = None
         return self
 
-    def adapt(self, rgb, name: str | None = None) -> "Normaliser":
+    def adapt(self, rgb, name: str | None = None) -> Normaliser:
         """A copy whose source statistics are fixed to those of ``rgb`` (a sample of the slide or
         image to normalise). Its :meth:`transform` is then the same function for every block."""
         self._require_fitted()
@@ -114,10 +123,14 @@ class Normaliser:
         if n_tissue < MIN_TISSUE_PIXELS:
             raise StainError(
                 f"only {n_tissue} of {len(pixels)} sampled pixels are stained tissue (at least "
-                f"{MIN_TISSUE_PIXELS} needed): the image is mostly glass, blank or saturated")
+                f"{MIN_TISSUE_PIXELS} needed): the image is mostly glass, blank or saturated"
+            )
         profile = self._measure(pixels, tissue)
-        profile.fitted_on = {"name": str(name) if name is not None else None, "pixels": int(len(pixels)),
-                             "tissue_pixels": n_tissue}
+        profile.fitted_on = {
+            "name": str(name) if name is not None else None,
+            "pixels": int(len(pixels)),
+            "tissue_pixels": n_tissue,
+        }
         profile.params = {"luminosity": self.luminosity, **profile.params}
         return profile
 
@@ -130,8 +143,10 @@ class Normaliser:
 
     def _require_fitted(self) -> None:
         if self.profile is None:
-            raise StainError(f"the {self.method} normaliser has no target yet: fit it on a reference "
-                             "image or load a profile")
+            raise StainError(
+                f"the {self.method} normaliser has no target yet: fit it on a reference "
+                "image or load a profile"
+            )
 
     # ------------------------------------------------------------------ transforming
     def transform(self, rgb) -> np.ndarray:
@@ -183,10 +198,16 @@ class StainVectorNormaliser(Normaliser):
         maxc = np.percentile(c, CONCENTRATION_PERCENTILE, axis=0)
         for k, stain in enumerate(("haematoxylin", "eosin")):
             if not np.isfinite(maxc[k]) or maxc[k] < 1e-3:
-                raise StainError(f"no {stain} to measure (its {CONCENTRATION_PERCENTILE:g}th-percentile "
-                                 f"concentration is {maxc[k]:.2g})")
-        return StainProfile(self.method, stain_matrix=w.round(8).tolist(),
-                            max_concentrations=[float(v) for v in maxc.round(8)], params=params)
+                raise StainError(
+                    f"no {stain} to measure (its {CONCENTRATION_PERCENTILE:g}th-percentile "
+                    f"concentration is {maxc[k]:.2g})"
+                )
+        return StainProfile(
+            self.method,
+            stain_matrix=w.round(8).tolist(),
+            max_concentrations=[float(v) for v in maxc.round(8)],
+            params=params,
+        )
 
     def _build(self, source):
         wt = np.asarray(self.profile.stain_matrix, dtype=np.float64)
@@ -204,7 +225,9 @@ class StainVectorNormaliser(Normaliser):
             raise StainError("not adapted to a source yet")
         wt = np.asarray(self.profile.stain_matrix)
         ws = np.asarray(self.source.stain_matrix)
-        scale = np.asarray(self.profile.max_concentrations) / np.asarray(self.source.max_concentrations)
+        scale = np.asarray(self.profile.max_concentrations) / np.asarray(
+            self.source.max_concentrations
+        )
         return np.linalg.pinv(ws) @ np.diag(scale) @ wt
 
 
@@ -256,8 +279,11 @@ class ReinhardNormaliser(Normaliser):
         if float(std.max()) < 0.5:
             raise StainError("the image is a single flat colour (no variation to match)")
         std = np.maximum(std, 1e-3)
-        return StainProfile(self.method, lab_mean=[float(v) for v in mean.round(6)],
-                            lab_std=[float(v) for v in std.round(6)])
+        return StainProfile(
+            self.method,
+            lab_mean=[float(v) for v in mean.round(6)],
+            lab_std=[float(v) for v in std.round(6)],
+        )
 
     def _build(self, source):
         ss = np.maximum(np.asarray(source.lab_std), 0.05)
@@ -270,8 +296,12 @@ class ReinhardNormaliser(Normaliser):
         return lab_affine_rgb(px, scale, shift)
 
 
-_CLASSES = {"reinhard": ReinhardNormaliser, "macenko": MacenkoNormaliser, "vahadane": VahadaneNormaliser,
-            "ruifrok": RuifrokNormaliser}
+_CLASSES = {
+    "reinhard": ReinhardNormaliser,
+    "macenko": MacenkoNormaliser,
+    "vahadane": VahadaneNormaliser,
+    "ruifrok": RuifrokNormaliser,
+}
 
 
 def concentrations(od: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -297,13 +327,13 @@ def apply_exp_tables(px: np.ndarray, tables: np.ndarray) -> np.ndarray:
     out = np.empty(px.shape, np.uint8)
     t0, t1, t2 = tables
     for s in range(0, len(px), BLOCK):
-        b = px[s:s + BLOCK]
+        b = px[s : s + BLOCK]
         acc = t0.take(b[:, 0], axis=0)
         acc *= t1.take(b[:, 1], axis=0)
         acc *= t2.take(b[:, 2], axis=0)
         acc += np.float32(0.5)
         np.minimum(acc, np.float32(255), out=acc)
-        out[s:s + BLOCK] = acc
+        out[s : s + BLOCK] = acc
     return out
 
 
@@ -311,7 +341,9 @@ def make_normaliser(method: str, **params) -> Normaliser:
     """An unfitted normaliser: ``"reinhard"``, ``"macenko"``, ``"vahadane"`` or ``"ruifrok"``."""
     key = str(method).lower()
     if key not in _CLASSES:
-        raise StainError(f"unknown stain normalisation method {method!r}; choose one of {', '.join(METHODS)}")
+        raise StainError(
+            f"unknown stain normalisation method {method!r}; choose one of {', '.join(METHODS)}"
+        )
     return _CLASSES[key](**params)
 
 
@@ -351,8 +383,9 @@ def load_target(method: str | None, path: str | Path) -> Normaliser:
             raise StainError(f"the profile was fitted with {profile.method}, not {method}", path)
         return normaliser_from_profile(profile)
     if method is None:
-        raise StainError("give a method (reinhard, macenko, vahadane, ruifrok) to fit a reference image",
-                         path)
+        raise StainError(
+            "give a method (reinhard, macenko, vahadane, ruifrok) to fit a reference image", path
+        )
     normaliser = make_normaliser(method)
     from .lazy import sample_image_or_slide
 
@@ -367,14 +400,19 @@ def _load_target_folder(method: str | None, folder: Path) -> Normaliser:
     from .profile import average_profiles
 
     if method is None:
-        raise StainError("give a method (reinhard, macenko, vahadane, ruifrok) to fit reference images",
-                         folder)
+        raise StainError(
+            "give a method (reinhard, macenko, vahadane, ruifrok) to fit reference images", folder
+        )
     images = folder / "images" if (folder / "images").is_dir() else folder
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in REFERENCE_SUFFIXES)
     if not files:
-        raise StainError(f"no reference images ({', '.join(REFERENCE_SUFFIXES)}) in the folder", images)
+        raise StainError(
+            f"no reference images ({', '.join(REFERENCE_SUFFIXES)}) in the folder", images
+        )
     profiles = [load_target(method, f).profile for f in files]
-    return normaliser_from_profile(average_profiles(profiles, name=f"{folder.name} ({len(files)} images)"))
+    return normaliser_from_profile(
+        average_profiles(profiles, name=f"{folder.name} ({len(files)} images)")
+    )
 
 
 def normalise_image(rgb, normaliser: Normaliser) -> np.ndarray:

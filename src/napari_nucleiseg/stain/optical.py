@@ -40,7 +40,9 @@ def as_pixels(rgb) -> np.ndarray:
     """
     a = np.asarray(rgb)
     if a.ndim < 2 or a.shape[-1] < 3:
-        raise StainError(f"expected an RGB image (height, width, 3), got an array of shape {a.shape}")
+        raise StainError(
+            f"expected an RGB image (height, width, 3), got an array of shape {a.shape}"
+        )
     a = a[..., :3]
     if a.dtype != np.uint8:
         f = a.astype(np.float32)
@@ -61,8 +63,11 @@ def lightness(pixels: np.ndarray) -> np.ndarray:
     """CIELAB L* / 100 of (N, 3) uint8 pixels, through the sRGB table (no per-pixel powers
     except one cube root)."""
     lin = SRGB_TO_LINEAR.astype(np.float32)
-    y = (lin[pixels[:, 0]] * np.float32(Y_WEIGHTS[0]) + lin[pixels[:, 1]] * np.float32(Y_WEIGHTS[1])
-         + lin[pixels[:, 2]] * np.float32(Y_WEIGHTS[2]))
+    y = (
+        lin[pixels[:, 0]] * np.float32(Y_WEIGHTS[0])
+        + lin[pixels[:, 1]] * np.float32(Y_WEIGHTS[1])
+        + lin[pixels[:, 2]] * np.float32(Y_WEIGHTS[2])
+    )
     f = np.where(y > 0.008856, np.cbrt(y), 7.787 * y + 16.0 / 116.0)
     return (1.16 * f - 0.16).astype(np.float32)
 
@@ -85,4 +90,9 @@ def tissue_selection(pixels: np.ndarray, luminosity: float = LUMINOSITY_THRESHOL
     """Boolean mask of the pixels that carry stain information: darker than the luminosity
     threshold (not glass) and with no channel at 0 (a clipped, saturated pixel has no true OD)."""
     # Channel by channel: a reduction along the short last axis is slow in numpy.
-    return (lightness(pixels) < luminosity) & (pixels[:, 0] > 0) & (pixels[:, 1] > 0) & (pixels[:, 2] > 0)
+    return (
+        (lightness(pixels) < luminosity)
+        & (pixels[:, 0] > 0)
+        & (pixels[:, 1] > 0)
+        & (pixels[:, 2] > 0)
+    )

@@ -54,13 +54,17 @@ class StainProfile:
 
     def validate(self) -> None:
         if self.method not in METHODS:
-            raise StainError(f"unknown stain method {self.method!r}; choose one of {', '.join(METHODS)}")
+            raise StainError(
+                f"unknown stain method {self.method!r}; choose one of {', '.join(METHODS)}"
+            )
         if self.method == "reinhard":
             _check_numbers(self.lab_mean, 3, "lab_mean")
             _check_numbers(self.lab_std, 3, "lab_std", positive=True)
         else:
-            if (not isinstance(self.stain_matrix, (list, tuple)) or len(self.stain_matrix) != 2):
-                raise StainError("stain_matrix must be two rows (haematoxylin, eosin) of three numbers")
+            if not isinstance(self.stain_matrix, (list, tuple)) or len(self.stain_matrix) != 2:
+                raise StainError(
+                    "stain_matrix must be two rows (haematoxylin, eosin) of three numbers"
+                )
             for row in self.stain_matrix:
                 _check_numbers(row, 3, "stain_matrix row")
             _check_numbers(self.max_concentrations, 2, "max_concentrations", positive=True)
@@ -71,13 +75,23 @@ class StainProfile:
         return {"format": FORMAT, "version": VERSION, **d}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StainProfile":
+    def from_dict(cls, d: dict) -> StainProfile:
         if not isinstance(d, dict) or "method" not in d:
             raise StainError("not a stain profile (no 'method')")
         if d.get("version", VERSION) > VERSION:
-            raise StainError(f"profile version {d['version']} is newer than this napari-nucleiseg "
-                             f"reads ({VERSION})")
-        keys = {"method", "stain_matrix", "max_concentrations", "lab_mean", "lab_std", "params", "fitted_on"}
+            raise StainError(
+                f"profile version {d['version']} is newer than this napari-nucleiseg "
+                f"reads ({VERSION})"
+            )
+        keys = {
+            "method",
+            "stain_matrix",
+            "max_concentrations",
+            "lab_mean",
+            "lab_std",
+            "params",
+            "fitted_on",
+        }
         return cls(**{k: v for k, v in d.items() if k in keys})
 
     def save(self, path: str | Path) -> Path:
@@ -88,7 +102,7 @@ class StainProfile:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "StainProfile":
+    def load(cls, path: str | Path) -> StainProfile:
         """Read a profile written by :meth:`save`; a clear :class:`StainError` naming the file
         when it is missing, not JSON, or not a valid profile."""
         path = Path(path)
@@ -116,22 +130,34 @@ def average_profiles(profiles: list[StainProfile], name: str | None = None) -> S
         raise StainError("no profiles to average")
     methods = {p.method for p in profiles}
     if len(methods) != 1:
-        raise StainError(f"cannot average profiles of different methods: {', '.join(sorted(methods))}")
+        raise StainError(
+            f"cannot average profiles of different methods: {', '.join(sorted(methods))}"
+        )
     first = profiles[0]
-    fitted_on = {"name": name, "images": [p.fitted_on.get("name") for p in profiles],
-                 "pixels": int(sum(p.fitted_on.get("pixels", 0) for p in profiles)),
-                 "tissue_pixels": int(sum(p.fitted_on.get("tissue_pixels", 0) for p in profiles))}
+    fitted_on = {
+        "name": name,
+        "images": [p.fitted_on.get("name") for p in profiles],
+        "pixels": int(sum(p.fitted_on.get("pixels", 0) for p in profiles)),
+        "tissue_pixels": int(sum(p.fitted_on.get("tissue_pixels", 0) for p in profiles)),
+    }
     if first.method == "reinhard":
-        return StainProfile("reinhard",
-                            lab_mean=np.mean([p.lab_mean for p in profiles], axis=0).round(6).tolist(),
-                            lab_std=np.mean([p.lab_std for p in profiles], axis=0).round(6).tolist(),
-                            params=dict(first.params), fitted_on=fitted_on)
+        return StainProfile(
+            "reinhard",
+            lab_mean=np.mean([p.lab_mean for p in profiles], axis=0).round(6).tolist(),
+            lab_std=np.mean([p.lab_std for p in profiles], axis=0).round(6).tolist(),
+            params=dict(first.params),
+            fitted_on=fitted_on,
+        )
     w = np.mean([np.asarray(p.stain_matrix, dtype=float) for p in profiles], axis=0)
     w /= np.linalg.norm(w, axis=1, keepdims=True)
     maxc = np.median([p.max_concentrations for p in profiles], axis=0)
-    return StainProfile(first.method, stain_matrix=w.round(8).tolist(),
-                        max_concentrations=maxc.round(8).tolist(), params=dict(first.params),
-                        fitted_on=fitted_on)
+    return StainProfile(
+        first.method,
+        stain_matrix=w.round(8).tolist(),
+        max_concentrations=maxc.round(8).tolist(),
+        params=dict(first.params),
+        fitted_on=fitted_on,
+    )
 
 
 def _check_numbers(values, n: int, what: str, positive: bool = False) -> None:

@@ -84,8 +84,9 @@ def update_dictionary(w: np.ndarray, a: np.ndarray, bx: np.ndarray, passes: int 
     return d.T
 
 
-def sparse_nmf_2(x: np.ndarray, w0: np.ndarray, lam: float = 0.1, max_iter: int = 300,
-                 tol: float = 1e-5) -> tuple[np.ndarray, int]:
+def sparse_nmf_2(
+    x: np.ndarray, w0: np.ndarray, lam: float = 0.1, max_iter: int = 300, tol: float = 1e-5
+) -> tuple[np.ndarray, int]:
     """Learn two non-negative stain vectors from optical densities ``x`` (N × 3).
 
     Parameters
@@ -109,7 +110,9 @@ def sparse_nmf_2(x: np.ndarray, w0: np.ndarray, lam: float = 0.1, max_iter: int 
     it = 0
     for it in range(1, max_iter + 1):
         c0, c1 = nonneg_lasso_2(xp, w, lam)
-        a = np.array([[np.dot(c0, c0), np.dot(c0, c1)], [np.dot(c0, c1), np.dot(c1, c1)]], np.float64)
+        a = np.array(
+            [[np.dot(c0, c0), np.dot(c0, c1)], [np.dot(c0, c1), np.dot(c1, c1)]], np.float64
+        )
         bx = np.array([[np.dot(xc, c0), np.dot(xc, c1)] for xc in xp], np.float64)
         w_new = update_dictionary(w, a, bx)
         step = float(np.abs(w_new - w).max())

@@ -8,8 +8,8 @@ each pixel belongs to exactly one tile. Whole-slide jobs visit ``grid.tissue_til
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,15 @@ class TileGrid:
         if not (0 <= r < self.rows and 0 <= c < self.cols):
             raise IndexError(f"tile {rc} outside a {self.rows}x{self.cols} grid")
         y, x = r * self.tile, c * self.tile
-        return Tile(r, c, x, y, min(self.tile, self.shape[1] - x), min(self.tile, self.shape[0] - y), self.halo)
+        return Tile(
+            r,
+            c,
+            x,
+            y,
+            min(self.tile, self.shape[1] - x),
+            min(self.tile, self.shape[0] - y),
+            self.halo,
+        )
 
     def __iter__(self) -> Iterator[Tile]:
         for r in range(self.rows):
@@ -74,7 +82,9 @@ class TileGrid:
         return [t for t in self if mask.fraction_in(*t.box) >= min_fraction]
 
 
-def slide_grid(slide, tile_um: float | None = None, halo_um: float = 0.0, tile_px: int | None = None) -> TileGrid:
+def slide_grid(
+    slide, tile_um: float | None = None, halo_um: float = 0.0, tile_px: int | None = None
+) -> TileGrid:
     """A grid over a slide's level 0 with tiles given in µm (or in pixels when it has no µm/px)."""
     if tile_px is None:
         if tile_um is None:

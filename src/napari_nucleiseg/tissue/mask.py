@@ -59,9 +59,13 @@ def tissue_mask(slide, mpp: float = MASK_MPP, max_size: int = 2048) -> TissueMas
     target = max(max(h0, w0) / max_size, 1.0)
     if slide.mpp is not None:
         target = max(target, mpp / slide.mpp)
-    level = min(range(slide.level_count), key=lambda i: abs(math.log(slide.level_downsamples[i] / target)))
+    level = min(
+        range(slide.level_count), key=lambda i: abs(math.log(slide.level_downsamples[i] / target))
+    )
     lh, lw = slide.level_shapes[level]
-    if lh * lw > 4 * max_size * max_size:  # the nearest level is still huge: take a finer-read thumbnail
+    if (
+        lh * lw > 4 * max_size * max_size
+    ):  # the nearest level is still huge: take a finer-read thumbnail
         rgb = slide.thumbnail(max_size)
     else:
         rgb = slide.read_region(0, 0, lw, lh, level)
@@ -74,7 +78,9 @@ def tissue_mask(slide, mpp: float = MASK_MPP, max_size: int = 2048) -> TissueMas
     downsample, downsample_x = h0 / rgb.shape[0], w0 / rgb.shape[1]
     mask_mpp = None if slide.mpp is None else slide.mpp * downsample
     mask, thr = tissue_from_rgb(rgb, mask_mpp)
-    return TissueMask(mask=mask, downsample=downsample, mpp=mask_mpp, threshold_od=thr, downsample_x=downsample_x)
+    return TissueMask(
+        mask=mask, downsample=downsample, mpp=mask_mpp, threshold_od=thr, downsample_x=downsample_x
+    )
 
 
 def tissue_from_rgb(rgb: np.ndarray, mpp: float | None = None) -> tuple[np.ndarray, float]:

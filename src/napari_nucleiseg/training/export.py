@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 
-def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Path, *,
-                 training_data: list, licence: str, metrics: dict | None = None,
-                 postprocess: dict | None = None, notes: str = "") -> Path:
+def export_model(
+    run_dir: str | Path,
+    name: str,
+    version: str,
+    out_dir: str | Path,
+    *,
+    training_data: list,
+    licence: str,
+    metrics: dict | None = None,
+    postprocess: dict | None = None,
+    notes: str = "",
+) -> Path:
     import torch
     from safetensors.torch import save_file
 
@@ -24,23 +32,52 @@ def export_model(run_dir: str | Path, name: str, version: str, out_dir: str | Pa
     save_file({k: v.contiguous() for k, v in state["model"].items()}, str(weights))
     decoder = cfg.get("decoder", "double")
     onnx_path = export_onnx(state["model"], tuple(cfg["widths"]), out_dir / f"{name}.onnx", decoder)
-    int8_path = quantize_onnx(onnx_path, out_dir / f"{name}.int8.onnx",
-                              calibration_blocks(cfg["data"], cfg["mpp"], exclude=cfg.get("holdout", [])))
+    int8_path = quantize_onnx(
+        onnx_path,
+        out_dir / f"{name}.int8.onnx",
+        calibration_blocks(cfg["data"], cfg["mpp"], exclude=cfg.get("holdout", [])),
+    )
     card = ModelCard(
-        name=name, version=version, architecture="UNet", widths=list(cfg["widths"]), decoder=decoder, mpp=cfg["mpp"],
-        sha256=sha256_of(weights), weights=weights.name, training_data=training_data, licence=licence,
-        metrics=metrics or {}, postprocess=postprocess or {},
-        training={k: cfg[k] for k in ("iters", "cycles", "cycle_lr_decay", "batch", "patch", "lr", "seed", "holdout",
-                                    "init_from")
-                  if cfg.get(k) not in (None, "")}
-        | {"iterations_done": int(state["iter"]),
-           "command": f"nucleiseg train --data <monuseg2018_train> --out <run> {_schedule_args(cfg)} "
-                      f"--widths {','.join(map(str, cfg['widths']))} --decoder {decoder} --lr {cfg['lr']} "
-                      f"--batch {cfg['batch']} --patch {cfg['patch']} --model-mpp {cfg['mpp']} --seed {cfg['seed']}"
-                      f"{_init_args(cfg)}"},
-        created=datetime.date.today().isoformat(), notes=notes,
-        onnx=onnx_path.name, onnx_sha256=sha256_of(onnx_path),
-        onnx_int8=int8_path.name, onnx_int8_sha256=sha256_of(int8_path),
+        name=name,
+        version=version,
+        architecture="UNet",
+        widths=list(cfg["widths"]),
+        decoder=decoder,
+        mpp=cfg["mpp"],
+        sha256=sha256_of(weights),
+        weights=weights.name,
+        training_data=training_data,
+        licence=licence,
+        metrics=metrics or {},
+        postprocess=postprocess or {},
+        training={
+            k: cfg[k]
+            for k in (
+                "iters",
+                "cycles",
+                "cycle_lr_decay",
+                "batch",
+                "patch",
+                "lr",
+                "seed",
+                "holdout",
+                "init_from",
+            )
+            if cfg.get(k) not in (None, "")
+        }
+        | {
+            "iterations_done": int(state["iter"]),
+            "command": f"nucleiseg train --data <monuseg2018_train> --out <run> {_schedule_args(cfg)} "
+            f"--widths {','.join(map(str, cfg['widths']))} --decoder {decoder} --lr {cfg['lr']} "
+            f"--batch {cfg['batch']} --patch {cfg['patch']} --model-mpp {cfg['mpp']} --seed {cfg['seed']}"
+            f"{_init_args(cfg)}",
+        },
+        created=datetime.date.today().isoformat(),
+        notes=notes,
+        onnx=onnx_path.name,
+        onnx_sha256=sha256_of(onnx_path),
+        onnx_int8=int8_path.name,
+        onnx_int8_sha256=sha256_of(int8_path),
         tile_px=TILE_PX_BY_LEVELS.get(len(cfg["widths"]), 1024),
         context_um=CONTEXT_UM_BY_LEVELS.get(len(cfg["widths"]), 96.0),
     )
@@ -62,8 +99,10 @@ TILE_PX_BY_LEVELS = {4: 1024, 5: 1024, 6: 1344}
 def _schedule_args(cfg: dict) -> str:
     """The training command's schedule options, as the run used them."""
     if cfg.get("cycles"):
-        return (f"--cycles {','.join(map(str, cfg['cycles']))} "
-                f"--cycle-lr-decay {cfg.get('cycle_lr_decay', 0.5)}")
+        return (
+            f"--cycles {','.join(map(str, cfg['cycles']))} "
+            f"--cycle-lr-decay {cfg.get('cycle_lr_decay', 0.5)}"
+        )
     return f"--iters {cfg['iters']}"
 
 
@@ -83,9 +122,16 @@ def export_onnx(state_dict, widths, path: Path, decoder: str = "double") -> Path
     model.load_state_dict(state_dict)
     fused = fuse_for_inference(model).to(memory_format=torch.contiguous_format)
     x = torch.rand(1, 3, 256, 256)
-    torch.onnx.export(fused, x, str(path), input_names=["rgb"], output_names=["logits"],
-                      dynamic_axes={"rgb": {2: "h", 3: "w"}, "logits": {2: "h", 3: "w"}},
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(
+        fused,
+        x,
+        str(path),
+        input_names=["rgb"],
+        output_names=["logits"],
+        dynamic_axes={"rgb": {2: "h", 3: "w"}, "logits": {2: "h", 3: "w"}},
+        opset_version=17,
+        dynamo=False,
+    )
     return Path(path)
 
 
@@ -101,7 +147,9 @@ def calibration_blocks(data_dir, mpp: float, exclude=(), n: int = 8, size: int =
     for im in [im for im in load_dataset(data_dir) if im.stem not in exclude][:n]:
         f = im.mpp / mpp
         h, w = im.rgb.shape[:2]
-        small = Image.fromarray(im.rgb).resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX)
+        small = Image.fromarray(im.rgb).resize(
+            (max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX
+        )
         rgb = np.asarray(small)[:size, :size]
         rgb = rgb[: rgb.shape[0] - rgb.shape[0] % 16, : rgb.shape[1] - rgb.shape[1] % 16]
         blocks.append(np.moveaxis(rgb, 2, 0)[None].astype(np.float32) / 255)
@@ -112,7 +160,12 @@ def quantize_onnx(fp32_path: Path, out_path: Path, blocks: list) -> Path:
     """Static int8 quantisation (QDQ, per-channel weights, activations calibrated on ``blocks``):
     about twice as fast as float32 in ONNX Runtime on this CPU. The release measures the test set
     with it, since it is what runs by default."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Blocks(CalibrationDataReader):
@@ -126,8 +179,15 @@ def quantize_onnx(fp32_path: Path, out_path: Path, blocks: list) -> Path:
     pre = Path(out_path).with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_path), str(pre))
     try:
-        quantize_static(str(pre), str(out_path), Blocks(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_static(
+            str(pre),
+            str(out_path),
+            Blocks(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
     finally:
         pre.unlink(missing_ok=True)
     return Path(out_path)

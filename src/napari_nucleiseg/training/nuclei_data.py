@@ -47,8 +47,15 @@ def load_dataset(root: str | Path, stems: list[str] | None = None) -> list[Label
 class PatchSampler:
     """Random augmented patches ``(rgb uint8 (P, P, 3), targets float32 (3, P, P))`` at ``mpp``."""
 
-    def __init__(self, images: list[LabelledImage], mpp: float, patch: int = 256, seed: int = 0,
-                 scale_jitter: float = 0.2, stain_sigma: float = 0.05):
+    def __init__(
+        self,
+        images: list[LabelledImage],
+        mpp: float,
+        patch: int = 256,
+        seed: int = 0,
+        scale_jitter: float = 0.2,
+        stain_sigma: float = 0.05,
+    ):
         self.images = images
         self.mpp = mpp
         self.patch = patch
@@ -65,7 +72,9 @@ class PatchSampler:
         rng = self.rng
         img = self.images[rng.integers(len(self.images))]
         # Source pixels per patch pixel, jittered in log scale.
-        factor = (self.mpp / img.mpp) * float(np.exp(rng.uniform(-self.scale_jitter, self.scale_jitter)))
+        factor = (self.mpp / img.mpp) * float(
+            np.exp(rng.uniform(-self.scale_jitter, self.scale_jitter))
+        )
         src = int(round(self.patch * factor))
         h, w = img.labels.shape
         src = min(src, h, w)
@@ -73,8 +82,14 @@ class PatchSampler:
         rgb = img.rgb[y : y + src, x : x + src]
         lab = img.labels[y : y + src, x : x + src]
         if src != self.patch:
-            rgb = np.asarray(Image.fromarray(rgb).resize((self.patch, self.patch), Image.Resampling.BILINEAR))
-            lab = np.asarray(Image.fromarray(lab.astype(np.int32)).resize((self.patch, self.patch), Image.Resampling.NEAREST))
+            rgb = np.asarray(
+                Image.fromarray(rgb).resize((self.patch, self.patch), Image.Resampling.BILINEAR)
+            )
+            lab = np.asarray(
+                Image.fromarray(lab.astype(np.int32)).resize(
+                    (self.patch, self.patch), Image.Resampling.NEAREST
+                )
+            )
         k = int(rng.integers(4))
         rgb, lab = np.rot90(rgb, k), np.rot90(lab, k)
         if rng.random() < 0.5:

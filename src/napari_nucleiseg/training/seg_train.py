@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -34,8 +34,14 @@ class TrainConfig:
     threads: int = 2
     checkpoint_every: int = 250
     validate_every: int = 1000
-    holdout: list = field(default_factory=lambda: [
-        "TCGA-18-5592-01Z-00-DX1", "TCGA-49-4488-01Z-00-DX1", "TCGA-E2-A1B5-01Z-00-DX1", "TCGA-RD-A8N9-01A-01-TS1"])
+    holdout: list = field(
+        default_factory=lambda: [
+            "TCGA-18-5592-01Z-00-DX1",
+            "TCGA-49-4488-01Z-00-DX1",
+            "TCGA-E2-A1B5-01Z-00-DX1",
+            "TCGA-RD-A8N9-01A-01-TS1",
+        ]
+    )
     # Cosine cycles with warm restarts (SGDR). Empty: one cycle of ``iters``. Given, ``iters`` is
     # their sum and cycle k peaks at ``lr * cycle_lr_decay**k``.
     cycles: tuple = ()
@@ -61,7 +67,12 @@ class TrainConfig:
         start = 0
         for k, n in enumerate(lengths):
             if it < start + n or k == len(lengths) - 1:
-                return self.lr * self.cycle_lr_decay ** k * 0.5 * (1 + math.cos(math.pi * (it - start) / n))
+                return (
+                    self.lr
+                    * self.cycle_lr_decay**k
+                    * 0.5
+                    * (1 + math.cos(math.pi * (it - start) / n))
+                )
             start += n
         raise AssertionError("unreachable")
 
@@ -74,7 +85,9 @@ def loss_fn(logits, targets):
     l_fg = F.binary_cross_entropy_with_logits(logits[:, 0], fg)
     p = torch.sigmoid(logits[:, 0])
     dice = 1 - (2 * (p * fg).sum() + 1) / (p.sum() + fg.sum() + 1)
-    l_contour = F.binary_cross_entropy_with_logits(logits[:, 1], contour, pos_weight=torch.tensor(3.0))
+    l_contour = F.binary_cross_entropy_with_logits(
+        logits[:, 1], contour, pos_weight=torch.tensor(3.0)
+    )
     l_dist = F.mse_loss(torch.sigmoid(logits[:, 2]), dist)
     return l_fg + dice + l_contour + 2.0 * l_dist
 
@@ -138,8 +151,14 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        info = {"iter": it + 1, "iters": cfg.iters, "start": start, "loss": float(loss.detach()), "lr": lr,
-                "elapsed_s": time.perf_counter() - t0}
+        info = {
+            "iter": it + 1,
+            "iters": cfg.iters,
+            "start": start,
+            "loss": float(loss.detach()),
+            "lr": lr,
+            "elapsed_s": time.perf_counter() - t0,
+        }
         if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iters:
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "iter": it + 1}, tmp)
@@ -167,13 +186,18 @@ def _warm_start(model, source: str, log_to: Path) -> None:
         card = load_card(card_path)
         path = card_path.parent / card.weights
         if sha256_of(path) != card.sha256:
-            raise WeightsError(f"{path}: SHA-256 does not match the card of {card.name!r}; not starting from it")
+            raise WeightsError(
+                f"{path}: SHA-256 does not match the card of {card.name!r}; not starting from it"
+            )
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such weights file to start training from")
     copied = warm_start(model, load_file(str(path)))
     total = len(model.state_dict())
     with open(log_to, "a") as log:
-        log.write(json.dumps({"init_from": str(source), "tensors_copied": len(copied), "tensors": total}) + "\n")
+        log.write(
+            json.dumps({"init_from": str(source), "tensors_copied": len(copied), "tensors": total})
+            + "\n"
+        )
 
 
 def validate(model, images, cfg) -> dict:

@@ -5,5 +5,16 @@ from .export import export_geojson, export_table, outlines, read_table, write_ta
 from .job import SlideProgress, segment_slide
 from .store import DiskFullError, StoreMismatchError, open_labels, store_path
 
-__all__ = ["segment_slide", "SlideProgress", "open_labels", "export_geojson", "export_table", "write_table", "read_table",
-           "outlines", "store_path", "StoreMismatchError", "DiskFullError"]
+__all__ = [
+    "segment_slide",
+    "SlideProgress",
+    "open_labels",
+    "export_geojson",
+    "export_table",
+    "write_table",
+    "read_table",
+    "outlines",
+    "store_path",
+    "StoreMismatchError",
+    "DiskFullError",
+]

@@ -28,10 +28,14 @@ def expand_inputs(inputs) -> tuple[list[Path], list[str]]:
     paths, errors = [], []
     for item in map(Path, inputs):
         if item.is_dir() and not item.name.endswith(".zarr"):
-            found = sorted(p for p in item.iterdir()
-                           if p.name.lower().endswith(SLIDE_SUFFIXES + IMAGE_SUFFIXES)
-                           and not p.name.endswith(".nuclei.zarr") and not p.name.startswith(".")
-                           and (p.is_file() or p.name.endswith(".zarr")))
+            found = sorted(
+                p
+                for p in item.iterdir()
+                if p.name.lower().endswith(SLIDE_SUFFIXES + IMAGE_SUFFIXES)
+                and not p.name.endswith(".nuclei.zarr")
+                and not p.name.startswith(".")
+                and (p.is_file() or p.name.endswith(".zarr"))
+            )
             if not found:
                 errors.append(f"{item}: a folder with no slides or images in it")
             paths.extend(found)
@@ -73,12 +77,22 @@ def segment_command(args, normaliser=None) -> int:
     plain = [p for p in paths if p not in whole]
     codes = [1] if errors else []
     if plain:
-        codes.append(segment_files(plain, args.out, mpp=args.mpp, method=args.method, normaliser=normaliser))
+        codes.append(
+            segment_files(plain, args.out, mpp=args.mpp, method=args.method, normaliser=normaliser)
+        )
     if whole:
-        codes.append(segment_cohort(whole, args.out, method=args.method, mpp=args.mpp,
-                                    tile_um=getattr(args, "tile_um", None),
-                                    scheduler=getattr(args, "scheduler", None),
-                                    workers=getattr(args, "workers", None), normaliser=normaliser))
+        codes.append(
+            segment_cohort(
+                whole,
+                args.out,
+                method=args.method,
+                mpp=args.mpp,
+                tile_um=getattr(args, "tile_um", None),
+                scheduler=getattr(args, "scheduler", None),
+                workers=getattr(args, "workers", None),
+                normaliser=normaliser,
+            )
+        )
     return 2 if 2 in codes else (1 if 1 in codes else 0)
 
 
@@ -90,7 +104,11 @@ def _bar(fraction: float, width: int = 24) -> str:
 
 def _duration(s: float) -> str:
     s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+    return (
+        f"{s // 3600}h{s % 3600 // 60:02d}m"
+        if s >= 3600
+        else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+    )
 
 
 class ProgressDisplay:
@@ -111,17 +129,25 @@ class ProgressDisplay:
     def _lines(self, name: str, p) -> tuple[str, str]:
         frac = (self.finished + self.failed + (p.fraction if p else 0.0)) / max(1, self.n)
         nuclei = self.nuclei_done + (p.nuclei if p else 0)
-        top = (f"cohort {_bar(frac)} {self.finished + self.failed}/{self.n} slides"
-               + (f" ({self.failed} failed)" if self.failed else "")
-               + f"  {nuclei:,} nuclei  {_duration(time.perf_counter() - self.t0)}")
+        top = (
+            f"cohort {_bar(frac)} {self.finished + self.failed}/{self.n} slides"
+            + (f" ({self.failed} failed)" if self.failed else "")
+            + f"  {nuclei:,} nuclei  {_duration(time.perf_counter() - self.t0)}"
+        )
         if p is None:
             return top, f"{name}: opening, finding tissue"
         rate = (p.segmented - p.resumed) / p.elapsed if p.elapsed > 0 else 0.0
         left = (p.total - p.segmented) / rate if rate > 0 else None
-        line = (f"{name} {_bar(p.fraction)} {p.segmented}/{p.total} tiles"
-                + (f" ({p.resumed} resumed)" if p.resumed else "")
-                + f"  {p.nuclei:,} nuclei  {p.stage}"
-                + (f"  {rate:.2f} tiles/s  ETA {_duration(left)}" if left is not None and p.stage == "segment" else ""))
+        line = (
+            f"{name} {_bar(p.fraction)} {p.segmented}/{p.total} tiles"
+            + (f" ({p.resumed} resumed)" if p.resumed else "")
+            + f"  {p.nuclei:,} nuclei  {p.stage}"
+            + (
+                f"  {rate:.2f} tiles/s  ETA {_duration(left)}"
+                if left is not None and p.stage == "segment"
+                else ""
+            )
+        )
         return top, line
 
     def update(self, name: str, p=None) -> None:
@@ -175,8 +201,18 @@ def _client(scheduler, workers):
     return connect(scheduler, workers)
 
 
-def segment_cohort(slides, out_dir, *, method=None, mpp=None, tile_um=None, scheduler=None, workers=None,
-                   stream=None, normaliser=None) -> int:
+def segment_cohort(
+    slides,
+    out_dir,
+    *,
+    method=None,
+    mpp=None,
+    tile_um=None,
+    scheduler=None,
+    workers=None,
+    stream=None,
+    normaliser=None,
+) -> int:
     """Run the whole-slide job on each slide in turn; returns the exit code (0, 1: some slides
     failed, 2: nothing could run). Prints progress and, at the end, one summary line per slide."""
     from ..io import SlideError
@@ -202,15 +238,33 @@ def segment_cohort(slides, out_dir, *, method=None, mpp=None, tile_um=None, sche
             o = SlideOutcome(str(path), False)
             try:
                 p = None
-                for p in segment_slide(path, out, method=method, mpp=mpp, tile_um=tile_um,
-                                       scheduler=client, workers=workers, normaliser=normaliser):
+                for p in segment_slide(
+                    path,
+                    out,
+                    method=method,
+                    mpp=mpp,
+                    tile_um=tile_um,
+                    scheduler=client,
+                    workers=workers,
+                    normaliser=normaliser,
+                ):
                     display.update(name, p)
-                o = SlideOutcome(str(path), True, p.total, p.resumed, p.nuclei, time.perf_counter() - t0, str(p.store))
+                o = SlideOutcome(
+                    str(path),
+                    True,
+                    p.total,
+                    p.resumed,
+                    p.nuclei,
+                    time.perf_counter() - t0,
+                    str(p.store),
+                )
             except SlideError as exc:  # unreadable slide, store of another slide/model, disk full
                 o.error = str(exc)
             except (ValueError, OSError) as exc:
                 o.error = f"{path}: {exc}"
-            except Exception as exc:  # a worker lost too often, a bug: this slide fails, the cohort goes on
+            except (
+                Exception
+            ) as exc:  # a worker lost too often, a bug: this slide fails, the cohort goes on
                 o.error = f"{path}: {type(exc).__name__}: {exc}"
             o.seconds = time.perf_counter() - t0
             outcomes.append(o)
@@ -218,8 +272,10 @@ def segment_cohort(slides, out_dir, *, method=None, mpp=None, tile_um=None, sche
             if not o.ok:
                 display.message(f"error: {o.error}", sys.stderr)
     except KeyboardInterrupt:
-        display.message("interrupted: finished tiles are recorded; run the same command again to resume",
-                        sys.stderr)
+        display.message(
+            "interrupted: finished tiles are recorded; run the same command again to resume",
+            sys.stderr,
+        )
         return 130
     finally:
         if client is not None:
@@ -234,15 +290,21 @@ def segment_cohort(slides, out_dir, *, method=None, mpp=None, tile_um=None, sche
 
 
 def _summary(outcomes) -> None:
-    print(f"{'slide':<32}{'status':>9}{'tiles':>8}{'resumed':>9}{'nuclei':>10}{'time':>9}{'nuclei/s':>10}  result")
+    print(
+        f"{'slide':<32}{'status':>9}{'tiles':>8}{'resumed':>9}{'nuclei':>10}{'time':>9}{'nuclei/s':>10}  result"
+    )
     for o in outcomes:
         name = Path(o.slide).name[:31]
         if o.ok:
             rate = o.nuclei / o.seconds if o.seconds > 0 else 0.0
-            print(f"{name:<32}{'done':>9}{o.tiles:>8}{o.resumed:>9}{o.nuclei:>10}{_duration(o.seconds):>9}"
-                  f"{rate:>10.0f}  {o.store}")
+            print(
+                f"{name:<32}{'done':>9}{o.tiles:>8}{o.resumed:>9}{o.nuclei:>10}{_duration(o.seconds):>9}"
+                f"{rate:>10.0f}  {o.store}"
+            )
         else:
-            print(f"{name:<32}{'FAILED':>9}{'':>8}{'':>9}{'':>10}{_duration(o.seconds):>9}{'':>10}  {o.error}")
+            print(
+                f"{name:<32}{'FAILED':>9}{'':>8}{'':>9}{'':>10}{_duration(o.seconds):>9}{'':>10}  {o.error}"
+            )
     # One line per slide in the format plain segmentation prints, for scripts that parse it.
     for o in outcomes:
         if o.ok:

@@ -73,7 +73,9 @@ def outlines(labels: np.ndarray, ids=None, offset=(0, 0)) -> list[np.ndarray]:
             continue
         rc = outline(labels[sl] == i)
         # Pixel centres are at +0.5 in QuPath's continuous coordinates.
-        xy = np.stack([rc[:, 1] + sl[1].start + ox + 0.5, rc[:, 0] + sl[0].start + oy + 0.5], axis=1)
+        xy = np.stack(
+            [rc[:, 1] + sl[1].start + ox + 0.5, rc[:, 0] + sl[0].start + oy + 0.5], axis=1
+        )
         out.append(xy)
     return out
 
@@ -119,7 +121,9 @@ class GeoJSONWriter:
             meas = {"label": label, **{c: table[c][k] for c in cols}}
             if self.count:
                 self.f.write(",\n")
-            self.f.write(json.dumps(feature(ring, label, meas, self.id_seed), separators=(",", ":")))
+            self.f.write(
+                json.dumps(feature(ring, label, meas, self.id_seed), separators=(",", ":"))
+            )
             self.count += 1
 
     def close(self) -> None:
@@ -142,8 +146,14 @@ class GeoJSONWriter:
         self.abort() if exc_type else self.close()
 
 
-def export_geojson(labels_or_store, path, mpp: float | None = None, offset=(0, 0), table: dict | None = None,
-                   id_seed: str | None = None) -> int:
+def export_geojson(
+    labels_or_store,
+    path,
+    mpp: float | None = None,
+    offset=(0, 0),
+    table: dict | None = None,
+    id_seed: str | None = None,
+) -> int:
     """Write nucleus outlines as QuPath-importable GeoJSON; returns the number of features.
 
     ``labels_or_store`` is a label array (e.g. a current-view result; ``offset`` = its ``(x, y)``
@@ -161,7 +171,9 @@ def export_geojson(labels_or_store, path, mpp: float | None = None, offset=(0, 0
         meta = read_attrs(labels_or_store).get("nucleiseg", {})
         src = meta.get("outputs", {}).get("geojson")
         if not meta.get("finished") or not src:
-            raise ValueError(f"{labels_or_store}: the whole-slide job has not finished; no outlines yet")
+            raise ValueError(
+                f"{labels_or_store}: the whole-slide job has not finished; no outlines yet"
+            )
         src = Path(labels_or_store).parent / src
         if src.resolve() != path.resolve():
             shutil.copyfile(src, path)
@@ -199,7 +211,9 @@ class TableWriter:
 
     def __init__(self, csv_path=None, parquet_path=None, label_type: str = "uint32"):
         self.paths = [Path(p) if p else None for p in (csv_path, parquet_path)]
-        self.tmps = [p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp") if p else None for p in self.paths]
+        self.tmps = [
+            p.with_name(f".{p.name}.{uuid.uuid4().hex}.tmp") if p else None for p in self.paths
+        ]
         self.label_type = label_type
         self.count = 0
         self._csv = None
@@ -213,8 +227,9 @@ class TableWriter:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            self._schema = pa.schema([(c, getattr(pa, label_type)() if c == "label" else pa.float64())
-                                      for c in COLUMNS])
+            self._schema = pa.schema(
+                [(c, getattr(pa, label_type)() if c == "label" else pa.float64()) for c in COLUMNS]
+            )
             self._pq = pq.ParquetWriter(str(self.tmps[1]), self._schema, compression="zstd")
 
     def add(self, table: dict) -> None:
@@ -277,7 +292,9 @@ def write_table(table: dict, path) -> None:
     """Write a measurement table to ``path`` (``.csv`` or ``.parquet``, by suffix)."""
     path = Path(path)
     if path.suffix.lower() == ".parquet":
-        label_type = "uint64" if len(table["label"]) and int(np.max(table["label"])) >= 2**32 else "uint32"
+        label_type = (
+            "uint64" if len(table["label"]) and int(np.max(table["label"])) >= 2**32 else "uint32"
+        )
         with TableWriter(None, path, label_type) as w:
             w.add(table)
     elif path.suffix.lower() == ".csv":
@@ -298,12 +315,17 @@ def read_table(path) -> dict:
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
-    return {c: np.array([int(r[0]) for r in body], np.uint64) if c == "label"
-            else np.array([float(r[i]) for r in body]) for i, c in enumerate(header)}
+    return {
+        c: np.array([int(r[0]) for r in body], np.uint64)
+        if c == "label"
+        else np.array([float(r[i]) for r in body])
+        for i, c in enumerate(header)
+    }
 
 
-
-def export_table(labels: np.ndarray, path, mpp: float, rgb: np.ndarray | None = None, offset=(0, 0)) -> dict:
+def export_table(
+    labels: np.ndarray, path, mpp: float, rgb: np.ndarray | None = None, offset=(0, 0)
+) -> dict:
     """Measure the nuclei of a label array (e.g. the current view, whose pixel ``(0, 0)`` is at
     ``offset`` in slide level-0 pixels) and write the table (``.csv`` or ``.parquet``). Returns it."""
     from ..segmentation.measure import measure_nuclei

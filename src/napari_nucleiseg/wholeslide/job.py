@@ -26,13 +26,21 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..io.errors import SlideError
 from . import store as st
-from .tasks import LOCAL_BITS, Job, build_level_chunk, key, segment_tile, sharing_cores_for, write_chunk
+from .tasks import (
+    LOCAL_BITS,
+    Job,
+    build_level_chunk,
+    key,
+    segment_tile,
+    sharing_cores_for,
+    write_chunk,
+)
 
 #: Smallest tile core in model pixels; a model's card may ask for larger cores (its ``tile_px``,
 #: chosen so a core plus its context on both sides is a pass its runtime does at full speed).
@@ -108,8 +116,12 @@ def connect(scheduler, workers: int | None = None):
     from distributed import Client, LocalCluster
 
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                               processes=True, dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=workers or os.cpu_count() or 1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+        )
         return Client(cluster), cluster
     try:
         return Client(scheduler, timeout="20s"), None
@@ -140,7 +152,9 @@ class _Dask:
 
     def submit(self, fn, *args, key=None):
         if self.local:
-            return self.client.submit(sharing_cores_for, self.local, fn, *args, key=key, pure=False, retries=1)
+            return self.client.submit(
+                sharing_cores_for, self.local, fn, *args, key=key, pure=False, retries=1
+            )
         return self.client.submit(fn, *args, key=key, pure=False, retries=1)
 
     def wait_any(self, futures):
@@ -175,7 +189,10 @@ def _stain_identity(normaliser):
     if dataclasses.is_dataclass(profile):
         import json
 
-        plain = json.dumps(dataclasses.asdict(profile), default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+        plain = json.dumps(
+            dataclasses.asdict(profile),
+            default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v),
+        )
         return json.loads(plain)
     return repr(profile if profile is not None else normaliser)
 
@@ -188,7 +205,9 @@ def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float
 
     mpp = slide.mpp
     if mpp is None:
-        raise SlideError(slide.path, "states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)")
+        raise SlideError(
+            slide.path, "states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)"
+        )
     info = describe_method(method)
     model_mpp, multiple = method_grid(method)
     core_px, halo_um = method_context(method)
@@ -198,23 +217,50 @@ def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float
     # untiled pass would (see segmentation.api.tile_geometry).
     tile, halo, _ = tile_geometry(mpp, model_mpp, multiple, tile_um / mpp, halo_um=halo_um)
     if 2 * halo > tile:
-        raise ValueError(f"tiles of {tile_um:g} µm are too small: they must be at least twice the "
-                         f"{halo_um:g} µm halo ({2 * halo_um:g} µm)")
+        raise ValueError(
+            f"tiles of {tile_um:g} µm are too small: they must be at least twice the "
+            f"{halo_um:g} µm halo ({2 * halo_um:g} µm)"
+        )
     grid = TileGrid(slide.shape, tile, halo)
     # A mask of at most 512² px (and ≥ 16 µm/px): a few MB whatever the slide's size.
     tissue = grid.tissue_tiles(tissue_mask(slide, max_size=MASK_MAX_PX), min_tissue)
     dtype = "uint32" if len(grid) <= 2 ** (32 - LOCAL_BITS) else "uint64"
-    identity = {"format": st.STORE_FORMAT, "slide": st.slide_fingerprint(slide), "method": info,
-                "stain": _stain_identity(normaliser), "tile_px": tile, "halo_px": halo,
-                "min_tissue": min_tissue, "mask_max_px": MASK_MAX_PX}
-    kwargs = dict(mpp=mpp, method=method, tile=tile, halo=halo, shape=tuple(slide.shape), rows=grid.rows,
-                  cols=grid.cols, dtype=dtype, normaliser=normaliser)
+    identity = {
+        "format": st.STORE_FORMAT,
+        "slide": st.slide_fingerprint(slide),
+        "method": info,
+        "stain": _stain_identity(normaliser),
+        "tile_px": tile,
+        "halo_px": halo,
+        "min_tissue": min_tissue,
+        "mask_max_px": MASK_MAX_PX,
+    }
+    kwargs = dict(
+        mpp=mpp,
+        method=method,
+        tile=tile,
+        halo=halo,
+        shape=tuple(slide.shape),
+        rows=grid.rows,
+        cols=grid.cols,
+        dtype=dtype,
+        normaliser=normaliser,
+    )
     return kwargs, [(t.row, t.col) for t in tissue], identity
 
 
-def segment_slide(slide, out_dir, *, method: str | None = None, mpp: float | None = None, normaliser=None,
-                  tile_um: float | None = None, scheduler=None, workers: int | None = None,
-                  min_tissue: float = 0.01) -> Iterator[SlideProgress]:
+def segment_slide(
+    slide,
+    out_dir,
+    *,
+    method: str | None = None,
+    mpp: float | None = None,
+    normaliser=None,
+    tile_um: float | None = None,
+    scheduler=None,
+    workers: int | None = None,
+    min_tissue: float = 0.01,
+) -> Iterator[SlideProgress]:
     """Segment every nucleus of a whole slide into ``<out_dir>/<stem>.nuclei.zarr`` (+ .csv,
     .parquet, .geojson), yielding progress after every finished task.
 
@@ -258,7 +304,9 @@ def segment_slide(slide, out_dir, *, method: str | None = None, mpp: float | Non
         slide = open_slide(slide.path, mpp=mpp)
         opened = True
     try:
-        yield from _run(slide, Path(out_dir), method, normaliser, tile_um, scheduler, workers, min_tissue)
+        yield from _run(
+            slide, Path(out_dir), method, normaliser, tile_um, scheduler, workers, min_tissue
+        )
     finally:
         if opened:
             slide.close()
@@ -266,8 +314,9 @@ def segment_slide(slide, out_dir, *, method: str | None = None, mpp: float | Non
 
 def _run(slide, out_dir, method, normaliser, tile_um, scheduler, workers, min_tissue):
     t_start = time.perf_counter()
-    kwargs, tissue, identity = plan(slide, method=method, normaliser=normaliser, tile_um=tile_um,
-                                    min_tissue=min_tissue)
+    kwargs, tissue, identity = plan(
+        slide, method=method, normaliser=normaliser, tile_um=tile_um, min_tissue=min_tissue
+    )
     path = st.store_path(out_dir, slide.path)
     meta = st.open_or_create(path, identity, kwargs["shape"], kwargs["tile"], kwargs["dtype"])
     name = str(slide.path)
@@ -282,8 +331,17 @@ def _run(slide, out_dir, method, normaliser, tile_um, scheduler, workers, min_ti
     st.remove_stale_temporaries(path)
     state = _State(job, tissue)
     progress = lambda stage: SlideProgress(  # noqa: E731
-        name, len(state.chunk_done & state.tissue), total, state.nuclei(), path, False,
-        len(state.seg_done), state.resumed, stage, time.perf_counter() - t_start)
+        name,
+        len(state.chunk_done & state.tissue),
+        total,
+        state.nuclei(),
+        path,
+        False,
+        len(state.seg_done),
+        state.resumed,
+        stage,
+        time.perf_counter() - t_start,
+    )
     runner = None
     try:
         yield progress("segment")
@@ -292,22 +350,48 @@ def _run(slide, out_dir, method, normaliser, tile_um, scheduler, workers, min_ti
         yield from _build_pyramid(runner, job, state, progress)
         yield progress("tables")
         n = _write_exports(job, state, path, out_dir, identity)
-        summary = {"nuclei": n, "tissue_tiles": total, "tiles": job.rows * job.cols,
-                   "tile_px": job.tile, "halo_px": job.halo, "seconds_last_run": round(time.perf_counter() - t_start, 2),
-                   "resumed_tiles": state.resumed, "runner": runner.kind}
+        summary = {
+            "nuclei": n,
+            "tissue_tiles": total,
+            "tiles": job.rows * job.cols,
+            "tile_px": job.tile,
+            "halo_px": job.halo,
+            "seconds_last_run": round(time.perf_counter() - t_start, 2),
+            "resumed_tiles": state.resumed,
+            "runner": runner.kind,
+        }
         stem = st.slide_stem(slide.path)
-        st.update_attrs(path, finished=True, summary=summary,
-                        outputs={"csv": f"{stem}.nuclei.csv", "parquet": f"{stem}.nuclei.parquet",
-                                 "geojson": f"{stem}.nuclei.geojson"})
+        st.update_attrs(
+            path,
+            finished=True,
+            summary=summary,
+            outputs={
+                "csv": f"{stem}.nuclei.csv",
+                "parquet": f"{stem}.nuclei.parquet",
+                "geojson": f"{stem}.nuclei.geojson",
+            },
+        )
         shutil.rmtree(path / "progress", ignore_errors=True)
-        yield SlideProgress(name, total, total, n, path, True, len(state.seg_done), state.resumed, "done",
-                            time.perf_counter() - t_start)
+        yield SlideProgress(
+            name,
+            total,
+            total,
+            n,
+            path,
+            True,
+            len(state.seg_done),
+            state.resumed,
+            "done",
+            time.perf_counter() - t_start,
+        )
     except OSError as exc:
         if st.is_no_space(exc):
             raise st.DiskFullError(
-                path, f"disk full while writing results ({exc.strerror}); {len(state.chunk_done & state.tissue)} "
-                      f"of {total} tiles are finished and {len(state.seg_done)} segmented, and they stay "
-                      "recorded: free some space and run the same command again to resume") from exc
+                path,
+                f"disk full while writing results ({exc.strerror}); {len(state.chunk_done & state.tissue)} "
+                f"of {total} tiles are finished and {len(state.seg_done)} segmented, and they stay "
+                "recorded: free some space and run the same command again to resume",
+            ) from exc
         raise
     finally:
         if runner is not None:
@@ -330,7 +414,10 @@ class _State:
         self.chunks = {nb for rc in self.tissue for nb in job.neighbours(*rc)}
         self.seg_done, self.chunk_done, self.nonzero, self.owned = set(), set(), set(), {}
         self.count = 0
-        seg_keys, chunk_keys = st.finished_keys(job.store, "tiles"), st.finished_keys(job.store, "chunks")
+        seg_keys, chunk_keys = (
+            st.finished_keys(job.store, "tiles"),
+            st.finished_keys(job.store, "chunks"),
+        )
         for rc in self.order:
             if key(*rc) in seg_keys:
                 with np.load(st.tile_record(job.store, key(*rc))) as z:
@@ -368,7 +455,9 @@ def _segment_and_merge(runner, job: Job, state: _State, progress):
     stem = st.slide_stem(job.slide.path)
     to_segment = [rc for rc in state.order if rc not in state.seg_done]
     to_segment.reverse()  # pop() from the end = raster order
-    ready = sorted((rc for rc in state.chunks if state.chunk_ready(rc)), key=lambda rc: job.index(*rc))
+    ready = sorted(
+        (rc for rc in state.chunks if state.chunk_ready(rc)), key=lambda rc: job.index(*rc)
+    )
     queued = set(ready)
     inflight: dict = {}
     try:
@@ -377,11 +466,19 @@ def _segment_and_merge(runner, job: Job, state: _State, progress):
             while (ready or to_segment) and len(inflight) < runner.slots():
                 if ready:
                     rc = ready.pop(0)
-                    f = runner.submit(write_chunk, job, *rc, state.sources(rc), key=f"nucleiseg-merge-{stem}-{key(*rc)}-{run}")
+                    f = runner.submit(
+                        write_chunk,
+                        job,
+                        *rc,
+                        state.sources(rc),
+                        key=f"nucleiseg-merge-{stem}-{key(*rc)}-{run}",
+                    )
                     inflight[f] = ("chunk", rc)
                 else:
                     rc = to_segment.pop()
-                    f = runner.submit(segment_tile, job, *rc, key=f"nucleiseg-tile-{stem}-{key(*rc)}-{run}")
+                    f = runner.submit(
+                        segment_tile, job, *rc, key=f"nucleiseg-tile-{stem}-{key(*rc)}-{run}"
+                    )
                     inflight[f] = ("tile", rc)
             for f in runner.wait_any(inflight):
                 kind, rc = inflight.pop(f)
@@ -395,7 +492,11 @@ def _segment_and_merge(runner, job: Job, state: _State, progress):
                     ready.sort(key=lambda x: job.index(*x))
                 else:
                     state.chunk_written(rc, result["kept"], result["nonzero"])
-                yield progress("segment" if to_segment or any(k == "tile" for k, _ in inflight.values()) else "merge")
+                yield progress(
+                    "segment"
+                    if to_segment or any(k == "tile" for k, _ in inflight.values())
+                    else "merge"
+                )
     finally:
         if inflight:
             runner.cancel(list(inflight))
@@ -407,8 +508,18 @@ def _build_pyramid(runner, job: Job, state: _State, progress):
     nonzero = set(state.nonzero)
     for level in range(1, job.levels):
         coarse = sorted({(i // st.PYRAMID_FACTOR, j // st.PYRAMID_FACTOR) for i, j in nonzero})
-        futures = {runner.submit(build_level_chunk, job.store, level, i, j, job.tile,
-                                 key=f"nucleiseg-level{level}-{stem}-{i}_{j}-{run}"): (i, j) for i, j in coarse}
+        futures = {
+            runner.submit(
+                build_level_chunk,
+                job.store,
+                level,
+                i,
+                j,
+                job.tile,
+                key=f"nucleiseg-level{level}-{stem}-{i}_{j}-{run}",
+            ): (i, j)
+            for i, j in coarse
+        }
         nonzero = set()
         try:
             while futures:
@@ -434,8 +545,14 @@ def _write_exports(job: Job, state: _State, path: Path, out_dir: Path, identity)
 
     stem = st.slide_stem(job.slide.path)
     label_type = "uint32" if job.dtype == "uint32" else "uint64"
-    with TableWriter(out_dir / f"{stem}.nuclei.csv", out_dir / f"{stem}.nuclei.parquet", label_type) as tw, \
-            GeoJSONWriter(out_dir / f"{stem}.nuclei.geojson", identity["slide"]["sha1_head_tail"]) as gw:
+    with (
+        TableWriter(
+            out_dir / f"{stem}.nuclei.csv", out_dir / f"{stem}.nuclei.parquet", label_type
+        ) as tw,
+        GeoJSONWriter(
+            out_dir / f"{stem}.nuclei.geojson", identity["slide"]["sha1_head_tail"]
+        ) as gw,
+    ):
         for rc in state.order:
             kept = json.loads(st.chunk_record(job.store, key(*rc)).read_text())["kept"]
             if not kept:

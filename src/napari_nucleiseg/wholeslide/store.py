@@ -126,8 +126,13 @@ def slide_fingerprint(slide) -> dict:
                     h.update(f.read(1 << 20))
     except OSError as exc:
         raise SlideError(p, f"cannot be read: {exc}") from exc
-    return {"name": p.name, "bytes": size, "sha1_head_tail": h.hexdigest(),
-            "level_shapes": [list(s) for s in slide.level_shapes], "mpp": slide.mpp}
+    return {
+        "name": p.name,
+        "bytes": size,
+        "sha1_head_tail": h.hexdigest(),
+        "level_shapes": [list(s) for s in slide.level_shapes],
+        "mpp": slide.mpp,
+    }
 
 
 def describe_difference(old: dict, new: dict) -> str:
@@ -136,22 +141,31 @@ def describe_difference(old: dict, new: dict) -> str:
         return f"it was written by another version of the whole-slide job (store format {old.get('format')})"
     o, n = old.get("slide", {}), new.get("slide", {})
     if o != n:
-        if o.get("sha1_head_tail") != n.get("sha1_head_tail") or o.get("level_shapes") != n.get("level_shapes"):
+        if o.get("sha1_head_tail") != n.get("sha1_head_tail") or o.get("level_shapes") != n.get(
+            "level_shapes"
+        ):
             return f"it holds results of another slide ({o.get('name')}, {o.get('bytes')} bytes)"
         return f"it was made at {o.get('mpp')} µm/px, this run uses {n.get('mpp')} µm/px"
     if old.get("method") != new.get("method"):
         om, nm = old.get("method", {}), new.get("method", {})
+
         def name(m):
             return " ".join(str(m[k]) for k in ("method", "version") if k in m) + (
-                f" (weights {m['sha256'][:12]})" if "sha256" in m else "")
+                f" (weights {m['sha256'][:12]})" if "sha256" in m else ""
+            )
+
         if name(om) == name(nm) and om.get("test_time_flips") != nm.get("test_time_flips"):
-            return (f"it was made with NUCLEISEG_TTA={om.get('test_time_flips')}, this run uses "
-                    f"NUCLEISEG_TTA={nm.get('test_time_flips')}")
+            return (
+                f"it was made with NUCLEISEG_TTA={om.get('test_time_flips')}, this run uses "
+                f"NUCLEISEG_TTA={nm.get('test_time_flips')}"
+            )
         return f"it was made with {name(om)}, this run uses {name(nm)}"
     if old.get("stain") != new.get("stain"):
         return "it was made with another stain normalisation"
-    return (f"it was made with tiles of {old.get('tile_px')} px and a {old.get('halo_px')} px halo, "
-            f"this run uses {new.get('tile_px')} px and {new.get('halo_px')} px")
+    return (
+        f"it was made with tiles of {old.get('tile_px')} px and a {old.get('halo_px')} px halo, "
+        f"this run uses {new.get('tile_px')} px and {new.get('halo_px')} px"
+    )
 
 
 # --------------------------------------------------------------------------- the store
@@ -165,20 +179,32 @@ def level_shapes(shape: tuple[int, int], tile: int) -> list[tuple[int, int]]:
 
 
 def _ngff_attrs(shapes, mpp: float) -> dict:
-    datasets = [{"path": str(k), "coordinateTransformations": [
-        {"type": "scale", "scale": [mpp * PYRAMID_FACTOR**k, mpp * PYRAMID_FACTOR**k]}]}
-        for k in range(len(shapes))]
+    datasets = [
+        {
+            "path": str(k),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [mpp * PYRAMID_FACTOR**k, mpp * PYRAMID_FACTOR**k]}
+            ],
+        }
+        for k in range(len(shapes))
+    ]
     return {
-        "multiscales": [{
-            "version": "0.4",
-            "name": "nuclei",
-            "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
-                     {"name": "x", "type": "space", "unit": "micrometer"}],
-            "datasets": datasets,
-            "type": "subsample",
-            "metadata": {"description": f"level k = level 0 sampled every {PYRAMID_FACTOR}**k pixels "
-                                        "(labels are never interpolated)"},
-        }],
+        "multiscales": [
+            {
+                "version": "0.4",
+                "name": "nuclei",
+                "axes": [
+                    {"name": "y", "type": "space", "unit": "micrometer"},
+                    {"name": "x", "type": "space", "unit": "micrometer"},
+                ],
+                "datasets": datasets,
+                "type": "subsample",
+                "metadata": {
+                    "description": f"level k = level 0 sampled every {PYRAMID_FACTOR}**k pixels "
+                    "(labels are never interpolated)"
+                },
+            }
+        ],
         "image-label": {"version": "0.4"},
     }
 
@@ -199,12 +225,22 @@ def open_or_create(path: Path, identity: dict, shape: tuple[int, int], tile: int
             root = zarr.open_group(str(tmp), mode="w-", zarr_format=2)
             shapes = level_shapes(shape, tile)
             for k, s in enumerate(shapes):
-                root.create_array(str(k), shape=s, chunks=(tile, tile), dtype=dtype, fill_value=0,
-                                  chunk_key_encoding={"name": "v2", "separator": "/"})
+                root.create_array(
+                    str(k),
+                    shape=s,
+                    chunks=(tile, tile),
+                    dtype=dtype,
+                    fill_value=0,
+                    chunk_key_encoding={"name": "v2", "separator": "/"},
+                )
             (tmp / "progress" / "tiles").mkdir(parents=True)
             (tmp / "progress" / "chunks").mkdir(parents=True)
-            root.attrs.update({**_ngff_attrs(shapes, identity["slide"]["mpp"]),
-                               "nucleiseg": {"identity": identity, "finished": False, "levels": len(shapes)}})
+            root.attrs.update(
+                {
+                    **_ngff_attrs(shapes, identity["slide"]["mpp"]),
+                    "nucleiseg": {"identity": identity, "finished": False, "levels": len(shapes)},
+                }
+            )
             try:
                 os.rename(tmp, path)  # atomic; fails if another run created it meanwhile
                 fsync_path(path.parent)
@@ -213,7 +249,9 @@ def open_or_create(path: Path, identity: dict, shape: tuple[int, int], tile: int
                     raise
         except OSError as exc:
             if is_no_space(exc):
-                raise DiskFullError(path, f"no space left to create the result store ({exc.strerror})") from exc
+                raise DiskFullError(
+                    path, f"no space left to create the result store ({exc.strerror})"
+                ) from exc
             raise
         finally:
             if tmp.exists():
@@ -221,12 +259,17 @@ def open_or_create(path: Path, identity: dict, shape: tuple[int, int], tile: int
     attrs = read_attrs(path)
     meta = attrs.get("nucleiseg")
     if not isinstance(meta, dict) or "identity" not in meta:
-        raise StoreMismatchError(path, "exists and is not a nucleiseg whole-slide result store; "
-                                       "refusing to write into it (choose another --out)")
+        raise StoreMismatchError(
+            path,
+            "exists and is not a nucleiseg whole-slide result store; "
+            "refusing to write into it (choose another --out)",
+        )
     if meta["identity"] != identity:
         raise StoreMismatchError(
-            path, f"{describe_difference(meta['identity'], identity)}; refusing to mix results — "
-                  "delete the store or choose another --out")
+            path,
+            f"{describe_difference(meta['identity'], identity)}; refusing to mix results — "
+            "delete the store or choose another --out",
+        )
     return meta
 
 
@@ -234,11 +277,15 @@ def read_attrs(path: Path) -> dict:
     try:
         return json.loads((Path(path) / ".zattrs").read_text())
     except FileNotFoundError as exc:
-        raise StoreMismatchError(path, "exists and is not a nucleiseg whole-slide result store; "
-                                       "refusing to write into it (choose another --out)") from exc
+        raise StoreMismatchError(
+            path,
+            "exists and is not a nucleiseg whole-slide result store; "
+            "refusing to write into it (choose another --out)",
+        ) from exc
     except (OSError, ValueError) as exc:
-        raise StoreMismatchError(path, f"exists but its metadata cannot be read ({exc}); "
-                                       "refusing to write into it") from exc
+        raise StoreMismatchError(
+            path, f"exists but its metadata cannot be read ({exc}); refusing to write into it"
+        ) from exc
 
 
 def update_attrs(path: Path, **nucleiseg) -> None:
@@ -262,7 +309,9 @@ def finished_keys(store: Path, kind: str) -> set[str]:
     suffix = ".npz" if kind == "tiles" else ".json"
     if not d.is_dir():
         return set()
-    return {n[: -len(suffix)] for n in os.listdir(d) if n.endswith(suffix) and not n.startswith(".")}
+    return {
+        n[: -len(suffix)] for n in os.listdir(d) if n.endswith(suffix) and not n.startswith(".")
+    }
 
 
 def chunk_file(store: Path, level: int, row: int, col: int) -> Path:
@@ -290,4 +339,3 @@ def open_labels(store_path) -> tuple[list, float, dict]:
     levels = [da.from_zarr(group[d["path"]]) for d in ms["datasets"]]
     mpp = float(ms["datasets"][0]["coordinateTransformations"][0]["scale"][-1])
     return levels, mpp, attrs["nucleiseg"]
-

@@ -33,7 +33,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .store import PYRAMID_FACTOR, atomic_json, atomic_write, chunk_file, chunk_record, fsync_path, tile_record
+from .store import (
+    PYRAMID_FACTOR,
+    atomic_json,
+    atomic_write,
+    chunk_file,
+    chunk_record,
+    fsync_path,
+    tile_record,
+)
 
 #: A nucleus covered by earlier tiles' nuclei over more than this fraction of its area is a duplicate.
 DUPLICATE_OVERLAP = 0.3
@@ -131,17 +139,30 @@ def segment_tile(job: Job, r: int, c: int) -> dict:
         m = ownership_margin(job)
         # Centroid within the core grown by m, and at most h - m across: then the nucleus lies
         # inside the read box (the tile saw it whole) and the merge's 3x3 argument holds.
-        owned = ((area > 0) & (cy >= y0 - m) & (cy < y1 + m) & (cx >= x0 - m) & (cx < x1 + m)
-                 & (extent[:, 0] <= h - m) & (extent[:, 1] <= h - m))
+        owned = (
+            (area > 0)
+            & (cy >= y0 - m)
+            & (cy < y1 + m)
+            & (cx >= x0 - m)
+            & (cx < x1 + m)
+            & (extent[:, 0] <= h - m)
+            & (extent[:, 1] <= h - m)
+        )
         owned_ids = np.nonzero(owned)[0] + 1
     k = len(owned_ids)
     if k >= 2**LOCAL_BITS:
         from ..io.errors import SlideError
 
-        raise SlideError(job.slide.path, f"tile {key(r, c)} holds {k} nuclei, more than one tile can number; "
-                                         "use a smaller tile size (--tile-um)")
-    record = {"origin": np.array([rx0, ry0], np.int64), "labels": np.zeros((0, 0), np.uint16),
-              "owned": np.array(k)}
+        raise SlideError(
+            job.slide.path,
+            f"tile {key(r, c)} holds {k} nuclei, more than one tile can number; "
+            "use a smaller tile size (--tile-um)",
+        )
+    record = {
+        "origin": np.array([rx0, ry0], np.int64),
+        "labels": np.zeros((0, 0), np.uint16),
+        "owned": np.array(k),
+    }
     if k:
         local = np.zeros(n + 1, np.uint16)
         local[owned_ids] = np.arange(1, k + 1, dtype=np.uint16)
@@ -153,10 +174,15 @@ def segment_tile(job: Job, r: int, c: int) -> dict:
         table = measure_nuclei(crop, rgb[cy0:cy1, cx0:cx1], job.mpp, origin_px=origin)
         rings = outlines(crop, table["label"], offset=origin)
         offsets = np.cumsum([0] + [len(p) for p in rings]).astype(np.int64)
-        record.update({"origin": np.array(origin, np.int64), "labels": crop,
-                       "ring_xy": np.concatenate(rings).astype(np.float64) if rings else np.zeros((0, 2)),
-                       "ring_offsets": offsets,
-                       **{f"col_{name}": np.asarray(v) for name, v in table.items()}})
+        record.update(
+            {
+                "origin": np.array(origin, np.int64),
+                "labels": crop,
+                "ring_xy": np.concatenate(rings).astype(np.float64) if rings else np.zeros((0, 2)),
+                "ring_offsets": offsets,
+                **{f"col_{name}": np.asarray(v) for name, v in table.items()},
+            }
+        )
     atomic_write(tile_record(job.store, key(r, c)), lambda f: np.savez_compressed(f, **record))
     return {"owned": k}
 
@@ -188,7 +214,9 @@ def write_chunk(job: Job, r: int, c: int, sources: list[tuple[int, int]]) -> dic
         k = int(rec["owned"])
         area = np.bincount(lab.ravel(), minlength=k + 1)
         # The record's window on the extended chunk, and on the core.
-        ev, lv = _overlap((ex0, ey0, ex0 + covered.shape[1], ey0 + covered.shape[0]), (ox, oy, lab.shape))
+        ev, lv = _overlap(
+            (ex0, ey0, ex0 + covered.shape[1], ey0 + covered.shape[0]), (ox, oy, lab.shape)
+        )
         clash = np.zeros(k + 1, np.int64)
         if ev is not None:
             sub = lab[lv]
@@ -222,8 +250,10 @@ def _overlap(box, placed):
     ix0, iy0, ix1, iy1 = max(bx0, ox), max(by0, oy), min(bx1, ox + aw), min(by1, oy + ah)
     if ix0 >= ix1 or iy0 >= iy1:
         return None, None
-    return ((slice(iy0 - by0, iy1 - by0), slice(ix0 - bx0, ix1 - bx0)),
-            (slice(iy0 - oy, iy1 - oy), slice(ix0 - ox, ix1 - ox)))
+    return (
+        (slice(iy0 - by0, iy1 - by0), slice(ix0 - bx0, ix1 - bx0)),
+        (slice(iy0 - oy, iy1 - oy), slice(ix0 - ox, ix1 - ox)),
+    )
 
 
 def _level_path(store, level: int):
