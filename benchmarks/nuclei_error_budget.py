@@ -56,7 +56,8 @@ def variants(maps: np.ndarray, truth: np.ndarray, mpp: float, settings) -> dict:
 
 def main(argv=None):
     from napari_nucleiseg.metrics import aggregate, score_image
-    from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL, load_predictor
+    from napari_nucleiseg.methods import load_predictor
+    from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
     from napari_nucleiseg.training.nuclei_data import load_dataset
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -12,7 +12,8 @@ from napari_nucleiseg.demo.render import render_he
 from napari_nucleiseg.metrics import score_image
 from napari_nucleiseg.segmentation.classical import segment_classical
 from napari_nucleiseg.segmentation.measure import COLUMNS, measure_nuclei
-from napari_nucleiseg.segmentation.tiled import merge_tile, segment_tiled
+from napari_nucleiseg.segmentation.tiled import segment_tiled
+from napari_nucleiseg.tiling import Merger, owned_nuclei
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +92,26 @@ def test_tiles_segmented_ahead_in_threads_give_the_same_map_and_stop_cleanly(fie
 
 
 def test_merge_drops_a_duplicate_seen_from_the_neighbour():
-    out = np.zeros((20, 40), np.uint32)
+    merger = Merger(np.zeros((20, 40), np.uint32))
     a = np.zeros((20, 24), np.int32)
-    a[5:15, 16:24] = 1  # nucleus cut by the read box edge, centroid in tile A's core (x < 20)
-    nid = merge_tile(out, a, (0, 0, 24, 20), (0, 0, 20, 20), 1)
+    a[5:15, 16:24] = 1  # cut by tile A's read box edge; centroid x = 19.5, in A's core (x < 20)
+    crop, origin = owned_nuclei(a, (0, 0), (0, 0, 20, 20), margin=2, halo=12)
+    assert merger.add(crop, origin) == 1
     b = np.zeros((20, 24), np.int32)
-    b[5:15, 0:9] = (
-        1  # the same nucleus from tile B (read box starts at x=16), centroid x=20 -> B's core
-    )
-    nid = merge_tile(out, b, (16, 0, 40, 20), (20, 0, 40, 20), nid)
-    assert nid == 2 and set(np.unique(out)) == {0, 1}
+    b[5:15, 0:9] = 1  # the same nucleus from tile B (read box from x = 16): centroid x = 20
+    crop, origin = owned_nuclei(b, (16, 0), (20, 0, 40, 20), margin=2, halo=12)
+    assert merger.add(crop, origin) == 0  # a duplicate: covered by A's nucleus
+    assert set(np.unique(merger.out)) == {0, 1}
+
+
+def test_a_tile_owns_nuclei_near_its_core_that_it_saw_whole():
+    lab = np.zeros((30, 30), np.int32)
+    lab[10:14, 10:14] = 1  # centroid inside the core (8..22)
+    lab[10:14, 23:25] = 2  # centroid x = 24, within the margin (2) of the core's end at 22
+    lab[25:29, 25:29] = 3  # centroid 27: outside core + margin
+    lab[2:22, 2:6] = 4  # centroid inside, but 20 px tall: more than halo - margin, not seen whole
+    crop, origin = owned_nuclei(lab, (100, 200), (108, 208, 122, 222), margin=2, halo=12)
+    assert origin == (110, 210) and set(np.unique(crop)) == {0, 1, 2}
 
 
 def test_measurements_in_micrometres():

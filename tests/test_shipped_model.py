@@ -8,7 +8,8 @@ import pytest
 from conftest import SHARED, shared_slide
 
 from napari_nucleiseg.metrics import aggregate, score_image
-from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL, MODELS_DIR, load_card, load_predictor
+from napari_nucleiseg.methods import get_method, load_predictor
+from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL, MODELS_DIR, load_card
 from napari_nucleiseg.models.registry import sha256_of
 
 TEST_SET = SHARED / "data" / "nuclei" / "monuseg2018_test"
@@ -51,10 +52,10 @@ def cmu_crop():
 
 @pytest.mark.real_slides
 def test_tiled_and_untiled_agree_on_a_2000px_image(cmu_crop):
-    from napari_nucleiseg.segmentation.api import _predictor, default_method, segment_image
+    from napari_nucleiseg.segmentation.api import segment_image
 
     rgb, mpp = cmu_crop
-    predictor, _ = _predictor(default_method())
+    predictor = get_method().predictor
     # Untiled: the network sees the whole 2000x2000 image in one pass.
     one_pass = type(predictor)(
         None,
@@ -78,12 +79,11 @@ def test_passes_sharing_the_cores_run_side_by_side_with_the_same_maps(cmu_crop):
     import os
     import threading
 
-    from napari_nucleiseg.segmentation.api import _predictor, default_method
     from napari_nucleiseg.segmentation.predict import sharing_cores
 
     rgb, _ = cmu_crop
     blocks = [np.ascontiguousarray(rgb[:512, :512]), np.ascontiguousarray(rgb[700:1212, 900:1412])]
-    predictor, _ = _predictor(default_method())
+    predictor = get_method().predictor
     alone = [predictor._forward(b) for b in blocks]
     cores = len(os.sched_getaffinity(0))
     with sharing_cores(2):
@@ -112,16 +112,24 @@ def test_passes_sharing_the_cores_run_side_by_side_with_the_same_maps(cmu_crop):
 
 def test_tiles_sit_on_the_network_grid():
     """Blocks start on multiples of the network's pooling factor (in model pixels), 20x and 40x."""
-    from napari_nucleiseg.segmentation.api import tile_geometry
+    from types import SimpleNamespace
 
-    assert tile_geometry(0.499, 0.5, 16) == (1024, 64, 16)
-    assert tile_geometry(0.25, 0.5, 16) == (2048, 128, 32)
-    assert tile_geometry(0.5, 0.5, 16, tile=600) == (608, 64, 16)
+    from napari_nucleiseg.tiling import plan_tiles
+
+    net = SimpleNamespace(mpp=0.5, multiple=16, tile_px=1024, context_um=32.0)
+    p = plan_tiles(None, 0.499, net)
+    assert (p.tile, p.halo, p.align, p.margin) == (1024, 64, 16, 4)
+    p = plan_tiles(None, 0.25, net)
+    assert (p.tile, p.halo, p.align, p.margin) == (2048, 128, 32, 6)
+    assert plan_tiles(None, 0.5, net, tile=600).tile == 608
+    # Balanced over an image, still on the grid; a chosen tile is kept as chosen.
+    assert plan_tiles((2100, 2100), 0.5, net).tile == 704  # three of 700, not 1024 + 1024 + 52
+    assert plan_tiles((2100, 2100), 0.5, net, tile=600).tile == 608
 
 
 def test_tiles_are_balanced_without_slivers():
     """As many tiles as the largest tile needs, of nearly equal size, still on the grid."""
-    from napari_nucleiseg.segmentation.api import balanced_tile
+    from napari_nucleiseg.tiling import balanced_tile
 
     assert balanced_tile((2100, 2100), 1344, 32) == 1056  # two of ~1050, not 1344 + a 756 sliver
     assert balanced_tile((4000, 4000), 1344, 32) == 1344  # three already even (1344, 1344, 1312)
@@ -235,10 +243,9 @@ def test_flipped_passes_average_maps_that_line_up(monkeypatch):
     stay close to the single pass (a misaligned flip would smear every nucleus)."""
     from napari_nucleiseg.demo.render import render_he
     from napari_nucleiseg.metrics import score_image
-    from napari_nucleiseg.segmentation.api import _predictor, default_method
 
     rgb, truth = render_he((600, 440), 0.25, seed=8, coverage=1.0)
-    predictor, _ = _predictor(default_method())
+    predictor = get_method().predictor
     monkeypatch.setenv("NUCLEISEG_TTA", "off")
     one = predictor.maps(rgb, 0.25)
     monkeypatch.setenv("NUCLEISEG_TTA", "auto")

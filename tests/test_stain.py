@@ -24,7 +24,7 @@ from napari_nucleiseg.stain.augment import hed_jitter
 from napari_nucleiseg.stain.sparse_nmf import nonneg_lasso_2, sparse_nmf_2
 
 STAIN_DATA = SHARED / "data" / "stain"
-METHODS = ("reinhard", "macenko", "vahadane", "ruifrok")
+from napari_nucleiseg.stain import STAIN_METHODS as METHODS  # noqa: E402
 
 
 def _png(name):

@@ -137,7 +137,8 @@ def test_warm_start_from_an_exported_model_into_one_more_level(tiny_dataset, tmp
 
 @pytest.mark.parametrize("decoder", ["double", "light"])
 def test_export_load_and_hash_check(tiny_dataset, tmp_path, decoder, monkeypatch):
-    from napari_nucleiseg.models import WeightsError, load_predictor
+    from napari_nucleiseg.methods import load_predictor
+    from napari_nucleiseg.models import WeightsError
     from napari_nucleiseg.training.export import export_model
 
     run = tmp_path / "run"
@@ -189,7 +190,8 @@ def test_export_load_and_hash_check(tiny_dataset, tmp_path, decoder, monkeypatch
 
 
 def test_unknown_model_name_is_a_clear_error():
-    from napari_nucleiseg.models import WeightsError, load_predictor
+    from napari_nucleiseg.methods import load_predictor
+    from napari_nucleiseg.models import WeightsError
 
     with pytest.raises(WeightsError, match="no model named 'nope'"):
         load_predictor("nope")

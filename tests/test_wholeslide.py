@@ -143,7 +143,7 @@ def test_merge_is_seam_free_with_unique_ids_owned_by_their_tile(ws_slide, refere
     assert max(parts) == 1  # no nucleus cut into pieces at a seam
     # Each id names the tile that owns it: its centroid lies in that tile's core, or within the
     # ownership margin outside it (a corner nucleus may be taken by either tile; see tasks.py).
-    from napari_nucleiseg.wholeslide.tasks import OWNERSHIP_MARGIN_UM
+    from napari_nucleiseg.tiling import OWNERSHIP_MARGIN_UM
 
     tile_px = reference["meta"]["identity"]["tile_px"]
     cols = -(-SHAPE[1] // tile_px)

@@ -1,8 +1,9 @@
-"""Shipped model weights and their model cards (``<name>.safetensors`` + ``<name>.json``).
+"""Model cards and their files (``<name>.json`` + weights), shipped or user-trained.
 
-Weights are plain tensors (safetensors: no pickle, nothing executes on load) and each card records
-the architecture, native µm/px, training data and its licence, metrics and the SHA-256 of the
-weights file, which is checked before every load.
+Weights are plain tensors (safetensors, ONNX: no pickle, nothing executes on load) and each card
+records the architecture, native µm/px, tiling, training data and its licence, metrics and the
+SHA-256 of every weights file, checked before every load. Methods built on cards (what the
+faces run) are in :mod:`napari_nucleiseg.methods`.
 """
 
 from .registry import (
@@ -10,17 +11,29 @@ from .registry import (
     MODELS_DIR,
     ModelCard,
     WeightsError,
+    card_folders,
+    find_card,
+    list_cards,
     list_models,
     load_card,
-    load_predictor,
+    project_current_model,
+    project_models_dir,
+    sha256_of,
+    user_models_dir,
 )
 
 __all__ = [
-    "MODELS_DIR",
     "DEFAULT_NUCLEI_MODEL",
+    "MODELS_DIR",
     "ModelCard",
     "WeightsError",
+    "card_folders",
+    "find_card",
+    "list_cards",
     "list_models",
     "load_card",
-    "load_predictor",
+    "project_current_model",
+    "project_models_dir",
+    "sha256_of",
+    "user_models_dir",
 ]

@@ -1,10 +1,13 @@
-"""Model registry: find, verify and load shipped (or user-trained) nuclei models."""
+"""Model cards: find them (shipped, user folder, project folder, path), read them, hash files.
+
+Nothing here imports from above ``models/``: the methods built on cards live in
+:mod:`napari_nucleiseg.methods`, and sessions in :mod:`.runtime`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +48,11 @@ class ModelCard:
     tile_px: int = 1024
     context_um: float = 32.0
 
+    @property
+    def kind(self) -> str:
+        """The registry's kind for this card's task (only nuclei models exist so far)."""
+        return "nuclei" if "nuclei" in self.task else self.task
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
 
@@ -57,140 +65,98 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _card_path(name_or_path: str | Path) -> Path:
+def user_models_dir() -> Path:
+    """The user's own model folder: ``$NUCLEISEG_MODELS_DIR``, else
+    ``$XDG_DATA_HOME/napari-nucleiseg/models`` (``~/.local/share/napari-nucleiseg/models``). A
+    card placed there is a method in every face, by its name."""
+    import os
+
+    env = os.environ.get("NUCLEISEG_MODELS_DIR")
+    if env:
+        return Path(env).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "napari-nucleiseg" / "models"
+
+
+def project_models_dir(project) -> Path:
+    """A project folder's models (a project is a folder; its models live in ``models/``)."""
+    return Path(project) / "models"
+
+
+def project_current_model(project, kind: str = "nuclei") -> str | None:
+    """The model a project uses for ``kind`` (``project.json``: ``{"models": {kind: name}}``)."""
+    path = Path(project) / "project.json"
+    if not path.exists():
+        return None
+    try:
+        current = json.loads(path.read_text()).get("models", {}).get(kind)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise WeightsError(f"{path}: not a readable project file ({exc})") from exc
+    return current or None
+
+
+def card_folders(project=None) -> list[tuple[Path, str]]:
+    """Where cards are looked up by name, most specific first: ``(folder, source)``."""
+    folders = []
+    if project is not None:
+        folders.append((project_models_dir(project), "project"))
+    folders += [(user_models_dir(), "user"), (MODELS_DIR, "shipped")]
+    return folders
+
+
+def find_card(name_or_path: str | Path, project=None) -> tuple[Path, str]:
+    """``(card path, source)`` for a model name (project, user, then shipped folder) or a path
+    to a card (``.json``) or to a folder holding exactly one."""
     p = Path(name_or_path)
-    if p.suffix == ".json" and p.exists():
-        return p
-    candidate = MODELS_DIR / f"{name_or_path}.json"
-    if candidate.exists():
-        return candidate
-    raise WeightsError(
-        f"no model named {name_or_path!r}; available: {', '.join(list_models()) or 'none'}"
-    )
+    if p.suffix == ".json" and p.is_file():
+        return p, "path"
+    if p.is_dir():
+        cards = sorted(p.glob("*.json"))
+        if len(cards) == 1:
+            return cards[0], "path"
+        if cards:
+            raise WeightsError(f"{p}: holds {len(cards)} model cards; name one of them")
+    for folder, source in card_folders(project):
+        candidate = folder / f"{name_or_path}.json"
+        if candidate.is_file():
+            return candidate, source
+    names = ", ".join(c.name for c in list_cards(project=project)) or "none"
+    raise WeightsError(f"no model named {str(name_or_path)!r}; available: {names}")
+
+
+def list_cards(kind: str | None = None, project=None) -> list[ModelCard]:
+    """Every readable card (shipped, then user, then project), of ``kind`` when given. A card
+    that cannot be read is skipped with a warning naming it."""
+    import warnings
+
+    out, seen = [], set()
+    for folder, _source in reversed(card_folders(project)):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            try:
+                card = load_card(path)
+            except (WeightsError, OSError, ValueError, TypeError) as exc:
+                warnings.warn(f"{path}: not a model card ({exc}); skipped", stacklevel=2)
+                continue
+            if (kind is None or card.kind == kind) and card.name not in seen:
+                seen.add(card.name)
+                out.append(card)
+    return out
 
 
 def list_models() -> list[str]:
+    """Names of the models shipped in the package."""
     return sorted(p.stem for p in MODELS_DIR.glob("*.json"))
 
 
-def load_card(name_or_path: str | Path) -> ModelCard:
-    path = _card_path(name_or_path)
+def load_card(name_or_path: str | Path, project=None) -> ModelCard:
+    path = find_card(name_or_path, project)[0]
     data = json.loads(path.read_text())
+    if not isinstance(data, dict) or "name" not in data:
+        raise WeightsError(f"{path}: not a model card (no name)")
     known = ModelCard.__dataclass_fields__
-    return ModelCard(**{k: v for k, v in data.items() if k in known})
-
-
-#: ``NUCLEISEG_RUNTIME``: ``auto`` (the int8 ONNX model when shipped, else float32 ONNX, else
-#: PyTorch), ``onnx-fp32`` (float32 ONNX), or ``torch``.
-RUNTIMES = ("auto", "onnx-fp32", "torch")
-
-
-def _onnx_session(card: ModelCard, folder: Path):
-    """An ONNX Runtime session for the card's ONNX twin (int8 when shipped), or None (not
-    shipped, no runtime, or ``NUCLEISEG_RUNTIME=torch``)."""
-    import os
-
-    runtime = os.environ.get("NUCLEISEG_RUNTIME", "auto")
-    if runtime not in RUNTIMES:
-        raise WeightsError(f"NUCLEISEG_RUNTIME={runtime!r}: use one of {', '.join(RUNTIMES)}")
-    if not card.onnx or runtime == "torch":
-        return None
     try:
-        import onnxruntime  # noqa: F401  (optional: without it, the PyTorch weights run)
-    except ImportError:
-        return None
-    name, expected = card.onnx, card.onnx_sha256
-    if card.onnx_int8 and runtime == "auto":
-        name, expected = card.onnx_int8, card.onnx_int8_sha256
-    path = folder / name
-    if not path.exists():
-        return None
-    digest = sha256_of(path)
-    if digest != expected:
-        raise WeightsError(
-            f"{path}: SHA-256 {digest[:12]}… does not match the model card "
-            f"({expected[:12]}…); refusing to load it"
-        )
-    session = open_session(path)
-    session.nucleiseg_precision = "int8" if name == card.onnx_int8 else "float32"
-    return session
-
-
-def open_session(path: Path, threads: int | None = None):
-    """An ONNX Runtime session (CPU) for a model file already checked against its card, using
-    ``threads`` cores (default: every core this process may run on)."""
-    import onnxruntime as ort
-
-    from ..segmentation.predict import usable_cores
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or usable_cores()
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    # No memory pattern: ONNX Runtime plans one per input shape, and the pass that records it is
-    # slow (a first 1664² block: 1.6 s instead of 0.6-0.8). Tiles and views come in many shapes,
-    # each seen once or twice, so the plan rarely pays back: in interleaved runs the 4000² region
-    # took 5.3-6.5 s without it against 6.8-7.6 s with it (whole command: 7.3-8.9 s against
-    # 9.1-9.4 s in a slower hour), same labels.
-    opts.enable_mem_pattern = False
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    session.nucleiseg_path = str(path)
-    return session
-
-
-def load_predictor(name_or_path: str | Path = DEFAULT_NUCLEI_MODEL, **kwargs):
-    """A :class:`~napari_nucleiseg.segmentation.predict.Predictor` for a registered model, after
-    checking the weights' SHA-256 against the card. Loads without pickle (safetensors, and the
-    ONNX twin for ONNX Runtime when present; ``NUCLEISEG_RUNTIME=torch`` forces PyTorch). With
-    the ONNX twin, PyTorch is not even imported: that is most of a command's start-up time."""
-    from ..segmentation.postprocess import PostprocessSettings
-    from ..segmentation.predict import Predictor
-
-    card_path = _card_path(name_or_path)
-    card = load_card(card_path)
-    weights = card_path.parent / card.weights
-    if not weights.exists():
-        raise WeightsError(f"{weights}: weights file missing for model {card.name!r}")
-    digest = sha256_of(weights)
-    if digest != card.sha256:
-        raise WeightsError(
-            f"{weights}: SHA-256 {digest[:12]}… does not match the model card ({card.sha256[:12]}…); "
-            "the file is corrupt or was replaced — refusing to load it"
-        )
-    settings = (
-        PostprocessSettings(**card.postprocess) if card.postprocess else PostprocessSettings()
-    )
-    session = _onnx_session(card, card_path.parent)
-    kwargs.setdefault("tile", int(card.tile_px))
-    kwargs.setdefault("halo", int(math.ceil(card.context_um / card.mpp)))
-    if session is not None:
-        multiple = 2 ** (len(card.widths) - 1)
-
-        def make_session(
-            threads: int, path=Path(session.nucleiseg_path), precision=session.nucleiseg_precision
-        ):
-            shared = open_session(path, threads)
-            shared.nucleiseg_precision = precision
-            return shared
-
-        return Predictor(
-            None,
-            card.mpp,
-            settings=settings,
-            session=session,
-            multiple=multiple,
-            make_session=make_session,
-            **kwargs,
-        ), card
-    from safetensors.torch import load_file
-
-    from ..segmentation.unet import UNet, fuse_for_inference
-
-    model = UNet(tuple(card.widths), decoder=card.decoder)
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except Exception as exc:
-        raise WeightsError(
-            f"{weights}: weights do not fit the {card.architecture} {card.widths}: {exc}"
-        ) from exc
-    return Predictor(fuse_for_inference(model), card.mpp, settings=settings, **kwargs), card
+        return ModelCard(**{k: v for k, v in data.items() if k in known})
+    except TypeError as exc:
+        raise WeightsError(f"{path}: not a model card ({exc})") from exc

@@ -17,7 +17,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from ..models.runtime import usable_cores
 from .postprocess import PostprocessSettings, instances_from_maps
+
+__all__ = ["Predictor", "flip_passes", "sharing_cores", "tta_mode", "usable_cores"]
 
 
 def _resize(arr: np.ndarray, shape: tuple[int, int], shrink: bool) -> np.ndarray:
@@ -66,14 +69,6 @@ def flip_passes(model_mpp: float, mpp: float) -> int:
     # slack so a 0.2527 µm/px Aperio 40x scan counts as 40x.
     spare = (model_mpp / mpp) ** 2 * 1.05
     return 4 if spare >= 4 else 2 if spare >= 2 else 1
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which a container or ``taskset`` may
-    narrow below the machine's count)."""
-    return (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    )
 
 
 _SHARING = threading.local()

@@ -27,8 +27,6 @@ import numpy as np
 MAX_VIEW_MEGAPIXELS = 4.0
 #: A view with less tissue than this (fraction of its area) is glass: nothing to segment.
 MIN_TISSUE_FRACTION = 0.002
-#: Context around the region: wider than any nucleus, so edge nuclei are seen whole.
-CONTEXT_UM = 24.0
 
 
 class RegionError(ValueError):
@@ -114,18 +112,19 @@ class TilesDone:
     so_far: RegionResult
 
 
-def model_mpp(method: str | None) -> float:
-    """µm/px the method works at (the classical methods are tuned at 0.5)."""
-    from .api import method_grid
+def model_mpp(method=None) -> float:
+    """µm/px the method works at."""
+    from ..methods import get_method
 
-    return method_grid(method)[0]
+    return get_method(method).mpp
 
 
-def plan_region(
-    slide, box, method: str | None = None, context_um: float | None = None
-) -> RegionPlan:
-    """Clip ``box`` (level-0 px, any floats) to the slide and choose level and resolution. The
-    context read around it is :data:`CONTEXT_UM`, or the network's own when it needs more."""
+def plan_region(slide, box, method=None) -> RegionPlan:
+    """Clip ``box`` (level-0 px, any floats) to the slide and choose level and resolution; the
+    context read around it is the method's own (``context_um``)."""
+    from ..methods import get_method
+
+    m = get_method(method)
     mpp0 = slide._require_mpp()
     h0, w0 = slide.shape
     x0, y0, x1, y1 = box
@@ -135,27 +134,19 @@ def plan_region(
         raise EmptyRegionError(
             f"{slide.path.name}: the view is outside the slide; pan back to the tissue"
         )
-    if context_um is None:
-        from .api import CLASSICAL, method_context
-
-        context_um = (
-            CONTEXT_UM if (method in CLASSICAL) else max(CONTEXT_UM, method_context(method)[1])
-        )
-    target = model_mpp(method)
+    target = m.mpp
     level = slide.best_level_for_mpp(target)
     native = slide.level_downsamples[level]
     # Within 2 % of the model's resolution the level is used as it is (the predictor would not
     # resample either); otherwise the read is resampled to exactly the model's µm/px.
     downsample = native if abs(native * mpp0 / target - 1) < 0.02 else target / mpp0
-    halo = math.ceil(context_um / (downsample * mpp0))
-    # The label grid starts on a whole label pixel; for a native level also on a whole level pixel;
-    # and on the network's pooling grid over the whole slide, so a view predicts the same maps
-    # as the whole-slide job and as any other view (see api.tile_geometry).
-    from .api import method_grid
-
-    m = method_grid(method)[1]
-    gx0 = (math.floor(x0 / downsample) - halo) // m * m
-    gy0 = (math.floor(y0 / downsample) - halo) // m * m
+    halo = math.ceil(m.context_um / (downsample * mpp0))
+    # The label grid starts on a whole label pixel; for a native level also on a whole level
+    # pixel; and on the network's pooling grid over the whole slide, so a view is cut on the same
+    # grid as the whole-slide job and as any other view (see tiling.plan).
+    g = m.multiple
+    gx0 = (math.floor(x0 / downsample) - halo) // g * g
+    gy0 = (math.floor(y0 / downsample) - halo) // g * g
     gx1, gy1 = math.ceil(x1 / downsample) + halo, math.ceil(y1 / downsample) + halo
     return RegionPlan(
         box=(x0, y0, x1, y1),
@@ -237,15 +228,18 @@ def segment_region(
         The region exceeds ``max_megapixels`` at the model's resolution.
     """
     from ..io.image_backend import to_rgb_uint8
-    from .api import describe_method, method_context, method_grid, segment_untiled
+    from ..methods import get_method
+    from ..tiling import plan_tiles
+    from .api import describe_method
     from .tiled import iter_segment_tiled
 
-    plan = plan_region(slide, box, method)
+    m = get_method(method)
+    plan = plan_region(slide, box, m)
     if plan.megapixels > max_megapixels:
         raise RegionTooLargeError(
             f"{slide.path.name}: the view is {plan.shape[1]} x {plan.shape[0]} px at the model's "
-            f"{plan.mpp:.3g} µm/px ({plan.megapixels:.1f} MP, more than {max_megapixels:g} MP): zoom in, "
-            "or run it as a whole-slide job"
+            f"{plan.mpp:.3g} µm/px ({plan.megapixels:.1f} MP, more than {max_megapixels:g} MP): "
+            "zoom in, or run it as a whole-slide job"
         )
     yield 0, 1
     rgb = to_rgb_uint8(read_region(slide, plan))
@@ -266,24 +260,18 @@ def segment_region(
         from ..stain import normalise_image
 
         rgb = normalise_image(rgb, normaliser)
-    # Tiles of about the core's usual size, but balanced: a screen a few pixels wider than one
-    # tile is one tile, not one tile plus slivers that each pay a model call.
-    tile_model_px, halo_um = method_context(method)
-    tile = tile_model_px * model_mpp(method) / plan.mpp
-    tile_halo = int(round(halo_um / plan.mpp))
+    method_info = describe_method(m, normaliser=normaliser)
+    # The planner's tiles over the view itself (their halo reaches into the region's context),
+    # starting on the pooling grid; a view that fits one tile is one pass over the region.
+    tiles = plan_tiles((core[3] - core[1], core[2] - core[0]), plan.mpp, m)
+    area = (core[0] // tiles.align * tiles.align, core[1] // tiles.align * tiles.align, *core[2:])
     h, w = rgb.shape[:2]
-    ny, nx = max(1, round((h - 2 * tile_halo) / tile)), max(1, round((w - 2 * tile_halo) / tile))
-    if ny == nx == 1:
-        labels = segment_untiled(rgb, plan.mpp, method)
+    if tiles.fits_one_pass((area[3] - area[1], area[2] - area[0])):
+        labels = m.segment(rgb, plan.mpp)
         yield 1, 1
     else:
-        tile = max(math.ceil(h / ny), math.ceil(w / nx))
-        m = method_grid(method)[1]
-        tile, tile_halo = -(-tile // m) * m, -(-tile_halo // m) * m  # on the pooling grid
         labels = np.zeros((h, w), np.uint32)
-        steps = iter_segment_tiled(
-            rgb, plan.mpp, lambda b, m: segment_untiled(b, m, method), tile, tile_halo, out=labels
-        )
+        steps = iter_segment_tiled(rgb, plan.mpp, m.segment, tiles, out=labels, area=area)
         for done, total in steps:
             if done < total:  # what is finished so far, so a cancelled run still leaves it
                 yield TilesDone(
@@ -293,13 +281,12 @@ def segment_region(
                         plan=plan,
                         labels=keep_centred(labels.copy(), core),
                         rgb=rgb,
-                        method=describe_method(method, normaliser=normaliser),
+                        method=method_info,
                         partial=True,
                     ),
                 )
             else:
                 yield done, total
-    method_info = describe_method(method, normaliser=normaliser)
     return RegionResult(plan=plan, labels=keep_centred(labels, core), rgb=rgb, method=method_info)
 
 
@@ -397,19 +384,20 @@ _WARMED: set = set()
 _WARMING = threading.Lock()
 
 
-def warm_up(method: str | None = None) -> None:
+def warm_up(method=None) -> None:
     """Load the method's model and run it once on a view-sized image, so the first click on
     "current view" does not pay for loading weights and initialising the runtime. Once per
     method and process: a second call waits for a warm-up in progress, then returns."""
-    from .api import CLASSICAL, default_method, segment_untiled
+    from ..methods import ClassicalMethod, get_method
 
-    method = method or default_method()
-    if method in CLASSICAL:
+    m = get_method(method)
+    if isinstance(m, ClassicalMethod):
         return
     with _WARMING:
-        if method in _WARMED:
+        if m in _WARMED:
             return
+        m.warm_up()
         rgb = np.full((WARM_UP_PX, WARM_UP_PX, 3), 230, np.uint8)
         rgb[20:40, 20:40] = (90, 60, 150)
-        segment_untiled(rgb, model_mpp(method), method)
-        _WARMED.add(method)
+        m.segment(rgb, m.mpp)
+        _WARMED.add(m)

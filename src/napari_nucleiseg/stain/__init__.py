@@ -30,7 +30,7 @@ from .normalise import (
     normalise_image,
     normaliser_from_profile,
 )
-from .profile import METHODS, StainProfile, average_profiles
+from .profile import METHODS, STAIN_METHODS, StainProfile, average_profiles
 
 __all__ = [
     "HED_FROM_RGB",
@@ -55,6 +55,7 @@ __all__ = [
     "normalise_image",
     "normaliser_from_profile",
     "METHODS",
+    "STAIN_METHODS",
     "StainProfile",
     "average_profiles",
 ]

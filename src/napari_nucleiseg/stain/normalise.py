@@ -302,6 +302,7 @@ _CLASSES = {
     "vahadane": VahadaneNormaliser,
     "ruifrok": RuifrokNormaliser,
 }
+assert set(_CLASSES) == set(METHODS), "stain.profile.STAIN_METHODS and the normalisers disagree"
 
 
 def concentrations(od: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -384,7 +385,7 @@ def load_target(method: str | None, path: str | Path) -> Normaliser:
         return normaliser_from_profile(profile)
     if method is None:
         raise StainError(
-            "give a method (reinhard, macenko, vahadane, ruifrok) to fit a reference image", path
+            f"give a method ({', '.join(METHODS)}) to fit a reference image", path
         )
     normaliser = make_normaliser(method)
     from .lazy import sample_image_or_slide
@@ -401,7 +402,7 @@ def _load_target_folder(method: str | None, folder: Path) -> Normaliser:
 
     if method is None:
         raise StainError(
-            "give a method (reinhard, macenko, vahadane, ruifrok) to fit reference images", folder
+            f"give a method ({', '.join(METHODS)}) to fit reference images", folder
         )
     images = folder / "images" if (folder / "images").is_dir() else folder
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in REFERENCE_SUFFIXES)

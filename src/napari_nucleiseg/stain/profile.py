@@ -13,7 +13,10 @@ from pathlib import Path
 
 from .errors import StainError
 
-METHODS = ("reinhard", "macenko", "vahadane", "ruifrok")
+#: The classical stain normalisers, in the order the interfaces offer them: the one list every face
+#: (CLI choices, Stain panel, messages, profiles) imports.
+STAIN_METHODS = ("macenko", "reinhard", "vahadane", "ruifrok")
+METHODS = STAIN_METHODS  # the older name, kept for scripts
 FORMAT = "napari-nucleiseg stain profile"
 VERSION = 1
 

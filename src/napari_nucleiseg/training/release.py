@@ -39,7 +39,8 @@ def release(run_dir, name, version, train_data, test_data, out_dir=None, notes="
     """Export, tune post-processing on held-out training images with the runtime that ships by
     default (the int8 ONNX model), then measure the test set with the tuned settings."""
     from ..metrics import aggregate, score_image
-    from ..models import MODELS_DIR, load_predictor
+    from ..methods import load_predictor
+    from ..models import MODELS_DIR
     from ..segmentation.postprocess import PostprocessSettings
     from .export import export_model
     from .nuclei_data import load_dataset

@@ -177,12 +177,12 @@ def _warm_start(model, source: str, log_to: Path) -> None:
     """Load ``source`` (a registered model name or a .safetensors file) into ``model``."""
     from safetensors.torch import load_file
 
-    from ..models.registry import WeightsError, _card_path, load_card, sha256_of
+    from ..models import WeightsError, find_card, load_card, sha256_of
     from ..segmentation.unet import warm_start
 
     path = Path(source)
     if path.suffix != ".safetensors":
-        card_path = _card_path(source)
+        card_path = find_card(source)[0]
         card = load_card(card_path)
         path = card_path.parent / card.weights
         if sha256_of(path) != card.sha256:

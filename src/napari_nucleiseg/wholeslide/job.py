@@ -42,9 +42,6 @@ from .tasks import (
     write_chunk,
 )
 
-#: Smallest tile core in model pixels; a model's card may ask for larger cores (its ``tile_px``,
-#: chosen so a core plus its context on both sides is a pass its runtime does at full speed).
-TILE_MODEL_PX = 960
 #: Largest tissue-mask edge (px): the mask's memory is then the same for any slide above ~16 mm
 #: (512 px is still 5+ mask pixels across a 480-µm tile on a 50-mm slide).
 MASK_MAX_PX = 512
@@ -199,8 +196,9 @@ def _stain_identity(normaliser):
 
 def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float = 0.01):
     """The tiling and identity of a job, without running it: ``(job_kwargs, tissue_keys, identity)``."""
-    from ..segmentation.api import describe_method, method_context, method_grid, tile_geometry
-    from ..tiling import TileGrid
+    from ..methods import get_method
+    from ..segmentation.api import describe_method
+    from ..tiling import TileGrid, plan_tiles
     from ..tissue import tissue_mask
 
     mpp = slide.mpp
@@ -208,18 +206,16 @@ def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float
         raise SlideError(
             slide.path, "states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)"
         )
-    info = describe_method(method)
-    model_mpp, multiple = method_grid(method)
-    core_px, halo_um = method_context(method)
-    if tile_um is None:
-        tile_um = max(TILE_MODEL_PX, core_px) * model_mpp
-    # Tiles and halos on the network's pooling grid, so every tile sees the same maps an
-    # untiled pass would (see segmentation.api.tile_geometry).
-    tile, halo, _ = tile_geometry(mpp, model_mpp, multiple, tile_um / mpp, halo_um=halo_um)
+    m = get_method(method)
+    info = describe_method(m)
+    # The tile planner's tiles (the method's core, balanced over the slide, on its pooling
+    # grid), exactly as in-memory segmentation cuts the same pixels.
+    tiles = plan_tiles(slide.shape, mpp, m, None if tile_um is None else tile_um / mpp)
+    tile, halo = tiles.tile, tiles.halo
     if 2 * halo > tile:
         raise ValueError(
-            f"tiles of {tile_um:g} µm are too small: they must be at least twice the "
-            f"{halo_um:g} µm halo ({2 * halo_um:g} µm)"
+            f"tiles of {tile * mpp:g} µm are too small: they must be at least twice the "
+            f"{m.context_um:g} µm halo ({2 * m.context_um:g} µm)"
         )
     grid = TileGrid(slide.shape, tile, halo)
     # A mask of at most 512² px (and ≥ 16 µm/px): a few MB whatever the slide's size.
@@ -277,7 +273,7 @@ def segment_slide(
     normaliser
         A fitted stain normaliser (``.transform(rgb) -> rgb``) applied to each tile first.
     tile_um
-        Tile core edge in µm (default: 960 model pixels, 480 µm for a 0.5 µm/px model).
+        Tile core edge in µm (default: the method's own core, balanced over the slide).
     scheduler, workers
         ``None``: ``workers`` threads here (default 2); ``"local"``: a LocalCluster of ``workers``
         processes; ``"tcp://host:port"`` or a ``distributed.Client``: that cluster.

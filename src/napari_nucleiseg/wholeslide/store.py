@@ -27,7 +27,8 @@ from pathlib import Path
 from ..io.errors import SlideError
 
 #: Bump when the store layout or the merge rule changes: old stores are then refused, not mixed.
-STORE_FORMAT = 2  # 2: tiles own nuclei within a small margin outside their core
+STORE_FORMAT = 3  # 2: tiles own nuclei within a small margin outside their core; 3: the tile
+# planner's balanced tiles, read boxes clipped to the slide
 #: Level k of the labels pyramid is level 0 sampled every ``PYRAMID_FACTOR**k`` pixels.
 PYRAMID_FACTOR = 4
 #: errno values that mean "no room to write".

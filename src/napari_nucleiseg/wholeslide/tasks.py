@@ -11,16 +11,13 @@ so the same code runs in a thread, a local process or a dask.distributed worker.
    into that level-0 chunk (= one tile core) and record which of the tile's own nuclei are kept.
 3. :func:`build_level_chunk` — one chunk of a coarser pyramid level from the level below.
 
-The merge rule (reference 000 §3.3, as :mod:`napari_nucleiseg.segmentation.tiled` in memory): a
-nucleus is dropped as a duplicate when more than 30 % of its pixels are covered by nuclei owned by
-tiles earlier in raster order (the same nucleus seen from the other side of a border); where two
-kept nuclei overlap a little, the earlier tile's keeps the pixels. "Covered" counts every owned
-nucleus of the earlier tiles, kept or not, so a decision depends on two tiles' records only and
-never on the order tasks finish in. Because an owned nucleus has its centroid within ``m`` (the
+Ownership and the merge rule are the tile planner's (:mod:`napari_nucleiseg.tiling.merge`),
+applied here chunk by chunk; in-memory tiling applies them to the whole image at once, and the
+labels are identical. Because an owned nucleus has its centroid within ``m`` (the
 margin) of its tile's core and spans at most ``halo - m``, and the halo is at most half a tile,
 any nucleus overlapping one that touches a chunk has its centroid within ``2 * halo - m`` of that
-chunk, so it is owned by one of the 3×3 tiles around it — so every chunk a nucleus touches takes the same decision about it, and a
-nucleus is either kept whole in every chunk it covers or nowhere.
+chunk, so it is owned by one of the 3×3 tiles around it — so every chunk a nucleus touches
+takes the same decision about it, and a nucleus is either kept whole in every chunk it covers or nowhere.
 
 Ids are ``tile_index * 2**16 + local`` (local = 1.. in the tile's own label order): unique,
 and the same whichever process, order or run produced them.
@@ -31,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .store import (
     PYRAMID_FACTOR,
@@ -43,12 +39,6 @@ from .store import (
     tile_record,
 )
 
-#: A nucleus covered by earlier tiles' nuclei over more than this fraction of its area is a duplicate.
-DUPLICATE_OVERLAP = 0.3
-#: A tile also owns the nuclei whose centroid lies this far outside its core (µm): two tiles'
-#: centroids of one nucleus differ by a pixel or two of the model (0.5 µm/px), and at 1.5 µm a
-#: nucleus on a corner is owned by at least one of them. The in-memory tiling uses 3 model pixels.
-OWNERSHIP_MARGIN_UM = 1.5
 #: Bits of a label id that number nuclei within their tile.
 LOCAL_BITS = 16
 
@@ -85,13 +75,6 @@ class Job:
                     yield rr, cc
 
 
-def ownership_margin(job: Job) -> int:
-    """:data:`OWNERSHIP_MARGIN_UM` in the job's pixels, at least 1 and at most a quarter halo."""
-    import math
-
-    return max(1, min(job.halo // 4, math.ceil(OWNERSHIP_MARGIN_UM / job.mpp)))
-
-
 def key(r: int, c: int) -> str:
     return f"{r}_{c}"
 
@@ -108,48 +91,25 @@ def sharing_cores_for(passes: int, fn, *args):
 # --------------------------------------------------------------------------- 1. segment a tile
 def segment_tile(job: Job, r: int, c: int) -> dict:
     """Segment tile ``(r, c)`` and record the nuclei it owns. Returns ``{"owned": n}``."""
-    from ..segmentation.api import segment_untiled
+    from ..methods import get_method
     from ..segmentation.measure import measure_nuclei
+    from ..tiling import owned_nuclei, ownership_margin
     from .export import outlines
 
-    x0, y0, x1, y1 = job.core(r, c)
+    x0, y0, x1, y1 = core = job.core(r, c)
     h = job.halo
-    rx0, ry0 = x0 - h, y0 - h
-    rgb = job.slide.read_region(rx0, ry0, x1 - x0 + 2 * h, y1 - y0 + 2 * h, 0)
+    # The read box clipped to the slide, as the in-memory tiler clips to the image (tiling.plan).
+    rx0, ry0 = max(x0 - h, 0), max(y0 - h, 0)
+    rx1, ry1 = min(x1 + h, job.shape[1]), min(y1 + h, job.shape[0])
+    rgb = job.slide.read_region(rx0, ry0, rx1 - rx0, ry1 - ry0, 0)
     if job.normaliser is not None:
         rgb = job.normaliser.transform(rgb)
     # Each worker's pass takes its share of the cores (the runner wraps tasks in
     # sharing_cores_for); the rest of this tile (read, watershed, measure, outline, write)
     # overlaps the other workers' passes.
-    lab = np.asarray(segment_untiled(rgb, job.mpp, job.method))
-    n = int(lab.max()) if lab.size else 0
-    owned_ids = np.zeros(0, np.int64)
-    if n:
-        fg = lab > 0
-        flat = lab[fg]
-        ys, xs = np.nonzero(fg)
-        area = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cy = np.bincount(flat, ys, n + 1)[1:] / area + ry0
-            cx = np.bincount(flat, xs, n + 1)[1:] / area + rx0
-        extent = np.zeros((n, 2), np.int64)
-        for i, sl in enumerate(ndi.find_objects(lab)):
-            if sl is not None:
-                extent[i] = (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
-        m = ownership_margin(job)
-        # Centroid within the core grown by m, and at most h - m across: then the nucleus lies
-        # inside the read box (the tile saw it whole) and the merge's 3x3 argument holds.
-        owned = (
-            (area > 0)
-            & (cy >= y0 - m)
-            & (cy < y1 + m)
-            & (cx >= x0 - m)
-            & (cx < x1 + m)
-            & (extent[:, 0] <= h - m)
-            & (extent[:, 1] <= h - m)
-        )
-        owned_ids = np.nonzero(owned)[0] + 1
-    k = len(owned_ids)
+    lab = np.asarray(get_method(job.method).segment(rgb, job.mpp))
+    crop, origin = owned_nuclei(lab, (rx0, ry0), core, ownership_margin(job.mpp, h), h)
+    k = int(crop.max()) if crop.size else 0
     if k >= 2**LOCAL_BITS:
         from ..io.errors import SlideError
 
@@ -159,25 +119,19 @@ def segment_tile(job: Job, r: int, c: int) -> dict:
             "use a smaller tile size (--tile-um)",
         )
     record = {
-        "origin": np.array([rx0, ry0], np.int64),
-        "labels": np.zeros((0, 0), np.uint16),
+        "origin": np.array(origin, np.int64),
+        "labels": crop.astype(np.uint16),
         "owned": np.array(k),
     }
     if k:
-        local = np.zeros(n + 1, np.uint16)
-        local[owned_ids] = np.arange(1, k + 1, dtype=np.uint16)
-        sel = local[lab]
-        rows, cols = np.nonzero(sel)
-        cy0, cy1, cx0, cx1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        crop = np.ascontiguousarray(sel[cy0:cy1, cx0:cx1])
-        origin = (rx0 + int(cx0), ry0 + int(cy0))
-        table = measure_nuclei(crop, rgb[cy0:cy1, cx0:cx1], job.mpp, origin_px=origin)
+        cx0, cy0 = origin[0] - rx0, origin[1] - ry0
+        crop = record["labels"]
+        rgb_crop = rgb[cy0 : cy0 + crop.shape[0], cx0 : cx0 + crop.shape[1]]
+        table = measure_nuclei(crop, rgb_crop, job.mpp, origin_px=origin)
         rings = outlines(crop, table["label"], offset=origin)
         offsets = np.cumsum([0] + [len(p) for p in rings]).astype(np.int64)
         record.update(
             {
-                "origin": np.array(origin, np.int64),
-                "labels": crop,
                 "ring_xy": np.concatenate(rings).astype(np.float64) if rings else np.zeros((0, 2)),
                 "ring_offsets": offsets,
                 **{f"col_{name}": np.asarray(v) for name, v in table.items()},
@@ -199,6 +153,8 @@ def write_chunk(job: Job, r: int, c: int, sources: list[tuple[int, int]]) -> dic
     into level-0 chunk ``(r, c)``. Returns ``{"kept": n kept of tile (r, c), "nonzero": bool}``."""
     import zarr
 
+    from ..tiling import kept, overlap
+
     x0, y0, x1, y1 = job.core(r, c)
     h = job.halo
     ex0, ey0 = x0 - h, y0 - h  # every nucleus that matters here lies in the core plus one halo
@@ -212,20 +168,15 @@ def write_chunk(job: Job, r: int, c: int, sources: list[tuple[int, int]]) -> dic
             continue
         ox, oy = (int(v) for v in rec["origin"])
         k = int(rec["owned"])
-        area = np.bincount(lab.ravel(), minlength=k + 1)
-        # The record's window on the extended chunk, and on the core.
-        ev, lv = _overlap(
+        # The record's window on the extended chunk, and on the core. A nucleus that reaches the
+        # core lies whole in the extended chunk, so its decision is the global one (tiling.merge).
+        ev, lv = overlap(
             (ex0, ey0, ex0 + covered.shape[1], ey0 + covered.shape[0]), (ox, oy, lab.shape)
         )
-        clash = np.zeros(k + 1, np.int64)
-        if ev is not None:
-            sub = lab[lv]
-            clash = np.bincount(sub[covered[ev] & (sub > 0)], minlength=k + 1)
-        keep = clash <= DUPLICATE_OVERLAP * area
-        keep[0] = False
+        keep = kept(lab[lv], covered[ev], k) if ev is not None else np.zeros(k + 1, bool)
         if (rr, cc) == (r, c):
             kept_own = (np.nonzero(keep)[0]).tolist()
-        cv, lc = _overlap((x0, y0, x1, y1), (ox, oy, lab.shape))
+        cv, lc = overlap((x0, y0, x1, y1), (ox, oy, lab.shape))
         if cv is not None:
             sub = lab[lc]
             window = final[cv]
@@ -241,19 +192,6 @@ def write_chunk(job: Job, r: int, c: int, sources: list[tuple[int, int]]) -> dic
     nonzero = bool(final.any())
     atomic_json(chunk_record(job.store, key(r, c)), {"kept": kept_own, "nonzero": nonzero})
     return {"kept": len(kept_own), "nonzero": nonzero}
-
-
-def _overlap(box, placed):
-    """Slices of ``box`` (x0, y0, x1, y1) and of an array placed at ``(ox, oy)`` where they meet."""
-    bx0, by0, bx1, by1 = box
-    ox, oy, (ah, aw) = placed
-    ix0, iy0, ix1, iy1 = max(bx0, ox), max(by0, oy), min(bx1, ox + aw), min(by1, oy + ah)
-    if ix0 >= ix1 or iy0 >= iy1:
-        return None, None
-    return (
-        (slice(iy0 - by0, iy1 - by0), slice(ix0 - bx0, ix1 - bx0)),
-        (slice(iy0 - oy, iy1 - oy), slice(ix0 - ox, ix1 - ox)),
-    )
 
 
 def _level_path(store, level: int):
