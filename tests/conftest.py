@@ -22,6 +22,11 @@ def pytest_configure(config):
         import tempfile
 
         os.environ["NUCLEISEG_CACHE"] = tempfile.mkdtemp(prefix="nucleiseg-test-cache-")
+    # Nor the user's own models: the registry would list them beside the shipped ones.
+    if "NUCLEISEG_MODELS_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["NUCLEISEG_MODELS_DIR"] = tempfile.mkdtemp(prefix="nucleiseg-test-models-")
 
 
 def pytest_collection_modifyitems(config, items):
