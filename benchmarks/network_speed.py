@@ -1,7 +1,8 @@
 """Network throughput on this CPU: every registered nuclei model, and the candidate architectures
 the shipped model was chosen from, run by ONNX Runtime on one tile of a tiled job.
 
-    python benchmarks/network_speed.py [--tile 1024] [--rounds 3] [--out benchmarks/results/network_speed.json]
+    python benchmarks/network_speed.py [--tile 1024] [--rounds 3]
+        [--out benchmarks/results/network_speed.json]
 
 Throughput is model-resolution megapixels per second for a tile plus its halo (the block every
 tiled and whole-slide job feeds the network), best of ``--rounds``. Candidates carry random
@@ -21,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-#: (widths, decoder) pairs measured when choosing nuclei-unet-v2 and v4 (the last: v4's sixth level).
+#: (widths, decoder) pairs measured when choosing nuclei-unet-v2 and v4 (the last: v4's sixth
+#: level).
 CANDIDATES = [
     ((8, 24, 48, 96), "double"),
     ((8, 24, 48, 96), "light"),
@@ -110,7 +112,8 @@ def main(argv=None):
             }
         )
     print(
-        f"\nONNX Runtime, {threads} threads, {side}x{side} block (tile {args.tile} + halo {args.halo})\n"
+        f"\nONNX Runtime, {threads} threads, {side}x{side} block "
+        f"(tile {args.tile} + halo {args.halo})\n"
     )
     head = f"{'network':<42}{'params M':>10}{'MP/s':>8}{'s per 16 MP':>13}{'test AJI':>10}"
     print(head)

@@ -1,7 +1,8 @@
 """Nuclei segmentation accuracy on MoNuSeg 2018 test (never trained on), beside the classical
 floor and published figures.
 
-    python benchmarks/nuclei_accuracy.py [--methods nuclei-unet-v3,nuclei-unet-v2,classical] [--out benchmarks/results/nuclei_accuracy.json]
+    python benchmarks/nuclei_accuracy.py [--methods nuclei-unet-v3,nuclei-unet-v2,classical]
+        [--out benchmarks/results/nuclei_accuracy.json]
 
 Each method runs with its default settings on the 14 test images at their native 0.25 µm/px; the
 learned model resamples to its own µm/px internally. Aggregate scores sum numerators and

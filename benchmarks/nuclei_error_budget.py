@@ -1,6 +1,7 @@
 """Where the shipped model loses AJI: splitting (markers) or outlines (foreground mask)?
 
-    python benchmarks/nuclei_error_budget.py [--method nuclei-unet-v3] [--out benchmarks/results/nuclei_error_budget.json]
+    python benchmarks/nuclei_error_budget.py [--method nuclei-unet-v3]
+        [--out benchmarks/results/nuclei_error_budget.json]
 
 On MoNuSeg 2018 *training* images (the 4 held out from training, and the 26 trained on), the model's
 maps are post-processed three ways and scored by aggregate AJI:
@@ -55,8 +56,8 @@ def variants(maps: np.ndarray, truth: np.ndarray, mpp: float, settings) -> dict:
 
 
 def main(argv=None):
-    from napari_nucleiseg.metrics import aggregate, score_image
     from napari_nucleiseg.methods import load_predictor
+    from napari_nucleiseg.metrics import aggregate, score_image
     from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
     from napari_nucleiseg.training.nuclei_data import load_dataset
 

@@ -7,7 +7,8 @@ methods and the table reports the median. Throughput is megapixels per second; t
 each method against raw OpenSlide measured in the same round. A last section reads screen-sized
 2048x1024 views (one OpenSlide call against one dask read of 8 chunks), which is what panning costs.
 
-    python benchmarks/read_throughput.py [--regions 96] [--rounds 3] [--out benchmarks/results/read_throughput.json]
+    python benchmarks/read_throughput.py [--regions 96] [--rounds 3]
+        [--out benchmarks/results/read_throughput.json]
 """
 
 from __future__ import annotations
@@ -215,15 +216,16 @@ def main(argv=None):
         )
 
     print(
-        f"\nRead throughput, 512x512 level-0 regions, {args.regions} regions x {args.rounds} rounds, "
-        f"{os.cpu_count()} cores\n"
+        f"\nRead throughput, 512x512 level-0 regions, {args.regions} regions x "
+        f"{args.rounds} rounds, {os.cpu_count()} cores\n"
     )
     head = f"{'slide':<52} {'regions':<10} {'method':<44} {'MP/s':>7} {'vs raw':>7}"
     print(head)
     print("-" * len(head))
     for r in results:
+        regions = {True: "aligned", False: "unaligned"}.get(r["aligned"], "2048x1024")
         print(
-            f"{r['slide'][:52]:<52} { ({True: 'aligned', False: 'unaligned'}.get(r['aligned'], '2048x1024')):<10} {r['method']:<44} "
+            f"{r['slide'][:52]:<52} {regions:<10} {r['method']:<44} "
             f"{r['mp_per_s']:7.2f} {r['ratio_vs_raw_openslide']:6.2f}x"
         )
     out = Path(args.out)

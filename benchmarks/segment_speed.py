@@ -1,7 +1,8 @@
 """End-to-end speed of ``nucleiseg segment`` on a 4000x4000 region of a 20x (0.5 µm/px) image,
 against OpenSlide's read throughput of the same pixels, measured in the same run.
 
-    python benchmarks/segment_speed.py [--method nuclei-unet-v4] [--magnification 20|40] [--out benchmarks/results/segment_speed.json]
+    python benchmarks/segment_speed.py [--method nuclei-unet-v4] [--magnification 20|40]
+        [--out benchmarks/results/segment_speed.json]
 
 The input is real tissue saved as a tiled pyramidal TIFF, so OpenSlide and the segmenter read the
 same file. At 20x: the CMU-1 Aperio crop (0.499 µm/px) mirrored out to 4000x4000 (4 mm²). At 40x:
@@ -113,7 +114,7 @@ def main(argv=None):
     with open_slide(src) as slide:
         mpp = slide.mpp
     rounds = []
-    for r in range(args.rounds):
+    for _ in range(args.rounds):
         # A 16 MP read takes a fraction of a second, so one timing is noisy: the median of five.
         read_s = float(np.median([openslide_read_seconds(src) for _ in range(5)]))
         t = time.perf_counter()
@@ -151,11 +152,12 @@ def main(argv=None):
     best = min(rounds, key=lambda r: r["segment_s"])
     median_ratio = float(np.median([r["ratio"] for r in rounds]))
     print(
-        f"\n4000x4000 px at {mpp:.3g} µm/px ({(SIZE * mpp / 1000) ** 2:.1f} mm²), method {args.method}, "
-        f"{os.cpu_count()} cores\n"
+        f"\n4000x4000 px at {mpp:.3g} µm/px ({(SIZE * mpp / 1000) ** 2:.1f} mm²), "
+        f"method {args.method}, {os.cpu_count()} cores\n"
     )
     print(
-        f"{'round':<7}{'OpenSlide read s':>18}{'read MP/s':>11}{'segment s':>11}{'seg MP/s':>10}{'ratio':>8}{'nuclei':>8}"
+        f"{'round':<7}{'OpenSlide read s':>18}{'read MP/s':>11}{'segment s':>11}"
+        f"{'seg MP/s':>10}{'ratio':>8}{'nuclei':>8}"
     )
     for i, r in enumerate(rounds):
         print(

@@ -1,7 +1,8 @@
 """Stain normalisation: agreement with another toolbox's outputs, and speed against torchstain,
 torch-staintools and a bare numpy pass — all measured in the same run.
 
-    python benchmarks/stain_normalisation.py [--repeats 7] [--out benchmarks/results/stain_normalisation.json]
+    python benchmarks/stain_normalisation.py [--repeats 7]
+        [--out benchmarks/results/stain_normalisation.json]
 
 1. Accuracy. ``../shared/data/stain``: each method is fitted on ``target_image.png`` and applied
    to ``source_image.png``; the mean absolute difference (0-1 scale) to the toolbox's
@@ -17,9 +18,10 @@ torch-staintools and a bare numpy pass — all measured in the same run.
    * Transforming a 1024² tile with an adapted profile against a bare numpy pass
      (``-log`` → 3×3 matmul → ``exp`` → uint8), the faster of a BLAS and a planar variant.
 
-torchstain and torch-staintools are optional (``pip install torchstain torch-staintools --no-deps``);
-their rows are skipped when absent. torch-staintools imports one helper from torchvision, whose
-PyPI wheel needs a CUDA build of torch; when torchvision cannot be imported that helper
+torchstain and torch-staintools are optional
+(``pip install torchstain torch-staintools --no-deps``); their rows are skipped when absent.
+torch-staintools imports one helper from torchvision, whose PyPI wheel needs a CUDA build of
+torch; when torchvision cannot be imported that helper
 (``convert_image_dtype``) is supplied by a six-line shim below.
 """
 
@@ -136,7 +138,7 @@ def speed_macenko(src, tgt, tile, repeats):
 
     res = {}
     for label, img in (("source 256x256", src), ("TCGA tile 1000x1000", tile)):
-        fns = {"ours": lambda: make_normaliser("macenko").fit(tgt).transform(img)}
+        fns = {"ours": lambda img=img: make_normaliser("macenko").fit(tgt).transform(img)}
         row = {}
         try:
             import torch
@@ -147,12 +149,12 @@ def speed_macenko(src, tgt, tile, repeats):
                 torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))) for a in (tgt, img)
             )
 
-            def ts_torch():
+            def ts_torch(tt=tt, ti=ti):
                 n = torchstain.normalizers.MacenkoNormalizer(backend="torch")
                 n.fit(tt)
                 return n.normalize(I=ti, stains=False)
 
-            def ts_numpy():
+            def ts_numpy(img=img):
                 n = torchstain.normalizers.MacenkoNormalizer(backend="numpy")
                 n.fit(tgt)
                 return n.normalize(I=img, stains=False)
@@ -295,13 +297,14 @@ def main(argv=None):
     mac = speed_macenko(src, tgt, tile, args.repeats)
     print("\nMacenko fit (1000² target) + transform, single thread, best of", args.repeats, "\n")
     print(
-        f"{'image':<22}{'ours s':>10}{'torchstain torch':>18}{'torchstain numpy':>18}{'speed-up':>10}{'(CPU)':>8}"
+        f"{'image':<22}{'ours s':>10}{'torchstain torch':>18}{'torchstain numpy':>18}"
+        f"{'speed-up':>10}{'(CPU)':>8}"
     )
     for k, r in mac.items():
         if "speedup" in r:
             print(
-                f"{k:<22}{r['ours_s']:10.4f}{r['torchstain_torch_s']:18.4f}{r['torchstain_numpy_s']:18.4f}"
-                f"{r['speedup']:9.1f}x{r['speedup_cpu']:7.1f}x"
+                f"{k:<22}{r['ours_s']:10.4f}{r['torchstain_torch_s']:18.4f}"
+                f"{r['torchstain_numpy_s']:18.4f}{r['speedup']:9.1f}x{r['speedup_cpu']:7.1f}x"
             )
         else:
             print(f"{k:<22}{r['ours_s']:10.4f}  {r['torchstain']}")
@@ -310,21 +313,22 @@ def main(argv=None):
     print("\nVahadane fit on source_image (256²), single thread\n")
     if "speedup" in vah:
         print(
-            f"ours {vah['ours_fit_s']:.3f} s ({vah['ours_iterations']} iterations), torch-staintools "
-            f"{vah['torch_staintools_fit_s']:.2f} s: {vah['speedup']:.0f}x faster (CPU {vah['speedup_cpu']:.0f}x)"
+            f"ours {vah['ours_fit_s']:.3f} s ({vah['ours_iterations']} iterations), "
+            f"torch-staintools {vah['torch_staintools_fit_s']:.2f} s: {vah['speedup']:.0f}x "
+            f"faster (CPU {vah['speedup_cpu']:.0f}x)"
         )
         print(
-            f"stain-vector cosine to torch-staintools: H {vah['cosine_h']:.4f}, E {vah['cosine_e']:.4f} "
-            f"(ours at its λ=0.01: H {vah['cosine_h_same_lambda']:.4f}, E {vah['cosine_e_same_lambda']:.4f})"
+            f"stain-vector cosine to torch-staintools: H {vah['cosine_h']:.4f}, "
+            f"E {vah['cosine_e']:.4f} (ours at its λ=0.01: H {vah['cosine_h_same_lambda']:.4f}, "
+            f"E {vah['cosine_e_same_lambda']:.4f})"
         )
     else:
         print(f"ours {vah['ours_fit_s']:.3f} s; {vah['torch_staintools']}")
 
     tr = speed_transform(tgt, tile, args.repeats)
     print("\nTransform a 1024² tile with an adapted profile vs a bare numpy log/matmul/exp pass\n")
-    print(
-        f"bare pass: BLAS {tr['bare_blas_s'] * 1e3:.1f} ms, planar {tr['bare_planar_s'] * 1e3:.1f} ms"
-    )
+    blas, planar = tr["bare_blas_s"] * 1e3, tr["bare_planar_s"] * 1e3
+    print(f"bare pass: BLAS {blas:.1f} ms, planar {planar:.1f} ms")
     for m in METHODS:
         print(f"{m:<12}{tr[m]['s'] * 1e3:8.1f} ms  ratio {tr[m]['ratio_to_bare']:.2f}")
 

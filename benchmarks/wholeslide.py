@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import deque
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +44,11 @@ def whole_slide_run(slide_path, out, method, scheduler=None, workers=None) -> di
 
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    for p in segment_slide(slide_path, out, method=method, scheduler=scheduler, workers=workers):
-        pass
+    # The last progress is the result; a deque of one keeps memory flat.
+    (p,) = deque(
+        segment_slide(slide_path, out, method=method, scheduler=scheduler, workers=workers),
+        maxlen=1,
+    )
     seconds = time.perf_counter() - t
     from napari_nucleiseg.io import open_slide
     from napari_nucleiseg.wholeslide.job import plan
@@ -215,7 +219,8 @@ def main(argv=None):
 
         print(f"\n{CMU.name}: {args.method}, {os.cpu_count()} cores (best of {args.rounds})\n")
         print(
-            f"{'run':<18}{'s':>8}{'tiles':>7}{'MP':>7}{'MP/s':>8}{'nuclei':>8}{'nuclei/s':>10}{'x view':>8}"
+            f"{'run':<18}{'s':>8}{'tiles':>7}{'MP':>7}{'MP/s':>8}{'nuclei':>8}{'nuclei/s':>10}"
+            f"{'x view':>8}"
         )
         print(
             f"{'current view':<18}{view['seconds']:8.2f}{'':>7}{view['mp']:7.2f}{view['mp_s']:8.3f}"
@@ -237,8 +242,9 @@ def main(argv=None):
         )
         g = result["geojson"]
         print(
-            f"GeoJSON: {g['features']} features for {g['table_rows']} table rows; all valid polygons: "
-            f"{g['all_valid'] and g['all_polygons']}; ids match the table: {g['ids_match_table']}"
+            f"GeoJSON: {g['features']} features for {g['table_rows']} table rows; all valid "
+            f"polygons: {g['all_valid'] and g['all_polygons']}; ids match the table: "
+            f"{g['ids_match_table']}"
         )
 
         if not args.skip_rss:
