@@ -23,9 +23,19 @@ def test_info_reports_levels_and_mpp():
         "info", shared_slide("CMU-1-Small-Region.svs"), shared_slide("tcga-cr-7395-01a-01-ts1.svs")
     )
     assert out.returncode == 0, out.stderr
-    assert "0.499 µm/px (file)" in out.stdout and "level 0: 2220 x 2967 px" in out.stdout
-    assert "level 1: 2221 x 1783 px" in out.stdout
+    assert "0.499 µm/px (file)" in out.stdout
+    assert "level 0: 2220 x 2967 px (width x height)" in out.stdout
+    assert "level 1: 2221 x 1783 px (width x height)" in out.stdout
     assert "states no µm/px" in out.stderr
+
+
+@pytest.mark.real_slides
+def test_info_json_says_which_size_is_which():
+    out = run("info", shared_slide("CMU-1-Small-Region.svs"), "--json")
+    assert out.returncode == 0, out.stderr
+    (meta,) = json.loads(out.stdout)
+    assert meta["level_shapes"] == [[2967, 2220]]  # kept: [height, width], array order
+    assert meta["level_sizes_wh"] == [[2220, 2967]]  # the text's order: [width, height]
 
 
 def test_info_json_and_override(demo):
@@ -33,6 +43,10 @@ def test_info_json_and_override(demo):
     assert out.returncode == 0, out.stderr
     (meta,) = json.loads(out.stdout)
     assert meta["mpp"] == 0.25 and meta["mpp_source"] == "override" and meta["mpp_file"] == 0.5
+    assert meta["level_sizes_wh"] == [[w, h] for h, w in meta["level_shapes"]]
+    text = run("info", demo.slide)
+    h, w = meta["level_shapes"][0]
+    assert f"level 0: {w} x {h} px (width x height)" in text.stdout
 
 
 def test_bad_files_are_named_and_exit_non_zero(tmp_path, demo):

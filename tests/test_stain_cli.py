@@ -72,7 +72,11 @@ def test_normalize_slide_to_pyramids(files, quiet):
     for name in ("out.tif", "out.zarr"):
         out = run("normalize", d / "slide.tif", "--target", d / "p.json", "--out", d / name)
         assert out.returncode == 0, out.stderr
-        assert "tiles" in out.stderr  # progress
+        # Progress on a log: whole lines, about one per tenth (never carriage returns).
+        lines = out.stderr.splitlines()
+        assert "\r" not in out.stderr and 2 <= len(lines) <= 11, out.stderr
+        assert all(line.startswith("slide.tif: ") and " tiles (" in line for line in lines)
+        assert lines[-1].endswith("(100 %)")
     slide = open_slide(d / "slide.tif")
     expected = [
         lv.compute()

@@ -520,7 +520,9 @@ def test_full_disk_keeps_finished_tiles_and_says_how_to_resume(tiny_slides, tmp_
         "disk full while writing results" in full.stderr
         and "run the same command again" in full.stderr
     )
-    assert "tiny.tif" in full.stderr.split("failed:")[1]
+    # One input, one line: the error names the slide; no "failed:" summary repeats it.
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "tiny.tif" in errors[0] and "failed:" not in full.stderr
     recorded = len(_tile_records(tmp_path / "out", "tiny"))
     assert recorded > 0
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -625,8 +627,12 @@ def test_whole_slide_job_keeps_every_nucleus_on_a_tile_corner(tmp_path):
         levels, _, meta = open_labels(out / "corners.nuclei.zarr")
         assert meta["identity"]["tile_px"] == tile
         lab = np.asarray(levels[0])
-        off = np.abs(centres - np.round(centres / tile) * tile)
-        for i in ids[np.hypot(off[:, 0], off[:, 1]) < 10]:
+        corner = np.round(centres / tile) * tile
+        off = np.abs(centres - corner)
+        # Corners where four tiles meet: on the slide's edge a nucleus may belong to a glass tile
+        # (under 1 % tissue), which a whole-slide job does not visit.
+        inner = ((corner > 0) & (corner < 1536)).all(axis=1)
+        for i in ids[(np.hypot(off[:, 0], off[:, 1]) < 10) & inner]:
             nucleus = ref == i
             values, counts = np.unique(lab[nucleus], return_counts=True)
             counts = counts[values > 0]

@@ -4,6 +4,8 @@ Subcommands: ``info`` (levels and µm/px of slides), ``tissue`` (tissue mask and
 ``demo`` (write the demo slide), ``view`` (napari with the plugin docked, on a slide or the demo),
 ``segment``/``eval``/``train``/``release-model`` (nuclei), ``normalize`` (stain normalisation).
 Errors about input files print one line naming the file and exit non-zero, never a traceback.
+The commands' glue lives in this package (:mod:`.segment`, :mod:`.normalize`, :mod:`.evaluate`,
+:mod:`.info`); the core they call returns results and raises typed errors.
 """
 
 from __future__ import annotations
@@ -14,8 +16,16 @@ import sys
 import warnings
 from pathlib import Path
 
+#: ``nucleiseg --help``'s description (plain text: the module docstring is reStructuredText).
+DESCRIPTION = (
+    "napari-nucleiseg without a window: slide information, tissue masks, nuclei segmentation of "
+    "images, slides and cohorts, stain normalisation, evaluation and training. Input errors "
+    "print one line naming the file and exit non-zero."
+)
 
-def _open(path, mpp=None):
+
+def open_with_warnings(path, mpp=None):
+    """``open_slide``, its warnings (no µm/px, an implausible one) printed as lines."""
     from ..io import open_slide
 
     with warnings.catch_warnings(record=True) as caught:
@@ -27,25 +37,9 @@ def _open(path, mpp=None):
 
 
 def cmd_info(args) -> int:
-    from ..io import SlideError
+    from .info import cmd_info as run
 
-    failed = 0
-    results = []
-    for p in args.slides:
-        try:
-            slide = _open(p, args.mpp)
-        except SlideError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        if args.json:
-            results.append(slide.metadata())
-        else:
-            print(slide.describe())
-        slide.close()
-    if args.json:
-        print(json.dumps(results, indent=1))
-    return 1 if failed else 0
+    return run(args)
 
 
 def cmd_tissue(args) -> int:
@@ -57,7 +51,7 @@ def cmd_tissue(args) -> int:
     from ..tissue import tissue_mask
 
     try:
-        slide = _open(args.slide, args.mpp)
+        slide = open_with_warnings(args.slide, args.mpp)
     except SlideError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -130,41 +124,46 @@ def cmd_view(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    # Plain images keep segment_files' contract; whole slides and cohorts go to the whole-slide job.
-    from ..wholeslide.cohort import segment_command
+    # Plain images keep their contract (DIR/<stem>.tif + .csv); whole slides and cohorts go to
+    # the whole-slide job.
+    from .segment import cmd_segment as run
 
-    normaliser = None
-    if args.normalize or args.target:
-        from ..io import SlideError
-        from ..stain import StainError, load_target
-
-        if not args.target:
-            print(
-                "error: --normalize needs --target (a reference image or a saved profile .json)",
-                file=sys.stderr,
-            )
-            return 2
-        try:
-            normaliser = load_target(args.normalize, args.target)
-        except (SlideError, StainError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    return segment_command(args, normaliser=normaliser)
+    return run(args)
 
 
 def cmd_normalize(args) -> int:
-    from ..stain.commands import normalize_command
+    from .normalize import cmd_normalize as run
 
-    return normalize_command(args)
+    return run(args)
 
 
 def cmd_eval(args) -> int:
-    from ..segmentation.commands import evaluate_dirs
+    from .evaluate import cmd_eval as run
 
-    return evaluate_dirs(args.pred_dir, args.gt_dir)
+    return run(args)
+
+
+def missing_training_packages(what: str) -> str | None:
+    """None when PyTorch and ONNX (the ``train`` extra) are installed, else the one-line error:
+    inference runs on ONNX Runtime alone, training and exporting need them."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "onnx") if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"{what} needs {' and '.join(missing)}, not installed (segmenting does not): "
+        "pip install 'napari-nucleiseg[train]', or bash scripts/setup.sh train (CPU PyTorch)"
+    )
 
 
 def cmd_train(args) -> int:
+    from .progress import Progress
+
+    problem = missing_training_packages("training")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from ..training.seg_train import TrainConfig, train
 
     cfg = TrainConfig(
@@ -183,19 +182,23 @@ def cmd_train(args) -> int:
         cycle_lr_decay=args.cycle_lr_decay,
         init_from=args.init_from,
     )
-    for info in train(cfg):
-        if info["iter"] % args.log_every == 0 or "val" in info or info["iter"] == cfg.iters:
-            eta = (
-                info["elapsed_s"]
-                / max(1, info["iter"] - info.get("start", 0))
-                * (cfg.iters - info["iter"])
-            )
-            val = f"  val {info['val']}" if "val" in info else ""
-            print(
-                f"iter {info['iter']}/{cfg.iters}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
-                f"eta {eta / 60:.1f} min{val}",
-                flush=True,
-            )
+    # The log lines are the progress on a log; a terminal also gets a bar.
+    with Progress("train", "iters", min_total=1) as bar:
+        for info in train(cfg):
+            if bar.tty:
+                bar.update(info["iter"], cfg.iters, f"loss {info['loss']:.4f}")
+            if info["iter"] % args.log_every == 0 or "val" in info or info["iter"] == cfg.iters:
+                eta = (
+                    info["elapsed_s"]
+                    / max(1, info["iter"] - info.get("start", 0))
+                    * (cfg.iters - info["iter"])
+                )
+                val = f"  val {info['val']}" if "val" in info else ""
+                bar.write(
+                    f"iter {info['iter']}/{cfg.iters}  loss {info['loss']:.4f}  "
+                    f"lr {info['lr']:.2e}  eta {eta / 60:.1f} min{val}",
+                    sys.stdout,
+                )
     print(f"checkpoint: {Path(args.out) / 'checkpoint.pt'}")
     return 0
 
@@ -211,6 +214,10 @@ def _positive(kind):
 
 
 def cmd_release(args) -> int:
+    problem = missing_training_packages("release-model")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from ..training.release import release
 
     card = release(args.run, args.name, args.version, args.train_data, args.test_data, args.out_dir)
@@ -218,25 +225,56 @@ def cmd_release(args) -> int:
     return 0
 
 
-#: Stain normalisation methods (napari_nucleiseg.stain.METHODS, listed here to keep --help import-light).
-STAIN_METHODS = ("reinhard", "macenko", "vahadane", "ruifrok")
+def stain_methods() -> tuple[str, ...]:
+    """The stain normalisers, from the one list in :mod:`napari_nucleiseg.stain`."""
+    try:
+        from ..stain import STAIN_METHODS
+    except ImportError:  # before the list had its new name
+        from ..stain import METHODS as STAIN_METHODS
+    return tuple(STAIN_METHODS)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Fills ``{nuclei_methods}`` in a help text when help is shown, not when the parser is built:
+    the registry is asked only then, and a model added since is listed. Lines are not broken at
+    hyphens (``nuclei-unet-v4``, ``--screenshot-delay`` stay whole)."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _expand_help(self, action):
+        text = super()._expand_help(action)
+        if "{nuclei_methods}" in text:
+            from .segment import nuclei_method_names
+
+            text = text.replace("{nuclei_methods}", ", ".join(nuclei_method_names()))
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
+    from .info import JSON_SIZES_HELP
 
-    p = argparse.ArgumentParser(prog="nucleiseg", description=__doc__.split("\n")[0])
+    stains = stain_methods()
+    p = argparse.ArgumentParser(
+        prog="nucleiseg", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
     p.add_argument("--version", action="version", version=f"napari-nucleiseg {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("info", help="levels, µm/px and format of slides")
-    s.add_argument("slides", nargs="+")
+    def command(name, text):
+        return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+
+    s = command("info", "levels, µm/px and format of slides")
+    s.add_argument("slides", nargs="+", metavar="SLIDE", help="slides or images to describe")
     s.add_argument("--mpp", type=_positive(float), help="µm/px override")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help=JSON_SIZES_HELP)
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("tissue", help="tissue mask and the tissue tiles whole-slide jobs visit")
-    s.add_argument("slide")
+    s = command("tissue", "tissue mask and the tissue tiles whole-slide jobs visit")
+    s.add_argument("slide", help="the slide")
     s.add_argument("--mpp", type=_positive(float), help="µm/px override")
     s.add_argument(
         "--tile-um", type=_positive(float), default=256.0, help="tile edge in µm (default 256)"
@@ -245,34 +283,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile-px",
         type=_positive(int),
         default=512,
-        help="tile edge in px when the slide has no µm/px",
+        help="tile edge in px when the slide has no µm/px (default 512)",
     )
     s.add_argument("--out", help="write the mask as PNG")
     s.add_argument("--tiles", help="write the tissue tiles as JSON")
     s.set_defaults(func=cmd_tissue)
 
-    s = sub.add_parser("demo", help="generate the demo slide and print where it is")
+    s = command("demo", "generate the demo slide and print where it is")
     s.add_argument("--out", help="directory (default: the user cache)")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser(
-        "segment", help="segment nuclei: DIR/<stem>.tif labels + DIR/<stem>.csv measurements"
+    s = command("segment", "segment nuclei: DIR/<stem>.tif labels + DIR/<stem>.csv measurements")
+    s.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="images or slides, folders of them, or .txt lists of paths",
     )
     s.add_argument(
-        "inputs", nargs="+", help="images or slides, folders of them, or .txt lists of paths"
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder (created when there is something to write): <stem>.tif labels and "
+        "<stem>.csv per image, <stem>.nuclei.zarr/.csv/.parquet/.geojson per whole slide",
     )
-    s.add_argument("--out", required=True)
     s.add_argument("--mpp", type=_positive(float), help="µm/px of inputs that do not state it")
     s.add_argument(
         "--method",
         default=None,
-        help="model name (default: the shipped model), 'classical' or 'classical-phansalkar'",
+        metavar="NAME",
+        help="nuclei method: {nuclei_methods} (default: the first), or a model card .json",
     )
     s.add_argument(
         "--normalize",
         metavar="METHOD",
-        choices=STAIN_METHODS,
-        help="normalise stains first: " + ", ".join(STAIN_METHODS) + " (recorded in the output)",
+        choices=stains,
+        help="normalise stains first: " + ", ".join(stains) + " (recorded in the output)",
     )
     s.add_argument(
         "--target",
@@ -282,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--whole-slide",
         action="store_true",
-        help="use the whole-slide job (automatic above 120 MP): DIR/<stem>.nuclei.zarr/.csv/.parquet/.geojson",
+        help="use the whole-slide job (automatic above 120 MP): "
+        "DIR/<stem>.nuclei.zarr/.csv/.parquet/.geojson",
     )
     s.add_argument(
         "--scheduler",
@@ -299,12 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_segment)
 
-    s = sub.add_parser(
-        "normalize", help="stain-normalise an image or a whole slide (pyramidal output)"
-    )
-    s.add_argument("input")
+    s = command("normalize", "stain-normalise an image or a whole slide (pyramidal output)")
+    s.add_argument("input", help="image or slide to normalise")
     s.add_argument(
-        "--method", choices=STAIN_METHODS, help="required unless --target is a profile .json"
+        "--method",
+        choices=stains,
+        help="normaliser: " + ", ".join(stains) + " (required unless --target is a profile .json)",
     )
     s.add_argument(
         "--target",
@@ -322,25 +369,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mpp", type=_positive(float), help="µm/px of an input that does not state it")
     s.set_defaults(func=cmd_normalize)
 
-    s = sub.add_parser("eval", help="score predicted label maps against ground truth")
-    s.add_argument("pred_dir")
-    s.add_argument("gt_dir")
+    s = command("eval", "score predicted label maps against ground truth")
+    s.add_argument("pred_dir", metavar="PRED_DIR", help="folder of predicted label maps <stem>.tif")
+    s.add_argument(
+        "gt_dir",
+        metavar="GT_DIR",
+        help="folder of ground-truth label maps <stem>.tif (or a data set with labels/)",
+    )
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser(
-        "train", help="train the nuclei network (resumable: re-run the same command)"
-    )
+    s = command("train", "train the nuclei network (resumable: re-run the same command)")
     s.add_argument("--data", required=True, help="data set folder (images/, labels/, index.json)")
     s.add_argument("--out", required=True, help="run folder: checkpoint.pt, train.log, config.json")
-    s.add_argument("--iters", type=int, default=1100)
-    s.add_argument("--batch", type=int, default=8)
-    s.add_argument("--patch", type=int, default=256)
-    s.add_argument("--threads", type=int, default=2)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--model-mpp", type=float, default=0.5)
-    s.add_argument("--widths", default="8,24,48,96")
-    s.add_argument("--decoder", choices=("double", "light"), default="double")
-    s.add_argument("--lr", type=float, default=3e-3)
+    s.add_argument("--iters", type=int, default=1100, help="iterations (default 1100)")
+    s.add_argument("--batch", type=int, default=8, help="patches per iteration (default 8)")
+    s.add_argument("--patch", type=int, default=256, help="patch edge in px (default 256)")
+    s.add_argument("--threads", type=int, default=2, help="PyTorch threads (default 2)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument(
+        "--model-mpp", type=float, default=0.5, help="µm/px the model works at (default 0.5)"
+    )
+    s.add_argument(
+        "--widths", default="8,24,48,96", help="channels per U-Net level (default 8,24,48,96)"
+    )
+    s.add_argument(
+        "--decoder",
+        choices=("double", "light"),
+        default="double",
+        help="decoder blocks: double or light convolutions (default double)",
+    )
+    s.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     s.add_argument(
         "--cycles",
         default="",
@@ -360,31 +418,47 @@ def build_parser() -> argparse.ArgumentParser:
         ".safetensors file): every level it shares with --widths is copied, the rest starts "
         "from random weights",
     )
-    s.add_argument("--log-every", type=int, default=25)
+    s.add_argument("--log-every", type=int, default=25, help="print a log line every N iterations")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser(
-        "release-model", help="tune, export and measure a training run as a shipped model"
+    s = command("release-model", "tune, export and measure a training run as a shipped model")
+    s.add_argument("run", help="training run folder (what train --out wrote)")
+    s.add_argument("--name", required=True, help="model name, e.g. nuclei-unet-v5")
+    s.add_argument("--version", required=True, help="model version, e.g. 5.0.0")
+    s.add_argument(
+        "--train-data",
+        required=True,
+        help="the training data set (its held-out images tune the post-processing)",
     )
-    s.add_argument("run")
-    s.add_argument("--name", required=True)
-    s.add_argument("--version", required=True)
-    s.add_argument("--train-data", required=True)
     s.add_argument("--test-data", required=True, help="measured only, never tuned on")
     s.add_argument("--out-dir", help="default: the package's models folder")
     s.set_defaults(func=cmd_release)
 
-    s = sub.add_parser("view", help="open napari with the plugin docked, on a slide or the demo")
-    s.add_argument("slide", nargs="?")
-    s.add_argument("--screenshot", help=argparse.SUPPRESS)
-    s.add_argument("--screenshot-delay", type=float, default=3.0, help=argparse.SUPPRESS)
+    s = command("view", "open napari with the plugin docked, on a slide or the demo")
+    s.add_argument("slide", nargs="?", help="slide or image to open (default: the demo slide)")
+    s.add_argument(
+        "--screenshot",
+        metavar="PNG",
+        help="save the window to this file after --screenshot-delay seconds, then quit",
+    )
+    s.add_argument(
+        "--screenshot-delay",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="wait before --screenshot (default 3)",
+    )
     s.set_defaults(func=cmd_view)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

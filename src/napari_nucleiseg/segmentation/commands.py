@@ -1,10 +1,13 @@
-"""The ``segment`` and ``eval`` commands: files in, files out, one line per problem."""
+"""Files in, files out: what ``nucleiseg segment`` and ``nucleiseg eval`` do, without the
+printing. Functions return results and raise typed errors whose ``str()`` names the file and the
+problem (:class:`~napari_nucleiseg.io.SlideError`, :class:`EvaluationError`); the command line
+(:mod:`napari_nucleiseg.cli`) turns them into lines, progress bars and exit codes."""
 
 from __future__ import annotations
 
 import json
-import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,66 +16,100 @@ import numpy as np
 MAX_IMAGE_PIXELS = 120_000_000
 
 
-def segment_files(inputs, out_dir, mpp=None, method=None, normaliser=None) -> int:
+@dataclass
+class SegmentedFile:
+    """What :func:`segment_file` wrote for one input."""
+
+    source: Path
+    labels: Path
+    table: Path
+    nuclei: int
+    mpp: float
+
+
+def segment_file(
+    path, out_dir, *, mpp=None, method=None, normaliser=None, info=None, progress=None
+) -> SegmentedFile:
+    """Segment the nuclei of one image (or small slide) into ``out_dir/<stem>.tif`` (labels,
+    with ``info`` — what produced them — in the description) and ``out_dir/<stem>.csv``
+    (measurements). ``out_dir`` is created only once there is something to write.
+
+    ``progress(done, total)`` is called as tiles finish. Raises ``SlideError`` (names the file)
+    for an unreadable input, one without µm/px, or one too large to read whole.
+    """
     import tifffile
 
     from ..io import SlideError, open_slide
+    from ..stain.errors import StainError
     from .api import describe_method, segment_image
     from .measure import measure_nuclei, write_csv
 
+    if info is None:
+        info = describe_method(method, normaliser)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slide = open_slide(path, mpp=mpp)
+    try:
+        if slide.mpp is None:
+            raise SlideError(
+                path, "states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)"
+            )
+        h, w = slide.shape
+        if h * w > MAX_IMAGE_PIXELS:
+            raise SlideError(
+                path, f"{w}x{h} px is a whole slide; segment its tissue with the whole-slide job"
+            )
+        rgb = slide.read_region(0, 0, w, h, 0)
+        px = float(slide.mpp)
+    finally:
+        slide.close()
+    try:
+        labels = segment_image(rgb, px, method, progress=progress, normaliser=normaliser)
+    except StainError as exc:  # the normaliser cannot adapt to this image
+        raise exc.for_path(path) from None
+    dtype = np.uint16 if labels.max() < 65535 else np.uint32
+    stem = Path(path).name.split(".")[0]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    failed = []
-    try:
-        info = describe_method(method, normaliser)
-    except Exception as exc:  # unknown model name, weights failing their hash
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path in inputs:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                slide = open_slide(path, mpp=mpp)
-            if slide.mpp is None:
-                raise SlideError(
-                    path, "states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)"
-                )
-            h, w = slide.shape
-            if h * w > MAX_IMAGE_PIXELS:
-                raise SlideError(
-                    path,
-                    f"{w}x{h} px is a whole slide; segment its tissue with the whole-slide job",
-                )
-            rgb = slide.read_region(0, 0, w, h, 0)
-            labels = segment_image(rgb, slide.mpp, method, normaliser=normaliser)
-            dtype = np.uint16 if labels.max() < 65535 else np.uint32
-            stem = Path(path).name.split(".")[0]
-            meta = {"source": str(path), "mpp": slide.mpp, **info}
-            tmp = out / f"{stem}.tif.part"
-            # zlib level 1: label maps are mostly runs of zeros, so it compresses almost as well
-            # as the default level 6 in a fraction of the time.
-            tifffile.imwrite(
-                tmp,
-                labels.astype(dtype),
-                compression="zlib",
-                compressionargs={"level": 1},
-                resolution=(1e4 / slide.mpp, 1e4 / slide.mpp),
-                resolutionunit="CENTIMETER",
-                description=json.dumps(meta),
-                metadata=None,
-            )
-            tmp.replace(out / f"{stem}.tif")
-            write_csv(measure_nuclei(labels, rgb, slide.mpp), out / f"{stem}.csv")
-            print(f"{path}: {int(labels.max())} nuclei -> {out / (stem + '.tif')}")
-        except SlideError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed.append(str(path))
-    if failed:
-        print(f"failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    meta = {"source": str(path), "mpp": px, **info}
+    tmp = out / f"{stem}.tif.part"
+    # zlib level 1: label maps are mostly runs of zeros, so it compresses almost as well as the
+    # default level 6 in a fraction of the time.
+    tifffile.imwrite(
+        tmp,
+        labels.astype(dtype),
+        compression="zlib",
+        compressionargs={"level": 1},
+        resolution=(1e4 / px, 1e4 / px),
+        resolutionunit="CENTIMETER",
+        description=json.dumps(meta),
+        metadata=None,
+    )
+    tmp.replace(out / f"{stem}.tif")
+    write_csv(measure_nuclei(labels, rgb, px), out / f"{stem}.csv")
+    return SegmentedFile(
+        Path(path), out / f"{stem}.tif", out / f"{stem}.csv", int(labels.max()), px
+    )
 
 
-def evaluate_dirs(pred_dir, gt_dir) -> int:
+class EvaluationError(ValueError):
+    """Nothing can be scored: no ground truth, no matching predictions, or mismatched shapes.
+    ``str()`` names the folder or file."""
+
+
+@dataclass
+class Evaluation:
+    """Per-image scores, the data-set aggregate and the ground-truth images with no prediction."""
+
+    scores: list
+    aggregate: dict
+    missing: list[str] = field(default_factory=list)
+
+
+def evaluate_dirs(pred_dir, gt_dir, progress=None) -> Evaluation:
+    """Score every ``pred_dir/<stem>.tif`` against ``gt_dir/<stem>.tif`` (or
+    ``gt_dir/labels/``). ``progress(done, total)`` after each image. Raises
+    :class:`EvaluationError`."""
     import tifffile
 
     from ..metrics import aggregate, score_image
@@ -82,49 +119,21 @@ def evaluate_dirs(pred_dir, gt_dir) -> int:
         gt_dir = gt_dir / "labels"
     gts = {p.name.split(".")[0]: p for p in sorted(gt_dir.glob("*.tif*"))}
     if not gts:
-        print(f"error: {gt_dir}: no ground-truth .tif label maps", file=sys.stderr)
-        return 2
+        raise EvaluationError(f"{gt_dir}: no ground-truth .tif label maps")
     scores, missing = [], []
-    for stem, gt_path in gts.items():
+    for i, (stem, gt_path) in enumerate(gts.items()):
         cands = list(pred_dir.glob(f"{stem}.tif")) + list(pred_dir.glob(f"{stem}.tiff"))
         if not cands:
             missing.append(stem)
-            continue
-        gt, pred = tifffile.imread(gt_path), tifffile.imread(cands[0])
-        if pred.shape != gt.shape:
-            print(
-                f"error: {cands[0]}: shape {pred.shape} differs from ground truth {gt.shape}",
-                file=sys.stderr,
-            )
-            return 2
-        scores.append(score_image(gt, pred, stem))
+        else:
+            gt, pred = tifffile.imread(gt_path), tifffile.imread(cands[0])
+            if pred.shape != gt.shape:
+                raise EvaluationError(
+                    f"{cands[0]}: shape {pred.shape} differs from ground truth {gt.shape}"
+                )
+            scores.append(score_image(gt, pred, stem))
+        if progress is not None:
+            progress(i + 1, len(gts))
     if not scores:
-        print(f"error: {pred_dir}: no predictions matching the ground-truth names", file=sys.stderr)
-        return 2
-    cols = ["aji", "f1", "pq", "ap", "dice", "n_true", "n_pred"]
-    print(f"{'image':<28}" + "".join(f"{c:>8}" for c in cols))
-    for s in scores:
-        r = s.as_row()
-        print(
-            f"{s.name[:28]:<28}"
-            + "".join(f"{r[c]:>8.4f}" if isinstance(r[c], float) else f"{r[c]:>8}" for c in cols)
-        )
-    agg = aggregate(scores)
-    m = agg["mean_per_image"]
-    print(
-        f"{'mean of images':<28}" + "".join(f"{m[c]:>8.4f}" if c in m else f"{'':>8}" for c in cols)
-    )
-    print(
-        f"{'aggregate':<28}"
-        + "".join(
-            f"{agg[c]:>8.4f}" if isinstance(agg.get(c), float) else f"{agg.get(c, ''):>8}"
-            for c in cols
-        )
-    )
-    if missing:
-        print(
-            f"warning: no prediction for {len(missing)} image(s): {', '.join(missing)}",
-            file=sys.stderr,
-        )
-    print(json.dumps({k: v for k, v in agg.items()}))
-    return 1 if missing else 0
+        raise EvaluationError(f"{pred_dir}: no predictions matching the ground-truth names")
+    return Evaluation(scores, aggregate(scores), missing)

@@ -1,4 +1,5 @@
-"""The ``normalize`` command: an image or a whole slide in, its stain-normalised copy out.
+"""What ``nucleiseg normalize`` does: an image or a whole slide in, its stain-normalised copy out
+(the command line, :mod:`napari_nucleiseg.cli.normalize`, adds the lines and the progress bar).
 
 Images (PNG/JPEG out) are normalised in memory. Anything written as ``.tif``/``.tiff`` or
 ``.zarr`` goes through the lazy path — the slide's statistics sampled from its tissue, every
@@ -9,7 +10,6 @@ flat for gigapixel slides and the output opens again with ``open_slide``.
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -75,7 +75,6 @@ def normalize_file(
             "stain": adapted.describe(),
             "source_profile": adapted.source.to_dict(),
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
         if suffix in IMAGE_SUFFIXES:
             h, w = slide.shape
             if h * w > MAX_IMAGE_PIXELS:
@@ -83,10 +82,12 @@ def normalize_file(
                     input_path, f"{w}x{h} px is a whole slide; write a .tif or .zarr pyramid"
                 )
             rgb = adapted.transform(slide.read_region(0, 0, w, h, 0))
+            out.parent.mkdir(parents=True, exist_ok=True)
             _save_image(out, rgb, record, slide.mpp)
         else:
             levels, downsamples = pyramid_levels(slide)
             levels = normalise_levels(levels, adapted)
+            out.parent.mkdir(parents=True, exist_ok=True)
             if suffix == ".zarr":
                 write_ome_zarr(
                     out,
@@ -126,31 +127,3 @@ def _save_image(out: Path, rgb: np.ndarray, record: dict, mpp) -> None:
     tmp = out.with_name(out.name + ".part")
     img.save(tmp, format=Image.registered_extensions()[out.suffix.lower()], **kw)
     tmp.replace(out)
-
-
-def normalize_command(args) -> int:
-    """CLI glue: one line per problem on stderr, a progress line for slides."""
-    from ..io import SlideError
-    from .errors import StainError
-
-    def progress(done, total):
-        if done == total or done % 16 == 0:
-            print(
-                f"\r{done}/{total} tiles",
-                end="" if done < total else "\n",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    try:
-        record = normalize_file(
-            args.input, args.out, args.method, args.target, args.save_profile, args.mpp, progress
-        )
-    except (SlideError, StainError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    stain = record["stain"]
-    if args.save_profile:
-        print(f"profile: {args.save_profile}")
-    print(f"{args.input}: {stain['method']} -> {args.out}")
-    return 0

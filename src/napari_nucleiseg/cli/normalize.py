@@ -1,0 +1,34 @@
+"""``nucleiseg normalize``: one line per problem on stderr, a progress bar for slides."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .progress import Progress
+
+
+def cmd_normalize(args) -> int:
+    from ..io import SlideError
+    from ..stain import StainError
+    from ..stain.commands import normalize_file
+
+    with Progress(Path(args.input).name, "tiles") as bar:
+        try:
+            record = normalize_file(
+                args.input,
+                args.out,
+                args.method,
+                args.target,
+                args.save_profile,
+                args.mpp,
+                progress=bar.update,
+            )
+        except (SlideError, StainError) as exc:
+            bar.close()
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    if args.save_profile:
+        print(f"profile: {args.save_profile}")
+    print(f"{args.input}: {record['stain']['method']} -> {args.out}")
+    return 0

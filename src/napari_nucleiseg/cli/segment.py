@@ -1,0 +1,259 @@
+"""``nucleiseg segment``: images in memory, whole slides through the whole-slide job.
+
+One line per failed input on stderr (``error: <file>: <problem>``), and a ``failed:`` summary only
+when several inputs ran; progress on stderr (:mod:`.progress`); results on stdout, one
+``<input>: <n> nuclei -> <output>`` line per input. The output folder is left only when something
+was written to it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from .progress import Progress, duration, is_tty
+
+
+def nuclei_method_names() -> list[str]:
+    """Every nuclei method the registry knows (shipped, user and project models, classical,
+    registered at run time), the default first."""
+    from ..methods import method_names
+
+    return list(method_names("nuclei"))
+
+
+def check_method(name) -> str | None:
+    """None if ``name`` (None: the default) can run, else the one-line problem."""
+    from ..methods import MethodError, get_method
+    from ..models.registry import WeightsError
+
+    try:
+        method = get_method(name, "nuclei")
+        method.warm_up()  # loads the weights: a file failing its hash is refused here, once
+    except MethodError as exc:  # no such method: the message lists the available ones
+        return str(exc)
+    except WeightsError as exc:  # weights missing or failing their hash
+        return str(exc)
+    except ModuleNotFoundError as exc:  # a model without an ONNX twin needs PyTorch
+        if exc.name != "torch":
+            raise
+        return (
+            f"method {name or method.name!r} has no ONNX model and needs PyTorch, which is "
+            "not installed: pip install 'napari-nucleiseg[train]' (see README, Install)"
+        )
+    return None
+
+
+def cmd_segment(args) -> int:
+    from ..io import SlideError
+    from ..stain import StainError, load_target
+    from ..wholeslide.cohort import expand_inputs, route_inputs
+
+    err = sys.stderr
+    normaliser = None
+    if args.normalize or args.target:
+        if not args.target:
+            print(
+                "error: --normalize needs --target (a reference image or a saved profile .json)",
+                file=err,
+            )
+            return 2
+        try:
+            normaliser = load_target(args.normalize, args.target)
+        except (SlideError, StainError) as exc:
+            print(f"error: {exc}", file=err)
+            return 2
+    problem = check_method(args.method)
+    if problem:
+        print(f"error: {problem}", file=err)
+        return 2
+
+    out = Path(args.out)
+    existed = out.exists()
+    paths, errors = expand_inputs(args.inputs)
+    for e in errors:
+        print(f"error: {e}", file=err)
+    failed = [e.split(": ", 1)[0] for e in errors]
+    forced = bool(args.whole_slide or args.scheduler)
+    plain, whole = route_inputs(paths, whole_slide=forced, mpp=args.mpp)
+    code = 0
+    try:
+        if plain:
+            failed += segment_images(plain, out, args.mpp, args.method, normaliser)
+        if whole:
+            code, bad = segment_slides(whole, out, args, normaliser)
+            failed += bad
+    finally:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that wrote nothing leaves no empty folder behind
+    if failed and len(paths) + len(errors) > 1:
+        print(f"failed: {', '.join(failed)}", file=err)
+    return code or (1 if failed else 0)
+
+
+def segment_images(paths, out, mpp, method, normaliser) -> list[str]:
+    """Each image read whole and segmented in memory; returns the inputs that failed."""
+    from ..io import SlideError
+    from ..segmentation.api import describe_method
+    from ..segmentation.commands import segment_file
+
+    info = describe_method(method, normaliser)
+    failed = []
+    for path in paths:
+        with Progress(Path(path).name, "tiles") as bar:
+            try:
+                result = segment_file(
+                    path,
+                    out,
+                    mpp=mpp,
+                    method=method,
+                    normaliser=normaliser,
+                    info=info,
+                    progress=bar.update,
+                )
+            except SlideError as exc:
+                bar.close()
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                failed.append(str(path))
+                continue
+        print(f"{path}: {result.nuclei} nuclei -> {result.labels}", flush=True)
+    return failed
+
+
+# --------------------------------------------------------------------------- whole slides
+class CohortDisplay:
+    """Two bars on a terminal (the cohort, the current slide's tiles); on a log, a line per
+    slide at every tenth of its work and a cohort line after each slide."""
+
+    def __init__(self, count: int, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = is_tty(self.stream)
+        self.count = count
+        self.finished = self.failed = self.nuclei = 0
+        self.t0 = time.perf_counter()
+        self.slide: Progress | None = None
+        # The cohort advances by fractions of slides: its bar shows a percentage, and the count
+        # of finished slides in its status.
+        self.cohort = Progress(
+            "cohort",
+            "slides",
+            stream=self.stream,
+            leave=True,
+            min_total=1,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
+        )
+
+    def _cohort_status(self, current_nuclei: int = 0) -> str:
+        failed = f" ({self.failed} failed)" if self.failed else ""
+        done = self.finished + self.failed
+        return f"{done}/{self.count} slides{failed}, {self.nuclei + current_nuclei:,} nuclei"
+
+    def started(self, name: str) -> None:
+        self.slide = Progress(name, "tiles", stream=self.stream, position=1, min_total=1)
+        if self.tty:
+            self.cohort.update(self.finished + self.failed, self.count, self._cohort_status())
+
+    def progress(self, p) -> None:
+        status = f"{p.nuclei:,} nuclei, {p.stage}"
+        if p.resumed:
+            status = f"{p.resumed} resumed, " + status
+        self.slide.update(p.segmented, p.total, status, fraction=p.fraction, initial=p.resumed)
+        if self.tty:
+            done = self.finished + self.failed + p.fraction
+            self.cohort.update(done, self.count, self._cohort_status(p.nuclei))
+
+    def ended(self, outcome) -> None:
+        if self.slide is not None:
+            self.slide.close()
+        self.finished += outcome.ok
+        self.failed += not outcome.ok
+        self.nuclei += outcome.nuclei
+        if not outcome.ok:
+            self.cohort.write(f"error: {outcome.error}", sys.stderr)
+        done = self.finished + self.failed
+        if self.tty:
+            self.cohort.update(done, self.count, self._cohort_status())
+        elif self.count > 1:
+            elapsed = duration(time.perf_counter() - self.t0)
+            self.cohort.write(f"cohort: {self._cohort_status()}, {elapsed}")
+
+    def message(self, text: str) -> None:
+        self.cohort.write(text, sys.stderr)
+
+    def close(self) -> None:
+        if self.slide is not None:
+            self.slide.close()
+        self.cohort.close()
+
+
+def segment_slides(slides, out, args, normaliser) -> tuple[int, list[str]]:
+    """The whole-slide job on each slide; ``(exit code, failed inputs)``. Prints the progress,
+    then a table of the slides and one ``<slide>: <n> nuclei -> <store>`` line each."""
+    from ..models.registry import WeightsError
+    from ..wholeslide import SlideProgress
+    from ..wholeslide.cohort import SlideOutcome, SlideStarted, run_cohort
+
+    display = CohortDisplay(len(slides))
+    outcomes: list[SlideOutcome] = []
+    events = run_cohort(
+        slides,
+        out,
+        method=args.method,
+        mpp=args.mpp,
+        tile_um=args.tile_um,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        normaliser=normaliser,
+    )
+    try:
+        for event in events:
+            if isinstance(event, SlideStarted):
+                display.started(Path(event.slide).name)
+            elif isinstance(event, SlideProgress):
+                display.progress(event)
+            elif isinstance(event, SlideOutcome):
+                outcomes.append(event)
+                display.ended(event)
+    except (WeightsError, ConnectionError) as exc:  # nothing could run
+        display.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2, [str(s) for s in slides]
+    except KeyboardInterrupt:
+        events.close()  # stops the running job; finished tiles stay recorded
+        display.close()
+        print(
+            "interrupted: finished tiles are recorded; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130, [str(s) for s in slides[len(outcomes) :]]
+    display.close()
+    print_summary(outcomes)
+    return 0, [o.slide for o in outcomes if not o.ok]
+
+
+def print_summary(outcomes, stream=None) -> None:
+    """A table of the slides, then one line per finished slide in the format plain
+    segmentation prints (scripts parse it)."""
+    stream = stream if stream is not None else sys.stdout
+    print(
+        f"{'slide':<32}{'status':>9}{'tiles':>8}{'resumed':>9}{'nuclei':>10}{'time':>9}"
+        f"{'nuclei/s':>10}  result",
+        file=stream,
+    )
+    for o in outcomes:
+        name = Path(o.slide).name[:31]
+        took = duration(o.seconds)
+        if o.ok:
+            rate = o.nuclei / o.seconds if o.seconds > 0 else 0.0
+            print(
+                f"{name:<32}{'done':>9}{o.tiles:>8}{o.resumed:>9}{o.nuclei:>10}{took:>9}"
+                f"{rate:>10.0f}  {o.store}",
+                file=stream,
+            )
+        else:
+            print(f"{name:<32}{'FAILED':>9}{'':>27}{took:>9}{'':>10}  {o.error}", file=stream)
+    for o in outcomes:
+        if o.ok:
+            print(f"{o.slide}: {o.nuclei} nuclei -> {o.store}", file=stream)
+    stream.flush()
