@@ -119,15 +119,6 @@ class _LogCollector(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-class _LogCollector(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def _sample_index(shape, axes: str, size: int = 2048):
     """A centred window of at most ``size`` px in Y and X: enough pixels to set a display range,
     bounded however large the (possibly only) level is."""

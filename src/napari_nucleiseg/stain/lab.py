@@ -95,19 +95,6 @@ def _encode(lin_cols: list[np.ndarray], out: np.ndarray) -> None:
         out[:, c] = _ENCODE.take(v.astype(np.int32))
 
 
-def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
-    """(N, 3) CIELAB -> (N, 3) uint8 sRGB, out-of-gamut colours clipped."""
-    lab = np.asarray(lab, dtype=np.float32)
-    out = np.empty(lab.shape, np.uint8)
-    f_from_lab = np.linalg.inv(LAB_FROM_F)
-    for s in range(0, len(lab), BLOCK):
-        blk = lab[s : s + BLOCK]
-        cols = [np.ascontiguousarray(blk[:, c]) for c in range(3)]
-        f = _mix(f_from_lab, cols, -f_from_lab @ LAB_OFFSET)
-        _encode(_mix(LIN_FROM_XYZN, [_f_inv(v) for v in f]), out[s : s + BLOCK])
-    return out
-
-
 def lab_affine_rgb(pixels: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """``lab -> scale * lab + shift`` applied to (N, 3) uint8 sRGB pixels, returned as uint8.
 

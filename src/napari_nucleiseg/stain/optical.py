@@ -54,11 +54,6 @@ def as_pixels(rgb) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(-1, 3))
 
 
-def od_of(pixels: np.ndarray) -> np.ndarray:
-    """(N, 3) uint8 -> (N, 3) float32 optical density."""
-    return OD_LUT32[pixels]
-
-
 def lightness(pixels: np.ndarray) -> np.ndarray:
     """CIELAB L* / 100 of (N, 3) uint8 pixels, through the sRGB table (no per-pixel powers
     except one cube root)."""
