@@ -96,16 +96,10 @@ def iter_segment_tiled(
     return out
 
 
-def segment_tiled(
-    rgb: np.ndarray,
-    mpp: float,
-    segment: Callable[[np.ndarray, float], np.ndarray],
-    tile: TilePlan | int = 1024,
-    halo: int = 64,
-    progress=None,
-) -> np.ndarray:
-    """Segment an image tile by tile with ``segment(rgb_block, mpp) -> labels``; one global map."""
-    steps = iter_segment_tiled(rgb, mpp, segment, tile, halo)
+def segment_tiled(rgb, mpp, segment, *args, progress=None, **kwargs) -> np.ndarray:
+    """Segment an image tile by tile with ``segment(rgb_block, mpp) -> labels``; one global map.
+    Arguments as :func:`iter_segment_tiled`; ``progress(done, total)`` after every tile."""
+    steps = iter_segment_tiled(rgb, mpp, segment, *args, **kwargs)
     while True:
         try:
             done, total = next(steps)
