@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quick start: set up, then open napari with the NucleiSeg Slide widget docked on the demo slide
-# (or on the slide given as an argument).
+# Quick start: set up, then open napari on the demo slide (or on the slide given as an argument),
+# the slide filling most of the window and the Nuclei, Stain and Slide panels docked beside it
+# (Nuclei in front).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh gui

@@ -7,7 +7,8 @@ Our layers are tagged in ``metadata["nucleiseg"]`` so widgets find them without 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -82,7 +83,8 @@ def slide_layer(slide, chunk: int | None = None, name: str | None = None) -> tup
 
 
 def tissue_layer(slide, mask, name: str = "tissue") -> tuple[Any, dict, str]:
-    """A low-resolution labels layer (1 = tissue) for a :class:`~napari_nucleiseg.tissue.TissueMask`."""
+    """A low-resolution labels layer (1 = tissue) for a
+    :class:`~napari_nucleiseg.tissue.TissueMask`."""
     scale, translate = physical_transform(slide, mask.downsample_yx)
     kwargs = {
         "name": name,
@@ -171,3 +173,163 @@ def region_labels_layer(
         },
     }
     return (labels, kwargs, "labels")
+
+
+# ---------------------------------------------------------------------------------------- stain
+#: Largest view (pixels at the level read) a stain reference is fitted on; larger views are read
+#: from a coarser level. Stain statistics need colour, not detail.
+MAX_VIEW_FIT_PIXELS = 4_000_000
+#: The deconvolution channels shown over a slide: name, colour map, top of the display range
+#: (optical density).
+STAIN_CHANNELS = (("haematoxylin", "blue", 1.0), ("eosin", "magenta", 1.0), ("DAB", "yellow", 1.0))
+
+
+def read_view(slide, box, max_pixels: int = MAX_VIEW_FIT_PIXELS) -> np.ndarray:
+    """The RGB pixels of a view of ``slide``, read from the finest level that keeps them under
+    ``max_pixels`` (a zoomed-out view of a gigapixel slide is read from a coarse level).
+
+    ``box`` is ``(x0, y0, x1, y1)`` in level-0 pixels (as the viewer reports it; clipped to the
+    slide here). Raises ValueError when even the coarsest level holds far more than
+    ``max_pixels`` of the view (a slide without reduced levels, seen whole).
+    """
+    x0, y0, x1, y1 = (max(0, v) for v in box)
+    h0, w0 = slide.shape
+    x1, y1 = min(x1, w0), min(y1, h0)
+    area = max(1.0, (x1 - x0) * (y1 - y0))
+    level = slide.best_level_for_downsample(max(1.0, (area / max_pixels) ** 0.5))
+    d = slide.level_downsamples[level]
+    if area / d**2 > 4 * max_pixels:
+        raise ValueError(
+            f"{slide.path.name}: the view is too large to fit a stain reference on at this "
+            "file's resolution levels: zoom in, or use a reference file"
+        )
+    return slide.read_region(
+        int(x0 / d), int(y0 / d), max(1, int((x1 - x0) / d)), max(1, int((y1 - y0) / d)), level
+    )
+
+
+@dataclass(frozen=True)
+class NormalisedStain:
+    """What a stain-normalised slide layer records in ``metadata["nucleiseg"]``: its colour
+    mapping, so another panel (Nuclei: "normalise stain first") can apply the very same mapping
+    to the slide's pixels. Written by :func:`normalised_layer`, read by :func:`recorded_normaliser`.
+
+    Keys (besides ``kind``, always ``"stain_normalised"``):
+
+    ``slide``
+        Path of the slide the layer shows normalised (``str``).
+    ``method``
+        The normaliser: ``macenko``, ``reinhard``, ``vahadane`` or ``ruifrok``.
+    ``reference``
+        What the target was fitted on, in words ("the current view of x.svs", a file name).
+    ``profile``
+        The target: :meth:`StainProfile.to_dict <napari_nucleiseg.stain.StainProfile.to_dict>`.
+    ``source``
+        The slide's own stain profile (sampled once from its tissue), same form. Target and
+        source together fix the per-pixel mapping of every chunk at every zoom.
+    """
+
+    slide: str
+    method: str
+    reference: str
+    profile: dict
+    source: dict
+
+    KIND: ClassVar[str] = "stain_normalised"
+
+    @classmethod
+    def of(cls, normaliser, slide_path, reference: str = "") -> NormalisedStain:
+        """The record of a normaliser adapted to a slide."""
+        if normaliser.source is None:
+            raise ValueError("the normaliser is not adapted to the slide yet")
+        return cls(
+            slide=str(slide_path),
+            method=normaliser.method,
+            reference=reference,
+            profile=normaliser.profile.to_dict(),
+            source=normaliser.source.to_dict(),
+        )
+
+    def to_metadata(self) -> dict:
+        return {"kind": self.KIND, **asdict(self)}
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> NormalisedStain:
+        """Read a layer's ``metadata["nucleiseg"]``; KeyError names a missing key."""
+        if meta.get("kind") != cls.KIND:
+            raise KeyError(f"not a stain-normalised layer (kind {meta.get('kind')!r})")
+        return cls(**{f.name: meta[f.name] for f in fields(cls)})
+
+    def normaliser(self):
+        """The normaliser, adapted to the slide as it was when the layer was made."""
+        from .stain import StainProfile, normaliser_from_profile
+
+        normaliser = normaliser_from_profile(StainProfile.from_dict(self.profile))
+        normaliser.source = StainProfile.from_dict(self.source)
+        return normaliser
+
+
+def recorded_normaliser(meta: dict):
+    """The normaliser a stain-normalised layer shows, from its ``metadata["nucleiseg"]`` (see
+    :class:`NormalisedStain` for the keys): every chunk it maps gets the layer's colours."""
+    return NormalisedStain.from_metadata(meta).normaliser()
+
+
+def normalised_layer(
+    slide, levels: list, normaliser, reference: str = "", name: str | None = None
+) -> tuple[Any, dict, str]:
+    """A lazy multiscale RGB layer of ``levels`` (the slide's pyramid, finest first) normalised
+    by ``normaliser`` — adapted to the slide first if it is not yet (a read of a tissue sample;
+    do it in a worker) — placed on the slide in µm and recording its mapping
+    (:class:`NormalisedStain`)."""
+    from .stain import normalise_levels
+    from .stain.lazy import adapt_to_levels
+
+    normaliser = adapt_to_levels(normaliser, levels, name=slide.path.name)
+    scale, translate = physical_transform(slide)
+    record = NormalisedStain.of(normaliser, slide.path, reference)
+    kwargs = {
+        "name": f"{name or slide.path.name} (normalised, {normaliser.method})",
+        "rgb": True,
+        "multiscale": True,
+        "scale": scale,
+        "translate": translate,
+        "units": _units(slide),
+        "contrast_limits": [0, 255],
+        "cache": False,
+        "metadata": {META_KEY: record.to_metadata()},
+    }
+    return (normalise_levels(levels, normaliser), kwargs, "image")
+
+
+def _stain_channel(block: np.ndarray, k: int) -> np.ndarray:
+    from .stain import deconvolve
+
+    return deconvolve(block)[..., k]
+
+
+def stain_channel_layers(slide, levels: list, name: str | None = None) -> list[tuple]:
+    """Haematoxylin, eosin and DAB optical density of ``levels`` (the slide's RGB pyramid), as
+    lazy multiscale layers computed per chunk, placed on the slide in µm (H shown, E and DAB
+    hidden, blended additively)."""
+    scale, translate = physical_transform(slide)
+    out = []
+    for k, (channel, colour, top) in enumerate(STAIN_CHANNELS):
+        data = [lv.map_blocks(_stain_channel, k, drop_axis=2, dtype=np.float32) for lv in levels]
+        kwargs = {
+            "name": f"{channel} ({name or slide.path.name})",
+            "multiscale": True,
+            "scale": scale,
+            "translate": translate,
+            "units": _units(slide),
+            "colormap": colour,
+            "contrast_limits": [0.0, top],
+            "blending": "additive",
+            "cache": False,
+            "visible": k == 0,
+            "metadata": {
+                META_KEY: {"kind": "stain_channel", "channel": channel, "slide": str(slide.path)}
+            },
+        }
+        out.append((data, kwargs, "image"))
+    return out

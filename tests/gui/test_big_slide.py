@@ -39,7 +39,7 @@ def test_gigapixel_slide_opens_fast_and_pans_lazily(make_napari_viewer, qtbot, b
     proc = psutil.Process()
     rng = np.random.default_rng(0)
     rss = []
-    for i in range(40):
+    for _ in range(40):
         cy, cx = rng.uniform(5_000, 95_000, 2)
         slide.stats.reset()
         viewer.scene.camera.zoom = 2.0 / 0.5  # 2 screen px per level-0 pixel: full resolution

@@ -154,7 +154,9 @@ def test_export_current_view_and_read_each_export_back(panel, qtbot):
     rows = list(csv.DictReader(open(widget._on_export_csv())))
     assert len(rows) == count
     cx = np.array([float(r["centroid_x_um"]) for r in rows]) / 0.5
+    cy = np.array([float(r["centroid_y_um"]) for r in rows]) / 0.5
     assert cx.min() >= x0 and cx.max() < x1
+    assert cy.min() >= y0 and cy.max() < y1
 
     # Labels: OME-Zarr whose scale/translation put it where the napari layer is.
     store = widget._on_export_labels()
@@ -301,8 +303,8 @@ def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qt
     shown = np.diff(after).max()
     print(
         f"\nlongest event-loop gap: {gaps.max() * 1000:.0f} ms while the whole slide ran "
-        f"({len(running)} ticks of 20 ms), {shown * 1000:.0f} ms when its labels layer was shown at "
-        f"the end; {idle_gap * 1000:.0f} ms for a process that only sleeps, meanwhile"
+        f"({len(running)} ticks of 20 ms), {shown * 1000:.0f} ms when its labels layer was shown "
+        f"at the end; {idle_gap * 1000:.0f} ms for a process that only sleeps, meanwhile"
     )
     assert "done" in widget._status.value, widget._status.value
     assert len(stamps) > 100
@@ -364,3 +366,38 @@ def test_whole_slide_cancel_stops_within_a_tile_and_the_next_run_resumes(panel, 
     widget._cancel.clicked.emit()
     qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
     assert again[0].resumed >= segmented
+
+
+def test_a_method_registered_at_run_time_is_in_the_method_list_and_runs(panel, qtbot):
+    """The panel asks the registry afresh: a method registered while napari runs is listed once
+    napari resets the panel's choices (as it does when layers change), and segments the view."""
+    from scipy import ndimage as ndi
+
+    from napari_nucleiseg.methods import NucleiMethod, register_method, unregister_method
+
+    class DarkBlobs(NucleiMethod):
+        name = "toy-dark-blobs-gui"
+        mpp = 0.5
+        tile_px = 512
+        context_um = 16.0
+
+        def segment(self, rgb, mpp):
+            dark = np.asarray(rgb, np.float32).mean(axis=-1) < 150
+            return ndi.label(ndi.binary_opening(dark, iterations=2))[0].astype(np.uint32)
+
+    viewer, widget, slide, _ = panel
+    assert "toy-dark-blobs-gui" not in widget._method.choices
+    register_method(DarkBlobs())
+    try:
+        widget.reset_choices()
+        assert "toy-dark-blobs-gui" in widget._method.choices
+        widget._method.value = "toy-dark-blobs-gui"
+        _look_at(viewer, (1400, 1500), 2.0)
+        _run(qtbot, widget, widget._run_view)
+        (layer,) = _nuclei_layers(viewer, "view")
+        assert layer.metadata["nucleiseg"]["method"]["method"] == "toy-dark-blobs-gui"
+        assert layer.data.max() > 10
+    finally:
+        unregister_method("toy-dark-blobs-gui")
+    widget.reset_choices()
+    assert "toy-dark-blobs-gui" not in widget._method.choices

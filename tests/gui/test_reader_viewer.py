@@ -90,10 +90,12 @@ def test_slide_widget_info_tissue_and_override(make_napari_viewer, qtbot, demo):
     assert "0.5 µm/px (file)" in widget._info.value and "4096 x 3072" in widget._info.value
 
     widget._tissue.clicked.emit()
+    assert widget._cancel.enabled  # a background run, with a Cancel button
     qtbot.waitUntil(
         lambda: any(l.metadata.get("nucleiseg", {}).get("kind") == "tissue" for l in viewer.layers),
         timeout=20000,
     )
+    assert not widget._cancel.enabled
     tissue = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "tissue")
     d = tissue.metadata["nucleiseg"]["downsample"]
     assert tuple(tissue.scale) == pytest.approx((0.5 * d, 0.5 * d))
@@ -105,15 +107,55 @@ def test_slide_widget_info_tissue_and_override(make_napari_viewer, qtbot, demo):
 
     # Running again replaces the layer instead of piling up copies.
     widget._tissue.clicked.emit()
-    qtbot.wait(200)
-    qtbot.waitUntil(lambda: widget._worker.is_running is False, timeout=20000)
-    qtbot.wait(100)
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=20000)
     assert sum(l.metadata.get("nucleiseg", {}).get("kind") == "tissue" for l in viewer.layers) == 1
 
     widget._mpp.value = 0.25
     widget._apply_mpp.clicked.emit()
     assert tuple(layer.scale) == (0.25, 0.25)
     assert "0.25 µm/px (override)" in widget._info.value
+    # 0 means no override: applying it goes back to the file's µm/px.
+    widget._mpp.value = 0
+    widget._apply_mpp.clicked.emit()
+    assert tuple(layer.scale) == (0.5, 0.5)
+    assert "0.5 µm/px (file)" in widget._info.value
+
+
+def _shown_text(spin_box) -> str:
+    """What the user reads in a magicgui spin box."""
+    from qtpy.QtWidgets import QAbstractSpinBox
+
+    native = spin_box.native
+    if not isinstance(native, QAbstractSpinBox):
+        native = native.findChild(QAbstractSpinBox)
+    return native.lineEdit().text()
+
+
+def test_slide_panel_shows_the_loaded_slide_and_what_0_um_per_px_means(
+    make_napari_viewer, qtbot, demo
+):
+    from pathlib import Path
+
+    from napari_nucleiseg._napari._slide_widget import SlideWidget
+
+    viewer = make_napari_viewer()
+    widget = SlideWidget(viewer)
+    viewer.open_sample("napari-nucleiseg", "demo_slide")
+    # The path field names the slide that is loaded (not an empty box).
+    assert Path(widget._file.value) == Path(demo.slide)
+    # No override: the box says the µm/px comes from the file; its tooltip says what 0 means.
+    assert _shown_text(widget._mpp) == "from the file"
+    assert "0 (shown as 'from the file') means no override" in widget._mpp.tooltip
+    widget._mpp.value = 0.2527
+    widget._apply_mpp.clicked.emit()
+    assert _shown_text(widget._mpp) == "0.2527"
+    # A second slide, selected: its own path and µm/px (none overridden).
+    viewer.open(str(demo.slide), plugin="napari-nucleiseg")
+    assert Path(widget._file.value) == Path(demo.slide)
+    assert _shown_text(widget._mpp) == "from the file"
+    first = next(l for l in viewer.layers if l.name == "demo H&E slide")
+    widget._layer.value = first
+    assert _shown_text(widget._mpp) == "0.2527"
 
 
 def test_widget_without_slide_says_so(make_napari_viewer):

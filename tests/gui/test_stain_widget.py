@@ -28,9 +28,8 @@ def panel(make_napari_viewer, demo):
 
 
 def _fit(qtbot, widget):
+    """Click Fit and wait until the panel is idle (a ticked "show" follows the fit at once)."""
     widget._fit.clicked.emit()
-    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
-    qtbot.wait(50)  # a ticked "show" starts its own background step after the fit
     qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
 
 
@@ -62,6 +61,13 @@ def test_fit_on_the_view_and_show_the_slide_normalised_lazily(panel, qtbot, tmp_
     block = np.asarray(slide.data[0][1024:1280, 1024:1280])
     shown = np.asarray(norm.data[0][1024:1280, 1024:1280])
     assert np.array_equal(shown, adapted.transform(block))
+    # The layer records that mapping (what the Nuclei panel segments): the same pixels from it.
+    from dataclasses import fields
+
+    from napari_nucleiseg.layers import NormalisedStain, recorded_normaliser
+
+    assert {f.name for f in fields(NormalisedStain)} <= set(norm.metadata["nucleiseg"])
+    assert np.array_equal(recorded_normaliser(norm.metadata["nucleiseg"]).transform(block), shown)
     assert np.array_equal(np.asarray(norm.data[0][1024:1536, 1024:1536])[:256, :256], shown)
     assert np.abs(shown.astype(int) - block).mean() > 1
     qtbot.wait(200)
@@ -75,6 +81,8 @@ def test_fit_on_the_view_and_show_the_slide_normalised_lazily(panel, qtbot, tmp_
     _fit(qtbot, widget)
     (again,) = _kind(viewer, "stain_normalised")
     assert again.metadata["nucleiseg"]["method"] == "reinhard"
+    assert "reinhard" in again.name and "shown normalised" in widget._status.value
+    assert not any("still running" in m for m in _messages())
 
     # Save the profile and use it as the reference: the same target.
     path = tmp_path / "ref.json"

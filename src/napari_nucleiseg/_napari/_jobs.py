@@ -138,12 +138,18 @@ class JobRunner:
         worker = create_worker(
             _drive, steps, self._cancel, self._counted, _start_thread=False, _ignore_errors=True
         )
-        worker.yielded.connect(lambda item: self._on_yielded(item, on_item, on_progress))
-        worker.returned.connect(
-            lambda value: self._on_returned(value, on_done, on_cancelled, cancelled_note)
+        # Each signal names its worker: a run started from a done callback must not take the
+        # signals of the run that just ended (its ``finished`` arrives after ``returned``).
+        worker.yielded.connect(
+            lambda item, w=worker: self._on_yielded(w, item, on_item, on_progress)
         )
-        worker.errored.connect(lambda exc: self._on_errored(exc, on_error))
-        worker.finished.connect(self._on_finished)
+        worker.returned.connect(
+            lambda value, w=worker: self._on_returned(
+                w, value, on_done, on_cancelled, cancelled_note
+            )
+        )
+        worker.errored.connect(lambda exc, w=worker: self._on_errored(w, exc, on_error))
+        worker.finished.connect(lambda w=worker: self._end(w))
         self.worker = worker
         self._ended = False
         if self._cancel_button is not None:
@@ -182,13 +188,13 @@ class JobRunner:
         self._status(f"{self.title}: cancelling after the current tile…")
 
     # ------------------------------------------------------------------ main-thread callbacks
-    def _on_yielded(self, item, on_item, on_progress) -> None:
+    def _on_yielded(self, worker, item, on_item, on_progress) -> None:
         prog = _progress_of(item)
         if prog is None:
             if on_item is not None:
                 on_item(item)
             return
-        if self._ended:  # delivered late: the run is over
+        if self._ended or self.worker is not worker:  # delivered late: the run is over
             return
         so_far = getattr(item, "so_far", None)
         if so_far is not None and on_item is not None:
@@ -235,8 +241,24 @@ class JobRunner:
         if done > self._pbar.n:
             self._pbar.update(done - self._pbar.n)
 
-    def _on_returned(self, value, on_done, on_cancelled, note="") -> None:
+    def _end(self, worker) -> None:
+        """The run of ``worker`` is over: no longer running, its bar closed, Cancel disabled.
+
+        Done *before* the run's done/cancelled/error callback is called, so that callback sees the
+        runner free and may start the next step at once (a fit, then its normalised view).
+        """
+        if self.worker is not worker:
+            return
         self._ended = True
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.worker = None
+        if self._cancel_button is not None:
+            self._cancel_button.enabled = False
+
+    def _on_returned(self, worker, value, on_done, on_cancelled, note="") -> None:
+        self._end(worker)
         elapsed = format_seconds(time.perf_counter() - self._started)
         if value is CANCELLED:
             # The worker's own count: every tile it finished, reported or not yet shown.
@@ -251,21 +273,12 @@ class JobRunner:
         if on_done is not None:
             on_done(value)
 
-    def _on_errored(self, exc, on_error) -> None:
+    def _on_errored(self, worker, exc, on_error) -> None:
         from napari.utils.notifications import show_error
 
-        self._ended = True
-
+        self._end(worker)
         self._status(f"{self.title}: {exc}")
         if on_error is not None:
             on_error(exc)
         else:
             show_error(str(exc))
-
-    def _on_finished(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self.worker = None
-        if self._cancel_button is not None:
-            self._cancel_button.enabled = False

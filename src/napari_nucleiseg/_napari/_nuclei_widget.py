@@ -17,11 +17,12 @@ from ._jobs import JobRunner
 from ._layers import find_layers, open_layer_slide, put_layer, slide_layers, tag
 
 
-def _methods() -> list[str]:
-    from ..models import list_models
-    from ..segmentation.api import CLASSICAL
+def _methods(_widget=None) -> list[str]:
+    """Every nuclei method the registry knows, asked afresh whenever napari resets the panel's
+    choices (a model trained or registered meanwhile appears without a restart)."""
+    from ..methods import method_names
 
-    return [*list_models(), *CLASSICAL]
+    return method_names("nuclei")
 
 
 #: Seconds between redraws of the whole-slide labels while the job runs.
@@ -34,12 +35,12 @@ LIVE_MAX_PX = 500_000
 
 class NucleiWidget(Container):
     def __init__(self, napari_viewer):
-        from ..models import DEFAULT_NUCLEI_MODEL
+        from ..methods import default_method_name
 
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
-        self._method = ComboBox(label="method", choices=_methods(), value=DEFAULT_NUCLEI_MODEL)
+        self._method = ComboBox(label="method", choices=_methods, value=default_method_name())
         self._normalise = CheckBox(
             text="normalise stain first (as in the Stain panel)", value=False
         )
@@ -79,7 +80,7 @@ class NucleiWidget(Container):
             self._count,
         ):  # long paths and messages wrap, not widen the dock
             label.native.setWordWrap(True)
-        self.native.setMinimumWidth(380)
+        self.native.setMinimumWidth(360)
         self.table.nucleus_chosen.connect(self._centre_on)
 
         self.jobs = JobRunner(self._set_status, self._cancel)
@@ -144,12 +145,9 @@ class NucleiWidget(Container):
                 "first (or untick 'normalise stain first')."
             )
             return False
-        from ..stain import StainProfile, normaliser_from_profile
+        from ..layers import recorded_normaliser
 
-        meta = tag(shown[0])
-        normaliser = normaliser_from_profile(StainProfile.from_dict(meta["profile"]))
-        normaliser.source = StainProfile.from_dict(meta["source"])  # the slide's colour mapping
-        return normaliser
+        return recorded_normaliser(tag(shown[0]))  # the layer's own colour mapping
 
     # ------------------------------------------------------------------ current view
     def _on_run_view(self, _=None):
@@ -364,7 +362,8 @@ class NucleiWidget(Container):
         show_error(f"{exc}{hint}")
 
     def _centre_on(self, row: dict) -> None:
-        """Centre the view on a nucleus picked in the table (centroids are from the slide's edge)."""
+        """Centre the view on a nucleus picked in the table (centroids are from the slide's
+        edge)."""
         layer = self._layer.value
         if layer is None:
             return
@@ -374,7 +373,8 @@ class NucleiWidget(Container):
 
     # ------------------------------------------------------------------ exports
     def _export_target(self, suffix: str) -> Path | None:
-        """Where an export of the last result goes: ``<results folder>/<slide>[.view_x…_y…]<suffix>``."""
+        """Where an export of the last result goes:
+        ``<results folder>/<slide>[.view_x…_y…]<suffix>``."""
         from napari.utils.notifications import show_error
 
         if self._last is None:

@@ -1,6 +1,7 @@
 """Slide dock widget: open a slide, see its levels and µm/px, override µm/px, show tissue.
 
-Each callback is a line or two into the core; anything that reads pixels runs in a worker thread.
+Each callback is a line or two into the core; anything that reads pixels runs in the background
+(``_jobs.JobRunner``: status line, progress, Cancel).
 """
 
 from __future__ import annotations
@@ -10,24 +11,37 @@ from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
 
-from ._layers import find_layers, put_layer, tag
+from ._jobs import JobRunner
+from ._layers import find_layers, open_layer_slide, put_layer, tag
+
+SLIDE_FILTER = (
+    "Slides (*.svs *.tif *.tiff *.ndpi *.mrxs *.scn *.bif *.dcm *.vms *.svslide);;All files (*)"
+)
+#: What the µm/px override box shows at 0: no override, the file's own µm/px.
+FROM_FILE = "from the file"
 
 
 class SlideWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self._file = FileEdit(
-            label="slide",
-            mode="r",
-            filter="Slides (*.svs *.tif *.tiff *.ndpi *.mrxs *.scn *.bif *.dcm *.vms *.svslide);;All files (*)",
-        )
+        self._file = FileEdit(label="slide", mode="r", filter=SLIDE_FILTER)
         self._open = PushButton(text="Open slide")
         self._layer = ComboBox(label="slide layer", choices=self._slide_layer_choices)
         self._info = Label(value="No slide open.")
-        self._mpp = FloatSpinBox(label="µm/px override", min=0.0, max=100.0, step=0.0001, value=0.0)
+        self._mpp = FloatSpinBox(
+            label="µm/px override",
+            min=0.0,
+            max=100.0,
+            step=0.0001,
+            value=0.0,
+            tooltip="The slide's µm/px when its file states none or a wrong one. "
+            "0 (shown as 'from the file') means no override: Apply goes back to the file's.",
+        )
+        self._mpp.native.setSpecialValueText(FROM_FILE)
         self._apply_mpp = PushButton(text="Apply µm/px")
         self._tissue = PushButton(text="Show tissue mask")
+        self._cancel = PushButton(text="Cancel")
         self._status = Label(value="")
         self.extend(
             [
@@ -38,14 +52,19 @@ class SlideWidget(Container):
                 self._mpp,
                 self._apply_mpp,
                 self._tissue,
+                self._cancel,
                 self._status,
             ]
         )
+        for label in (self._info, self._status):  # long paths wrap, not widen the dock
+            label.native.setWordWrap(True)
+        self.native.setMinimumWidth(340)
+        self.jobs = JobRunner(self._set_status, self._cancel)
         self._open.changed.connect(self._on_open)
         self._layer.changed.connect(self._show_info)
         self._apply_mpp.changed.connect(self._on_apply_mpp)
         self._tissue.changed.connect(self._on_tissue)
-        self.viewer.layers.events.inserted.connect(self._refresh)
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.removed.connect(self._refresh)
         self._refresh()
 
@@ -57,31 +76,27 @@ class SlideWidget(Container):
         self._layer.reset_choices()
         self._show_info()
 
-    def _current_slide(self):
-        """The selected slide layer and its slide, or (layer, None) after telling the user why not."""
-        from napari.utils.notifications import show_error
+    def _on_inserted(self, event=None):
+        """A slide just opened becomes the panel's slide: it is the one the user looks at."""
+        self._layer.reset_choices()
+        layer = getattr(event, "value", None)
+        if layer is not None and tag(layer).get("kind") == "slide":
+            self._layer.value = layer
+        self._show_info()
 
-        from ..io import SlideError, open_slide
-
-        layer = self._layer.value
-        if layer is None:
-            return None, None
-        meta = tag(layer)
-        override = meta["mpp"] if meta.get("mpp_source") == "override" else None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return layer, open_slide(meta["path"], mpp=override, backend=meta.get("backend"))
-        except SlideError as exc:
-            show_error(str(exc))
-            return layer, None
+    def _set_status(self, text: str) -> None:
+        self._status.value = text
 
     def _show_info(self, _=None):
+        """The selected slide: its file in the path field, its µm/px override (0: none) and its
+        format, µm/px and levels."""
         layer = self._layer.value
         if layer is None:
             self._info.value = "No slide open: open a file, or File > Open Sample > Demo H&E slide."
             return
         m = tag(layer)
+        self._file.value = m["path"]
+        self._mpp.value = m["mpp"] if m.get("mpp_source") == "override" else 0.0
         mpp = (
             "unknown — set an override"
             if m.get("mpp") is None
@@ -112,6 +127,8 @@ class SlideWidget(Container):
         put_layer(self.viewer, slide_layer(slide))
 
     def _on_apply_mpp(self, _=None):
+        """Apply the override to the slide and everything drawn over it; 0 goes back to the
+        file's own µm/px."""
         from napari.utils.notifications import show_error
 
         from ..io import SlideError, open_slide
@@ -121,16 +138,22 @@ class SlideWidget(Container):
         if layer is None:
             show_error("No slide open: open a slide before setting its µm/px.")
             return
-        if self._mpp.value <= 0:
-            show_error("Enter a µm/px above 0 (e.g. 0.25 for 40x, 0.5 for 20x).")
-            return
         meta = tag(layer)
+        override = self._mpp.value if self._mpp.value > 0 else None
         try:
-            slide = open_slide(meta["path"], mpp=self._mpp.value, backend=meta.get("backend"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a file without µm/px is handled below
+                slide = open_slide(meta["path"], mpp=override, backend=meta.get("backend"))
         except SlideError as exc:
             show_error(str(exc))
             return
-        ratio = self._mpp.value / (meta["mpp"] or 1.0)
+        if slide.mpp is None:
+            show_error(
+                f"{Path(meta['path']).name} states no µm/px: enter one above 0 "
+                "(e.g. 0.25 for 40x, 0.5 for 20x)."
+            )
+            return
+        ratio = slide.mpp / (meta["mpp"] or 1.0)
         _, kwargs, _ = slide_layer(slide)
         layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
         layer.units = kwargs["units"]
@@ -144,35 +167,35 @@ class SlideWidget(Container):
         self._show_info()
 
     def _on_tissue(self, _=None):
-        from napari.qt.threading import create_worker
-        from napari.utils.notifications import show_error
+        from napari.utils.notifications import show_error, show_warning
 
-        from ..layers import tissue_layer
-        from ..tissue import tissue_mask
-
-        layer, slide = self._current_slide()
+        if self.jobs.running:
+            show_warning(self.jobs.busy_message())
+            return
+        layer = self._layer.value
         if layer is None:
             show_error("No slide open: open a slide before computing its tissue mask.")
             return
+        slide = open_layer_slide(layer)
         if slide is None:  # the file could not be re-opened; the user has been told why
             return
-        self._status.value = "Computing tissue mask…"
-        worker = create_worker(
-            lambda: tissue_layer(slide, tissue_mask(slide), name=f"tissue ({layer.name})")
+        self.jobs.start(
+            "Tissue mask",
+            _tissue(slide, f"tissue ({layer.name})"),
+            on_done=self._on_tissue_done,
         )
-        worker.returned.connect(self._on_tissue_done)
-        worker.errored.connect(
-            lambda exc: (show_error(str(exc)), setattr(self._status, "value", ""))
-        )
-        worker.start()
-        self._worker = worker
 
     def _on_tissue_done(self, layer_tuple):
-        put_layer(
-            self.viewer,
-            layer_tuple,
-            "tissue",
-            slide=layer_tuple[1]["metadata"]["nucleiseg"]["slide"],
-        )
-        frac = layer_tuple[1]["metadata"]["nucleiseg"]["fraction"]
-        self._status.value = f"Tissue: {100 * frac:.1f} % of the slide"
+        meta = layer_tuple[1]["metadata"]["nucleiseg"]
+        put_layer(self.viewer, layer_tuple, "tissue", slide=meta["slide"])
+        self._set_status(f"Tissue: {100 * meta['fraction']:.1f} % of the slide")
+
+
+def _tissue(slide, name: str):
+    from ..layers import tissue_layer
+    from ..tissue import tissue_mask
+
+    yield 0, 1
+    layer_tuple = tissue_layer(slide, tissue_mask(slide), name=name)
+    yield 1, 1
+    return layer_tuple

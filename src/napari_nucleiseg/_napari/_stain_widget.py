@@ -1,37 +1,25 @@
 """Stain dock widget: fit a normaliser to a reference, view the slide normalised, see H / E / DAB.
 
-The reference is what is on screen, a reference image file or a saved profile. The normalised
-slide and the deconvolution channels are lazy layers over the slide layer's own pyramid
-(``stain.normalise_levels``; ``stain.deconvolve`` per chunk): only what is on screen, at the zoom
-on screen, is ever computed. The normaliser is adapted once to the whole slide (a sample of its
-tissue, in the background), so every chunk at every zoom gets the same colour mapping; the
-normalised layer records that mapping (target and source profiles) in its metadata, which is how
-the Nuclei panel segments the normalised stain.
+The reference is what is on screen (``layers.read_view`` picks the level), a reference image file
+or a saved profile. The normalised slide and the deconvolution channels are lazy layers over the
+slide layer's own pyramid (``layers.normalised_layer``, ``layers.stain_channel_layers``): only
+what is on screen, at the zoom on screen, is ever computed. The normaliser is adapted once to the
+whole slide (a sample of its tissue, in the background), so every chunk at every zoom gets the
+same colour mapping; the normalised layer records that mapping (``layers.NormalisedStain``),
+which is how the Nuclei panel segments the normalised stain.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 
+from ..stain.profile import STAIN_METHODS
 from ._jobs import JobRunner
-from ._layers import find_layers, open_layer_slide, put_layer, slide_layers, tag
+from ._layers import find_layers, open_layer_slide, put_layer, slide_layers
 
-METHODS = ("macenko", "reinhard", "vahadane", "ruifrok")
-REFERENCES = ("current view", "file (reference image or saved profile)")
-#: Largest current view (pixels at the level on screen) a normaliser is fitted on; larger views
-#: are read from a coarser level. Stain statistics need colour, not detail.
-MAX_FIT_PIXELS = 4_000_000
-#: Display ranges (optical density) and colours of the deconvolution channels.
-CHANNELS = (("haematoxylin", "blue", 1.0), ("eosin", "magenta", 1.0), ("DAB", "yellow", 1.0))
-
-
-def _channel(block, k):
-    from ..stain import deconvolve
-
-    return deconvolve(block)[..., k]
+REFERENCES = ("current view", "image or profile file")
 
 
 class StainWidget(Container):
@@ -39,7 +27,7 @@ class StainWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
-        self._method = ComboBox(label="method", choices=list(METHODS), value="macenko")
+        self._method = ComboBox(label="method", choices=list(STAIN_METHODS), value=STAIN_METHODS[0])
         self._reference = ComboBox(label="reference", choices=list(REFERENCES), value=REFERENCES[0])
         self._file = FileEdit(
             label="reference file",
@@ -74,7 +62,7 @@ class StainWidget(Container):
             ]
         )
         self._status.native.setWordWrap(True)
-        self.native.setMinimumWidth(360)
+        self.native.setMinimumWidth(340)
         self.jobs = JobRunner(self._set_status, self._cancel)
         self.normaliser = None  # fitted on the reference
         self.adapted = None  # ... and adapted to the slide shown normalised
@@ -144,10 +132,8 @@ class StainWidget(Container):
         self.normaliser = normaliser
         self._fitted_on = source
         self._set_status(f"{normaliser.profile.method} fitted on {source}.")
-        if self._show.value:
-            from qtpy.QtCore import QTimer
-
-            QTimer.singleShot(0, self._on_show)  # after this run has finished
+        if self._show.value:  # the fit's run is over: replace the normalised view now
+            self._on_show()
 
     # ------------------------------------------------------------------ views
     def _on_show(self, _=None):
@@ -170,43 +156,22 @@ class StainWidget(Container):
         if self.jobs.running:
             show_warning(self.jobs.busy_message())
             return
+        slide = open_layer_slide(layer)
+        if slide is None:
+            self._show.value = False
+            return
+        levels = list(layer.data)
         self.jobs.start(
             "Normalised view",
-            _normalised_levels(self.normaliser, list(layer.data), layer.name),
-            on_done=lambda out: self._show_normalised(layer, *out),
+            _adapted(self.normaliser, levels, layer.name),
+            on_done=lambda adapted: self._show_normalised(slide, levels, adapted, layer.name),
         )
 
-    def _show_normalised(self, layer, adapted, data) -> None:
-        meta = tag(layer)
-        put_layer(
-            self.viewer,
-            (
-                data,
-                {
-                    "name": f"{layer.name} (normalised, {adapted.method})",
-                    "rgb": True,
-                    "multiscale": True,
-                    "scale": layer.scale,
-                    "translate": layer.translate,
-                    "units": layer.units,
-                    "contrast_limits": [0, 255],
-                    "cache": False,
-                    "metadata": {
-                        "nucleiseg": {
-                            "kind": "stain_normalised",
-                            "slide": meta["path"],
-                            "method": adapted.method,
-                            "reference": self._fitted_on,
-                            "profile": adapted.profile.to_dict(),
-                            "source": adapted.source.to_dict(),
-                        }
-                    },
-                },
-                "image",
-            ),
-            "stain_normalised",
-            slide=meta["path"],
-        )
+    def _show_normalised(self, slide, levels, adapted, name) -> None:
+        from ..layers import normalised_layer
+
+        layer_tuple = normalised_layer(slide, levels, adapted, self._fitted_on, name=name)
+        put_layer(self.viewer, layer_tuple, "stain_normalised", slide=str(slide.path))
         self.adapted = adapted
         self._set_status(
             f"{adapted.method} fitted on {self._fitted_on}; the slide is shown normalised."
@@ -214,40 +179,22 @@ class StainWidget(Container):
 
     def _on_channels(self, _=None):
         """H, E and DAB optical density of the slide, lazily per chunk at every zoom."""
+        from ..layers import stain_channel_layers
+
         layer = self._need_slide("showing its stain channels")
         if layer is None:
             return
-        meta = tag(layer)
-        for k, (name, colour, top) in enumerate(CHANNELS):
-            data = [lv.map_blocks(_channel, k, drop_axis=2, dtype=np.float32) for lv in layer.data]
+        slide = open_layer_slide(layer)
+        if slide is None:
+            return
+        for layer_tuple in stain_channel_layers(slide, list(layer.data), name=layer.name):
+            meta = layer_tuple[1]["metadata"]["nucleiseg"]
             put_layer(
                 self.viewer,
-                (
-                    data,
-                    {
-                        "name": f"{name} ({layer.name})",
-                        "multiscale": True,
-                        "scale": layer.scale,
-                        "translate": layer.translate,
-                        "units": layer.units,
-                        "colormap": colour,
-                        "contrast_limits": [0.0, top],
-                        "blending": "additive",
-                        "cache": False,
-                        "visible": k == 0,
-                        "metadata": {
-                            "nucleiseg": {
-                                "kind": "stain_channel",
-                                "channel": name,
-                                "slide": meta["path"],
-                            }
-                        },
-                    },
-                    "image",
-                ),
+                layer_tuple,
                 "stain_channel",
-                slide=meta["path"],
-                channel=name,
+                slide=meta["slide"],
+                channel=meta["channel"],
             )
 
     def _on_save(self, _=None) -> Path | None:
@@ -263,26 +210,14 @@ class StainWidget(Container):
 
 
 def _fit_view(method: str, slide, box):
-    """Fit on the visible region, read from the finest level that keeps it under MAX_FIT_PIXELS."""
+    """Fit on the visible region (read at a level that keeps it small: ``layers.read_view``)."""
+    from ..layers import read_view
     from ..stain import make_normaliser
 
     yield 0, 1
-    x0, y0, x1, y1 = (max(0, v) for v in box)
-    h0, w0 = slide.shape
-    x1, y1 = min(x1, w0), min(y1, h0)
-    area = max(1.0, (x1 - x0) * (y1 - y0))
-    level = slide.best_level_for_downsample(max(1.0, (area / MAX_FIT_PIXELS) ** 0.5))
-    d = slide.level_downsamples[level]
-    if area / d**2 > 4 * MAX_FIT_PIXELS:  # a slide without reduced levels, seen whole
-        raise ValueError(
-            f"{slide.path.name}: the view is too large to fit a stain reference on at this "
-            "file's resolution levels: zoom in, or use a reference file"
-        )
-    rgb = slide.read_region(
-        int(x0 / d), int(y0 / d), max(1, int((x1 - x0) / d)), max(1, int((y1 - y0) / d)), level
-    )
+    rgb = read_view(slide, box)
     normaliser = make_normaliser(method).fit(
-        rgb, name=f"{slide.path.name} view x={int(x0)} y={int(y0)}"
+        rgb, name=f"{slide.path.name} view x={int(max(0, box[0]))} y={int(max(0, box[1]))}"
     )
     yield 1, 1
     return normaliser
@@ -298,13 +233,11 @@ def _fit_file(method: str, path: Path):
     return normaliser
 
 
-def _normalised_levels(normaliser, levels, name):
-    """Adapt the normaliser to the slide (reads a sample of its tissue), then the lazy levels."""
-    from ..stain import normalise_levels
+def _adapted(normaliser, levels, name):
+    """The normaliser adapted to the slide (reads a sample of its tissue)."""
     from ..stain.lazy import adapt_to_levels
 
     yield 0, 1
     adapted = adapt_to_levels(normaliser, levels, name=name)
-    data = normalise_levels(levels, adapted)
     yield 1, 1
-    return adapted, data
+    return adapted

@@ -36,8 +36,3 @@ def visible_box(viewer, layer) -> tuple[float, float, float, float]:
     (y0, x0), (y1, x1) = np.minimum(*data), np.maximum(*data)
     # Data coordinates are pixel centres: pixel i is centred on i, so its edges are i +- 0.5.
     return (x0 + 0.5, y0 + 0.5, x1 + 0.5, y1 + 0.5)
-
-
-def screen_level(layer) -> int:
-    """The pyramid level napari draws the layer at (0 when not multiscale)."""
-    return int(getattr(layer, "data_level", 0)) if getattr(layer, "multiscale", False) else 0

@@ -95,24 +95,13 @@ def cmd_demo(args) -> int:
 def cmd_view(args) -> int:
     import napari
 
-    viewer = napari.Viewer(title="napari-nucleiseg")
-    for name in ("Nuclei", "Stain", "Slide"):  # one dock, three tabs; Slide in front
-        viewer.window.add_plugin_dock_widget("napari-nucleiseg", name, tabify=True)
-    if args.slide:
-        viewer.open(args.slide, plugin="napari-nucleiseg")
-    else:
-        viewer.open_sample("napari-nucleiseg", "demo_slide")
-    viewer.scale_bar.visible = True
-    viewer.window.resize(1500, 950)
-    slides = [
-        lyr for lyr in viewer.layers if lyr.metadata.get("nucleiseg", {}).get("kind") == "slide"
-    ]
-    if slides:
-        viewer.layers.selection.active = slides[-1]
-    from qtpy.QtCore import QTimer
+    from .._napari._start import first_screen
 
-    QTimer.singleShot(0, viewer.reset_view)  # after the window has its final size
+    viewer = napari.Viewer(title="napari-nucleiseg")
+    # The slide filling most of the window; the panels in one narrow dock, Nuclei in front.
+    first_screen(viewer, args.slide)
     if args.screenshot:  # for docs and smoke tests: render once, save, quit
+        from qtpy.QtCore import QTimer
 
         def shoot():
             viewer.screenshot(args.screenshot, canvas_only=False)
@@ -227,10 +216,8 @@ def cmd_release(args) -> int:
 
 def stain_methods() -> tuple[str, ...]:
     """The stain normalisers, from the one list in :mod:`napari_nucleiseg.stain`."""
-    try:
-        from ..stain import STAIN_METHODS
-    except ImportError:  # before the list had its new name
-        from ..stain import METHODS as STAIN_METHODS
+    from ..stain import STAIN_METHODS
+
     return tuple(STAIN_METHODS)
 
 
