@@ -32,6 +32,20 @@ PUBLISHED = {
 }
 
 
+def runtime_of(name: str) -> str:
+    """What computed a method's maps: ``onnx-int8``, ``onnx-fp32``, ``torch`` or ``none``
+    (classical). The int8 model runs only where this CPU computes it exactly."""
+    from napari_nucleiseg.methods import get_method
+
+    predictor = getattr(get_method(name), "predictor", None)
+    if predictor is None:
+        return "none"
+    session = getattr(predictor, "session", None)
+    if session is None:
+        return "torch"
+    return "onnx-" + {"float32": "fp32"}.get(session.nucleiseg_precision, "int8")
+
+
 def main(argv=None):
     from napari_nucleiseg.metrics import aggregate, score_image
     from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
@@ -57,8 +71,10 @@ def main(argv=None):
         agg["seconds"] = dt
         agg["mp_per_s"] = sum(im.rgb.shape[0] * im.rgb.shape[1] for im in images) / 1e6 / dt
         agg["per_image"] = [s.as_row() for s in scores]
+        agg["runtime"] = runtime_of(method)
         results[method] = agg
-    print(f"\nMoNuSeg 2018 test, {len(images)} images (aggregate over the data set)\n")
+    runtimes = ", ".join(f"{m}: {a['runtime']}" for m, a in results.items())
+    print(f"\nMoNuSeg 2018 test, {len(images)} images (aggregate over the data set); {runtimes}\n")
     head = f"{'method':<52}{'AJI':>8}{'F1@0.5':>8}{'PQ':>8}{'AP':>8}{'Dice':>8}{'MP/s':>8}"
     print(head)
     print("-" * len(head))

@@ -62,6 +62,9 @@ def test_importing_every_core_module_loads_no_gui_package():
 
 def test_package_import_is_light():
     """Importing the package (what npe2 does) must not import openslide, dask or torch."""
-    code = "import sys, napari_nucleiseg; print(','.join(m for m in ('openslide','dask','torch','zarr') if m in sys.modules))"
+    code = (
+        "import sys, napari_nucleiseg; "
+        "print(','.join(m for m in ('openslide','dask','torch','zarr') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import SHARED, shared_slide
 
-from napari_nucleiseg.metrics import aggregate, score_image
 from napari_nucleiseg.methods import get_method, load_predictor
+from napari_nucleiseg.metrics import aggregate, score_image
 from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL, MODELS_DIR, load_card
 from napari_nucleiseg.models.registry import sha256_of
 

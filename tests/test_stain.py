@@ -89,7 +89,7 @@ def test_nonneg_lasso_2_is_exact():
             grad = ref @ g - x.T.astype(np.float64) @ w.T + lam
             ref = np.maximum(ref - step * grad, 0)
 
-        def obj(cc):
+        def obj(cc, lam=lam):
             r = x.T - cc @ w
             return 0.5 * (r * r).sum(1) + lam * cc.sum(1)
 

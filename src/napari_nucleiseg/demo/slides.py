@@ -126,7 +126,10 @@ def write_pyramidal_tiff(
 
 
 def write_label_tiff(path: str | Path, labels: np.ndarray, mpp: float, tile: int = TILE) -> None:
-    """Write an instance label map as a tiled, zlib-compressed TIFF with a nearest-neighbour pyramid."""
+    """Write an instance label map as a tiled, zlib-compressed TIFF.
+
+    Lower levels form a nearest-neighbour pyramid.
+    """
     levels = [labels]
     while max(levels[-1].shape) > 512:
         levels.append(levels[-1][::4, ::4])
@@ -201,7 +204,15 @@ def make_large_slide(
             ]
             rows, cols = -(-h // tile), -(-w // tile)
 
-            def tiles(rows=rows, cols=cols, h=h, w=w):
+            def tiles(
+                rows=rows,
+                cols=cols,
+                h=h,
+                w=w,
+                factor=factor,
+                texture=texture,
+                tissue_tiles=tissue_tiles,
+            ):
                 if tissue_box is not None:
                     yield from _box_tiles(
                         rows,

@@ -76,7 +76,8 @@ class Slide:
     path : Path
         The file (or directory, for OME-Zarr) it was opened from.
     format : str
-        What read it, e.g. ``"aperio"``, ``"generic-tiff"``, ``"ome-tiff"``, ``"ome-zarr"``, ``"png"``.
+        What read it, e.g. ``"aperio"``, ``"generic-tiff"``, ``"ome-tiff"``, ``"ome-zarr"``,
+        ``"png"``.
     level_shapes : tuple of (height, width)
         Pixel size of each pyramid level, finest first.
     level_downsamples : tuple of float
@@ -132,7 +133,8 @@ class Slide:
         if max(self.level_shapes[-1]) > 16384:
             warnings.warn(
                 f"{self.path}: the file has no reduced-resolution levels below "
-                f"{self.level_shapes[-1][1]}x{self.level_shapes[-1][0]} px, so zoomed-out views must "
+                f"{self.level_shapes[-1][1]}x{self.level_shapes[-1][0]} px, "
+                "so zoomed-out views must "
                 "read the full resolution and will be slow; save it as a pyramidal TIFF",
                 NoPyramidWarning,
                 stacklevel=3,
@@ -400,7 +402,10 @@ class Slide:
 
     def __repr__(self) -> str:
         h, w = self.shape
-        return f"<{type(self).__name__} {self.path.name!r} {w}x{h} levels={self.level_count} mpp={self.mpp}>"
+        return (
+            f"<{type(self).__name__} {self.path.name!r} {w}x{h} "
+            f"levels={self.level_count} mpp={self.mpp}>"
+        )
 
 
 class _LevelArray:

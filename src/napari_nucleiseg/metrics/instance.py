@@ -5,7 +5,8 @@ Everything comes from the table of overlaps between ground-truth and predicted o
 
 - pixel accuracy, mean (per-class) accuracy, mean IU and Dice of the foreground;
 - object F1 at IoU 0.5, AP averaged over IoU 0.5:0.05:0.95 as TP/(TP+FP+FN) (reference 000), and
-  panoptic quality PQ = DQ × SQ — for IoU > 0.5 matches are unique, so no assignment solver is needed;
+  panoptic quality PQ = DQ × SQ — for IoU > 0.5 matches are unique, so no assignment solver is
+  needed;
 - AJI (Kumar et al. 2017): each true nucleus takes the prediction of highest IoU; unmatched
   predictions join the union. Over a data set, numerators and denominators are summed.
 """
@@ -159,7 +160,8 @@ def score_image(true: np.ndarray, pred: np.ndarray, name: str = "") -> ImageScor
 
 
 def aggregate(scores: list[ImageScores]) -> dict:
-    """Data-set scores: AJI, F1, PQ and AP from summed counts ("aggregate"), plus per-image means."""
+    """Data-set scores: AJI, F1, PQ and AP from summed counts ("aggregate"), plus per-image
+    means."""
     if not scores:
         raise ValueError("no images to aggregate")
     c = {

@@ -8,7 +8,8 @@ from scipy import ndimage as ndi
 
 def make_targets(labels: np.ndarray) -> np.ndarray:
     """(3, H, W) float32: foreground, contour (inner boundary of each nucleus, 1 px wide plus the
-    pixels where two nuclei touch), and distance to the nucleus edge normalised to 1 at its centre."""
+    pixels where two nuclei touch), and distance to the nucleus edge normalised to 1 at its
+    centre."""
     from skimage.segmentation import find_boundaries
 
     labels = np.asarray(labels)

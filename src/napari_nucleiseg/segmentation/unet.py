@@ -34,8 +34,9 @@ DECODERS = ("double", "light")
 
 
 class UNet(nn.Module):
-    """U-Net with ``widths`` channels per level and a ``decoder`` from :data:`DECODERS`; input (N, 3, H, W) in [0, 1], H and W multiples
-    of ``2 ** (len(widths) - 1)``; output (N, 3, H, W) logits [foreground, contour, distance]."""
+    """U-Net with ``widths`` channels per level and a ``decoder`` from :data:`DECODERS`; input
+    (N, 3, H, W) in [0, 1], H and W multiples of ``2 ** (len(widths) - 1)``; output (N, 3, H, W)
+    logits [foreground, contour, distance]."""
 
     def __init__(
         self,

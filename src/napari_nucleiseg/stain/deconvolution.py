@@ -13,7 +13,8 @@ RGB_FROM_HED = np.array(
     [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64
 )
 RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
-#: Its inverse; reference 004 quotes it as [[1.88,-0.07,-0.60],[-1.02,1.13,-0.48],[-0.55,-0.13,1.57]].
+#: Its inverse; reference 004 quotes it as
+#: [[1.88,-0.07,-0.60],[-1.02,1.13,-0.48],[-0.55,-0.13,1.57]].
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 
 

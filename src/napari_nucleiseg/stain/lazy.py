@@ -89,7 +89,8 @@ def sample_levels(
 
 
 def sample_slide(slide, max_pixels: int = MAX_FIT_PIXELS, seed: int = 0) -> np.ndarray:
-    """Tissue pixels of an opened :class:`~napari_nucleiseg.io.Slide` (see :func:`sample_levels`)."""
+    """Tissue pixels of an opened :class:`~napari_nucleiseg.io.Slide` (see
+    :func:`sample_levels`)."""
     return sample_levels(slide.pyramid(), max_pixels=max_pixels, seed=seed)
 
 
@@ -132,7 +133,7 @@ def normalise_levels(levels, normaliser, name: str | None = None) -> list:
     normaliser = adapt_to_levels(normaliser, levels, name=name)
     token = normaliser_token(normaliser)
     out = []
-    for i, lv in enumerate(levels):
+    for lv in levels:
         lv = lv if isinstance(lv, da.Array) else da.from_array(lv, chunks=(512, 512, 3))
         if lv.chunks[-1] != (3,):
             lv = lv.rechunk({lv.ndim - 1: 3})

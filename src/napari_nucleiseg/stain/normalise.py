@@ -11,7 +11,8 @@ profile (the colours of a reference). Both are described by a :class:`StainProfi
 Once adapted, the mapping is a fixed per-pixel function of the 8-bit colour, so transforming is
 chunk-safe (a block's result never depends on the block's own statistics) and cheap:
 
-* stain-vector methods: ``OD_out = OD_in · M`` with ``M = pinv(W_src) · diag(c_tgt / c_src) · W_tgt``
+* stain-vector methods: ``OD_out = OD_in · M`` with
+  ``M = pinv(W_src) · diag(c_tgt / c_src) · W_tgt``
   (3 × 3), and ``255·exp(−OD_out)`` factorises over the input channels into three 256-entry
   tables per output channel — three row gathers and two products per pixel, no log or exp.
 * Reinhard: an affine map in CIELAB, folded into one 3 × 3 mix of the CIE ``f`` values.
@@ -384,9 +385,7 @@ def load_target(method: str | None, path: str | Path) -> Normaliser:
             raise StainError(f"the profile was fitted with {profile.method}, not {method}", path)
         return normaliser_from_profile(profile)
     if method is None:
-        raise StainError(
-            f"give a method ({', '.join(METHODS)}) to fit a reference image", path
-        )
+        raise StainError(f"give a method ({', '.join(METHODS)}) to fit a reference image", path)
     normaliser = make_normaliser(method)
     from .lazy import sample_image_or_slide
 
@@ -401,9 +400,7 @@ def _load_target_folder(method: str | None, folder: Path) -> Normaliser:
     from .profile import average_profiles
 
     if method is None:
-        raise StainError(
-            f"give a method ({', '.join(METHODS)}) to fit reference images", folder
-        )
+        raise StainError(f"give a method ({', '.join(METHODS)}) to fit reference images", folder)
     images = folder / "images" if (folder / "images").is_dir() else folder
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in REFERENCE_SUFFIXES)
     if not files:

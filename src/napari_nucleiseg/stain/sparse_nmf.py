@@ -51,7 +51,8 @@ def nonneg_lasso_2(x: np.ndarray, w: np.ndarray, lam: float) -> tuple[np.ndarray
     g00, g01, g11 = float(g[0, 0]), float(g[0, 1]), float(g[1, 1])
     # Selections are blended arithmetically: numpy's masked where/copyto is branchy and an order of
     # magnitude slower than a multiply on random masks.
-    # One stain only: c_k = max(b_k, 0) / g_kk, worth -½·g_kk·c_k² in the objective; keep the better.
+    # One stain only: c_k = max(b_k, 0) / g_kk, worth -½·g_kk·c_k² in the objective; keep the
+    # better.
     s0 = np.maximum(b0, 0) * (1.0 / g00)
     s1 = np.maximum(b1, 0) * (1.0 / g11)
     first = ((s0 * s0) * g00 >= (s1 * s1) * g11).astype(np.float32)
@@ -108,7 +109,7 @@ def sparse_nmf_2(
     w = np.maximum(np.asarray(w0, dtype=np.float64), 0.0)
     w /= np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned after the loop
         c0, c1 = nonneg_lasso_2(xp, w, lam)
         a = np.array(
             [[np.dot(c0, c0), np.dot(c0, c1)], [np.dot(c0, c1), np.dot(c1, c1)]], np.float64

@@ -67,9 +67,11 @@ def export_model(
         }
         | {
             "iterations_done": int(state["iter"]),
-            "command": f"nucleiseg train --data <monuseg2018_train> --out <run> {_schedule_args(cfg)} "
+            "command": "nucleiseg train --data <monuseg2018_train> --out <run> "
+            f"{_schedule_args(cfg)} "
             f"--widths {','.join(map(str, cfg['widths']))} --decoder {decoder} --lr {cfg['lr']} "
-            f"--batch {cfg['batch']} --patch {cfg['patch']} --model-mpp {cfg['mpp']} --seed {cfg['seed']}"
+            f"--batch {cfg['batch']} --patch {cfg['patch']} --model-mpp {cfg['mpp']} "
+            f"--seed {cfg['seed']}"
             f"{_init_args(cfg)}",
         },
         created=datetime.date.today().isoformat(),
@@ -92,7 +94,7 @@ CONTEXT_UM_BY_LEVELS = {4: 32.0, 5: 32.0, 6: 80.0}
 #: Tile core in model pixels (a pass adds the context on both sides). v4's 80 µm context makes
 #: a 1024 px core a 1344² pass, 54 % more network work than image on a 4000² region; a 1344 px
 #: core (1664² passes, which ONNX Runtime runs at the same 5.5-5.8 MP/s here) cuts that to 34 %.
-#: Images are cut into tiles of at most this size, balanced (segmentation.api.balanced_tile).
+#: Images are cut into tiles of at most this size, balanced (tiling.plan.balanced_tile).
 TILE_PX_BY_LEVELS = {4: 1024, 5: 1024, 6: 1344}
 
 

@@ -2,7 +2,8 @@
 export safetensors + model card, then measure (never tune) on the test set and record the figures.
 
     nucleiseg release-model runs/seg-v3 --name nuclei-unet-v3 --version 3.0.0 \\
-        --train-data ../shared/data/nuclei/monuseg2018_train --test-data ../shared/data/nuclei/monuseg2018_test
+        --train-data ../shared/data/nuclei/monuseg2018_train \\
+        --test-data ../shared/data/nuclei/monuseg2018_test
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def tune_postprocess(predictor, images) -> dict:
 def release(run_dir, name, version, train_data, test_data, out_dir=None, notes="") -> Path:
     """Export, tune post-processing on held-out training images with the runtime that ships by
     default (the int8 ONNX model), then measure the test set with the tuned settings."""
-    from ..metrics import aggregate, score_image
     from ..methods import load_predictor
+    from ..metrics import aggregate, score_image
     from ..models import MODELS_DIR
     from ..segmentation.postprocess import PostprocessSettings
     from .export import export_model

@@ -327,7 +327,8 @@ def export_table(
     labels: np.ndarray, path, mpp: float, rgb: np.ndarray | None = None, offset=(0, 0)
 ) -> dict:
     """Measure the nuclei of a label array (e.g. the current view, whose pixel ``(0, 0)`` is at
-    ``offset`` in slide level-0 pixels) and write the table (``.csv`` or ``.parquet``). Returns it."""
+    ``offset`` in slide level-0 pixels) and write the table (``.csv`` or ``.parquet``). Returns
+    it."""
     from ..segmentation.measure import measure_nuclei
 
     table = measure_nuclei(labels, rgb, mpp, origin_px=offset)

@@ -1,4 +1,5 @@
-"""``segment_slide``: every nucleus of a whole slide, streamed to disk, resumable, on threads or dask.
+"""``segment_slide``: every nucleus of a whole slide, streamed to disk, resumable, on threads or
+dask.
 
 The driver (this generator) computes the tissue tiles, creates or re-opens the result store, and
 hands out tasks (:mod:`.tasks`): segment each tissue tile not yet recorded; merge each level-0
@@ -195,7 +196,8 @@ def _stain_identity(normaliser):
 
 
 def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float = 0.01):
-    """The tiling and identity of a job, without running it: ``(job_kwargs, tissue_keys, identity)``."""
+    """The tiling and identity of a job, without running it:
+    ``(job_kwargs, tissue_keys, identity)``."""
     from ..methods import get_method
     from ..segmentation.api import describe_method
     from ..tiling import TileGrid, plan_tiles
@@ -384,7 +386,8 @@ def _run(slide, out_dir, method, normaliser, tile_um, scheduler, workers, min_ti
         if st.is_no_space(exc):
             raise st.DiskFullError(
                 path,
-                f"disk full while writing results ({exc.strerror}); {len(state.chunk_done & state.tissue)} "
+                f"disk full while writing results ({exc.strerror}); "
+                f"{len(state.chunk_done & state.tissue)} "
                 f"of {total} tiles are finished and {len(state.seg_done)} segmented, and they stay "
                 "recorded: free some space and run the same command again to resume",
             ) from exc

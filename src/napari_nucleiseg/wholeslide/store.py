@@ -73,7 +73,8 @@ def fsync_path(path: Path) -> None:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, rename over ``path``."""
+    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, rename over
+    ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -139,7 +140,10 @@ def slide_fingerprint(slide) -> dict:
 def describe_difference(old: dict, new: dict) -> str:
     """One phrase saying why a store's identity differs from this run's."""
     if old.get("format") != new.get("format"):
-        return f"it was written by another version of the whole-slide job (store format {old.get('format')})"
+        return (
+            "it was written by another version of the whole-slide job "
+            f"(store format {old.get('format')})"
+        )
     o, n = old.get("slide", {}), new.get("slide", {})
     if o != n:
         if o.get("sha1_head_tail") != n.get("sha1_head_tail") or o.get("level_shapes") != n.get(

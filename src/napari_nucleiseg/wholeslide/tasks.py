@@ -17,7 +17,8 @@ labels are identical. Because an owned nucleus has its centroid within ``m`` (th
 margin) of its tile's core and spans at most ``halo - m``, and the halo is at most half a tile,
 any nucleus overlapping one that touches a chunk has its centroid within ``2 * halo - m`` of that
 chunk, so it is owned by one of the 3×3 tiles around it — so every chunk a nucleus touches
-takes the same decision about it, and a nucleus is either kept whole in every chunk it covers or nowhere.
+takes the same decision about it, and a nucleus is either kept whole in every chunk it covers or
+nowhere.
 
 Ids are ``tile_index * 2**16 + local`` (local = 1.. in the tile's own label order): unique,
 and the same whichever process, order or run produced them.
