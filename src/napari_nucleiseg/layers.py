@@ -64,9 +64,15 @@ def slide_layer(slide, chunk: int | None = None, name: str | None = None) -> tup
     from .io.slide import DEFAULT_CHUNK
 
     pyramid = display_pyramid(slide.pyramid(chunk or DEFAULT_CHUNK, on_error="warn"))
+    meta = {"kind": "slide", **slide.metadata()}
+    return (pyramid, _rgb_pyramid_kwargs(slide, name or slide.path.name, meta), "image")
+
+
+def _rgb_pyramid_kwargs(slide, name: str, meta: dict) -> dict:
+    """Layer arguments of a lazy RGB pyramid placed on ``slide`` in µm."""
     scale, translate = physical_transform(slide)
-    kwargs = {
-        "name": name or slide.path.name,
+    return {
+        "name": name,
         "rgb": True,
         "multiscale": True,
         "scale": scale,
@@ -77,9 +83,8 @@ def slide_layer(slide, chunk: int | None = None, name: str | None = None) -> tup
         # napari's opportunistic dask cache would keep every chunk ever viewed (up to a quarter
         # of RAM); the slide backends keep their own bounded tile cache, so memory stays flat.
         "cache": False,
-        "metadata": {META_KEY: {"kind": "slide", **slide.metadata()}},
+        "metadata": {META_KEY: meta},
     }
-    return (pyramid, kwargs, "image")
 
 
 def tissue_layer(slide, mask, name: str = "tissue") -> tuple[Any, dict, str]:
@@ -286,19 +291,9 @@ def normalised_layer(
     from .stain.lazy import adapt_to_levels
 
     normaliser = adapt_to_levels(normaliser, levels, name=slide.path.name)
-    scale, translate = physical_transform(slide)
     record = NormalisedStain.of(normaliser, slide.path, reference)
-    kwargs = {
-        "name": f"{name or slide.path.name} (normalised, {normaliser.method})",
-        "rgb": True,
-        "multiscale": True,
-        "scale": scale,
-        "translate": translate,
-        "units": _units(slide),
-        "contrast_limits": [0, 255],
-        "cache": False,
-        "metadata": {META_KEY: record.to_metadata()},
-    }
+    title = f"{name or slide.path.name} (normalised, {normaliser.method})"
+    kwargs = _rgb_pyramid_kwargs(slide, title, record.to_metadata())
     return (normalise_levels(levels, normaliser), kwargs, "image")
 
 

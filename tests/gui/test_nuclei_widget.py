@@ -108,9 +108,9 @@ def test_a_second_run_while_one_runs_is_refused_and_cancel_stops_between_tiles(p
     from napari_nucleiseg._napari._view import canvas_size
 
     viewer, widget, slide, truth = panel
-    # A view about 2100 slide pixels across: four tiles (classical tiles are 1024 px).
+    # A view about 1900 slide pixels across: four tiles (classical tiles are 1024 px, balanced).
     rows, cols = canvas_size(viewer)
-    _look_at(viewer, (1536, 2048), max(rows, cols) / 2100)
+    _look_at(viewer, (1536, 2048), max(rows, cols) / 1900)
     # The user clicks Run again, then Cancel, the moment the first tile's nuclei reach the panel
     # (before it draws them, which takes longer than a classical tile), so the run is certainly
     # still going and the click lands between tiles 1 and 3 of 4.

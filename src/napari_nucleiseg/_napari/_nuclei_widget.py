@@ -131,6 +131,20 @@ class NucleiWidget(Container):
         slide = open_layer_slide(layer)
         return (layer, slide) if slide is not None else (None, None)
 
+    def _ready(self, what: str):
+        """``(layer, slide, normaliser)`` for a run, or None after saying why not (a run going,
+        no slide, no µm/px, no normalised view to take the stain from)."""
+        from napari.utils.notifications import show_warning
+
+        if self.jobs.running:
+            show_warning(self.jobs.busy_message())
+            return None
+        layer, slide = self._slide(what)
+        if slide is None:
+            return None
+        normaliser = self._normaliser(slide)
+        return None if normaliser is False else (layer, slide, normaliser)
+
     def _normaliser(self, slide):
         """The Stain panel's normaliser for this slide (adapted to it), None when not asked for,
         or False after telling the user what is missing."""
@@ -151,20 +165,14 @@ class NucleiWidget(Container):
 
     # ------------------------------------------------------------------ current view
     def _on_run_view(self, _=None):
-        from napari.utils.notifications import show_warning
 
         from ..segmentation.region import segment_region
         from ._view import visible_box
 
-        if self.jobs.running:
-            show_warning(self.jobs.busy_message())
+        ready = self._ready("segmenting the view")
+        if ready is None:
             return
-        layer, slide = self._slide("segmenting the view")
-        if slide is None:
-            return
-        normaliser = self._normaliser(slide)
-        if normaliser is False:
-            return
+        layer, slide, normaliser = ready
         steps = segment_region(
             slide, visible_box(self.viewer, layer), self._method.value, normaliser=normaliser
         )
@@ -243,20 +251,14 @@ class NucleiWidget(Container):
 
     # ------------------------------------------------------------------ whole slide
     def _on_run_slide(self, _=None):
-        from napari.utils.notifications import show_warning
 
         from ..wholeslide import segment_slide
         from ._process import in_subprocess
 
-        if self.jobs.running:
-            show_warning(self.jobs.busy_message())
+        ready = self._ready("segmenting the whole slide")
+        if ready is None:
             return
-        layer, slide = self._slide("segmenting the whole slide")
-        if slide is None:
-            return
-        normaliser = self._normaliser(slide)
-        if normaliser is False:
-            return
+        layer, slide, normaliser = ready
         # In a child process: the interface keeps Python's GIL (see _process).
         steps = in_subprocess(
             segment_slide,
