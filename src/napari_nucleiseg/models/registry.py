@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,39 @@ DEFAULT_NUCLEI_MODEL = "nuclei-unet-v4"
 
 class WeightsError(RuntimeError):
     """Weights missing, corrupt, or not matching their model card."""
+
+
+# What a card may say. A card decides how every input is resampled, cut and thresholded, so a
+# field without physical sense (widths [1, 2], tile_px -5) ran before and gave nonsense quietly.
+#: Architectures the learned methods can build (methods.learned builds a U-Net from every card).
+KNOWN_ARCHITECTURES = ("UNet",)
+#: segmentation.unet.DECODERS (not imported: models/ sits below segmentation/ and torch).
+KNOWN_DECODERS = ("double", "light")
+#: segmentation.postprocess.PostprocessSettings' fields and their ranges: probabilities, and
+#: areas in µm² (the shipped 1 and 8 µm²; a nucleus is 20-200 µm², 1000 would drop every one).
+KNOWN_POSTPROCESS = {
+    "foreground": (0.0, 1.0),
+    "marker_distance": (0.0, 1.0),
+    "marker_contour": (0.0, 1.0),
+    "min_marker_um2": (0.0, 1000.0),
+    "min_area_um2": (0.0, 1000.0),
+}
+#: Levels of a U-Net (2 is the least that pools at all; 8 pools by 128, a 64 µm step at 0.5
+#: µm/px, far coarser than a nucleus) and channels per level: shipped models have 12-384, the
+#: smallest network trained here (the tests') 4-64. The head computes three maps from the first
+#: level's channels, so fewer than 4 is no model anyone trains; 8192 is a 600 M-parameter layer.
+LEVELS_RANGE = (2, 8)
+WIDTH_RANGE = (4, 8192)
+#: µm/px a model may work at: 0.05 is beyond a light microscope's resolution, 50 makes a nucleus
+#: a fraction of a pixel. Shipped and trained models work at 0.25-1.
+MPP_RANGE = (0.05, 50.0)
+#: Tile core in model pixels (shipped 1024 and 1344): a 16384² pass needs tens of GB.
+TILE_PX_MAX = 16384
+#: Context a tile needs on every side (shipped 32 and 80 µm): 1 mm is a tenth of a slide.
+CONTEXT_UM_MAX = 1000.0
+#: The fields naming a file next to the card, and the fields holding its hash.
+FILE_FIELDS = {"weights": "sha256", "onnx": "onnx_sha256", "onnx_int8": "onnx_int8_sha256"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -48,6 +83,106 @@ class ModelCard:
     tile_px: int = 1024
     context_um: float = 32.0
 
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse fields without sense, with a :class:`WeightsError` naming the field
+        (:func:`load_card` adds the file). Where the files lie is checked by :func:`load_card`,
+        which knows the card's folder."""
+        for name in ("name", "version", "architecture", "weights", "sha256", "task"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise WeightsError(f"{name} must be a non-empty text, got {_short(value)}")
+        if self.architecture not in KNOWN_ARCHITECTURES:
+            raise WeightsError(
+                f"architecture {_short(self.architecture)} is not one this version builds "
+                f"({', '.join(KNOWN_ARCHITECTURES)})"
+            )
+        if self.decoder not in KNOWN_DECODERS:
+            raise WeightsError(
+                f"decoder {_short(self.decoder)} is not one of {', '.join(KNOWN_DECODERS)}"
+            )
+        widths = self.widths
+        lo, hi = LEVELS_RANGE
+        if not isinstance(widths, (list, tuple)) or not lo <= len(widths) <= hi:
+            raise WeightsError(
+                f"widths {_short(widths)}: a U-Net has {lo} to {hi} levels (channels per level)"
+            )
+        lo, hi = WIDTH_RANGE
+        if not all(_is_int(w) and lo <= w <= hi for w in widths):
+            raise WeightsError(f"widths {_short(widths)}: channels must be whole numbers {lo}-{hi}")
+        if not _is_number(self.mpp) or not MPP_RANGE[0] <= self.mpp <= MPP_RANGE[1]:
+            raise WeightsError(
+                f"mpp {_short(self.mpp)}: a model works at {MPP_RANGE[0]:g} to {MPP_RANGE[1]:g} "
+                "µm/px"
+            )
+        multiple = 2 ** (len(widths) - 1)
+        if not _is_int(self.tile_px) or not 0 < self.tile_px <= TILE_PX_MAX:
+            raise WeightsError(
+                f"tile_px {_short(self.tile_px)}: the tile core is a whole number of model "
+                f"pixels, 1 to {TILE_PX_MAX}"
+            )
+        if self.tile_px % multiple:
+            raise WeightsError(
+                f"tile_px {self.tile_px}: must be a multiple of {multiple}, the pooling factor of "
+                f"a {len(widths)}-level network"
+            )
+        if not _is_number(self.context_um) or not 0 < self.context_um <= CONTEXT_UM_MAX:
+            raise WeightsError(
+                f"context_um {_short(self.context_um)}: the context a tile needs is more than 0 "
+                f"and at most {CONTEXT_UM_MAX:g} µm"
+            )
+        if not isinstance(self.postprocess, dict):
+            raise WeightsError(f"postprocess must be a mapping, got {_short(self.postprocess)}")
+        for key, value in self.postprocess.items():
+            if key not in KNOWN_POSTPROCESS:
+                raise WeightsError(
+                    f"postprocess: unknown setting {_short(key)}; known: "
+                    f"{', '.join(KNOWN_POSTPROCESS)}"
+                )
+            lo, hi = KNOWN_POSTPROCESS[key]
+            if not _is_number(value) or not lo <= value <= hi:
+                raise WeightsError(
+                    f"postprocess: {key} must be a number from {lo:g} to {hi:g}, got "
+                    f"{_short(value)}"
+                )
+        if not isinstance(self.outputs, (list, tuple)) or not all(
+            isinstance(o, str) for o in self.outputs
+        ):
+            raise WeightsError(f"outputs must be a list of names, got {_short(self.outputs)}")
+        for name, hash_field in FILE_FIELDS.items():
+            file, digest = getattr(self, name), getattr(self, hash_field)
+            if not isinstance(file, str) or not isinstance(digest, str):
+                raise WeightsError(f"{name} and {hash_field} must be texts")
+            if file and not _SHA256.fullmatch(digest):
+                raise WeightsError(
+                    f"{hash_field} {_short(digest)}: a SHA-256 is 64 hexadecimal digits"
+                )
+
+    def check_files(self, folder: Path) -> None:
+        """Refuse file fields that leave ``folder`` (the card's): a card names files beside it,
+        and one naming ``../../etc/passwd`` or an absolute path would have it read and hashed."""
+        import os
+        from pathlib import PureWindowsPath
+
+        root = Path(folder).resolve()
+        for name in FILE_FIELDS:
+            value = getattr(self, name)
+            if not value:
+                continue
+            if Path(value).is_absolute() or PureWindowsPath(value).is_absolute():
+                raise WeightsError(
+                    f"{name} {value!r} is an absolute path; a card names its files relative to "
+                    "its own folder"
+                )
+            target = (root / value).resolve()
+            if os.path.commonpath([root, target]) != str(root):
+                raise WeightsError(
+                    f"{name} {value!r} lies outside the card's folder ({target}); a card's "
+                    "files must be in its own folder"
+                )
+
     @property
     def kind(self) -> str:
         """The registry's kind for this card's task (only nuclei models exist so far)."""
@@ -55,6 +190,20 @@ class ModelCard:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
+
+
+def _short(value, limit: int = 60) -> str:
+    """``repr`` cut to a line: a message must stay one line whatever a card holds."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def sha256_of(path: Path) -> str:
@@ -137,7 +286,10 @@ def list_cards(kind: str | None = None, project=None) -> list[ModelCard]:
             try:
                 card = load_card(path)
             except (WeightsError, OSError, ValueError, TypeError) as exc:
-                warnings.warn(f"{path}: not a model card ({exc}); skipped", stacklevel=2)
+                text = str(exc)  # load_card's refusals name the card already
+                if not text.startswith(str(path)):
+                    text = f"{path}: not a model card ({text})"
+                warnings.warn(f"{text}; skipped", stacklevel=2)
                 continue
             if (kind is None or card.kind == kind) and card.name not in seen:
                 seen.add(card.name)
@@ -151,12 +303,21 @@ def list_models() -> list[str]:
 
 
 def load_card(name_or_path: str | Path, project=None) -> ModelCard:
+    """The card for a model name or card path, its fields checked for sense and its files for
+    lying in its folder; every refusal is one :class:`WeightsError` naming the file and field."""
     path = find_card(name_or_path, project)[0]
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{path}: not a readable model card ({exc})") from None
     if not isinstance(data, dict) or "name" not in data:
         raise WeightsError(f"{path}: not a model card (no name)")
     known = ModelCard.__dataclass_fields__
     try:
-        return ModelCard(**{k: v for k, v in data.items() if k in known})
+        card = ModelCard(**{k: v for k, v in data.items() if k in known})
+        card.check_files(path.parent)
     except TypeError as exc:
-        raise WeightsError(f"{path}: not a model card ({exc})") from exc
+        raise WeightsError(f"{path}: not a model card ({exc})") from None
+    except WeightsError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
+    return card
