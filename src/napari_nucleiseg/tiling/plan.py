@@ -26,6 +26,22 @@ from .grid import TileGrid
 #: centroids of one nucleus differ by a pixel or two of the model (0.5 µm/px), and at 1.5 µm a
 #: nucleus on a tile corner is owned by at least one of them (see :mod:`.merge`).
 OWNERSHIP_MARGIN_UM = 1.5
+#: An input may be at most this many times coarser (µm/px) than the method works at. A method
+#: resamples its input to its own µm/px, and every face plans its tiles here first, so this is the
+#: one check: past 8x (4 µm/px for a 0.5 µm/px model) a nucleus of 5-10 µm spans 1-2 input pixels,
+#: nothing is left to segment, and the upsampled image is 64x the input's pixels (a 500² input
+#: given as 40 µm/px became 40,000² at 0.5 µm/px and ran for over 10 minutes in 2.6 GB). Such a
+#: µm/px is nearly always a typo or a thumbnail's.
+MAX_UPSAMPLING = 8.0
+#: And at most this many times finer: 0.5 / 64 µm/px is beyond any light microscope (about
+#: 0.1 µm/px at 100x oil), and a µm/px like 1e-9 would otherwise make tiles and halos of billions
+#: of pixels.
+MAX_DOWNSAMPLING = 64.0
+
+
+class ResolutionError(ValueError):
+    """An input's µm/px is implausible for the method (see :data:`MAX_UPSAMPLING`); the message
+    names both resolutions and the factor."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ def plan_tiles(
     """
     if not (mpp > 0 and math.isfinite(mpp)):
         raise ValueError(f"µm/px must be a positive number, got {mpp!r}")
+    check_resolution(mpp, method)
     f = mpp / float(method.mpp)  # method pixels per input pixel
     align = max(1, int(round(int(method.multiple) / f)))
     chosen = tile is not None
@@ -81,3 +98,24 @@ def plan_tiles(
     if balance and shape is not None and not chosen:
         size = balanced_tile(shape, size, align)
     return TilePlan(size, halo, align, ownership_margin(mpp, halo))
+
+
+def check_resolution(mpp: float, method) -> None:
+    """Refuse an input at ``mpp`` µm/px that ``method`` would have to upsample more than
+    :data:`MAX_UPSAMPLING` times (or downsample more than :data:`MAX_DOWNSAMPLING` times)."""
+    f = mpp / float(method.mpp)
+    name = getattr(method, "name", "the method")
+    if f > MAX_UPSAMPLING:
+        raise ResolutionError(
+            f"the input at {mpp:g} µm/px is {f:.3g}x coarser than {name} works at "
+            f"({float(method.mpp):g} µm/px): more than the {MAX_UPSAMPLING:g}x it may be "
+            "upsampled (nuclei would be a pixel or two across); check the µm/px given (e.g. "
+            "0.25 for 40x, 0.5 for 20x)"
+        )
+    if f < 1 / MAX_DOWNSAMPLING:
+        raise ResolutionError(
+            f"the input at {mpp:g} µm/px is {1 / f:.3g}x finer than {name} works at "
+            f"({float(method.mpp):g} µm/px): more than the {MAX_DOWNSAMPLING:g}x it may be "
+            "downsampled (finer than any light microscope); check the µm/px given (e.g. 0.25 "
+            "for 40x, 0.5 for 20x)"
+        )
