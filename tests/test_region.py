@@ -112,3 +112,14 @@ def test_keep_centred_drops_nuclei_owned_by_the_neighbouring_view():
     out = keep_centred(lab, (0, 0, 8, 8))
     assert sorted(np.unique(out)) == [0, 1, 2]
     assert (out[3:6, 5:9] > 0).all() and not out[7:, 7:].any()
+
+
+def test_a_view_of_a_slide_at_an_implausible_mpp_is_refused_before_reading(demo):
+    """The view is read at the method's µm/px, so the slide's own is checked in the plan: a 40
+    µm/px override would otherwise be upsampled 80x."""
+    from napari_nucleiseg.io import open_slide
+    from napari_nucleiseg.tiling.plan import ResolutionError
+
+    slide = open_slide(demo.slide, mpp=40.0)
+    with pytest.raises(ResolutionError, match="40 µm/px is 80x coarser"):
+        plan_region(slide, (0, 0, 50, 50), "nuclei-unet-v4")

@@ -123,9 +123,13 @@ def plan_region(slide, box, method=None) -> RegionPlan:
     """Clip ``box`` (level-0 px, any floats) to the slide and choose level and resolution; the
     context read around it is the method's own (``context_um``)."""
     from ..methods import get_method
+    from ..tiling.plan import check_resolution
 
     m = get_method(method)
     mpp0 = slide._require_mpp()
+    # The view is read at the method's µm/px, so the planner never sees the slide's own: check
+    # it here (a 40 µm/px override would otherwise be upsampled 80x, within the view's cap).
+    check_resolution(mpp0, m)
     h0, w0 = slide.shape
     x0, y0, x1, y1 = box
     x0, y0 = max(0, math.floor(x0)), max(0, math.floor(y0))
