@@ -42,45 +42,79 @@ def cmd_info(args) -> int:
     return run(args)
 
 
+#: A tissue tile under this many pixels is a typo in --tile-um, not a grid anyone wants.
+MIN_TILE_PX = 16
+
+
 def cmd_tissue(args) -> int:
     import numpy as np
     from PIL import Image
 
     from ..io import SlideError
+    from ..io.output import OutputError, check_output_file, write_together
     from ..tiling import slide_grid
     from ..tissue import tissue_mask
 
+    outputs = {"--out": args.out, "--tiles": args.tiles}
+    try:
+        for flag, target in outputs.items():
+            if target is None:
+                continue
+            if Path(target).resolve() == Path(args.slide).resolve():
+                raise OutputError(target, f"{flag} would overwrite the slide")
+            check_output_file(target)
+        if args.out and args.tiles and Path(args.out).resolve() == Path(args.tiles).resolve():
+            raise OutputError(args.out, "--out and --tiles are the same file")
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         slide = open_with_warnings(args.slide, args.mpp)
     except SlideError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    tile_um = 256.0 if args.tile_um is None else args.tile_um
     try:
+        if args.tile_um is not None and slide.mpp is not None and tile_um / slide.mpp < MIN_TILE_PX:
+            print(
+                f"error: --tile-um {tile_um:g} is {tile_um / slide.mpp:.3g} px at "
+                f"{slide.mpp:.4g} µm/px; give a tile of at least {MIN_TILE_PX} px "
+                f"({MIN_TILE_PX * slide.mpp:.3g} µm)",
+                file=sys.stderr,
+            )
+            return 2
         mask = tissue_mask(slide)
+        if slide.mpp is not None:
+            grid = slide_grid(slide, tile_um=tile_um)
+        else:
+            grid = slide_grid(slide, tile_px=args.tile_px)
+        tiles = grid.tissue_tiles(mask)
     except SlideError as exc:  # damage the open-time probe did not reach
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if slide.mpp is not None:
-        grid = slide_grid(slide, tile_um=args.tile_um)
-    else:
-        grid = slide_grid(slide, tile_px=args.tile_px)
-    tiles = grid.tissue_tiles(mask)
+    finally:
+        slide.close()
     print(
         f"{slide.path.name}: tissue {100 * mask.fraction:.1f} %, {len(tiles)} of {len(grid)} tiles "
         f"of {grid.tile} px hold tissue (mask at {mask.downsample:.3g}x)"
     )
+    writers = {}
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((mask.mask * 255).astype(np.uint8)).save(out)
-        print(f"wrote {out}")
+        image = Image.fromarray((mask.mask * 255).astype(np.uint8))
+        fmt = Image.registered_extensions().get(Path(args.out).suffix.lower(), "PNG")
+        writers[Path(args.out)] = lambda tmp: image.save(tmp, format=fmt)
     if args.tiles:
-        Path(args.tiles).write_text(
-            json.dumps(
-                {"slide": str(slide.path), "tile_px": grid.tile, "tiles": [t.box for t in tiles]}
-            )
+        text = json.dumps(
+            {"slide": str(slide.path), "tile_px": grid.tile, "tiles": [t.box for t in tiles]}
         )
-        print(f"wrote {args.tiles}")
+        writers[Path(args.tiles)] = lambda tmp: tmp.write_text(text)
+    try:
+        write_together(writers)  # both or neither
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for target in writers:
+        print(f"wrote {target}")
     return 0
 
 
@@ -194,12 +228,29 @@ def cmd_train(args) -> int:
 
 def _positive(kind):
     def parse(text):
+        import math
+
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        # NaN compares false with everything, so "not > 0" (not "<= 0") refuses it too.
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be greater than 0 and finite, got {text}")
         return value
 
     return parse
+
+
+def _mpp(text):
+    """``--mpp``: a level-0 pixel size a microscope or scanner can have."""
+    from ..io.slide import MPP_RANGE
+
+    value = _positive(float)(text)
+    lo, hi = MPP_RANGE
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(
+            f"{text} µm/px is not a plausible pixel size; give the level-0 µm/px, between "
+            f"{lo:g} and {hi:g} (0.25 at 40x, 0.5 at 20x)"
+        )
+    return value
 
 
 def cmd_release(args) -> int:
@@ -256,16 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("info", "levels, µm/px and format of slides")
     s.add_argument("slides", nargs="+", metavar="SLIDE", help="slides or images to describe")
-    s.add_argument("--mpp", type=_positive(float), help="µm/px override")
+    s.add_argument("--mpp", type=_mpp, help="µm/px override (0.05-50)")
     s.add_argument("--json", action="store_true", help=JSON_SIZES_HELP)
     s.set_defaults(func=cmd_info)
 
     s = command("tissue", "tissue mask and the tissue tiles whole-slide jobs visit")
     s.add_argument("slide", help="the slide")
-    s.add_argument("--mpp", type=_positive(float), help="µm/px override")
-    s.add_argument(
-        "--tile-um", type=_positive(float), default=256.0, help="tile edge in µm (default 256)"
-    )
+    s.add_argument("--mpp", type=_mpp, help="µm/px override (0.05-50)")
+    s.add_argument("--tile-um", type=_positive(float), help="tile edge in µm (default 256)")
     s.add_argument(
         "--tile-px",
         type=_positive(int),
@@ -292,9 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="DIR",
         help="output folder (created when there is something to write): <stem>.tif labels and "
-        "<stem>.csv per image, <stem>.nuclei.zarr/.csv/.parquet/.geojson per whole slide",
+        "<stem>.csv per image, <stem>.nuclei.zarr/.csv/.parquet/.geojson per whole slide; "
+        "<stem> is the input's name less its last suffix (case.1.png: case.1). Inputs whose "
+        "results would share a name (a/x.png and b/x.png) are not segmented: each clash is "
+        "one error line naming them; give them separate --out folders",
     )
-    s.add_argument("--mpp", type=_positive(float), help="µm/px of inputs that do not state it")
+    s.add_argument("--mpp", type=_mpp, help="µm/px of inputs that do not state it (0.05-50)")
     s.add_argument(
         "--method",
         default=None,
@@ -353,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=".png/.jpg (image), .tif (pyramidal tiled TIFF) or .zarr (OME-Zarr)",
     )
     s.add_argument("--save-profile", metavar="JSON", help="also save the fitted target profile")
-    s.add_argument("--mpp", type=_positive(float), help="µm/px of an input that does not state it")
+    s.add_argument("--mpp", type=_mpp, help="µm/px of an input that does not state it (0.05-50)")
     s.set_defaults(func=cmd_normalize)
 
     s = command("eval", "score predicted label maps against ground truth")
@@ -436,16 +488,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait before --screenshot (default 3)",
     )
     s.set_defaults(func=cmd_view)
+
+    from .project import add_parser as add_project_parser
+
+    add_project_parser(sub, HelpFormatter)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; its exit code. Ctrl-C anywhere is ``interrupted`` and 130 (what a shell
+    reports for SIGINT), so ``nucleiseg ... && next`` stops."""
     try:
-        return int(args.func(args) or 0)
+        args = build_parser().parse_args(argv)
+        code = int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    return code
 
 
 if __name__ == "__main__":

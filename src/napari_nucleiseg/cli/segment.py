@@ -2,8 +2,12 @@
 
 One line per failed input on stderr (``error: <file>: <problem>``), and a ``failed:`` summary only
 when several inputs ran; progress on stderr (:mod:`.progress`); results on stdout, one
-``<input>: <n> nuclei -> <output>`` line per input. The output folder is left only when something
-was written to it.
+``<input>: <n> nuclei -> <output>`` line per input. The output folder is checked before any work
+and left only when something was written to it.
+
+Outputs are named by :func:`~napari_nucleiseg.io.output.output_stem` (the name less its last
+suffix). Inputs of one run whose outputs would share a name (``a/x.png`` and ``b/x.png``) are
+refused together, with one line naming them: which one should win is not ours to guess.
 """
 
 from __future__ import annotations
@@ -45,9 +49,64 @@ def check_method(name) -> str | None:
     return None
 
 
+def output_names(path, whole: bool) -> list[str]:
+    """The files ``segment`` writes for ``path`` into its output folder."""
+    from ..io.output import output_stem
+    from ..wholeslide.store import slide_stem
+
+    if whole:
+        stem = slide_stem(path)
+        return [f"{stem}.nuclei.{ext}" for ext in ("zarr", "csv", "parquet", "geojson")]
+    stem = output_stem(path)
+    return [f"{stem}.tif", f"{stem}.csv"]
+
+
+def find_clashes(plain, whole, out) -> tuple[set, list[str]]:
+    """``(inputs refused, one error line per clash)``: inputs whose outputs would share a file
+    name (compared case-insensitively: macOS and Windows folders are), grouped."""
+    owners: dict[str, list] = {}
+    for paths, is_whole in ((plain, False), (whole, True)):
+        for p in paths:
+            if not Path(p).exists():  # reported as missing on its own; it writes nothing
+                continue
+            for name in output_names(p, is_whole):
+                owners.setdefault(name.casefold(), []).append((p, name))
+    parent: dict = {}
+
+    def root(p):
+        while parent[p] != p:
+            p = parent[p]
+        return p
+
+    shared: list[tuple[object, str]] = []
+    for entries in owners.values():
+        inputs = list(dict.fromkeys(p for p, _ in entries))
+        if len(inputs) < 2:
+            continue
+        for p in inputs:
+            parent.setdefault(p, p)
+        for p in inputs[1:]:
+            parent[root(p)] = root(inputs[0])
+        shared += [(inputs[0], n) for _, n in entries]
+    groups: dict = {}
+    for p in parent:  # insertion order: the order the inputs were given
+        groups.setdefault(root(p), ([], set()))[0].append(p)
+    for p, name in shared:
+        groups[root(p)][1].add(name)
+    lines = [
+        f"{', '.join(map(str, inputs))}: their results would share the names "
+        f"{', '.join(sorted(names))} in {out}, so none of them was segmented; "
+        "segment them into separate --out folders, or rename them"
+        for inputs, names in groups.values()
+    ]
+    return set(parent), lines
+
+
 def cmd_segment(args) -> int:
     from ..io import SlideError
-    from ..stain import StainError, load_target
+    from ..io.output import OutputError, check_output_dir
+    from ..stain import StainError
+    from ..stain.commands import load_target_file
     from ..wholeslide.cohort import expand_inputs, route_inputs
 
     err = sys.stderr
@@ -60,7 +119,7 @@ def cmd_segment(args) -> int:
             )
             return 2
         try:
-            normaliser = load_target(args.normalize, args.target)
+            normaliser = load_target_file(args.normalize, args.target)
         except (SlideError, StainError) as exc:
             print(f"error: {exc}", file=err)
             return 2
@@ -70,13 +129,28 @@ def cmd_segment(args) -> int:
         return 2
 
     out = Path(args.out)
+    try:
+        check_output_dir(out)  # before hours of work, not after
+    except OutputError as exc:
+        print(f"error: {exc}", file=err)
+        return 1
     existed = out.exists()
     paths, errors = expand_inputs(args.inputs)
     for e in errors:
         print(f"error: {e}", file=err)
     failed = [e.split(": ", 1)[0] for e in errors]
+    # The same file named twice (a folder and a list holding it) is segmented once.
+    unique = {}
+    for p in paths:
+        unique.setdefault(_identity(p), p)
     forced = bool(args.whole_slide or args.scheduler)
-    plain, whole = route_inputs(paths, whole_slide=forced, mpp=args.mpp)
+    plain, whole = route_inputs(list(unique.values()), whole_slide=forced, mpp=args.mpp)
+    refused, lines = find_clashes(plain, whole, out)
+    for line in lines:
+        print(f"error: {line}", file=err)
+    failed += [str(p) for p in unique.values() if p in refused]
+    plain = [p for p in plain if p not in refused]
+    whole = [p for p in whole if p not in refused]
     code = 0
     try:
         if plain:
@@ -92,11 +166,19 @@ def cmd_segment(args) -> int:
     return code or (1 if failed else 0)
 
 
+def _identity(path: Path):
+    try:
+        return path.resolve()
+    except OSError:
+        return path.absolute()
+
+
 def segment_images(paths, out, mpp, method, normaliser) -> list[str]:
     """Each image read whole and segmented in memory; returns the inputs that failed."""
     from ..io import SlideError
     from ..segmentation.api import describe_method
     from ..segmentation.commands import segment_file
+    from ..stain import StainError
 
     info = describe_method(method, normaliser)
     failed = []
@@ -112,7 +194,7 @@ def segment_images(paths, out, mpp, method, normaliser) -> list[str]:
                     info=info,
                     progress=bar.update,
                 )
-            except SlideError as exc:
+            except (SlideError, StainError) as exc:  # both name the file: one line, go on
                 bar.close()
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 failed.append(str(path))
@@ -219,11 +301,11 @@ def segment_slides(slides, out, args, normaliser) -> tuple[int, list[str]]:
         display.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2, [str(s) for s in slides]
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # the job's JobInterrupted says how many tiles are kept
         events.close()  # stops the running job; finished tiles stay recorded
         display.close()
         print(
-            "interrupted: finished tiles are recorded; run the same command again to resume",
+            str(exc) or "interrupted: finished tiles are kept; run the same command to resume",
             file=sys.stderr,
         )
         return 130, [str(s) for s in slides[len(outcomes) :]]

@@ -36,6 +36,9 @@ DEFAULT_CHUNK = 512
 
 #: A µm/px above this is no microscope (72 dpi = 352 µm/px is a TIFF writer's default).
 PLAUSIBLE_MPP_MAX = 100.0
+#: µm/px a user may state for level 0 (``--mpp``): from beyond a 100x objective (about 0.1) to a
+#: macro photograph of a whole slide (tens of µm/px). Outside it, a typo (1e-9, 250 for 0.25).
+MPP_RANGE = (0.05, 50.0)
 
 
 #: Every slide object alive in this process (tests and the GUI find a layer's slide through it).

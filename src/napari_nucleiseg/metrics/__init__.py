@@ -6,5 +6,13 @@ from .instance import (
     contingency,
     score_image,
 )
+from .labels import LabelMapError, check_label_map
 
-__all__ = ["ImageScores", "aggregate", "contingency", "score_image"]
+__all__ = [
+    "ImageScores",
+    "LabelMapError",
+    "aggregate",
+    "check_label_map",
+    "contingency",
+    "score_image",
+]

@@ -28,19 +28,24 @@ class SegmentedFile:
 
 
 def segment_file(
-    path, out_dir, *, mpp=None, method=None, normaliser=None, info=None, progress=None
+    path, out_dir, *, mpp=None, method=None, normaliser=None, info=None, progress=None, stem=None
 ) -> SegmentedFile:
     """Segment the nuclei of one image (or small slide) into ``out_dir/<stem>.tif`` (labels,
     with ``info`` — what produced them — in the description) and ``out_dir/<stem>.csv``
-    (measurements). ``out_dir`` is created only once there is something to write.
+    (measurements); ``stem`` defaults to :func:`~napari_nucleiseg.io.output.output_stem`.
+    ``out_dir`` is created only once there is something to write, and the two files appear
+    together or not at all.
 
     ``progress(done, total)`` is called as tiles finish. Raises ``SlideError`` (names the file)
-    for an unreadable input, one without µm/px, or one too large to read whole.
+    for an unreadable input, one without µm/px, or one too large to read whole, and its
+    ``OutputError`` (names the output) when the results cannot be written.
     """
     import tifffile
 
     from ..io import SlideError, open_slide
+    from ..io.output import OutputError, output_stem, write_together
     from ..stain.errors import StainError
+    from ..tiling.plan import ResolutionError
     from .api import describe_method, segment_image
     from .measure import measure_nuclei, write_csv
 
@@ -67,73 +72,135 @@ def segment_file(
         labels = segment_image(rgb, px, method, progress=progress, normaliser=normaliser)
     except StainError as exc:  # the normaliser cannot adapt to this image
         raise exc.for_path(path) from None
+    except ResolutionError as exc:  # its µm/px is implausible for the method: one line, go on
+        raise SlideError(path, str(exc)) from None
     dtype = np.uint16 if labels.max() < 65535 else np.uint32
-    stem = Path(path).name.split(".")[0]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    stem = output_stem(path) if stem is None else stem
+    labels_path, table_path = out / f"{stem}.tif", out / f"{stem}.csv"
     meta = {"source": str(path), "mpp": px, **info}
-    tmp = out / f"{stem}.tif.part"
-    # zlib level 1: label maps are mostly runs of zeros, so it compresses almost as well as the
-    # default level 6 in a fraction of the time.
-    tifffile.imwrite(
-        tmp,
-        labels.astype(dtype),
-        compression="zlib",
-        compressionargs={"level": 1},
-        resolution=(1e4 / px, 1e4 / px),
-        resolutionunit="CENTIMETER",
-        description=json.dumps(meta),
-        metadata=None,
-    )
-    tmp.replace(out / f"{stem}.tif")
-    write_csv(measure_nuclei(labels, rgb, px), out / f"{stem}.csv")
-    return SegmentedFile(
-        Path(path), out / f"{stem}.tif", out / f"{stem}.csv", int(labels.max()), px
-    )
+    table = measure_nuclei(labels, rgb, px)
+
+    def write_labels(tmp):
+        # zlib level 1: label maps are mostly runs of zeros, so it compresses almost as well as
+        # the default level 6 in a fraction of the time.
+        tifffile.imwrite(
+            tmp,
+            labels.astype(dtype),
+            compression="zlib",
+            compressionargs={"level": 1},
+            resolution=(1e4 / px, 1e4 / px),
+            resolutionunit="CENTIMETER",
+            description=json.dumps(meta),
+            metadata=None,
+        )
+
+    try:
+        # Both or neither: a labels file without its table (or an older table) misleads.
+        write_together({labels_path: write_labels, table_path: lambda tmp: write_csv(table, tmp)})
+    except OutputError as exc:
+        raise OutputError(
+            exc.path, f"{exc.problem}; nothing was written for {Path(path).name}"
+        ) from None
+    return SegmentedFile(Path(path), labels_path, table_path, int(labels.max()), px)
 
 
 class EvaluationError(ValueError):
-    """Nothing can be scored: no ground truth, no matching predictions, or mismatched shapes.
-    ``str()`` names the folder or file."""
+    """Nothing can be scored: no ground truth, or no prediction matching it. ``str()`` names the
+    folder."""
 
 
 @dataclass
 class Evaluation:
-    """Per-image scores, the data-set aggregate and the ground-truth images with no prediction."""
+    """Per-image scores, the data-set aggregate, the ground-truth images with no prediction, and
+    the lines about images scored with a doubt (``warnings``) or not scored (``refused``), each
+    naming its file."""
 
     scores: list
     aggregate: dict
     missing: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
 
 
-def evaluate_dirs(pred_dir, gt_dir, progress=None) -> Evaluation:
-    """Score every ``pred_dir/<stem>.tif`` against ``gt_dir/<stem>.tif`` (or
-    ``gt_dir/labels/``). ``progress(done, total)`` after each image. Raises
-    :class:`EvaluationError`."""
+def read_label_map(path) -> tuple[np.ndarray, list[str]]:
+    """A label TIFF as integer ids and the warnings about it; ``EvaluationError`` naming the
+    file when it cannot be read or cannot be scored (see
+    :func:`~napari_nucleiseg.metrics.check_label_map`)."""
     import tifffile
 
+    from ..metrics import LabelMapError, check_label_map
+
+    try:
+        arr = tifffile.imread(path)
+    except MemoryError:
+        raise
+    except Exception as exc:  # tifffile's own, zlib's, struct's: a damaged file, said once
+        raise EvaluationError(
+            f"{path}: not a readable label TIFF ({type(exc).__name__}: {exc})"
+        ) from None
+    try:
+        labels, notes = check_label_map(arr)
+    except LabelMapError as exc:
+        raise EvaluationError(f"{path}: {exc}") from None
+    return labels, [f"{path}: {n}" for n in notes]
+
+
+def evaluate_dirs(pred_dir, gt_dir, progress=None, report=None) -> Evaluation:
+    """Score every ``pred_dir/<stem>.tif`` against ``gt_dir/<stem>.tif`` (or
+    ``gt_dir/labels/``); ``<stem>`` is the name less its last suffix, as ``segment`` writes it.
+
+    An image that cannot be scored (unreadable, not instance labels, another shape than its
+    ground truth) is left out with a line in ``refused`` and the others are scored; doubtful
+    ones (binary masks, float ids) are scored with a line in ``warnings``. ``report(kind, line)``
+    (kind ``"warning"`` or ``"error"``) as each line arises, ``progress(done, total)`` after
+    each image. Raises :class:`EvaluationError` when there is no ground truth or no prediction
+    matches it."""
+    from ..io.output import output_stem
     from ..metrics import aggregate, score_image
 
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if (gt_dir / "labels").is_dir():
         gt_dir = gt_dir / "labels"
-    gts = {p.name.split(".")[0]: p for p in sorted(gt_dir.glob("*.tif*"))}
+    gts: dict[str, Path] = {}
+    for p in sorted(gt_dir.glob("*.tif*")):
+        if p.suffix.lower() in (".tif", ".tiff") and not p.name.startswith("."):
+            gts.setdefault(output_stem(p), p)
     if not gts:
         raise EvaluationError(f"{gt_dir}: no ground-truth .tif label maps")
-    scores, missing = [], []
+    result = Evaluation([], {})
+
+    def note(kind, line):
+        (result.warnings if kind == "warning" else result.refused).append(line)
+        if report is not None:
+            report(kind, line)
+
+    matched = 0
     for i, (stem, gt_path) in enumerate(gts.items()):
-        cands = list(pred_dir.glob(f"{stem}.tif")) + list(pred_dir.glob(f"{stem}.tiff"))
+        cands = [pred_dir / f"{stem}{s}" for s in (".tif", ".tiff")]
+        cands = [c for c in cands if c.is_file()]
         if not cands:
-            missing.append(stem)
+            result.missing.append(stem)
         else:
-            gt, pred = tifffile.imread(gt_path), tifffile.imread(cands[0])
-            if pred.shape != gt.shape:
-                raise EvaluationError(
-                    f"{cands[0]}: shape {pred.shape} differs from ground truth {gt.shape}"
-                )
-            scores.append(score_image(gt, pred, stem))
+            matched += 1
+            try:
+                gt, gt_notes = read_label_map(gt_path)
+                pred, pred_notes = read_label_map(cands[0])
+                if pred.shape != gt.shape:
+                    raise EvaluationError(
+                        f"{cands[0]}: shape {pred.shape} differs from its ground truth "
+                        f"{gt_path} {gt.shape}; not scored"
+                    )
+            except EvaluationError as exc:
+                note("error", str(exc))
+            else:
+                for line in gt_notes + pred_notes:
+                    note("warning", line)
+                result.scores.append(score_image(gt, pred, stem))
         if progress is not None:
             progress(i + 1, len(gts))
-    if not scores:
+    if not matched:
         raise EvaluationError(f"{pred_dir}: no predictions matching the ground-truth names")
-    return Evaluation(scores, aggregate(scores), missing)
+    if result.scores:
+        result.aggregate = aggregate(result.scores)
+    return result

@@ -40,26 +40,89 @@ def pyramid_levels(slide) -> tuple[list, list[float]]:
     return levels, downsamples
 
 
+def load_target_file(method: str | None, target):
+    """:func:`~.normalise.load_target`, with any error a damaged profile ``.json`` raises (junk
+    where numbers belong, a list where a table belongs) as one :class:`StainError` naming the
+    file. A profile is also tried once on a small synthetic H&E field, so a profile that loads
+    but cannot normalise is refused here, not on the first image of a batch."""
+    from .errors import StainError
+    from .normalise import load_target, normalise_image
+
+    path = Path(target)
+    is_profile = path.suffix.lower() == ".json" and not path.is_dir()
+    try:
+        normaliser = load_target(method, path)
+        if is_profile:
+            normalise_image(_probe_field(), normaliser)
+    except StainError as exc:
+        if is_profile and exc.path is None:
+            raise exc.for_path(path) from None
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        if not is_profile:
+            raise
+        raise StainError(
+            f"not a usable stain profile ({type(exc).__name__}: {exc})", path
+        ) from None
+    return normaliser
+
+
+def _probe_field() -> np.ndarray:
+    """A 64 px field of haematoxylin-blue nuclei on eosin-pink stroma with some glass."""
+    rng = np.random.default_rng(0)
+    field = np.empty((64, 64, 3), np.float32)
+    field[:] = (235, 150, 190)  # eosin
+    yy, xx = np.mgrid[:64, :64]
+    for cy, cx in rng.integers(6, 58, size=(10, 2)):
+        field[(yy - cy) ** 2 + (xx - cx) ** 2 < 25] = (80, 60, 150)  # haematoxylin
+    field[:, :8] = 245  # glass
+    field += rng.normal(0, 4, field.shape)
+    return np.clip(field, 0, 255).astype(np.uint8)
+
+
+def check_outputs(input_path, out_path, save_profile=None, target=None) -> None:
+    """Refuse, before any work, outputs that would overwrite an input or each other, or whose
+    folder cannot be made (``OutputError``/``SlideError`` naming the output)."""
+    from ..io import SlideError
+    from ..io.output import check_output_file
+
+    def same(a, b) -> bool:
+        return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+    out = Path(out_path)
+    if same(out, input_path):
+        raise SlideError(out, "the output would overwrite the input")
+    if same(out, target):
+        raise SlideError(out, "the output would overwrite the --target reference")
+    if save_profile is not None:
+        if same(save_profile, out):
+            raise SlideError(save_profile, "--save-profile and --out are the same file")
+        if same(save_profile, input_path):
+            raise SlideError(save_profile, "--save-profile would overwrite the input")
+    check_output_file(out, directory=out.name.lower().endswith(".zarr"))
+    if save_profile is not None:
+        check_output_file(save_profile)
+
+
 def normalize_file(
     input_path, out_path, method: str | None, target, save_profile=None, mpp=None, progress=None
 ) -> dict:
     """Normalise ``input_path`` to ``target`` (a reference image/slide or profile .json) and write
-    ``out_path``. Returns what was recorded (target and source profiles). Raises ``SlideError``
-    or ``StainError`` (both name the file) for bad input."""
+    ``out_path`` (then ``save_profile``, the fitted target profile, if given). Returns what was
+    recorded (target and source profiles). Raises ``SlideError`` or ``StainError`` (both name
+    the file) for bad input, and ``OutputError`` (a ``SlideError`` naming the output) when an
+    output cannot be written; an output is written whole or not at all."""
     from ..io import SlideError, open_slide
+    from ..io.output import OutputError, describe_os_error, write_together
     from ..io.pyramid_writer import write_ome_zarr, write_pyramidal_tiff
     from .lazy import adapt_to_slide, normalise_levels
-    from .normalise import load_target
 
     out = Path(out_path)
     suffix = ".zarr" if out.name.lower().endswith(".zarr") else out.suffix.lower()
     if suffix not in IMAGE_SUFFIXES + PYRAMID_SUFFIXES:
         raise SlideError(out, "write .tif/.tiff (pyramidal TIFF), .zarr (OME-Zarr) or .png/.jpg")
-    if out.resolve() == Path(input_path).resolve():
-        raise SlideError(out, "the output would overwrite the input")
-    normaliser = load_target(method, target)
-    if save_profile:
-        normaliser.profile.save(save_profile)
+    check_outputs(input_path, out, save_profile, target)
+    normaliser = load_target_file(method, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         slide = open_slide(input_path, mpp=mpp)
@@ -82,36 +145,49 @@ def normalize_file(
                     input_path, f"{w}x{h} px is a whole slide; write a .tif or .zarr pyramid"
                 )
             rgb = adapted.transform(slide.read_region(0, 0, w, h, 0))
-            out.parent.mkdir(parents=True, exist_ok=True)
-            _save_image(out, rgb, record, slide.mpp)
+            write_together({out: lambda tmp: _save_image(tmp, rgb, record, slide.mpp)})
         else:
             levels, downsamples = pyramid_levels(slide)
             levels = normalise_levels(levels, adapted)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if suffix == ".zarr":
-                write_ome_zarr(
-                    out,
-                    levels,
-                    slide.mpp,
-                    downsamples,
-                    attrs={"nucleiseg": record},
-                    progress=progress,
-                )
-            else:
-                write_pyramidal_tiff(
-                    out,
-                    levels,
-                    slide.mpp,
-                    downsamples,
-                    description=json.dumps({"nucleiseg": record}),
-                    progress=progress,
-                )
-        return record
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                if suffix == ".zarr":
+                    write_ome_zarr(
+                        out,
+                        levels,
+                        slide.mpp,
+                        downsamples,
+                        attrs={"nucleiseg": record},
+                        progress=progress,
+                    )
+                else:
+                    write_pyramidal_tiff(
+                        out,
+                        levels,
+                        slide.mpp,
+                        downsamples,
+                        description=json.dumps({"nucleiseg": record}),
+                        progress=progress,
+                    )
+            except SlideError:  # reading the input failed, and said so
+                raise
+            except OSError as exc:
+                raise OutputError(out, f"cannot write ({describe_os_error(exc)})") from None
     finally:
         slide.close()
+    if save_profile:
+        # After the output: a failed run leaves no profile that seems to go with a result.
+        try:
+            write_together({Path(save_profile): lambda tmp: normaliser.profile.save(tmp)})
+        except OutputError as exc:
+            raise OutputError(
+                exc.path, f"{exc.problem}; the normalised image {out} was written"
+            ) from None
+    return record
 
 
 def _save_image(out: Path, rgb: np.ndarray, record: dict, mpp) -> None:
+    """Write ``out`` (format by its suffix) directly: the caller writes to a temporary name."""
     from PIL import Image, PngImagePlugin
 
     img = Image.fromarray(rgb)
@@ -124,6 +200,4 @@ def _save_image(out: Path, rgb: np.ndarray, record: dict, mpp) -> None:
         kw["pnginfo"] = info
     elif out.suffix.lower() in (".jpg", ".jpeg"):
         kw["quality"] = 95
-    tmp = out.with_name(out.name + ".part")
-    img.save(tmp, format=Image.registered_extensions()[out.suffix.lower()], **kw)
-    tmp.replace(out)
+    img.save(out, format=Image.registered_extensions()[out.suffix.lower()], **kw)
