@@ -30,17 +30,32 @@ class CardMethod(NucleiMethod):
         self.tile_px = int(card.tile_px)
         self.context_um = float(card.context_um)
         self.outputs = ("nuclei instance labels", *card.outputs)
-        self._predictor = None
+        #: One predictor per runtime it was loaded for: the runtime is decided afresh at each
+        #: use (``NUCLEISEG_RUNTIME`` may change in a process), exactly as :meth:`describe`
+        #: decides it, so what outputs record is what computed them.
+        self._predictors: dict[str, object] = {}
         self._loading = threading.Lock()
+
+    def runtime(self, warn: bool = True) -> str:
+        """What computes this model here (``onnx-int8``, ``onnx-fp32``, ``torch``; see
+        :func:`~napari_nucleiseg.models.runtime.runtime_for`), without loading it."""
+        from ..models.runtime import runtime_for
+
+        return runtime_for(self.card, self.card_path.parent, warn=warn)
 
     @property
     def predictor(self):
-        """The :class:`~napari_nucleiseg.segmentation.predict.Predictor` (loaded once)."""
-        if self._predictor is None:
+        """The :class:`~napari_nucleiseg.segmentation.predict.Predictor` (loaded once per
+        runtime)."""
+        runtime = self.runtime(warn=False)  # describe() (every output records it) warns
+        predictor = self._predictors.get(runtime)
+        if predictor is None:
             with self._loading:
-                if self._predictor is None:
-                    self._predictor = load_predictor(self.card_path)[0]
-        return self._predictor
+                predictor = self._predictors.get(runtime)
+                if predictor is None:
+                    predictor = load_predictor(self.card_path, runtime=runtime)[0]
+                    self._predictors[runtime] = predictor
+        return predictor
 
     def segment(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
         from ..io.image_backend import to_rgb_uint8
@@ -63,6 +78,9 @@ class CardMethod(NucleiMethod):
             "sha256": c.sha256,
             "model_mpp": c.mpp,
             "test_time_flips": tta_mode(),
+            # int8 and float32 give slightly different nuclei: the runtime is part of what made a
+            # result, and a fallback from the one asked for (file missing, no onnxruntime) shows.
+            "runtime": self.runtime(),
         }
 
 
@@ -84,13 +102,15 @@ def card_method(card_path: Path, source: str) -> CardMethod:
         return _CACHE[key]
 
 
-def load_predictor(name_or_path: str | Path, project=None, **kwargs):
+def load_predictor(name_or_path: str | Path, project=None, runtime: str | None = None, **kwargs):
     """``(Predictor, card)`` for a model, after checking the weights' SHA-256 against the card.
     Loads without pickle (safetensors, and the ONNX twin for ONNX Runtime when present;
     ``NUCLEISEG_RUNTIME=torch`` forces PyTorch). With the ONNX twin, PyTorch is not even
-    imported: that is most of a command's start-up time."""
+    imported: that is most of a command's start-up time. ``runtime`` (default:
+    :func:`~napari_nucleiseg.models.runtime.runtime_for`, which warns of a fallback) is the
+    runtime to load for."""
     from ..models import find_card
-    from ..models.runtime import onnx_session, open_session
+    from ..models.runtime import onnx_session, open_session, runtime_for
     from ..segmentation.postprocess import PostprocessSettings
     from ..segmentation.predict import Predictor
 
@@ -108,7 +128,7 @@ def load_predictor(name_or_path: str | Path, project=None, **kwargs):
     settings = (
         PostprocessSettings(**card.postprocess) if card.postprocess else PostprocessSettings()
     )
-    session = onnx_session(card, card_path.parent)
+    session = onnx_session(card, card_path.parent, runtime or runtime_for(card, card_path.parent))
     kwargs.setdefault("tile", int(card.tile_px))
     kwargs.setdefault("halo", int(math.ceil(card.context_um / card.mpp)))
     multiple = 2 ** (len(card.widths) - 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from .registry import ModelCard, WeightsError, sha256_of
 RUNTIMES = ("auto", "onnx-int8", "onnx-fp32", "torch")
 
 
+@functools.cache  # the CPU does not change; describe() asks at every output
 def int8_is_exact() -> bool:
     """Whether ONNX Runtime's int8 kernels compute exactly on this CPU.
 
@@ -49,22 +51,76 @@ def runtime_setting() -> str:
     return runtime
 
 
-def onnx_session(card: ModelCard, folder: Path):
-    """An ONNX Runtime session for the card's ONNX twin (int8 when shipped), or None (not
-    shipped, no runtime, or ``NUCLEISEG_RUNTIME=torch``)."""
-    runtime = runtime_setting()
-    if not card.onnx or runtime == "torch":
-        return None
+def _onnxruntime_missing() -> str | None:
+    """Why ONNX Runtime cannot run here (``None`` when it can)."""
     try:
         import onnxruntime  # noqa: F401  (optional: without it, the PyTorch weights run)
-    except ImportError:
+    except ImportError as exc:
+        return f"onnxruntime is not installed ({exc})"
+    return None
+
+
+def runtime_for(card: ModelCard, folder: Path, warn: bool = True) -> str:
+    """The runtime that computes ``card``'s model here: ``onnx-int8``, ``onnx-fp32`` or ``torch``.
+
+    Decided from the setting, the card, the files beside it and this CPU, without loading any
+    weights, so a method's identity (what result files and stores record) and the session that
+    :func:`~napari_nucleiseg.methods.learned.load_predictor` opens are one decision. Where the
+    runtime the setting asks for cannot run (its file is missing, onnxruntime is not installed)
+    the next one does (int8 → float32 ONNX → PyTorch), with a warning naming the model and both
+    runtimes: results then differ from the card's figures, and outputs record which computed them.
+    """
+    setting = runtime_setting()
+    if setting == "torch":
+        return "torch"
+    folder = Path(folder)
+    if setting == "auto":
+        # The int8 twin where it is shipped and exact on this CPU, else the float32 twin; a card
+        # with neither runs on PyTorch, which is then its runtime, not a fallback.
+        if card.onnx_int8 and int8_is_exact():
+            wanted = "onnx-int8"
+        elif card.onnx:
+            wanted = "onnx-fp32"
+        else:
+            return "torch"
+    else:
+        wanted = setting
+    files = {"onnx-int8": card.onnx_int8, "onnx-fp32": card.onnx}
+    why = _onnxruntime_missing()
+    got = "torch"
+    if why is None:
+        for runtime in ("onnx-int8", "onnx-fp32") if wanted == "onnx-int8" else ("onnx-fp32",):
+            name = files[runtime]
+            if name and (folder / name).exists():
+                got = runtime
+                break
+            why = why or (
+                f"{folder / name} is missing" if name else f"its card names no {runtime} model"
+            )
+    if got != wanted and warn:
+        import warnings
+
+        warnings.warn(
+            f"model {card.name!r}: {why}; computing with {got} instead of {wanted} "
+            "(results differ slightly; every output records the runtime)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return got
+
+
+def onnx_session(card: ModelCard, folder: Path, runtime: str | None = None):
+    """An ONNX Runtime session for the card's ONNX twin that ``runtime`` (default:
+    :func:`runtime_for`) names, or None for PyTorch."""
+    runtime = runtime or runtime_for(card, folder)
+    if runtime == "torch":
         return None
-    name, expected = card.onnx, card.onnx_sha256
-    if card.onnx_int8 and (runtime == "onnx-int8" or (runtime == "auto" and int8_is_exact())):
-        name, expected = card.onnx_int8, card.onnx_int8_sha256
-    path = folder / name
-    if not path.exists():
-        return None
+    name, expected = (
+        (card.onnx_int8, card.onnx_int8_sha256)
+        if runtime == "onnx-int8"
+        else (card.onnx, card.onnx_sha256)
+    )
+    path = Path(folder) / name
     digest = sha256_of(path)
     if digest != expected:
         raise WeightsError(
@@ -72,7 +128,7 @@ def onnx_session(card: ModelCard, folder: Path):
             f"({expected[:12]}…); refusing to load it"
         )
     session = open_session(path)
-    session.nucleiseg_precision = "int8" if name == card.onnx_int8 else "float32"
+    session.nucleiseg_precision = "int8" if runtime == "onnx-int8" else "float32"
     return session
 
 
