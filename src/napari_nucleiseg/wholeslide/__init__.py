@@ -2,8 +2,16 @@
 (CSV, Parquet) and QuPath GeoJSON; resumable, memory-flat, on threads or a dask cluster."""
 
 from .export import export_geojson, export_table, outlines, read_table, write_table
-from .job import SlideProgress, segment_slide
-from .store import DiskFullError, StoreMismatchError, open_labels, store_path
+from .job import JobInterrupted, SlideProgress, segment_slide
+from .store import (
+    DiskFullError,
+    StoreLockedError,
+    StoreMismatchError,
+    StoreRepairWarning,
+    open_labels,
+    store_path,
+)
+from .tasks import DamagedRecordError
 
 __all__ = [
     "segment_slide",
@@ -17,4 +25,8 @@ __all__ = [
     "store_path",
     "StoreMismatchError",
     "DiskFullError",
+    "StoreLockedError",
+    "StoreRepairWarning",
+    "DamagedRecordError",
+    "JobInterrupted",
 ]

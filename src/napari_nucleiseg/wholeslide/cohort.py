@@ -105,8 +105,15 @@ def _slide_failures(client) -> tuple[type[BaseException], ...]:
     weights failing their hash, and on a cluster a task whose workers died too often."""
     from ..io import SlideError
     from ..models.registry import WeightsError
+    from .tasks import DamagedRecordError
 
-    kinds: tuple[type[BaseException], ...] = (SlideError, ValueError, OSError, WeightsError)
+    kinds: tuple[type[BaseException], ...] = (
+        SlideError,
+        ValueError,
+        OSError,
+        WeightsError,
+        DamagedRecordError,
+    )
     if client is not None:
         from distributed import KilledWorker
 
@@ -116,10 +123,11 @@ def _slide_failures(client) -> tuple[type[BaseException], ...]:
 
 def _error_line(path, exc: BaseException) -> str:
     from ..io import SlideError
+    from .tasks import DamagedRecordError
 
     if isinstance(exc, SlideError) and Path(exc.path) == Path(path):  # names the slide already
         return str(exc)
-    if isinstance(exc, (SlideError, ValueError, OSError)):  # e.g. the slide's result store
+    if isinstance(exc, (SlideError, ValueError, OSError, DamagedRecordError)):  # its store
         return f"{path}: {exc}"
     return f"{path}: {type(exc).__name__}: {exc}"
 
@@ -142,38 +150,52 @@ def run_cohort(
     :class:`SlideOutcome` (failed slides carry their error; the next slide still runs).
 
     Before any slide runs, raises ``WeightsError``/``MethodError`` (the method cannot run) or
-    ``ConnectionError`` (the scheduler cannot be reached). Closing the generator (e.g. on
-    Ctrl-C) stops the running job; its finished tiles stay recorded and the same call resumes.
+    ``ConnectionError`` (the scheduler cannot be reached). Ctrl-C stops the cohort: it raises
+    :class:`~napari_nucleiseg.wholeslide.JobInterrupted` (a ``KeyboardInterrupt``, never a
+    slide's failure, so the command exits 130 and ``... && next_step`` does not run), whose
+    message says how many tiles are kept. Closing the generator stops the running job the same
+    way. Either way its finished tiles stay recorded and the same call resumes.
     """
     from ..segmentation.api import describe_method
-    from .job import connect, segment_slide
+    from .job import JobInterrupted, connect, interrupted, segment_slide
+    from .store import store_path
 
     describe_method(method)  # unknown model or weights failing their hash: nothing can run
     client, cluster = connect(scheduler, workers) if scheduler is not None else (None, None)
+    stopped = None
     try:
         failures = _slide_failures(client)
         for i, path in enumerate(slides):
             yield SlideStarted(str(path), i, len(slides))
             t0 = time.perf_counter()
             outcome = SlideOutcome(str(path), False)
+            p = None
+            job = segment_slide(
+                path,
+                out_dir,
+                method=method,
+                mpp=mpp,
+                tile_um=tile_um,
+                scheduler=client,
+                workers=workers,
+                normaliser=normaliser,
+            )
             try:
-                p = None
-                for p in segment_slide(
-                    path,
-                    out_dir,
-                    method=method,
-                    mpp=mpp,
-                    tile_um=tile_um,
-                    scheduler=client,
-                    workers=workers,
-                    normaliser=normaliser,
-                ):
+                for p in job:
                     yield p
                 outcome = SlideOutcome(
                     str(path), True, p.total, p.resumed, p.nuclei, store=str(p.store)
                 )
             except failures as exc:
                 outcome.error = _error_line(path, exc)
+            except KeyboardInterrupt as exc:  # Ctrl-C: the cohort stops here (exit 130)
+                job.close()  # waits for running tasks: their tiles are recorded and count
+                if isinstance(exc, JobInterrupted):
+                    stopped = exc
+                else:  # it came between two of the job's steps
+                    total = p.total if p is not None else None
+                    stopped = interrupted(store_path(out_dir, path), total)
+                break
             outcome.seconds = time.perf_counter() - t0
             yield outcome
     finally:
@@ -181,3 +203,5 @@ def run_cohort(
             client.close()
         if cluster is not None:
             cluster.close()
+    if stopped is not None:
+        raise stopped.recount() from None  # the cluster is closed: every tile it wrote counts

@@ -129,14 +129,21 @@ class GeoJSONWriter:
     def close(self) -> None:
         import os
 
-        self.f.write("\n]}\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self.f.write("\n]}\n")
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:  # e.g. the disk filled on the last write: no temporary is left
+            self.abort()
+            raise
 
     def abort(self) -> None:
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError:  # flushing the buffer into a full disk fails again; the file goes anyway
+            pass
         self.tmp.unlink(missing_ok=True)
 
     def __enter__(self):
@@ -170,6 +177,7 @@ def export_geojson(
     if isinstance(labels_or_store, (str, Path)):
         meta = read_attrs(labels_or_store).get("nucleiseg", {})
         src = meta.get("outputs", {}).get("geojson")
+        src = src.get("file") if isinstance(src, dict) else src  # {file, bytes, sha256} since 4
         if not meta.get("finished") or not src:
             raise ValueError(
                 f"{labels_or_store}: the whole-slide job has not finished; no outlines yet"
@@ -220,17 +228,24 @@ class TableWriter:
         self._pq = None
         self._buffer: list[dict] = []
         self._buffered = 0
-        if self.tmps[0] is not None:
-            self._csv = open(self.tmps[0], "w", newline="", encoding="utf-8")
-            self._csv.write(",".join(COLUMNS) + "\r\n")
-        if self.tmps[1] is not None:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        try:
+            if self.tmps[0] is not None:
+                self._csv = open(self.tmps[0], "w", newline="", encoding="utf-8")
+                self._csv.write(",".join(COLUMNS) + "\r\n")
+            if self.tmps[1] is not None:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
 
-            self._schema = pa.schema(
-                [(c, getattr(pa, label_type)() if c == "label" else pa.float64()) for c in COLUMNS]
-            )
-            self._pq = pq.ParquetWriter(str(self.tmps[1]), self._schema, compression="zstd")
+                self._schema = pa.schema(
+                    [
+                        (c, getattr(pa, label_type)() if c == "label" else pa.float64())
+                        for c in COLUMNS
+                    ]
+                )
+                self._pq = pq.ParquetWriter(str(self.tmps[1]), self._schema, compression="zstd")
+        except BaseException:  # the CSV's temporary exists already: it must not stay
+            self.abort()
+            raise
 
     def add(self, table: dict) -> None:
         n = len(table["label"])
@@ -258,20 +273,27 @@ class TableWriter:
     def close(self) -> None:
         import os
 
-        if self._csv is not None:
-            self._csv.flush()
-            os.fsync(self._csv.fileno())
-            self._csv.close()
-        if self._pq is not None:
-            self._flush()
-            self._pq.close()
-        for tmp, path in zip(self.tmps, self.paths):
-            if tmp is not None:
-                os.replace(tmp, path)
+        try:
+            if self._csv is not None:
+                self._csv.flush()
+                os.fsync(self._csv.fileno())
+                self._csv.close()
+            if self._pq is not None:
+                self._flush()
+                self._pq.close()
+            for tmp, path in zip(self.tmps, self.paths):
+                if tmp is not None:
+                    os.replace(tmp, path)
+        except BaseException:  # e.g. the disk filled on the last rows: no temporary is left
+            self.abort()
+            raise
 
     def abort(self) -> None:
         if self._csv is not None:
-            self._csv.close()
+            try:
+                self._csv.close()
+            except OSError:  # flushing into a full disk fails again; the file goes anyway
+                pass
         if self._pq is not None:
             try:
                 self._pq.close()

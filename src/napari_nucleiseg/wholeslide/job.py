@@ -24,7 +24,6 @@ is the same.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from ..io.errors import SlideError
 from . import store as st
+from . import verify
 from .tasks import (
     LOCAL_BITS,
     Job,
@@ -46,6 +46,39 @@ from .tasks import (
 #: Largest tissue-mask edge (px): the mask's memory is then the same for any slide above ~16 mm
 #: (512 px is still 5+ mask pixels across a 480-µm tile on a 50-mm slide).
 MASK_MAX_PX = 512
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGINT) stopped a job; ``str()`` says how many tiles are kept. Still a
+    ``KeyboardInterrupt``, so callers that stop on one stop on this (and exit 130)."""
+
+    def __init__(self, message: str, store=None, total=None, tissue=None):
+        super().__init__(message)
+        self.store, self.total, self.tissue = store, total, tissue
+
+    def recount(self) -> JobInterrupted:
+        """The same interruption counted again: once a cluster's workers are closed, a tile
+        that was finishing as we stopped is on disk and kept too."""
+        return interrupted(self.store, self.total, self.tissue) if self.store else self
+
+
+def interrupted(store: Path, total: int | None, tissue=None) -> JobInterrupted:
+    """The interruption of a job on ``store`` of ``total`` tissue tiles, counting the tile
+    records on disk (call once running tasks have ended: theirs count)."""
+    if total is None:
+        return JobInterrupted(
+            "interrupted before the slide's tiles were counted; run the same command to resume"
+        )
+    kept = st.finished_keys(store, "tiles")
+    if tissue is not None:
+        kept &= {key(*rc) for rc in tissue}
+    return JobInterrupted(
+        f"interrupted: {len(kept)} of {total} tiles finished are kept; run the same command "
+        "to resume",
+        store,
+        total,
+        tissue,
+    )
 
 
 @dataclass
@@ -114,17 +147,50 @@ def connect(scheduler, workers: int | None = None):
     from distributed import Client, LocalCluster
 
     if scheduler == "local":
+        # dashboard_address=None only drops the dashboard's pages: the scheduler still serves
+        # HTTP (health, metrics, and on :8787 when free) and each worker on a random port. No
+        # one asked for a web server, so none is left running: the scheduler's binds to a
+        # loopback port of the system's choosing (never 8787) and, with the workers', is closed
+        # as soon as the cluster is up.
         cluster = LocalCluster(
             n_workers=workers or os.cpu_count() or 1,
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
         )
-        return Client(cluster), cluster
+        client = Client(cluster)
+        try:
+            client.run(_close_http_server)
+            client.run_on_scheduler(_close_http_server)
+        except BaseException:
+            client.close()
+            cluster.close()
+            raise
+        cluster.scheduler_info.get("services", {}).pop("dashboard", None)
+        return client, cluster
     try:
         return Client(scheduler, timeout="20s"), None
     except (OSError, TimeoutError) as exc:
         raise ConnectionError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from exc
+
+
+async def _close_http_server(dask_worker=None, dask_scheduler=None) -> None:
+    """Stop a dask server's HTTP server (run on its event loop by ``Client.run``). A worker
+    process of our own cluster also leaves Ctrl-C to us: the terminal sends SIGINT to the whole
+    process group, and a worker dying of it prints a traceback; we stop the job and close the
+    cluster (its workers with it) ourselves."""
+    server = dask_worker if dask_worker is not None else dask_scheduler
+    http = getattr(server, "http_server", None)
+    if http is not None:
+        http.stop()
+    server.services.pop("dashboard", None)
+    if dask_worker is not None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _Dask:
@@ -311,22 +377,65 @@ def segment_slide(
 
 
 def _run(slide, out_dir, method, normaliser, tile_um, scheduler, workers, min_tissue):
+    path = st.store_path(out_dir, slide.path)
+    # The lock comes first: a second job on this store stops here, having touched nothing.
+    with st.StoreLock(path):
+        # Temporaries a killed run left in the output folder are ours to clear (under the lock).
+        st.remove_stale_outputs(out_dir, st.slide_stem(slide.path))
+        yield from _run_locked(
+            slide, path, out_dir, method, normaliser, tile_um, scheduler, workers, min_tissue
+        )
+
+
+#: Repair lines shown one by one; beyond this many (a records folder deleted whole) the rest
+#: are counted, not listed.
+MAX_REPAIR_LINES = 20
+
+
+def _warn(lines) -> None:
+    import warnings
+
+    for line in lines[:MAX_REPAIR_LINES]:
+        warnings.warn(line, st.StoreRepairWarning, stacklevel=3)
+    if len(lines) > MAX_REPAIR_LINES:
+        warnings.warn(
+            f"... and {len(lines) - MAX_REPAIR_LINES} more files like these, redone the same way",
+            st.StoreRepairWarning,
+            stacklevel=3,
+        )
+
+
+def _run_locked(slide, path, out_dir, method, normaliser, tile_um, scheduler, workers, min_tissue):
     t_start = time.perf_counter()
     kwargs, tissue, identity = plan(
         slide, method=method, normaliser=normaliser, tile_um=tile_um, min_tissue=min_tissue
     )
-    path = st.store_path(out_dir, slide.path)
     meta = st.open_or_create(path, identity, kwargs["shape"], kwargs["tile"], kwargs["dtype"])
     name = str(slide.path)
     total = len(tissue)
-    if meta.get("finished"):
-        if (path / "progress").exists():  # killed while tidying up
-            shutil.rmtree(path / "progress", ignore_errors=True)
-        n = int(meta.get("summary", {}).get("nuclei", 0))
-        yield SlideProgress(name, total, total, n, path, True, total, total, "done", 0.0)
-        return
-    job = Job(slide=slide, store=str(path), levels=int(meta.get("levels", 1)), **kwargs)
+    job = Job(
+        slide=slide,
+        store=str(path),
+        levels=int(meta.get("levels", 1)),
+        method_identity=identity["method"],
+        **kwargs,
+    )
     st.remove_stale_temporaries(path)
+    if meta.get("finished"):
+        st.finish(path)  # a run killed while tidying up left progress/ beside the flag
+        chunks = {nb for rc in tissue for nb in job.neighbours(*rc)}
+        problems = verify.check_finished(path, out_dir, meta, tissue, chunks)
+        if not problems:
+            n = int(meta.get("summary", {}).get("nuclei", 0))
+            yield SlideProgress(name, total, total, n, path, True, total, total, "done", 0.0)
+            return
+        # Whatever is damaged was deleted by the check; the job redoes it like an interrupted
+        # run would, from the records that are intact.
+        _warn(problems)
+        st.reopen(path)
+    progress_dir = path / "progress"
+    _warn(verify.check_records(path, progress_dir, thorough=True))
+    (progress_dir / "levels.json").unlink(missing_ok=True)  # the pyramid is built again anyway
     state = _State(job, tissue)
     progress = lambda stage: SlideProgress(  # noqa: E731
         name,
@@ -342,46 +451,32 @@ def _run(slide, out_dir, method, normaliser, tile_um, scheduler, workers, min_ti
     )
     runner = None
     try:
-        yield progress("segment")
-        runner = make_runner(scheduler, workers)
-        yield from _segment_and_merge(runner, job, state, progress)
-        yield from _build_pyramid(runner, job, state, progress)
-        yield progress("tables")
-        n = _write_exports(job, state, path, out_dir, identity)
-        summary = {
-            "nuclei": n,
-            "tissue_tiles": total,
-            "tiles": job.rows * job.cols,
-            "tile_px": job.tile,
-            "halo_px": job.halo,
-            "seconds_last_run": round(time.perf_counter() - t_start, 2),
-            "resumed_tiles": state.resumed,
-            "runner": runner.kind,
-        }
-        stem = st.slide_stem(slide.path)
-        st.update_attrs(
-            path,
-            finished=True,
-            summary=summary,
-            outputs={
-                "csv": f"{stem}.nuclei.csv",
-                "parquet": f"{stem}.nuclei.parquet",
-                "geojson": f"{stem}.nuclei.geojson",
-            },
-        )
-        shutil.rmtree(path / "progress", ignore_errors=True)
-        yield SlideProgress(
-            name,
-            total,
-            total,
-            n,
-            path,
-            True,
-            len(state.seg_done),
-            state.resumed,
-            "done",
-            time.perf_counter() - t_start,
-        )
+        try:
+            yield progress("segment")
+            runner = make_runner(scheduler, workers)
+            yield from _segment_and_merge(runner, job, state, progress)
+            levels = yield from _build_pyramid(runner, job, state, progress)
+            st.atomic_json(progress_dir / "levels.json", levels)
+            yield progress("tables")
+            n, outputs = _write_exports(job, state, path, out_dir, identity)
+            summary = {
+                "nuclei": n,
+                "tissue_tiles": total,
+                "tiles": job.rows * job.cols,
+                "tile_px": job.tile,
+                "halo_px": job.halo,
+                "seconds_last_run": round(time.perf_counter() - t_start, 2),
+                "resumed_tiles": state.resumed,
+                "runner": runner.kind,
+            }
+            st.update_attrs(path, finished=True, summary=summary, outputs=outputs)
+            st.finish(path)
+        finally:
+            # Waits for running tasks: their tiles are recorded before we count them below.
+            if runner is not None:
+                runner.close()
+    except KeyboardInterrupt:
+        raise interrupted(path, total, state.tissue) from None
     except OSError as exc:
         if st.is_no_space(exc):
             raise st.DiskFullError(
@@ -392,9 +487,18 @@ def _run(slide, out_dir, method, normaliser, tile_um, scheduler, workers, min_ti
                 "recorded: free some space and run the same command again to resume",
             ) from exc
         raise
-    finally:
-        if runner is not None:
-            runner.close()
+    yield SlideProgress(
+        name,
+        total,
+        total,
+        n,
+        path,
+        True,
+        len(state.seg_done),
+        state.resumed,
+        "done",
+        time.perf_counter() - t_start,
+    )
 
 
 class _State:
@@ -502,10 +606,14 @@ def _segment_and_merge(runner, job: Job, state: _State, progress):
 
 
 def _build_pyramid(runner, job: Job, state: _State, progress):
+    """Build the coarse levels; returns ``{level: {"i_j": [size, CRC-32] or None}}`` of every
+    chunk written, for the store's later checks."""
     run = uuid.uuid4().hex[:8]
     stem = st.slide_stem(job.slide.path)
     nonzero = set(state.nonzero)
+    digests: dict[str, dict] = {}
     for level in range(1, job.levels):
+        digests[str(level)] = written = {}
         coarse = sorted({(i // st.PYRAMID_FACTOR, j // st.PYRAMID_FACTOR) for i, j in nonzero})
         futures = {
             runner.submit(
@@ -524,36 +632,42 @@ def _build_pyramid(runner, job: Job, state: _State, progress):
             while futures:
                 for f in runner.wait_any(futures):
                     ij = futures.pop(f)
-                    if f.result():
+                    any_label, written[key(*ij)] = f.result()
+                    if any_label:
                         nonzero.add(ij)
         finally:
             if futures:
                 runner.cancel(list(futures))
         yield progress("pyramid")
+    return digests
 
 
-def _write_exports(job: Job, state: _State, path: Path, out_dir: Path, identity) -> int:
-    """Stream the kept nuclei of every tile, in tile order, into the CSV, Parquet and GeoJSON."""
-    import json
+def _write_exports(job: Job, state: _State, path: Path, out_dir: Path, identity):
+    """Stream the kept nuclei of every tile, in tile order, into the CSV, Parquet and GeoJSON.
+    Returns the number of nuclei and, per export, its file name, size and SHA-256 (what the
+    store's checks compare it with later)."""
 
     import numpy as np
 
     from ..segmentation.measure import COLUMNS
     from .export import GeoJSONWriter, TableWriter
-    from .tasks import load_tile
+    from .tasks import DamagedRecordError, load_tile
 
     stem = st.slide_stem(job.slide.path)
     label_type = "uint32" if job.dtype == "uint32" else "uint64"
+    files = {kind: out_dir / f"{stem}.nuclei.{kind}" for kind in ("csv", "parquet", "geojson")}
     with (
-        TableWriter(
-            out_dir / f"{stem}.nuclei.csv", out_dir / f"{stem}.nuclei.parquet", label_type
-        ) as tw,
-        GeoJSONWriter(
-            out_dir / f"{stem}.nuclei.geojson", identity["slide"]["sha1_head_tail"]
-        ) as gw,
+        TableWriter(files["csv"], files["parquet"], label_type) as tw,
+        GeoJSONWriter(files["geojson"], identity["slide"]["sha1_head_tail"]) as gw,
     ):
         for rc in state.order:
-            kept = json.loads(st.chunk_record(job.store, key(*rc)).read_text())["kept"]
+            rec = verify.read_chunk_record(st.chunk_record(job.store, key(*rc)))
+            if rec is None:  # checked at the start of the run: damaged since
+                raise DamagedRecordError(
+                    f"{st.chunk_record(job.store, key(*rc))} is missing or damaged; run the "
+                    "same command again: the store checks its records and redoes this chunk"
+                )
+            kept = rec["kept"]
             if not kept:
                 continue
             rec = load_tile(job.store, *rc)
@@ -564,4 +678,8 @@ def _write_exports(job: Job, state: _State, path: Path, out_dir: Path, identity)
             offs, xy = rec["ring_offsets"], rec["ring_xy"]
             tw.add(table)
             gw.add(table, [xy[offs[i] : offs[i + 1]] for i in rows])
-    return tw.count
+    outputs = {
+        kind: {"file": f.name, "bytes": f.stat().st_size, "sha256": st.sha256_file(f)}
+        for kind, f in files.items()
+    }
+    return tw.count, outputs

@@ -1,18 +1,26 @@
-"""The result store of one slide: an OME-Zarr (NGFF 0.4) labels pyramid plus its progress records.
+"""The result store of one slide: an OME-Zarr (NGFF 0.4) labels pyramid plus its records.
 
 Layout of ``<out>/<stem>.nuclei.zarr``::
 
-    .zattrs            multiscales (y, x in µm), image-label, nucleiseg: identity, finished, summary
+    .zattrs            multiscales (y, x in µm), image-label, nucleiseg: identity, finished,
+                       summary, outputs (name, size and SHA-256 of each export)
     0/ 1/ 2/ ...       label levels (zarr v2, "/" chunk keys); level 0 = slide level 0 pixels,
                        chunk = one tile core, level k = level 0 sampled every 4**k pixels
     progress/tiles/    r_c.npz   one per segmented tile (its owned nuclei, table rows, outlines)
-    progress/chunks/   r_c.json  one per level-0 chunk written (kept ids of that tile)
+    progress/chunks/   r_c.json  one per level-0 chunk written (kept ids of that tile, the chunk
+                                 file's size and CRC-32)
+    progress/levels.json         size and CRC-32 of every coarse chunk, once the pyramid is built
+
+``progress/`` becomes ``records/`` when the job finishes: the records are what the exports and
+any damaged chunk are rebuilt from, so a finished store keeps them.
 
 Every file is written to a temporary name beside its target, flushed to disk and renamed over it
 (zarr's local store renames too; we fsync each chunk before recording it), so a crash or SIGKILL
 never leaves half a file under a real name, and a record exists only once what it records is on
 disk. The store is created under a temporary name and renamed into place, so it is either absent
-or complete with its identity.
+or complete with its identity. A damaged file (a disk error, a truncated copy, a deleted chunk) is
+found by the checks in :mod:`.verify` and redone; a second job on the same store is refused by
+:class:`StoreLock`.
 """
 
 from __future__ import annotations
@@ -20,15 +28,20 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
+import time
 import uuid
+import warnings
+import zlib
 from pathlib import Path
 
 from ..io.errors import SlideError
 
 #: Bump when the store layout or the merge rule changes: old stores are then refused, not mixed.
-STORE_FORMAT = 3  # 2: tiles own nuclei within a small margin outside their core; 3: the tile
-# planner's balanced tiles, read boxes clipped to the slide
+STORE_FORMAT = 4  # 2: tiles own nuclei within a small margin outside their core; 3: the tile
+# planner's balanced tiles, read boxes clipped to the slide; 4: the runtime in the identity,
+# chunk and export checksums, records kept in finished stores
 #: Level k of the labels pyramid is level 0 sampled every ``PYRAMID_FACTOR**k`` pixels.
 PYRAMID_FACTOR = 4
 #: errno values that mean "no room to write".
@@ -41,6 +54,14 @@ class StoreMismatchError(SlideError):
 
 class DiskFullError(SlideError):
     """Writing results failed for lack of space; what was finished stays recorded."""
+
+
+class StoreLockedError(SlideError):
+    """Another job is writing the same result store."""
+
+
+class StoreRepairWarning(UserWarning):
+    """A store's file was missing or damaged and is being redone from what is intact."""
 
 
 def is_no_space(exc: BaseException) -> bool:
@@ -74,7 +95,7 @@ def fsync_path(path: Path) -> None:
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, rename over
-    ``path``."""
+    ``path``. On any failure (a full disk, a kill signal's exception) the temporary is removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -83,9 +104,12 @@ def atomic_write(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # the original error matters more than a temporary we could not delete
+            pass
+        raise
     fsync_path(path.parent)
 
 
@@ -105,6 +129,154 @@ def remove_stale_temporaries(store: Path) -> int:
                 except FileNotFoundError:
                     pass
     return n
+
+
+def remove_stale_outputs(out_dir: Path, stem: str) -> int:
+    """Delete this slide's temporaries in the output folder that a killed run (or a full disk)
+    left: half-written exports and a half-created store. Only this slide's: other slides' jobs
+    may be writing theirs beside it. Call under the store's lock."""
+    pattern = re.compile(
+        rf"^\.{re.escape(stem)}\.nuclei\.(csv|parquet|geojson|zarr)\.[0-9a-f]{{32}}\.tmp$"
+    )
+    n = 0
+    try:
+        names = os.listdir(out_dir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if pattern.match(name):
+            p = Path(out_dir) / name
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def file_digest(path: Path) -> list[int] | None:
+    """``[size, CRC-32]`` of a file, ``None`` when it does not exist: cheap enough to check every
+    chunk of a store on every run (chunks are compressed labels, a few hundred kB at most)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    return [len(data), zlib.crc32(data)]
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the lock
+class StoreLock:
+    """One job at a time on a store: ``.<store name>.lock`` beside the store, held with
+    ``flock`` for the job's life.
+
+    ``flock`` is released by the kernel when its process dies, however it dies (SIGKILL, power
+    loss on a local disk), so a lock is never stale in the sense of blocking: a lock file that
+    still holds a record when we take it was left by a job that died, and we say so. The file
+    is removed when the job ends; the record in it (pid, host, start) is what the refusal shows.
+    """
+
+    def __init__(self, store: Path):
+        self.store = Path(store)
+        self.path = self.store.with_name(f".{self.store.name}.lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> StoreLock:
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_record(fd)
+                os.close(fd)
+                raise StoreLockedError(
+                    self.store,
+                    f"is being written by another job ({_describe_holder(holder)}); wait for it "
+                    "to finish, or stop it and run the same command again to resume",
+                ) from None
+            except OSError as exc:  # a file system without locks (some network mounts)
+                warnings.warn(
+                    f"{self.store}: cannot lock it ({exc.strerror}); make sure no other job "
+                    "writes it",
+                    StoreRepairWarning,
+                    stacklevel=2,
+                )
+                self.fd = fd
+                return self
+            # Its last holder may have removed the file between our open and our lock: then we
+            # locked a file no one else will see, and must lock the one at the path instead.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            previous = _lock_record(fd)
+            if previous:
+                warnings.warn(
+                    f"{self.store}: the job that was writing it ({_describe_holder(previous)}) "
+                    "ended without finishing (killed?); taking over its lock and resuming",
+                    StoreRepairWarning,
+                    stacklevel=2,
+                )
+            record = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            }
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode(), 0)
+            os.fsync(fd)
+            self.fd = fd
+            return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            # Removed while still held, so no other job can lock the old file in between.
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> StoreLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _lock_record(fd: int) -> dict:
+    try:
+        data = os.pread(fd, 4096, 0)
+        return json.loads(data) if data.strip() else {}
+    except (OSError, ValueError):
+        return {"unreadable": True}
+
+
+def _describe_holder(rec: dict) -> str:
+    if not rec.get("pid"):
+        return "its lock file does not say which"
+    where = f" on {rec['host']}" if rec.get("host") else ""
+    since = f", since {rec['since']}" if rec.get("since") else ""
+    return f"pid {rec['pid']}{where}{since}"
 
 
 # --------------------------------------------------------------------------- identity
@@ -163,6 +335,11 @@ def describe_difference(old: dict, new: dict) -> str:
             return (
                 f"it was made with NUCLEISEG_TTA={om.get('test_time_flips')}, this run uses "
                 f"NUCLEISEG_TTA={nm.get('test_time_flips')}"
+            )
+        if name(om) == name(nm) and om.get("runtime") != nm.get("runtime"):
+            return (
+                f"it was computed with the {om.get('runtime')} runtime, this run would use "
+                f"{nm.get('runtime')} (set NUCLEISEG_RUNTIME={om.get('runtime')} to resume it)"
             )
         return f"it was made with {name(om)}, this run uses {name(nm)}"
     if old.get("stain") != new.get("stain"):
@@ -298,6 +475,35 @@ def update_attrs(path: Path, **nucleiseg) -> None:
     attrs = read_attrs(path)
     attrs["nucleiseg"].update(nucleiseg)
     atomic_write(Path(path) / ".zattrs", lambda f: f.write(json.dumps(attrs, indent=1).encode()))
+
+
+def finish(path: Path) -> None:
+    """The job is done and recorded in ``.zattrs``: ``progress/`` becomes ``records/``, kept so
+    that damaged exports or chunks can be rebuilt without segmenting again."""
+    path = Path(path)
+    progress, records = path / "progress", path / "records"
+    if not progress.exists():
+        return
+    if records.exists():  # left by a run killed while reopening: progress/ is the newer
+        shutil.rmtree(records)
+    os.rename(progress, records)
+    fsync_path(path)
+
+
+def reopen(path: Path) -> None:
+    """A finished store that failed its checks goes back to unfinished, to be resumed. The
+    records move first: a run killed in between finds ``finished`` with ``progress/``, which
+    :func:`finish` tidies and the checks then reopen again."""
+    path = Path(path)
+    progress, records = path / "progress", path / "records"
+    if records.exists():
+        if progress.exists():
+            shutil.rmtree(progress)
+        os.rename(records, progress)
+        fsync_path(path)
+    (progress / "tiles").mkdir(parents=True, exist_ok=True)
+    (progress / "chunks").mkdir(parents=True, exist_ok=True)
+    update_attrs(path, finished=False)
 
 
 def tile_record(store: Path, key: str) -> Path:

@@ -36,6 +36,7 @@ from .store import (
     atomic_write,
     chunk_file,
     chunk_record,
+    file_digest,
     fsync_path,
     tile_record,
 )
@@ -60,6 +61,9 @@ class Job:
     dtype: str
     normaliser: object = None
     levels: int = 1
+    #: The method's identity the store records (runtime and flip setting included): a worker
+    #: that would compute otherwise (another NUCLEISEG_RUNTIME or CPU on a cluster) refuses.
+    method_identity: dict | None = None
 
     def index(self, r: int, c: int) -> int:
         return r * self.cols + c
@@ -97,6 +101,19 @@ def segment_tile(job: Job, r: int, c: int) -> dict:
     from ..tiling import owned_nuclei, ownership_margin
     from .export import outlines
 
+    method = get_method(job.method)
+    if job.method_identity is not None and method.describe() != job.method_identity:
+        import socket
+
+        from ..io.errors import SlideError
+        from .store import describe_difference
+
+        phrase = describe_difference({"method": job.method_identity}, {"method": method.describe()})
+        raise SlideError(
+            job.slide.path,
+            f"worker {socket.gethostname()} would compute tile {key(r, c)} differently from "
+            f"the rest of the slide: {phrase}; give every worker the same settings",
+        )
     x0, y0, x1, y1 = core = job.core(r, c)
     h = job.halo
     # The read box clipped to the slide, as the in-memory tiler clips to the image (tiling.plan).
@@ -108,7 +125,7 @@ def segment_tile(job: Job, r: int, c: int) -> dict:
     # Each worker's pass takes its share of the cores (the runner wraps tasks in
     # sharing_cores_for); the rest of this tile (read, watershed, measure, outline, write)
     # overlaps the other workers' passes.
-    lab = np.asarray(get_method(job.method).segment(rgb, job.mpp))
+    lab = np.asarray(method.segment(rgb, job.mpp))
     crop, origin = owned_nuclei(lab, (rx0, ry0), core, ownership_margin(job.mpp, h), h)
     k = int(crop.max()) if crop.size else 0
     if k >= 2**LOCAL_BITS:
@@ -142,10 +159,30 @@ def segment_tile(job: Job, r: int, c: int) -> dict:
     return {"owned": k}
 
 
+class DamagedRecordError(Exception):
+    """A tile record that cannot be read; the message names it. Not a ``SlideError``: the slide
+    is fine, and the next run redoes the tile (see :mod:`.verify`)."""
+
+
 def load_tile(job_store, r: int, c: int, fields=None) -> dict:
     """A tile record's arrays (only ``fields`` when given: the others stay compressed on disk)."""
-    with np.load(tile_record(job_store, key(r, c))) as z:
-        return {name: z[name] for name in (fields or z.files) if name in z.files}
+    import zipfile
+    import zlib
+
+    path = tile_record(job_store, key(r, c))
+    try:
+        with np.load(path) as z:
+            return {name: z[name] for name in (fields or z.files) if name in z.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+            from .store import is_no_space
+
+            if is_no_space(exc):
+                raise
+        raise DamagedRecordError(
+            f"{path} is missing or damaged ({type(exc).__name__}: {exc}); run the same command "
+            "again: the store checks its records and segments this tile again"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- 2. merge into a chunk
@@ -191,7 +228,12 @@ def write_chunk(job: Job, r: int, c: int, sources: list[tuple[int, int]]) -> dic
     fsync_path(chunk_file(job.store, 0, r, c))
     fsync_path(chunk_file(job.store, 0, r, c).parent)
     nonzero = bool(final.any())
-    atomic_json(chunk_record(job.store, key(r, c)), {"kept": kept_own, "nonzero": nonzero})
+    # The chunk file's size and CRC-32, so a later run can tell it is still what was written
+    # (None: zarr stores no file for an all-zero chunk).
+    atomic_json(
+        chunk_record(job.store, key(r, c)),
+        {"kept": kept_own, "nonzero": nonzero, "file": file_digest(chunk_file(job.store, 0, r, c))},
+    )
     return {"kept": len(kept_own), "nonzero": nonzero}
 
 
@@ -202,9 +244,9 @@ def _level_path(store, level: int):
 
 
 # --------------------------------------------------------------------------- 3. pyramid
-def build_level_chunk(store: str, level: int, i: int, j: int, tile: int) -> bool:
+def build_level_chunk(store: str, level: int, i: int, j: int, tile: int) -> tuple[bool, list]:
     """Chunk ``(i, j)`` of ``level`` = level ``level - 1`` sampled every 4 pixels. Returns whether
-    it holds any label."""
+    it holds any label, and its file's ``[size, CRC-32]`` (None: no file, all zero)."""
     import zarr
 
     src = zarr.open_array(str(_level_path(store, level - 1)), mode="r")
@@ -216,4 +258,4 @@ def build_level_chunk(store: str, level: int, i: int, j: int, tile: int) -> bool
     dst[i * tile : i * tile + data.shape[0], j * tile : j * tile + data.shape[1]] = data
     fsync_path(chunk_file(store, level, i, j))
     fsync_path(chunk_file(store, level, i, j).parent)
-    return bool(data.any())
+    return bool(data.any()), file_digest(chunk_file(store, level, i, j))
