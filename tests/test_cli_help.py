@@ -21,6 +21,8 @@ COMMANDS = (
     "train",
     "release-model",
     "view",
+    "project",
+    "retrain",
 )
 
 
@@ -55,12 +57,19 @@ def test_every_command_and_argument_has_help():
     commands = _subparsers(parser)
     assert set(commands) == set(COMMANDS)
     missing = []
-    for name, sub in commands.items():
+
+    def check(name, sub):  # a command's arguments, and its own commands' (project init, ...)
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
             if not action.help or action.help == argparse.SUPPRESS:
                 missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+            if isinstance(action, argparse._SubParsersAction):
+                for inner, parser in action.choices.items():
+                    check(f"{name} {inner}", parser)
+
+    for name, sub in commands.items():
+        check(name, sub)
     assert not missing, "arguments without help: " + ", ".join(missing)
 
 
