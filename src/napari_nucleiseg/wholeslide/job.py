@@ -395,13 +395,14 @@ MAX_REPAIR_LINES = 20
 def _warn(lines) -> None:
     import warnings
 
+    # Attributed to whoever iterates segment_slide (_warn < _run_locked < _run < segment_slide).
     for line in lines[:MAX_REPAIR_LINES]:
-        warnings.warn(line, st.StoreRepairWarning, stacklevel=3)
+        warnings.warn(line, st.StoreRepairWarning, stacklevel=5)
     if len(lines) > MAX_REPAIR_LINES:
         warnings.warn(
             f"... and {len(lines) - MAX_REPAIR_LINES} more files like these, redone the same way",
             st.StoreRepairWarning,
-            stacklevel=3,
+            stacklevel=5,
         )
 
 

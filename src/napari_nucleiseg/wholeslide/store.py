@@ -213,7 +213,7 @@ class StoreLock:
                     f"{self.store}: cannot lock it ({exc.strerror}); make sure no other job "
                     "writes it",
                     StoreRepairWarning,
-                    stacklevel=2,
+                    stacklevel=5,  # acquire < __enter__ < job._run < segment_slide
                 )
                 self.fd = fd
                 return self
@@ -232,7 +232,7 @@ class StoreLock:
                     f"{self.store}: the job that was writing it ({_describe_holder(previous)}) "
                     "ended without finishing (killed?); taking over its lock and resuming",
                     StoreRepairWarning,
-                    stacklevel=2,
+                    stacklevel=5,  # acquire < __enter__ < job._run < segment_slide
                 )
             record = {
                 "pid": os.getpid(),
