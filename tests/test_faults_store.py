@@ -588,3 +588,27 @@ def test_a_local_cluster_serves_no_http(tmp_path):
     finally:
         client.close()
         cluster.close()
+
+
+def test_the_cli_says_a_repair_in_one_warning_line(reference, slide, tmp_path):
+    """What a store repair looks like on the command line: ``warning: <file> …`` and nothing
+    else (Python's default form adds the source line that raised it)."""
+    out = _finished_copy(reference, tmp_path)
+    (out / f"{STEM}.nuclei.csv").unlink()
+    run = subprocess.run(_cli_cmd(slide, out), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    warned = [ln for ln in run.stderr.splitlines() if "is missing" in ln]
+    assert warned and all(ln.startswith("warning: ") for ln in warned), run.stderr
+    assert f"{STEM}.nuclei.csv" in warned[0]
+    assert "Warning:" not in run.stderr and ".py:" not in run.stderr, run.stderr
+
+
+def test_whole_slide_stores_are_named_as_plain_outputs():
+    """The name less its last suffix, as ``segment`` names its outputs: ``case.1.svs`` and
+    ``case.2.svs`` get two stores (the first dot used to cut both to ``case``)."""
+    from napari_nucleiseg.io.output import output_stem
+    from napari_nucleiseg.wholeslide.store import store_path
+
+    assert store_path("o", "a/case.1.svs").name == "case.1.nuclei.zarr"
+    assert store_path("o", "case.2.svs") != store_path("o", "case.1.svs")
+    assert store_path("o", "x.ome.tiff").name == f"{output_stem('x.ome.tiff')}.nuclei.zarr"

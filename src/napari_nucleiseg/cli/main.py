@@ -498,13 +498,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run one command; its exit code. Ctrl-C anywhere is ``interrupted`` and 130 (what a shell
     reports for SIGINT), so ``nucleiseg ... && next`` stops."""
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning  # a repaired store, a taken-over lock: one line
     try:
         args = build_parser().parse_args(argv)
         code = int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
     return code
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as the command line says everything: ``warning: <what, naming the file>``
+    (Python's default adds the source line that raised it, which means nothing to a user)."""
+    print(f"warning: {message}", file=file if file is not None else sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -200,7 +200,34 @@ def segment_images(paths, out, mpp, method, normaliser) -> list[str]:
                 failed.append(str(path))
                 continue
         print(f"{path}: {result.nuclei} nuclei -> {result.labels}", flush=True)
+        warn_if_implausible_scale(Path(path).name, result.table, result.mpp)
     return failed
+
+
+#: Rows of a result table read to judge its µm/px: a median needs no more.
+SCALE_SAMPLE_ROWS = 200_000
+
+
+def warn_if_implausible_scale(name: str, table: Path, mpp: float | None) -> None:
+    """A ``warning:`` line when the nuclei in ``table`` (a result CSV) say the µm/px the input
+    was segmented at is implausible, naming the µm/px they suggest
+    (:mod:`napari_nucleiseg.segmentation.scale`)."""
+    import csv
+    import itertools
+
+    from ..segmentation.scale import scale_from_areas
+
+    if mpp is None or not Path(table).is_file():
+        return
+    try:
+        with open(table, newline="") as f:
+            rows = itertools.islice(csv.DictReader(f), SCALE_SAMPLE_ROWS)
+            areas = [float(r["area_um2"]) for r in rows]
+    except (OSError, KeyError, ValueError):
+        return  # a table without areas says nothing about the scale
+    verdict = scale_from_areas(areas, mpp)
+    if verdict.implausible:
+        print(f"warning: {verdict.message(name)}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- whole slides
@@ -311,7 +338,35 @@ def segment_slides(slides, out, args, normaliser) -> tuple[int, list[str]]:
         return 130, [str(s) for s in slides[len(outcomes) :]]
     display.close()
     print_summary(outcomes)
+    for o in outcomes:
+        if o.ok:
+            warn_if_implausible_scale(
+                Path(o.slide).name, _store_table(o.store), _mpp(o.slide, args)
+            )
     return 0, [o.slide for o in outcomes if not o.ok]
+
+
+def _mpp(slide, args) -> float | None:
+    """The µm/px a slide was segmented at: the override, else its file's (a header read)."""
+    import warnings
+
+    from ..io import SlideError, open_slide
+
+    if args.mpp:
+        return float(args.mpp)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with open_slide(slide) as opened:
+                return opened.mpp
+    except SlideError:
+        return None
+
+
+def _store_table(store) -> Path:
+    """The CSV written beside a whole-slide result store (``x.nuclei.zarr`` → ``x.nuclei.csv``)."""
+    store = Path(store)
+    return store.with_suffix(".csv")
 
 
 def print_summary(outcomes, stream=None) -> None:

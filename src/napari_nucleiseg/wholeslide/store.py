@@ -70,8 +70,11 @@ def is_no_space(exc: BaseException) -> bool:
 
 
 def slide_stem(path) -> str:
-    """The name results are saved under (the same rule as ``nucleiseg segment``)."""
-    return Path(path).name.split(".")[0]
+    """The name results are saved under: the same rule as ``nucleiseg segment``
+    (:func:`~napari_nucleiseg.io.output.output_stem`: ``case.1.svs`` → ``case.1``)."""
+    from ..io.output import output_stem
+
+    return output_stem(path)
 
 
 def store_path(out_dir, slide_path) -> Path:
