@@ -462,3 +462,28 @@ def test_sigint_on_a_real_whole_slide_run_exits_130(demo, tmp_path):
     lines += rest.splitlines()
     assert proc.returncode == 130, lines
     assert lines[-1].startswith("interrupted") and "Traceback" not in "\n".join(lines)
+
+
+def test_a_killed_writers_temporaries_are_cleared_and_a_running_ones_kept(png, tmp_path, capsys):
+    """SIGKILL leaves ``.nucleiseg-<pid>-….tmp`` in --out; the next write there removes it, but
+    not the folder of a writer that still runs (another job into the same --out)."""
+    out = tmp_path / "O"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True)  # fmt: skip
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = out / f".nucleiseg-{dead.stdout.strip()}-0123456789ab.tmp"
+        running = out / f".nucleiseg-{alive.pid}-ba9876543210.tmp"
+        for d in (stale, running):
+            d.mkdir()
+            (d / "x.tif").write_bytes(b"half a file")
+        code, _, err = cli(
+            capsys, "segment", png("x.png"), "--out", out, "--mpp", "0.5", "--method", "classical"
+        )
+        assert code == 0, err
+        assert not stale.exists() and running.exists()
+        assert sorted(p.name for p in out.iterdir()) == [running.name, "x.csv", "x.tif"]
+    finally:
+        alive.kill()
+        alive.wait()

@@ -101,6 +101,40 @@ def check_output_file(path, *, directory: bool = False) -> None:
         raise OutputError(path, f"cannot create its folder: {problem}")
 
 
+#: Temporary folders :func:`write_together` writes in: ``.nucleiseg-<pid>-<random>.tmp``.
+TMP_PREFIX = ".nucleiseg-"
+
+
+def clear_stale_temporaries(folder) -> list[Path]:
+    """Remove the temporary folders of writers that died (SIGKILL, power loss) in ``folder``:
+    those whose process no longer runs. Another running job's are left alone. Returns what was
+    removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).glob(f"{TMP_PREFIX}*.tmp"))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid_text = entry.name[len(TMP_PREFIX) :].split("-", 1)[0]
+        if pid_text.isdigit() and _running(int(pid_text)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def write_together(files: dict[Path, Callable[[Path], None]]) -> list[Path]:
     """Write several files so that they appear together or not at all.
 
@@ -127,7 +161,9 @@ def write_together(files: dict[Path, Callable[[Path], None]]) -> list[Path]:
                     raise OutputError(
                         target, f"cannot create its folder ({describe_os_error(exc)})"
                     ) from None
-                tmp_dirs[folder] = folder / f".nucleiseg-{uuid.uuid4().hex[:12]}.tmp"
+                clear_stale_temporaries(folder)
+                name = f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
+                tmp_dirs[folder] = folder / name
                 tmp_dirs[folder].mkdir()
             tmp = tmp_dirs[folder] / target.name
             write(tmp)
