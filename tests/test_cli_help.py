@@ -23,6 +23,7 @@ COMMANDS = (
     "view",
     "project",
     "retrain",
+    "models",
 )
 
 

@@ -213,3 +213,50 @@ def test_the_cli_makes_a_project_and_adds_labels_in_one_line_each(tmp_path, caps
     assert first.provenance["source_hash"].startswith("sha256:")
     assert main(["project", "add-labels", str(tmp_path / "nothing"), *args[3:]]) == 1
     assert "not a napari-nucleiseg project" in capsys.readouterr().err
+
+
+def test_a_projects_models_are_listed_used_for_segment_and_rolled_back(tmp_path, capsys):
+    """A model in the project's models/ (here: the shipped v3 under another name) is listed,
+    becomes the project's model with `models use`, is what `segment --project` runs, and
+    `models rollback` goes back to the package default."""
+    import shutil
+
+    import tifffile
+    from PIL import Image
+
+    from napari_nucleiseg.cli.main import main
+    from napari_nucleiseg.models.registry import MODELS_DIR
+
+    p = tmp_path / "proj"
+    assert main(["project", "init", str(p)]) == 0
+    card = json.loads((MODELS_DIR / "nuclei-unet-v3.json").read_text())
+    for key in ("weights", "onnx", "onnx_int8"):
+        shutil.copy(MODELS_DIR / card[key], p / "models" / card[key])
+    card["name"] = "lab-model"
+    (p / "models" / "lab-model.json").write_text(json.dumps(card))
+    capsys.readouterr()
+
+    assert main(["models", "list", "--project", str(p)]) == 0
+    listed = capsys.readouterr().out
+    (row,) = [ln for ln in listed.splitlines() if "lab-model" in ln]
+    assert "project" in row and not row.startswith("*")
+    assert main(["models", "use", "lab-model"]) == 1  # which project?
+    assert "--project" in capsys.readouterr().err
+    assert main(["models", "use", "no-such-model", "--project", str(p)]) == 1
+    assert "no-such-model" in capsys.readouterr().err
+    assert main(["models", "use", "lab-model", "--project", str(p)]) == 0
+    assert Project(p).current_model() == "lab-model"
+    assert main(["models", "list", "--project", str(p)]) == 0
+    assert any(ln.startswith("* lab-model") for ln in capsys.readouterr().out.splitlines())
+
+    image, _ = _example(4, size=256)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "x.png"), "--out", str(out), "--mpp", "0.5"]
+    assert main([*args, "--project", str(p)]) == 0
+    with tifffile.TiffFile(out / "x.tif") as tif:
+        assert json.loads(tif.pages[0].description)["model"] == "lab-model"
+
+    assert main(["models", "rollback", "--project", str(p)]) == 0
+    assert "nuclei-unet-v4 (the package default)" in capsys.readouterr().out
+    assert Project(p).current_model() is None

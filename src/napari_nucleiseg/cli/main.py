@@ -354,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="nuclei method: {nuclei_methods} (default: the first), or a model card .json",
     )
     s.add_argument(
+        "--project",
+        metavar="DIR",
+        help="a project folder: its current model is the default method, and its models are "
+        "found by name",
+    )
+    s.add_argument(
         "--normalize",
         metavar="METHOD",
         choices=stains,

@@ -90,6 +90,25 @@ def add_parser(sub, formatter) -> None:
     )
     r.set_defaults(func=cmd_retrain)
 
+    m = sub.add_parser(
+        "models",
+        help="list, show, use and roll back nuclei models (shipped, yours, a project's)",
+        description="The models the registry knows: shipped in the package, in your models "
+        "folder, and in a project (with --project). A project remembers the model it uses; "
+        "`use` switches it, `rollback` goes back to the one before.",
+        formatter_class=formatter,
+    )
+    m.add_argument(
+        "models_command",
+        choices=("list", "show", "use", "rollback"),
+        metavar="list|show|use|rollback",
+        help="list: every model; show NAME: its card; use NAME: the project's model from now "
+        "on; rollback: the project's previous model",
+    )
+    m.add_argument("name", nargs="?", metavar="NAME", help="a model name or card path")
+    m.add_argument("--project", metavar="DIR", help="the project folder")
+    m.set_defaults(func=cmd_models)
+
 
 def cmd_init(args) -> int:
     from ..project import Project, ProjectError
@@ -168,3 +187,66 @@ def cmd_retrain(args) -> int:
         return 1
     print(json.dumps(result))
     return 0
+
+
+def cmd_models(args) -> int:
+    from ..models import WeightsError
+    from ..project import ProjectError
+
+    try:
+        return _models(args)
+    except (ProjectError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _models(args) -> int:
+    import json
+
+    from ..methods import default_method_name
+    from ..models import find_card, list_cards, load_card
+    from ..project import Project, ProjectError
+
+    project = Project(args.project) if args.project else None
+    where = project.path if project else None
+    command = args.models_command
+    if command in ("use", "rollback") and project is None:
+        raise ProjectError(f"`models {command}` changes a project's model: give --project DIR")
+    if command in ("show", "use") and not args.name:
+        raise ProjectError(f"`models {command}` needs a model NAME (see `nucleiseg models list`)")
+    if command == "list":
+        current = default_method_name("nuclei", where)
+        print(f"{'':2}{'model':<32}{'version':>9}  {'from':<8}{'AJI':>8}  parent")
+        for card in list_cards(kind="nuclei", project=where):
+            source = find_card(card.name, where)[1]
+            aji = _aji_of(card)
+            parent = card.training.get("parent", {}).get("name", "")
+            mark = "* " if card.name == current else "  "
+            aji_text = f"{aji:8.4f}" if aji is not None else f"{'':>8}"
+            print(f"{mark}{card.name:<32}{card.version:>9}  {source:<8}{aji_text}  {parent}")
+        return 0
+    if command == "show":
+        path, source = find_card(args.name, where)
+        card = load_card(path)
+        print(f"{card.name} {card.version} ({source}: {path})")
+        print(json.dumps({k: v for k, v in card.__dict__.items() if k != "training"}, indent=1))
+        return 0
+    if command == "use":
+        card = load_card(args.name, where)  # a model that exists and loads
+        project.set_current_model(card.name)
+        print(f"{project.path}: nuclei model is now {card.name} {card.version}")
+        return 0
+    previous = project.rollback()
+    now = previous or f"{default_method_name()} (the package default)"
+    print(f"{project.path}: nuclei model is now {now}")
+    return 0
+
+
+def _aji_of(card) -> float | None:
+    """The AJI a card states: MoNuSeg test for shipped models, held-out labels for a project's."""
+    metrics = card.metrics or {}
+    for key in ("monuseg2018_test", "project_heldout"):
+        value = metrics.get(key, {})
+        if isinstance(value, dict) and isinstance(value.get("aji"), (int, float)):
+            return float(value["aji"])
+    return None

@@ -27,6 +27,22 @@ def nuclei_method_names() -> list[str]:
     return list(method_names("nuclei"))
 
 
+def project_method(project_dir, name=None) -> str | None:
+    """The method ``segment --project DIR`` runs: ``name`` looked up in the project too, else
+    the project's current model; a model is passed on as its card's path, so every face (and
+    every whole-slide worker) finds it without knowing the project."""
+    from ..methods import get_method
+    from ..project import Project
+
+    project = Project(project_dir)
+    chosen = name or project.current_model()
+    if chosen is None:
+        return None  # the package default
+    method = get_method(chosen, "nuclei", project=project.path)
+    card_path = getattr(method, "card_path", None)
+    return str(card_path) if card_path is not None else chosen
+
+
 def check_method(name) -> str | None:
     """None if ``name`` (None: the default) can run, else the one-line problem."""
     from ..methods import MethodError, get_method
@@ -121,6 +137,12 @@ def cmd_segment(args) -> int:
         try:
             normaliser = load_target_file(args.normalize, args.target)
         except (SlideError, StainError) as exc:
+            print(f"error: {exc}", file=err)
+            return 2
+    if getattr(args, "project", None):
+        try:
+            args.method = project_method(args.project, args.method)
+        except Exception as exc:  # ProjectError, MethodError, WeightsError: one line each
             print(f"error: {exc}", file=err)
             return 2
     problem = check_method(args.method)

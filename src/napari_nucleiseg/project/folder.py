@@ -150,8 +150,28 @@ class Project:
         return self.data.get("models", {}).get(kind)
 
     def set_current_model(self, name: str, kind: str = "nuclei") -> None:
+        """Use ``name`` for ``kind`` from now on; the one it replaces is remembered, so
+        :meth:`rollback` can go back to it."""
+        current = self.current_model(kind)
+        if current == name:
+            return
+        history = self.data.setdefault("model_history", {}).setdefault(kind, [])
+        if current is not None:
+            history.append(current)
         self.data.setdefault("models", {})[kind] = name
         self.save()
+
+    def rollback(self, kind: str = "nuclei") -> str | None:
+        """Go back to the model used before the current one (None: the package default)."""
+        history = self.data.setdefault("model_history", {}).setdefault(kind, [])
+        previous = history.pop() if history else None
+        models = self.data.setdefault("models", {})
+        if previous is None:
+            models.pop(kind, None)
+        else:
+            models[kind] = previous
+        self.save()
+        return previous
 
     # ------------------------------------------------------------------ labels
     def add_labels(
