@@ -390,3 +390,35 @@ def _record_metrics(card_path: Path, teacher, teacher_aji, student_aji, heldout:
     tmp = card_path.with_name(f".{card_path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     tmp.replace(card_path)
+
+
+@dataclass
+class RetrainProgress:
+    """One step of :func:`retrain_steps`: seconds spent of the budget (``done``/``total``, so a
+    progress bar and an ETA come for free), the stage, and the latest training loss as
+    ``so_far`` (``(iteration, loss)``, None outside training) for a live plot."""
+
+    done: int
+    total: int
+    stage: str
+    so_far: tuple | None = None
+    unit: str = "s"
+
+
+def retrain_steps(project_dir: str, **config):
+    """:func:`retrain` for a background process (picklable arguments, small items): yields
+    :class:`RetrainProgress`, then the result dict as the last item."""
+    from ..project import Project
+
+    project = Project(project_dir)
+    for info in retrain(project, RetrainConfig(**config)):
+        if info["stage"] == "done":
+            yield info["result"]
+            return
+        loss = (info["iter"], info["loss"]) if "loss" in info else None
+        yield RetrainProgress(
+            min(int(info["elapsed_s"]), int(info["budget_s"])),
+            max(1, int(info["budget_s"])),
+            info["stage"],
+            loss,
+        )

@@ -1,0 +1,415 @@
+"""Project dock widget: correct nuclei, accept a view as training data, retrain, switch models.
+
+Thin by design: every button is one call into the core (``napari_nucleiseg.project``,
+``correction``, ``training.retrain``). Corrections are applied to the view's nuclei labels layer
+with napari's own edit history (``Labels.data_setitem``), so Ctrl+Z undoes a merge or a split
+like a brush stroke, and the Nuclei panel's count and table follow the layer's paint events.
+Retraining runs in a child process (``_process.in_subprocess``): the interface stays responsive,
+a live loss plot and an ETA show, and Cancel stops it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
+
+from ._jobs import JobRunner
+from ._layers import find_layers, open_layer_slide, tag
+
+#: What a click (or a drag, for split) on the view's nuclei does.
+TOOLS = ("paint with napari's tools", "delete a nucleus", "merge two nuclei", "split along a line")
+
+
+class LossPlot:
+    """A small live plot of the training loss (a QWidget painting a polyline: no plotting
+    library for one curve)."""
+
+    def __init__(self):
+        from qtpy.QtWidgets import QWidget
+
+        plot = self
+
+        class _Canvas(QWidget):
+            def paintEvent(self, _event):  # noqa: N802 (Qt's name)
+                plot._paint(self)
+
+        self.points: list[tuple[int, float]] = []
+        self.native = _Canvas()
+        self.native.setMinimumHeight(90)
+
+    def add(self, iteration: int, loss: float) -> None:
+        self.points.append((int(iteration), float(loss)))
+        self.native.update()
+
+    def clear(self) -> None:
+        self.points = []
+        self.native.update()
+
+    def _paint(self, widget) -> None:
+        from qtpy.QtCore import QPointF
+        from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+
+        p = QPainter(widget)
+        w, h = widget.width(), widget.height()
+        p.fillRect(0, 0, w, h, QColor(38, 41, 48))
+        p.setPen(QColor(200, 200, 200))
+        if len(self.points) < 2:
+            p.drawText(6, h // 2, "training loss appears here")
+            p.end()
+            return
+        its = np.array([i for i, _ in self.points], float)
+        losses = np.array([v for _, v in self.points], float)
+        lo, hi = float(losses.min()), float(losses.max())
+        span = hi - lo or 1.0
+        xs = 4 + (its - its[0]) / max(1.0, its[-1] - its[0]) * (w - 8)
+        ys = h - 16 - (losses - lo) / span * (h - 24)
+        pen = QPen(QColor(255, 210, 0))
+        pen.setWidth(2)
+        p.setPen(pen)
+        p.drawPolyline(QPolygonF([QPointF(x, y) for x, y in zip(xs, ys)]))
+        p.setPen(QColor(200, 200, 200))
+        p.drawText(
+            6, h - 3, f"loss {losses[-1]:.3f} at iteration {int(its[-1])} (range {lo:.2f}-{hi:.2f})"
+        )
+        p.end()
+
+
+class ProjectWidget(Container):
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.project = None
+        self._folder = FileEdit(label="project folder", mode="d")
+        self._open = PushButton(text="Open or create project")
+        self._summary = Label(value="No project open: choose a folder (a new one makes a project).")
+        self._tool = ComboBox(label="click on nuclei to", choices=TOOLS, value=TOOLS[0])
+        self._accept = PushButton(text="Accept this view as training data")
+        self._minutes = FloatSpinBox(label="retrain for (min)", min=0.2, max=600, value=10.0)
+        self._retrain = PushButton(text="Retrain the model on this project")
+        self._cancel = PushButton(text="Cancel")
+        self._models = ComboBox(label="project's model", choices=self._model_choices)
+        self._use = PushButton(text="Use this model")
+        self._rollback = PushButton(text="Back to the previous model")
+        self._status = Label(value="")
+        self.plot = LossPlot()
+        self.extend(
+            [
+                self._folder,
+                self._open,
+                self._summary,
+                self._tool,
+                self._accept,
+                self._minutes,
+                self._retrain,
+                self._cancel,
+                self._models,
+                self._use,
+                self._rollback,
+                self._status,
+            ]
+        )
+        self.native.layout().addWidget(self.plot.native)
+        for label in (self._summary, self._status):
+            label.native.setWordWrap(True)
+        self.native.setMinimumWidth(340)
+        self.jobs = JobRunner(self._set_status, self._cancel)
+        self._open.changed.connect(self._on_open)
+        self._accept.changed.connect(self._on_accept)
+        self._retrain.changed.connect(self._on_retrain)
+        self._use.changed.connect(self._on_use)
+        self._rollback.changed.connect(self._on_rollback)
+        self._tool.changed.connect(self._on_tool)
+        self._pending_merge: int | None = None
+        self._stroke: list = []
+        self._hooked = None
+
+    # ------------------------------------------------------------------ helpers
+    def _set_status(self, text: str) -> None:
+        self._status.value = text
+
+    def _model_choices(self, _=None):
+        from ..methods import method_names
+
+        if self.project is None:
+            return []
+        return method_names("nuclei", project=self.project.path)
+
+    def _refresh(self) -> None:
+        from ..methods import default_method_name
+
+        if self.project is None:
+            return
+        store = self.project.store
+        strong = store.examples(kind="strong")
+        held = sum(ex.split == "heldout" for ex in strong)
+        pseudo = len(store.examples(kind="pseudo"))
+        current = default_method_name("nuclei", self.project.path)
+        self._summary.value = (
+            f"{self.project.path.name}: {len(strong)} accepted views ({held} held out to measure "
+            f"the model), {pseudo} pseudo-labelled tiles; model: {current}"
+        )
+        self._models.reset_choices()
+        if current in self._models.choices:
+            self._models.value = current
+
+    def _need_project(self, what: str) -> bool:
+        from napari.utils.notifications import show_error
+
+        if self.project is None:
+            show_error(f"Open or create a project (above) before {what}.")
+            return False
+        return True
+
+    def view_labels(self):
+        """The current view's nuclei labels layer (the Nuclei panel's result), or None."""
+        layers = [
+            lyr for lyr in find_layers(self.viewer, "nuclei") if tag(lyr).get("scope") == "view"
+        ]
+        return layers[-1] if layers else None
+
+    # ------------------------------------------------------------------ project
+    def _on_open(self, _=None):
+        from napari.utils.notifications import show_error
+
+        from ..project import Project, ProjectError
+
+        folder = Path(self._folder.value)
+        if str(folder) in ("", "."):
+            show_error("Choose the project's folder first (a new or empty one makes a project).")
+            return
+        try:
+            self.project = Project.init(folder)
+        except ProjectError as exc:
+            show_error(str(exc))
+            return
+        self._refresh()
+        self._set_status(f"Project {folder.name} open.")
+
+    def _on_use(self, _=None):
+        from napari.utils.notifications import show_error
+
+        from ..models import WeightsError, load_card
+
+        if not self._need_project("choosing its model") or not self._models.value:
+            return
+        try:
+            card = load_card(self._models.value, self.project.path)
+        except WeightsError as exc:
+            show_error(str(exc))
+            return
+        self.project.set_current_model(card.name)
+        self._refresh()
+        self._set_status(f"The project now segments with {card.name} {card.version}.")
+
+    def _on_rollback(self, _=None):
+        if not self._need_project("going back to an earlier model"):
+            return
+        previous = self.project.rollback()
+        self._refresh()
+        self._set_status(f"Back to {previous or 'the shipped default model'}.")
+
+    # ------------------------------------------------------------------ corrections
+    def _apply(self, layer, new: np.ndarray) -> None:
+        """Write an edit into the layer as one step of napari's undo history."""
+        old = np.asarray(layer.data)
+        changed = np.nonzero(new != old)
+        if changed[0].size:
+            with layer.block_history():
+                layer.data_setitem(changed, new[changed])
+
+    def _edit(self, fn, *args) -> list[int] | None:
+        from napari.utils.notifications import show_warning
+
+        from ..correction import EditError
+
+        layer = self.view_labels()
+        if layer is None:
+            show_warning("Segment the current view (Nuclei panel) before correcting it.")
+            return None
+        try:
+            new, touched = fn(np.asarray(layer.data), *args)
+        except EditError as exc:
+            show_warning(str(exc))
+            return None
+        self._apply(layer, new)
+        return touched
+
+    def _id_at(self, layer, point) -> int:
+        r, c = (int(round(v)) for v in np.asarray(point)[-2:])
+        data = np.asarray(layer.data)
+        if 0 <= r < data.shape[0] and 0 <= c < data.shape[1]:
+            return int(data[r, c])
+        return 0
+
+    def delete_at(self, point) -> list[int] | None:
+        """Delete the nucleus at ``point`` (the layer's data coordinates, row and column)."""
+        from ..correction import delete
+
+        layer = self.view_labels()
+        return None if layer is None else self._edit(delete, self._id_at(layer, point))
+
+    def merge_at(self, first, second) -> list[int] | None:
+        """Merge the nuclei at two points into one."""
+        from ..correction import merge
+
+        layer = self.view_labels()
+        if layer is None:
+            return self._edit(merge, 0, 0)
+        return self._edit(merge, self._id_at(layer, first), self._id_at(layer, second))
+
+    def split_along(self, points) -> list[int] | None:
+        """Split the nucleus a stroke (points in data coordinates) crosses into two."""
+        from ..correction import split
+
+        return self._edit(split, np.asarray(points, float)[:, -2:])
+
+    def _on_tool(self, _=None):
+        """Hook the chosen tool to mouse clicks on the view's nuclei (napari's own tools for
+        painting, erasing and filling when none is chosen)."""
+        layer = self.view_labels()
+        if self._hooked is not None and self._on_mouse in self._hooked.mouse_drag_callbacks:
+            self._hooked.mouse_drag_callbacks.remove(self._on_mouse)
+        self._hooked = None
+        self._pending_merge = None
+        if layer is None or self._tool.value == TOOLS[0]:
+            return
+        layer.mode = "pan_zoom"
+        layer.mouse_drag_callbacks.append(self._on_mouse)
+        self._hooked = layer
+        self._set_status(
+            {
+                TOOLS[1]: "Click a nucleus to delete it (Ctrl+Z undoes).",
+                TOOLS[2]: "Click two nuclei to merge them.",
+                TOOLS[3]: "Drag a line across a nucleus to split it.",
+            }[self._tool.value]
+        )
+
+    def _on_mouse(self, layer, event):
+        point = layer.world_to_data(event.position)
+        tool = self._tool.value
+        if tool == TOOLS[1]:
+            self.delete_at(point)
+        elif tool == TOOLS[2]:
+            if self._pending_merge is None:
+                self._pending_merge = point
+                self._set_status("Now click the nucleus to merge it with.")
+            else:
+                self.merge_at(self._pending_merge, point)
+                self._pending_merge = None
+                self._set_status("Merged. Click two more nuclei to merge them.")
+        elif tool == TOOLS[3]:
+            stroke = [point]
+            yield
+            while event.type == "mouse_move":
+                stroke.append(layer.world_to_data(event.position))
+                yield
+            stroke.append(layer.world_to_data(event.position))
+            self.split_along(stroke)
+
+    # ------------------------------------------------------------------ accept
+    def _on_accept(self, _=None):
+        """Store the view's (corrected) nuclei and the image under them as a strong label."""
+        from napari.utils.notifications import show_error, show_warning
+
+        from ..project import ProjectError
+
+        if not self._need_project("accepting a view"):
+            return
+        layer = self.view_labels()
+        if layer is None:
+            show_warning("Segment the current view (Nuclei panel) before accepting it.")
+            return
+        meta = tag(layer)
+        slides = [
+            s for s in find_layers(self.viewer, "slide") if tag(s).get("path") == meta["slide"]
+        ]
+        slide = open_layer_slide(slides[-1]) if slides else None
+        if slide is None:
+            show_error("The slide of these nuclei is not open any more: open it to accept them.")
+            return
+        labels = np.asarray(layer.data)
+        image = _read_under(slide, meta, labels.shape)
+        mpp = float(meta["mpp"])
+        ox, oy = meta["origin_px"]
+        base = slide.mpp
+        region = (ox * base, oy * base, (ox + labels.shape[1] * meta["downsample"]) * base,
+                  (oy + labels.shape[0] * meta["downsample"]) * base)  # fmt: skip
+        try:
+            self.project.add_slide(slide.path)
+            example = self.project.add_labels(
+                image,
+                labels,
+                mpp,
+                source=slide.path,
+                region_um=region,
+                level=int(meta.get("level", 0)),
+                model=meta.get("method") if isinstance(meta.get("method"), dict) else {},
+            )
+        except (ProjectError, OSError) as exc:
+            show_error(f"Not stored: {exc}")
+            return
+        self._refresh()
+        self._set_status(
+            f"Stored {example.nuclei} nuclei of this view as training data ({example.split})."
+        )
+
+    # ------------------------------------------------------------------ retrain
+    def _on_retrain(self, _=None):
+        from napari.utils.notifications import show_error
+
+        from ..training.retrain import retrain_steps
+        from ._process import in_subprocess
+
+        if not self._need_project("retraining"):
+            return
+        if not self.project.store.examples(kind="strong"):
+            show_error("Accept at least one corrected view before retraining.")
+            return
+        self.plot.clear()
+        unlabelled = [(s["path"], None) for s in self.project.slides]
+        steps = in_subprocess(
+            retrain_steps,
+            str(self.project.path),
+            minutes=float(self._minutes.value),
+            unlabelled=unlabelled,
+        )
+        self.jobs.start(
+            "Retraining",
+            steps,
+            on_item=self._on_retrain_item,
+            cancelled_note="the project's model is unchanged",
+        )
+
+    def _on_retrain_item(self, item) -> None:
+        if isinstance(item, tuple):  # (iteration, loss)
+            self.plot.add(*item)
+            return
+        if isinstance(item, dict) and "model" in item:
+            self._refresh()
+            verdict = "now the project's model" if item["promoted"] else "kept aside"
+            t, s = item.get("teacher_aji"), item.get("student_aji")
+            scores = "" if t is None else f" (held-out AJI {s:.3f} against {t:.3f})"
+            self._set_status(f"Retrained: {item['model']} is {verdict}{scores}.")
+
+
+def _read_under(slide, meta: dict, shape) -> np.ndarray:
+    """The slide's RGB under a view's labels (their origin, downsample and shape)."""
+    from PIL import Image
+
+    ox, oy = (int(round(v)) for v in meta["origin_px"])
+    d = float(meta["downsample"])
+    h, w = shape
+    level = slide.best_level_for_downsample(d)
+    ld = slide.level_downsamples[level]
+    rgb = slide.read_region(
+        int(ox / ld),
+        int(oy / ld),
+        max(1, int(round(w * d / ld))),
+        max(1, int(round(h * d / ld))),
+        level,
+    )
+    if rgb.shape[:2] != (h, w):
+        rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
+    return rgb

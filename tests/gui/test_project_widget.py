@@ -1,0 +1,111 @@
+"""The Project panel in a real napari viewer (under Xvfb): split, merge and undo on the view's
+nuclei, accept the view into the project's training store, then start, watch and cancel a
+retraining run in a child process without the event loop stalling."""
+
+import time
+
+import numpy as np
+import pytest
+from _notifications import fresh_notifications  # noqa: F401 (autouse fixture)
+from scipy import ndimage as ndi
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def panels(make_napari_viewer, demo, tmp_path, qtbot):
+    from napari_nucleiseg._napari._nuclei_widget import NucleiWidget
+    from napari_nucleiseg._napari._project_widget import ProjectWidget
+
+    viewer = make_napari_viewer()
+    nuclei = NucleiWidget(viewer)
+    project = ProjectWidget(viewer)
+    viewer.open_sample("napari-nucleiseg", "demo_slide")
+    slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
+    nuclei._layer.value = slide
+    nuclei._method.value = "classical"
+    viewer.scene.camera.center = (1400 * 0.5, 1500 * 0.5)
+    viewer.scene.camera.zoom = 2.0 / 0.5
+    nuclei._run_view.clicked.emit()
+    qtbot.waitUntil(
+        lambda: not nuclei.jobs.running and project.view_labels() is not None, timeout=60_000
+    )
+    project._folder.value = tmp_path / "proj"
+    project._open.clicked.emit()
+    assert project.project is not None and "0 accepted views" in project._summary.value
+    return viewer, nuclei, project
+
+
+def _isolated_nucleus(labels, min_area=60):
+    """A nucleus with no other within 3 px of its bounding box, and its box."""
+    for i, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        r0, r1 = max(0, box[0].start - 3), box[0].stop + 3
+        c0, c1 = max(0, box[1].start - 3), box[1].stop + 3
+        window = labels[r0:r1, c0:c1]
+        if set(np.unique(window)) <= {0, i} and (labels == i).sum() >= min_area:
+            return i, box
+    raise AssertionError("no isolated nucleus in the view")
+
+
+def test_split_merge_undo_and_accept(panels, qtbot):
+    viewer, nuclei, project = panels
+    layer = project.view_labels()
+    before = np.asarray(layer.data).copy()
+
+    # Split: a stroke right across an isolated nucleus, through its middle row.
+    nid, (rows, cols) = _isolated_nucleus(before)
+    mid = (rows.start + rows.stop) // 2
+    touched = project.split_along([[mid, cols.start - 2], [mid, cols.stop + 1]])
+    assert touched is not None and touched[0] == nid
+    after_split = np.asarray(layer.data)
+    new = touched[1]
+    assert (after_split == nid).any() and (after_split == new).any()
+    assert ((after_split == nid) | (after_split == new)).sum() == (before == nid).sum()
+
+    # Merge the two halves back by clicking one point in each.
+    a = np.argwhere(after_split == nid)[0]
+    b = np.argwhere(after_split == new)[0]
+    assert project.merge_at(a, b) == [nid, new]
+    assert not (np.asarray(layer.data) == new).any()
+
+    # Undo (napari's own history): the merge is undone, then the split.
+    layer.undo()
+    assert np.array_equal(np.asarray(layer.data), after_split)
+    layer.undo()
+    assert np.array_equal(np.asarray(layer.data), before)
+
+    # Accept: the view's labels and the image under them go to the training store.
+    project._accept.clicked.emit()
+    (example,) = project.project.store.examples()
+    assert np.array_equal(example.labels(), np.asarray(layer.data))
+    assert example.image().shape[:2] == example.labels().shape
+    assert example.provenance["source_hash"].startswith("sha256")
+    assert len(example.provenance["region_um"]) == 4
+    assert "1 accepted views" in project._summary.value
+
+
+def test_retraining_runs_in_the_background_and_cancels(panels, qtbot):
+    from qtpy.QtCore import QTimer
+
+    viewer, nuclei, project = panels
+    project._accept.clicked.emit()
+    model_before = project.project.current_model()
+    project._minutes.value = 1.0
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
+    project._retrain.clicked.emit()
+    assert project.jobs.running and project._cancel.enabled
+    qtbot.waitUntil(lambda: len(project.plot.points) >= 2, timeout=120_000)  # live loss
+    project._cancel.clicked.emit()
+    qtbot.waitUntil(lambda: not project.jobs.running, timeout=60_000)
+    timer.stop()
+    gaps = np.diff(ticks)
+    print(f"\nlongest event-loop gap while retraining: {gaps.max() * 1000:.0f} ms")
+    assert gaps.max() < 0.2
+    assert project.project.current_model() == model_before  # cancelled: nothing promoted
+    assert "cancel" in project._status.value.lower()
