@@ -92,3 +92,22 @@ def test_the_cli_prints_json_last_and_one_line_on_errors(crops, tmp_path, capsys
     result = json.loads(last)
     assert {"model", "teacher_aji", "student_aji", "promoted", "minutes"} <= set(result)
     assert result["promoted"] is False and result["minutes"] < 1.0
+
+
+def test_patches_of_small_images_keep_the_models_scale():
+    """A 320 x 256 image at 0.25 µm/px covers less than a 256 px patch at 0.5 µm/px: it is
+    placed on a blank canvas, not stretched (its nuclei came out twice their size before)."""
+    from napari_nucleiseg.training.nuclei_data import LabelledImage, PatchSampler
+
+    rgb = np.full((256, 320, 3), 230, np.uint8)
+    labels = np.zeros((256, 320), np.uint32)
+    labels[100:140, 100:140] = 1  # 40 x 40 px at 0.25 µm/px: 20 x 20 at the model's 0.5
+    rgb[labels > 0] = (90, 40, 120)
+    sampler = PatchSampler([LabelledImage("small", rgb, labels, 0.25)], 0.5, 256, seed=0)
+    sampler.scale_jitter = 0.0
+    areas = []
+    for _ in range(20):
+        _, targets = sampler.sample()
+        areas.append(targets[0].sum())
+    seen = [a for a in areas if a > 0]
+    assert seen and all(350 <= a <= 450 for a in seen), seen  # 20² = 400 px, not 40² = 1600

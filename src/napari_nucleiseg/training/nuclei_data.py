@@ -44,6 +44,25 @@ def load_dataset(root: str | Path, stems: list[str] | None = None) -> list[Label
     return out
 
 
+def _padded(img: LabelledImage, side: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """The image and labels, placed at a random offset on a blank canvas at least ``side`` px
+    each way when they are smaller. Why: a patch must keep the model's µm/px; cutting a smaller
+    patch and resizing it (as before) showed the network small images' nuclei at twice their
+    size. The canvas is the image's own background colour (its brightest tenth) with no nuclei."""
+    h, w = img.labels.shape
+    if h >= side and w >= side:
+        return img.rgb, img.labels
+    H, W = max(h, side), max(w, side)
+    fill = np.percentile(img.rgb.reshape(-1, 3), 90, axis=0).astype(np.uint8)
+    rgb = np.empty((H, W, 3), np.uint8)
+    rgb[:] = fill
+    lab = np.zeros((H, W), img.labels.dtype)
+    y, x = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+    rgb[y : y + h, x : x + w] = img.rgb
+    lab[y : y + h, x : x + w] = img.labels
+    return rgb, lab
+
+
 class PatchSampler:
     """Random augmented patches ``(rgb uint8 (P, P, 3), targets float32 (3, P, P))`` at ``mpp``."""
 
@@ -76,11 +95,11 @@ class PatchSampler:
             np.exp(rng.uniform(-self.scale_jitter, self.scale_jitter))
         )
         src = int(round(self.patch * factor))
-        h, w = img.labels.shape
-        src = min(src, h, w)
+        full_rgb, full_lab = _padded(img, src, rng)
+        h, w = full_lab.shape
         y, x = int(rng.integers(0, h - src + 1)), int(rng.integers(0, w - src + 1))
-        rgb = img.rgb[y : y + src, x : x + src]
-        lab = img.labels[y : y + src, x : x + src]
+        rgb = full_rgb[y : y + src, x : x + src]
+        lab = full_lab[y : y + src, x : x + src]
         if src != self.patch:
             rgb = np.asarray(
                 Image.fromarray(rgb).resize((self.patch, self.patch), Image.Resampling.BILINEAR)
