@@ -195,3 +195,38 @@ def test_unknown_model_name_is_a_clear_error():
 
     with pytest.raises(WeightsError, match="no model named 'nope'"):
         load_predictor("nope")
+
+
+def test_two_processes_under_torchrun_end_with_identical_weights(tiny_dataset, tmp_path):
+    """`nucleiseg train` under torchrun: 2 CPU processes (gloo, loopback) train one model with
+    DistributedDataParallel; both ranks end with the same weights, and rank 0's checkpoint is
+    them."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(29500 + os.getpid() % 1000),
+        "-m", "napari_nucleiseg.cli.main", "train", "--data", str(tiny_dataset),
+        "--out", str(run), "--iters", "3", "--batch", "2", "--patch", "64",
+        "--widths", "4,8,16,32", "--threads", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((run / "ranks" / f"{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and ranks[0]["iters"] == 3
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+
+    state = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    assert digest.hexdigest() == ranks[0]["weights_sha256"]
+    assert len((run / "train.log").read_text().splitlines()) == 3  # rank 0 logs, once per step

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -205,6 +206,10 @@ def cmd_train(args) -> int:
         cycle_lr_decay=args.cycle_lr_decay,
         init_from=args.init_from,
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
+        for _ in train(cfg):
+            pass
+        return 0
     # The log lines are the progress on a log; a terminal also gets a bar.
     with Progress("train", "iters", min_total=1) as bar:
         for info in train(cfg):

@@ -97,8 +97,10 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
     import torch
 
     from ..segmentation.unet import UNet
+    from . import distributed
     from .nuclei_data import PatchSampler, load_dataset
 
+    run = distributed.setup()  # several processes under torchrun, else one
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,17 +113,21 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if cfg.init_from and not ckpt_path.exists():
-        _warm_start(model, cfg.init_from, log_to=out / "train.log")
-    sampler = PatchSampler(train_imgs, cfg.mpp, cfg.patch, seed=cfg.seed)
+        _warm_start(model, cfg.init_from, log_to=out / "train.log" if run.main else None)
+    # Each rank its own patches; one process draws exactly what it always drew.
+    seed = cfg.seed if not run.active else [cfg.seed, run.rank]
+    sampler = PatchSampler(train_imgs, cfg.mpp, cfg.patch, seed=seed)
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start = int(state["iter"])
         # Re-seed deterministically from the iteration so a resumed run sees fresh patches.
-        sampler.rng = np.random.default_rng([cfg.seed, start])
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    log = open(out / "train.log", "a")
+        sampler.rng = np.random.default_rng(_stream(cfg.seed, start, run))
+    if run.main:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    log = open(out / "train.log", "a") if run.main else None
+    net = distributed.wrap(model, run)  # gradients averaged over the ranks at every step
     model.train()
     t0 = time.perf_counter()
     # The next batch is cut and augmented in a thread while the network trains on this one (torch
@@ -137,7 +143,7 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
             # uninterrupted command and a run continued from the previous cycle's checkpoint
             # see the same patches.
             pending.result()
-            sampler.rng = np.random.default_rng([cfg.seed, it])
+            sampler.rng = np.random.default_rng(_stream(cfg.seed, it, run))
             pending = prefetch.submit(sampler.batch, cfg.batch)
         lr = cfg.lr_at(it)
         for g in opt.param_groups:
@@ -147,7 +153,7 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
         x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(targets)
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -159,21 +165,52 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
             "lr": lr,
             "elapsed_s": time.perf_counter() - t0,
         }
-        if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iters:
+        if it + 1 == cfg.iters:
+            distributed.sync_buffers(model, run)  # the checkpoint is every rank's model
+        if run.main and ((it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iters):
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "iter": it + 1}, tmp)
             tmp.replace(ckpt_path)  # atomic: a kill never leaves half a checkpoint
-        if val_imgs and ((it + 1) % cfg.validate_every == 0 or it + 1 == cfg.iters):
+        validating = (it + 1) % cfg.validate_every == 0 or it + 1 == cfg.iters
+        if run.main and val_imgs and validating:
             info["val"] = validate(model, val_imgs, cfg)
             model.train()
-        log.write(json.dumps(info) + "\n")
-        log.flush()
+        if log is not None:
+            log.write(json.dumps(info) + "\n")
+            log.flush()
         yield info
-    log.close()
+    if log is not None:
+        log.close()
     prefetch.shutdown(cancel_futures=True)
+    if run.active:
+        _record_rank(out, run, model, cfg.iters)
+        distributed.barrier(run)
+        distributed.teardown(run)
 
 
-def _warm_start(model, source: str, log_to: Path) -> None:
+def _stream(seed: int, it: int, run) -> list[int]:
+    """The sampler's seed from an iteration on (a resume or a new cycle): one process keeps the
+    stream it always had, each of several ranks gets its own."""
+    return [seed, it] if not run.active else [seed, it, run.rank]
+
+
+def _record_rank(out: Path, run, model, iters: int) -> None:
+    """``ranks/<rank>.json``: each rank's final weights' SHA-256. DistributedDataParallel keeps
+    every rank's weights identical; this is the evidence (and what the test compares)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    folder = out / "ranks"
+    folder.mkdir(exist_ok=True)
+    record = {"rank": run.rank, "world_size": run.world_size, "iters": iters}
+    record["weights_sha256"] = digest.hexdigest()
+    (folder / f"{run.rank}.json").write_text(json.dumps(record))
+
+
+def _warm_start(model, source: str, log_to: Path | None) -> None:
     """Load ``source`` (a registered model name or a .safetensors file) into ``model``."""
     from safetensors.torch import load_file
 
@@ -193,6 +230,8 @@ def _warm_start(model, source: str, log_to: Path) -> None:
         raise FileNotFoundError(f"{path}: no such weights file to start training from")
     copied = warm_start(model, load_file(str(path)))
     total = len(model.state_dict())
+    if log_to is None:  # a rank other than 0: rank 0 logs it
+        return
     with open(log_to, "a") as log:
         log.write(
             json.dumps({"init_from": str(source), "tensors_copied": len(copied), "tensors": total})
