@@ -1,9 +1,11 @@
 """Background runs for the dock widgets: a core progress generator in napari's ``thread_worker``.
 
 The core yields after every tile (``(done, total)`` tuples, or objects with ``done``/``total``,
-which may carry the result so far as ``so_far``); anything else it yields (an intermediate result)
-goes to ``on_item``, as does a ``so_far``. The napari activity dock shows a progress bar with an
-ETA and a Cancel button; the widget shows its own status line and Cancel button. Cancelling sets
+which may carry the result so far as ``so_far``; a whole-slide job's progress counts the tiles
+segmented as ``segmented``, which is what "tiles done" means to the user: its ``done`` counts
+tiles whose labels are merged, which lags behind); anything else it yields (an intermediate
+result) goes to ``on_item``, as does a ``so_far``. The widget shows its own status line, a
+progress bar with the ETA in the panel itself, and a Cancel button. Cancelling sets
 a flag the worker thread checks between tiles, then closes the core generator *in the worker
 thread* — so the core's own clean-up (recording finished tiles) runs there and the interface never
 waits on it — and the run ends within one tile.
@@ -25,9 +27,13 @@ BAR_AFTER_S = 1.5
 
 
 def _progress_of(item) -> tuple[int, int] | None:
+    """``(tiles finished, tiles in all)`` of a progress item, or None for other items."""
     if isinstance(item, tuple) and len(item) == 2 and all(isinstance(v, int) for v in item):
         return item
     done, total = getattr(item, "done", None), getattr(item, "total", None)
+    segmented = getattr(item, "segmented", None)
+    if isinstance(segmented, int) and isinstance(done, int):
+        done = max(done, segmented)  # tiles segmented: their nuclei are counted already
     if isinstance(done, int) and isinstance(total, int):
         return done, total
     return None
@@ -73,11 +79,17 @@ class JobRunner:
         ``status(text)`` shows a line in the widget.
     cancel_button : magicgui PushButton, optional
         Enabled while a run is going.
+    bar : QProgressBar, optional
+        The panel's own progress bar (tiles and ETA), shown while a run is going. Without one,
+        napari's progress bar (in its activity dock) is used for runs that last.
     """
 
-    def __init__(self, status: Callable[[str], None], cancel_button=None):
+    def __init__(self, status: Callable[[str], None], cancel_button=None, bar=None):
         self._status = status
         self._cancel_button = cancel_button
+        self._bar = bar
+        if bar is not None:
+            bar.setVisible(False)
         self.worker = None
         self.title = ""
         self._cancel = threading.Event()
@@ -115,10 +127,11 @@ class JobRunner:
         on_done: Callable[[Any], None] | None = None,
         on_cancelled: Callable[[], None] | None = None,
         on_error: Callable[[Exception], None] | None = None,
-        cancelled_note: str = "",
+        cancelled_note: str | Callable[[], str] = "",
     ):
         """Run ``steps`` in a worker thread; returns the worker, or None (after saying why) when a
-        run is already going. ``cancelled_note`` tells the user what a cancel leaves behind."""
+        run is already going. ``cancelled_note`` tells the user what a cancel leaves behind (a
+        function: asked once the run has stopped, e.g. to count what was kept)."""
         from napari.qt.threading import create_worker
         from napari.utils.notifications import show_warning
 
@@ -160,7 +173,12 @@ class JobRunner:
         from qtpy.QtCore import QTimer
 
         self._pbar = None
-        QTimer.singleShot(int(BAR_AFTER_S * 1000), lambda w=worker: self._make_bar(w))
+        if self._bar is not None:
+            self._bar.setRange(0, 0)  # busy until the first tile is counted
+            self._bar.setFormat("starting…")
+            self._bar.setVisible(True)
+        else:
+            QTimer.singleShot(int(BAR_AFTER_S * 1000), lambda w=worker: self._make_bar(w))
         worker.start()
         return worker
 
@@ -213,6 +231,7 @@ class JobRunner:
             text += f" · ETA {format_seconds(eta)}"
         self._status(text)
         self._update_bar(done, total)
+        self._update_panel_bar(item, done, total, eta)
         if on_progress is not None:
             on_progress(item)
 
@@ -232,6 +251,18 @@ class JobRunner:
         if frac >= 1 or frac <= f0 or now - t0 < 0.5:
             return None
         return (now - t0) / (frac - f0) * (1 - frac)
+
+    def _update_panel_bar(self, item, done: int, total: int, eta) -> None:
+        if self._bar is None or not total:
+            return
+        frac = getattr(item, "fraction", None)
+        frac = float(frac) if isinstance(frac, (int, float)) else done / total
+        self._bar.setRange(0, 1000)
+        self._bar.setValue(int(round(1000 * min(1.0, max(0.0, frac)))))
+        text = f"{done}/{total} tiles"
+        if eta is not None:
+            text += f" · ETA {format_seconds(eta)}"
+        self._bar.setFormat(text)
 
     def _update_bar(self, done: int, total: int) -> None:
         if self._pbar is None:
@@ -253,6 +284,8 @@ class JobRunner:
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None
+        if self._bar is not None:
+            self._bar.setVisible(False)
         self.worker = None
         if self._cancel_button is not None:
             self._cancel_button.enabled = False
@@ -263,6 +296,7 @@ class JobRunner:
         if value is CANCELLED:
             # The worker's own count: every tile it finished, reported or not yet shown.
             done, total = self._done = self._counted[0]
+            note = note() if callable(note) else note
             self._status(
                 f"{self.title}: cancelled after {done}/{total} tiles{'; ' + note if note else ''}."
             )
