@@ -87,16 +87,24 @@ def _rgb_pyramid_kwargs(slide, name: str, meta: dict) -> dict:
     }
 
 
+#: Colour of the tissue mask's outline (green: apart from the nuclei's yellow and the stains).
+TISSUE_COLOUR = "#30d050"
+#: Width of the tissue mask's outline (mask pixels).
+TISSUE_CONTOUR = 1
+
+
 def tissue_layer(slide, mask, name: str = "tissue") -> tuple[Any, dict, str]:
     """A low-resolution labels layer (1 = tissue) for a
-    :class:`~napari_nucleiseg.tissue.TissueMask`."""
+    :class:`~napari_nucleiseg.tissue.TissueMask`, drawn as the tissue's outline (set the layer's
+    ``contour`` to :data:`TISSUE_CONTOUR` once added: napari takes it only then)."""
     scale, translate = physical_transform(slide, mask.downsample_yx)
     kwargs = {
         "name": name,
         "scale": scale,
         "translate": translate,
         "units": _units(slide),
-        "opacity": 0.35,
+        "opacity": 0.9,
+        "colormap": {None: TISSUE_COLOUR, 0: "transparent"},
         "metadata": {
             META_KEY: {
                 "kind": "tissue",
@@ -126,13 +134,43 @@ def labels_display_pyramid(levels: list) -> list:
     return out
 
 
+#: Nuclei are drawn as outlines in one colour that stands out on haematoxylin (blue-purple) and
+#: on eosin (pink), so the chromatin inside stays visible; the same for the view and the slide.
+NUCLEI_COLOUR = "#ffe600"
+#: Outline width (pixels of the labels level drawn).
+NUCLEI_CONTOUR = 2
+#: Opacity of filled nuclei (outlines are drawn opaque).
+FILL_OPACITY = 0.45
+#: The Nuclei panel's display choices.
+NUCLEI_STYLES = ("outlines", "filled")
+NUCLEI_COLOURINGS = ("one colour", "a colour per nucleus")
+
+
+def one_colour(colour: str = NUCLEI_COLOUR) -> dict:
+    """A labels colour map drawing every label in ``colour`` (napari's direct colour map)."""
+    return {None: colour, 0: "transparent"}
+
+
+def nuclei_style(style: str = NUCLEI_STYLES[0], colouring: str = NUCLEI_COLOURINGS[0]) -> dict:
+    """Labels layer arguments drawing nuclei as ``style`` in ``colouring`` (per nucleus: None,
+    napari's own random colours)."""
+    outline = style == NUCLEI_STYLES[0]
+    return {
+        "contour": NUCLEI_CONTOUR if outline else 0,
+        "opacity": 1.0 if outline else FILL_OPACITY,
+        "colormap": one_colour() if colouring == NUCLEI_COLOURINGS[0] else None,
+    }
+
+
 def labels_layer(
     slide, pyramid, name: str = "nuclei", kind: str = "nuclei", **meta
 ) -> tuple[Any, dict, str]:
-    """A (multiscale) instance labels layer aligned with the slide's level 0."""
+    """A (multiscale) instance labels layer aligned with the slide's level 0 (nuclei drawn as
+    :func:`nuclei_style`'s default: yellow outlines)."""
     scale, translate = physical_transform(slide)
     multiscale = isinstance(pyramid, (list, tuple))
     kwargs = {
+        **(_nuclei_kwargs() if kind == "nuclei" else {}),
         "name": name,
         "scale": scale,
         "translate": translate,
@@ -142,6 +180,162 @@ def labels_layer(
         "metadata": {META_KEY: {"kind": kind, "slide": str(slide.path), **meta}},
     }
     return (list(pyramid) if multiscale else pyramid, kwargs, "labels")
+
+
+def _nuclei_kwargs() -> dict:
+    """Layer arguments of the default style (napari takes the outline width, ``contour``, only
+    once the layer exists: set it then)."""
+    return {k: v for k, v in nuclei_style().items() if v is not None and k != "contour"}
+
+
+#: Largest slide (level-0 pixels) whose unfinished whole-slide labels are shown at every zoom:
+#: zoomed out, they are read from level 0 (the result store's coarse levels are built at the
+#: end). Larger slides show them where level 0 is drawn (zoomed in) until the run ends.
+LIVE_OVERVIEW_MAX_PX = 32_000_000
+
+
+def outlines_only(labels: np.ndarray, width: int = 1) -> np.ndarray:
+    """``labels`` kept only on each nucleus' edge (``width`` pixels): outlines drawn as data, so
+    napari need not compute them on the interface thread (its ``contour`` costs about five
+    times the drawing itself)."""
+    lab = np.asarray(labels)
+    edge = np.zeros(lab.shape, bool)
+    for _ in range(width):
+        inner = lab.copy()
+        inner[edge] = 0
+        e = np.zeros(lab.shape, bool)
+        e[1:, :] |= inner[1:, :] != inner[:-1, :]
+        e[:-1, :] |= inner[:-1, :] != inner[1:, :]
+        e[:, 1:] |= inner[:, 1:] != inner[:, :-1]
+        e[:, :-1] |= inner[:, :-1] != inner[:, 1:]
+        edge |= e & (lab > 0)
+    return np.where(edge, lab, 0).astype(lab.dtype, copy=False)
+
+
+def slide_labels_so_far(
+    store, count: bool = True, cache: dict | None = None, outlines: bool = False
+) -> tuple:
+    """The nuclei of an unfinished (running or cancelled) whole-slide result store:
+    ``(levels, tiles segmented, nuclei)`` (nuclei 0 unless ``count``: counting reads a little
+    of every record). Reads records and chunks: call it in a worker thread, and pass the same
+    ``cache`` (a dict) from one call to the next so only what changed is read again.
+
+    The store's level 0 holds the chunks already merged (a chunk is merged once the tiles around
+    it are segmented); every other chunk shows the nuclei the segmented tiles recorded, placed
+    as the merge places them (the first tile's nucleus wins where two overlap). So the nuclei
+    counted so far are the nuclei shown. For a slide up to :data:`LIVE_OVERVIEW_MAX_PX` the
+    levels from ×2 down are computed here, in memory (the store's coarse levels are built only
+    at the end, and napari would read them on the interface thread), so the nuclei show at every
+    zoom; larger slides show them zoomed in.
+    """
+    import json
+    import math
+
+    from .wholeslide import open_labels
+    from .wholeslide.store import chunk_record, finished_keys
+    from .wholeslide.tasks import LOCAL_BITS, load_tile
+
+    cache = {} if cache is None else cache
+    store = str(store)
+    levels, _, _ = open_labels(store)
+    level0 = levels[0]
+    tile = int(level0.chunks[0][0])
+    h, w = level0.shape[:2]
+    rows, cols = math.ceil(h / tile), math.ceil(w / tile)
+    tiles = finished_keys(store, "tiles")
+    chunks = finished_keys(store, "chunks")
+
+    def around(r, c):
+        return [
+            (rr, cc)
+            for rr in (r - 1, r, r + 1)
+            for cc in (c - 1, c, c + 1)
+            if 0 <= rr < rows and 0 <= cc < cols
+        ]
+
+    def compose(r, c, sources):
+        y0, x0 = r * tile, c * tile
+        out = np.zeros((min(tile, h - y0), min(tile, w - x0)), level0.dtype)
+        for rr, cc in sorted(sources):
+            try:
+                rec = load_tile(store, rr, cc, ("labels", "origin"))
+            except Exception:  # being rewritten, or damaged: the job redoes it; not shown
+                continue
+            lab = rec["labels"]
+            if not lab.size:
+                continue
+            ox, oy = (int(v) for v in rec["origin"])
+            ya, xa = max(oy, y0), max(ox, x0)
+            yb = min(oy + lab.shape[0], y0 + out.shape[0])
+            xb = min(ox + lab.shape[1], x0 + out.shape[1])
+            if ya >= yb or xa >= xb:
+                continue
+            sub = lab[ya - oy : yb - oy, xa - ox : xb - ox]
+            window = out[ya - y0 : yb - y0, xa - x0 : xb - x0]
+            place = (sub > 0) & (window == 0)
+            base = (rr * cols + cc) << LOCAL_BITS
+            window[place] = base + sub[place].astype(out.dtype)
+        return out
+
+    pending = {}
+    near = {nb for key in tiles for nb in around(*map(int, key.split("_")))}
+    for r, c in near:
+        if f"{r}_{c}" in chunks:
+            continue
+        sources = frozenset(rc for rc in around(r, c) if f"{rc[0]}_{rc[1]}" in tiles)
+        hit = cache.get(("pending", r, c))
+        if hit is None or hit[0] != sources:
+            hit = cache[("pending", r, c)] = (sources, compose(r, c, sources))
+        pending[(r, c)] = hit[1]
+
+    def block(data, block_info=None):
+        r, c = block_info[0]["chunk-location"]
+        if f"{r}_{c}" not in chunks:
+            data = pending.get((r, c), np.zeros_like(data))
+        return outlines_only(data, NUCLEI_CONTOUR) if outlines else data
+
+    so_far = level0.map_blocks(block, dtype=level0.dtype)
+    nuclei = 0
+    for key in tiles if count else ():
+        if key not in chunks:
+            try:
+                nuclei += int(load_tile(store, *map(int, key.split("_")), ("owned",))["owned"])
+            except Exception:  # being rewritten, or damaged: not counted, not shown
+                pass
+    for key in chunks if count else ():
+        try:
+            nuclei += len(json.loads(chunk_record(store, key).read_text())["kept"])
+        except (OSError, ValueError, KeyError):
+            pass
+    if h * w > LIVE_OVERVIEW_MAX_PX:
+        return labels_display_pyramid([so_far, *levels[1:]]), len(tiles), nuclei
+    overviews = {}
+    for step in (2, 4):
+        overview = overviews[step] = np.zeros(
+            (math.ceil(h / step), math.ceil(w / step)), level0.dtype
+        )
+        for r in range(rows):
+            for c in range(cols):
+                y0, x0 = r * tile, c * tile
+                sy, sx = (-y0) % step, (-x0) % step
+                if f"{r}_{c}" in chunks:  # final: read once, kept at the overviews' size
+                    part = cache.get(("final", step, r, c))
+                    if part is None:
+                        full = np.asarray(level0.blocks[r, c])
+                        part = cache[("final", step, r, c)] = full[sy::step, sx::step].copy()
+                        cache.pop(("pending", r, c), None)
+                elif (r, c) in pending:
+                    part = pending[(r, c)][sy::step, sx::step]
+                else:
+                    continue
+                oy, ox = (y0 + sy) // step, (x0 + sx) // step
+                overview[oy : oy + part.shape[0], ox : ox + part.shape[1]] = part
+    if outlines:
+        overviews = {k: outlines_only(v) for k, v in overviews.items()}
+    pyramid = [so_far, overviews[2], overviews[4]]
+    while max(pyramid[-1].shape[:2]) > MAX_OVERVIEW // 4:
+        pyramid.append(pyramid[-1][::2, ::2])
+    return pyramid, len(tiles), nuclei
 
 
 def region_labels_layer(
@@ -163,6 +357,7 @@ def region_labels_layer(
     base = slide.mpp if slide.mpp is not None else 1.0
     ox, oy = origin_px
     kwargs = {
+        **(_nuclei_kwargs() if kind == "nuclei" else {}),
         "name": name,
         "scale": (sy, sx),
         "translate": (ty + oy * base, tx + ox * base),
@@ -185,8 +380,8 @@ def region_labels_layer(
 #: from a coarser level. Stain statistics need colour, not detail.
 MAX_VIEW_FIT_PIXELS = 4_000_000
 #: The deconvolution channels shown over a slide: name, colour map, top of the display range
-#: (optical density).
-STAIN_CHANNELS = (("haematoxylin", "blue", 1.0), ("eosin", "magenta", 1.0), ("DAB", "yellow", 1.0))
+#: (optical density). Greyscale, dark where the stain is (as a single-stain slide looks).
+STAIN_CHANNELS = (("haematoxylin", "gray_r", 1.0), ("eosin", "gray_r", 1.0), ("DAB", "gray_r", 1.0))
 
 
 def read_view(slide, box, max_pixels: int = MAX_VIEW_FIT_PIXELS) -> np.ndarray:
@@ -305,8 +500,8 @@ def _stain_channel(block: np.ndarray, k: int) -> np.ndarray:
 
 def stain_channel_layers(slide, levels: list, name: str | None = None) -> list[tuple]:
     """Haematoxylin, eosin and DAB optical density of ``levels`` (the slide's RGB pyramid), as
-    lazy multiscale layers computed per chunk, placed on the slide in µm (H shown, E and DAB
-    hidden, blended additively)."""
+    lazy greyscale multiscale layers computed per chunk, placed on the slide in µm (H shown, E
+    and DAB hidden; each opaque over the slide, so one reads the stain alone)."""
     scale, translate = physical_transform(slide)
     out = []
     for k, (channel, colour, top) in enumerate(STAIN_CHANNELS):
@@ -319,7 +514,7 @@ def stain_channel_layers(slide, levels: list, name: str | None = None) -> list[t
             "units": _units(slide),
             "colormap": colour,
             "contrast_limits": [0.0, top],
-            "blending": "additive",
+            "blending": "translucent",
             "cache": False,
             "visible": k == 0,
             "metadata": {

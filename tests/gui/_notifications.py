@@ -17,3 +17,17 @@ def fresh_notifications():
 
     notification_manager.records.clear()
     yield
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_dialogs(monkeypatch):
+    """A Save-as dialog or a question the test did not answer fails the test instead of waiting
+    for a click that never comes."""
+    from qtpy.QtWidgets import QFileDialog, QMessageBox
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a dialog opened that the test did not answer: {args[1:3]}")
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", refuse)
+    monkeypatch.setattr(QMessageBox, "question", refuse)
+    monkeypatch.setattr(QMessageBox, "exec", refuse)

@@ -5,7 +5,7 @@ normalised view) and is not taken for the run that just ended."""
 import threading
 
 import pytest
-from _notifications import fresh_notifications  # noqa: F401 (autouse fixture)
+from _notifications import fresh_notifications, no_blocking_dialogs  # noqa: F401 (autouse)
 from _notifications import messages as _messages
 
 pytestmark = pytest.mark.gui

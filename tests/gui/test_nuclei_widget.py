@@ -3,7 +3,7 @@ line up with the slide, count and measure it, cancel, export, and be told why no
 
 import numpy as np
 import pytest
-from _notifications import fresh_notifications  # noqa: F401 (autouse fixture)
+from _notifications import fresh_notifications, no_blocking_dialogs  # noqa: F401 (autouse)
 from _notifications import messages as _messages
 
 pytestmark = pytest.mark.gui
@@ -31,6 +31,8 @@ def panel(make_napari_viewer, demo, tmp_path):
     viewer = make_napari_viewer()
     widget = NucleiWidget(viewer)
     widget._out.value = tmp_path / "exports"
+    # The Save-as dialog answered with the name it offers (the user clicking Save).
+    widget._ask_save_path = lambda title, default, _filter: default
     viewer.open_sample("napari-nucleiseg", "demo_slide")
     slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
     truth = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "ground_truth")
@@ -299,12 +301,19 @@ def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qt
     idle_gap = float(noise.communicate("stop\n", timeout=30)[0])
     ticks = np.array(stamps)
     running, after = ticks[ticks <= finished[0]], ticks[ticks >= finished[0] - 0.2]
-    gaps = np.diff(running)
+    # The live labels layer is added once (napari builds its visuals and controls): that pause
+    # is reported apart, like the final display's.
+    (start, end), *_ = widget.layer_added
+    gap_ends = running[1:]
+    adding = (gap_ends >= start) & (running[:-1] <= end + 0.05)
+    gaps = np.diff(running)[~adding]
+    added = np.diff(running)[adding].max() if adding.any() else 0.0
     shown = np.diff(after).max()
     print(
         f"\nlongest event-loop gap: {gaps.max() * 1000:.0f} ms while the whole slide ran "
-        f"({len(running)} ticks of 20 ms), {shown * 1000:.0f} ms when its labels layer was shown "
-        f"at the end; {idle_gap * 1000:.0f} ms for a process that only sleeps, meanwhile"
+        f"({len(running)} ticks of 20 ms; {added * 1000:.0f} ms when the live labels layer was "
+        f"added), {shown * 1000:.0f} ms when its labels layer was shown at the end; "
+        f"{idle_gap * 1000:.0f} ms for a process that only sleeps, meanwhile"
     )
     assert "done" in widget._status.value, widget._status.value
     assert len(stamps) > 100
@@ -322,7 +331,7 @@ def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qt
     fg, t = labels > 0, gt > 0
     assert 2 * (fg & t).sum() / (fg.sum() + t.sum()) > 0.7
     n = len(widget.table.columns._cols[0])
-    assert n > 500 and f"{n} nuclei in the whole slide" in widget._count.value
+    assert n > 500 and f"{n:,} nuclei in the whole slide" in widget._count.value
 
     # Exports of the whole slide, read back.
     out = tmp_path / "elsewhere"
@@ -353,8 +362,8 @@ def test_whole_slide_cancel_stops_within_a_tile_and_the_next_run_resumes(panel, 
         timeout=300_000,
     )
     widget._cancel.clicked.emit()
-    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
-    assert "cancelled" in widget._status.value and "run it again" in widget._status.value
+    qtbot.waitUntil(lambda: "kept and shown" in widget._status.value, timeout=120_000)
+    assert "cancelled" in widget._status.value and "Run it again" in widget._status.value
     total, segmented = seen[-1].total, seen[-1].segmented
     assert 0 < segmented < total
 

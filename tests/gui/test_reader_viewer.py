@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from _notifications import fresh_notifications  # noqa: F401 (autouse fixture)
+from _notifications import fresh_notifications, no_blocking_dialogs  # noqa: F401 (autouse)
 from _notifications import messages as _errors
 from conftest import shared_slide
 

@@ -3,7 +3,7 @@ a lazy normalised slide at every zoom; H / E / DAB channels; messages instead of
 
 import numpy as np
 import pytest
-from _notifications import fresh_notifications  # noqa: F401 (autouse fixture)
+from _notifications import fresh_notifications, no_blocking_dialogs  # noqa: F401 (autouse)
 from _notifications import messages as _messages
 
 pytestmark = pytest.mark.gui

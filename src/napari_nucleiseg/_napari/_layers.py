@@ -19,8 +19,9 @@ def find_layers(viewer, kind: str, **match):
     ]
 
 
-def put_layer(viewer, layer_tuple, replace_kind: str | None = None, **match):
-    """Add a layer data tuple, replacing an earlier layer of ours of the same kind.
+def put_layer(viewer, layer_tuple, replace_kind: str | None = None, *, index=None, **match):
+    """Add a layer data tuple, replacing an earlier layer of ours of the same kind (a new one
+    goes at ``index`` of the layer list, default the top).
 
     An earlier layer of the same type takes the new data in place: it keeps its position and the
     user's display settings, and removing a layer would cost napari a full garbage collection.
@@ -55,9 +56,16 @@ def put_layer(viewer, layer_tuple, replace_kind: str | None = None, **match):
         for lyr in old:
             viewer.layers.remove(lyr)
         viewer.layers.insert(min(index, len(viewer.layers)), new)
+    elif index is not None:
+        viewer.layers.insert(min(index, len(viewer.layers)), new)
     else:
         viewer.layers.append(new)
     return new
+
+
+def just_above(viewer, layer) -> int:
+    """The layer-list index right above ``layer`` (below everything drawn over it)."""
+    return viewer.layers.index(layer) + 1 if layer in viewer.layers else len(viewer.layers)
 
 
 def slide_layers(viewer):
@@ -81,5 +89,45 @@ def open_layer_slide(layer):
             warnings.simplefilter("ignore")
             return open_slide(meta["path"], mpp=override, backend=meta.get("backend"))
     except SlideError as exc:
-        show_error(str(exc))
+        show_error(in_user_words(exc))
         return None
+
+
+#: Hints written for scripts and the command line, and what they mean in the viewer.
+_DEVELOPER_HINTS = (
+    (r"\s*\((?:mpp=\.\.\.|mpp=…)[^)]*\)", " (enter it in the Slide panel: µm/px override, Apply)"),
+    (
+        r"give (?:the real resolution|it) with (?:mpp=\.\.\.|--mpp)",
+        "enter the real one in the Slide panel (µm/px override, Apply)",
+    ),
+)
+
+
+def in_user_words(text: str) -> str:
+    """A core message as the viewer's user reads it: hints about ``mpp=...`` or ``--mpp`` become
+    the Slide panel's override, the first letter a capital."""
+    import re
+
+    text = str(text)
+    for pattern, words in _DEVELOPER_HINTS:
+        text = re.sub(pattern, words, text)
+    return text[:1].upper() + text[1:] if text else text
+
+
+def scrolled(panel, form) -> None:
+    """Put ``form`` (the panel's controls, a magicgui Container) in a vertical scroll area
+    filling ``panel``: docked on a small screen, the panel scrolls instead of making the window
+    taller than the screen. (napari docks a magicgui widget's ``native``, which for magicgui's
+    own ``scrollable=True`` is the inner widget, without its scroll area.)"""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(form.native)
+    layout = panel.native.layout()
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(area)
+    panel.scroll_area = area

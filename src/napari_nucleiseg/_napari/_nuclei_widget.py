@@ -2,19 +2,33 @@
 
 Each callback is a line or two into the core (``segmentation.region`` for the view,
 ``wholeslide.segment_slide`` for the slide); the work runs in a background worker
-(``_jobs.JobRunner``) with a progress bar, an ETA and Cancel. Whole-slide labels are shown from
-the job's chunked result store as a lazy multiscale layer, refreshed while the job runs, so they
-never sit in memory at full resolution.
+(``_jobs.JobRunner``) with a progress bar and ETA in the panel, and Cancel. Whole-slide labels
+are shown from the job's chunked result store as a lazy multiscale layer, refreshed while the job
+runs, so they never sit in memory at full resolution.
+
+A view's labels layer can be corrected with napari's label tools: every paint, erase, fill or
+undo re-measures the nuclei it touched (and only those), so the count, the table and the
+exports always hold what is on screen. Segmenting the view again over corrected labels asks
+first, and can keep them in a layer of their own.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 
 from ._jobs import JobRunner
-from ._layers import find_layers, open_layer_slide, put_layer, slide_layers, tag
+from ._layers import (
+    find_layers,
+    in_user_words,
+    open_layer_slide,
+    put_layer,
+    scrolled,
+    slide_layers,
+    tag,
+)
 
 
 def _methods(_widget=None) -> list[str]:
@@ -25,83 +39,171 @@ def _methods(_widget=None) -> list[str]:
     return method_names("nuclei")
 
 
-#: Seconds between redraws of the whole-slide labels while the job runs.
+#: Seconds between redraws of the whole-slide labels while the job runs (for a zoomed-in
+#: screen; a view that draws more pixels is redrawn less often, see LIVE_MAX_PX).
 REFRESH_S = 3.0
-#: Largest part of the whole-slide labels (pixels napari would draw) redrawn while the job runs.
-#: A 2 MP redraw under software OpenGL blocked the event loop for ~360 ms in CI; 0.5 MP (a
-#: zoomed-in screen, where nuclei are looked at) stays well under the 200 ms the issue allows.
+#: Pixels napari may draw per redraw of the whole-slide labels every REFRESH_S while the job
+#: runs; a view drawing more waits proportionally longer between redraws (napari colour-maps
+#: labels on the interface thread: a 2 MP redraw under software OpenGL took ~360 ms in CI).
 LIVE_MAX_PX = 500_000
+#: Longest wait between two redraws of the whole-slide labels while the job runs.
+REFRESH_MAX_S = 20.0
+#: What the re-segment question's buttons return.
+KEEP, DISCARD, CANCEL = "keep", "discard", "cancel"
+#: Keyboard shortcuts (napari key names), bound on the viewer when the panel opens.
+SHORTCUTS = {
+    "segment_view": "Shift-S",
+    "next_nucleus": "N",
+    "previous_nucleus": "Shift-N",
+    "toggle_outlines": "Shift-O",
+}
+#: Milliseconds after the last paint event before the touched nuclei are measured again (one
+#: brush stroke is many events).
+REMEASURE_MS = 150
 
 
 class NucleiWidget(Container):
     def __init__(self, napari_viewer):
+        from qtpy.QtWidgets import QProgressBar, QSizePolicy
+
+        from ..layers import NUCLEI_COLOURINGS, NUCLEI_STYLES
         from ..methods import default_method_name
 
-        super().__init__(labels=True)
+        super().__init__(labels=False)
+        self._form = Container(labels=True)
         self.viewer = napari_viewer
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
         self._method = ComboBox(label="method", choices=_methods, value=default_method_name())
         self._normalise = CheckBox(
-            text="normalise stain first (as in the Stain panel)", value=False
+            text="normalise stain first",
+            value=False,
+            tooltip="Segment the slide in the colours the Stain panel shows it in",
         )
         self._out = FileEdit(
             label="results folder", mode="d", value=Path.home() / "nucleiseg-results"
         )
-        self._run_view = PushButton(text="Segment current view")
-        self._run_slide = PushButton(text="Segment whole slide")
+        self._run_view = PushButton(
+            text="Segment view",
+            tooltip=f"Segment what is on screen ({SHORTCUTS['segment_view']})",
+        )
+        self._run_slide = PushButton(
+            text="Segment slide", tooltip="Segment the whole slide in the background"
+        )
         self._cancel = PushButton(text="Cancel")
+        runs = Container(
+            widgets=[self._run_view, self._run_slide, self._cancel], layout="horizontal"
+        )
         self._status = Label(value="")
         self._count = Label(value="")
-        self._export_labels = PushButton(text="Export labels (OME-Zarr)")
-        self._export_geojson = PushButton(text="Export outlines (GeoJSON for QuPath)")
-        self._export_csv = PushButton(text="Export measurements (CSV)")
-        self.extend(
+        self._results = ComboBox(
+            label="result", choices=self._result_choices, tooltip="what the table and Save show"
+        )
+        self._style = ComboBox(label="show nuclei as", choices=list(NUCLEI_STYLES))
+        self._colouring = ComboBox(label="colours", choices=list(NUCLEI_COLOURINGS))
+        self._export_csv = PushButton(text="CSV…", tooltip="Save the measurements (a spreadsheet)")
+        self._export_geojson = PushButton(
+            text="GeoJSON…", tooltip="Save the outlines (QuPath: File > Import objects)"
+        )
+        self._export_labels = PushButton(
+            text="OME-Zarr…", tooltip="Save the labels (napari, QuPath, Python)"
+        )
+        saves = Container(
+            widgets=[
+                Label(value="save"),
+                self._export_csv,
+                self._export_geojson,
+                self._export_labels,
+            ],
+            layout="horizontal",
+        )
+        self._rows = (runs, saves)  # full-width rows, below the form's labelled rows they follow
+        for row in self._rows:
+            row.margins = (0, 0, 0, 0)
+        self._form.extend(
             [
                 self._layer,
                 self._method,
                 self._normalise,
                 self._out,
-                self._run_view,
-                self._run_slide,
-                self._cancel,
                 self._status,
                 self._count,
-                self._export_labels,
-                self._export_geojson,
-                self._export_csv,
+                self._results,
+                self._style,
+                self._colouring,
             ]
         )
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        layout = self._form.native.layout()
+        at = layout.indexOf(self._status.native.parentWidget())
+        layout.insertWidget(at, runs.native)
+        layout.insertWidget(at + 2, self.progress)
+        layout.addWidget(saves.native)
         from ._table import MeasurementsView
 
         self.table = MeasurementsView()
-        self.native.layout().addWidget(self.table)
-        for label in (
-            self._status,
-            self._count,
-        ):  # long paths and messages wrap, not widen the dock
+        layout.addWidget(self.table, 1)  # the table takes the room left
+        for label in (self._status, self._count):  # messages wrap, not widen the dock
             label.native.setWordWrap(True)
-        self.native.setMinimumWidth(360)
+            label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self._form.native.setMinimumWidth(270)
+        scrolled(self, self._form)
+        self.native.setMinimumHeight(240)  # stacked with other docks: still usable
         self.table.nucleus_chosen.connect(self._centre_on)
 
-        self.jobs = JobRunner(self._set_status, self._cancel)
-        self._last = None  # what the table and the exports show: the last finished run
+        self.jobs = JobRunner(self._set_status, self._cancel, bar=self.progress)
+        self._outcomes: dict[int, _Outcome] = {}
+        self._last = None  # what the table and the exports show: the result chosen
         self._refreshed = 0.0
+        self._slide_progress = None
+        self._run_id = 0
+        self.layer_added: list[tuple[float, float]] = []
+        self._pool = None  # reads what a running whole-slide job has stored so far
+        self._live_cache: dict = {}
+        self._live_future = None
         self._run_view.changed.connect(self._on_run_view)
         self._run_slide.changed.connect(self._on_run_slide)
         self._export_labels.changed.connect(self._on_export_labels)
         self._export_geojson.changed.connect(self._on_export_geojson)
         self._export_csv.changed.connect(self._on_export_csv)
         self._method.changed.connect(self._warm_up)
+        self._results.changed.connect(self._on_result_chosen)
+        self._style.changed.connect(self._restyle)
+        self._colouring.changed.connect(self._restyle)
         self.viewer.layers.events.inserted.connect(self._refresh)
-        self.viewer.layers.events.removed.connect(self._refresh)
+        self.viewer.layers.events.removed.connect(self._on_removed)
+        self._bind_keys()
+        _scale_bar_on(self.viewer)
         self._warm_up()
+
+    def reset_choices(self, *_):
+        """napari calls this when layers change; the choices live in the form."""
+        self._form.reset_choices()
 
     # ------------------------------------------------------------------ state
     def _slide_choices(self, _=None):
         return slide_layers(self.viewer)
 
+    def _result_choices(self, _=None):
+        return [
+            (lyr.name, lyr)
+            for lyr in find_layers(self.viewer, "nuclei")
+            if id(lyr) in getattr(self, "_outcomes", {})
+        ]
+
     def _refresh(self, _=None):
         self._layer.reset_choices()
+        self._results.reset_choices()
+
+    def _on_removed(self, event=None):
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            self._unwatch(layer)
+        gone = self._outcomes.pop(id(layer), None) if layer is not None else None
+        self._refresh()
+        if gone is not None and gone is self._last:
+            chosen = self._results.value
+            self._show_outcome(self._outcomes.get(id(chosen)) if chosen is not None else None)
 
     def _set_status(self, text: str) -> None:
         self._status.value = text
@@ -111,6 +213,17 @@ class NucleiWidget(Container):
         import threading
 
         threading.Thread(target=_warm_up, args=(self._method.value,), daemon=True).start()
+
+    def _bind_keys(self) -> None:
+        """The panel's keyboard shortcuts, on the viewer (they work wherever the mouse is)."""
+        actions = {
+            "segment_view": lambda _v: self._on_run_view(),
+            "next_nucleus": lambda _v: self.table.step(1),
+            "previous_nucleus": lambda _v: self.table.step(-1),
+            "toggle_outlines": lambda _v: self._toggle_outlines(),
+        }
+        for name, key in SHORTCUTS.items():
+            self.viewer.bind_key(key, actions[name], overwrite=True)
 
     def _slide(self, what: str):
         """The selected slide layer and its opened slide, or (None, None) after saying why."""
@@ -124,8 +237,8 @@ class NucleiWidget(Container):
             return None, None
         if tag(layer).get("mpp") is None:
             show_error(
-                f"{Path(tag(layer)['path']).name}: the slide states no µm/px; set it in the Slide "
-                f"panel before {what}."
+                f"{Path(tag(layer)['path']).name}: the slide does not say how many micrometres "
+                f"a pixel is; enter it in the Slide panel (µm/px) before {what}."
             )
             return None, None
         slide = open_layer_slide(layer)
@@ -163,9 +276,103 @@ class NucleiWidget(Container):
 
         return recorded_normaliser(tag(shown[0]))  # the layer's own colour mapping
 
-    # ------------------------------------------------------------------ current view
-    def _on_run_view(self, _=None):
+    # ------------------------------------------------------------------ display
+    def _style_kwargs(self) -> dict:
+        from ..layers import nuclei_style
 
+        return nuclei_style(self._style.value, self._colouring.value)
+
+    def _apply_style(self, layer) -> None:
+        from napari.utils.colormaps import label_colormap
+
+        style = self._style_kwargs()
+        layer.contour = style["contour"]
+        layer.opacity = style["opacity"]
+        layer.colormap = style["colormap"] if style["colormap"] is not None else label_colormap()
+
+    def _restyle(self, _=None) -> None:
+        """The display choices apply to every nuclei layer of the plugin, view and slide."""
+        for layer in find_layers(self.viewer, "nuclei"):
+            self._apply_style(layer)
+
+    def _toggle_outlines(self) -> None:
+        from ..layers import NUCLEI_STYLES
+
+        self._style.value = NUCLEI_STYLES[self._style.value == NUCLEI_STYLES[0]]
+
+    def _put_nuclei(self, layer_tuple, slide, scope: str):
+        """Add or replace a nuclei layer (above the slide, its stains and the tissue) in the
+        panel's display style."""
+        kwargs = layer_tuple[1]
+        kwargs.pop("colormap", None)
+        style = self._style_kwargs()
+        contour = style.pop("contour")
+        kwargs.update({k: v for k, v in style.items() if v is not None})
+        new = not find_layers(self.viewer, "nuclei", slide=str(slide.path), scope=scope)
+        # A layer replaced keeps its own display settings (the user may have changed them).
+        layer = put_layer(self.viewer, layer_tuple, "nuclei", slide=str(slide.path), scope=scope)
+        if new:
+            layer.contour = contour
+        return layer
+
+    # ------------------------------------------------------------------ results shown
+    def _show_outcome(self, outcome) -> None:
+        """Show a result's count and table (None: none)."""
+        self._last = outcome
+        if outcome is None:
+            self._count.value = ""
+            self.table.set_table(None)
+            return
+        self._count.value = outcome.count_text
+        self.table.set_table(outcome.table)
+        layer = outcome.layer
+        if layer is not None and self._results.value is not layer:
+            self._results.reset_choices()
+            if any(v is layer for v in self._results.choices):
+                self._results.value = layer
+
+    def _on_result_chosen(self, layer=None) -> None:
+        outcome = self._outcomes.get(id(layer)) if layer is not None else None
+        if outcome is not None and outcome is not self._last:
+            self._show_outcome(outcome)
+
+    def _register(self, outcome) -> None:
+        self._outcomes[id(outcome.layer)] = outcome
+        self._show_outcome(outcome)
+
+    # ------------------------------------------------------------------ current view
+    def _edited_view(self, slide):
+        """The outcome of this slide's view layer when the user has corrected it."""
+        for layer in find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="view"):
+            outcome = self._outcomes.get(id(layer))
+            if outcome is not None and outcome.edited:
+                return outcome
+        return None
+
+    def _ask_keep_edits(self, outcome) -> str:
+        """Ask what to do with corrected labels before segmenting the view again: KEEP, DISCARD
+        or CANCEL (the user's click; tests replace this method)."""
+        from qtpy.QtWidgets import QMessageBox
+
+        box = QMessageBox(self.native)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Segment the view again?")
+        box.setText(
+            f"You have corrected {outcome.layer.name}. Segmenting the view again replaces it."
+        )
+        box.setInformativeText(
+            "Keep edits: your corrected layer stays (renamed 'nuclei (view, edited)') and the "
+            "new result goes in a new layer. Discard: the corrections are lost."
+        )
+        keep = box.addButton("Keep edits", QMessageBox.ButtonRole.AcceptRole)
+        discard = box.addButton("Discard", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton("Cancel", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(keep)
+        box.exec()
+        clicked = box.clickedButton()
+        return KEEP if clicked is keep else DISCARD if clicked is discard else CANCEL
+
+    def _on_run_view(self, _=None):
         from ..segmentation.region import segment_region
         from ._view import visible_box
 
@@ -173,6 +380,17 @@ class NucleiWidget(Container):
         if ready is None:
             return
         layer, slide, normaliser = ready
+        edited = self._edited_view(slide)
+        if edited is not None:
+            choice = self._ask_keep_edits(edited)
+            if choice == CANCEL:
+                self._set_status("Not segmented: your corrected nuclei are unchanged.")
+                return
+            if choice == KEEP:
+                edited.layer.name = "nuclei (view, edited)"
+                tag(edited.layer)["scope"] = "view-edited"
+                edited.scope = "view-edited"
+                self._results.reset_choices()
         steps = segment_region(
             slide, visible_box(self.viewer, layer), self._method.value, normaliser=normaliser
         )
@@ -190,13 +408,7 @@ class NucleiWidget(Container):
         from ..layers import region_labels_layer
 
         plan = result.plan
-        if self._last is None or self._last.result is not result:
-            self._last = _Outcome("view", slide, result=result)
-            self.table.set_table(None)
         so_far = " so far (finished tiles)" if result.partial else ""
-        self._count.value = (
-            f"{result.count} nuclei in view{so_far} (segmented at {plan.mpp:.3g} µm/px)"
-        )
         layer_tuple = region_labels_layer(
             slide,
             result.labels,
@@ -211,13 +423,29 @@ class NucleiWidget(Container):
             count=result.count,
             method=result.method,
         )
-        new = put_layer(self.viewer, layer_tuple, "nuclei", slide=str(slide.path), scope="view")
-        new.contour = 1
+        old = find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="view")
+        if old:
+            self._unwatch(old[0])
+            self._outcomes.pop(id(old[0]), None)
+        layer = self._put_nuclei(layer_tuple, slide, "view")
+        outcome = _Outcome("view", slide, result=result, layer=layer)
+        outcome.count_text = (
+            f"{result.count:,} nuclei in view{so_far} (segmented at {plan.mpp:.3g} µm/px)"
+        )
+        self._register(outcome)
 
-    def _show_table(self, slide, outcome) -> None:
-        result, table = outcome
-        self._last = _Outcome("view", slide, result=result, table=table)
-        self.table.set_table(table)
+    def _show_table(self, slide, outcome_pair) -> None:
+        result, table = outcome_pair
+        layers = find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="view")
+        if not layers:
+            return
+        outcome = self._outcomes.get(id(layers[0]))
+        if outcome is None or outcome.result is not result:
+            return
+        outcome.table = table
+        outcome.snapshot = np.array(layers[0].data, copy=True)
+        self._watch(outcome)
+        self._show_outcome(outcome)
 
     def _on_view_error(self, exc) -> None:
         from napari.utils.notifications import show_error, show_info, show_warning
@@ -230,9 +458,9 @@ class NucleiWidget(Container):
         elif isinstance(exc, EmptyRegionError):
             show_info(str(exc))
         elif isinstance(exc, SlideError):
-            show_error(str(exc))
+            show_error(in_user_words(exc))
         else:
-            show_warning(f"Segmenting the view failed: {type(exc).__name__}: {exc}")
+            show_warning(f"Segmenting the view failed: {exc}")
 
     def _offer_whole_slide(self, message: str) -> None:
         from napari.utils.notifications import (
@@ -241,6 +469,7 @@ class NucleiWidget(Container):
             notification_manager,
         )
 
+        self._set_status(message)
         notification_manager.dispatch(
             Notification(
                 message,
@@ -249,9 +478,82 @@ class NucleiWidget(Container):
             )
         )
 
+    # ------------------------------------------------------------------ corrections
+    def _watch(self, outcome) -> None:
+        """Re-measure the nuclei an edit touches: a paint, erase or fill stroke (``paint``,
+        ``labels_update``), an undo or redo (``set_data``), new data (``data``)."""
+        from qtpy.QtCore import QTimer
+
+        layer = outcome.layer
+        timer = QTimer(self.native)
+        timer.setSingleShot(True)
+        timer.setInterval(REMEASURE_MS)
+        timer.timeout.connect(lambda: self._remeasure(outcome))
+        outcome.timer = timer
+        outcome.watched = [
+            getattr(layer.events, name)
+            for name in ("paint", "labels_update", "set_data", "data")
+            if hasattr(layer.events, name)
+        ]
+        for emitter in outcome.watched:
+            emitter.connect(outcome.on_event)
+
+    def _unwatch(self, layer) -> None:
+        outcome = self._outcomes.get(id(layer))
+        if outcome is None:
+            return
+        for emitter in outcome.watched:
+            emitter.disconnect(outcome.on_event)
+        outcome.watched = []
+        if outcome.timer is not None:
+            outcome.timer.stop()
+
+    def _remeasure(self, outcome) -> None:
+        """Measure again the nuclei whose pixels changed since the last measurement; the count,
+        the table and the exports follow."""
+        from ..segmentation.measure import measure_nuclei
+
+        layer = outcome.layer
+        if layer is None or outcome.snapshot is None or outcome.table is None:
+            return
+        current = np.asarray(layer.data)
+        if current.shape != outcome.snapshot.shape:
+            return
+        changed = current != outcome.snapshot
+        if not changed.any():
+            return
+        touched = np.union1d(current[changed], outcome.snapshot[changed])
+        touched = touched[touched > 0]
+        table = {k: np.asarray(v) for k, v in outcome.table.items()}
+        keep = ~np.isin(table["label"], touched)
+        table = {k: v[keep] for k, v in table.items()}
+        mine = np.isin(current, touched)
+        if mine.any():
+            rows, cols = np.nonzero(mine.any(axis=1))[0], np.nonzero(mine.any(axis=0))[0]
+            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            crop = np.where(mine[y0:y1, x0:x1], current[y0:y1, x0:x1], 0)
+            r = outcome.result
+            d = r.plan.downsample
+            ox, oy = r.plan.origin
+            rgb = r.rgb[y0:y1, x0:x1] if r.rgb is not None else None
+            new = measure_nuclei(crop, rgb, r.plan.mpp, origin_px=(ox / d + x0, oy / d + y0))
+            table = {
+                k: np.concatenate([v, np.asarray(new[k]).astype(v.dtype, copy=False)])
+                for k, v in table.items()
+            }
+        order = np.argsort(table["label"], kind="stable")
+        outcome.table = {k: v[order] for k, v in table.items()}
+        outcome.snapshot = current.copy()
+        outcome.edited = True
+        n = len(outcome.table["label"])
+        tag(layer)["count"] = n
+        tag(layer)["edited"] = True
+        outcome.count_text = f"{n:,} nuclei in view (corrected by hand: {len(touched)} changed)"
+        if outcome is self._last:
+            self._show_outcome(outcome)
+
     # ------------------------------------------------------------------ whole slide
     def _on_run_slide(self, _=None):
-
         from ..wholeslide import segment_slide
         from ._process import in_subprocess
 
@@ -269,48 +571,158 @@ class NucleiWidget(Container):
         )
         self._refreshed = 0.0
         self._run_layer = layer
+        self._slide_progress = None
+        self._resumed_note = ""
+        self._run_id += 1
+        self._live_cache = {}
+        self._live_future = None
+        self._refreshed = 0.0
         self.jobs.start(
             "Whole slide",
             _then_read_table(steps),
             on_progress=lambda p: self._on_slide_progress(slide, p),
             on_done=lambda table: self._on_slide_done(slide, table),
+            on_cancelled=lambda: self._on_slide_cancelled(slide),
             on_error=self._on_slide_error,
             cancelled_note="finished tiles are kept: run it again to go on from there",
         )
 
     def _on_slide_progress(self, slide, p) -> None:
-        """Show the result store while the job runs, where that is cheap.
+        """The count, and the nuclei found so far on screen, while the job runs.
 
-        napari draws labels on this thread, colour-mapping every pixel of the level it shows; a
-        zoomed-out view of a large slide can mean tens of megapixels per redraw. So the layer is
-        added, and redrawn every few seconds, only while the part on screen is small (zoomed in,
-        where a pathologist looks at nuclei); otherwise it appears when the job has finished.
+        What the store holds so far is gathered in a background thread (records and chunks read
+        from disk); napari then draws it on this thread, colour-mapping every pixel drawn, so
+        the labels are redrawn every REFRESH_S seconds when little is drawn (zoomed in), less
+        often the more is drawn (zoomed out).
         """
         import time
 
-        from ..layers import labels_display_pyramid, labels_layer
-        from ..wholeslide import open_labels
-
-        self._count.value = f"{p.nuclei} nuclei so far ({p.done}/{p.total} tissue tiles)"
+        if self._slide_progress is None and p.resumed:
+            self._resumed_note = f"resuming: {p.resumed} of {p.total} tiles already done · "
+        self._slide_progress = p
+        segmented = max(p.done, getattr(p, "segmented", p.done))
+        self._count.value = (
+            f"{self._resumed_note}{p.nuclei:,} nuclei so far ({segmented}/{p.total} tiles)"
+        )
         now = time.perf_counter()
-        if now - self._refreshed < REFRESH_S:
+        if self._live_future is not None:
             return
-        slide_layer = self._run_layer
         existing = find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="slide")
-        if existing and existing[0].metadata["nucleiseg"].get("store") == str(p.store):
-            layer = existing[0]
-            if (
-                layer.visible
-                and _drawn_pixels(self.viewer, slide_layer, layer.level_shapes) <= LIVE_MAX_PX
-            ):
-                layer.refresh()
-                self._refreshed = now
+        layer = existing[0] if existing else None
+        if layer is not None and tag(layer).get("store") == str(p.store):
+            drawn = _drawn_pixels(self.viewer, self._run_layer, layer.level_shapes)
+            wait = min(REFRESH_MAX_S, REFRESH_S * max(1.0, drawn / LIVE_MAX_PX))
+            if now - self._refreshed < wait or not layer.visible:
+                return
+        elif now - self._refreshed < REFRESH_S:
             return
-        levels = labels_display_pyramid(open_labels(p.store)[0])
-        if _drawn_pixels(self.viewer, slide_layer, [lv.shape for lv in levels]) > LIVE_MAX_PX:
+        if p.segmented == 0 and p.done == 0:  # nothing to show yet
             return
+        self._refreshed = now
+        run = self._run_id
+        outlines = self._style_kwargs()["contour"] > 0
+        self._gather(
+            p.store,
+            False,
+            lambda got: self._show_so_far(slide, p.store, run, got, outlines),
+            outlines,
+        )
+
+    def _gather(self, store, count: bool, then, outlines: bool = False) -> None:
+        """Read what ``store`` holds so far in a background thread, then ``then(result)`` here."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from qtpy.QtCore import QTimer
 
+        from ..layers import slide_labels_so_far
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="nucleiseg-live")
+        cache = self._live_cache.setdefault(outlines, {})
+        future = self._pool.submit(slide_labels_so_far, store, count, cache, outlines)
+        self._live_future = future
+        timer = QTimer(self.native)
+        timer.setInterval(50)
+
+        def check():
+            if not future.done():
+                return
+            timer.stop()
+            timer.deleteLater()
+            if self._live_future is future:
+                self._live_future = None
+            try:
+                result = future.result()
+            except Exception as exc:  # a record being written: the next refresh reads it
+                self._set_status(f"Could not read the nuclei found so far: {exc}")
+                return
+            then(result)
+
+        timer.timeout.connect(check)
+        timer.start()
+
+    def _show_so_far(self, slide, store, run, got, outlines: bool) -> None:
+        """The nuclei found so far, drawn as outlines computed in the background (napari's own
+        ``contour`` is restored when the run ends)."""
+        from ..layers import labels_layer
+
+        if run != self._run_id or not self.jobs.running:  # the run is over: its end shows
+            return
+        levels, _, _ = got
+        layer = self._show_slide_layer(
+            slide,
+            labels_layer(
+                slide,
+                levels,
+                name="nuclei (whole slide)",
+                kind="nuclei",
+                scope="slide",
+                store=str(store),
+            ),
+        )
+        if outlines and layer.contour:
+            layer.contour = 0
+
+    def _show_slide_layer(self, slide, layer_tuple):
+        """Add or update the whole-slide layer. Adding one costs napari a few tenths of a second
+        (its visuals and controls): added hidden, drawn on the next turn of the event loop, two
+        short pauses, not one (``layer_added``: when they were, for the latency test)."""
+        import time
+
+        from qtpy.QtCore import QTimer
+
+        new = not find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="slide")
+        if new:
+            layer_tuple[1]["visible"] = False
+        start = time.perf_counter()
+        layer = self._put_nuclei(layer_tuple, slide, "slide")
+        if new:
+
+            def show():
+                layer.visible = True
+                self.layer_added.append((start, time.perf_counter()))
+
+            QTimer.singleShot(0, show)
+        return layer
+
+    def _end_live(self, layer) -> None:
+        """The run is over: the layer holds whole nuclei again, drawn in the panel's style."""
+        self._run_id += 1  # a refresh still being gathered is dropped
+        layer.contour = self._style_kwargs()["contour"]
+
+    def _on_slide_cancelled(self, slide) -> None:
+        """Show the nuclei of the tiles finished before Cancel, and say how many they are."""
+        p = self._slide_progress
+        if p is None:
+            self._set_status("Whole slide: cancelled before any tile was finished.")
+            return
+        self._set_status("Whole slide: cancelled; gathering the nuclei of the finished tiles…")
+        self._gather(p.store, True, lambda got: self._show_cancelled(slide, p, got))
+
+    def _show_cancelled(self, slide, p, got) -> None:
+        from ..layers import labels_layer
+
+        levels, tiles, nuclei = got
         layer_tuple = labels_layer(
             slide,
             levels,
@@ -319,18 +731,21 @@ class NucleiWidget(Container):
             scope="slide",
             store=str(p.store),
         )
-        layer_tuple[1]["visible"] = False  # added hidden, drawn on the next turn: two short pauses
-        layer = put_layer(self.viewer, layer_tuple, "nuclei", slide=str(slide.path), scope="slide")
-        QTimer.singleShot(0, lambda: setattr(layer, "visible", True))
-        self._refreshed = now
+        self._end_live(self._show_slide_layer(slide, layer_tuple))
+        self._count.value = (
+            f"{nuclei:,} nuclei in {tiles}/{p.total} tiles (unfinished: the table and the "
+            "exports come when the run is complete)"
+        )
+        self._set_status(
+            f"Whole slide: cancelled after {tiles}/{p.total} tiles; {nuclei:,} nuclei in the "
+            "finished tiles are kept and shown. Run it again to go on from there."
+        )
 
-    def _on_slide_done(self, slide, outcome) -> None:
-        from qtpy.QtCore import QTimer
-
+    def _on_slide_done(self, slide, outcome_pair) -> None:
         from ..layers import labels_display_pyramid, labels_layer
         from ..wholeslide import open_labels
 
-        store, table = outcome
+        store, table = outcome_pair
         levels, _, meta = open_labels(store)  # reopened: the coarse levels are now filled
         levels = labels_display_pyramid(levels)
         layer_tuple = labels_layer(
@@ -342,26 +757,22 @@ class NucleiWidget(Container):
             store=str(store),
             method=meta.get("method"),
         )
-        new = not find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="slide")
-        if new:  # added hidden, drawn on the next turn of the event loop: two short pauses, not one
-            layer_tuple[1]["visible"] = False
-        layer = put_layer(self.viewer, layer_tuple, "nuclei", slide=str(slide.path), scope="slide")
-        if new:
-            QTimer.singleShot(0, lambda: setattr(layer, "visible", True))
+        layer = self._show_slide_layer(slide, layer_tuple)
+        self._end_live(layer)
         n = len(table["label"])
-        self._last = _Outcome("slide", slide, store=Path(store), table=table)
-        self._count.value = f"{n} nuclei in the whole slide (results in {Path(store).parent})"
-        self.table.set_table(table)
+        outcome = _Outcome("slide", slide, store=Path(store), table=table, layer=layer)
+        outcome.count_text = f"{n:,} nuclei in the whole slide (results in {Path(store).parent})"
+        self._register(outcome)
 
     def _on_slide_error(self, exc) -> None:
         from napari.utils.notifications import show_error
 
         hint = (
-            " (choose another results folder in the Nuclei panel)"
+            " Choose another results folder in the Nuclei panel."
             if getattr(exc, "kind", "") == "StoreMismatchError"
             else ""
         )
-        show_error(f"{exc}{hint}")
+        show_error(f"{in_user_words(exc)}{hint}")
 
     def _centre_on(self, row: dict) -> None:
         """Centre the view on a nucleus picked in the table (centroids are from the slide's
@@ -374,71 +785,133 @@ class NucleiWidget(Container):
         self.viewer.scene.camera.center = tuple(layer.data_to_world((y, x)))
 
     # ------------------------------------------------------------------ exports
-    def _export_target(self, suffix: str) -> Path | None:
-        """Where an export of the last result goes:
-        ``<results folder>/<slide>[.view_x…_y…]<suffix>``."""
+    def _ask_save_path(self, title: str, default: Path, file_filter: str) -> Path | None:
+        """Where to save (a Save-as dialog opened on ``default``), None when cancelled (the
+        user's choice; tests replace this method)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(
+            self.native,
+            title,
+            str(default),
+            file_filter,
+            options=QFileDialog.Option.DontConfirmOverwrite,  # asked below, for folders too
+        )
+        return Path(path) if path else None
+
+    def _ask_overwrite(self, path: Path) -> bool:
+        """Whether to replace an existing file (the user's choice; tests replace this)."""
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(
+            self.native,
+            "Replace the file?",
+            f"{path.name} already exists in {path.parent}. Replace it?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _export_target(self, what: str, suffix: str, file_filter: str) -> Path | None:
+        """Where an export of the chosen result goes, asked in a Save-as dialog that offers
+        ``<results folder>/<slide> view <x>,<y> µm<suffix>`` (or ``<slide> nuclei<suffix>``)."""
         from napari.utils.notifications import show_error
 
-        if self._last is None:
-            show_error("Nothing to export yet: segment the view or the whole slide first.")
+        outcome = self._last
+        if outcome is None:
+            show_error("Nothing to save yet: segment the view or the whole slide first.")
             return None
-        if self._last.scope == "view" and self._last.table is None:
-            show_error("The view's measurements are still being computed: export in a moment.")
+        if outcome.table is None:
+            show_error("The view's measurements are still being computed: save in a moment.")
             return None
         out = Path(self._out.value)
         out.mkdir(parents=True, exist_ok=True)
-        stem = self._last.slide.path.name.split(".")[0]
-        if self._last.scope == "view":
-            x0, y0, *_ = self._last.result.plan.box
-            stem += f".view_x{x0}_y{y0}"
-        return out / f"{stem}{suffix}"
-
-    def _exported(self, path: Path) -> Path:
-        self._set_status(f"Written {path}")
+        stem = outcome.slide.path.name.split(".")[0]
+        if outcome.scope == "slide":
+            name = f"{stem} nuclei{suffix}"
+        else:
+            x0, y0, *_ = outcome.result.plan.box
+            mpp = outcome.slide.mpp
+            edited = " edited" if outcome.edited else ""
+            name = f"{stem} view {round(x0 * mpp)},{round(y0 * mpp)} µm{edited}{suffix}"
+        path = self._ask_save_path(f"Save {what}", out / name, file_filter)
+        if path is None:
+            return None
+        if path.suffix.lower() != suffix:
+            path = path.with_name(path.name + suffix)
+        if path.exists() and not self._ask_overwrite(path):
+            return None
         return path
+
+    def _exported(self, path: Path, n: int) -> Path:
+        self._set_status(f"Saved {n:,} nuclei to {path}")
+        return path
+
+    def _view_now(self):
+        """The chosen view result as it is on screen now: ``(labels, result, table)``, the table
+        holding exactly the nuclei the labels hold."""
+        from dataclasses import replace
+
+        outcome = self._last
+        if outcome.timer is not None and outcome.timer.isActive():  # an edit not measured yet
+            outcome.timer.stop()
+            self._remeasure(outcome)
+        labels = np.asarray(outcome.layer.data) if outcome.layer is not None else None
+        if labels is None or labels.shape != outcome.result.labels.shape:
+            labels = outcome.result.labels
+        present = np.unique(labels)
+        table = outcome.table
+        keep = np.isin(table["label"], present[present > 0])
+        table = {k: np.asarray(v)[keep] for k, v in table.items()}
+        return labels, replace(outcome.result, labels=labels), table
 
     def _on_export_labels(self, _=None) -> Path | None:
         from ..segmentation.region import write_labels_zarr
 
-        path = self._export_target(".nuclei.zarr")
+        path = self._export_target("the labels", ".zarr", "OME-Zarr (*.zarr)")
         if path is None:
             return None
-        if self._last.scope == "slide":
-            return self._exported(_copy_tree(self._last.store, path))
-        r = self._last.result
+        outcome = self._last
+        if outcome.scope == "slide":
+            return self._exported(_copy_tree(outcome.store, path), len(outcome.table["label"]))
+        labels, r, table = self._view_now()
         write_labels_zarr(
-            r.labels, path, r.plan.mpp, r.plan.origin, r.plan.downsample, self._last.slide.mpp
+            labels, path, r.plan.mpp, r.plan.origin, r.plan.downsample, outcome.slide.mpp
         )
-        return self._exported(path)
+        return self._exported(path, len(table["label"]))
 
     def _on_export_geojson(self, _=None) -> Path | None:
         from ..wholeslide import export_geojson
 
-        path = self._export_target(".nuclei.geojson")
+        path = self._export_target("the outlines", ".geojson", "GeoJSON (*.geojson)")
         if path is None:
             return None
-        if self._last.scope == "slide":
-            export_geojson(self._last.store, path)
-            return self._exported(path)
-        r = self._last.result
+        outcome = self._last
+        if outcome.scope == "slide":
+            export_geojson(outcome.store, path)
+            return self._exported(path, len(outcome.table["label"]))
+        _, r, table = self._view_now()
         labels0, offset = r.labels_level0()
-        export_geojson(labels0, path, self._last.slide.mpp, offset=offset, table=self._last.table)
-        return self._exported(path)
+        # Measurements in the table's order and only for nuclei on screen: no empty outlines.
+        export_geojson(labels0, path, outcome.slide.mpp, offset=offset, table=table)
+        return self._exported(path, len(table["label"]))
 
     def _on_export_csv(self, _=None) -> Path | None:
         from ..wholeslide import write_table
 
-        path = self._export_target(".nuclei.csv")
+        path = self._export_target("the measurements", ".csv", "CSV (*.csv)")
         if path is None:
             return None
-        write_table(self._last.table, path)
-        return self._exported(path)
+        table = self._view_now()[2] if self._last.scope != "slide" else self._last.table
+        write_table(table, path)
+        return self._exported(path, len(table["label"]))
 
 
 class _Outcome:
-    """A finished run the table and exports refer to."""
+    """A result the table and exports refer to: its layer, and for a view its labels as last
+    measured (``snapshot``), to find what an edit changed."""
 
-    def __init__(self, scope, slide, result=None, store=None, table=None):
+    def __init__(self, scope, slide, result=None, store=None, table=None, layer=None):
         self.scope, self.slide, self.result, self.store, self.table = (
             scope,
             slide,
@@ -446,6 +919,26 @@ class _Outcome:
             store,
             table,
         )
+        self.layer = layer
+        self.count_text = ""
+        self.snapshot = None
+        self.edited = False
+        self.timer = None
+        self.watched: list = []
+
+    def on_event(self, _event=None) -> None:
+        if self.timer is not None:
+            self.timer.start()  # restarts: measured once the stroke is over
+
+
+def _scale_bar_on(viewer) -> None:
+    """The scale bar (in µm) shown whenever the plugin's panels open."""
+    from ._start import _scale_bar
+
+    try:
+        _scale_bar(viewer).visible = True
+    except AttributeError:  # a viewer without a canvas (headless tests)
+        pass
 
 
 def _copy_tree(src: Path, dst: Path) -> Path:

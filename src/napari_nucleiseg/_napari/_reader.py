@@ -27,6 +27,7 @@ def read_slides(path):
 
     from ..io import SlideError, open_slide
     from ..layers import slide_layer
+    from ._layers import in_user_words
 
     paths = path if isinstance(path, (list, tuple)) else [path]
     layers = []
@@ -36,9 +37,9 @@ def read_slides(path):
                 warnings.simplefilter("always")
                 slide = open_slide(Path(p))
         except SlideError as exc:
-            show_error(str(exc))
+            show_error(in_user_words(exc))
             continue
         for w in caught:
-            show_warning(str(w.message))
+            show_warning(in_user_words(w.message))
         layers.append(slide_layer(slide))
     return layers or [(None,)]

@@ -12,7 +12,7 @@ from pathlib import Path
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
 
 from ._jobs import JobRunner
-from ._layers import find_layers, open_layer_slide, put_layer, tag
+from ._layers import find_layers, in_user_words, open_layer_slide, put_layer, scrolled, tag
 
 SLIDE_FILTER = (
     "Slides (*.svs *.tif *.tiff *.ndpi *.mrxs *.scn *.bif *.dcm *.vms *.svslide);;All files (*)"
@@ -23,7 +23,8 @@ FROM_FILE = "from the file"
 
 class SlideWidget(Container):
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=False)
+        self._form = Container(labels=True)
         self.viewer = napari_viewer
         self._file = FileEdit(label="slide", mode="r", filter=SLIDE_FILTER)
         self._open = PushButton(text="Open slide")
@@ -43,7 +44,7 @@ class SlideWidget(Container):
         self._tissue = PushButton(text="Show tissue mask")
         self._cancel = PushButton(text="Cancel")
         self._status = Label(value="")
-        self.extend(
+        self._form.extend(
             [
                 self._file,
                 self._open,
@@ -56,10 +57,18 @@ class SlideWidget(Container):
                 self._status,
             ]
         )
+        from qtpy.QtWidgets import QProgressBar, QSizePolicy
+
         for label in (self._info, self._status):  # long paths wrap, not widen the dock
             label.native.setWordWrap(True)
-        self.native.setMinimumWidth(340)
-        self.jobs = JobRunner(self._set_status, self._cancel)
+            label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self._form.native.setMinimumWidth(270)
+        scrolled(self, self._form)
+        self.native.setMinimumHeight(160)  # stacked with other docks: still usable
+        self.progress = QProgressBar()
+        self._form.native.layout().addWidget(self.progress)
+        self._form.native.layout().addStretch(1)
+        self.jobs = JobRunner(self._set_status, self._cancel, bar=self.progress)
         self._open.changed.connect(self._on_open)
         self._layer.changed.connect(self._show_info)
         self._apply_mpp.changed.connect(self._on_apply_mpp)
@@ -67,6 +76,13 @@ class SlideWidget(Container):
         self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.removed.connect(self._refresh)
         self._refresh()
+        from ._nuclei_widget import _scale_bar_on
+
+        _scale_bar_on(self.viewer)
+
+    def reset_choices(self, *_):
+        """napari calls this when layers change; the choices live in the form."""
+        self._form.reset_choices()
 
     # ------------------------------------------------------------- state
     def _slide_layer_choices(self, _=None):
@@ -115,15 +131,24 @@ class SlideWidget(Container):
         from ..io import SlideError, open_slide
         from ..layers import slide_layer
 
+        path = Path(self._file.value)
+        if (
+            not str(self._file.value).strip()
+            or path == Path(".")
+            or path.is_dir()
+            and not (path.suffix.lower() == ".zarr")
+        ):
+            show_error("Choose a slide file first (the … button next to 'slide').")
+            return
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                slide = open_slide(self._file.value)
+                slide = open_slide(path)
         except SlideError as exc:
-            show_error(str(exc))
+            show_error(in_user_words(exc))
             return
         for w in caught:
-            show_warning(str(w.message))
+            show_warning(in_user_words(w.message))
         put_layer(self.viewer, slide_layer(slide))
 
     def _on_apply_mpp(self, _=None):
@@ -145,7 +170,7 @@ class SlideWidget(Container):
                 warnings.simplefilter("ignore")  # a file without µm/px is handled below
                 slide = open_slide(meta["path"], mpp=override, backend=meta.get("backend"))
         except SlideError as exc:
-            show_error(str(exc))
+            show_error(in_user_words(exc))
             return
         if slide.mpp is None:
             show_error(
@@ -186,9 +211,20 @@ class SlideWidget(Container):
         )
 
     def _on_tissue_done(self, layer_tuple):
+        """The mask as an outline over the slide, and the slide selected again: the mask is
+        for looking at, not for painting (napari would arm its paint tools on it)."""
         meta = layer_tuple[1]["metadata"]["nucleiseg"]
-        put_layer(self.viewer, layer_tuple, "tissue", slide=meta["slide"])
-        self._set_status(f"Tissue: {100 * meta['fraction']:.1f} % of the slide")
+        from ..layers import TISSUE_CONTOUR
+
+        layer = put_layer(self.viewer, layer_tuple, "tissue", slide=meta["slide"])
+        layer.contour = TISSUE_CONTOUR
+        layer.mode = "pan_zoom"
+        slide = self._layer.value
+        if slide is not None and slide in self.viewer.layers:
+            self.viewer.layers.selection.active = slide
+        self._set_status(
+            f"Tissue: {100 * meta['fraction']:.1f} % of the slide (outlined in green)."
+        )
 
 
 def _tissue(slide, name: str):

@@ -17,14 +17,15 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, Pus
 
 from ..stain.profile import STAIN_METHODS
 from ._jobs import JobRunner
-from ._layers import find_layers, open_layer_slide, put_layer, slide_layers
+from ._layers import find_layers, just_above, open_layer_slide, put_layer, scrolled, slide_layers
 
 REFERENCES = ("current view", "image or profile file")
 
 
 class StainWidget(Container):
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=False)
+        self._form = Container(labels=True)
         self.viewer = napari_viewer
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
         self._method = ComboBox(label="method", choices=list(STAIN_METHODS), value=STAIN_METHODS[0])
@@ -46,7 +47,7 @@ class StainWidget(Container):
         )
         self._save = PushButton(text="Save profile")
         self._channels = PushButton(text="Show H / E / DAB channels")
-        self.extend(
+        self._form.extend(
             [
                 self._layer,
                 self._method,
@@ -61,9 +62,18 @@ class StainWidget(Container):
                 self._channels,
             ]
         )
+        from qtpy.QtWidgets import QProgressBar, QSizePolicy
+
         self._status.native.setWordWrap(True)
-        self.native.setMinimumWidth(340)
-        self.jobs = JobRunner(self._set_status, self._cancel)
+        self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self._form.native.setMinimumWidth(270)
+        scrolled(self, self._form)
+        self.native.setMinimumHeight(160)  # stacked with other docks: still usable
+        self.progress = QProgressBar()
+        layout = self._form.native.layout()
+        layout.insertWidget(layout.indexOf(self._status.native.parentWidget()) + 1, self.progress)
+        layout.addStretch(1)
+        self.jobs = JobRunner(self._set_status, self._cancel, bar=self.progress)
         self.normaliser = None  # fitted on the reference
         self.adapted = None  # ... and adapted to the slide shown normalised
         self._fitted_on = ""
@@ -73,6 +83,13 @@ class StainWidget(Container):
         self._channels.changed.connect(self._on_channels)
         self.viewer.layers.events.inserted.connect(self._refresh)
         self.viewer.layers.events.removed.connect(self._refresh)
+        from ._nuclei_widget import _scale_bar_on
+
+        _scale_bar_on(self.viewer)
+
+    def reset_choices(self, *_):
+        """napari calls this when layers change; the choices live in the form."""
+        self._form.reset_choices()
 
     # ------------------------------------------------------------------ state
     def _slide_choices(self, _=None):
@@ -164,21 +181,31 @@ class StainWidget(Container):
         self.jobs.start(
             "Normalised view",
             _adapted(self.normaliser, levels, layer.name),
-            on_done=lambda adapted: self._show_normalised(slide, levels, adapted, layer.name),
+            on_done=lambda adapted: self._show_normalised(slide, levels, adapted, layer),
         )
 
-    def _show_normalised(self, slide, levels, adapted, name) -> None:
+    def _show_normalised(self, slide, levels, adapted, slide_layer) -> None:
+        """The normalised slide right above the slide: under the nuclei, tissue and stains."""
         from ..layers import normalised_layer
 
-        layer_tuple = normalised_layer(slide, levels, adapted, self._fitted_on, name=name)
-        put_layer(self.viewer, layer_tuple, "stain_normalised", slide=str(slide.path))
+        layer_tuple = normalised_layer(
+            slide, levels, adapted, self._fitted_on, name=slide_layer.name
+        )
+        put_layer(
+            self.viewer,
+            layer_tuple,
+            "stain_normalised",
+            index=just_above(self.viewer, slide_layer),
+            slide=str(slide.path),
+        )
         self.adapted = adapted
         self._set_status(
             f"{adapted.method} fitted on {self._fitted_on}; the slide is shown normalised."
         )
 
     def _on_channels(self, _=None):
-        """H, E and DAB optical density of the slide, lazily per chunk at every zoom."""
+        """H, E and DAB optical density of the slide, lazily per chunk at every zoom, in grey,
+        right above the slide (under the nuclei); one shown at a time, H first."""
         from ..layers import stain_channel_layers
 
         layer = self._need_slide("showing its stain channels")
@@ -187,15 +214,39 @@ class StainWidget(Container):
         slide = open_layer_slide(layer)
         if slide is None:
             return
-        for layer_tuple in stain_channel_layers(slide, list(layer.data), name=layer.name):
+        above = just_above(self.viewer, layer)
+        normalised = find_layers(self.viewer, "stain_normalised", slide=str(slide.path))
+        if normalised:  # above the normalised slide too
+            above = max(above, just_above(self.viewer, normalised[0]))
+        for k, layer_tuple in enumerate(
+            stain_channel_layers(slide, list(layer.data), name=layer.name)
+        ):
             meta = layer_tuple[1]["metadata"]["nucleiseg"]
-            put_layer(
+            channel = put_layer(
                 self.viewer,
                 layer_tuple,
                 "stain_channel",
+                index=above + k,
                 slide=meta["slide"],
                 channel=meta["channel"],
             )
+            channel.visible = k == 0
+            channel.events.visible.disconnect(self._one_channel_visible)
+            channel.events.visible.connect(self._one_channel_visible)
+        self._set_status(
+            "Haematoxylin shown in grey (dark = more stain); click the eye of eosin or DAB in "
+            "the layer list to see that stain instead."
+        )
+
+    def _one_channel_visible(self, event=None) -> None:
+        """Showing one stain channel hides the others of its slide: they cover each other."""
+        shown = getattr(event, "source", None)
+        if shown is None or not shown.visible:
+            return
+        slide = shown.metadata.get("nucleiseg", {}).get("slide")
+        for other in find_layers(self.viewer, "stain_channel", slide=slide):
+            if other is not shown and other.visible:
+                other.visible = False
 
     def _on_save(self, _=None) -> Path | None:
         from napari.utils.notifications import show_error

@@ -13,7 +13,7 @@ PANELS = ("Nuclei", "Stain", "Slide")
 #: fills the screen (a slide viewer wants every pixel it can get).
 WINDOW_SIZE = (1500, 950)
 #: Width (pixels) of the panels' dock on the right (their narrowest: no label cut).
-PANEL_WIDTH = 360
+PANEL_WIDTH = 300
 
 
 def first_screen(viewer, slide=None, size: tuple[int, int] | None = None) -> dict:

@@ -1,0 +1,79 @@
+"""Whole-slide progress in a real napari viewer (run under Xvfb): tiles are counted as they
+finish, in the panel's own bar with an ETA; Cancel shows the nuclei of the finished tiles and
+says how many they are; the next run says it is resuming."""
+
+import re
+
+import numpy as np
+import pytest
+from _notifications import fresh_notifications, no_blocking_dialogs  # noqa: F401 (autouse)
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def panel(make_napari_viewer, demo, tmp_path):
+    from napari_nucleiseg._napari._nuclei_widget import NucleiWidget
+
+    viewer = make_napari_viewer()
+    widget = NucleiWidget(viewer)
+    widget._out.value = tmp_path / "results"
+    viewer.open_sample("napari-nucleiseg", "demo_slide")
+    slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
+    widget._layer.value = slide
+    widget._method.value = "classical"
+    return viewer, widget
+
+
+def _slide_layer(viewer):
+    return [
+        l
+        for l in viewer.layers
+        if l.metadata.get("nucleiseg", {}).get("kind") == "nuclei"
+        and l.metadata["nucleiseg"].get("scope") == "slide"
+    ]
+
+
+def test_tiles_counted_as_they_finish_cancel_shows_them_and_the_next_run_resumes(panel, qtbot):
+    viewer, widget = panel
+    seen = []  # what the panel showed at each progress report: (tiles segmented, bar, count)
+    widget._run_slide.clicked.emit()
+    assert not widget.progress.isHidden()  # the panel's own bar, from the start
+    widget.jobs.worker.yielded.connect(
+        lambda p: seen.append((p.segmented, widget.progress.format(), widget._count.value))
+    )
+    qtbot.waitUntil(
+        lambda: widget._slide_progress is not None and widget._slide_progress.segmented >= 2,
+        timeout=300_000,
+    )
+    p = widget._slide_progress
+    # The count the user reads is the tiles segmented, as they finish (not 0 until the end).
+    assert f"({p.segmented}/{p.total} tiles)" in widget._count.value
+    assert f"{p.segmented}/{p.total} tiles" in widget._status.value
+    assert widget.progress.format().startswith(f"{p.segmented}/{p.total} tiles")
+    assert widget.progress.value() > 0
+    widget._cancel.clicked.emit()
+    qtbot.waitUntil(lambda: "kept and shown" in widget._status.value, timeout=300_000)
+    assert not widget.jobs.running and widget.progress.isHidden()
+
+    # One message, one count: the tiles finished and the nuclei in them, kept and shown.
+    status = widget._status.value
+    m = re.search(r"cancelled after (\d+)/(\d+) tiles; ([\d,]+) nuclei in the finished", status)
+    assert m, status
+    tiles, total, nuclei = int(m[1]), int(m[2]), int(m[3].replace(",", ""))
+    assert p.segmented <= tiles < total and nuclei > 0
+    assert "kept and shown" in status and "Run it again" in status
+    (layer,) = _slide_layer(viewer)
+    shown = np.asarray(layer.data[0])
+    ids = np.unique(shown[shown > 0])
+    assert len(ids) == pytest.approx(nuclei, rel=0.05)
+    # Every progress line counted tiles segmented, never fewer than the last one.
+    counts = [s for s, _, _ in seen]
+    assert counts == sorted(counts) and counts[-1] >= 1
+
+    # Again: it says it resumes, from the tiles kept.
+    widget._run_slide.clicked.emit()
+    qtbot.waitUntil(lambda: "resuming" in widget._count.value, timeout=300_000)
+    assert f"resuming: {tiles} of {total} tiles already done" in widget._count.value
+    widget._cancel.clicked.emit()
+    qtbot.waitUntil(lambda: "kept and shown" in widget._status.value, timeout=300_000)
