@@ -158,3 +158,29 @@ def test_the_scale_bar_is_on_whenever_a_panel_opens(make_napari_viewer, panel):
     assert not _scale_bar(viewer).visible
     viewer.window.add_plugin_dock_widget("napari-nucleiseg", panel)
     assert _scale_bar(viewer).visible
+
+
+def test_pop_ups_show_the_message_without_napari_internals(make_napari_viewer, qtbot):
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+    from qtpy.QtWidgets import QApplication
+
+    from napari_nucleiseg._napari._slide_widget import SlideWidget
+
+    viewer = make_napari_viewer(show=True)
+    widget = SlideWidget(viewer)
+    widget._tissue.clicked.emit()  # no slide open: an error pop-up
+
+    def popups():
+        return [
+            p
+            for top in QApplication.topLevelWidgets()
+            for p in [top, *top.findChildren(NapariQtNotification)]
+            if isinstance(p, NapariQtNotification)
+        ]
+
+    qtbot.waitUntil(lambda: bool(popups()), timeout=5_000)
+    qtbot.wait(50)
+    for popup in popups():
+        assert "before computing its tissue mask" in popup.message.text()
+        assert "<napari." not in popup.source_label.text()
+        assert popup.message.wordWrap()

@@ -283,6 +283,9 @@ def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qt
     from napari_nucleiseg.wholeslide import open_labels
 
     viewer, widget, slide, truth = panel
+    _look_at(viewer, (1400, 1500), 3.0)  # a view segmented first: still exportable after
+    _run(qtbot, widget, widget._run_view)
+    viewer.reset_view()
     # The machine's own noise, measured at the same time by a process that only sleeps 20 ms at a
     # time: on a shared, overloaded machine the OS alone delays it (and us) by more than 100 ms.
     noise = subprocess.Popen(
@@ -341,6 +344,13 @@ def test_whole_slide_runs_in_the_background_lazily_aligned_and_exports(panel, qt
     assert len(list(csv.DictReader(open(widget._on_export_csv())))) == n
     gj = json.load(open(widget._on_export_geojson()))
     assert len(gj["features"] if isinstance(gj, dict) else gj) == n
+
+    # The view segmented before is still there to export: choose it as the result.
+    (view,) = _nuclei_layers(viewer, "view")
+    widget._results.value = view
+    assert widget.table.row_count() == view.metadata["nucleiseg"]["count"]
+    rows = list(csv.DictReader(open(widget._on_export_csv())))
+    assert len(rows) == view.metadata["nucleiseg"]["count"] and " view " in widget._status.value
 
     # Last (everything above holds on any machine): the viewer stayed responsive while the whole
     # slide was segmented in the background. Only measurable when the machine itself is.

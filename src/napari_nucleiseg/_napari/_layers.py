@@ -131,3 +131,39 @@ def scrolled(panel, form) -> None:
     layout.setContentsMargins(0, 0, 0, 0)
     layout.addWidget(area)
     panel.scroll_area = area
+
+
+_TIDYING = []
+
+
+def tidy_notifications() -> None:
+    """napari 0.9's pop-ups end with "Source: <napari.utils.notifications.NotificationManager
+    object at 0x…>" (the emitter, not the message's origin): clear that line from each pop-up as
+    it opens, so the user reads only the message. Connected once per process."""
+    if _TIDYING:
+        return
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.notification_ready.connect(_tidy_soon)
+    _TIDYING.append(True)
+
+
+def _tidy_soon(_event=None) -> None:
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, _tidy_popups)
+
+
+def _tidy_popups() -> None:
+    from qtpy.QtWidgets import QApplication
+
+    try:
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+    except ImportError:  # another napari: nothing to tidy
+        return
+    for top in QApplication.topLevelWidgets():
+        for popup in [top, *top.findChildren(NapariQtNotification)]:
+            label = getattr(popup, "source_label", None)
+            if isinstance(popup, NapariQtNotification) and "<napari." in label.text():
+                label.setText("")
+                label.hide()

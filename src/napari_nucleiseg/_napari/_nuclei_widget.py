@@ -932,9 +932,11 @@ class _Outcome:
 
 
 def _scale_bar_on(viewer) -> None:
-    """The scale bar (in µm) shown whenever the plugin's panels open."""
+    """The scale bar (in µm) shown whenever the plugin's panels open (and pop-ups tidied)."""
+    from ._layers import tidy_notifications
     from ._start import _scale_bar
 
+    tidy_notifications()
     try:
         _scale_bar(viewer).visible = True
     except AttributeError:  # a viewer without a canvas (headless tests)
