@@ -88,6 +88,15 @@ def add_parser(sub, formatter) -> None:
         default=0.9,
         help="mean per-pixel confidence a pseudo-labelled tile needs (0.5-1, default 0.9)",
     )
+    r.add_argument(
+        "--lr", type=float, default=2e-4, help="peak learning rate of the student (default 2e-4)"
+    )
+    r.add_argument(
+        "--anchor",
+        type=float,
+        default=0.0,
+        help="weight of the pull back to the teacher's weights (L2-SP; default 0: none)",
+    )
     r.set_defaults(func=cmd_retrain)
 
     m = sub.add_parser(
@@ -159,6 +168,8 @@ def cmd_retrain(args) -> int:
             minutes=args.minutes,
             promote=args.promote,
             confidence=args.confidence,
+            lr=args.lr,
+            anchor=args.anchor,
             unlabelled=[(u, args.mpp) for u in args.unlabelled],
         )
         bar = Progress("retrain", unit="s", min_total=1)

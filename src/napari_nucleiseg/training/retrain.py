@@ -49,6 +49,9 @@ class RetrainConfig:
     batch: int = 8
     patch: int = 256
     lr: float = 2e-4
+    #: L2-SP (Li et al. 2018): weight of the squared distance of the student's weights from the
+    #: teacher's, added to the loss, so fine-tuning on one lab's images forgets less elsewhere.
+    anchor: float = 0.0
     weight_decay: float = 1e-4
     #: Share of every batch drawn from strong labels (the rest: pseudo-labels, when there are).
     strong_share: float = 0.5
@@ -275,6 +278,7 @@ def _fine_tune(teacher, card, strong, pseudo, cfg, run: Path, deadline, emit, co
     model = UNet(tuple(card.widths), decoder=card.decoder).to(memory_format=torch.channels_last)
     model.load_state_dict(load_file(str(teacher.card_path.parent / card.weights)))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_weights = [p.detach().clone() for p in model.parameters()] if cfg.anchor else []
 
     def images(examples):
         return [LabelledImage(ex.id, ex.image(), ex.labels(), ex.mpp) for ex in examples]
@@ -307,6 +311,9 @@ def _fine_tune(teacher, card, strong, pseudo, cfg, run: Path, deadline, emit, co
         x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
         loss = loss_fn(model(x), torch.from_numpy(targets))
+        if cfg.anchor:
+            drift = sum(((p - p0) ** 2).sum() for p, p0 in zip(model.parameters(), start_weights))
+            loss = loss + cfg.anchor * drift
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -367,6 +374,7 @@ def _export(state, parent, folder: Path, name, version, strong, pseudo, iters, c
             "patch": cfg.patch,
             "strong_share": cfg.strong_share,
             "confidence": cfg.confidence,
+            "anchor": cfg.anchor,
         },
         created=dt.date.today().isoformat(),
         notes=f"fine-tuned from {parent.name} {parent.version} by `nucleiseg retrain`",
