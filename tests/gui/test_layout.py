@@ -107,16 +107,19 @@ def test_tabbed_panels_fit_the_screen_with_every_control_in_view(
     assert nuclei.table.height() >= 0.3 * nuclei.native.height()
 
 
-def test_table_headers_read_with_units_and_need_no_sideways_scroll(make_napari_viewer, qtbot):
+@pytest.mark.parametrize("size", SCREENS, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_table_headers_read_with_units_and_need_no_sideways_scroll(
+    make_napari_viewer, qtbot, demo, size
+):
     import numpy as np
     from qtpy.QtCore import Qt
 
-    from napari_nucleiseg._napari._nuclei_widget import NucleiWidget
+    from napari_nucleiseg._napari._start import first_screen
     from napari_nucleiseg.segmentation.measure import COLUMNS
 
     viewer = make_napari_viewer(show=True)
-    panel = NucleiWidget(viewer)
-    viewer.window.add_dock_widget(panel, name="Nuclei", area="right")
+    panel = first_screen(viewer, size=size)["Nuclei"]
+    _settle(qtbot, viewer, size)
     table = panel.table
     n = 50
     rng = np.random.default_rng(0)
@@ -128,7 +131,6 @@ def test_table_headers_read_with_units_and_need_no_sideways_scroll(make_napari_v
             for c in COLUMNS
         }
     )
-    viewer.window._qt_window.resize(1600, 1000)
     qtbot.wait(200)
     shown = table.shown_headers()
     assert shown[:4] == ["#", "centroid x (µm)", "centroid y (µm)", "area (µm²)"]
@@ -141,7 +143,12 @@ def test_table_headers_read_with_units_and_need_no_sideways_scroll(make_napari_v
             continue
         text = table.model().headerData(i, Qt.Orientation.Horizontal)
         widest = max(metrics.horizontalAdvance(line) for line in text.split("\n"))
-        assert header.sectionSize(i) >= widest, (name, header.sectionSize(i), widest)
+        assert header.sectionSize(i) >= widest + 4, (name, header.sectionSize(i), widest)
+    # Numbers are shown whole too (no "…").
+    for i in range(table.columns.columnCount()):
+        if not table.isColumnHidden(i):
+            text = table.model().data(table.model().index(0, i))
+            assert header.sectionSize(i) >= table.fontMetrics().horizontalAdvance(text), text
     # Short ids: rows numbered 1..n; the stored id is kept as data (and in the tooltip).
     assert table.columns.row(0)["#"] == 1 and table.columns.row(0)["label"] == 65543
     tip = table.model().data(table.model().index(0, 0), Qt.ItemDataRole.ToolTipRole)

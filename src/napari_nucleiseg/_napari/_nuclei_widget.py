@@ -695,7 +695,11 @@ class NucleiWidget(Container):
         if new:
             layer_tuple[1]["visible"] = False
         start = time.perf_counter()
+        active = self.viewer.layers.selection.active
         layer = self._put_nuclei(layer_tuple, slide, "slide")
+        if new and active is not None and active in self.viewer.layers:
+            # Not for painting (napari cannot paint on it): the layer the user had stays selected.
+            self.viewer.layers.selection.active = active
         if new:
 
             def show():

@@ -31,7 +31,7 @@ HEADERS = {
     "mean_haematoxylin_od": "haemat.\n(OD)",
 }
 #: Columns shown at first (the others: right-click a header).
-DEFAULT_COLUMNS = ("#", "centroid_x_um", "centroid_y_um", "area_um2", "solidity")
+DEFAULT_COLUMNS = ("#", "centroid_x_um", "centroid_y_um", "area_um2")
 
 
 def header_text(name: str) -> str:
@@ -140,7 +140,6 @@ class MeasurementsView(QTableView):
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.setAlternatingRowColors(True)
         self.verticalHeader().setVisible(False)
         self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
         self.setMinimumHeight(120)
@@ -156,6 +155,8 @@ class MeasurementsView(QTableView):
         names = self.columns._names
         for i, name in enumerate(names):
             self.setColumnHidden(i, name not in self.shown)
+        if names and names[0] == "#":  # as narrow as its numbers; the others share the rest
+            self.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         if sorted_by in names:
             self.sortByColumn(names.index(sorted_by), order)
 
