@@ -2,7 +2,9 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py
 
-Each picture is the whole napari window (canvas, layer list, docked widgets) as a user sees it.
+Each picture is the whole napari window (canvas, layer list, docked panels) as a user sees it,
+laid out as ``nucleiseg view`` lays it out (``_start.first_screen``: the three panels as tabs of
+one dock on the right, the window 1600 × 1000).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "images"
 SHARED = Path(os.environ.get("NUCLEISEG_SHARED", HERE.parent.parent / "shared")) / "data" / "slides"
+SIZE = (1600, 1000)
 
 
 def settle(viewer, ms=600):
@@ -40,164 +43,148 @@ def kind(layer):
     return layer.metadata.get("nucleiseg", {}).get("kind")
 
 
-def show_only(docks, name):
-    """One plugin panel at a time, so each picture shows the panel it is about at full height."""
-    for key, dock in docks.items():
-        dock.setVisible(key == name)
+def front(viewer, name):
+    """Bring a panel's tab to the front."""
+    from qtpy.QtWidgets import QDockWidget
+
+    window = viewer.window._qt_window
+    for dock in window.findChildren(QDockWidget):
+        if dock.windowTitle().startswith(name):
+            dock.raise_()
+    settle(viewer, 300)
 
 
-def panels(viewer, results):
-    """The Nuclei and Stain panels, docked (hidden until a picture needs them)."""
-    docks = {}
-    for name in ("Nuclei", "Stain"):
-        dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", name)
-        docks[name] = (dock, widget)
-    docks["Nuclei"][1]._out.value = results
-    return docks
+def shoot(viewer, name):
+    settle(viewer, 800)
+    viewer.screenshot(str(OUT / name), canvas_only=False)
+    print("wrote", name, flush=True)
 
 
 def main():
     warnings.simplefilter("ignore")
+    import tempfile
+
     import napari
 
+    from napari_nucleiseg._napari._start import first_screen
     from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
 
     OUT.mkdir(exist_ok=True)
     viewer = napari.Viewer(title="napari-nucleiseg")
-    viewer.window.resize(1500, 950)
-    slide_dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Slide")
-    viewer.open_sample("napari-nucleiseg", "demo_slide")
-    viewer.scale_bar.visible = True
-    slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
-    truth = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "ground_truth")
-    viewer.layers.selection.active = slide
-    settle(viewer)
-    viewer.reset_view()
-    settle(viewer)
+    panels = first_screen(viewer, size=SIZE)
+    settle(viewer, 1500)
+    slide_panel, nuclei, stain = panels["Slide"], panels["Nuclei"], panels["Stain"]
+    results = Path(tempfile.mkdtemp(prefix="nucleiseg-shots-"))
+    nuclei._out.value = results
+    slide = next(l for l in viewer.layers if kind(l) == "slide")
+    truth = next(l for l in viewer.layers if kind(l) == "ground_truth")
 
-    # 1. The demo slide with its tissue mask, whole-slide view.
-    widget._tissue.clicked.emit()
-    for _ in range(40):
-        settle(viewer, 250)
-        if any(l.metadata.get("nucleiseg", {}).get("kind") == "tissue" for l in viewer.layers):
-            break
-    viewer.layers.selection.active = slide
-    settle(viewer)
-    viewer.screenshot(str(OUT / "slide_widget_tissue.png"), canvas_only=False)
+    # 1. The first screen: the demo slide, the Nuclei panel in front.
+    shoot(viewer, "first_screen.png")
 
-    # 2. Full resolution with the ground-truth nuclei outlined (what an annotator corrects).
-    tissue = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "tissue")
+    # 2. The demo slide with its tissue mask (an outline), Slide panel in front.
+    front(viewer, "Slide")
+    slide_panel._tissue.clicked.emit()
+    wait_until(viewer, lambda: any(kind(l) == "tissue" for l in viewer.layers), 120)
+    shoot(viewer, "slide_widget_tissue.png")
+
+    # 3. Full resolution with the ground-truth nuclei outlined (what an annotator corrects).
+    tissue = next(l for l in viewer.layers if kind(l) == "tissue")
     tissue.visible = False
     truth.visible = True
     truth.contour = 2
     viewer.layers.selection.active = truth
     viewer.scene.camera.center = (760.0, 1100.0)
     viewer.scene.camera.zoom = 4.0
-    settle(viewer, 1200)
-    viewer.screenshot(str(OUT / "full_resolution_nuclei.png"), canvas_only=False)
-
-    # 3. Nuclei panel: the whole demo slide segmented in the background (lazy labels layer).
-    import tempfile
-
-    results = Path(tempfile.mkdtemp(prefix="nucleiseg-shots-"))
-    docks = panels(viewer, results)
-    all_docks = {"Slide": slide_dock, "Nuclei": docks["Nuclei"][0], "Stain": docks["Stain"][0]}
-    nuclei = docks["Nuclei"][1]
-    show_only(all_docks, "Nuclei")
+    shoot(viewer, "full_resolution_nuclei.png")
     truth.visible = False
+
+    # 4. The whole demo slide segmented in the background: live labels, bar and ETA in the panel.
+    front(viewer, "Nuclei")
     nuclei._layer.value = slide
     nuclei._method.value = "classical"
     viewer.reset_view()
     settle(viewer)
     nuclei._run_slide.clicked.emit()
-    wait_until(viewer, lambda: nuclei.jobs.running and nuclei.jobs._done[0] >= 3)
-    settle(viewer, 500)
-    viewer.screenshot(str(OUT / "nuclei_whole_slide_running.png"), canvas_only=False)
+    wait_until(
+        viewer,
+        lambda: (
+            nuclei.jobs.running
+            and nuclei._slide_progress is not None
+            and nuclei._slide_progress.segmented >= 5
+            and any(kind(l) == "nuclei" for l in viewer.layers)
+        ),
+    )
+    shoot(viewer, "nuclei_whole_slide_running.png")
     wait_until(viewer, lambda: not nuclei.jobs.running)
     whole = next(l for l in viewer.layers if kind(l) == "nuclei")
-    whole.contour = 0
-    whole.opacity = 0.6
-    viewer.layers.selection.active = whole
-    settle(viewer, 1000)
-    viewer.screenshot(str(OUT / "nuclei_whole_slide.png"), canvas_only=False)
+    viewer.layers.selection.active = slide
+    viewer.scene.camera.center = (760.0, 1100.0)
+    viewer.scene.camera.zoom = 2.0
+    shoot(viewer, "nuclei_whole_slide.png")
     whole.visible = False
 
-    # 4. Stain panel: fit a reference on the demo slide's view; its haematoxylin channel.
-    stain = docks["Stain"][1]
-    show_only(all_docks, "Stain")
+    # 5. Stain panel: the haematoxylin channel in grey, under the nuclei.
+    front(viewer, "Stain")
     stain._layer.value = slide
-    viewer.scene.camera.center = (760.0, 1100.0)
-    viewer.scene.camera.zoom = 1.5
-    settle(viewer)
     stain._method.value = "macenko"
     stain._fit.clicked.emit()
     wait_until(viewer, lambda: not stain.jobs.running)
     stain._channels.clicked.emit()
-    slide.visible = False
     viewer.layers.selection.active = next(l for l in viewer.layers if kind(l) == "stain_channel")
-    settle(viewer, 1500)
-    viewer.screenshot(str(OUT / "stain_channels.png"), canvas_only=False)
-    slide.visible = True
-    for lyr in [l for l in viewer.layers if kind(l) == "stain_channel"]:
+    viewer.scene.camera.zoom = 1.5
+    shoot(viewer, "stain_channels.png")
+    for lyr in [l for l in viewer.layers if kind(l) in ("stain_channel", "nuclei", "tissue")]:
         viewer.layers.remove(lyr)
 
-    # 5. A real Aperio slide opened through the reader, in µm.
+    # 6. A real Aperio slide opened through the reader, in µm, with its tissue outline.
     cmu = SHARED / "CMU-1-Small-Region.svs"
-    if cmu.exists():
-        viewer.layers.clear()
-        show_only(all_docks, "Slide")
-        viewer.open(str(cmu), plugin="napari-nucleiseg")
-        settle(viewer)
-        viewer.reset_view()
-        widget._tissue.clicked.emit()
-        for _ in range(40):
-            settle(viewer, 250)
-            if any(l.metadata.get("nucleiseg", {}).get("kind") == "tissue" for l in viewer.layers):
-                break
-        viewer.layers.selection.active = viewer.layers[0]
-        settle(viewer, 800)
-        viewer.screenshot(str(OUT / "real_slide_cmu.png"), canvas_only=False)
-
-        # 6. The shipped model on the current view of the real slide: labels, count, table.
-        show_only(all_docks, "Nuclei")
-        next(l for l in viewer.layers if kind(l) == "tissue").visible = False
-        cmu_layer = next(l for l in viewer.layers if kind(l) == "slide")
-        nuclei._layer.value = cmu_layer
-        nuclei._method.value = DEFAULT_NUCLEI_MODEL
-        viewer.scene.camera.center = (1400 * 0.499, 1100 * 0.499)
-        viewer.scene.camera.zoom = 3.0
-        settle(viewer)
-        nuclei._run_view.clicked.emit()
-        wait_until(viewer, lambda: not nuclei.jobs.running)
-        viewer.layers.selection.active = next(l for l in viewer.layers if kind(l) == "nuclei")
-        settle(viewer, 1200)
-        viewer.screenshot(str(OUT / "nuclei_current_view.png"), canvas_only=False)
-
-        # 7. The real slide in the demo's colours (the reference fitted above), side by side.
-        show_only(all_docks, "Stain")
-        for lyr in [l for l in viewer.layers if kind(l) != "slide"]:
-            viewer.layers.remove(lyr)
-        stain._layer.value = cmu_layer
-        stain._show.value = True
-        wait_until(
-            viewer,
-            lambda: (
-                not stain.jobs.running and any(kind(l) == "stain_normalised" for l in viewer.layers)
-            ),
-        )
-        grid = (
-            viewer.canvas.grid if hasattr(getattr(viewer, "canvas", None), "grid") else viewer.grid
-        )
-        grid.enabled = True
-        viewer.scene.camera.center = (1400 * 0.499, 1100 * 0.499)
-        viewer.scene.camera.zoom = 1.2
-        settle(viewer, 1500)
-        viewer.screenshot(str(OUT / "stain_normalised.png"), canvas_only=False)
-        grid.enabled = False
-    else:
+    if not cmu.exists():
         print(f"skipping the real-slide screenshots: {cmu} not found", file=sys.stderr)
+        viewer.close()
+        return
+    viewer.layers.clear()
+    front(viewer, "Slide")
+    viewer.open(str(cmu), plugin="napari-nucleiseg")
+    settle(viewer)
+    viewer.reset_view()
+    slide_panel._tissue.clicked.emit()
+    wait_until(viewer, lambda: any(kind(l) == "tissue" for l in viewer.layers), 120)
+    shoot(viewer, "real_slide_cmu.png")
+
+    # 7. The shipped model on the current view of the real slide: outlines, count, table.
+    front(viewer, "Nuclei")
+    next(l for l in viewer.layers if kind(l) == "tissue").visible = False
+    cmu_layer = next(l for l in viewer.layers if kind(l) == "slide")
+    nuclei._layer.value = cmu_layer
+    nuclei._method.value = DEFAULT_NUCLEI_MODEL
+    viewer.scene.camera.center = (1400 * 0.499, 1100 * 0.499)
+    viewer.scene.camera.zoom = 3.0
+    settle(viewer)
+    nuclei._run_view.clicked.emit()
+    wait_until(viewer, lambda: not nuclei.jobs.running and nuclei._last.table is not None)
+    viewer.layers.selection.active = next(l for l in viewer.layers if kind(l) == "nuclei")
+    shoot(viewer, "nuclei_current_view.png")
+
+    # 8. The real slide in the demo's colours (the reference fitted above), side by side.
+    front(viewer, "Stain")
+    for lyr in [l for l in viewer.layers if kind(l) != "slide"]:
+        viewer.layers.remove(lyr)
+    stain._layer.value = cmu_layer
+    stain._show.value = True
+    wait_until(
+        viewer,
+        lambda: (
+            not stain.jobs.running and any(kind(l) == "stain_normalised" for l in viewer.layers)
+        ),
+    )
+    grid = viewer.canvas.grid if hasattr(getattr(viewer, "canvas", None), "grid") else viewer.grid
+    grid.enabled = True
+    viewer.scene.camera.center = (1400 * 0.499, 1100 * 0.499)
+    viewer.scene.camera.zoom = 1.2
+    shoot(viewer, "stain_normalised.png")
+    grid.enabled = False
     viewer.close()
-    print("wrote", ", ".join(sorted(p.name for p in OUT.glob("*.png"))))
 
 
 if __name__ == "__main__":
