@@ -30,7 +30,7 @@ def _controls(panel):
     for extra in ("table", "progress"):
         if hasattr(panel, extra):
             out.append(getattr(panel, extra))
-    return [w for w in out if not w.isHidden()]
+    return [w for w in dict.fromkeys(out) if not w.isHidden()]
 
 
 def _inside(widget, window) -> bool:

@@ -116,28 +116,30 @@ class NucleiWidget(Container):
             ],
             layout="horizontal",
         )
-        self._rows = (runs, saves)  # full-width rows, below the form's labelled rows they follow
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        messages = Container(widgets=[self._status, self._count])
+        messages.native.layout().insertWidget(1, self.progress)
+        # Full-width rows (no label column), between the form's labelled rows.
+        self._rows = (runs, messages, saves)
         for row in self._rows:
             row.margins = (0, 0, 0, 0)
+        saves.native.layout().setSpacing(3)
         self._form.extend(
             [
                 self._layer,
                 self._method,
                 self._normalise,
                 self._out,
-                self._status,
-                self._count,
                 self._results,
                 self._style,
                 self._colouring,
             ]
         )
-        self.progress = QProgressBar()
-        self.progress.setTextVisible(True)
         layout = self._form.native.layout()
-        at = layout.indexOf(self._status.native.parentWidget())
+        at = layout.indexOf(self._results.native.parentWidget())
         layout.insertWidget(at, runs.native)
-        layout.insertWidget(at + 2, self.progress)
+        layout.insertWidget(at + 1, messages.native)
         layout.addWidget(saves.native)
         from ._table import MeasurementsView
 

@@ -31,7 +31,7 @@ class StainWidget(Container):
         self._method = ComboBox(label="method", choices=list(STAIN_METHODS), value=STAIN_METHODS[0])
         self._reference = ComboBox(label="reference", choices=list(REFERENCES), value=REFERENCES[0])
         self._file = FileEdit(
-            label="reference file",
+            label="file",
             mode="r",
             filter="Images or profiles (*.png *.jpg *.jpeg *.tif *.tiff *.json);;All files (*)",
         )
