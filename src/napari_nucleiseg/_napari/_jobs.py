@@ -310,9 +310,11 @@ class JobRunner:
     def _on_errored(self, worker, exc, on_error) -> None:
         from napari.utils.notifications import show_error
 
+        from ._layers import in_user_words
+
         self._end(worker)
-        self._status(f"{self.title}: {exc}")
+        self._status(f"{self.title}: {in_user_words(exc)}")
         if on_error is not None:
             on_error(exc)
         else:
-            show_error(str(exc))
+            show_error(in_user_words(exc))
