@@ -226,7 +226,8 @@ def slide_labels_so_far(
     counted so far are the nuclei shown. For a slide up to :data:`LIVE_OVERVIEW_MAX_PX` the
     levels from ×2 down are computed here, in memory (the store's coarse levels are built only
     at the end, and napari would read them on the interface thread), so the nuclei show at every
-    zoom; larger slides show them zoomed in.
+    zoom; a larger slide gets one overview in memory (zoomed far out) and level 0 (zoomed in),
+    the levels between filling in at the end.
     """
     import json
     import math
@@ -307,10 +308,16 @@ def slide_labels_so_far(
             nuclei += len(json.loads(chunk_record(store, key).read_text())["kept"])
         except (OSError, ValueError, KeyError):
             pass
-    if h * w > LIVE_OVERVIEW_MAX_PX:
-        return labels_display_pyramid([so_far, *levels[1:]]), len(tiles), nuclei
+    big = h * w > LIVE_OVERVIEW_MAX_PX
+    # Overviews in memory: ×2 and ×4 for a slide up to LIVE_OVERVIEW_MAX_PX, else one of at most
+    # LIVE_OVERVIEW_MAX_PX / 8 pixels (what a zoomed-out screen draws).
+    steps = (
+        (2, 4)
+        if not big
+        else (2 ** math.ceil(math.log2(math.sqrt(8 * h * w / LIVE_OVERVIEW_MAX_PX))),)
+    )
     overviews = {}
-    for step in (2, 4):
+    for step in steps:
         overview = overviews[step] = np.zeros(
             (math.ceil(h / step), math.ceil(w / step)), level0.dtype
         )
@@ -323,15 +330,29 @@ def slide_labels_so_far(
                     if part is None:
                         full = np.asarray(level0.blocks[r, c])
                         part = cache[("final", step, r, c)] = full[sy::step, sx::step].copy()
-                        cache.pop(("pending", r, c), None)
                 elif (r, c) in pending:
                     part = pending[(r, c)][sy::step, sx::step]
                 else:
                     continue
                 oy, ox = (y0 + sy) // step, (x0 + sx) // step
                 overview[oy : oy + part.shape[0], ox : ox + part.shape[1]] = part
+    for r, c in [k[1:] for k in cache if k[0] == "pending" and f"{k[1]}_{k[2]}" in chunks]:
+        del cache[("pending", r, c)]  # merged since: the store has it
     if outlines:
         overviews = {k: outlines_only(v) for k, v in overviews.items()}
+    if big:
+        # The store's coarse levels (empty until the end) between level 0 and the overview.
+        (step,) = steps
+        pyramid = []
+        for lv in labels_display_pyramid([so_far, *levels[1:]]):
+            d = max(1, round(h / lv.shape[0]))
+            if d < step:
+                pyramid.append(lv)
+            elif d % step == 0:
+                pyramid.append(overviews[step][:: d // step, :: d // step])
+        if max(round(h / lv.shape[0]) for lv in pyramid) < step:  # the store stops short of it
+            pyramid.append(overviews[step])
+        return pyramid, len(tiles), nuclei
     pyramid = [so_far, overviews[2], overviews[4]]
     while max(pyramid[-1].shape[:2]) > MAX_OVERVIEW // 4:
         pyramid.append(pyramid[-1][::2, ::2])

@@ -34,7 +34,9 @@ def _slide_layer(viewer):
     ]
 
 
-def test_tiles_counted_as_they_finish_cancel_shows_them_and_the_next_run_resumes(panel, qtbot):
+def test_tiles_counted_as_they_finish_cancel_shows_them_and_the_next_run_resumes(
+    panel, qtbot, monkeypatch
+):
     viewer, widget = panel
     seen = []  # what the panel showed at each progress report: (tiles segmented, bar, count)
     widget._run_slide.clicked.emit()
@@ -77,3 +79,16 @@ def test_tiles_counted_as_they_finish_cancel_shows_them_and_the_next_run_resumes
     assert f"resuming: {tiles} of {total} tiles already done" in widget._count.value
     widget._cancel.clicked.emit()
     qtbot.waitUntil(lambda: "kept and shown" in widget._status.value, timeout=300_000)
+
+    m = re.search(r"after (\d+)/\d+ tiles; ([\d,]+) nuclei", widget._status.value)
+    tiles2, nuclei2 = int(m[1]), int(m[2].replace(",", ""))
+    assert tiles2 >= tiles
+
+    # A slide too large to hold its overviews in memory still shows its nuclei zoomed far out:
+    # one small overview (the store's own coarse levels fill in only at the end).
+    import napari_nucleiseg.layers as layers_module
+
+    monkeypatch.setattr(layers_module, "LIVE_OVERVIEW_MAX_PX", 1_000_000)
+    levels, tiles_now, nuclei_now = layers_module.slide_labels_so_far(widget._slide_progress.store)
+    assert isinstance(levels[-1], np.ndarray) and levels[-1].shape[0] * 16 >= levels[0].shape[0]
+    assert (levels[-1] > 0).any() and (tiles_now, nuclei_now) == (tiles2, nuclei2)
