@@ -383,7 +383,11 @@ def test_whole_slide_cancel_stops_within_a_tile_and_the_next_run_resumes(panel, 
     widget.jobs.worker.yielded.connect(again.append)
     qtbot.waitUntil(lambda: len(again) >= 1, timeout=120_000)
     widget._cancel.clicked.emit()
-    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
+    # The panel has shown what the finished tiles hold (read in the background after Cancel).
+    qtbot.waitUntil(
+        lambda: not widget.jobs.running and "kept and shown" in widget._status.value,
+        timeout=120_000,
+    )
     assert again[0].resumed >= segmented
 
 
