@@ -670,6 +670,8 @@ class NucleiWidget(Container):
 
         if run != self._run_id or not self.jobs.running:  # the run is over: its end shows
             return
+        if not self._is_open(slide):
+            return
         levels, _, _ = got
         layer = self._show_slide_layer(
             slide,
@@ -684,6 +686,11 @@ class NucleiWidget(Container):
         )
         if outlines and layer.contour:
             layer.contour = 0
+
+    def _is_open(self, slide) -> bool:
+        return any(
+            tag(lyr).get("path") == str(slide.path) for lyr in find_layers(self.viewer, "slide")
+        )
 
     def _show_slide_layer(self, slide, layer_tuple):
         """Add or update the whole-slide layer. Adding one costs napari a few tenths of a second
@@ -729,6 +736,8 @@ class NucleiWidget(Container):
         from ..layers import labels_layer
 
         levels, tiles, nuclei = got
+        if not self._is_open(slide):  # closed meanwhile (or the viewer): nothing to draw on
+            return
         layer_tuple = labels_layer(
             slide,
             levels,
