@@ -90,14 +90,32 @@ def _rgb_pyramid_kwargs(slide, name: str, meta: dict) -> dict:
 #: Colour of the tissue mask's outline (green: apart from the nuclei's yellow and the stains).
 TISSUE_COLOUR = "#30d050"
 #: Width of the tissue mask's outline (mask pixels).
-TISSUE_CONTOUR = 1
+TISSUE_CONTOUR = 2
 
 
-def tissue_layer(slide, mask, name: str = "tissue") -> tuple[Any, dict, str]:
-    """A low-resolution labels layer (1 = tissue) for a
-    :class:`~napari_nucleiseg.tissue.TissueMask`, drawn as the tissue's outline (set the layer's
-    ``contour`` to :data:`TISSUE_CONTOUR` once added: napari takes it only then)."""
-    scale, translate = physical_transform(slide, mask.downsample_yx)
+#: The tissue mask is drawn this many times finer than it was computed, its edge smoothed: an
+#: outline that follows the tissue instead of the mask's blocks.
+TISSUE_DISPLAY_UPSAMPLE = 4
+
+
+def tissue_layer(
+    slide, mask, name: str = "tissue", upsample: int = TISSUE_DISPLAY_UPSAMPLE
+) -> tuple[Any, dict, str]:
+    """A labels layer (1 = tissue) for a :class:`~napari_nucleiseg.tissue.TissueMask`, drawn as
+    the tissue's outline (set the layer's ``contour`` to :data:`TISSUE_CONTOUR` once added:
+    napari takes it only then). The mask is shown ``upsample`` times finer with its edge
+    smoothed (display only: ``metadata["downsample"]`` is the mask's own, the layer's is
+    ``display_downsample``)."""
+    data = mask.mask.astype(np.uint8)
+    dy, dx = mask.downsample_yx
+    if upsample > 1:
+        from scipy import ndimage as ndi
+
+        soft = ndi.gaussian_filter(mask.mask.astype(np.float32), sigma=0.6)
+        soft = ndi.zoom(soft, upsample, order=1, grid_mode=True, mode="nearest")
+        data = (soft >= 0.5).astype(np.uint8)
+        dy, dx = dy * mask.mask.shape[0] / data.shape[0], dx * mask.mask.shape[1] / data.shape[1]
+    scale, translate = physical_transform(slide, (dy, dx))
     kwargs = {
         "name": name,
         "scale": scale,
@@ -110,13 +128,14 @@ def tissue_layer(slide, mask, name: str = "tissue") -> tuple[Any, dict, str]:
                 "kind": "tissue",
                 "slide": str(slide.path),
                 "downsample": mask.downsample,
+                "display_downsample": [dy, dx],
                 "mpp": mask.mpp,
                 "fraction": mask.fraction,
                 "threshold_od": mask.threshold_od,
             }
         },
     }
-    return (mask.mask.astype(np.uint8), kwargs, "labels")
+    return (data, kwargs, "labels")
 
 
 def labels_display_pyramid(levels: list) -> list:

@@ -97,8 +97,10 @@ def test_slide_widget_info_tissue_and_override(make_napari_viewer, qtbot, demo):
     )
     assert not widget._cancel.enabled
     tissue = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "tissue")
-    d = tissue.metadata["nucleiseg"]["downsample"]
-    assert tuple(tissue.scale) == pytest.approx((0.5 * d, 0.5 * d))
+    # Drawn finer than computed (its edge smoothed): scale from the layer's display downsample.
+    dy, dx = tissue.metadata["nucleiseg"]["display_downsample"]
+    assert dy < tissue.metadata["nucleiseg"]["downsample"]
+    assert tuple(tissue.scale) == pytest.approx((0.5 * dy, 0.5 * dx))
     # Pixel-edge alignment: the mask's first pixel starts where the slide's first pixel starts.
     left_edge_mask = tissue.translate[1] - tissue.scale[1] / 2
     left_edge_slide = layer.translate[1] - layer.scale[1] / 2
