@@ -640,3 +640,24 @@ def test_whole_slide_job_keeps_every_nucleus_on_a_tile_corner(tmp_path):
             assert np.sort(counts)[-2:-1].sum() <= 0.2 * nucleus.sum(), (tile, i, "split")
             checked += 1
     assert checked >= 15
+
+
+def test_geojson_never_writes_an_empty_polygon(tmp_path):
+    """An id in the table whose pixels are gone (deleted or merged away by hand) is left out of
+    the GeoJSON instead of being written as the empty polygon [[]] QuPath cannot read."""
+    import json
+
+    from napari_nucleiseg.segmentation.measure import measure_nuclei
+    from napari_nucleiseg.wholeslide.export import GeoJSONWriter, outlines
+
+    labels = np.zeros((40, 40), np.uint32)
+    labels[5:15, 5:15] = 1
+    labels[20:30, 20:30] = 2
+    table = measure_nuclei(labels, np.full((40, 40, 3), 200, np.uint8), 0.5)
+    labels[labels == 2] = 0  # nucleus 2 deleted after it was measured
+    writer = GeoJSONWriter(tmp_path / "x.geojson")
+    writer.add(table, outlines(labels, ids=table["label"]))
+    writer.close()
+    features = json.loads((tmp_path / "x.geojson").read_text())["features"]
+    assert [f["properties"]["name"] for f in features] == ["1"]
+    assert all(len(f["geometry"]["coordinates"][0]) >= 4 for f in features)

@@ -154,6 +154,8 @@ class NucleiWidget(Container):
         self.table.nucleus_chosen.connect(self._centre_on)
 
         self.jobs = JobRunner(self._set_status, self._cancel, bar=self.progress)
+        #: What the nuclei of the last result said about the slide's µm/px (segmentation.scale).
+        self.scale_verdict = None
         self._outcomes: dict[int, _Outcome] = {}
         self._last = None  # what the table and the exports show: the result chosen
         self._refreshed = 0.0
@@ -448,6 +450,26 @@ class NucleiWidget(Container):
         outcome.snapshot = np.array(layers[0].data, copy=True)
         self._watch(outcome)
         self._show_outcome(outcome)
+        self._check_scale(slide, table)
+
+    def _check_scale(self, slide, table) -> None:
+        """Warn when the nuclei found say the slide's µm/px is implausible, with the µm/px they
+        suggest (``segmentation.scale``): a wrong µm/px otherwise fails silently."""
+        from napari.utils.notifications import show_warning
+
+        from ..segmentation.scale import scale_from_areas
+
+        if table is None or slide.mpp is None or "area_um2" not in table:
+            return
+        verdict = scale_from_areas(np.asarray(table["area_um2"]), slide.mpp)
+        self.scale_verdict = verdict
+        if verdict.implausible:
+            text = (
+                f"{verdict.message(slide.path.name)} The Slide panel's µm/px override sets it "
+                f"({verdict.suggested_mpp:.2g})."
+            )
+            self._status.value = text
+            show_warning(text)
 
     def _on_view_error(self, exc) -> None:
         from napari.utils.notifications import show_error, show_info, show_warning
@@ -778,6 +800,7 @@ class NucleiWidget(Container):
         outcome = _Outcome("slide", slide, store=Path(store), table=table, layer=layer)
         outcome.count_text = f"{n:,} nuclei in the whole slide (results in {Path(store).parent})"
         self._register(outcome)
+        self._check_scale(slide, table)
 
     def _on_slide_error(self, exc) -> None:
         from napari.utils.notifications import show_error

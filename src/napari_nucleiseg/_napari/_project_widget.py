@@ -165,7 +165,9 @@ class ProjectWidget(Container):
     def view_labels(self):
         """The current view's nuclei labels layer (the Nuclei panel's result), or None."""
         layers = [
-            lyr for lyr in find_layers(self.viewer, "nuclei") if tag(lyr).get("scope") == "view"
+            lyr  # the view's result, or one kept with its edits ("view-edited")
+            for lyr in find_layers(self.viewer, "nuclei")
+            if str(tag(lyr).get("scope", "")).startswith("view")
         ]
         return layers[-1] if layers else None
 

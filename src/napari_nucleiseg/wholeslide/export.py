@@ -117,6 +117,8 @@ class GeoJSONWriter:
     def add(self, table: dict, rings: list[np.ndarray]) -> None:
         cols = [c for c in COLUMNS if c != "label"]
         for k, ring in enumerate(rings):
+            if len(ring) < 3:  # an id without pixels (deleted, merged away): no polygon at all
+                continue
             label = int(table["label"][k])
             meas = {"label": label, **{c: table[c][k] for c in cols}}
             if self.count:
