@@ -96,6 +96,7 @@ class JobRunner:
         self._pbar = None
         self._started = 0.0
         self._done = (0, 0)
+        self._unit = "tiles"
         self._counted = [(0, 0)]
         #: Tiles the worker had finished when Cancel was pressed (None: not cancelled).
         self.done_at_cancel = None
@@ -112,7 +113,7 @@ class JobRunner:
 
     def busy_message(self) -> str:
         done, total = self._done
-        where = f" ({done}/{total} tiles)" if total else ""
+        where = f" ({done}/{total} {self._unit})" if total else ""
         return (
             f"{self.title}{where} is still running: wait for it to finish, or press Cancel first."
         )
@@ -143,6 +144,7 @@ class JobRunner:
         self._cancel = threading.Event()
         self._started = time.perf_counter()
         self._done = (0, 0)
+        self._unit = "tiles"
         self._counted = [(0, 0)]
         self.done_at_cancel = None
         self._first = None
@@ -219,13 +221,14 @@ class JobRunner:
             on_item(so_far)
         done, total = prog
         self._done = (done, total)
+        self._unit = getattr(item, "unit", "tiles")  # a retraining counts seconds
         # Bursts of progress (a job finishing many small tasks at once) are shown a few times a
         # second, not each: every update repaints the bar and the panel.
         now = time.perf_counter()
         if now - self._shown < UPDATE_S and done < total:
             return
         self._shown = now
-        text = f"{self.title}: {done}/{total} tiles"
+        text = f"{self.title}: {done}/{total} {self._unit}"
         eta = self._eta(item, done, total)
         if eta is not None:
             text += f" · ETA {format_seconds(eta)}"
@@ -259,7 +262,7 @@ class JobRunner:
         frac = float(frac) if isinstance(frac, (int, float)) else done / total
         self._bar.setRange(0, 1000)
         self._bar.setValue(int(round(1000 * min(1.0, max(0.0, frac)))))
-        text = f"{done}/{total} tiles"
+        text = f"{done}/{total} {self._unit}"
         if eta is not None:
             text += f" · ETA {format_seconds(eta)}"
         self._bar.setFormat(text)
@@ -298,7 +301,8 @@ class JobRunner:
             done, total = self._done = self._counted[0]
             note = note() if callable(note) else note
             self._status(
-                f"{self.title}: cancelled after {done}/{total} tiles{'; ' + note if note else ''}."
+                f"{self.title}: cancelled after {done}/{total} {self._unit}"
+                f"{'; ' + note if note else ''}."
             )
             if on_cancelled is not None:
                 on_cancelled()
