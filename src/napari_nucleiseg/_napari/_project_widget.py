@@ -98,7 +98,6 @@ class ProjectWidget(Container):
             [
                 self._folder,
                 self._open,
-                self._summary,
                 self._tool,
                 self._accept,
                 self._minutes,
@@ -107,10 +106,14 @@ class ProjectWidget(Container):
                 self._models,
                 self._use,
                 self._rollback,
-                self._status,
             ]
         )
-        self.native.layout().addWidget(self.plot.native)
+        # Messages and the plot span the panel (a labelled row would squeeze them into the
+        # value column, cut off).
+        layout = self.native.layout()
+        layout.insertWidget(2, self._summary.native)
+        layout.addWidget(self._status.native)
+        layout.addWidget(self.plot.native)
         for label in (self._summary, self._status):
             label.native.setWordWrap(True)
         self.native.setMinimumWidth(340)
