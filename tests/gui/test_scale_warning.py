@@ -1,6 +1,6 @@
 """A wrong µm/px fails loudly in the Nuclei panel: the TCGA slide (states none; about 1 µm/px)
 given 0.5 µm/px in the Slide panel and segmented whole gets a warning with the µm/px its nuclei
-suggest; the CMU slide's view at its own 0.499 µm/px gets none."""
+suggest, and a button that applies it; the CMU slide's view at its own 0.499 µm/px gets none."""
 
 import pytest
 from _notifications import fresh_notifications  # noqa: F401 (autouse fixture)
@@ -34,6 +34,15 @@ def test_a_wrong_mpp_is_flagged_after_the_whole_slide(make_napari_viewer, qtbot,
     assert verdict.implausible and 0.75 < verdict.suggested_mpp < 1.25, verdict
     assert "more likely about" in nuclei._status.value and "Slide panel" in nuclei._status.value
     assert any("more likely about" in m for m in _messages())
+    # Offered in the panel: one click gives the slide that µm/px, its layers rescaled with it.
+    assert not nuclei._use_mpp.native.isHidden()  # (not docked here: "visible" asks the window)
+    assert "µm/px for this slide" in nuclei._use_mpp.text
+    nuclei._use_mpp.clicked.emit()
+    slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
+    meta = slide.metadata["nucleiseg"]
+    assert meta["mpp"] == pytest.approx(float(f"{verdict.suggested_mpp:.2g}"))
+    assert meta["mpp_source"] == "override" and tuple(slide.scale) == (meta["mpp"],) * 2
+    assert nuclei._use_mpp.native.isHidden() and "segment again" in nuclei._status.value
 
 
 def test_the_right_mpp_is_not_flagged(make_napari_viewer, qtbot):
@@ -44,5 +53,5 @@ def test_the_right_mpp_is_not_flagged(make_napari_viewer, qtbot):
     nuclei._run_view.clicked.emit()
     qtbot.waitUntil(lambda: nuclei.scale_verdict is not None, timeout=120_000)
     assert not nuclei.scale_verdict.implausible, nuclei.scale_verdict
-    assert nuclei.scale_verdict.count > 200
+    assert nuclei.scale_verdict.count > 200 and nuclei._use_mpp.native.isHidden()
     assert not any("more likely about" in m for m in _messages())

@@ -167,3 +167,40 @@ def _tidy_popups() -> None:
             if isinstance(popup, NapariQtNotification) and "<napari." in label.text():
                 label.setText("")
                 label.hide()
+
+
+def apply_mpp(viewer, layer, mpp: float | None) -> str | None:
+    """Give the slide of ``layer`` the µm/px ``mpp`` (None: its file's own) and rescale every
+    layer drawn over it, so all stay aligned. Returns None, or the problem in the user's words.
+    Used by the Slide panel's override and the Nuclei panel's "use the µm/px the nuclei
+    suggest"."""
+    import warnings
+    from pathlib import Path
+
+    from ..io import SlideError, open_slide
+    from ..layers import slide_layer
+
+    meta = tag(layer)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a file without µm/px is handled below
+            slide = open_slide(meta["path"], mpp=mpp, backend=meta.get("backend"))
+    except SlideError as exc:
+        return in_user_words(exc)
+    if slide.mpp is None:
+        return (
+            f"{Path(meta['path']).name} states no µm/px: enter one above 0 "
+            "(e.g. 0.25 for 40x, 0.5 for 20x)."
+        )
+    ratio = slide.mpp / (meta["mpp"] or 1.0)
+    _, kwargs, _ = slide_layer(slide)
+    layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+    layer.units = kwargs["units"]
+    layer.metadata = kwargs["metadata"]
+    # Everything drawn over this slide (tissue, nuclei, ground truth) scales with it.
+    for other in viewer.layers:
+        if other is not layer and tag(other).get("slide") == meta["path"]:
+            other.scale = [v * ratio for v in other.scale]
+            other.translate = [v * ratio for v in other.translate]
+            other.units = kwargs["units"]
+    return None

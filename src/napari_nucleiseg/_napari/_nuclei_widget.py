@@ -118,7 +118,10 @@ class NucleiWidget(Container):
         )
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
-        messages = Container(widgets=[self._status, self._count])
+        # Offered when the nuclei say the slide's µm/px is wrong (see _check_scale).
+        self._use_mpp = PushButton(text="Use the µm/px the nuclei suggest", visible=False)
+        self._use_mpp.changed.connect(self._on_use_mpp)
+        messages = Container(widgets=[self._status, self._count, self._use_mpp])
         messages.native.layout().insertWidget(1, self.progress)
         # Full-width rows (no label column), between the form's labelled rows.
         self._rows = (runs, messages, saves)
@@ -463,13 +466,42 @@ class NucleiWidget(Container):
             return
         verdict = scale_from_areas(np.asarray(table["area_um2"]), slide.mpp)
         self.scale_verdict = verdict
+        self._use_mpp.visible = bool(verdict.implausible)
         if verdict.implausible:
+            suggested = float(f"{verdict.suggested_mpp:.2g}")
+            self._suggested = (str(slide.path), suggested)
+            self._use_mpp.text = f"Use {suggested:g} µm/px for this slide"
             text = (
-                f"{verdict.message(slide.path.name)} The Slide panel's µm/px override sets it "
-                f"({verdict.suggested_mpp:.2g})."
+                f"{verdict.message(slide.path.name)} Press 'Use {suggested:g} µm/px' below (or "
+                "set it in the Slide panel), then segment again."
             )
             self._status.value = text
             show_warning(text)
+
+    def _on_use_mpp(self, _=None) -> None:
+        """Give the slide the µm/px its nuclei suggested (the Slide panel's override)."""
+        from napari.utils.notifications import show_error
+
+        from ._layers import apply_mpp
+
+        path, mpp = getattr(self, "_suggested", (None, None))
+        layers = [
+            lyr
+            for lyr in find_layers(self.viewer, "slide")
+            if path and Path(tag(lyr).get("path", "")).resolve() == Path(path).resolve()
+        ]
+        if not layers:
+            show_error("The slide is not open any more.")
+            return
+        problem = apply_mpp(self.viewer, layers[-1], mpp)
+        if problem:
+            show_error(problem)
+            return
+        self._use_mpp.visible = False
+        self._status.value = (
+            f"{Path(path).name} is now {mpp:g} µm/px (an override, as in the Slide panel): "
+            "segment again to find its nuclei at that scale."
+        )
 
     def _on_view_error(self, exc) -> None:
         from napari.utils.notifications import show_error, show_info, show_warning

@@ -156,39 +156,16 @@ class SlideWidget(Container):
         file's own µm/px."""
         from napari.utils.notifications import show_error
 
-        from ..io import SlideError, open_slide
-        from ..layers import slide_layer
+        from ._layers import apply_mpp
 
         layer = self._layer.value
         if layer is None:
             show_error("No slide open: open a slide before setting its µm/px.")
             return
-        meta = tag(layer)
-        override = self._mpp.value if self._mpp.value > 0 else None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a file without µm/px is handled below
-                slide = open_slide(meta["path"], mpp=override, backend=meta.get("backend"))
-        except SlideError as exc:
-            show_error(in_user_words(exc))
+        problem = apply_mpp(self.viewer, layer, self._mpp.value if self._mpp.value > 0 else None)
+        if problem:
+            show_error(problem)
             return
-        if slide.mpp is None:
-            show_error(
-                f"{Path(meta['path']).name} states no µm/px: enter one above 0 "
-                "(e.g. 0.25 for 40x, 0.5 for 20x)."
-            )
-            return
-        ratio = slide.mpp / (meta["mpp"] or 1.0)
-        _, kwargs, _ = slide_layer(slide)
-        layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
-        layer.units = kwargs["units"]
-        layer.metadata = kwargs["metadata"]
-        # Everything drawn over this slide (tissue, nuclei, ground truth) scales with it.
-        for other in self.viewer.layers:
-            if other is not layer and tag(other).get("slide") == meta["path"]:
-                other.scale = [v * ratio for v in other.scale]
-                other.translate = [v * ratio for v in other.translate]
-                other.units = kwargs["units"]
         self._show_info()
 
     def _on_tissue(self, _=None):
