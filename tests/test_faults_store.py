@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _stores import tile_records, wait_for_records
 
 MPP = 0.5
 #: 5 x 6 tiles of 256 px (128 µm): runs take seconds with the classical method, yet a killed
@@ -75,11 +76,6 @@ def _assert_identical(a: dict, b: dict) -> None:
         assert np.array_equal(a["parquet"][c], b["parquet"][c]), c
 
 
-def _tile_records(out: Path) -> list[Path]:
-    d = out / f"{STEM}.nuclei.zarr" / "progress" / "tiles"
-    return sorted(d.glob("*.npz")) if d.is_dir() else []
-
-
 def _cli_cmd(slide, out, *extra):
     return [
         sys.executable,
@@ -104,20 +100,6 @@ def _start(cmd, **kwargs):
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
     )
-
-
-def _wait_for_records(out: Path, n: int, proc, timeout: float = 120) -> int:
-    t = time.monotonic()
-    while time.monotonic() - t < timeout:
-        k = len(_tile_records(out))
-        if k >= n:
-            return k
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"the run ended before {n} tiles were recorded:\n{proc.stderr.read()}"
-            )
-        time.sleep(0.02)
-    raise AssertionError(f"fewer than {n} tiles recorded after {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +172,7 @@ def test_an_unfinished_store_with_damaged_files_is_healed_on_resume(
         expect = rf"{re.escape(str(target))} is damaged; chunk {k} will be written again"
         target.write_text(target.read_text()[:5])
     else:
-        target = _tile_records(tmp_path)[len(_tile_records(tmp_path)) // 2]
+        target = tile_records(tmp_path, STEM)[len(tile_records(tmp_path, STEM)) // 2]
         expect = (
             rf"{re.escape(str(target))} is damaged .*tile {target.stem} will be segmented again"
         )
@@ -373,7 +355,7 @@ def test_a_second_job_on_the_same_store_is_refused_at_once_without_touching_it(
     out = tmp_path / "out"
     first = _start(_cli_cmd(slide, out))
     try:
-        _wait_for_records(out, 3, first)
+        wait_for_records(out, STEM, 3, first)
         first.send_signal(signal.SIGSTOP)  # holds the store, frozen: nothing changes under us
         store = out / f"{STEM}.nuclei.zarr"
         before = {p: p.stat().st_mtime_ns for p in store.rglob("*")}
@@ -405,13 +387,13 @@ def test_a_job_killed_at_any_point_leaves_a_lock_the_next_run_takes_over(
     out = tmp_path / "out"
     proc = _start(_cli_cmd(slide, out))
     try:
-        _wait_for_records(out, after, proc)
+        wait_for_records(out, STEM, after, proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
     lock = out / f".{STEM}.nuclei.zarr.lock"
     assert json.loads(lock.read_text())["pid"] == proc.pid
-    assert len(_tile_records(out)) < reference[0]["meta"]["summary"]["tissue_tiles"]
+    assert len(tile_records(out, STEM)) < reference[0]["meta"]["summary"]["tissue_tiles"]
     again = subprocess.run(_cli_cmd(slide, out), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert f"the job that was writing it (pid {proc.pid}" in again.stderr
@@ -433,12 +415,12 @@ def test_ctrl_c_exits_130_says_what_is_kept_and_the_same_command_resumes(
     cmd.insert(5, str(copy))
     proc = _start(cmd)
     try:
-        _wait_for_records(out, 6, proc)
+        wait_for_records(out, STEM, 6, proc)
     finally:
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    kept = len(_tile_records(out))
+    kept = len(tile_records(out, STEM))
     total = reference[0]["meta"]["summary"]["tissue_tiles"]
     assert 6 <= kept < total
     lines = [line for line in stderr.splitlines() if line.startswith("interrupted")]

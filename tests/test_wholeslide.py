@@ -11,12 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _stores import tile_records, wait_for_records
 
 MPP = 0.5
 SHAPE = (1536, 2048)
@@ -76,25 +76,6 @@ def _assert_identical(a: dict, b: dict) -> None:
     assert a["geojson"] == b["geojson"]
     for c in a["parquet"]:
         assert np.array_equal(a["parquet"][c], b["parquet"][c])
-
-
-def _tile_records(out_dir: Path, stem: str = STEM) -> list[Path]:
-    d = out_dir / f"{stem}.nuclei.zarr" / "progress" / "tiles"
-    return sorted(d.glob("*.npz")) if d.is_dir() else []
-
-
-def _wait_for_records(out_dir: Path, n: int, proc, timeout: float = 180) -> int:
-    t = time.monotonic()
-    while time.monotonic() - t < timeout:
-        k = len(_tile_records(out_dir))
-        if k >= n:
-            return k
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"the run ended before {n} tiles were recorded:\n{proc.stderr.read()}"
-            )
-        time.sleep(0.05)
-    raise AssertionError(f"fewer than {n} tiles recorded after {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +227,7 @@ def test_cancelled_in_process_run_resumes_to_the_same_result(ws_slide, reference
         if p.segmented >= 10:
             break
     gen.close()  # what the Cancel button does
-    recorded = len(_tile_records(tmp_path))
+    recorded = len(tile_records(tmp_path, STEM))
     assert 10 <= recorded < p.total
     meta = json.loads((p.store / ".zattrs").read_text())["nucleiseg"]
     assert not meta["finished"]
@@ -259,11 +240,11 @@ def test_sigkill_mid_slide_then_same_command_gives_the_same_result(ws_slide, ref
     cmd = _cli_cmd(ws_slide[0], tmp_path)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_records(tmp_path, 12, proc)
+        wait_for_records(tmp_path, STEM, 12, proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-    recorded = len(_tile_records(tmp_path))
+    recorded = len(tile_records(tmp_path, STEM))
     total = reference["progress"][-1].total
     assert recorded < total, "the run finished before it was killed"
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -353,9 +334,9 @@ def test_cluster_of_two_workers_gives_the_single_process_labels_even_when_one_di
         text=True,
     )
     try:
-        _wait_for_records(tmp_path, 6, proc)
+        wait_for_records(tmp_path, STEM, 6, proc)
         os.kill(pids[0], signal.SIGKILL)  # a worker dies mid-slide; dask re-runs its tasks
-        killed_at = len(_tile_records(tmp_path))
+        killed_at = len(tile_records(tmp_path, STEM))
         stdout, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
@@ -523,7 +504,7 @@ def test_full_disk_keeps_finished_tiles_and_says_how_to_resume(tiny_slides, tmp_
     # One input, one line: the error names the slide; no "failed:" summary repeats it.
     errors = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "tiny.tif" in errors[0] and "failed:" not in full.stderr
-    recorded = len(_tile_records(tmp_path / "out", "tiny"))
+    recorded = len(tile_records(tmp_path / "out", "tiny"))
     assert recorded > 0
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
