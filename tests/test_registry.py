@@ -10,30 +10,16 @@ import shutil
 
 import numpy as np
 import pytest
+from _toy_method import DarkBlobs
 from conftest import shared_slide
-from scipy import ndimage as ndi
 
 from napari_nucleiseg.methods import (
     MethodError,
-    NucleiMethod,
     get_method,
     method_names,
     register_method,
     unregister_method,
 )
-
-
-class DarkBlobs(NucleiMethod):
-    """A toy method: dark pixels, connected components."""
-
-    name = "toy-dark-blobs"
-    mpp = 0.5
-    tile_px = 512
-    context_um = 16.0
-
-    def segment(self, rgb, mpp):
-        dark = np.asarray(rgb, np.float32).mean(axis=-1) < 150
-        return ndi.label(ndi.binary_opening(dark, iterations=2))[0].astype(np.uint32)
 
 
 @pytest.fixture

@@ -394,19 +394,12 @@ def test_whole_slide_cancel_stops_within_a_tile_and_the_next_run_resumes(panel, 
 def test_a_method_registered_at_run_time_is_in_the_method_list_and_runs(panel, qtbot):
     """The panel asks the registry afresh: a method registered while napari runs is listed once
     napari resets the panel's choices (as it does when layers change), and segments the view."""
-    from scipy import ndimage as ndi
+    from _toy_method import DarkBlobs as Toy
 
-    from napari_nucleiseg.methods import NucleiMethod, register_method, unregister_method
+    from napari_nucleiseg.methods import register_method, unregister_method
 
-    class DarkBlobs(NucleiMethod):
+    class DarkBlobs(Toy):
         name = "toy-dark-blobs-gui"
-        mpp = 0.5
-        tile_px = 512
-        context_um = 16.0
-
-        def segment(self, rgb, mpp):
-            dark = np.asarray(rgb, np.float32).mean(axis=-1) < 150
-            return ndi.label(ndi.binary_opening(dark, iterations=2))[0].astype(np.uint32)
 
     viewer, widget, slide, _ = panel
     assert "toy-dark-blobs-gui" not in widget._method.choices

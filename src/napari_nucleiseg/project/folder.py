@@ -210,20 +210,7 @@ class Project:
         or ``mpp``) and its instance mask file (TIFF or PNG, 0 = background, same shape) as a
         strong label. Returns ``(example, warnings)``; a binary mask is split into connected
         components, with a warning (touching nuclei stay merged in it)."""
-        from ..io import SlideError, open_slide
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # no µm/px: said below, in the command's words
-                slide = open_slide(image_path, mpp=mpp)
-        except SlideError as exc:
-            raise ProjectError(str(exc)) from None
-        with slide:
-            if slide.mpp is None:
-                raise ProjectError(
-                    f"{image_path}: the image states no µm/px; give it with --mpp "
-                    "(e.g. 0.25 for 40x, 0.5 for 20x)"
-                )
+        with open_with_mpp(image_path, mpp) as slide:
             h, w = slide.shape
             if h * w > MAX_LABELLED_PIXELS:
                 raise ProjectError(
@@ -256,6 +243,26 @@ class Project:
                 f"{src}: the file has changed since example {example.id} was labelled on it "
                 "(its content hash differs); re-open the view and accept it again"
             )
+
+
+def open_with_mpp(path, mpp: float | None = None):
+    """A slide or image opened with its µm/px (its file's, or ``mpp``), or ProjectError naming
+    the file when it cannot be read or states none: labels and pseudo-labels need a scale."""
+    from ..io import SlideError, open_slide
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no µm/px: said below, in the command's words
+            slide = open_slide(path, mpp=mpp)
+    except SlideError as exc:
+        raise ProjectError(str(exc)) from None
+    if slide.mpp is None:
+        slide.close()
+        raise ProjectError(
+            f"{path}: the image states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 "
+            "for 20x)"
+        )
+    return slide
 
 
 def read_label_file(path) -> tuple[np.ndarray, list[str]]:

@@ -194,18 +194,10 @@ def _aji(method, examples) -> float:
 def _tiles(path, mpp, cfg: RetrainConfig, seed: int):
     """``(rgb, mpp, region_um)`` tiles of an unlabelled image or slide: the whole of a small
     image, tissue tiles sampled from a large one."""
-    from ..io import SlideError, open_slide
+    from ..project.folder import open_with_mpp
     from ..tissue.mask import tissue_from_rgb
 
-    try:
-        slide = open_slide(path, mpp=mpp)
-    except SlideError as exc:
-        raise ProjectError(str(exc)) from None
-    with slide:
-        if slide.mpp is None:
-            raise ProjectError(
-                f"{path}: the image states no µm/px; give it with --mpp for unlabelled images"
-            )
+    with open_with_mpp(path, mpp) as slide:
         h, w = slide.shape
         side = max(64, int(cfg.tile_um / slide.mpp))
         if h * w <= 4 * side * side:
