@@ -27,6 +27,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,37 @@ class SlideProgress:
 
 
 # --------------------------------------------------------------------------- runners
+@contextmanager
+def _ctrl_c_waits():
+    """Ctrl-C arriving inside the block takes effect as the block ends.
+
+    Why: a ``KeyboardInterrupt`` raised while the pool starts a worker thread (inside ``submit``,
+    between the thread's start and its registration) leaves a thread running that the pool's
+    ``shutdown(wait=True)`` does not wait for; the job then closes the slide under that thread's
+    read and the process dies of a segmentation fault instead of exiting 130 (3 runs in 25
+    under load, Ctrl-C just after the first progress line). Masking SIGINT in this thread would
+    not help: the kernel hands it to another thread (zarr's, asyncio's) and Python still raises
+    it here. So the handler itself is swapped for one that notes the signal, and the original
+    handler gets it again on the way out."""
+    import signal
+    import threading
+
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is None  # a handler not set from Python: leave it
+    ):
+        yield  # signal handlers run in the main thread only: nothing reaches this one
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
+
+
 class _Threads:
     kind = "threads"
 
@@ -125,7 +157,8 @@ class _Threads:
 
     def submit(self, fn, *args, key=None):
         # The workers' network passes share the cores instead of taking turns at all of them.
-        return self.pool.submit(sharing_cores_for, self.workers, fn, *args)
+        with _ctrl_c_waits():  # the first calls start the worker threads
+            return self.pool.submit(sharing_cores_for, self.workers, fn, *args)
 
     def wait_any(self, futures):
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -137,8 +170,10 @@ class _Threads:
             f.cancel()
 
     def close(self) -> None:
-        # Waits for the (at most ``workers``) running tasks: no write outlives the call.
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        # Waits for the (at most ``workers``) running tasks, through a second Ctrl-C too: no
+        # write or slide read outlives the call (a tile takes a second or two).
+        with _ctrl_c_waits():
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def connect(scheduler, workers: int | None = None):
