@@ -487,3 +487,39 @@ def test_a_killed_writers_temporaries_are_cleared_and_a_running_ones_kept(png, t
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_ctrl_c_while_the_pool_starts_or_joins_workers_waits_for_them():
+    """Ctrl-C inside the pool's submit or close takes effect once the workers are known and
+    joined (the segmentation fault CI hit: a thread started but not yet registered by the pool
+    read a slide the job had closed)."""
+    import signal
+    import threading
+
+    from napari_nucleiseg.wholeslide.job import _Threads
+
+    runner = _Threads(2)
+    ran = threading.Event()
+    # The signal lands while the first worker thread is being started.
+    runner.pool._adjust_thread_count = _with_sigint(runner.pool._adjust_thread_count)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.submit(ran.set)
+        # Ctrl-C took effect only once the thread was started and the pool knew of it ...
+        assert len(runner.pool._threads) == 1
+    finally:
+        runner.close()
+    # ... so closing waited for it, and the handler is Python's again.
+    assert ran.is_set()
+    assert not [t for t in threading.enumerate() if t.name.startswith("nucleiseg_")]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _with_sigint(fn):
+    import signal
+
+    def wrapped(*a, **k):
+        signal.raise_signal(signal.SIGINT)
+        return fn(*a, **k)
+
+    return wrapped
