@@ -260,3 +260,52 @@ def test_a_projects_models_are_listed_used_for_segment_and_rolled_back(tmp_path,
     assert main(["models", "rollback", "--project", str(p)]) == 0
     assert "nuclei-unet-v4 (the package default)" in capsys.readouterr().out
     assert Project(p).current_model() is None
+
+
+def test_accepted_views_are_listed_edited_in_place_and_removed(tmp_path, capsys):
+    from napari_nucleiseg.cli.main import main
+
+    project = Project.init(tmp_path / "p")
+    image, labels = _example(5)
+    source = tmp_path / "slide.bin"
+    source.write_bytes(b"pixels")
+    first = project.add_labels(
+        image, labels, 0.5, source=source, region_um=(10, 20, 160, 170), annotator="ann"
+    )
+    second = project.add_labels(image, labels, 0.5, annotator="bob")
+    views = project.accepted_views()
+    assert [ex.id for _, ex in views] == [second.id, first.id]  # newest first
+    line = views[1][0]
+    for part in ("slide.bin", "x 10-160 y 20-170 µm", "5 nuclei", first.split, "ann"):
+        assert part in line
+    assert "whole image 300 x 300 px" in views[0][0]
+
+    # Edited again (one nucleus fewer): same id and split, the edit recorded, the first
+    # annotator and time kept.
+    fewer = np.where(labels == 1, 0, labels)
+    edited = project.add_labels(
+        image, fewer, 0.5, source=source, region_um=(10, 20, 160, 170), annotator="cy",
+        replace=first.id,
+    )  # fmt: skip
+    assert (edited.id, edited.split, edited.nuclei) == (first.id, first.split, 4)
+    prov = edited.provenance
+    assert prov["annotator"] == "ann" and prov["added"] == first.provenance["added"]
+    assert prov["edited_by"] == "cy" and prov["edits"][0]["nuclei_before"] == 5
+    assert "edited" in project.accepted_views()[1][0]
+    assert len(project.store.examples()) == 2
+
+    # The CLI lists them and removes one; a missing id is one line naming it, exit 1.
+    p = str(tmp_path / "p")
+    assert main(["project", "labels", p]) == 0
+    out = capsys.readouterr().out
+    assert first.id in out and second.id in out and "strong/" in out and "slide.bin" in out
+    assert main(["project", "remove-labels", p, first.id]) == 0
+    assert f"removed {first.id}" in capsys.readouterr().out
+    assert [ex.id for ex in Project(p).store.examples()] == [second.id]
+    for missing in (first.id, "../store.zarr", ".."):
+        assert main(["project", "remove-labels", p, missing]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and repr(missing) in err
+    assert (tmp_path / "p" / "store.zarr").is_dir() and len(Project(p).store.examples()) == 1
+    with pytest.raises(ProjectError, match="no example"):
+        project.remove_labels(first.id)

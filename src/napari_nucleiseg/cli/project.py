@@ -1,4 +1,5 @@
-"""``nucleiseg project init DIR`` and ``nucleiseg project add-labels DIR IMAGE LABELS``.
+"""``nucleiseg project init DIR``, ``nucleiseg project add-labels DIR IMAGE LABELS``,
+``nucleiseg project labels DIR`` and ``nucleiseg project remove-labels DIR ID``.
 
 ``add-labels`` is the command-line twin of the Nuclei panel's "Accept this view": the same core
 call (:meth:`napari_nucleiseg.project.Project.add_labels`), so a corrected mask stored from a
@@ -23,7 +24,8 @@ def add_parser(sub, formatter) -> None:
         dest="project_command",
         required=True,
         metavar="COMMAND",
-        help="init: make a project; add-labels: store a corrected image",
+        help="init: make a project; add-labels: store a corrected image; labels: list the "
+        "stored examples; remove-labels: delete one",
     )
     text = "make a project folder (an existing project is left as it is)"
     init = psub.add_parser("init", help=text, description=text, formatter_class=formatter)
@@ -46,6 +48,17 @@ def add_parser(sub, formatter) -> None:
         help="µm per pixel of IMAGE when its file states none (e.g. 0.25 for 40x, 0.5 for 20x)",
     )
     add.set_defaults(func=cmd_add_labels)
+    text = "list the training store's examples: id, kind/split, nuclei, source, region"
+    lst = psub.add_parser("labels", help=text, description=text, formatter_class=formatter)
+    lst.add_argument("dir", metavar="DIR", help="the project folder")
+    lst.set_defaults(func=cmd_labels)
+    text = "delete one example from the training store (an accepted view or added labels)"
+    rm = psub.add_parser("remove-labels", help=text, description=text, formatter_class=formatter)
+    rm.add_argument("dir", metavar="DIR", help="the project folder")
+    rm.add_argument(
+        "id", metavar="ID", help="the example's id, as `nucleiseg project labels DIR` lists it"
+    )
+    rm.set_defaults(func=cmd_remove_labels)
 
     r = sub.add_parser(
         "retrain",
@@ -150,6 +163,42 @@ def cmd_add_labels(args) -> int:
         f"stored {example.id}: {example.nuclei} nuclei, {example.shape[1]} x {example.shape[0]} "
         f"px at {example.mpp:g} µm/px, {example.split} split"
     )
+    return 0
+
+
+def cmd_labels(args) -> int:
+    from pathlib import Path
+
+    from ..project import Project, ProjectError
+    from ..project.folder import region_text
+
+    try:
+        examples = Project(args.dir).store.examples()
+    except ProjectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    width = max([len(ex.id) for ex in examples] + [2])
+    print(f"{'id':<{width}}  {'kind/split':<15}{'nuclei':>7}  {'source':<28}region")
+    for ex in examples:
+        src = ex.provenance.get("source")
+        name = Path(src).name if src else "-"
+        kind = f"{ex.kind}/{ex.split}"
+        print(f"{ex.id:<{width}}  {kind:<15}{ex.nuclei:>7}  {name:<28}{region_text(ex)}")
+    return 0
+
+
+def cmd_remove_labels(args) -> int:
+    from ..project import Project, ProjectError
+
+    try:
+        example = Project(args.dir).remove_labels(args.id)
+    except ProjectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the store's folder: not writable
+        print(f"error: {args.dir}: cannot remove {args.id} ({exc.strerror})", file=sys.stderr)
+        return 1
+    print(f"removed {example.id}: {example.nuclei} nuclei, {example.kind}/{example.split}")
     return 0
 
 

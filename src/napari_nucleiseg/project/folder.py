@@ -186,16 +186,39 @@ class Project:
         model: dict | None = None,
         annotator: str | None = None,
         replace: str | None = None,
+        slide_mpp: float | None = None,
     ) -> Example:
         """Store a strong label (an accepted view, or an image with its instance mask) with its
         provenance: the source file and its content hash, the region (x0, y0, x1, y1 in µm) and
         level it was cut from, the µm/px, the method that produced the original labels, the
-        annotator and the time. The same path for "Accept this view" and ``add-labels``."""
+        annotator and the time. The same path for "Accept this view" and ``add-labels``.
+
+        ``replace`` names an accepted view edited again: it keeps its id, split, first annotator
+        and time, and the edit is recorded (``edited``, ``edited_by`` and the list ``edits``).
+        ``slide_mpp`` is the slide's level-0 µm/px the region was measured with (so a view can be
+        re-opened on the same pixels even if the slide's µm/px is changed later)."""
         provenance = {
             "annotator": annotator or _user(),
             "level": int(level),
             "original_method": model or {},
         }
+        if slide_mpp is not None:
+            provenance["slide_mpp"] = float(slide_mpp)
+        if replace is not None:
+            old = self.store.get(_example_id(replace, self.store))
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            edit = {"by": provenance["annotator"], "at": now, "nuclei_before": old.nuclei}
+            before = old.provenance
+            provenance.update(
+                annotator=before.get("annotator", provenance["annotator"]),
+                edited=now,
+                edited_by=edit["by"],
+                edits=[*before.get("edits", []), edit],
+            )
+            if "added" in before:
+                provenance["added"] = before["added"]
+            if not provenance["original_method"] and before.get("original_method"):
+                provenance["original_method"] = before["original_method"]
         if source is not None:
             provenance["source"] = str(Path(source).resolve())
             provenance["source_hash"] = file_fingerprint(source)
@@ -231,6 +254,19 @@ class Project:
             raise ProjectError(f"{labels_path}: {exc}") from None
         return example, notes
 
+    def accepted_views(self) -> list[tuple[str, Example]]:
+        """The strong labels (accepted views and added label files), newest first, each with a
+        one-line description (:func:`describe_example`) for a list to choose from."""
+        strong = self.store.examples(kind="strong")
+        return [(describe_example(ex), ex) for ex in reversed(strong)]
+
+    def remove_labels(self, example_id: str) -> Example:
+        """Delete one example from the training store (whole, at once) and return what it was;
+        ProjectError naming the id when the store holds none by that id."""
+        example = self.store.get(_example_id(example_id, self.store))
+        self.store.delete(example.id)
+        return example
+
     def check_source(self, example: Example) -> None:
         """Raise ProjectError when an example's source file has changed since it was labelled
         (its content hash differs): its labels may no longer fit its pixels."""
@@ -243,6 +279,48 @@ class Project:
                 f"{src}: the file has changed since example {example.id} was labelled on it "
                 "(its content hash differs); re-open the view and accept it again"
             )
+
+
+def describe_example(example: Example) -> str:
+    """One line for an example: source name, region (µm), nuclei, split, annotator, date (and
+    the last edit), e.g. ``slide.svs  x 735-1010 y 1189-1400 µm  57 nuclei  train  ann
+    2024-05-01 14:02``."""
+    prov = example.provenance
+    name = Path(prov["source"]).name if prov.get("source") else "(no source file)"
+    parts = [name, region_text(example), f"{example.nuclei} nuclei", example.split]
+    parts.append(str(prov.get("annotator", "?")))
+    parts.append(_local_time(prov.get("added")))
+    if prov.get("edited"):
+        parts.append(f"edited {_local_time(prov['edited'])} by {prov.get('edited_by', '?')}")
+    return "  ".join(p for p in parts if p)
+
+
+def region_text(example: Example) -> str:
+    """Where an example was cut from: ``x 735-1010 y 1189-1400 µm``, or the whole image."""
+    region = example.provenance.get("region_um")
+    if not region or len(region) != 4:
+        h, w = example.shape
+        return f"whole image {w} x {h} px"
+    x0, y0, x1, y1 = region
+    return f"x {x0:.0f}-{x1:.0f} y {y0:.0f}-{y1:.0f} µm"
+
+
+def _local_time(stamp) -> str:
+    if not stamp:
+        return ""
+    try:
+        return datetime.fromisoformat(str(stamp)).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return str(stamp)
+
+
+def _example_id(example_id: str, store: TrainingStore) -> str:
+    """``example_id`` when it can name an example (no path: ``..`` or ``/`` would reach outside
+    the store), else ProjectError naming it."""
+    text = str(example_id)
+    if not text or text.startswith(".") or "/" in text or "\\" in text:
+        raise ProjectError(f"{store.path}: no example {text!r}")
+    return text
 
 
 def open_with_mpp(path, mpp: float | None = None):
