@@ -110,3 +110,94 @@ def test_retraining_runs_in_the_background_and_cancels(panels, qtbot):
     assert project.project.current_model() == model_before  # cancelled: nothing promoted
     status = project._status.value
     assert "cancelled after" in status and " s;" in status and "model is unchanged" in status
+
+
+def test_an_accepted_view_reopens_is_edited_in_place_and_deleted(panels, qtbot):
+    from napari_nucleiseg._napari._layers import tag
+
+    viewer, nuclei, project = panels
+    view = project.view_labels()
+    scale, translate = np.array(view.scale), np.array(view.translate)
+    project._accept.clicked.emit()
+    (example,) = project.project.store.examples()
+    assert project._views.value == example.id and len(project._views.choices) == 1
+    assert "nuclei" in project._views.native.currentText()
+
+    # Closed and panned away: Open brings the example back where it was cut from, selected.
+    viewer.layers.remove(view)
+    viewer.scene.camera.center = (10.0, 10.0)
+    project._reopen.clicked.emit()
+    layer = project.view_labels()
+    assert layer is not None and viewer.layers.selection.active is layer
+    assert tag(layer)["example"] == example.id and tag(layer)["scope"] == "view-example"
+    assert np.array_equal(np.asarray(layer.data), example.labels())
+    assert np.allclose(layer.scale, scale) and np.allclose(layer.translate, translate)
+    x0, y0, x1, y1 = example.provenance["region_um"]
+    cy, cx = viewer.scene.camera.center[-2:]
+    assert x0 < cx < x1 and y0 < cy < y1
+    assert f"Opened example {example.id}" in project._status.value
+
+    # Edit (delete one nucleus) and accept: the same example, one nucleus fewer, same split.
+    nid, (rows, cols) = _isolated_nucleus(np.asarray(layer.data))
+    point = np.argwhere(np.asarray(layer.data) == nid)[0]
+    assert project.delete_at(point) == [nid]
+    project._accept.clicked.emit()
+    assert project._status.value.startswith(f"Updated example {example.id}")
+    (edited,) = project.project.store.examples()
+    assert (edited.id, edited.split) == (example.id, example.split)
+    assert edited.nuclei == example.nuclei - 1
+    assert np.array_equal(edited.labels(), np.asarray(layer.data))
+    assert edited.provenance["edits"][0]["nuclei_before"] == example.nuclei
+    assert "1 accepted views" in project._summary.value
+
+    # Delete: the first click asks, the second deletes; the layer no longer updates it.
+    project._delete.clicked.emit()
+    assert "click Delete again" in project._status.value
+    assert len(project.project.store.examples()) == 1
+    project._delete.clicked.emit()
+    assert project.project.store.examples() == []
+    assert list(project._views.choices) == [] and "0 accepted views" in project._summary.value
+    assert "example" not in tag(layer)
+    assert f"Deleted example {example.id}" in project._status.value
+
+
+def test_an_example_reopens_its_slide_and_not_once_the_file_changed(
+    make_napari_viewer, he_rgb, tmp_path
+):
+    from _notifications import messages
+    from PIL import Image
+
+    from napari_nucleiseg._napari._layers import find_layers, tag
+    from napari_nucleiseg._napari._project_widget import ProjectWidget
+
+    viewer = make_napari_viewer()
+    project = ProjectWidget(viewer)
+    rgb, labels = he_rgb
+    Image.fromarray(rgb).save(tmp_path / "crop.png")
+    Image.fromarray(labels.astype(np.uint16)).save(tmp_path / "crop_labels.png")
+    project._folder.value = tmp_path / "proj"
+    project._open.clicked.emit()
+    example, _ = project.project.add_label_files(
+        tmp_path / "crop.png", tmp_path / "crop_labels.png", mpp=0.5
+    )
+    project._refresh()
+    assert project._views.value == example.id
+
+    # Not open in the viewer: the image is opened (with the µm/px it was stored with) and the
+    # labels lie on it pixel for pixel.
+    project._reopen.clicked.emit()
+    (slide,) = find_layers(viewer, "slide")
+    assert tag(slide)["mpp"] == 0.5
+    layer = project.view_labels()
+    assert np.allclose(layer.scale, slide.scale) and np.allclose(layer.translate, slide.translate)
+    assert np.array_equal(np.asarray(layer.data), labels)
+
+    # The file changed since: said, and nothing opened.
+    rgb2 = rgb.copy()
+    rgb2[0, 0] = 255 - rgb2[0, 0]
+    Image.fromarray(rgb2).save(tmp_path / "crop.png")
+    viewer.layers.remove(layer)
+    before = len(viewer.layers)
+    project._reopen.clicked.emit()
+    assert any("has changed since" in m and example.id in m for m in messages())
+    assert len(viewer.layers) == before and project.view_labels() is None

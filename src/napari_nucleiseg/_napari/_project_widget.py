@@ -5,7 +5,9 @@ Thin by design: every button is one call into the core (``napari_nucleiseg.proje
 with napari's own edit history (``Labels.data_setitem``), so Ctrl+Z undoes a merge or a split
 like a brush stroke, and the Nuclei panel's count and table follow the layer's paint events.
 Retraining runs in a child process (``_process.in_subprocess``): the interface stays responsive,
-a live loss plot and an ETA show, and Cancel stops it.
+a live loss plot and an ETA show, and Cancel stops it. An accepted view can be re-opened on its
+slide (a labels layer tagged with its example id, placed on the tissue it was cut from), edited
+and accepted again over the same example, or deleted (a second click confirms).
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ class LossPlot:
         p.end()
 
 
+#: What a cancelled retraining run leaves: the model as it was, a run Resume continues.
+RESUME_NOTE = "the project's model is unchanged; Resume goes on from the last checkpoint"
+
+
 class ProjectWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
@@ -86,8 +92,22 @@ class ProjectWidget(Container):
         self._summary = Label(value="No project open: choose a folder (a new one makes a project).")
         self._tool = ComboBox(label="click on nuclei to", choices=TOOLS, value=TOOLS[0])
         self._accept = PushButton(text="Accept this view as training data")
+        self._slide_edit = PushButton(text="Correct this view (whole-slide result)")
+        self._slide_save = PushButton(text="Save to slide result")
+        self._views = ComboBox(label="accepted views", choices=self._view_choices)
+        self._reopen = PushButton(text="Open")
+        self._delete = PushButton(text="Delete")
+        view_buttons = Container(layout="horizontal", widgets=[self._reopen, self._delete])
+        view_buttons.margins = (0, 0, 0, 0)
         self._minutes = FloatSpinBox(label="retrain for (min)", min=0.2, max=600, value=10.0)
         self._retrain = PushButton(text="Retrain the model on this project")
+        self._resume = PushButton(text="Resume")
+        self._resume.tooltip = (
+            "Continue the last retraining run that was cancelled or stopped, from its last "
+            "checkpoint, for the time it had left"
+        )
+        retrain_buttons = Container(layout="horizontal", widgets=[self._retrain, self._resume])
+        retrain_buttons.margins = (0, 0, 0, 0)
         self._cancel = PushButton(text="Cancel")
         self._models = ComboBox(label="project's model", choices=self._model_choices)
         self._use = PushButton(text="Use this model")
@@ -99,9 +119,13 @@ class ProjectWidget(Container):
                 self._folder,
                 self._open,
                 self._tool,
+                self._slide_edit,
+                self._slide_save,
                 self._accept,
+                self._views,
+                view_buttons,
                 self._minutes,
-                self._retrain,
+                retrain_buttons,
                 self._cancel,
                 self._models,
                 self._use,
@@ -120,10 +144,18 @@ class ProjectWidget(Container):
         self.jobs = JobRunner(self._set_status, self._cancel)
         self._open.changed.connect(self._on_open)
         self._accept.changed.connect(self._on_accept)
+        self._slide_edit.changed.connect(self._on_slide_edit)
+        self._slide_save.changed.connect(self._on_slide_save)
         self._retrain.changed.connect(self._on_retrain)
+        self._resume.changed.connect(self._on_resume)
         self._use.changed.connect(self._on_use)
         self._rollback.changed.connect(self._on_rollback)
         self._tool.changed.connect(self._on_tool)
+        self._reopen.changed.connect(self._on_reopen)
+        self._delete.changed.connect(self._on_delete)
+        self._views.changed.connect(self._forget_delete)
+        #: The example a first click on Delete chose; a second click deletes it.
+        self._pending_delete: str | None = None
         self._pending_merge: int | None = None
         self._stroke: list = []
         self._hooked = None
@@ -138,6 +170,11 @@ class ProjectWidget(Container):
         if self.project is None:
             return []
         return method_names("nuclei", project=self.project.path)
+
+    def _view_choices(self, _=None):
+        if self.project is None:
+            return []
+        return [(text, ex.id) for text, ex in self.project.accepted_views()]
 
     def _refresh(self) -> None:
         from ..methods import default_method_name
@@ -156,6 +193,10 @@ class ProjectWidget(Container):
         self._models.reset_choices()
         if current in self._models.choices:
             self._models.value = current
+        chosen = self._views.value
+        self._views.reset_choices()
+        if chosen in self._views.choices:
+            self._views.value = chosen
 
     def _need_project(self, what: str) -> bool:
         from napari.utils.notifications import show_error
@@ -166,12 +207,16 @@ class ProjectWidget(Container):
         return True
 
     def view_labels(self):
-        """The current view's nuclei labels layer (the Nuclei panel's result), or None."""
+        """The current view's nuclei labels layer (the Nuclei panel's result, one kept with its
+        edits or a re-opened accepted view): the selected one, else the top one; or None."""
         layers = [
-            lyr  # the view's result, or one kept with its edits ("view-edited")
+            lyr  # "view", "view-edited" (kept with its edits), "view-example" (re-opened)
             for lyr in find_layers(self.viewer, "nuclei")
             if str(tag(lyr).get("scope", "")).startswith("view")
         ]
+        active = self.viewer.layers.selection.active
+        if any(lyr is active for lyr in layers):
+            return active
         return layers[-1] if layers else None
 
     # ------------------------------------------------------------------ project
@@ -313,9 +358,30 @@ class ProjectWidget(Container):
             stroke.append(layer.world_to_data(event.position))
             self.split_along(stroke)
 
+    # ------------------------------------------------------------------ whole-slide result
+    def _on_slide_edit(self, _=None):
+        """Cut the view of a whole-slide result into a layer the tools above correct."""
+        from napari.utils.notifications import show_warning
+
+        from ._wholeslide_edit import cut_view
+
+        got = cut_view(self.viewer)
+        if isinstance(got, str):
+            show_warning(got)
+            return
+        self._on_tool()
+        self._set_status("Correct the nuclei, then click 'Save to slide result'.")
+
+    def _on_slide_save(self, _=None):
+        from ._wholeslide_edit import save
+
+        self._set_status(save(self.viewer))
+        self._on_tool()
+
     # ------------------------------------------------------------------ accept
     def _on_accept(self, _=None):
-        """Store the view's (corrected) nuclei and the image under them as a strong label."""
+        """Store the view's (corrected) nuclei and the image under them as a strong label; a
+        re-opened accepted view (or one accepted before) updates its example instead."""
         from napari.utils.notifications import show_error, show_warning
 
         from ..project import ProjectError
@@ -341,6 +407,9 @@ class ProjectWidget(Container):
         base = slide.mpp
         region = (ox * base, oy * base, (ox + labels.shape[1] * meta["downsample"]) * base,
                   (oy + labels.shape[0] * meta["downsample"]) * base)  # fmt: skip
+        replace = meta.get("example")
+        if replace not in {ex.id for ex in self.project.store.examples(kind="strong")}:
+            replace = None  # deleted meanwhile: stored as a new example
         try:
             self.project.add_slide(slide.path)
             example = self.project.add_labels(
@@ -351,13 +420,186 @@ class ProjectWidget(Container):
                 region_um=region,
                 level=int(meta.get("level", 0)),
                 model=meta.get("method") if isinstance(meta.get("method"), dict) else {},
+                replace=replace,
+                slide_mpp=base,
             )
         except (ProjectError, OSError) as exc:
             show_error(f"Not stored: {exc}")
             return
+        meta["example"] = example.id  # accepting it again updates this example
+        self._refresh()
+        self._views.value = example.id
+        if replace is not None:
+            self._set_status(
+                f"Updated example {example.id}: {example.nuclei} nuclei ({example.split})."
+            )
+        else:
+            self._set_status(
+                f"Stored {example.nuclei} nuclei of this view as training data ({example.split})."
+            )
+
+    # ------------------------------------------------------------------ accepted views
+    def _chosen_example(self, what: str):
+        """The example chosen under *accepted views*, or None after saying why not."""
+        from napari.utils.notifications import show_error, show_warning
+
+        from ..project import ProjectError
+
+        if not self._need_project(what):
+            return None
+        if not self._views.value:
+            show_warning("No accepted view to choose: accept a corrected view first.")
+            return None
+        try:
+            return self.project.store.get(self._views.value)
+        except ProjectError as exc:
+            show_error(str(exc))
+            self._refresh()
+            return None
+
+    def _forget_delete(self, _=None) -> None:
+        self._pending_delete = None
+
+    def _on_reopen(self, _=None):
+        """Open the chosen accepted view on its slide (opening the slide if needed) as a labels
+        layer on the tissue it was cut from, selected for editing, and show its region."""
+        from napari.utils.notifications import show_error
+
+        from ..layers import NUCLEI_CONTOUR, region_labels_layer
+        from ..project import ProjectError
+        from ._layers import put_layer
+
+        example = self._chosen_example("opening an accepted view")
+        if example is None:
+            return
+        self._pending_delete = None
+        prov = example.provenance
+        if not prov.get("source"):
+            show_error(f"Example {example.id} records no source file to open it on.")
+            return
+        try:
+            self.project.check_source(example)
+        except ProjectError as exc:
+            changed = "content hash differs" in str(exc)
+            show_error(
+                f"{prov['source']}: the file has changed since example {example.id} was "
+                "labelled on it: its labels may no longer fit its pixels, so it is not opened. "
+                "Delete the example, and accept a view of the new file instead."
+                if changed
+                else f"Not opened: {exc}"
+            )
+            return
+        slide_layer = self._slide_layer_for(prov["source"], example)
+        slide = open_layer_slide(slide_layer) if slide_layer is not None else None
+        if slide is None:
+            return
+        if slide.mpp is None:
+            show_error(
+                f"{Path(prov['source']).name} states no µm/px: enter it in the Slide panel "
+                f"(µm/px override, Apply; {example.mpp:g} when the example was stored), then Open."
+            )
+            return
+        region = prov.get("region_um")
+        # The level-0 µm/px the region was measured with (for older examples: the slide's now;
+        # for an image added whole: the example's own).
+        base = float(prov.get("slide_mpp") or (slide.mpp if region else example.mpp))
+        x0, y0 = (region[0], region[1]) if region else (0.0, 0.0)
+        downsample = example.mpp / base
+        method = prov.get("original_method")
+        layer_tuple = region_labels_layer(
+            slide,
+            example.labels(),
+            (x0 / base, y0 / base),
+            downsample,
+            name=f"nuclei (accepted {example.id[-6:]})",
+            kind="nuclei",
+            scope="view-example",
+            mpp=downsample * slide.mpp,
+            level=int(prov.get("level", 0)),
+            method=method if isinstance(method, dict) else {},
+            example=example.id,
+        )
+        match = {"scope": "view-example", "example": example.id}  # open already: replaced
+        layer = put_layer(self.viewer, layer_tuple, "nuclei", **match)
+        layer.contour = NUCLEI_CONTOUR
+        self.viewer.layers.selection.active = layer
+        self._show_region(layer)
+        self._on_tool()  # the click tool follows the layer now edited
+        self._set_status(
+            f"Opened example {example.id} ({example.nuclei} nuclei, {example.split}): correct "
+            "it, then 'Accept this view' updates it."
+        )
+
+    def _slide_layer_for(self, source: str, example):
+        """The slide layer showing ``source``, opened the way File > Open does when there is
+        none (None after an error shown)."""
+        from ._layers import apply_mpp, put_layer
+        from ._reader import read_slides
+
+        def same(layer) -> bool:
+            return Path(str(tag(layer).get("path", ""))).resolve() == Path(source).resolve()
+
+        layers = [lyr for lyr in find_layers(self.viewer, "slide") if same(lyr)]
+        if layers:
+            return layers[-1]
+        opened = read_slides(source)
+        if opened[0][0] is None:
+            return None
+        layer = put_layer(self.viewer, opened[0], index=0)
+        prov = example.provenance
+        known = prov.get("slide_mpp") or (None if prov.get("region_um") else example.mpp)
+        if tag(layer).get("mpp") is None and known:
+            # Stored with a µm/px its file does not state (given with --mpp or the override).
+            problem = apply_mpp(self.viewer, layer, float(known))
+            if problem is not None:
+                from napari.utils.notifications import show_error
+
+                show_error(problem)
+                return None
+        return layer
+
+    def _show_region(self, layer) -> None:
+        """Centre the camera on a labels layer and zoom so all of it fits the canvas."""
+        from ._view import _camera, canvas_size
+
+        h, w = np.asarray(layer.data).shape[-2:]
+        (y0, x0), (y1, x1) = (
+            np.asarray(layer.data_to_world(p))[-2:] for p in ((-0.5, -0.5), (h - 0.5, w - 0.5))
+        )
+        rows, cols = canvas_size(self.viewer)
+        cam = _camera(self.viewer)
+        cam.center = ((y0 + y1) / 2, (x0 + x1) / 2)
+        cam.zoom = 0.95 * min(rows / max(abs(y1 - y0), 1e-9), cols / max(abs(x1 - x0), 1e-9))
+
+    def _on_delete(self, _=None):
+        """Delete the chosen accepted view from the training store: the first click asks, a
+        second click on the same view deletes it (it cannot be undone)."""
+        from napari.utils.notifications import show_error
+
+        from ..project import ProjectError
+
+        example = self._chosen_example("deleting an accepted view")
+        if example is None:
+            return
+        if self._pending_delete != example.id:
+            self._pending_delete = example.id
+            self._set_status(
+                f"Delete example {example.id} ({example.nuclei} nuclei, {example.split}) from the "
+                "training data? It cannot be undone: click Delete again to confirm."
+            )
+            return
+        self._pending_delete = None
+        try:
+            self.project.remove_labels(example.id)
+        except (ProjectError, OSError) as exc:
+            show_error(f"Not deleted: {exc}")
+            return
+        for layer in find_layers(self.viewer, "nuclei", example=example.id):
+            del tag(layer)["example"]  # accepting the layer again makes a new example
         self._refresh()
         self._set_status(
-            f"Stored {example.nuclei} nuclei of this view as training data ({example.split})."
+            f"Deleted example {example.id} from the training data; its labels layer, if open, "
+            "stays until you close it."
         )
 
     # ------------------------------------------------------------------ retrain
@@ -384,7 +626,27 @@ class ProjectWidget(Container):
             "Retraining",
             steps,
             on_item=self._on_retrain_item,
-            cancelled_note="the project's model is unchanged",
+            cancelled_note=RESUME_NOTE,
+        )
+
+    def _on_resume(self, _=None):
+        from ..training.retrain import latest_run, retrain_steps, run_finished
+        from ._process import in_subprocess
+
+        if not self._need_project("resuming a retraining run"):
+            return
+        run = latest_run(self.project)
+        if run is None or run_finished(run):
+            what = "No retraining run" if run is None else f"The last run ({run.name}) finished:"
+            self._set_status(f"{what} nothing to resume; Retrain starts a new run.")
+            return
+        self.plot.clear()
+        steps = in_subprocess(retrain_steps, str(self.project.path), resume=True)
+        self.jobs.start(
+            f"Resuming {run.name}",
+            steps,
+            on_item=self._on_retrain_item,
+            cancelled_note=RESUME_NOTE,
         )
 
     def _on_retrain_item(self, item) -> None:
