@@ -111,3 +111,153 @@ def test_patches_of_small_images_keep_the_models_scale():
         areas.append(targets[0].sum())
     seen = [a for a in areas if a > 0]
     assert seen and all(350 <= a <= 450 for a in seen), seen  # 20² = 400 px, not 40² = 1600
+
+
+# ---------------------------------------------------------------- resume, checkpoints, torchrun
+def _small_project(path):
+    """Two synthetic strong labels (one held out): the shipped model as teacher, no data needed."""
+    pytest.importorskip("torch")
+    from napari_nucleiseg.demo.render import render_he
+
+    project = Project.init(path)
+    for seed in (1, 2):
+        rgb, labels = render_he((192, 192), 0.5, seed=seed, coverage=1.0, nuclei_per_mm2=4000)
+        project.add_labels(rgb, labels.astype(np.uint32), 0.5)
+    return project
+
+
+def _tiny(**kw):
+    from napari_nucleiseg.training.retrain import RetrainConfig
+
+    base = dict(batch=2, patch=64, threads=1, checkpoint_every=2, promote="always")
+    return RetrainConfig(**{**base, **kw})
+
+
+def test_a_cancelled_run_resumes_from_its_checkpoint_and_finishes_once(tmp_path):
+    import torch
+
+    from napari_nucleiseg.training.retrain import retrain
+
+    project = _small_project(tmp_path / "p")
+    gen = retrain(project, _tiny(minutes=0.5))
+    for info in gen:
+        if info.get("iter") == 3:  # the checkpoint of iteration 2 is written: "Cancel"
+            break
+    gen.close()
+    (run,) = project.runs_dir.iterdir()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["iter"] == 2
+    state = json.loads((run / "state.json").read_text())
+    assert not state["finished"] and state["checkpoint_iter"] == 2 and "teacher_aji" in state
+    assert not list(project.models_dir.glob("*.json"))
+
+    # Resumed with a new budget: the same run, on from iteration 2, the teacher not re-measured.
+    items = list(retrain(project, _tiny(minutes=0.15), resume=True))
+    stages = [i["stage"] for i in items]
+    assert "measure teacher" not in stages and "pseudo-label" not in stages
+    iters = [i["iter"] for i in items if i["stage"] == "train"]
+    assert iters and iters[0] == 3, iters
+    result = items[-1]["result"]
+    assert result["run"] == str(run) and result["iterations"] == iters[-1]
+    assert len(list(project.models_dir.glob("*.json"))) == 1  # the student, exported once
+    assert project.current_model() == result["model"]
+    assert json.loads((run / "state.json").read_text())["finished"]
+    assert len(list(project.runs_dir.iterdir())) == 1
+
+    with pytest.raises(ProjectError, match="finished: nothing to resume") as err:
+        list(retrain(project, resume=True))
+    assert "\n" not in str(err.value) and str(run) in str(err.value)
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_one(tmp_path, capsys):
+    """The disk is full for the second checkpoint (its temporary file is /dev/full, which
+    answers every write with ENOSPC): one line naming the run folder, the first checkpoint
+    whole; the CLI's --resume then says the same, and nothing is exported."""
+    import os
+
+    import torch
+
+    from napari_nucleiseg.cli.main import main
+    from napari_nucleiseg.training.retrain import retrain
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    project = _small_project(tmp_path / "p")
+    gen = retrain(project, _tiny(minutes=0.5))
+    for info in gen:
+        if info.get("iter") == 2:
+            break
+    gen.close()
+    (run,) = project.runs_dir.iterdir()
+    before = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt.tmp").symlink_to("/dev/full")
+    with pytest.raises(ProjectError) as err:
+        list(retrain(project, _tiny(minutes=0.3), resume=True))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(run))
+    assert "No space left on device" in message and "iteration 2 is kept" in message
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["iter"] == 2
+    assert not (run / "checkpoint.pt.tmp").exists()
+    assert not list(project.models_dir.glob("*.json"))
+
+    # The CLI: the same one line, exit 1 (the disk full again).
+    (run / "checkpoint.pt.tmp").symlink_to("/dev/full")
+    capsys.readouterr()
+    assert main(["retrain", str(project.path), "--resume", "--minutes", "0.3"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {run}: cannot write the checkpoint")
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_says_so_when_there_is_nothing_to_resume(tmp_path, capsys):
+    from napari_nucleiseg.cli.main import main
+
+    project = Project.init(tmp_path / "p")
+    assert main(["retrain", str(project.path), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no retraining run to resume" in err
+    assert main(["retrain", str(project.path), "--resume", "--promote", "never"]) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_two_processes_under_torchrun_train_one_student(tmp_path):
+    """`nucleiseg retrain` under torchrun: 2 CPU processes (gloo, loopback) fine-tune one
+    student in DistributedDataParallel; both end with identical weights, which are the weights
+    rank 0 alone exported (once)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    project = _small_project(tmp_path / "p")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(30500 + os.getpid() % 1000),
+        "-m", "napari_nucleiseg.cli.main", "retrain", str(project.path), "--minutes", "0.25",
+        "--promote", "always",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 1  # rank 0 speaks for both
+    result = lines[0]
+    (run,) = project.runs_dir.iterdir()
+    ranks = [json.loads((run / "ranks" / f"{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["iters"] == ranks[1]["iters"] == result["iterations"] >= 1
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    (card,) = project.models_dir.glob("*.json")  # one student
+    assert card.stem == result["model"] == Project(project.path).current_model()
+    state = load_file(str(project.models_dir / f"{card.stem}.safetensors"))
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    assert digest.hexdigest() == ranks[0]["weights_sha256"]
+    train_lines = [
+        x for x in (run / "train.log").read_text().splitlines() if '"stage": "train"' in x
+    ]
+    assert len(train_lines) == result["iterations"]  # rank 0 logs, once per step

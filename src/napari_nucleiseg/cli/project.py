@@ -87,7 +87,16 @@ def add_parser(sub, formatter) -> None:
         help="µm per pixel of unlabelled images that state none",
     )
     r.add_argument(
-        "--minutes", type=float, default=10.0, help="time budget, all stages (default 10)"
+        "--minutes",
+        type=float,
+        default=None,
+        help="time budget, all stages (default 10; with --resume: the time the run had left)",
+    )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest unfinished run (after a cancel or a kill) with its own "
+        "settings and pseudo-labels, from its last checkpoint; --minutes gives it a new budget",
     )
     r.add_argument(
         "--promote",
@@ -204,6 +213,7 @@ def cmd_remove_labels(args) -> int:
 
 def cmd_retrain(args) -> int:
     import json
+    import os
 
     from ..io import SlideError
     from ..models import WeightsError
@@ -211,22 +221,33 @@ def cmd_retrain(args) -> int:
     from ..training.retrain import RetrainConfig, retrain
     from .progress import Progress
 
+    quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks for all
     try:
         project = Project(args.dir)
-        cfg = RetrainConfig(
-            minutes=args.minutes,
-            promote=args.promote,
-            confidence=args.confidence,
-            lr=args.lr,
-            anchor=args.anchor,
-            unlabelled=[(u, args.mpp) for u in args.unlabelled],
-        )
+        if args.resume:
+            given = (args.unlabelled, args.mpp, args.promote, args.confidence, args.lr, args.anchor)
+            if given != ([], None, "auto", 0.9, 2e-4, 0.0):
+                raise ProjectError(
+                    "--resume continues a run with its own settings: give it --minutes only"
+                )
+            cfg = None if args.minutes is None else RetrainConfig(minutes=args.minutes)
+        else:
+            cfg = RetrainConfig(
+                minutes=10.0 if args.minutes is None else args.minutes,
+                promote=args.promote,
+                confidence=args.confidence,
+                lr=args.lr,
+                anchor=args.anchor,
+                unlabelled=[(u, args.mpp) for u in args.unlabelled],
+            )
         bar = Progress("retrain", unit="s", min_total=1)
         result = None
-        for info in retrain(project, cfg):
+        for info in retrain(project, cfg, resume=args.resume):
             if info["stage"] == "done":
                 result = info["result"]
                 break
+            if quiet:
+                continue
             status = info["stage"]
             if "loss" in info:
                 status += f" iter {info['iter']} loss {info['loss']:.3f}"
@@ -245,7 +266,8 @@ def cmd_retrain(args) -> int:
     except OSError as exc:
         print(f"error: {args.dir}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result))
+    if not quiet:
+        print(json.dumps(result))
     return 0
 
 

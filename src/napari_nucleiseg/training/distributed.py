@@ -30,8 +30,10 @@ class Distributed:
         return self.rank == 0
 
 
-def setup() -> Distributed:
-    """Join the process group ``torchrun`` described in the environment, if any."""
+def setup(timeout_s: float | None = None) -> Distributed:
+    """Join the process group ``torchrun`` described in the environment, if any.
+    ``timeout_s``: how long a collective (a barrier) may wait, when longer than torch's default
+    (30 minutes): ranks that wait while rank 0 works alone (retraining's pseudo-labels)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Distributed()
@@ -40,7 +42,12 @@ def setup() -> Distributed:
 
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        if timeout_s is None:
+            dist.init_process_group(backend=backend)
+        else:
+            from datetime import timedelta
+
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
     return Distributed(dist.get_world_size(), dist.get_rank())
 
 
