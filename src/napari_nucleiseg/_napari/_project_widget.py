@@ -637,7 +637,7 @@ class ProjectWidget(Container):
             return
         run = latest_run(self.project)
         if run is None or run_finished(run):
-            what = "No retraining run" if run is None else f"The last run ({run.name}) finished:"
+            what = "No retraining run:" if run is None else f"The last run ({run.name}) finished:"
             self._set_status(f"{what} nothing to resume; Retrain starts a new run.")
             return
         self.plot.clear()
