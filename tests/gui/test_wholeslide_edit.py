@@ -1,0 +1,75 @@
+"""Correcting a whole-slide result in a real napari viewer (under Xvfb): the Project panel cuts
+the view from the result store into an editable layer on the slide, its delete tool works on it,
+and "Save to slide result" writes the correction into the store, its table and the whole-slide
+layer, which redraws from the store."""
+
+import numpy as np
+import pytest
+from _notifications import fresh_notifications  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def result(demo, tmp_path_factory):
+    from napari_nucleiseg.wholeslide import segment_slide
+
+    out = tmp_path_factory.mktemp("ws_gui")
+    assert list(segment_slide(demo.slide, out, method="classical", tile_um=128))[-1].finished
+    return out / "demo_he.nuclei.zarr"
+
+
+def test_correct_a_view_of_the_slide_result_and_save_it_back(make_napari_viewer, result, qtbot):
+    from napari.layers import Layer
+
+    from napari_nucleiseg._napari._project_widget import TOOLS, ProjectWidget
+    from napari_nucleiseg._napari._wholeslide_edit import EDIT_SCOPE
+    from napari_nucleiseg.layers import labels_display_pyramid, labels_layer
+    from napari_nucleiseg.wholeslide import open_labels
+    from napari_nucleiseg.wholeslide.edit import edit_log
+
+    viewer = make_napari_viewer()
+    project = ProjectWidget(viewer)
+    viewer.open_sample("napari-nucleiseg", "demo_slide")
+    slide_layer = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
+
+    class _Slide:  # what labels_layer needs of the slide: its path and µm/px
+        path, mpp = slide_layer.metadata["nucleiseg"]["path"], 0.5
+
+    levels, _, meta = open_labels(result)
+    data, kwargs, kind = labels_layer(
+        _Slide, labels_display_pyramid(levels), name="nuclei (whole slide)", kind="nuclei",
+        scope="slide", store=str(result),
+    )  # fmt: skip
+    whole = viewer.add_layer(Layer.create(data, kwargs, kind))
+    viewer.layers.selection.active = whole
+    viewer.scene.camera.center = (1500 * 0.5, 1500 * 0.5)
+    viewer.scene.camera.zoom = 4.0 / 0.5
+
+    project._slide_edit.clicked.emit()
+    (layer,) = [l for l in viewer.layers if l.metadata["nucleiseg"].get("scope") == EDIT_SCOPE]
+    assert project.view_labels() is layer and viewer.layers.selection.active is layer
+    x0, y0, x1, y1 = layer.metadata["nucleiseg"]["region_px"]
+    assert x0 <= 1500 <= x1 and y0 <= 1500 <= y1
+    # Aligned with the slide: its pixel (0, 0) lies on level-0 pixel (x0, y0).
+    assert np.allclose(layer.data_to_world((0, 0)), slide_layer.data_to_world((y0, x0)))
+    assert np.array_equal(np.asarray(layer.data), np.asarray(levels[0][y0:y1, x0:x1]))
+
+    # Delete the nucleus in the middle of the view with the panel's tool (a click).
+    project._tool.value = TOOLS[1]
+    data = np.asarray(layer.data)
+    ids, counts = np.unique(data[data > 0], return_counts=True)
+    edge = set(np.concatenate([data[0], data[-1], data[:, 0], data[:, -1]]).tolist())
+    gone = int(next(i for i, n in sorted(zip(ids, counts), key=lambda t: -t[1]) if i not in edge))
+    r, c = np.argwhere(data == gone)[0]
+    assert project.delete_at((r, c)) == [gone]
+    assert not (np.asarray(layer.data) == gone).any()
+
+    project._slide_save.clicked.emit()
+    assert "Saved to the slide result" in project._status.value, project._status.value
+    assert layer not in viewer.layers
+    assert edit_log(result)[-1]["deleted"] == [gone]
+    shown = np.asarray(whole.data[0][y0:y1, x0:x1])
+    assert not (shown == gone).any() and (shown > 0).any()
+    csv = (result.parent / "demo_he.nuclei.csv").read_text()
+    assert f"\n{gone}," not in csv
