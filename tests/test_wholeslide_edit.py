@@ -279,3 +279,117 @@ def test_a_write_killed_leaves_the_old_or_the_new_region_and_the_store_opens(sto
         assert len(_csv_rows(path.parent)) == len(before_rows) - 3
     assert open_labels(path)[2]["finished"]
     assert _problems(slide, path) == []
+
+
+def test_a_save_killed_after_its_commit_is_finished_by_the_next_job_run(store):
+    """The job itself completes a committed save (edit.recover) instead of finding its chunks
+    changed and rebuilding them uncorrected."""
+    from napari_nucleiseg.wholeslide import StoreRepairWarning
+    from napari_nucleiseg.wholeslide.edit import read_region_labels, whole_nuclei_box
+
+    slide, path = store
+    out = path.parent
+    before_rows = _csv_rows(out)
+    box = whole_nuclei_box(path, 1400, 1400, 1680, 1640)
+    old = read_region_labels(path, *box)
+    proc = subprocess.run([sys.executable, "-c", _KILL, str(path), "mid-rename"])
+    assert proc.returncode == -9
+    assert (path / "edits" / "pending" / "COMMIT.json").exists()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StoreRepairWarning)
+        runs = _segment(slide, out)
+    # The killed save's lock is taken over; nothing is rebuilt: the save is finished.
+    assert [w for w in caught if "taking over its lock" not in str(w.message)] == []
+    assert len(runs) == 1 and runs[0].stage == "done"
+    assert not (path / "edits" / "pending").exists()
+    now = read_region_labels(path, *box)
+    assert len(np.unique(now)) == len(np.unique(old)) - 3
+    rows = _csv_rows(out)
+    assert len(rows) == len(before_rows) - 3 and runs[0].nuclei == len(rows)
+    assert _problems(slide, path) == []
+
+
+def _correct(slide, path):
+    """Delete one nucleus and paint a new one in a region; returns what the result must hold."""
+    from napari_nucleiseg.correction import delete
+    from napari_nucleiseg.wholeslide.edit import (
+        read_region_labels,
+        whole_nuclei_box,
+        write_region_labels,
+    )
+
+    x0, y0, x1, y1 = whole_nuclei_box(path, 1400, 1400, 1680, 1640)
+    old = read_region_labels(path, x0, y0, x1, y1)
+    edge = set(np.unique(np.concatenate([old[0], old[-1], old[:, 0], old[:, -1]])).tolist())
+    gone = next(int(i) for i in np.unique(old[40:-40, 40:-40]) if i and i not in edge)
+    new, _ = delete(old, gone)
+    free = np.argwhere((new == 0)[8:-8, 8:-8])
+    cy, cx = free[len(free) // 2] + 8
+    yy, xx = np.mgrid[: new.shape[0], : new.shape[1]]
+    disc = ((yy - cy) ** 2 + (xx - cx) ** 2 <= 16) & (new == 0)
+    new[disc] = 7
+    done = write_region_labels(path, x0, y0, new, slide=slide)
+    (fresh,) = done["added"]
+    expect = new.astype(old.dtype)
+    expect[disc] = fresh
+    ys, xs = np.nonzero(old == gone)
+    chunk = ((y0 + int(ys[0])) // 256, (x0 + int(xs[0])) // 256)  # a chunk the deleted one is in
+    return (x0, y0, x1, y1), expect, gone, fresh, chunk
+
+
+@pytest.mark.parametrize("damage", ["a level-0 chunk", "the CSV"])
+def test_a_repair_of_a_corrected_store_writes_the_corrections_again(store, damage):
+    from napari_nucleiseg.wholeslide import StoreRepairWarning, open_labels
+    from napari_nucleiseg.wholeslide import store as st
+    from napari_nucleiseg.wholeslide.edit import edit_log
+
+    slide, path = store
+    out = path.parent
+    (x0, y0, x1, y1), expect, gone, fresh, chunk = _correct(slide, path)
+    corrected_rows = _csv_rows(out)
+    assert gone not in corrected_rows and fresh in corrected_rows
+    log = (path / "edits" / "log.json").read_bytes()
+    if damage == "the CSV":
+        (out / f"{STEM}.nuclei.csv").unlink()
+    else:
+        st.chunk_file(path, 0, *chunk).unlink()
+    with pytest.warns(StoreRepairWarning) as caught:
+        runs = _segment(slide, out)
+    assert runs[-1].finished and runs[-1].stage == "done" and len(runs) > 1
+    assert all("could not be written again" not in str(w.message) for w in caught)
+    # Healed, and corrected: the region's labels, the rows, the coarse levels, the ids.
+    lv = [np.asarray(x) for x in open_labels(path)[0]]
+    assert np.array_equal(lv[0][y0:y1, x0:x1], expect)
+    for k in (1, 2):
+        assert np.array_equal(lv[k], lv[0][:: 4**k, :: 4**k])
+    rows = _csv_rows(out)
+    assert gone not in rows and fresh in rows
+    assert rows.keys() == corrected_rows.keys() and runs[-1].nuclei == len(rows)
+    assert (path / "edits" / "log.json").read_bytes() == log and len(edit_log(path)) == 1
+    assert not (path / "edits" / "replay.json").exists()
+    assert _problems(slide, path) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreRepairWarning)
+        again = _segment(slide, out)
+    assert len(again) == 1 and again[0].stage == "done" and _csv_rows(out) == rows
+
+
+def test_a_correction_that_cannot_be_written_again_is_one_warning_and_kept(store):
+    from napari_nucleiseg.wholeslide import StoreRepairWarning
+
+    slide, path = store
+    out = path.parent
+    _correct(slide, path)
+    npz = path / "edits" / "0001.npz"
+    npz.write_bytes(npz.read_bytes()[:100])  # the labels after are damaged
+    (out / f"{STEM}.nuclei.csv").unlink()
+    with pytest.warns(StoreRepairWarning) as caught:
+        runs = _segment(slide, out)
+    assert runs[-1].finished
+    (line,) = [str(w.message) for w in caught if "could not be written again" in str(w.message)]
+    assert str(path) in line and str(npz) in line
+    assert npz.exists() and (path / "edits" / "log.json").exists()
+    # Not silently lost: the next run tries again and says so again.
+    assert (path / "edits" / "replay.json").exists()
+    with pytest.warns(StoreRepairWarning, match="0001.npz"):
+        _segment(slide, out)

@@ -39,8 +39,11 @@ wholly new. Writes hold the store's :class:`~.store.StoreLock`: no job runs mean
 **Edit log.** ``edits/log.json`` lists every correction (who, when, the region, the ids deleted,
 changed and added) and ``edits/NNNN.npz`` keeps the region's labels before and after it, so a
 correction is never silently lost: it can be audited, replayed or undone from the log. A job that
-rebuilds a *damaged* chunk or export rebuilds it from its tile records, i.e. uncorrected; the
-log is what restores it (see the docs).
+rebuilds a *damaged* chunk or export rebuilds it from its tile records, i.e. uncorrected; it
+then writes every logged correction again, in log order (:func:`replay`: the labels "after" of
+each, with the ids the correction gave them, no new log entry), so the corrections come back. A
+marker (``edits/replay.json``) is written before the rebuilt store is marked finished and removed
+once every correction is written again: a run killed in between replays them next time.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import os
 import re
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +64,8 @@ from .tasks import LOCAL_BITS
 
 #: Folder of the edit log, inside the store.
 EDITS = "edits"
+#: Marker, in :data:`EDITS`, of a rebuilt store whose logged corrections are not written again yet.
+REPLAY = "replay.json"
 
 
 class RegionEditError(ValueError):
@@ -160,7 +166,7 @@ def _read_log(store: Path) -> dict:
 def recover(store) -> str | None:
     """Finish or drop a correction a killed write left in ``edits/pending/``: completed when it
     was committed, dropped when not. Returns what was done (None: nothing pending). Call under
-    the store's lock."""
+    the store's lock; it does not take the lock itself (the job calls it holding it)."""
     store = Path(store)
     pending = store / EDITS / "pending"
     if not pending.exists():
@@ -417,8 +423,9 @@ def _stage_and_commit(store, g, old, final, region, slide, entry, log) -> None:
                     levels.setdefault(str(level), {})[k] = digest
         stage_file(path, lambda fh: fh.write(json.dumps(levels).encode()))
 
-    # 3. the exports: rows of deleted and changed nuclei out, new and changed ones in
-    removed = set(entry["deleted"]) | set(entry["changed"])
+    # 3. the exports: rows of deleted and changed nuclei out, new and changed ones in (the rows
+    # of added ones too: a replay may find them there already)
+    removed = set(entry["deleted"]) | set(entry["changed"]) | set(entry["added"])
     table, rings = _measure(final, entry["changed"] + entry["added"], region, g["mpp"], slide)
     outputs = {k: dict(v) for k, v in g["meta"].get("outputs", {}).items()}
     staged_out = pending / "files" / "exports"
@@ -444,12 +451,17 @@ def _stage_and_commit(store, g, old, final, region, slide, entry, log) -> None:
         }
         files.append([rel(staged), rel(src)])
 
-    # 4. the edit log, the labels before and after, the store's attributes
-    def save_npz(fh):
-        np.savez_compressed(fh, region_px=np.array(region), before=old, after=final)
+    # 4. the edit log, the labels before and after (not for a replay: ``log`` None), the
+    # store's attributes
+    if log is not None:
 
-    stage_file(store / entry["labels"], save_npz)
-    stage_file(store / EDITS / "log.json", lambda fh: fh.write(json.dumps(log, indent=1).encode()))
+        def save_npz(fh):
+            np.savez_compressed(fh, region_px=np.array(region), before=old, after=final)
+
+        stage_file(store / entry["labels"], save_npz)
+        stage_file(
+            store / EDITS / "log.json", lambda fh: fh.write(json.dumps(log, indent=1).encode())
+        )
     attrs = g["attrs"]
     summary = dict(g["meta"].get("summary", {}))
     if count is not None:
@@ -458,7 +470,7 @@ def _stage_and_commit(store, g, old, final, region, slide, entry, log) -> None:
         **g["meta"],
         "outputs": outputs,
         "summary": summary,
-        "edits": len(log["edits"]),
+        "edits": len(log["edits"]) if log is not None else g["meta"].get("edits", 0),
     }
     stage_file(store / ".zattrs", lambda fh: fh.write(json.dumps(attrs, indent=1).encode()))
 
@@ -469,6 +481,95 @@ def _stage_and_commit(store, g, old, final, region, slide, entry, log) -> None:
     (pending / "COMMIT.json").unlink()
     st.fsync_path(pending)
     shutil.rmtree(pending, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- replay
+def has_log(store) -> bool:
+    """Whether ``store`` holds corrections (a log, or the labels of one)."""
+    edits = Path(store) / EDITS
+    return (edits / "log.json").exists() or any(edits.glob("[0-9]*.npz"))
+
+
+def mark_replay(store) -> None:
+    """Note that the logged corrections must be written again (:func:`replay`)."""
+    (Path(store) / EDITS).mkdir(parents=True, exist_ok=True)
+    st.atomic_json(Path(store) / EDITS / REPLAY, {"since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def replay_pending(store) -> bool:
+    return (Path(store) / EDITS / REPLAY).exists()
+
+
+def clear_replay(store) -> None:
+    (Path(store) / EDITS / REPLAY).unlink(missing_ok=True)
+    st.fsync_path(Path(store) / EDITS)
+
+
+def replay(store, *, slide=None) -> list[str]:
+    """Write every logged correction of a finished ``store`` again, in log order: the region's
+    labels "after" (ids as the correction gave them), the rows of its nuclei, the digests; no
+    new log entry. What a job does after rebuilding damaged parts from the tile records.
+
+    Returns one line for each correction that could not be written again (its log or labels
+    unreadable), naming the store and the file; the files are kept. Call under the store's lock
+    (it does not take it); each correction is committed as :func:`write_region_labels` commits.
+    """
+    store = Path(store)
+    log_path = store / EDITS / "log.json"
+    try:
+        entries = _read_log(store)["edits"]
+        if not isinstance(entries, list):
+            raise ValueError("it holds no list of edits")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return [
+            f"{store}: the corrections' log {log_path} cannot be read ({exc}); its corrections "
+            "are not in the rebuilt result (the log and edits/*.npz are kept)"
+        ]
+    if not entries and any((store / EDITS).glob("[0-9]*.npz")):
+        return [
+            f"{store}: the corrections' log {log_path} is missing; the corrections in "
+            f"{store / EDITS}/*.npz are not in the rebuilt result (the files are kept)"
+        ]
+    lines = []
+    for n, entry in enumerate(entries, 1):
+        labels = store / EDITS / f"{n:04d}.npz"
+        try:
+            labels = store / entry["labels"]
+            _replay_one(store, entry, labels, slide)
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            EOFError,
+            zipfile.BadZipFile,
+        ) as exc:
+            if isinstance(exc, OSError) and st.is_no_space(exc):
+                raise
+            lines.append(
+                f"{store}: correction {n} ({labels}) could not be written again "
+                f"({type(exc).__name__}: {exc}); it is not in the rebuilt result (its files are "
+                "kept)"
+            )
+    return lines
+
+
+def _replay_one(store: Path, entry: dict, labels: Path, slide) -> None:
+    g = _geometry(store)
+    x0, y0, x1, y1 = (int(v) for v in entry["region_px"])
+    with np.load(labels) as z:
+        final = np.asarray(z["after"])
+    h, w = g["shape"]
+    if final.shape != (y1 - y0, x1 - x0) or x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+        raise RegionEditError(f"its labels ({final.shape}) do not fit its region")
+    if final.dtype.kind not in "ui" or (final.size and final.min() < 0):
+        raise RegionEditError(f"its labels are not labels ({final.dtype})")
+    final = final.astype(g["dtype"])
+    old = np.asarray(_open(store, 0)[y0:y1, x0:x1])
+    ids = {k: [int(i) for i in entry[k]] for k in ("deleted", "changed", "added")}
+    _stage_and_commit(
+        store, g, old, final, (x0, y0, x1, y1), slide, {"edit": entry["edit"], **ids}, None
+    )
 
 
 # --------------------------------------------------------------------------- exports

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.errors import SlideError
+from . import edit, verify
 from . import store as st
-from . import verify
 from .tasks import (
     LOCAL_BITS,
     Job,
@@ -441,11 +441,28 @@ def _warn(lines) -> None:
         )
 
 
+def _replay(path: Path, slide) -> None:
+    """Write the store's logged corrections again (after a rebuild); a correction that cannot be
+    is one warning line, and the marker stays so the next run tries again."""
+    import warnings
+
+    lines = edit.replay(path, slide=slide)
+    # Attributed to whoever iterates segment_slide (_replay < _run_locked < _run < segment_slide).
+    for line in lines:
+        warnings.warn(line, st.StoreRepairWarning, stacklevel=5)
+    if not lines:
+        edit.clear_replay(path)
+
+
 def _run_locked(slide, path, out_dir, method, normaliser, tile_um, scheduler, workers, min_tissue):
     t_start = time.perf_counter()
     kwargs, tissue, identity = plan(
         slide, method=method, normaliser=normaliser, tile_um=tile_um, min_tissue=min_tissue
     )
+    # A correction (wholeslide.edit) a killed save committed is finished, one it had not
+    # committed dropped, before anything reads the store: else the checks would find its chunks
+    # changed and rebuild them uncorrected. recover does not take the store's lock (held here).
+    edit.recover(path)
     meta = st.open_or_create(path, identity, kwargs["shape"], kwargs["tile"], kwargs["dtype"])
     name = str(slide.path)
     total = len(tissue)
@@ -462,6 +479,9 @@ def _run_locked(slide, path, out_dir, method, normaliser, tile_um, scheduler, wo
         chunks = {nb for rc in tissue for nb in job.neighbours(*rc)}
         problems = verify.check_finished(path, out_dir, meta, tissue, chunks)
         if not problems:
+            if edit.replay_pending(path):  # killed while writing the corrections again
+                _replay(path, slide)
+                meta = st.read_attrs(path)["nucleiseg"]
             n = int(meta.get("summary", {}).get("nuclei", 0))
             yield SlideProgress(name, total, total, n, path, True, total, total, "done", 0.0)
             return
@@ -505,6 +525,12 @@ def _run_locked(slide, path, out_dir, method, normaliser, tile_um, scheduler, wo
                 "resumed_tiles": state.resumed,
                 "runner": runner.kind,
             }
+            # The exports (and any rebuilt chunk) come from the tile records, without the
+            # corrections: noted before the store says finished, so they are written again
+            # below or, killed before that, by the next run.
+            corrected = edit.has_log(path)
+            if corrected:
+                edit.mark_replay(path)
             st.update_attrs(path, finished=True, summary=summary, outputs=outputs)
             st.finish(path)
         finally:
@@ -523,6 +549,9 @@ def _run_locked(slide, path, out_dir, method, normaliser, tile_um, scheduler, wo
                 "recorded: free some space and run the same command again to resume",
             ) from exc
         raise
+    if corrected:
+        _replay(path, slide)
+        n = int(st.read_attrs(path)["nucleiseg"].get("summary", {}).get("nuclei", n))
     yield SlideProgress(
         name,
         total,
