@@ -498,6 +498,9 @@ def test_ctrl_c_while_the_pool_starts_or_joins_workers_waits_for_them():
 
     from napari_nucleiseg.wholeslide.job import _Threads
 
+    # Python's own handler, as a terminal's python has (a suite run as a background job ignores
+    # SIGINT).
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     runner = _Threads(2)
     ran = threading.Event()
     # The signal lands while the first worker thread is being started.
@@ -507,12 +510,13 @@ def test_ctrl_c_while_the_pool_starts_or_joins_workers_waits_for_them():
             runner.submit(ran.set)
         # Ctrl-C took effect only once the thread was started and the pool knew of it ...
         assert len(runner.pool._threads) == 1
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         runner.close()
+        signal.signal(signal.SIGINT, outer)
     # ... so closing waited for it, and the handler is Python's again.
     assert ran.is_set()
     assert not [t for t in threading.enumerate() if t.name.startswith("nucleiseg_")]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def _with_sigint(fn):

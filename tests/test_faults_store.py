@@ -97,8 +97,15 @@ def _cli_cmd(slide, out, *extra):
 
 
 def _start(cmd, **kwargs):
+    # SIGINT as a terminal's Ctrl-C delivers it, even when the suite itself runs as a background
+    # job (which ignores SIGINT, and a Python child would keep ignoring it).
     return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **kwargs,
     )
 
 
