@@ -64,6 +64,9 @@ def test_retraining_makes_a_student_that_is_a_method_and_promotes_as_asked(crops
     student = get_method(name, project=project.path)
     card = student.card
     assert card.training["parent"]["name"] == "nuclei-unet-v4"
+    # The teacher's replay crops went into its batches and go on to the student.
+    assert card.training["replay_share"] > 0
+    assert card.training["replay"] == get_method("nuclei-unet-v4").card.training["replay"]
     assert len(card.training["data_manifest"]) == 3  # 2 strong (train split) + 1 pseudo
     assert card.metrics["project_heldout"]["teacher_aji"] == result["teacher_aji"]
     image = project.store.examples(split="heldout")[0].image()
@@ -261,3 +264,32 @@ def test_two_processes_under_torchrun_train_one_student(tmp_path):
         x for x in (run / "train.log").read_text().splitlines() if '"stage": "train"' in x
     ]
     assert len(train_lines) == result["iterations"]  # rank 0 logs, once per step
+
+
+def test_the_replay_set_is_the_teachers_own_training_crops_and_checked_by_hash(tmp_path):
+    """Shipped beside nuclei-unet-v4 (MoNuSeg training crops at the model's µm/px); found from a
+    student's card in a project folder; a changed file is refused naming it."""
+    import shutil
+
+    from napari_nucleiseg.methods import get_method
+    from napari_nucleiseg.models.registry import WeightsError
+    from napari_nucleiseg.training import replay
+
+    teacher = get_method("nuclei-unet-v4")
+    crops = replay.load(teacher.card, teacher.card_path)
+    assert len(crops) == teacher.card.training["replay"]["crops"] == 16
+    assert all(c.mpp == teacher.card.mpp and c.rgb.shape == (256, 256, 3) for c in crops)
+    assert all(c.labels.max() > 5 and c.stem.startswith("replay-TCGA-") for c in crops)
+    # A card elsewhere (a project's student) naming it finds the shipped file.
+    assert (
+        replay.find(teacher.card, tmp_path / "student.json")
+        == replay.SHIPPED / (teacher.card.training["replay"]["file"])
+    )
+    # A damaged copy beside the card is refused.
+    damaged = tmp_path / teacher.card.training["replay"]["file"]
+    shutil.copy(replay.SHIPPED / damaged.name, damaged)
+    with open(damaged, "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00" * 16)
+    with pytest.raises(WeightsError, match=damaged.name):
+        replay.load(teacher.card, tmp_path / "student.json")

@@ -119,6 +119,20 @@ def add_parser(sub, formatter) -> None:
         default=0.0,
         help="weight of the pull back to the teacher's weights (L2-SP; default 0: none)",
     )
+    r.add_argument(
+        "--strong-share",
+        type=float,
+        default=0.5,
+        help="share of every batch from strong labels (default 0.5; the rest: pseudo-labels "
+        "and replay)",
+    )
+    r.add_argument(
+        "--replay-share",
+        type=float,
+        default=0.25,
+        help="share of every batch from the teacher's own training crops, so the student keeps "
+        "what the teacher knew (default 0.25; 0: none)",
+    )
     r.set_defaults(func=cmd_retrain)
 
     m = sub.add_parser(
@@ -226,7 +240,8 @@ def cmd_retrain(args) -> int:
         project = Project(args.dir)
         if args.resume:
             given = (args.unlabelled, args.mpp, args.promote, args.confidence, args.lr, args.anchor)
-            if given != ([], None, "auto", 0.9, 2e-4, 0.0):
+            given += (args.strong_share, args.replay_share)
+            if given != ([], None, "auto", 0.9, 2e-4, 0.0, 0.5, 0.25):
                 raise ProjectError(
                     "--resume continues a run with its own settings: give it --minutes only"
                 )
@@ -238,6 +253,8 @@ def cmd_retrain(args) -> int:
                 confidence=args.confidence,
                 lr=args.lr,
                 anchor=args.anchor,
+                strong_share=args.strong_share,
+                replay_share=args.replay_share,
                 unlabelled=[(u, args.mpp) for u in args.unlabelled],
             )
         bar = Progress("retrain", unit="s", min_total=1)

@@ -63,6 +63,9 @@ class RetrainConfig:
     weight_decay: float = 1e-4
     #: Share of every batch drawn from strong labels (the rest: pseudo-labels, when there are).
     strong_share: float = 0.5
+    #: Share of every batch drawn from the teacher's own training crops (its card's replay set,
+    #: training.replay), so the student keeps what the teacher knew elsewhere; 0: none.
+    replay_share: float = 0.25
     seed: int = 0
     threads: int = 0  # 0: every usable core
     checkpoint_every: int = 50
@@ -73,6 +76,11 @@ class RetrainConfig:
             raise ProjectError(f"--promote must be one of {', '.join(PROMOTE)}")
         if not (0.5 <= self.confidence <= 1.0):
             raise ProjectError(f"confidence must be from 0.5 to 1, got {self.confidence}")
+        if not (0 <= self.replay_share < 1 and 0 < self.strong_share <= 1):
+            raise ProjectError(
+                f"shares of a batch must be 0 <= replay < 1 and 0 < strong <= 1, got "
+                f"{self.replay_share} and {self.strong_share}"
+            )
         if not (0 < self.minutes <= 24 * 60):
             raise ProjectError(f"minutes must be above 0 (and at most a day), got {self.minutes}")
 
@@ -489,7 +497,18 @@ def _fine_tune(teacher, card, strong, pseudo, cfg, run, deadline, cores, ddp):
         if pseudo
         else None
     )
-    n_strong = cfg.batch if pseudo_sampler is None else max(1, round(cfg.batch * cfg.strong_share))
+    from .replay import load as load_replay
+
+    replay = load_replay(card, teacher.card_path) if cfg.replay_share > 0 else []
+    replay_sampler = (
+        PatchSampler(replay, card.mpp, cfg.patch, seed=seed(cfg.seed + 2)) if replay else None
+    )
+    n_replay = 0 if replay_sampler is None else max(1, round(cfg.batch * cfg.replay_share))
+    n_strong = max(1, round(cfg.batch * cfg.strong_share))
+    if pseudo_sampler is None:  # strong labels take the pseudo-labels' share
+        n_strong = cfg.batch - n_replay
+    n_strong = max(1, min(n_strong, cfg.batch - n_replay))
+    n_pseudo = cfg.batch - n_strong - n_replay if pseudo_sampler is not None else 0
     it, trained_s = 0, 0.0
     ckpt = run.path / "checkpoint.pt"
     if ckpt.exists():  # a resumed run
@@ -501,6 +520,8 @@ def _fine_tune(teacher, card, strong, pseudo, cfg, run, deadline, cores, ddp):
         strong_sampler.rng = np.random.default_rng(_stream(cfg.seed, it, ddp))
         if pseudo_sampler is not None:
             pseudo_sampler.rng = np.random.default_rng(_stream(cfg.seed + 1, it, ddp))
+        if replay_sampler is not None:
+            replay_sampler.rng = np.random.default_rng(_stream(cfg.seed + 2, it, ddp))
     net = distributed.wrap(model, ddp)  # gradients averaged over the ranks at every step
     start = time.perf_counter()
     # Cosine over the training time there is, this session's and earlier ones': the schedule
@@ -527,10 +548,13 @@ def _fine_tune(teacher, card, strong, pseudo, cfg, run, deadline, cores, ddp):
             break
         for g in opt.param_groups:
             g["lr"] = lr
-        rgb, targets = strong_sampler.batch(n_strong)
-        if pseudo_sampler is not None and cfg.batch > n_strong:
-            prgb, ptargets = pseudo_sampler.batch(cfg.batch - n_strong)
-            rgb, targets = np.concatenate([rgb, prgb]), np.concatenate([targets, ptargets])
+        parts = [strong_sampler.batch(n_strong)]
+        if n_pseudo > 0:
+            parts.append(pseudo_sampler.batch(n_pseudo))
+        if n_replay > 0:
+            parts.append(replay_sampler.batch(n_replay))
+        rgb = np.concatenate([p[0] for p in parts])
+        targets = np.concatenate([p[1] for p in parts])
         x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255.0)
         x = x.contiguous(memory_format=torch.channels_last)
         loss = loss_fn(net(x), torch.from_numpy(targets))
@@ -621,8 +645,11 @@ def _export(state, parent, folder: Path, name, version, strong, pseudo, iters, c
             "batch": cfg.batch,
             "patch": cfg.patch,
             "strong_share": cfg.strong_share,
+            "replay_share": cfg.replay_share,
             "confidence": cfg.confidence,
             "anchor": cfg.anchor,
+            # The teacher's replay set goes on to the student and its students.
+            **({"replay": parent.training["replay"]} if parent.training.get("replay") else {}),
         },
         created=dt.date.today().isoformat(),
         notes=f"fine-tuned from {parent.name} {parent.version} by `nucleiseg retrain`",
