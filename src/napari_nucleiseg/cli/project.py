@@ -111,7 +111,7 @@ def add_parser(sub, formatter) -> None:
         help="mean per-pixel confidence a pseudo-labelled tile needs (0.5-1, default 0.9)",
     )
     r.add_argument(
-        "--lr", type=float, default=2e-4, help="peak learning rate of the student (default 2e-4)"
+        "--lr", type=float, default=1e-3, help="peak learning rate of the student (default 1e-3)"
     )
     r.add_argument(
         "--anchor",
@@ -122,8 +122,8 @@ def add_parser(sub, formatter) -> None:
     r.add_argument(
         "--strong-share",
         type=float,
-        default=0.5,
-        help="share of every batch from strong labels (default 0.5; the rest: pseudo-labels "
+        default=0.625,
+        help="share of every batch from strong labels (default 0.625; the rest: pseudo-labels "
         "and replay)",
     )
     r.add_argument(
@@ -241,7 +241,7 @@ def cmd_retrain(args) -> int:
         if args.resume:
             given = (args.unlabelled, args.mpp, args.promote, args.confidence, args.lr, args.anchor)
             given += (args.strong_share, args.replay_share)
-            if given != ([], None, "auto", 0.9, 2e-4, 0.0, 0.5, 0.25):
+            if given != ([], None, "auto", 0.9, 1e-3, 0.0, 0.625, 0.25):
                 raise ProjectError(
                     "--resume continues a run with its own settings: give it --minutes only"
                 )

@@ -56,13 +56,13 @@ class RetrainConfig:
     tiles_per_source: int = 8
     batch: int = 8
     patch: int = 256
-    lr: float = 2e-4
+    lr: float = 1e-3
     #: L2-SP (Li et al. 2018): weight of the squared distance of the student's weights from the
     #: teacher's, added to the loss, so fine-tuning on one lab's images forgets less elsewhere.
     anchor: float = 0.0
     weight_decay: float = 1e-4
     #: Share of every batch drawn from strong labels (the rest: pseudo-labels, when there are).
-    strong_share: float = 0.5
+    strong_share: float = 0.625
     #: Share of every batch drawn from the teacher's own training crops (its card's replay set,
     #: training.replay), so the student keeps what the teacher knew elsewhere; 0: none.
     replay_share: float = 0.25
