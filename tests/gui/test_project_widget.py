@@ -83,7 +83,7 @@ def test_split_merge_undo_and_accept(panels, qtbot):
     assert example.image().shape[:2] == example.labels().shape
     assert example.provenance["source_hash"].startswith("sha256")
     assert len(example.provenance["region_um"]) == 4
-    assert "1 accepted views" in project._summary.value
+    assert "1 accepted view (" in project._summary.value
 
 
 def test_retraining_runs_in_the_background_and_cancels(panels, qtbot):
@@ -148,7 +148,7 @@ def test_an_accepted_view_reopens_is_edited_in_place_and_deleted(panels, qtbot):
     assert edited.nuclei == example.nuclei - 1
     assert np.array_equal(edited.labels(), np.asarray(layer.data))
     assert edited.provenance["edits"][0]["nuclei_before"] == example.nuclei
-    assert "1 accepted views" in project._summary.value
+    assert "1 accepted view (" in project._summary.value
 
     # Delete: the first click asks, the second deletes; the layer no longer updates it.
     project._delete.clicked.emit()

@@ -186,9 +186,10 @@ class ProjectWidget(Container):
         held = sum(ex.split == "heldout" for ex in strong)
         pseudo = len(store.examples(kind="pseudo"))
         current = default_method_name("nuclei", self.project.path)
+        views = f"{len(strong)} accepted view{'' if len(strong) == 1 else 's'}"
         self._summary.value = (
-            f"{self.project.path.name}: {len(strong)} accepted views ({held} held out to measure "
-            f"the model), {pseudo} pseudo-labelled tiles; model: {current}"
+            f"{self.project.path.name}: {views} ({held} held out to measure the model), "
+            f"{pseudo} pseudo-labelled tile{'' if pseudo == 1 else 's'}; model: {current}"
         )
         self._models.reset_choices()
         if current in self._models.choices:
