@@ -111,6 +111,17 @@ def test_retraining_runs_in_the_background_and_cancels(panels, qtbot):
     status = project._status.value
     assert "cancelled after" in status and " s;" in status and "model is unchanged" in status
 
+    # Resume goes on with the same run (no second run folder), in the background again.
+    runs = sorted(p.name for p in project.project.runs_dir.iterdir())
+    assert len(runs) == 1
+    project._resume.clicked.emit()
+    assert project.jobs.running
+    qtbot.waitUntil(lambda: len(project.plot.points) >= 1, timeout=120_000)
+    project._cancel.clicked.emit()
+    qtbot.waitUntil(lambda: not project.jobs.running, timeout=60_000)
+    assert sorted(p.name for p in project.project.runs_dir.iterdir()) == runs
+    assert project.project.current_model() == model_before
+
 
 def test_an_accepted_view_reopens_is_edited_in_place_and_deleted(panels, qtbot):
     from napari_nucleiseg._napari._layers import tag
