@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import sys
 
+from ..training.retrain import RetrainConfig
+
+#: The retraining options' defaults are RetrainConfig's (the GUI's too).
+_DEFAULTS = RetrainConfig()
+
 
 def add_parser(sub, formatter) -> None:
     """The ``project`` command and its sub-commands, on ``nucleiseg``'s sub-parsers."""
@@ -101,37 +106,42 @@ def add_parser(sub, formatter) -> None:
     r.add_argument(
         "--promote",
         choices=("auto", "always", "never"),
-        default="auto",
+        default=_DEFAULTS.promote,
         help="auto (default): the student replaces the teacher only if better on held-out labels",
     )
     r.add_argument(
         "--confidence",
         type=float,
-        default=0.9,
-        help="mean per-pixel confidence a pseudo-labelled tile needs (0.5-1, default 0.9)",
+        default=_DEFAULTS.confidence,
+        help="mean per-pixel confidence a pseudo-labelled tile needs (0.5-1, default "
+        f"{_DEFAULTS.confidence:g})",
     )
     r.add_argument(
-        "--lr", type=float, default=1e-3, help="peak learning rate of the student (default 1e-3)"
+        "--lr",
+        type=float,
+        default=_DEFAULTS.lr,
+        help=f"peak learning rate of the student (default {_DEFAULTS.lr:g})",
     )
     r.add_argument(
         "--anchor",
         type=float,
-        default=0.0,
+        default=_DEFAULTS.anchor,
         help="weight of the pull back to the teacher's weights (L2-SP; default 0: none)",
     )
     r.add_argument(
         "--strong-share",
         type=float,
-        default=0.625,
-        help="share of every batch from strong labels (default 0.625; the rest: pseudo-labels "
+        default=_DEFAULTS.strong_share,
+        help=f"share of every batch from strong labels (default {_DEFAULTS.strong_share:g}; the "
+        "rest: pseudo-labels "
         "and replay)",
     )
     r.add_argument(
         "--replay-share",
         type=float,
-        default=0.25,
+        default=_DEFAULTS.replay_share,
         help="share of every batch from the teacher's own training crops, so the student keeps "
-        "what the teacher knew (default 0.25; 0: none)",
+        f"what the teacher knew (default {_DEFAULTS.replay_share:g}; 0: none)",
     )
     r.set_defaults(func=cmd_retrain)
 
@@ -239,9 +249,10 @@ def cmd_retrain(args) -> int:
     try:
         project = Project(args.dir)
         if args.resume:
-            given = (args.unlabelled, args.mpp, args.promote, args.confidence, args.lr, args.anchor)
-            given += (args.strong_share, args.replay_share)
-            if given != ([], None, "auto", 0.9, 1e-3, 0.0, 0.625, 0.25):
+            tuning = ("promote", "confidence", "lr", "anchor", "strong_share", "replay_share")
+            if (args.unlabelled, args.mpp) != ([], None) or any(
+                getattr(args, k) != getattr(_DEFAULTS, k) for k in tuning
+            ):
                 raise ProjectError(
                     "--resume continues a run with its own settings: give it --minutes only"
                 )
