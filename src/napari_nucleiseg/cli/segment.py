@@ -222,7 +222,7 @@ def segment_images(paths, out, mpp, method, normaliser) -> list[str]:
                 failed.append(str(path))
                 continue
         print(f"{path}: {result.nuclei} nuclei -> {result.labels}", flush=True)
-        warn_if_implausible_scale(Path(path).name, result.table, result.mpp)
+        warn_if_implausible_scale(Path(path).name, result.table, result.mpp, result.areas_um2)
     return failed
 
 
@@ -230,23 +230,26 @@ def segment_images(paths, out, mpp, method, normaliser) -> list[str]:
 SCALE_SAMPLE_ROWS = 200_000
 
 
-def warn_if_implausible_scale(name: str, table: Path, mpp: float | None) -> None:
-    """A ``warning:`` line when the nuclei in ``table`` (a result CSV) say the µm/px the input
-    was segmented at is implausible, naming the µm/px they suggest
-    (:mod:`napari_nucleiseg.segmentation.scale`)."""
+def warn_if_implausible_scale(name: str, table: Path, mpp: float | None, areas=None) -> None:
+    """A ``warning:`` line when the nuclei in ``table`` (a result CSV; or their ``areas`` in µm²
+    when the caller has them) say the µm/px the input was segmented at is implausible, naming
+    the µm/px they suggest (:mod:`napari_nucleiseg.segmentation.scale`)."""
     import csv
     import itertools
 
     from ..segmentation.scale import scale_from_areas
 
-    if mpp is None or not Path(table).is_file():
+    if mpp is None:
         return
-    try:
-        with open(table, newline="") as f:
-            rows = itertools.islice(csv.DictReader(f), SCALE_SAMPLE_ROWS)
-            areas = [float(r["area_um2"]) for r in rows]
-    except (OSError, KeyError, ValueError):
-        return  # a table without areas says nothing about the scale
+    if areas is None:
+        if not Path(table).is_file():
+            return
+        try:
+            with open(table, newline="") as f:
+                rows = itertools.islice(csv.DictReader(f), SCALE_SAMPLE_ROWS)
+                areas = [float(r["area_um2"]) for r in rows]
+        except (OSError, KeyError, ValueError):
+            return  # a table without areas says nothing about the scale
     verdict = scale_from_areas(areas, mpp)
     if verdict.implausible:
         print(f"warning: {verdict.message(name)}", file=sys.stderr, flush=True)
