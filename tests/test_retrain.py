@@ -54,6 +54,10 @@ def test_retraining_makes_a_student_that_is_a_method_and_promotes_as_asked(crops
     }
     assert result["iterations"] >= 1 and result["pseudo"] == 1 and result["promoted"]
     assert 0 < result["teacher_aji"] <= 1 and 0 < result["student_aji"] <= 1
+    # One held-out crop is too small a test to trust, and the result says so.
+    (held,) = project.store.examples(split="heldout")
+    assert result["heldout_nuclei"] == held.nuclei == len(np.unique(held.labels())) - 1
+    assert held.nuclei < 200 and f"1 held-out correction ({held.nuclei} nuclei)" in result["note"]
     (pseudo,) = project.store.examples(kind="pseudo")
     assert pseudo.provenance["teacher_name"] == "nuclei-unet-v4"
     assert pseudo.confidence() is not None and pseudo.provenance["mean_confidence"] >= 0.5
@@ -91,7 +95,9 @@ def test_the_cli_prints_json_last_and_one_line_on_errors(crops, tmp_path, capsys
     assert main(["project", "add-labels", p, str(image), str(labels), "--mpp", "0.25"]) == 0
     capsys.readouterr()
     assert main(["retrain", p, "--minutes", "0.3", "--promote", "never"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    printed = capsys.readouterr()
+    assert "note: no held-out strong labels: the student was not measured" in printed.err
+    last = printed.out.strip().splitlines()[-1]
     result = json.loads(last)
     assert {"model", "teacher_aji", "student_aji", "promoted", "minutes"} <= set(result)
     assert result["promoted"] is False and result["minutes"] < 1.0

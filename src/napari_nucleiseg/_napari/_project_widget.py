@@ -659,7 +659,8 @@ class ProjectWidget(Container):
             verdict = "now the project's model" if item["promoted"] else "kept aside"
             t, s = item.get("teacher_aji"), item.get("student_aji")
             scores = "" if t is None else f" (held-out AJI {s:.3f} against {t:.3f})"
-            self._set_status(f"Retrained: {item['model']} is {verdict}{scores}.")
+            note = f" Note: {item['note']}." if item.get("note") else ""
+            self._set_status(f"Retrained: {item['model']} is {verdict}{scores}.{note}")
 
 
 def _read_under(slide, meta: dict, shape) -> np.ndarray:

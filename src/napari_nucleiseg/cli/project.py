@@ -295,6 +295,8 @@ def cmd_retrain(args) -> int:
         print(f"error: {args.dir}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     if not quiet:
+        if result.get("note"):
+            print(f"note: {result['note']}", file=sys.stderr)
         print(json.dumps(result))
     return 0
 
