@@ -132,9 +132,8 @@ def add_parser(sub, formatter) -> None:
         "--strong-share",
         type=float,
         default=_DEFAULTS.strong_share,
-        help=f"share of every batch from strong labels (default {_DEFAULTS.strong_share:g}; the "
-        "rest: pseudo-labels "
-        "and replay)",
+        help=f"share of every batch from strong labels (default {_DEFAULTS.strong_share:g}; "
+        "the rest: pseudo-labels and replay)",
     )
     r.add_argument(
         "--replay-share",
