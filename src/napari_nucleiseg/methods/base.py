@@ -26,8 +26,8 @@ import numpy as np
 
 from ..models import WeightsError
 
-#: Kinds of method the registry knows; a model card's ``task`` says which one it is.
-KINDS = ("nuclei",)
+#: Kinds of method the registry knows; a model card's architecture says which one it is.
+KINDS = ("nuclei", "classifier")
 
 
 class MethodError(WeightsError):
@@ -124,6 +124,10 @@ def default_method_name(kind: str = "nuclei", project=None) -> str:
         current = project_current_model(project, kind)
         if current:
             return current
+    if kind == "classifier":
+        from .classifier import DEFAULT_CLASSIFIER_MODEL
+
+        return DEFAULT_CLASSIFIER_MODEL
     from ..models import DEFAULT_NUCLEI_MODEL
 
     return DEFAULT_NUCLEI_MODEL

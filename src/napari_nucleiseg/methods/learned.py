@@ -88,7 +88,7 @@ _CACHE: dict[tuple[str, float], CardMethod] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def card_method(card_path: Path, source: str) -> CardMethod:
+def card_method(card_path: Path, source: str):
     """The method for a card file, one object per card (and per version of the file, so a
     retrained model written over its card is picked up)."""
     card_path = Path(card_path).resolve()
@@ -98,7 +98,13 @@ def card_method(card_path: Path, source: str) -> CardMethod:
         raise WeightsError(f"{card_path}: cannot read the model card ({exc.strerror})") from exc
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = CardMethod(load_card(card_path), card_path, source)
+            card = load_card(card_path)
+            if card.kind == "classifier":
+                from .classifier import ClassifierMethod
+
+                _CACHE[key] = ClassifierMethod(card, card_path, source)
+            else:
+                _CACHE[key] = CardMethod(card, card_path, source)
         return _CACHE[key]
 
 

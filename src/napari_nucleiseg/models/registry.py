@@ -23,8 +23,11 @@ class WeightsError(RuntimeError):
 
 # What a card may say. A card decides how every input is resampled, cut and thresholded, so a
 # field without physical sense (widths [1, 2], tile_px -5) ran before and gave nonsense quietly.
-#: Architectures the learned methods can build (methods.learned builds a U-Net from every card).
-KNOWN_ARCHITECTURES = ("UNet",)
+#: Architectures the learned methods can build: nuclei U-Nets (methods.learned) and the tissue
+#: classifiers' multi-task network (classification.network).
+KNOWN_ARCHITECTURES = ("UNet", "TissueNet")
+#: The registry kind of each architecture's cards.
+ARCHITECTURE_KINDS = {"UNet": "nuclei", "TissueNet": "classifier"}
 #: segmentation.unet.DECODERS (not imported: models/ sits below segmentation/ and torch).
 KNOWN_DECODERS = ("double", "light")
 #: segmentation.postprocess.PostprocessSettings' fields and their ranges: probabilities, and
@@ -82,6 +85,8 @@ class ModelCard:
     #: deeper network sees farther (see training.export).
     tile_px: int = 1024
     context_um: float = 32.0
+    #: A classifier's tags, in the order of its outputs (``tumour`` is the one heatmaps use).
+    classes: list = field(default_factory=list)
 
     def __post_init__(self):
         self.validate()
@@ -147,6 +152,15 @@ class ModelCard:
                     f"postprocess: {key} must be a number from {lo:g} to {hi:g}, got "
                     f"{_short(value)}"
                 )
+        if self.architecture == "TissueNet" and (
+            not isinstance(self.classes, list)
+            or len(self.classes) < 2
+            or not all(isinstance(c, str) and c.strip() for c in self.classes)
+            or len(set(self.classes)) != len(self.classes)
+        ):
+            raise WeightsError(
+                f"classes {_short(self.classes)}: a classifier names two or more distinct tags"
+            )
         if not isinstance(self.outputs, (list, tuple)) or not all(
             isinstance(o, str) for o in self.outputs
         ):
@@ -185,8 +199,8 @@ class ModelCard:
 
     @property
     def kind(self) -> str:
-        """The registry's kind for this card's task (only nuclei models exist so far)."""
-        return "nuclei" if "nuclei" in self.task else self.task
+        """The registry's kind: ``nuclei`` (instance segmentation) or ``classifier`` (tissue)."""
+        return ARCHITECTURE_KINDS[self.architecture]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)

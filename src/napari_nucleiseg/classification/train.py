@@ -1,0 +1,263 @@
+"""Train the tissue network on labelled tiles within a time budget (references 001 and 004).
+
+Each iteration is reference 001's two alternating steps: (1) a batch of pixel-labelled images
+(mosaics of tiles, :func:`~.tiles.mosaic`) trains the segmentation decoder and the shared
+encoder with the pixel loss; (2) a batch of tile-labelled patches trains the classification head
+and the encoder with ``α ·`` cross-entropy. ``pixel_loss="none"`` skips step 1: the classifier
+alone, for measuring what the multi-task loss adds.
+
+With ``stepwise`` (reference 004) a first share of the budget trains on an intermediate task made
+with no pathologist: the training images' patches clustered by nuclei density and area
+(:mod:`.intermediate`); the encoder then carries over to the labelled task, with a new head.
+
+The learning rate follows a cosine over the time budget rather than over iterations, so a run
+ends annealed whatever the machine's speed. The generator yields progress dicts (``stage``,
+``iter``, ``loss``, ``fraction``, ``eta_s``) and finally ``{"stage": "done", "state": ...,
+"tags": ...}``; closing it stops the run between iterations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .losses import PIXEL_LOSSES
+from .tiles import LabelledTile, mosaic, random_patch
+
+#: The model's µm/px: a 112-px patch covers 112 µm, a few glands or a field of cells, the size
+#: of the tiles pathologists and public tile sets (0.5 µm/px × 224 px) label.
+DEFAULT_MPP = 1.0
+DEFAULT_PATCH = 112
+
+
+@dataclass
+class ClassifierConfig:
+    minutes: float = 5.0
+    #: When > 0, stop after this many iterations instead (the schedule follows iterations):
+    #: benchmarks compare settings at equal work whatever else the machine is doing.
+    iterations: int = 0
+    mpp: float = DEFAULT_MPP
+    patch: int = DEFAULT_PATCH
+    batch: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    #: Pixel loss for the segmentation step ("none": classifier alone), its β, and α weighting
+    #: the classification loss (reference 001: dynamic, β = 3, α = 1).
+    pixel_loss: str = "dynamic"
+    beta: float = 3.0
+    alpha: float = 1.0
+    #: Reference 004: share of the budget spent on the pathologist-free intermediate task.
+    stepwise: bool = False
+    stepwise_share: float = 0.3
+    #: Colour augmentation: haematoxylin/eosin concentration jitter (σ) and brightness.
+    hed_sigma: float = 0.05
+    scale_jitter: float = 0.15
+    seed: int = 0
+    widths: tuple = (16, 32, 64, 128)
+
+    def __post_init__(self):
+        if self.pixel_loss not in (*PIXEL_LOSSES, "none"):
+            raise ValueError(f"pixel_loss must be one of {PIXEL_LOSSES} or 'none'")
+        if not self.minutes > 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+
+def _augment(rgb: np.ndarray, rng, cfg: ClassifierConfig) -> np.ndarray:
+    from ..stain.augment import hed_jitter
+
+    if cfg.hed_sigma > 0:
+        rgb = hed_jitter(rgb, rng, sigma=cfg.hed_sigma, bias=cfg.hed_sigma)
+    return rgb
+
+
+def _scaled_patch(tile: LabelledTile, cfg: ClassifierConfig, rng):
+    """A patch with a random scale change of ±``scale_jitter`` (log): crop a larger or smaller
+    square and resize it to the patch size."""
+    from PIL import Image
+
+    s = float(np.exp(rng.uniform(-cfg.scale_jitter, cfg.scale_jitter)))
+    side = max(16, round(cfg.patch * s))
+    patch, mask = random_patch(tile.rgb, side, rng, tile.mask)
+    if side != cfg.patch:
+        patch = np.asarray(Image.fromarray(patch).resize((cfg.patch, cfg.patch), Image.BILINEAR))
+        if mask is not None:
+            mask = np.asarray(Image.fromarray(mask).resize((cfg.patch,) * 2, Image.NEAREST))
+    return patch, mask
+
+
+def _to_tensor(batch: list[np.ndarray]):
+    import torch
+
+    x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def train_classifier(
+    tiles: list[LabelledTile],
+    cfg: ClassifierConfig,
+    *,
+    init_state: dict | None = None,
+    intermediate: tuple[list[np.ndarray], np.ndarray] | None = None,
+    threads: int | None = None,
+):
+    """Generator: train on ``tiles`` (at ``cfg.mpp``) for ``cfg.minutes``; see the module doc.
+
+    ``init_state``: encoder weights to start from (a previous classifier's ``state_dict``;
+    heads are re-made for these tags). ``intermediate``: ``(patches, labels)`` for the stepwise
+    stage; computed from the tiles' own images when ``cfg.stepwise`` and it is None."""
+    import torch
+
+    from .losses import pixel_loss
+    from .network import TissueNet
+
+    if threads:
+        torch.set_num_threads(threads)
+    tags = sorted({t.tag for t in tiles})
+    if len(tags) < 2:
+        raise ValueError(f"a classifier needs tiles of at least two tags, got {tags}")
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = TissueNet(len(tags), cfg.widths)
+    if init_state:
+        encoder = {k: v for k, v in init_state.items() if k.startswith("encoder.")}
+        model.load_state_dict(encoder, strict=False)
+    model = model.to(memory_format=torch.channels_last)
+    budget = float(cfg.iterations) if cfg.iterations > 0 else cfg.minutes * 60.0
+    t0 = time.perf_counter()
+
+    if cfg.stepwise:
+        if intermediate is None:
+            from .intermediate import intermediate_labels
+
+            patches = [_scaled_patch(t, cfg, rng)[0] for t in tiles for _ in range(2)]
+            yield {"stage": "intermediate", "fraction": 0.0, "patches": len(patches)}
+            labels, _ = intermediate_labels(patches, cfg.mpp, seed=cfg.seed)
+            intermediate = (patches, labels)
+        patches, labels = intermediate
+        k = int(np.max(labels)) + 1
+        step_model = TissueNet(k, cfg.widths).to(memory_format=torch.channels_last)
+        step_model.encoder = model.encoder  # shared: what it learns here carries over
+        end = budget * cfg.stepwise_share
+        yield from _loop(
+            step_model, cfg, rng, t0, end, budget, "stepwise",
+            image_batch=lambda: _image_batch_from(patches, labels, cfg, rng),
+            pixel_batch=None, pixel_loss=pixel_loss,
+        )  # fmt: skip
+    start = (
+        (round(budget * cfg.stepwise_share) if cfg.stepwise else 0)
+        if cfg.iterations > 0
+        else (time.perf_counter() - t0)
+    )
+    yield from _loop(
+        model, cfg, rng, t0, budget, budget, "train", start=start,
+        image_batch=lambda: _image_batch(tiles, tags, cfg, rng),
+        pixel_batch=(
+            None if cfg.pixel_loss == "none" else lambda: _pixel_batch(tiles, tags, cfg, rng)
+        ),
+        pixel_loss=pixel_loss,
+    )  # fmt: skip
+    model.eval()
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    yield {
+        "stage": "done",
+        "state": state,
+        "tags": tags,
+        "seconds": time.perf_counter() - t0,
+        "config": cfg.to_dict(),
+    }
+
+
+def _image_batch(tiles, tags, cfg, rng):
+    import torch
+
+    # Balanced over tags: a rare tag (3 tiles of mucus) still appears in every batch.
+    per_tag = {tag: [t for t in tiles if t.tag == tag] for tag in tags}
+    chosen = rng.integers(len(tags), size=cfg.batch)
+    xs, ys = [], []
+    for c in chosen:
+        pool = per_tag[tags[c]]
+        tile = pool[int(rng.integers(len(pool)))]
+        xs.append(_augment(_scaled_patch(tile, cfg, rng)[0], rng, cfg))
+        ys.append(int(c))
+    return _to_tensor(xs), torch.tensor(ys)
+
+
+def _image_batch_from(patches, labels, cfg, rng):
+    import torch
+
+    idx = rng.integers(len(patches), size=cfg.batch)
+    xs = []
+    for i in idx:
+        p, _ = random_patch(patches[i], cfg.patch, rng)
+        xs.append(_augment(p, rng, cfg))
+    return _to_tensor(xs), torch.tensor(np.asarray(labels)[idx], dtype=torch.long)
+
+
+def _pixel_batch(tiles, tags, cfg, rng):
+    import torch
+
+    xs, ms = [], []
+    masked = [t for t in tiles if t.mask is not None]
+    for _ in range(cfg.batch // 2):
+        if masked and rng.random() < 0.5:
+            tile = masked[int(rng.integers(len(masked)))]
+            image, mask = _scaled_patch(tile, cfg, rng)
+        else:
+            image, mask = mosaic(tiles, tags, cfg.patch, rng)
+        xs.append(_augment(image, rng, cfg))
+        ms.append(mask.astype(np.int64))
+    return _to_tensor(xs), torch.from_numpy(np.stack(ms))
+
+
+def _loop(model, cfg, rng, t0, end, budget, stage, *, image_batch, pixel_batch, pixel_loss,
+          start=0.0):  # fmt: skip
+    import torch
+    from torch.nn import functional as F
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    it, smooth = 0, None
+    # In iterations mode ``end`` and ``budget`` are iteration counts, ``start`` one too.
+    by_iter = cfg.iterations > 0
+    while True:
+        now = time.perf_counter() - t0
+        if (it + start if by_iter else now) >= end:
+            break
+        frac = (it if by_iter else now - start) / max(1e-6, end - start)
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        warm = min(1.0, (it + 1) / 20)  # a short warm-up: batch norm statistics settle first
+        for g in opt.param_groups:
+            g["lr"] = lr * warm
+        loss_px = None
+        if pixel_batch is not None:  # step 1: pixel-labelled images
+            x, m = pixel_batch()
+            loss_px = pixel_loss(model.segment(x), m, cfg.pixel_loss, cfg.beta)
+            opt.zero_grad(set_to_none=True)
+            loss_px.backward()
+            opt.step()
+        x, y = image_batch()  # step 2: tile-labelled patches
+        logits, _ = model(x)
+        loss = cfg.alpha * F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        it += 1
+        value = loss.item() + (loss_px.item() if loss_px is not None else 0.0)
+        smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
+        spent = time.perf_counter() - t0
+        done = (it + start) / budget if by_iter else spent / budget
+        yield {
+            "stage": stage,
+            "iter": it,
+            "loss": smooth,
+            "fraction": min(1.0, done),
+            "eta_s": max(0.0, spent / max(done, 1e-6) - spent),
+        }
