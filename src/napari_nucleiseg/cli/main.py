@@ -503,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .project import add_parser as add_project_parser
 
     add_project_parser(sub, HelpFormatter)
+    from .classify import add_parsers as add_classify_parsers
+
+    add_classify_parsers(sub, HelpFormatter, _positive, _mpp)
     return p
 
 

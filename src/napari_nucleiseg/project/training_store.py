@@ -6,7 +6,9 @@ Layout (a folder; zarr v2 arrays, so any zarr reader opens an example)::
     store.zarr/
       .zattrs                   {"nucleiseg_training_store": FORMAT}
       examples/<id>/image       (H, W, 3) uint8 RGB at the example's µm/px
-      examples/<id>/labels      (H, W) uint32 instance mask, 0 = background
+      examples/<id>/labels      (H, W) uint32 instance mask, 0 = background; for a region
+                                label (tissue classes), 1 + the index of the pixel's tag in
+                                the example's ``provenance["tags"]``, 0 = outside every outline
       examples/<id>/confidence  (H, W) float16 per-pixel confidence (pseudo-labels only)
       examples/<id>/.zattrs     kind, split, µm/px, provenance (see :class:`Example`)
 
@@ -34,7 +36,9 @@ from .errors import ProjectError
 
 #: Version of this layout; a store written by a newer version is refused, not misread.
 FORMAT = 1
-KINDS = ("strong", "pseudo")
+#: ``strong`` and ``pseudo``: nuclei (instance masks); ``region``: tissue tags from outlines or
+#: labelled tiles, for the tissue classifiers.
+KINDS = ("strong", "pseudo", "region")
 SPLITS = ("train", "heldout")
 #: Chunk edge (pixels) of the stored arrays: a training patch reads a few chunks, not an image.
 CHUNK = 256
@@ -197,8 +201,14 @@ class TrainingStore:
                 f"the labels must be non-negative integers (an instance mask), got {labels.dtype}"
             )
         nuclei = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
+        if nuclei == 0 and kind == "region":
+            raise ProjectError("the region holds no tagged pixel: nothing to learn")
         if nuclei == 0:
             raise ProjectError("the labels hold no nucleus (all background): nothing to learn")
+        if kind == "region":
+            tags = (provenance or {}).get("tags")
+            if not isinstance(tags, list) or int(labels.max()) > len(tags):
+                raise ProjectError("a region label needs provenance['tags'] naming every value")
         if not (0.01 < float(mpp) < 100):
             raise ProjectError(f"implausible µm/px {mpp!r} for a labelled example")
         if confidence is not None and np.shape(confidence) != labels.shape:
