@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import math
 
-import torch
-from torch.nn import functional as F
+from .tiles import IGNORE
 
 PIXEL_LOSSES = ("dynamic", "fixed", "plain")
-#: Pixels labelled this are not scored (outside every outline: unknown tissue).
-IGNORE = 255
 
 
-def pixel_loss(
-    logits: torch.Tensor, target: torch.Tensor, kind: str = "dynamic", beta: float = 3.0
-) -> torch.Tensor:
+def pixel_loss(logits, target, kind: str = "dynamic", beta: float = 3.0):
     """Mean cross-entropy over labelled pixels; ``logits`` (N, C, H, W), ``target`` (N, H, W)
     long with :data:`IGNORE` for unlabelled pixels."""
+    import torch
+    from torch.nn import functional as F
+
     if kind not in PIXEL_LOSSES:
         raise ValueError(f"pixel loss must be one of {PIXEL_LOSSES}, got {kind!r}")
     ce = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")

@@ -14,12 +14,13 @@ tags) or when asked; a held-out split is made only when every tag has at least
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..project.errors import ProjectError
-from .tiles import LabelledTile, grouped_split, read_tile_list, to_mpp
+from .tiles import IGNORE, LabelledTile, grouped_split, read_tile_list, to_mpp
 from .train import ClassifierConfig, train_classifier
 
 #: Hold out a fifth of each tag's sources only when every tag has at least this many.
@@ -113,8 +114,6 @@ def region_tiles(project, model_mpp: float) -> list[LabelledTile]:
         main = tags[int(np.argmax(counts))]
         mask = None
         if len(tags) > 1 or counts.sum() < labels.size:
-            from .losses import IGNORE
-
             small = np.asarray(
                 Image.fromarray(labels.astype(np.int32)).resize(
                     (rgb.shape[1], rgb.shape[0]), Image.Resampling.NEAREST
@@ -129,8 +128,6 @@ def region_tiles(project, model_mpp: float) -> list[LabelledTile]:
 
 def _global_masks(tiles: list[LabelledTile], classes: list[str]) -> None:
     """Map each tile's local mask (indices into its own tags) to indices into ``classes``."""
-    from .losses import IGNORE
-
     for t in tiles:
         if isinstance(t.mask, dict):
             lut = np.array([classes.index(tag) for tag in t.mask["tags"]] + [IGNORE], np.int64)
@@ -289,3 +286,31 @@ def train_project_classifier(
             "minutes": result["seconds"] / 60,
         },
     }
+
+
+@dataclass
+class TrainProgress:
+    """A background training step as the dock widgets' job runner reads it: ``done``/``total``
+    (seconds, or iterations), the stage, and ``so_far`` = (iteration, loss) for the live plot."""
+
+    done: int
+    total: int
+    stage: str
+    so_far: tuple | None = None
+    unit: str = "s"
+
+
+def classifier_steps(project_dir: str, promote: str = "auto", **config):
+    """:func:`train_project_classifier` for a background process (picklable arguments, small
+    items): :class:`TrainProgress` items, then the result dict as the last item."""
+    from ..project import Project
+
+    cfg = ClassifierConfig(**config)
+    total = cfg.iterations or round(cfg.minutes * 60)
+    for info in train_project_classifier(Project(project_dir), cfg, promote=promote):
+        if info["stage"] == "done":
+            yield info["result"]
+            return
+        frac = info.get("fraction", 0.0)
+        loss = (info["iter"], info["loss"]) if "loss" in info else None
+        yield TrainProgress(min(total, round(frac * total)), max(1, total), info["stage"], loss)

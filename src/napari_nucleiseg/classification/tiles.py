@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .losses import IGNORE
+#: Pixels labelled this are not scored (outside every outline: unknown tissue).
+IGNORE = 255
 
 
 class TileListError(ValueError):
@@ -26,7 +27,7 @@ class TileListError(ValueError):
 @dataclass
 class LabelledTile:
     """An RGB uint8 image at ``mpp`` µm/px with one tag, or with a per-pixel ``mask`` of tag
-    indices (:data:`~.losses.IGNORE` outside every outline). ``group`` keeps copies of one
+    indices (:data:`IGNORE` outside every outline). ``group`` keeps copies of one
     source together when splitting (LC25000's augmented copies)."""
 
     rgb: np.ndarray

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .losses import PIXEL_LOSSES
-from .tiles import LabelledTile, mosaic, random_patch
+from .tiles import IGNORE, LabelledTile, mosaic, random_patch
 
 #: The model's µm/px: a 112-px patch covers 112 µm, a few glands or a field of cells, the size
 #: of the tiles pathologists and public tile sets (0.5 µm/px × 224 px) label.
@@ -213,7 +213,17 @@ def _image_batch(tiles, tags, cfg, rng):
     for c in chosen:
         pool = per_tag[tags[c]]
         tile = pool[int(rng.integers(len(pool)))]
-        xs.append(_scaled_patch(tile, cfg, rng)[0])
+        for _ in range(8):
+            patch, mask = _scaled_patch(tile, cfg, rng)
+            if mask is None:
+                break
+            # An outlined region: the patch's tag is the one most of its labelled pixels have,
+            # and a patch mostly outside every outline is drawn again.
+            counts = np.bincount(mask[mask != IGNORE].ravel(), minlength=len(tags))
+            if counts.sum() >= mask.size // 2:
+                c = int(np.argmax(counts))
+                break
+        xs.append(patch)
         ys.append(int(c))
     return _to_tensor(_augment(np.stack(xs), rng, cfg)), torch.tensor(ys)
 

@@ -147,6 +147,7 @@ def cmd_classify(args) -> int:
     fields = ["file", "p_tumour", *[f"p_{t}" for t in method.classes if t != TUMOUR]]
     tmp = out.with_name(f".{out.name}.tmp")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()

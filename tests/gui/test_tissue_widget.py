@@ -1,0 +1,98 @@
+"""The Tissue panel in a real napari viewer (under Xvfb): outlines tagged on a Shapes layer become
+region labels in the project's training store, and a classifier trains in a child process with
+a live loss, cancelled without the event loop stalling."""
+
+import time
+
+import numpy as np
+import pytest
+from _notifications import fresh_notifications  # noqa: F401 (autouse fixture)
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def panel(make_napari_viewer, tmp_path):
+    from napari_nucleiseg._napari._tissue_widget import TissueWidget
+
+    viewer = make_napari_viewer()
+    widget = TissueWidget(viewer)
+    viewer.open_sample("napari-nucleiseg", "demo_slide")
+    slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
+    widget._layer.value = slide
+    widget._folder.value = tmp_path / "proj"
+    widget._open.clicked.emit()
+    assert widget.project is not None and "0 outlined regions" in widget._status.value
+    return viewer, widget, slide
+
+
+def _square(r, c, side):
+    return np.array([[r, c], [r, c + side], [r + side, c + side], [r + side, c]], float)
+
+
+def test_tagged_outlines_become_region_labels(panel):
+    viewer, widget, slide = panel
+    widget._tags.value = "tumour, normal, stroma"
+    assert widget._tag.choices == ("tumour", "normal", "stroma")
+    widget._draw.clicked.emit()
+    layer = widget.outlines_layer()
+    assert layer is not None and layer.mode == "add_polygon"
+    assert np.allclose(layer.scale, slide.scale)  # vertices are level-0 pixels
+    widget._tag.value = "tumour"
+    layer.add_polygons([_square(400, 400, 300)])
+    widget._tag.value = "normal"
+    layer.add_polygons([_square(500, 600, 300)])  # overlaps the tumour outline's box
+    assert list(layer.features["tag"]) == ["tumour", "normal"]
+    # Choosing a tag with an outline selected retags it.
+    layer.selected_data = {1}
+    widget._tag.value = "stroma"
+    assert list(layer.features["tag"]) == ["tumour", "stroma"]
+    widget._tag.value = "normal"
+    assert list(layer.features["tag"]) == ["tumour", "normal"]
+    layer.selected_data = set()
+
+    widget._mpp.value = 1.0
+    widget._add.clicked.emit()
+    regions = widget.project.store.examples(kind="region")
+    assert len(regions) == 2 and "Added 2 outlined regions" in widget._status.value
+    mpp = slide.metadata["nucleiseg"]["mpp"]
+    side = round(300 * mpp / 1.0)  # 300 level-0 px at the slide's µm/px, stored at 1 µm/px
+    first = regions[0]
+    assert first.provenance["tags"] == ["normal", "tumour"]
+    assert abs(first.shape[0] - side) <= 1 and abs(first.shape[1] - side) <= 1
+    labels = first.labels()
+    # The tumour outline fills its box; the normal one covers its lower-right part.
+    assert (labels == 2).mean() > 0.5 and (labels == 1).mean() > 0.1
+    assert (labels == 0).mean() < 0.05
+    assert first.provenance["source_hash"] and len(first.provenance["region_um"]) == 4
+
+
+def test_training_runs_in_the_background_and_cancels(panel, qtbot):
+    from qtpy.QtCore import QTimer
+
+    viewer, widget, slide = panel
+    widget._draw.clicked.emit()
+    layer = widget.outlines_layer()
+    widget._tag.value = "tumour"
+    layer.add_polygons([_square(300, 300, 400)])
+    widget._tag.value = "normal"
+    layer.add_polygons([_square(1200, 1200, 400)])
+    widget._add.clicked.emit()
+    widget._minutes.value = 1.0
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
+    widget._train.clicked.emit()
+    assert widget.jobs.running and widget._cancel.enabled
+    qtbot.waitUntil(lambda: len(widget.plot.points) >= 2, timeout=120_000)  # live loss
+    widget._cancel.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=60_000)
+    timer.stop()
+    gaps = np.diff(ticks)
+    print(f"\nlongest event-loop gap while training: {gaps.max() * 1000:.0f} ms")
+    assert gaps.max() < 0.2
+    assert widget.project.current_model("classifier") is None  # cancelled: nothing promoted
+    assert "cancelled" in widget._status.value
+    assert not list(widget.project.models_dir.glob("classifier-*.json"))
