@@ -262,3 +262,35 @@ def test_train_classifier_refuses_what_cannot_train(tmp_path):
     assert f"{bad}, line 2" in run.stderr and "Traceback" not in run.stderr
     run = _cli("classify", "x.png", "--model", "no-such-model", "--out", tmp_path / "o.csv")
     assert run.returncode == 1 and "no-such-model" in run.stderr
+
+
+def test_a_stopped_training_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from napari_nucleiseg.classification import train as train_module
+    from napari_nucleiseg.classification.project_training import (
+        add_tile_list,
+        train_project_classifier,
+        unfinished_run,
+    )
+    from napari_nucleiseg.classification.train import ClassifierConfig
+    from napari_nucleiseg.project import Project, ProjectError
+
+    monkeypatch.setattr(train_module, "CHECKPOINT_S", 0.0)  # a checkpoint every iteration
+    project = Project.init(tmp_path / "proj")
+    tiles = tmp_path / "tiles.csv"
+    _tile_list(tiles, "lung", 4)
+    assert add_tile_list(project, tiles) == (8, 0)
+    with pytest.raises(ProjectError, match="no unfinished classifier training"):
+        next(train_project_classifier(project, resume=True))
+    cfg = ClassifierConfig(iterations=12, batch=8)
+    steps = train_project_classifier(project, cfg)
+    for info in steps:
+        if info.get("iter") == 5:
+            break
+    steps.close()  # what Cancel and Ctrl-C do
+    run = unfinished_run(project)
+    assert run is not None and project.current_model("classifier") is None
+    seen = [i["iter"] for i in train_project_classifier(project, resume=True) if "iter" in i]
+    assert seen[0] > 5 and seen[-1] == 12  # it went on, it did not start again
+    assert unfinished_run(project) is None
+    assert json.loads((run / "result.json").read_text())["model"] == "classifier-1"
+    assert Project(project.path).current_model("classifier") == "classifier-1"

@@ -68,7 +68,14 @@ class TissueWidget(Container):
             tooltip="reference 004: an intermediate task made without labels, then the labels",
         )
         self._train = PushButton(text="Train classifier")
+        self._resume = PushButton(text="Resume")
+        self._resume.tooltip = (
+            "Continue the last training run that was cancelled or stopped, from its last "
+            "checkpoint, for the time it had left"
+        )
         self._cancel = PushButton(text="Cancel")
+        train_buttons = Container(layout="horizontal", widgets=[self._train, self._resume])
+        train_buttons.margins = (0, 0, 0, 0)
         self._status = Label(value="")
         self.plot = LossPlot()
         self.extend(
@@ -84,7 +91,7 @@ class TissueWidget(Container):
                 self._minutes,
                 self._loss,
                 self._stepwise,
-                self._train,
+                train_buttons,
                 self._cancel,
             ]
         )
@@ -100,6 +107,7 @@ class TissueWidget(Container):
         self._draw.changed.connect(self._on_draw)
         self._add.changed.connect(self._on_add)
         self._train.changed.connect(self._on_train)
+        self._resume.changed.connect(self._on_resume)
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
 
@@ -274,7 +282,28 @@ class TissueWidget(Container):
             "Training the classifier",
             steps,
             on_item=self._on_train_item,
-            cancelled_note="the project's classifier is unchanged",
+            cancelled_note=(
+                "the project's classifier is unchanged; Resume goes on from the last checkpoint"
+            ),
+        )
+
+    def _on_resume(self, _=None):
+        from ..classification.project_training import classifier_steps, unfinished_run
+        from ._process import in_subprocess
+
+        if not self._need_project("resuming training"):
+            return
+        run = unfinished_run(self.project)
+        if run is None:
+            self._set_status("No stopped training run to resume; Train classifier starts one.")
+            return
+        self.plot.clear()
+        steps = in_subprocess(classifier_steps, str(self.project.path), resume=True)
+        self.jobs.start(
+            f"Resuming {run.name}",
+            steps,
+            on_item=self._on_train_item,
+            cancelled_note="the project's classifier is unchanged; Resume goes on again",
         )
 
     def _on_train_item(self, item) -> None:

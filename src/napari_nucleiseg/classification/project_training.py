@@ -14,6 +14,7 @@ tags) or when asked; a held-out split is made only when every tag has at least
 from __future__ import annotations
 
 import datetime
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,12 +159,54 @@ def _accuracy(method, tiles) -> float:
     return float(np.mean(hits))
 
 
+RUN_PREFIX = "classifier-"
+
+
+def unfinished_run(project) -> Path | None:
+    """The latest classifier training run that stopped before its end with a checkpoint."""
+    runs = sorted(project.runs_dir.glob(f"{RUN_PREFIX}*")) if project.runs_dir.exists() else []
+    for run in reversed(runs):
+        if (run / "result.json").exists():
+            return None
+        if (run / "checkpoint.pt").exists() and (run / "config.json").exists():
+            return run
+    return None
+
+
 def train_project_classifier(
-    project, cfg: ClassifierConfig | None = None, promote: str = "auto", threads: int | None = None
+    project,
+    cfg: ClassifierConfig | None = None,
+    promote: str = "auto",
+    threads: int | None = None,
+    resume: bool = False,
 ):
     """Generator: train the project's classifier on its region examples (see the module doc).
-    Yields progress dicts, then ``{"stage": "done", "result": {...}}``."""
+    Yields progress dicts, then ``{"stage": "done", "result": {...}}``. Every run has a folder
+    in the project's ``runs/`` (its settings and a checkpoint every 30 s); ``resume=True`` goes
+    on with the latest unfinished one, for the time it had left."""
+    import time
+
     import torch
+
+    from .train import load_checkpoint
+
+    state = None
+    if resume:
+        run = unfinished_run(project)
+        if run is None:
+            raise ProjectError(
+                f"{project.path}: no unfinished classifier training to resume (a run is "
+                "resumable once it has saved a checkpoint, 30 s after it starts)"
+            )
+        saved = json.loads((run / "config.json").read_text())
+        cfg = ClassifierConfig(**{**saved["config"], "widths": tuple(saved["config"]["widths"])})
+        promote = saved["promote"]
+        state = load_checkpoint(run / "checkpoint.pt")
+    else:
+        cfg = cfg or ClassifierConfig()
+        run = project.runs_dir / f"{RUN_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+        while run.exists():
+            run = run.with_name(run.name + "b")
 
     from ..methods import get_method
     from ..methods.base import default_method_name
@@ -172,7 +215,6 @@ def train_project_classifier(
 
     if promote not in ("auto", "always", "never"):
         raise ValueError(f"promote must be auto, always or never, got {promote!r}")
-    cfg = cfg or ClassifierConfig()
     tiles = region_tiles(project, cfg.mpp)
     if not tiles:
         raise ProjectError(
@@ -199,6 +241,11 @@ def train_project_classifier(
         from safetensors.torch import load_file
 
         init = load_file(str(parent.card_path.parent / parent.card.weights))
+    if state is None:
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(
+            json.dumps({"config": cfg.to_dict(), "promote": promote}, indent=1)
+        )
     yield {
         "stage": "start",
         "tiles": len(tiles),
@@ -207,7 +254,10 @@ def train_project_classifier(
         "parent": parent.name if parent else None,
     }
     result = None
-    for info in train_classifier(train, cfg, init_state=init, threads=threads):
+    for info in train_classifier(
+        train, cfg, init_state=init, threads=threads, checkpoint=run / "checkpoint.pt",
+        resume=state,
+    ):  # fmt: skip
         if info["stage"] == "done":
             result = info
         else:
@@ -260,9 +310,6 @@ def train_project_classifier(
     promoted = promote == "always" or (promote == "auto" and better)
     if promoted:
         project.set_current_model(name, kind="classifier")
-    card = student.card
-    import json
-
     data = json.loads(card_path.read_text())
     data["metrics"] = {
         **metrics,
@@ -272,7 +319,11 @@ def train_project_classifier(
     tmp = card_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
     tmp.replace(card_path)
-    del card
+    summary = {
+        "model": name, "classes": classes, "tiles": len(train), "held_out": len(held),
+        "promoted": promoted, "verdict": verdict, "run": run.name,
+    }  # fmt: skip
+    (run / "result.json").write_text(json.dumps(summary, indent=1))
     yield {
         "stage": "done",
         "result": {
@@ -282,6 +333,7 @@ def train_project_classifier(
             "held_out": len(held),
             "promoted": promoted,
             "verdict": verdict,
+            "run": run.name,
             **{k: v for k, v in metrics.items() if k != "held_out_tiles"},
             "minutes": result["seconds"] / 60,
         },
@@ -300,14 +352,21 @@ class TrainProgress:
     unit: str = "s"
 
 
-def classifier_steps(project_dir: str, promote: str = "auto", **config):
+def classifier_steps(project_dir: str, promote: str = "auto", resume: bool = False, **config):
     """:func:`train_project_classifier` for a background process (picklable arguments, small
     items): :class:`TrainProgress` items, then the result dict as the last item."""
     from ..project import Project
 
-    cfg = ClassifierConfig(**config)
-    total = cfg.iterations or round(cfg.minutes * 60)
-    for info in train_project_classifier(Project(project_dir), cfg, promote=promote):
+    project = Project(project_dir)
+    cfg = ClassifierConfig(**config) if not resume else None
+    if resume:
+        run = unfinished_run(project)
+        saved = json.loads((run / "config.json").read_text())["config"] if run else {}
+        total = saved.get("iterations") or round(saved.get("minutes", 1) * 60)
+    else:
+        total = cfg.iterations or round(cfg.minutes * 60)
+    steps = train_project_classifier(project, cfg, promote=promote, resume=resume)
+    for info in steps:
         if info["stage"] == "done":
             yield info["result"]
             return

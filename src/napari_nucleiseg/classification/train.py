@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -121,12 +122,17 @@ def train_classifier(
     init_state: dict | None = None,
     intermediate: tuple[list[np.ndarray], np.ndarray] | None = None,
     threads: int | None = None,
+    checkpoint: Path | None = None,
+    resume: dict | None = None,
 ):
     """Generator: train on ``tiles`` (at ``cfg.mpp``) for ``cfg.minutes``; see the module doc.
 
     ``init_state``: encoder weights to start from (a previous classifier's ``state_dict``;
     heads are re-made for these tags). ``intermediate``: ``(patches, labels)`` for the stepwise
-    stage; computed from the tiles' own images when ``cfg.stepwise`` and it is None."""
+    stage; computed from the tiles' own images when ``cfg.stepwise`` and it is None.
+    ``checkpoint``: a file the labelled stage saves itself to every :data:`CHECKPOINT_S` seconds
+    (network, optimiser, iteration, time spent); ``resume``: such a checkpoint, loaded
+    (:func:`load_checkpoint`), to go on from for the budget it had left."""
     import torch
 
     from .losses import pixel_loss
@@ -145,9 +151,9 @@ def train_classifier(
         model.load_state_dict(encoder, strict=False)
     model = model.to(memory_format=torch.channels_last)
     budget = float(cfg.iterations) if cfg.iterations > 0 else cfg.minutes * 60.0
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - (resume["spent"] if resume else 0.0)
 
-    if cfg.stepwise:
+    if cfg.stepwise and not resume:
         if intermediate is None:
             from .intermediate import intermediate_labels
 
@@ -172,11 +178,15 @@ def train_classifier(
             pixel_batch=None,
             pixel_loss=pixel_loss,
         )
-    start = (
-        (round(budget * cfg.stepwise_share) if cfg.stepwise else 0)
-        if cfg.iterations > 0
-        else (time.perf_counter() - t0)
-    )
+    if resume:
+        model.load_state_dict(resume["model"])
+        start = resume["start"]
+    else:
+        start = (
+            (round(budget * cfg.stepwise_share) if cfg.stepwise else 0)
+            if cfg.iterations > 0
+            else (time.perf_counter() - t0)
+        )
     yield from _loop(
         model,
         cfg,
@@ -191,6 +201,8 @@ def train_classifier(
             None if cfg.pixel_loss == "none" else lambda: _pixel_batch(tiles, tags, cfg, rng)
         ),
         pixel_loss=pixel_loss,
+        checkpoint=checkpoint,
+        resume=resume,
     )
     model.eval()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -258,17 +270,74 @@ def _pixel_batch(tiles, tags, cfg, rng):
 
 
 def _loop(
-    model, cfg, rng, t0, end, budget, stage, *, image_batch, pixel_batch, pixel_loss, start=0.0
+    model,
+    cfg,
+    rng,
+    t0,
+    end,
+    budget,
+    stage,
+    *,
+    image_batch,
+    pixel_batch,
+    pixel_loss,
+    start=0.0,
+    checkpoint=None,
+    resume=None,
 ):
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
+    it = 0
+    if resume:
+        opt.load_state_dict(resume["optimizer"])
+        it = int(resume["iter"])
+    save = None
+    if checkpoint is not None:
+
+        def save(it, spent):
+            _save_checkpoint(checkpoint, model, opt, it, spent, stage, start)
+
     batches = _Prefetch(lambda: (pixel_batch() if pixel_batch else None, image_batch()))
     try:
-        yield from _steps(model, opt, cfg, t0, end, budget, stage, start, batches, pixel_loss)
+        yield from _steps(
+            model, opt, cfg, t0, end, budget, stage, start, batches, pixel_loss, it, save
+        )
     finally:
         batches.stop()
+
+
+#: Seconds between two checkpoints of a run.
+CHECKPOINT_S = 30.0
+
+
+def _save_checkpoint(path: Path, model, opt, it: int, spent: float, stage: str, start) -> None:
+    """Written aside and renamed: a kill during the write leaves the previous checkpoint."""
+    import os
+
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "iter": it,
+        "spent": spent,
+        "stage": stage,
+        "start": start,
+    }
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by a run (tensors and numbers only: loaded with
+    ``weights_only=True``, nothing in it can execute)."""
+    import torch
+
+    return torch.load(path, weights_only=True)
 
 
 class _Prefetch:
@@ -315,17 +384,18 @@ class _Prefetch:
         self._thread.join(timeout=5)
 
 
-def _steps(model, opt, cfg, t0, end, budget, stage, start, batches, pixel_loss):
+def _steps(model, opt, cfg, t0, end, budget, stage, start, batches, pixel_loss, it, save):
     import torch.nn.functional as F
 
-    it, smooth = 0, None
+    smooth = None
+    saved = time.perf_counter()
     # In iterations mode ``end`` and ``budget`` are iteration counts, ``start`` one too.
     by_iter = cfg.iterations > 0
     while True:
         now = time.perf_counter() - t0
         if (it + start if by_iter else now) >= end:
             break
-        frac = (it if by_iter else now - start) / max(1e-6, end - start)
+        frac = ((it + start if by_iter else now) - start) / max(1e-6, end - start)
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
         warm = min(1.0, (it + 1) / 20)  # a short warm-up: batch norm statistics settle first
         for g in opt.param_groups:
@@ -345,6 +415,9 @@ def _steps(model, opt, cfg, t0, end, budget, stage, start, batches, pixel_loss):
         loss.backward()
         opt.step()
         it += 1
+        if save is not None and time.perf_counter() - saved >= CHECKPOINT_S:
+            save(it, time.perf_counter() - t0)
+            saved = time.perf_counter()
         value = loss.item() + (loss_px.item() if loss_px is not None else 0.0)
         smooth = value if smooth is None else 0.9 * smooth + 0.1 * value
         spent = time.perf_counter() - t0

@@ -49,6 +49,12 @@ def add_parsers(sub, formatter, positive, mpp_type) -> None:
         help="first train on an intermediate task made without labels (nuclei density "
         "clusters, reference 004), then on the labels",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the project's last training run that was stopped (Ctrl-C, Cancel, a "
+        "crash), from its last checkpoint, for the time it had left; its settings are kept",
+    )
     p.set_defaults(func=cmd_train_classifier)
 
     text = "tissue class probabilities of images (tiles): one CSV row per image"
@@ -77,16 +83,19 @@ def cmd_train_classifier(args) -> int:
             with Progress(Path(args.tiles).name, "tiles") as bar:
                 added, already = add_tile_list(project, args.tiles, args.mpp, bar.update)
             print(f"{args.tiles}: {added} tiles added, {already} already stored", file=sys.stderr)
-        cfg = ClassifierConfig(
-            minutes=args.minutes,
-            pixel_loss=args.pixel_loss,
-            beta=args.beta,
-            alpha=args.alpha,
-            stepwise=args.stepwise,
-        )
+        cfg = None
+        if not args.resume:
+            cfg = ClassifierConfig(
+                minutes=args.minutes,
+                pixel_loss=args.pixel_loss,
+                beta=args.beta,
+                alpha=args.alpha,
+                stepwise=args.stepwise,
+            )
         result = None
+        steps = train_project_classifier(project, cfg, promote=args.promote, resume=args.resume)
         with Progress("training", "%") as bar:
-            for info in train_project_classifier(project, cfg, promote=args.promote):
+            for info in steps:
                 if info["stage"] == "done":
                     result = info["result"]
                 elif "fraction" in info:
@@ -94,6 +103,13 @@ def cmd_train_classifier(args) -> int:
     except (ProjectError, TileListError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the project's classifier is unchanged; its last checkpoint is kept: "
+            f"`nucleiseg train-classifier {args.project} --resume` goes on from it",
+            file=sys.stderr,
+        )
+        return 130
     print(json.dumps(result))
     return 0
 
