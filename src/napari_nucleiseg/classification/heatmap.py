@@ -1,0 +1,1052 @@
+"""Tumour heatmaps: a tissue classifier's patch probabilities over a view or a whole slide.
+
+Geometry — one rule for views and whole slides
+----------------------------------------------
+A classifier sees ``P``-px patches at its own µm/px ``m``. The heatmap is a grid of cells ``S``
+model px apart (the stride) laid from the slide's top-left corner: map pixel ``(i, j)`` stands
+for the slide square ``[i·S·m, (i+1)·S·m) × [j·S·m, (j+1)·S·m)`` µm and holds the probabilities
+of the patch *centred* on that square (the patch reaches ``(P - S) / 2`` model px beyond it on
+each side). So the map's µm/px is ``S·m`` and its pixel (0, 0) starts at the slide's corner; in
+napari, where the slide layer's level-0 pixel 0 is centred on 0 (:mod:`napari_nucleiseg.layers`),
+the map is drawn with ``scale = S·m`` and ``translate = origin + (S·m - mpp0) / 2``
+(:meth:`Heatmap.layer_transform`). A view's heatmap (:func:`heatmap_region`) snaps to the same
+grid, so its cells are the whole-slide map's cells.
+
+Why half a patch by default: with ``S = P`` a map pixel *is* a patch, and a tumour border is placed
+only to within a patch (112 µm for a 112-px model at 1 µm/px). Half a patch apart, every cell is
+judged by a patch centred on it, the map is twice as fine, and the border moves to within half a
+patch, for 4× the patches (the Dice figures are in the closing note of issue 16 and
+``tests/test_heatmap.py``).
+
+Cells without tissue are NaN in every class (not 0): "not classified" is not "not tumour" (a mean
+over the map, or an attention weight, must skip them, and ``Heatmap.tissue`` says which cells
+were classified); thresholding treats NaN as not tumour. A cell is classified when at least
+``min_tissue`` of its *patch* is tissue by :func:`~napari_nucleiseg.tissue.tissue_mask`
+(computed once per slide, ≤ 512 px across, as the nuclei job's): the patch, not the cell,
+because the mask (16 µm/px or coarser) misses lumina and pale stroma that the patch around them
+shows to be tissue.
+
+Whole slides (:func:`heatmap_slide`) are read block by block — many cells, one region read at the
+pyramid level nearest the model's µm/px that is not coarser — on the nuclei job's runner (threads
+or dask, :func:`~napari_nucleiseg.wholeslide.job.make_runner`), each block written as one chunk of
+``<out>/<stem>.heatmap.zarr`` and then recorded, so an interrupted run (Ctrl-C, Cancel, a kill)
+resumes without computing a finished block again; memory is a few blocks whatever the slide.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io.errors import SlideError
+from ..methods.classifier import TUMOUR
+
+#: Least tissue fraction of a cell's patch for the cell to be classified. Above the quarter of a
+#: half-stride patch that reaches into tissue from the first cell outside a straight tissue edge,
+#: so the map does not spill a cell into the glass; lumina and pale areas inside tissue, which
+#: the 16-µm/px mask misses, are still classified from the tissue around them.
+MIN_TISSUE = 0.3
+#: Largest region read per block, in pixels of the level read along each side (≈ 50 MB of RGB):
+#: many patches per read, and memory that does not grow with the slide.
+READ_MAX_PX = 4096
+#: Largest block, in map pixels per side: 256 patches (a second or so of network on a CPU) per
+#: read, so a small slide still has blocks for every worker and Cancel answers within a block.
+MAX_BLOCK = 16
+#: Bump when the store layout or the geometry rule changes: old stores are refused, not mixed.
+STORE_FORMAT = 1
+#: The probabilities array of a store: (classes, rows, cols) float32, NaN = not classified.
+ARRAY = "probabilities"
+
+
+class HeatmapError(ValueError):
+    """A heatmap cannot be made or read as asked (e.g. the model has no ``tumour`` class)."""
+
+
+class HeatmapCancelled(Exception):
+    """The caller's cancel event stopped a heatmap; a whole-slide store keeps its finished
+    blocks (``str()`` says how many) and the same call resumes."""
+
+
+def require_tag(tags, tag: str = TUMOUR, model: str = "the model") -> int:
+    """Index of ``tag`` among a model's classes, or :class:`HeatmapError` naming them."""
+    tags = list(tags)
+    if tag not in tags:
+        raise HeatmapError(
+            f"{model} has no {tag!r} class (its classes: {', '.join(tags) or 'none'}); a tumour "
+            f"heatmap needs a classifier trained with a {tag!r} tag"
+        )
+    return tags.index(tag)
+
+
+# --------------------------------------------------------------------------- the map
+@dataclass
+class Heatmap:
+    """Class probabilities on a grid of cells (see the module docstring for the geometry).
+
+    ``probabilities`` is float32 ``(classes, rows, cols)``, NaN where a cell was not classified
+    (no tissue, or a whole-slide run not finished there); ``mpp`` is µm per map pixel;
+    ``origin_um`` the ``(y, x)`` µm of map pixel (0, 0)'s top-left corner from the slide's
+    top-left corner; ``slide_mpp`` µm per slide level-0 pixel (None for an image with no slide).
+    """
+
+    probabilities: np.ndarray
+    tags: list[str]
+    mpp: float
+    origin_um: tuple[float, float]
+    stride_px: int
+    patch_px: int
+    model_mpp: float
+    slide_mpp: float | None = None
+    model: dict = field(default_factory=dict)
+    finished: bool = True
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.probabilities.shape[1:])
+
+    def p(self, tag: str = TUMOUR) -> np.ndarray:
+        """The map of one class (a view, not a copy)."""
+        name = self.model.get("model") or self.model.get("method") or "the model"
+        return self.probabilities[require_tag(self.tags, tag, f"model {name!r}")]
+
+    @property
+    def p_tumour(self) -> np.ndarray:
+        return self.p(TUMOUR)
+
+    @property
+    def tissue(self) -> np.ndarray:
+        """True where a cell was classified."""
+        return ~np.isnan(self.probabilities[0])
+
+    def layer_transform(self, slide_mpp: float | None = None):
+        """``(scale, translate)`` of this map as a napari layer beside a slide layer placed by
+        :func:`napari_nucleiseg.layers.physical_transform` (level-0 pixel 0 centred on 0): map
+        pixel ``(i, j)`` is centred on ``origin + ((i, j) + 0.5)·mpp - mpp0/2``. ``slide_mpp``
+        (``mpp0``): the slide's level-0 µm/px, default the map's own; for an image drawn alone,
+        the image layer's µm/px."""
+        base = slide_mpp if slide_mpp is not None else (self.slide_mpp or 0.0)
+        oy, ox = self.origin_um
+        half = (self.mpp - base) / 2.0
+        return (self.mpp, self.mpp), (oy + half, ox + half)
+
+    def centre_um(self, i, j):
+        """``(y, x)`` µm from the slide's corner of the centre of map pixel ``(i, j)`` (arrays
+        welcome)."""
+        oy, ox = self.origin_um
+        return oy + (np.asarray(i) + 0.5) * self.mpp, ox + (np.asarray(j) + 0.5) * self.mpp
+
+    def index_at_um(self, y_um, x_um):
+        """Map pixel ``(i, j)`` whose square holds the point ``(y_um, x_um)`` (may fall outside
+        the map)."""
+        oy, ox = self.origin_um
+        i = np.floor((np.asarray(y_um, float) - oy) / self.mpp).astype(int)
+        j = np.floor((np.asarray(x_um, float) - ox) / self.mpp).astype(int)
+        return i, j
+
+    def sample_um(self, y_um, x_um, tag: str = TUMOUR) -> np.ndarray:
+        """The map of ``tag`` at points in µm (NaN outside the map or its tissue)."""
+        p = self.p(tag)
+        i, j = self.index_at_um(y_um, x_um)
+        inside = (i >= 0) & (j >= 0) & (i < p.shape[0]) & (j < p.shape[1])
+        out = np.full(np.shape(i), np.nan, np.float32)
+        out[inside] = p[i[inside], j[inside]]
+        return out
+
+
+def default_stride(method) -> int:
+    """Half a patch (see the module docstring)."""
+    return max(1, int(method.tile_px) // 2)
+
+
+def stride_from_um(method, stride_um: float | None) -> int | None:
+    """A stride in µm as model pixels (None stays None: the default)."""
+    if stride_um is None:
+        return None
+    if not stride_um > 0:
+        raise HeatmapError(f"the stride must be positive, got {stride_um:g} µm")
+    return max(1, round(stride_um / method.mpp))
+
+
+def _block_size(stride: int, patch: int, ratio: float) -> int:
+    """Map pixels per block side so that one block's read is at most :data:`READ_MAX_PX` px of
+    the level read (``ratio`` level pixels per model pixel)."""
+    model_px = READ_MAX_PX / max(ratio, 1.0)
+    return int(min(MAX_BLOCK, max(1, (model_px - max(0, patch - stride)) // stride)))
+
+
+# --------------------------------------------------------------------------- tissue per cell
+def _windows_um(first: int, last: int, stride: int, patch: int, m: float):
+    """Start and end (µm from the grid's origin) of the patches of cells ``first..last-1``."""
+    start = (np.arange(first, last) * stride - (patch - stride) // 2) * m
+    return start, start + patch * m
+
+
+def _patch_fractions(mask: np.ndarray, mask_um, ys, xs) -> np.ndarray:
+    """Tissue fraction of each patch ``[ys[0][i], ys[1][i]) × [xs[0][j], xs[1][j])`` (µm) of a
+    boolean mask whose pixel ``(a, b)`` spans ``[a·my, (a+1)·my) × [b·mx, (b+1)·mx)`` µm. The
+    rule of :meth:`~napari_nucleiseg.tissue.TissueMask.fraction_in` (the mask pixels a patch
+    touches, clipped to the mask; none: 0), for every patch at once (summed-area table)."""
+    my, mx = mask_um
+    h, w = mask.shape
+    sat = np.zeros((h + 1, w + 1), np.int64)
+    sat[1:, 1:] = np.cumsum(np.cumsum(mask, 0, dtype=np.int64), 1)
+    r0 = np.clip(np.floor(np.asarray(ys[0]) / my + 1e-9), 0, h).astype(int)
+    r1 = np.clip(np.ceil(np.asarray(ys[1]) / my - 1e-9), 0, h).astype(int)
+    c0 = np.clip(np.floor(np.asarray(xs[0]) / mx + 1e-9), 0, w).astype(int)
+    c1 = np.clip(np.ceil(np.asarray(xs[1]) / mx - 1e-9), 0, w).astype(int)
+    s = (
+        sat[r1[:, None], c1[None, :]]
+        - sat[r0[:, None], c1[None, :]]
+        - sat[r1[:, None], c0[None, :]]
+        + sat[r0[:, None], c0[None, :]]
+    )
+    area = (r1 - r0)[:, None] * (c1 - c0)[None, :]
+    return np.where(area > 0, s / np.maximum(area, 1), 0.0)
+
+
+# --------------------------------------------------------------------------- one block
+def _patches(rgb: np.ndarray, keep: np.ndarray, stride: int, patch: int) -> np.ndarray:
+    """The patches of the kept cells of a block read (cell ``(i, j)``'s patch starts at
+    ``(i·S, j·S)`` of the read), copied into one ``(N, P, P, 3)`` array."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    windows = sliding_window_view(rgb, (patch, patch, 3))[::stride, ::stride, 0]
+    ii, jj = np.nonzero(keep)
+    return np.ascontiguousarray(windows[ii, jj])
+
+
+def classify_block(method, read, r0: int, c0: int, keep: np.ndarray, stride: int) -> np.ndarray:
+    """Probabilities ``(C, h, w)`` of the cells ``[r0, r0+h) × [c0, c0+w)`` of a grid (``keep``
+    ``(h, w)``: which to classify; the rest are NaN). ``read(y_um, x_um, h_px, w_px)`` returns RGB
+    at the model's µm/px from the grid's origin (white beyond the image)."""
+    m, patch = float(method.mpp), int(method.tile_px)
+    h, w = keep.shape
+    out = np.full((len(method.classes), h, w), np.nan, np.float32)
+    if not keep.any():
+        return out
+    margin = (patch - stride) // 2  # the patch of cell i starts this far before the cell
+    hp, wp = (h - 1) * stride + patch, (w - 1) * stride + patch
+    rgb = read((r0 * stride - margin) * m, (c0 * stride - margin) * m, hp, wp)
+    if rgb.shape[:2] != (hp, wp):  # float rounding in a resample: a pixel more or less
+        rgb = _fit(rgb, hp, wp)
+    probs = method.probabilities(_patches(rgb, keep, stride, patch))
+    out[:, keep] = probs.T
+    return out
+
+
+def _fit(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
+    out = np.full((h, w, 3), 255, np.uint8)
+    hh, ww = min(h, rgb.shape[0]), min(w, rgb.shape[1])
+    out[:hh, :ww] = rgb[:hh, :ww]
+    return out
+
+
+def _integral(v: float) -> int | None:
+    r = round(v)
+    return r if abs(v - r) < 1e-6 * max(1.0, abs(v)) else None
+
+
+def _shrink(region: np.ndarray, k: int) -> np.ndarray:
+    """Mean of every ``k``² pixels, rounded half up: the same value wherever the block starts
+    (a resampler with a fractional box rounds some pixels differently at different offsets, and
+    a view's cells would then differ from the whole slide's, and a resumed run from a fresh
+    one, by a grey level here and there)."""
+    if k == 1:
+        return region
+    h, w = region.shape[0] // k, region.shape[1] // k
+    s = region[: h * k, : w * k].reshape(h, k, w, k, 3).sum((1, 3), dtype=np.uint32)
+    return ((s + (k * k) // 2) // (k * k)).astype(np.uint8)
+
+
+def slide_reader(slide, model_mpp: float):
+    """``read(y_um, x_um, h_px, w_px)`` of a slide at ``model_mpp``, from the pyramid level
+    nearest it that is not coarser (area-averaged; white beyond the slide). Where the level is
+    a whole number of times finer and the region starts on its pixels (the grid's blocks do,
+    at 0.25 or 0.5 µm/px for a 1-µm/px model), the average is exact, so the same cell has the
+    same pixels in every block and every view."""
+    level = slide.best_level_for_mpp(model_mpp)
+    lmpp = slide.level_mpp(level)
+    k = _integral(model_mpp / lmpp)
+
+    def read(y_um, x_um, h_px, w_px):
+        ly, lx = _integral(y_um / lmpp), _integral(x_um / lmpp)
+        if k is not None and ly is not None and lx is not None:
+            return _shrink(slide.read_region(lx, ly, w_px * k, h_px * k, level), k)
+        return slide.read_region_um(x_um, y_um, w_px * model_mpp, h_px * model_mpp, mpp=model_mpp)
+
+    return read
+
+
+def array_reader(rgb: np.ndarray, mpp: float, model_mpp: float):
+    """``read(y_um, x_um, h_px, w_px)`` of an in-memory RGB image at ``mpp`` µm/px, resampled
+    to ``model_mpp`` with the slide's rule (area average when shrinking); white beyond it."""
+    from PIL import Image
+
+    rgb = np.asarray(rgb)
+    height, width = rgb.shape[:2]
+    f = model_mpp / mpp  # image pixels per model pixel
+    k = _integral(f)
+
+    def read(y_um, x_um, h_px, w_px):
+        y0, x0 = y_um / mpp, x_um / mpp
+        iy, ix = _integral(y0), _integral(x0)
+        if k is not None and iy is not None and ix is not None:  # exact, as for slides
+            region = np.full((h_px * k, w_px * k, 3), 255, np.uint8)
+            sy0, sx0 = max(iy, 0), max(ix, 0)
+            sy1, sx1 = min(iy + h_px * k, height), min(ix + w_px * k, width)
+            if sy1 > sy0 and sx1 > sx0:
+                region[sy0 - iy : sy1 - iy, sx0 - ix : sx1 - ix] = rgb[sy0:sy1, sx0:sx1, :3]
+            return _shrink(region, k)
+        y1, x1 = y0 + h_px * f, x0 + w_px * f
+        iy0, ix0, iy1, ix1 = math.floor(y0), math.floor(x0), math.ceil(y1), math.ceil(x1)
+        region = np.full((iy1 - iy0, ix1 - ix0, 3), 255, np.uint8)
+        sy0, sx0, sy1, sx1 = max(iy0, 0), max(ix0, 0), min(iy1, height), min(ix1, width)
+        if sy1 > sy0 and sx1 > sx0:
+            region[sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0] = rgb[sy0:sy1, sx0:sx1, :3]
+        if region.shape[:2] == (h_px, w_px) and abs(f - 1) < 1e-9:
+            return region
+        resample = Image.Resampling.BOX if f > 1 else Image.Resampling.BILINEAR
+        box = (x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0)
+        return np.asarray(Image.fromarray(region).resize((w_px, h_px), resample, box=box))
+
+    return read
+
+
+# --------------------------------------------------------------------------- views
+def _grid_blocks(rows: int, cols: int, block: int):
+    return [
+        (r, c, min(r + block, rows), min(c + block, cols))
+        for r in range(0, rows, block)
+        for c in range(0, cols, block)
+    ]
+
+
+def _run_blocks(method, read, fractions, min_tissue, stride, block, progress, cancel):
+    rows, cols = fractions.shape
+    out = np.full((len(method.classes), rows, cols), np.nan, np.float32)
+    boxes = _grid_blocks(rows, cols, block)
+    for k, (r0, c0, r1, c1) in enumerate(boxes):
+        if cancel is not None and cancel.is_set():
+            raise HeatmapCancelled(f"cancelled after {k} of {len(boxes)} blocks")
+        keep = fractions[r0:r1, c0:c1] >= min_tissue
+        out[:, r0:r1, c0:c1] = classify_block(method, read, r0, c0, keep, stride)
+        if progress is not None:
+            progress(k + 1, len(boxes))
+    return out
+
+
+def _method(method):
+    from ..methods import get_method
+
+    m = get_method(method, kind="classifier")
+    if getattr(m, "kind", None) != "classifier":
+        raise HeatmapError(f"{getattr(m, 'name', m)!r} is not a tissue classifier")
+    return m
+
+
+def heatmap_region(
+    method,
+    slide,
+    x_um: float,
+    y_um: float,
+    width_um: float,
+    height_um: float,
+    *,
+    stride_px: int | None = None,
+    min_tissue: float = MIN_TISSUE,
+    tissue=None,
+    block: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel=None,
+) -> Heatmap:
+    """The heatmap of a slide region (e.g. the current view), on the whole-slide grid.
+
+    The region (µm from the slide's corner) is widened to whole cells of the slide's grid, so its
+    cells, values included, are those of :func:`heatmap_slide` there. ``tissue`` is the slide's
+    :class:`~napari_nucleiseg.tissue.TissueMask` (computed when None; ``False``: classify every
+    cell). ``progress(done, total)`` after each block; ``cancel`` (a ``threading.Event``) stops
+    between blocks with :class:`HeatmapCancelled`.
+    """
+    method = _method(method)
+    if slide.mpp is None:
+        raise SlideError(slide.path, "states no µm/px; give it (mpp=..., --mpp) for a heatmap")
+    m, patch = float(method.mpp), int(method.tile_px)
+    stride = int(stride_px or default_stride(method))
+    cell = stride * m
+    h0, w0 = slide.shape
+    rows_all, cols_all = math.ceil(h0 * slide.mpp / cell), math.ceil(w0 * slide.mpp / cell)
+    r0 = min(max(0, math.floor(y_um / cell)), rows_all)
+    c0 = min(max(0, math.floor(x_um / cell)), cols_all)
+    r1 = min(max(r0, math.ceil((y_um + height_um) / cell)), rows_all)
+    c1 = min(max(c0, math.ceil((x_um + width_um) / cell)), cols_all)
+    fractions = _slide_fractions(slide, tissue, stride, patch, m, r0, c0, r1, c1)
+    base = slide_reader(slide, m)
+    oy, ox = r0 * cell, c0 * cell
+
+    def read(y, x, h, w):  # the block reads are relative to the region's first cell
+        return base(y + oy, x + ox, h, w)
+
+    level = slide.best_level_for_mpp(m)
+    block = block or _block_size(stride, patch, m / slide.level_mpp(level))
+    probs = _run_blocks(method, read, fractions, min_tissue, stride, block, progress, cancel)
+    return Heatmap(
+        probs,
+        list(method.classes),
+        cell,
+        (oy, ox),
+        stride,
+        patch,
+        m,
+        float(slide.mpp),
+        method.describe(),
+    )
+
+
+def _slide_fractions(slide, tissue, stride, patch, m, r0, c0, r1, c1) -> np.ndarray:
+    """Tissue fraction of the patches of cells ``[r0, r1) × [c0, c1)`` of a slide's grid."""
+    if tissue is False:
+        return np.ones((r1 - r0, c1 - c0))
+    if tissue is None:
+        from ..tissue import tissue_mask
+        from ..wholeslide.job import MASK_MAX_PX
+
+        tissue = tissue_mask(slide, max_size=MASK_MAX_PX)
+    dy, dx = tissue.downsample_yx
+    return _patch_fractions(
+        tissue.mask,
+        (dy * slide.mpp, dx * slide.mpp),
+        _windows_um(r0, r1, stride, patch, m),
+        _windows_um(c0, c1, stride, patch, m),
+    )
+
+
+def heatmap_image(
+    method,
+    rgb: np.ndarray,
+    mpp: float,
+    *,
+    origin_um: tuple[float, float] = (0.0, 0.0),
+    slide_mpp: float | None = None,
+    stride_px: int | None = None,
+    min_tissue: float = MIN_TISSUE,
+    tissue: np.ndarray | bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel=None,
+) -> Heatmap:
+    """The heatmap of an RGB image in memory at ``mpp`` µm/px (a view already read, a tile).
+
+    Cells are laid from the image's top-left corner, which is ``origin_um`` ``(y, x)`` from the
+    slide's corner (give ``slide_mpp`` too, and the map is placed on the slide). ``tissue``: a
+    boolean mask of the image's size, ``False`` to classify every cell, or None to detect it
+    (:func:`~napari_nucleiseg.tissue.mask.tissue_from_rgb`). Views of a slide should prefer
+    :func:`heatmap_region`, whose cells are the whole-slide map's.
+    """
+    from ..tissue.mask import tissue_from_rgb
+
+    method = _method(method)
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise ValueError(f"rgb must be (H, W, 3), got {rgb.shape}")
+    m, patch = float(method.mpp), int(method.tile_px)
+    stride = int(stride_px or default_stride(method))
+    cell = stride * m
+    height, width = rgb.shape[:2]
+    rows, cols = max(1, math.ceil(height * mpp / cell)), max(1, math.ceil(width * mpp / cell))
+    if tissue is False:
+        fractions = np.ones((rows, cols))
+    else:
+        mask = tissue_from_rgb(rgb[..., :3], mpp)[0] if tissue is None else np.asarray(tissue)
+        fractions = _patch_fractions(
+            mask,
+            (mpp, mpp),
+            _windows_um(0, rows, stride, patch, m),
+            _windows_um(0, cols, stride, patch, m),
+        )
+    read = array_reader(rgb, mpp, m)
+    block = _block_size(stride, patch, m / mpp if mpp < m else 1.0)
+    probs = _run_blocks(method, read, fractions, min_tissue, stride, block, progress, cancel)
+    return Heatmap(
+        probs,
+        list(method.classes),
+        cell,
+        (float(origin_um[0]), float(origin_um[1])),
+        stride,
+        patch,
+        m,
+        slide_mpp,
+        method.describe(),
+    )
+
+
+# --------------------------------------------------------------------------- the store
+def store_path(out_dir, slide_path) -> Path:
+    from ..io.output import output_stem
+
+    return Path(out_dir) / f"{output_stem(slide_path)}.heatmap.zarr"
+
+
+def _key(bi: int, bj: int) -> str:
+    return f"{bi}_{bj}"
+
+
+def _record(store: Path, k: str) -> Path:
+    return Path(store) / "blocks" / f"{k}.json"
+
+
+def _chunk(store: Path, bi: int, bj: int) -> Path:
+    return Path(store) / ARRAY / "0" / str(bi) / str(bj)
+
+
+def _read_attrs(path: Path) -> dict:
+    from ..wholeslide.store import StoreMismatchError
+
+    try:
+        attrs = json.loads((Path(path) / ".zattrs").read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreMismatchError(
+            path, f"exists and is not a heatmap store ({exc}); refusing to write into it"
+        ) from None
+    meta = attrs.get("nucleiseg")
+    if not isinstance(meta, dict) or meta.get("kind") != "heatmap":
+        raise StoreMismatchError(
+            path, "exists and is not a nucleiseg heatmap store; refusing to write into it"
+        )
+    return attrs
+
+
+def _write_attrs(path: Path, attrs: dict) -> None:
+    from ..wholeslide.store import atomic_write
+
+    atomic_write(Path(path) / ".zattrs", lambda f: f.write(json.dumps(attrs, indent=1).encode()))
+
+
+def _ngff(geometry: dict, tags: list[str]) -> dict:
+    mpp = geometry["mpp"]
+    return {
+        "multiscales": [
+            {
+                "version": "0.4",
+                "name": "heatmap",
+                "axes": [
+                    {"name": "c", "type": "channel"},
+                    {"name": "y", "type": "space", "unit": "micrometer"},
+                    {"name": "x", "type": "space", "unit": "micrometer"},
+                ],
+                "datasets": [
+                    {
+                        "path": ARRAY,
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [1.0, mpp, mpp]},
+                            {"type": "translation", "translation": [0.0, *geometry["translate"]]},
+                        ],
+                    }
+                ],
+                "metadata": {
+                    "description": "class probabilities of the patch centred on each cell; NaN: "
+                    "not classified (no tissue); translation as napari's, beside a slide layer "
+                    "whose level-0 pixel 0 is centred on 0",
+                    "channels": [f"p_{t}" for t in tags],
+                },
+            }
+        ]
+    }
+
+
+def _open_or_create(path: Path, identity: dict, meta: dict, n_classes: int) -> dict:
+    """The store's attributes, creating it (under a temporary name, renamed into place) when
+    absent; :class:`~napari_nucleiseg.wholeslide.store.StoreMismatchError` when it holds another
+    slide's, model's or geometry's heatmap."""
+    import zarr
+
+    from ..wholeslide.store import (
+        DiskFullError,
+        StoreMismatchError,
+        fsync_path,
+        is_no_space,
+    )
+
+    g = meta["geometry"]
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            root = zarr.open_group(str(tmp), mode="w-", zarr_format=2)
+            root.create_array(
+                ARRAY,
+                shape=(n_classes, *g["shape"]),
+                chunks=(n_classes, g["block"], g["block"]),
+                dtype="float32",
+                fill_value=np.nan,
+                chunk_key_encoding={"name": "v2", "separator": "/"},
+            )
+            (tmp / "blocks").mkdir()
+            attrs = {**_ngff(g, meta["tags"]), "nucleiseg": {**meta, "identity": identity}}
+            _write_attrs(tmp, attrs)
+            try:
+                os.rename(tmp, path)
+                fsync_path(path.parent)
+            except OSError:
+                if not path.exists():
+                    raise
+        except OSError as exc:
+            if is_no_space(exc):
+                raise DiskFullError(
+                    path, f"no space left to create the heatmap store ({exc.strerror})"
+                ) from exc
+            raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    attrs = _read_attrs(path)
+    old = attrs["nucleiseg"].get("identity", {})
+    if old != identity:
+        raise StoreMismatchError(
+            path,
+            f"{_difference(old, identity)}; refusing to mix heatmaps — delete the store or "
+            "choose another --out",
+        )
+    (path / "blocks").mkdir(exist_ok=True)
+    return attrs
+
+
+def _difference(old: dict, new: dict) -> str:
+    """One phrase saying why a store's identity differs from this run's."""
+    from ..wholeslide.store import describe_difference
+
+    if any(old.get(k) != new.get(k) for k in ("format", "slide", "method")):
+        return describe_difference(old, new)  # another slide, model, runtime or format
+    changed = [
+        f"{k} {old.get(k)} (this run: {new.get(k)})"
+        for k in ("stride_px", "block", "min_tissue", "mask_max_px")
+        if old.get(k) != new.get(k)
+    ]
+    return "it was made with " + ", ".join(changed or ["other settings"])
+
+
+def _check_records(path: Path, blocks) -> tuple[dict[str, dict], list[str]]:
+    """Records whose chunk is on disk as recorded; a record or chunk that is missing, damaged
+    or changed is dropped (its block is redone), one line each."""
+    from ..wholeslide.store import file_digest
+
+    good, problems = {}, []
+    for bi, bj in blocks:
+        k = _key(bi, bj)
+        rec_path = _record(path, k)
+        if not rec_path.exists():
+            continue
+        try:
+            rec = json.loads(rec_path.read_text())
+            expected = rec["chunk"]
+        except (OSError, ValueError, KeyError, TypeError):
+            rec, expected = None, "?"
+        actual = file_digest(_chunk(path, bi, bj))
+        if rec is None or expected != actual:
+            problems.append(
+                f"{path}: block {k}'s {'record' if rec is None else 'chunk'} is missing or "
+                "damaged; computing that block again"
+            )
+            rec_path.unlink(missing_ok=True)
+            _chunk(path, bi, bj).unlink(missing_ok=True)
+            continue
+        good[k] = rec
+    return good, problems
+
+
+@dataclass(frozen=True)
+class HeatmapJob:
+    """What a block task needs; small and picklable (the slide pickles as its path)."""
+
+    slide: object
+    store: str
+    method: str
+    method_identity: dict
+    model_mpp: float
+    stride: int
+    block: int
+
+
+def heatmap_block(job: HeatmapJob, bi: int, bj: int, keep: np.ndarray) -> dict:
+    """Classify block ``(bi, bj)``'s kept cells, write its chunk, then record it. Runs in a
+    thread, a local process or a dask worker; idempotent (same content, atomic writes)."""
+    import zarr
+
+    from ..wholeslide.store import atomic_json, file_digest, fsync_path
+
+    method = _method(job.method)
+    if method.describe() != job.method_identity:
+        import socket
+
+        raise SlideError(
+            job.slide.path,
+            f"worker {socket.gethostname()} would compute block {_key(bi, bj)} with another "
+            f"model or runtime ({method.describe()}) than the rest of the slide; give every "
+            "worker the same settings",
+        )
+    r0, c0 = bi * job.block, bj * job.block
+    t0 = time.perf_counter()
+    probs = classify_block(method, slide_reader(job.slide, job.model_mpp), r0, c0, keep, job.stride)
+    arr = zarr.open_group(job.store, mode="r+")[ARRAY]
+    h, w = keep.shape
+    arr[:, r0 : r0 + h, c0 : c0 + w] = probs
+    chunk = _chunk(Path(job.store), bi, bj)
+    fsync_path(chunk)  # the record says the chunk is on disk: it must be
+    n = int(keep.sum())
+    atomic_json(_record(Path(job.store), _key(bi, bj)), {"patches": n, "chunk": file_digest(chunk)})
+    return {"patches": n, "seconds": time.perf_counter() - t0}
+
+
+@dataclass
+class HeatmapProgress:
+    """Where a whole-slide heatmap stands; yielded after every finished block.
+
+    ``done`` counts tissue blocks recorded in the store, ``total`` all tissue blocks;
+    ``resumed`` were recorded by earlier runs, ``computed`` by this one; ``patches`` counts the
+    patches classified in the recorded blocks.
+    """
+
+    slide: str
+    done: int
+    total: int
+    patches: int
+    store: Path
+    finished: bool = False
+    resumed: int = 0
+    computed: int = 0
+    elapsed: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.finished else self.done / max(1, self.total)
+
+
+def plan_slide(slide, method, *, stride_px=None, block=None, min_tissue=MIN_TISSUE):
+    """The grid, blocks and identity of a whole-slide heatmap, without running it:
+    ``(geometry, fractions, tissue_blocks, identity)``."""
+    from ..tissue import tissue_mask
+    from ..wholeslide.job import MASK_MAX_PX
+    from ..wholeslide.store import slide_fingerprint
+
+    if slide.mpp is None:
+        raise SlideError(
+            slide.path, "states no µm/px; give it with --mpp (e.g. 0.25 for 40x, 0.5 for 20x)"
+        )
+    m, patch = float(method.mpp), int(method.tile_px)
+    stride = int(stride_px or default_stride(method))
+    cell = stride * m
+    h0, w0 = slide.shape
+    rows, cols = math.ceil(h0 * slide.mpp / cell), math.ceil(w0 * slide.mpp / cell)
+    level = slide.best_level_for_mpp(m)
+    block = int(block or _block_size(stride, patch, m / slide.level_mpp(level)))
+    mask = tissue_mask(slide, max_size=MASK_MAX_PX)
+    fractions = _slide_fractions(slide, mask, stride, patch, m, 0, 0, rows, cols)
+    tissue_blocks = [
+        (r0 // block, c0 // block)
+        for r0, c0, r1, c1 in _grid_blocks(rows, cols, block)
+        if (fractions[r0:r1, c0:c1] >= min_tissue).any()
+    ]
+    _, translate = Heatmap(
+        np.zeros((1, 0, 0), np.float32), [], cell, (0.0, 0.0), stride, patch, m, slide.mpp
+    ).layer_transform()
+    geometry = {
+        "mpp": cell,
+        "origin_um": [0.0, 0.0],
+        "stride_px": stride,
+        "patch_px": patch,
+        "model_mpp": m,
+        "slide_mpp": float(slide.mpp),
+        "block": block,
+        "shape": [rows, cols],
+        "read_level": level,
+        "scale": [cell, cell],
+        "translate": list(translate),
+        "rule": "map pixel (i, j) = slide square [i, i+1) x [j, j+1) * mpp µm from the slide's "
+        "corner, valued by the patch centred on it",
+    }
+    identity = {
+        "format": STORE_FORMAT,
+        "slide": slide_fingerprint(slide),
+        "method": method.describe(),
+        "stride_px": stride,
+        "block": block,
+        "min_tissue": float(min_tissue),
+        "mask_max_px": MASK_MAX_PX,
+    }
+    return geometry, fractions, tissue_blocks, identity
+
+
+def heatmap_slide(
+    slide,
+    out_dir,
+    *,
+    model=None,
+    project=None,
+    mpp: float | None = None,
+    stride_px: int | None = None,
+    block: int | None = None,
+    min_tissue: float = MIN_TISSUE,
+    scheduler=None,
+    workers: int | None = None,
+) -> Iterator[HeatmapProgress]:
+    """The heatmap of a whole slide into ``<out_dir>/<stem>.heatmap.zarr``, yielding progress
+    after every finished block.
+
+    Parameters
+    ----------
+    slide
+        Path of the slide, or an opened :class:`~napari_nucleiseg.io.Slide`.
+    out_dir
+        Folder of the store (created if missing).
+    model, project
+        The classifier: a name or card path, looked up in ``project`` too; None: the project's
+        current classifier, else the shipped default.
+    mpp
+        µm/px of the slide's level 0 when its file states none (or states it wrongly).
+    stride_px
+        Model pixels between cells (default half a patch).
+    block
+        Map pixels per block side (default 16, fewer if a block's read would exceed 4096² px
+        of the level read).
+    min_tissue
+        Least tissue fraction of a cell's patch to classify the cell (0: every cell).
+    scheduler, workers
+        Where blocks run, as for :func:`~napari_nucleiseg.wholeslide.segment_slide`: threads
+        (default 2), ``"local"`` or a dask scheduler address / ``Client``.
+
+    Closing the generator (the Cancel of a widget, ``compute_slide_heatmap``'s ``cancel``)
+    cancels the blocks not started; running ones finish and are recorded. Ctrl-C raises
+    :class:`~napari_nucleiseg.wholeslide.JobInterrupted` saying how many blocks are kept. The
+    same call resumes; a finished store is checked and returned at once.
+
+    Raises
+    ------
+    SlideError
+        The slide cannot be read (named), or states no µm/px.
+    StoreMismatchError
+        The store holds another slide's, model's or geometry's heatmap.
+    MethodError, WeightsError
+        No such classifier (the message lists them), or its weights fail their hash.
+    """
+    from ..io import open_slide
+    from ..methods import get_method
+
+    method = get_method(model, kind="classifier", project=project)
+    if getattr(method, "kind", None) != "classifier":
+        raise HeatmapError(f"{getattr(method, 'name', method)!r} is not a tissue classifier")
+    opened = not hasattr(slide, "read_region")
+    if opened:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slide = open_slide(slide, mpp=mpp)
+    elif mpp is not None and slide.mpp != mpp:
+        slide = open_slide(slide.path, mpp=mpp)
+        opened = True
+    try:
+        yield from _run(
+            slide, Path(out_dir), method, stride_px, block, min_tissue, scheduler, workers
+        )
+    finally:
+        if opened:
+            slide.close()
+
+
+def _remove_stale_outputs(out_dir: Path, stem: str) -> None:
+    import re
+
+    pattern = re.compile(rf"^\.{re.escape(stem)}\.heatmap\.zarr\.[0-9a-f]{{32}}\.tmp$")
+    try:
+        names = os.listdir(out_dir)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if pattern.match(name):
+            shutil.rmtree(Path(out_dir) / name, ignore_errors=True)
+
+
+def _run(slide, out_dir, method, stride_px, block, min_tissue, scheduler, workers):
+    from ..io.output import output_stem
+    from ..wholeslide.job import JobInterrupted, make_runner
+    from ..wholeslide.store import (
+        DiskFullError,
+        StoreLock,
+        StoreRepairWarning,
+        is_no_space,
+        remove_stale_temporaries,
+    )
+
+    t_start = time.perf_counter()
+    path = store_path(out_dir, slide.path)
+    geometry, fractions, tissue_blocks, identity = plan_slide(
+        slide, method, stride_px=stride_px, block=block, min_tissue=min_tissue
+    )
+    tags = list(method.classes)
+    meta = {
+        "kind": "heatmap",
+        "finished": False,
+        "tags": tags,
+        "model": method.describe(),
+        "geometry": geometry,
+        "slide": str(slide.path),
+    }
+    name, total = str(slide.path), len(tissue_blocks)
+    with StoreLock(path):
+        _remove_stale_outputs(out_dir, output_stem(slide.path))
+        attrs = _open_or_create(path, identity, meta, len(tags))
+        remove_stale_temporaries(path)
+        records, problems = _check_records(path, tissue_blocks)
+        for line in problems:  # attributed to whoever iterates heatmap_slide
+            warnings.warn(line, StoreRepairWarning, stacklevel=4)
+        patches = sum(int(r.get("patches", 0)) for r in records.values())
+        resumed = len(records)
+        if attrs["nucleiseg"].get("finished") and not problems and resumed == total:
+            yield HeatmapProgress(name, total, total, patches, path, True, resumed, 0, 0.0)
+            return
+        if attrs["nucleiseg"].get("finished"):
+            attrs["nucleiseg"]["finished"] = False
+            _write_attrs(path, attrs)
+        job = HeatmapJob(
+            slide,
+            str(path),
+            # A card path: every worker finds the model without knowing the project.
+            str(getattr(method, "card_path", None) or method.name),
+            identity["method"],
+            method.mpp,
+            geometry["stride_px"],
+            geometry["block"],
+        )
+        b = geometry["block"]
+        todo = [bij for bij in tissue_blocks if _key(*bij) not in records]
+        todo.reverse()  # pop() from the end = raster order
+        done, computed = resumed, 0
+
+        def progress(finished=False):
+            return HeatmapProgress(
+                name,
+                done,
+                total,
+                patches,
+                path,
+                finished,
+                resumed,
+                computed,
+                time.perf_counter() - t_start,
+            )
+
+        runner, inflight = None, {}
+        run = f"{output_stem(slide.path)}-{uuid.uuid4().hex[:8]}"  # dask keys of this run
+        try:
+            try:
+                yield progress()
+                runner = make_runner(scheduler, workers)
+                while todo or inflight:
+                    while todo and len(inflight) < runner.slots():
+                        bi, bj = todo.pop()
+                        keep = fractions[bi * b : (bi + 1) * b, bj * b : (bj + 1) * b] >= min_tissue
+                        f = runner.submit(
+                            heatmap_block,
+                            job,
+                            bi,
+                            bj,
+                            keep,
+                            key=f"nucleiseg-heatmap-{run}-{_key(bi, bj)}",
+                        )
+                        inflight[f] = (bi, bj)
+                    for f in runner.wait_any(inflight):
+                        inflight.pop(f)
+                        result = f.result()  # re-raises the block's error (SlideError, OSError)
+                        done += 1
+                        computed += 1
+                        patches += result["patches"]
+                        yield progress()
+                summary = {
+                    "tissue_blocks": total,
+                    "blocks": math.ceil(geometry["shape"][0] / b)
+                    * math.ceil(geometry["shape"][1] / b),
+                    "patches": patches,
+                    "seconds_last_run": round(time.perf_counter() - t_start, 2),
+                    "resumed_blocks": resumed,
+                    "runner": runner.kind,
+                }
+                attrs["nucleiseg"].update(finished=True, summary=summary)
+                _write_attrs(path, attrs)
+            finally:
+                if runner is not None:
+                    if inflight:
+                        runner.cancel(list(inflight))
+                    runner.close()  # waits for running blocks: they are recorded, and kept
+        except KeyboardInterrupt:
+            kept = len(_check_records(path, tissue_blocks)[0])
+            raise JobInterrupted(
+                f"interrupted: {kept} of {total} heatmap blocks are kept; run the same command "
+                "to resume"
+            ) from None
+        except OSError as exc:
+            if is_no_space(exc):
+                kept = len(_check_records(path, tissue_blocks)[0])
+                raise DiskFullError(
+                    path,
+                    f"disk full while writing the heatmap ({exc.strerror}); {kept} of {total} "
+                    "blocks are kept: free some space and run the same command again to resume",
+                ) from exc
+            raise
+    yield progress(True)
+
+
+def compute_slide_heatmap(
+    slide,
+    out_dir,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    cancel=None,
+    **kwargs,
+) -> Path:
+    """:func:`heatmap_slide` run to the end: ``progress(done, total)`` after every block,
+    ``cancel`` (a ``threading.Event``) checked after every block — set, the run stops (blocks
+    running finish and are kept) and :class:`HeatmapCancelled` is raised. Returns the store."""
+    gen = heatmap_slide(slide, out_dir, **kwargs)
+    last = None
+    try:
+        for last in gen:
+            if progress is not None:
+                progress(last.done, last.total)
+            if cancel is not None and cancel.is_set() and not last.finished:
+                gen.close()  # cancels what has not started; running blocks are recorded
+                raise HeatmapCancelled(
+                    f"cancelled: {last.done} of {last.total} heatmap blocks are kept in "
+                    f"{last.store}; run again to resume"
+                )
+    finally:
+        gen.close()
+    return last.store
+
+
+def open_heatmap(store) -> Heatmap:
+    """The map of a heatmap store (finished or not: cells not computed yet are NaN)."""
+    import zarr
+
+    path = Path(store)
+    attrs = _read_attrs(path)
+    meta = attrs["nucleiseg"]
+    g = meta["geometry"]
+    probs = np.asarray(zarr.open_group(str(path), mode="r")[ARRAY][...], np.float32)
+    return Heatmap(
+        probs,
+        list(meta["tags"]),
+        float(g["mpp"]),
+        tuple(g["origin_um"]),
+        int(g["stride_px"]),
+        int(g["patch_px"]),
+        float(g["model_mpp"]),
+        float(g["slide_mpp"]),
+        dict(meta.get("model", {})),
+        bool(meta.get("finished")),
+    )

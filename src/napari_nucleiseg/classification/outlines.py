@@ -1,0 +1,226 @@
+"""Tumour outlines from a heatmap: the threshold's iso-line as polygons (with holes), and their
+export as QuPath GeoJSON annotations.
+
+The outline is the iso-line ``p_tumour = threshold`` of the map read as a field sampled at cell
+centres (marching squares, linear between centres), not the staircase of thresholded cells: a
+border between a tumour cell (p ≈ 1) and a normal one (p ≈ 0) then runs where the two patches
+disagree equally, not along a cell edge chosen by rounding. Cells without tissue (NaN) count as
+0, and the map is closed with a ring of 0 so every outline is a closed polygon; it is clipped to
+the slide. Regions smaller than ``min_area_um2`` (default: the area one patch sees) are dropped,
+and holes smaller than that filled: a single cell is not evidence of anything.
+
+Coordinates: rings are ``(x, y)`` µm from the slide's top-left corner; in GeoJSON they are slide
+level-0 pixels with pixel ``(i, j)`` covering ``[j, j+1) × [i, i+1)`` — QuPath's convention, as
+:mod:`napari_nucleiseg.wholeslide.export` writes nuclei. Exterior rings have positive signed area
+in ``(x, y)`` numbers, holes negative.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..methods.classifier import TUMOUR
+from .heatmap import Heatmap
+
+#: QuPath's class for tumour annotations (its built-in "Tumor" class), and its colour.
+CLASS_NAME = "Tumor"
+CLASS_COLOR = (200, 0, 0)
+#: Fixed namespace of the annotations' UUIDs (uuid5 of this and "<seed>:<index>").
+_NAMESPACE = uuid.UUID("8d3c2a4e-5f1b-4c7a-9e2d-74756d6f7572")
+
+
+@dataclass
+class Region:
+    """One tumour region: ``exterior`` ``(k, 2)`` and ``holes`` rings of ``(x, y)`` µm from the
+    slide's corner (closed: first vertex not repeated), its area in µm² (holes removed) and the
+    mean p of the classified cells whose centres lie inside it."""
+
+    exterior: np.ndarray
+    holes: list[np.ndarray] = field(default_factory=list)
+    area_um2: float = 0.0
+    mean_p: float = float("nan")
+
+    def rings_px(self, slide_mpp: float) -> list[np.ndarray]:
+        """Exterior then holes, in slide level-0 pixels."""
+        return [r / slide_mpp for r in (self.exterior, *self.holes)]
+
+
+def signed_area(ring_xy: np.ndarray) -> float:
+    x, y = ring_xy[:, 0], ring_xy[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def tumour_regions(
+    heatmap: Heatmap,
+    threshold: float = 0.5,
+    *,
+    tag: str = TUMOUR,
+    min_area_um2: float | None = None,
+    bounds_um: tuple[float, float] | None = None,
+) -> list[Region]:
+    """Regions where the map of ``tag`` is at least ``threshold``, largest first.
+
+    ``min_area_um2`` defaults to the area of one patch (``(patch_px · model_mpp)²``);
+    ``bounds_um`` ``(height, width)`` clips the rings to the slide (:func:`slide_bounds`; the
+    last cells of a map may reach past the slide's edge); None: no clipping.
+    """
+    from skimage.measure import find_contours, points_in_poly
+
+    if not 0 < threshold < 1:
+        raise ValueError(f"the threshold must be between 0 and 1, got {threshold:g}")
+    p = heatmap.p(tag)
+    if min_area_um2 is None:
+        min_area_um2 = (heatmap.patch_px * heatmap.model_mpp) ** 2
+    field_ = np.pad(np.nan_to_num(p, nan=0.0), 1)
+    oy, ox = heatmap.origin_um
+    mpp = heatmap.mpp
+    rings = []
+    for rc in find_contours(field_, threshold, fully_connected="high"):
+        if len(rc) < 4:
+            continue
+        # Padded index (r, c) is map pixel (r - 1, c - 1), whose centre is at +0.5 cell.
+        xy = np.stack([ox + (rc[:, 1] - 0.5) * mpp, oy + (rc[:, 0] - 0.5) * mpp], axis=1)
+        if np.allclose(xy[0], xy[-1]):
+            xy = xy[:-1]
+        if len(xy) >= 3:
+            rings.append(xy)
+    # Exterior or hole by nesting, not by the library's orientation: iso-lines of one level never
+    # cross, and the map is closed by low values, so a ring inside an even number of others
+    # encloses high values (an exterior), inside an odd number low ones (a hole).
+    rings = [r if signed_area(r) > 0 else r[::-1] for r in rings]
+    areas = [signed_area(r) for r in rings]
+    order = sorted(range(len(rings)), key=lambda k: -areas[k])  # containers come first
+    depth, parent, kept = {}, {}, {}
+    for n, k in enumerate(order):
+        around = [j for j in order[:n] if points_in_poly(rings[k][:1], rings[j])[0]]
+        depth[k] = len(around)
+        parent[k] = around[-1] if around else None  # the smallest ring around it
+        # A region or hole below the minimum area goes, and so does whatever lies inside it.
+        kept[k] = areas[k] >= min_area_um2 and (parent[k] is None or kept[parent[k]])
+    exteriors = [k for k in order if kept[k] and depth[k] % 2 == 0]
+    owned = {k: [] for k in exteriors}
+    for k in order:
+        if kept[k] and depth[k] % 2 == 1:
+            owned[parent[k]].append(rings[k][::-1])  # holes run the other way round
+    ci, cj = np.nonzero(~np.isnan(p))
+    cy, cx = heatmap.centre_um(ci, cj)
+    centres = np.stack([cx, cy], axis=1)
+    regions = []
+    for k in exteriors:
+        ext, hs, area = rings[k], owned[k], areas[k]
+        if bounds_um is not None:
+            ext = _clip(ext, bounds_um)
+            hs = [_clip(h, bounds_um) for h in hs]
+            area = signed_area(ext)
+        area -= sum(-signed_area(h) for h in hs)
+        inside = points_in_poly(centres, ext) if len(centres) else np.zeros(0, bool)
+        for h in hs:
+            inside &= ~points_in_poly(centres, h)
+        mean = float(np.mean(p[ci[inside], cj[inside]])) if inside.any() else float("nan")
+        regions.append(Region(ext, hs, float(area), mean))
+    regions.sort(key=lambda r: -r.area_um2)
+    return regions
+
+
+def _clip(ring: np.ndarray, bounds_um) -> np.ndarray:
+    h, w = bounds_um
+    return np.stack([np.clip(ring[:, 0], 0, w), np.clip(ring[:, 1], 0, h)], axis=1)
+
+
+def slide_bounds(heatmap: Heatmap, slide_shape) -> tuple[float, float]:
+    """``(height, width)`` µm of a slide of ``slide_shape`` level-0 px at the map's slide µm/px."""
+    if heatmap.slide_mpp is None:
+        raise ValueError("the heatmap is not placed on a slide (slide_mpp is None)")
+    return slide_shape[0] * heatmap.slide_mpp, slide_shape[1] * heatmap.slide_mpp
+
+
+# --------------------------------------------------------------------------- GeoJSON
+def _packed_rgb(rgb) -> int:
+    """QuPath's packed ARGB colour as a signed 32-bit int (its ``colorRGB``)."""
+    r, g, b = (int(v) for v in rgb)
+    v = (0xFF << 24) | (r << 16) | (g << 8) | b
+    return v - (1 << 32)
+
+
+def feature(
+    region: Region,
+    slide_mpp: float,
+    index: int,
+    *,
+    name: str = CLASS_NAME,
+    color=CLASS_COLOR,
+    id_seed: str = "",
+    tag: str = TUMOUR,
+) -> dict:
+    """One QuPath annotation: a Polygon (exterior, then holes) in level-0 pixels."""
+    coords = []
+    for ring in region.rings_px(slide_mpp):
+        pts = [[round(float(x), 3), round(float(y), 3)] for x, y in ring]
+        coords.append(pts + pts[:1])  # GeoJSON rings are closed
+    measurements = {"Area µm^2": round(region.area_um2, 3)}
+    if np.isfinite(region.mean_p):
+        measurements[f"Mean p_{tag}"] = round(region.mean_p, 6)
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid5(_NAMESPACE, f"{id_seed}:{index}")),
+        "geometry": {"type": "Polygon", "coordinates": coords},
+        "properties": {
+            "objectType": "annotation",
+            "name": f"{name} {index + 1}",
+            # "color" is QuPath 0.4+'s; "colorRGB" (packed ARGB) what 0.2-0.3 read.
+            "classification": {
+                "name": name,
+                "color": list(color),
+                "colorRGB": _packed_rgb(color),
+            },
+            "measurements": measurements,
+        },
+    }
+
+
+def write_geojson(
+    regions: list[Region],
+    path,
+    slide_mpp: float,
+    *,
+    name: str = CLASS_NAME,
+    color=CLASS_COLOR,
+    id_seed: str = "",
+    tag: str = TUMOUR,
+) -> Path:
+    """Write ``regions`` as a QuPath-importable GeoJSON ``FeatureCollection`` of annotations
+    (``File > Import objects``), atomically. Returns the path."""
+    from ..wholeslide.store import atomic_write
+
+    collection = {
+        "type": "FeatureCollection",
+        "features": [
+            feature(r, slide_mpp, k, name=name, color=color, id_seed=id_seed, tag=tag)
+            for k, r in enumerate(regions)
+        ],
+    }
+    path = Path(path)
+    atomic_write(path, lambda f: f.write(json.dumps(collection, ensure_ascii=False).encode()))
+    return path
+
+
+def rasterise(regions: list[Region], shape, mpp: float) -> np.ndarray:
+    """Boolean mask ``shape`` at ``mpp`` µm/px (pixel ``(i, j)`` centred on
+    ``((i + 0.5)·mpp, (j + 0.5)·mpp)`` µm) of the points inside the regions (outside holes)."""
+    from skimage.measure import points_in_poly
+
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    pts = np.stack([(xx.ravel() + 0.5) * mpp, (yy.ravel() + 0.5) * mpp], axis=1)
+    out = np.zeros(h * w, bool)
+    for r in regions:
+        inside = points_in_poly(pts, r.exterior)
+        for hole in r.holes:
+            inside &= ~points_in_poly(pts, hole)
+        out |= inside
+    return out.reshape(h, w)
