@@ -191,6 +191,9 @@ def test_training_reports_progress_and_refuses_one_class_bags(bags):
     assert [p["iter"] for p in progress] == [10, 20, 30, 40, 50]
     assert all(p["stage"] == "mil" and np.isfinite(p["loss"]) for p in progress)
     assert [p["fraction"] for p in progress] == sorted(p["fraction"] for p in progress)
+    # A time budget (the GUI's): ends after it, not before, whatever the iteration count.
+    timed = list(train_mil(data, MILConfig(minutes=0.01), threads=1))[-1]
+    assert timed["stage"] == "done" and timed["iterations"] > 0 and timed["seconds"] >= 0.6
     with pytest.raises(ValueError, match="positive and negative"):
         list(train_mil([b for b in data if b[1]], MILConfig(iterations=5)))
     with pytest.raises(ValueError, match="pooling"):
