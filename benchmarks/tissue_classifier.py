@@ -17,7 +17,8 @@ same seed and split:
   unlabelled: stepwise still uses their images).
 
 Scores: AUC, accuracy, precision and recall of tumour at p ≥ 0.5, per held-out tile (the tile's
-patches averaged). The last line printed is JSON.
+patches averaged), and the AUC on the same tiles recoloured to two other labs' stain (Macenko
+to a MoNuSeg test image and to the CMU-1 slide). The last line printed is JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +33,44 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 TISSUE = REPO.parent / "shared" / "data" / "tissue"
+
+
+def _recoloured(held, seed: int):
+    """The held-out tiles in other labs' colours: Macenko-normalised to a MoNuSeg test image
+    (TCGA, another scanner and lab) and to the CMU-1 slide (Aperio, normal skin). A classifier
+    that learnt LC25000's colour rather than its tissue loses AUC here."""
+    import warnings
+
+    from PIL import Image
+
+    from napari_nucleiseg.classification.tiles import LabelledTile
+    from napari_nucleiseg.io import open_slide
+    from napari_nucleiseg.stain.normalise import make_normaliser
+
+    shared = TISSUE.parent
+    targets = {
+        "monuseg": np.asarray(
+            Image.open(
+                shared / "nuclei/monuseg2018_test/images/TCGA-2Z-A9J9-01A-01-TS1.png"
+            ).convert("RGB")
+        ),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with open_slide(shared / "slides/CMU-1-Small-Region.svs") as slide:
+            targets["cmu"] = slide.read_region(700, 1500, 800, 800, 0)
+    out = {}
+    for name, target in targets.items():
+        norm = make_normaliser("macenko").fit(target, name)
+        tiles = []
+        for t in held:
+            try:
+                rgb = norm.transform(t.rgb)
+            except Exception:  # a tile too pale to measure keeps its colours
+                rgb = t.rgb
+            tiles.append(LabelledTile(rgb, t.tag, t.mpp, group=t.group))
+        out[name] = tiles
+    return out
 
 
 def _scores(state, tags, cfg, held) -> dict:
@@ -93,6 +132,7 @@ def main(argv=None) -> int:
     print(f"intermediate labels: {time.perf_counter() - t0:.0f} s, agreement with tumour/normal "
           f"{max(agree, 1 - agree):.3f}", flush=True)  # fmt: skip
 
+    recoloured = _recoloured(held, args.seed)
     settings = {
         "alone": dict(pixel_loss="none"),
         "multitask-plain": dict(pixel_loss="plain"),
@@ -113,18 +153,25 @@ def main(argv=None) -> int:
                 if info["stage"] == "done":
                     done = info
             s = _scores(done["state"], done["tags"], cfg, held)
+            for target, tiles in recoloured.items():
+                s[f"auc_recoloured_{target}"] = _scores(done["state"], done["tags"], cfg, tiles)[
+                    "auc"
+                ]
             s["train_seconds"] = round(time.perf_counter() - t0, 1)
             s["train_tiles"] = len(data)
             results[key] = s
             print(f"{key:<26} AUC {s['auc']:.4f}  acc {s['accuracy']:.4f}  "
-                  f"prec {s['precision']:.4f}  rec {s['recall']:.4f}  "
+                  f"prec {s['precision']:.4f}  rec {s['recall']:.4f}  recoloured AUC "
+                  f"{s['auc_recoloured_monuseg']:.4f} / {s['auc_recoloured_cmu']:.4f}  "
                   f"({s['train_seconds']:.0f} s)", flush=True)  # fmt: skip
 
-    print(f"\n{'setting':<26}{'AUC':>8}{'acc':>8}{'prec':>8}{'rec':>8}")
+    print(
+        f"\n{'setting':<26}{'AUC':>8}{'acc':>8}{'prec':>8}{'rec':>8}{'AUC mon.':>10}{'AUC cmu':>9}"
+    )
     for key, s in results.items():
         print(
             f"{key:<26}{s['auc']:>8.4f}{s['accuracy']:>8.4f}{s['precision']:>8.4f}"
-            f"{s['recall']:>8.4f}"
+            f"{s['recall']:>8.4f}{s['auc_recoloured_monuseg']:>10.4f}{s['auc_recoloured_cmu']:>9.4f}"
         )
     out = {
         "benchmark": "tissue_classifier",

@@ -96,3 +96,42 @@ def test_training_runs_in_the_background_and_cancels(panel, qtbot):
     assert widget.project.current_model("classifier") is None  # cancelled: nothing promoted
     assert "cancelled" in widget._status.value
     assert not list(widget.project.models_dir.glob("classifier-*.json"))
+
+
+def test_heatmap_and_attention_of_the_view(panel, qtbot):
+    from napari_nucleiseg._napari._layers import find_layers
+
+    viewer, widget, slide = panel
+    mpp = slide.metadata["nucleiseg"]["mpp"]
+    viewer.scene.camera.center = (1000 * mpp, 1000 * mpp)
+    viewer.scene.camera.zoom = 1.0 / mpp / 2
+    widget._heat_view.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
+    layers = find_layers(viewer, "heatmap")
+    assert len(layers) == 1, widget._status.value
+    heat = layers[0]
+    values = np.asarray(heat.data)
+    assert np.isfinite(values).any() and np.nanmax(values) <= 1 and np.nanmin(values) >= 0
+    assert heat.scale[0] > mpp  # one map pixel is a cell of tens of µm
+    assert viewer.layers.index(heat) == viewer.layers.index(slide) + 1  # just above the slide
+    assert "Tumour probability over" in widget._status.value
+
+    # Attention: a head trained on the project's outlines (tumour and normal regions).
+    widget._draw.clicked.emit()
+    layer = widget.outlines_layer()
+    widget._tag.value = "tumour"
+    layer.add_polygons([_square(200, 200, 500), _square(200, 900, 500)])
+    widget._tag.value = "normal"
+    layer.add_polygons([_square(1200, 200, 500), _square(1200, 900, 500)])
+    widget._add.clicked.emit()
+    widget._train_attention.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
+    assert widget.project.current_model("attention") == "attention-1", widget._status.value
+    widget._attention_view.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=120_000)
+    att = find_layers(viewer, "attention")
+    assert len(att) == 1, widget._status.value
+    w = np.asarray(att[0].data)
+    finite = w[np.isfinite(w)]
+    # Weights times the number of patches: their mean is 1.
+    assert finite.size > 3 and abs(finite.mean() - 1) < 1e-3

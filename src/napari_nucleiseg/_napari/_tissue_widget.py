@@ -73,6 +73,19 @@ class TissueWidget(Container):
             "Continue the last training run that was cancelled or stopped, from its last "
             "checkpoint, for the time it had left"
         )
+        self._heat_view = PushButton(text="Heatmap of view")
+        self._heat_slide = PushButton(text="Heatmap of slide")
+        heat_buttons = Container(layout="horizontal", widgets=[self._heat_view, self._heat_slide])
+        heat_buttons.margins = (0, 0, 0, 0)
+        self._out = FileEdit(
+            label="results folder", mode="d", value=Path.home() / "nucleiseg-results"
+        )
+        self._train_attention = PushButton(text="Train attention")
+        self._attention_view = PushButton(text="Attention of view")
+        attention_buttons = Container(
+            layout="horizontal", widgets=[self._train_attention, self._attention_view]
+        )
+        attention_buttons.margins = (0, 0, 0, 0)
         self._cancel = PushButton(text="Cancel")
         train_buttons = Container(layout="horizontal", widgets=[self._train, self._resume])
         train_buttons.margins = (0, 0, 0, 0)
@@ -92,6 +105,9 @@ class TissueWidget(Container):
                 self._loss,
                 self._stepwise,
                 train_buttons,
+                self._out,
+                heat_buttons,
+                attention_buttons,
                 self._cancel,
             ]
         )
@@ -108,6 +124,10 @@ class TissueWidget(Container):
         self._add.changed.connect(self._on_add)
         self._train.changed.connect(self._on_train)
         self._resume.changed.connect(self._on_resume)
+        self._heat_view.changed.connect(self._on_heat_view)
+        self._heat_slide.changed.connect(self._on_heat_slide)
+        self._train_attention.changed.connect(self._on_train_attention)
+        self._attention_view.changed.connect(self._on_attention_view)
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
 
@@ -316,3 +336,239 @@ class TissueWidget(Container):
                 f"Trained {item['model']} on {item['tiles']} regions: {verdict} "
                 f"({item['verdict']})."
             )
+
+    # ------------------------------------------------------------------ heatmaps
+    def _classifier(self):
+        """The project's classifier when a project is open, else the shipped default."""
+        from napari.utils.notifications import show_error
+
+        from ..methods import get_method
+        from ..models import WeightsError
+
+        try:
+            project = self.project.path if self.project is not None else None
+            return get_method(None, kind="classifier", project=project)
+        except WeightsError as exc:
+            show_error(str(exc))
+            return None
+
+    def _view_um(self, slide_layer, slide):
+        from ._view import visible_box
+
+        x0, y0, x1, y1 = visible_box(self.viewer, slide_layer)
+        h, w = slide.shape
+        x0, y0 = max(0.0, x0), max(0.0, y0)
+        x1, y1 = min(float(w), x1), min(float(h), y1)
+        return x0 * slide.mpp, y0 * slide.mpp, (x1 - x0) * slide.mpp, (y1 - y0) * slide.mpp
+
+    def _ready_slide(self, what: str):
+        from napari.utils.notifications import show_error, show_warning
+
+        if self.jobs.running:
+            show_warning(self.jobs.busy_message())
+            return None, None
+        layer = self._layer.value
+        if layer is None:
+            show_error(f"No slide open: open a slide before {what}.")
+            return None, None
+        if tag(layer).get("mpp") is None:
+            show_error(
+                f"{Path(tag(layer)['path']).name}: the slide does not say how many micrometres "
+                f"a pixel is; enter it in the Slide panel (µm/px) before {what}."
+            )
+            return None, None
+        slide = open_layer_slide(layer)
+        return (layer, slide) if slide is not None else (None, None)
+
+    def show_map(self, heatmap, slide_layer, kind: str, name: str):
+        """Draw a map (tumour probability or attention) over the slide layer, aligned."""
+        from ._layers import just_above, put_layer
+
+        mpp0 = tag(slide_layer).get("mpp")
+        scale, translate = heatmap.layer_transform(mpp0)
+        values = heatmap.probabilities[0] if kind == "attention" else heatmap.p_tumour
+        finite = values[np.isfinite(values)]
+        top = 1.0 if kind != "attention" else float(max(2.0, finite.max() if finite.size else 2))
+        kwargs = {
+            "name": name,
+            "scale": scale,
+            "translate": translate,
+            "colormap": "inferno" if kind != "attention" else "viridis",
+            "opacity": 0.5,
+            "contrast_limits": (0.0, top),
+            "blending": "translucent",
+            "interpolation2d": "nearest",
+            "metadata": {META_KEY: {"kind": kind, "slide": tag(slide_layer).get("path")}},
+        }
+        if slide_layer.units is not None:
+            kwargs["units"] = tuple(map(str, slide_layer.units))
+        layer = put_layer(
+            self.viewer,
+            (np.asarray(values, np.float32), kwargs, "image"),
+            replace_kind=kind,
+            index=just_above(self.viewer, slide_layer),
+        )
+        return layer
+
+    def _on_heat_view(self, _=None):
+        from ..classification.heatmap import heatmap_region
+
+        layer, slide = self._ready_slide("a heatmap")
+        method = self._classifier() if slide is not None else None
+        if method is None:
+            return
+        box = self._view_um(layer, slide)
+        steps = _callback_steps(heatmap_region, method, slide, *box)
+        self.jobs.start(
+            "Heatmap of the view",
+            steps,
+            on_done=lambda hm: self._on_map(hm, layer, "heatmap", "tumour probability"),
+        )
+
+    def _on_map(self, hm, slide_layer, kind, name):
+        if hm is None:
+            return
+        self.show_map(hm, slide_layer, kind, name)
+        values = hm.probabilities[0] if kind == "attention" else hm.p_tumour
+        cells = int(np.isfinite(values).sum())
+        if kind == "attention":
+            self._set_status(
+                f"Attention over {cells} tissue patches of the view (1 = every patch weighted "
+                "alike; brighter: the patches the model looks at)."
+            )
+        else:
+            share = float(np.mean(values[np.isfinite(values)] > 0.5)) if cells else 0.0
+            self._set_status(
+                f"Tumour probability over {cells} tissue cells of the view ({hm.mpp:.0f} µm "
+                f"each): {share:.0%} above 0.5 ({hm.model.get('model')})."
+            )
+
+    def _on_heat_slide(self, _=None):
+        from ..classification.heatmap import heatmap_slide
+        from ._process import in_subprocess
+
+        layer, slide = self._ready_slide("a whole-slide heatmap")
+        if slide is None:
+            return
+        slide.close()
+        meta = tag(layer)
+        override = meta["mpp"] if meta.get("mpp_source") == "override" else None
+        project = str(self.project.path) if self.project is not None else None
+        steps = in_subprocess(
+            heatmap_slide, meta["path"], str(self._out.value), project=project, mpp=override
+        )
+
+        stores = []
+
+        def on_item(item):
+            if getattr(item, "finished", False):
+                stores.append(item.store)
+
+        def on_done(_value):
+            if not stores:
+                return
+            from ..classification.heatmap import open_heatmap
+
+            self.show_map(open_heatmap(stores[-1]), layer, "heatmap", "tumour probability (slide)")
+            self._set_status(f"Whole-slide heatmap written to {stores[-1]}.")
+
+        self.jobs.start(
+            "Heatmap of the slide",
+            steps,
+            on_item=on_item,
+            on_done=on_done,
+            cancelled_note="finished blocks are kept; Heatmap of slide again resumes",
+        )
+
+    # ------------------------------------------------------------------ attention
+    def _on_train_attention(self, _=None):
+        from ..classification.attention import train_project_attention
+
+        if not self._need_project("training attention"):
+            return
+        method = self._classifier()
+        if method is None:
+            return
+        steps = _result_steps(train_project_attention(self.project, method, iterations=400))
+
+        def on_done(info):
+            if info is None:
+                return
+            r = info["result"]
+            self._set_status(
+                f"Attention head {r['model']} trained on {r['bags']} outlined regions "
+                f"({r['tumour_bags']} with tumour)."
+            )
+
+        self.jobs.start("Training attention", steps, on_done=on_done)
+
+    def _on_attention_view(self, _=None):
+        from napari.utils.notifications import show_error
+
+        from ..classification.attention import attention_region, load_project_attention
+
+        if not self._need_project("an attention map"):
+            return
+        mil = load_project_attention(self.project)
+        if mil is None:
+            show_error("Train attention on the project's outlined regions first.")
+            return
+        layer, slide = self._ready_slide("an attention map")
+        method = self._classifier() if slide is not None else None
+        if method is None:
+            return
+        box = self._view_um(layer, slide)
+
+        def steps():
+            yield (0, 1)
+            return attention_region(mil, method, slide, *box)
+
+        self.jobs.start(
+            "Attention of the view",
+            steps(),
+            on_done=lambda hm: self._on_map(hm, layer, "attention", "attention"),
+        )
+
+
+def _result_steps(gen):
+    """A core generator's progress for the job runner: ``(done, total)`` in per cent; its last
+    item (``stage == "done"``) is the return value (the runner's ``on_done``)."""
+    for info in gen:
+        if info.get("stage") == "done":
+            return info
+        yield (round(100 * info.get("fraction", 0.0)), 100)
+    return None
+
+
+def _callback_steps(fn, *args, **kwargs):
+    """Run ``fn(*args, progress=..., cancel=..., **kwargs)`` (a core function that reports by
+    callback and stops on an Event) as a generator of ``(done, total)`` items returning its
+    value: the job runner's protocol. Closing the generator (Cancel) sets the
+    event and waits for the function to stop."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+
+    def run():
+        try:
+            value = fn(*args, progress=lambda d, t: q.put(("p", (d, t))), cancel=cancel, **kwargs)
+            q.put(("done", value))
+        except BaseException as exc:  # handed to the job runner, which reports it
+            q.put(("error", exc))
+
+    worker = threading.Thread(target=run, daemon=True, name="map")
+    worker.start()
+    try:
+        while True:
+            what, value = q.get()
+            if what == "p":
+                yield value
+            elif what == "done":
+                return value
+            else:
+                raise value
+    finally:
+        cancel.set()
+        worker.join(timeout=60)

@@ -55,6 +55,9 @@ class ClassifierConfig:
     stepwise_share: float = 0.3
     #: Colour augmentation: haematoxylin/eosin concentration jitter (σ) and brightness.
     hed_sigma: float = 0.05
+    #: Labs differ in the hue of their stains, not only in how much: each image is recomposed
+    #: with its own stain vectors, the Ruifrok vectors moved by N(0, σ) per component.
+    stain_vector_sigma: float = 0.1
     scale_jitter: float = 0.15
     seed: int = 0
     widths: tuple = (16, 32, 64, 128)
@@ -72,12 +75,13 @@ class ClassifierConfig:
 
 
 def _augment(batch: np.ndarray, rng, cfg: ClassifierConfig) -> np.ndarray:
-    """Haematoxylin/eosin jitter of a whole (N, H, W, 3) batch at once: each image's stain
-    concentrations scaled and shifted (``c' = c·α + β``, as :func:`~..stain.augment.hed_jitter`),
-    vectorised, since per-patch jitter cost more than the network's step."""
+    """Stain jitter of a whole (N, H, W, 3) batch at once: each image's stain concentrations
+    scaled and shifted (``c' = c·α + β``, as :func:`~..stain.augment.hed_jitter`) and recomposed
+    with its own perturbed stain vectors (another lab's hues); vectorised, since per-patch
+    jitter cost more than the network's step."""
     from ..stain.deconvolution import HED_FROM_RGB, RGB_FROM_HED
 
-    if cfg.hed_sigma <= 0:
+    if cfg.hed_sigma <= 0 and cfg.stain_vector_sigma <= 0:
         return batch
     n = len(batch)
     od = _OD_LUT[batch]  # (N, H, W, 3) float32
@@ -85,7 +89,10 @@ def _augment(batch: np.ndarray, rng, cfg: ClassifierConfig) -> np.ndarray:
     alpha = rng.uniform(1 - 4 * cfg.hed_sigma, 1 + 4 * cfg.hed_sigma, (n, 1, 1, 3))
     beta = rng.uniform(-cfg.hed_sigma, cfg.hed_sigma, (n, 1, 1, 3))
     hed = hed * alpha.astype(np.float32) + beta.astype(np.float32)
-    od = np.clip(hed @ RGB_FROM_HED.astype(np.float32), 0, None)
+    vectors = RGB_FROM_HED[None] + rng.normal(0, cfg.stain_vector_sigma, (n, 3, 3))
+    vectors = np.abs(vectors) / np.linalg.norm(vectors, axis=2, keepdims=True)
+    od = np.einsum("nhwc,ncd->nhwd", hed, vectors.astype(np.float32), optimize=True)
+    od = np.clip(od, 0, None)
     return np.clip(255.0 * np.power(10.0, -od), 0, 255).astype(np.uint8)
 
 

@@ -506,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .classify import add_parsers as add_classify_parsers
 
     add_classify_parsers(sub, HelpFormatter, _positive, _mpp)
+    from .heatmap import add_parser as add_heatmap_parser
+
+    add_heatmap_parser(sub, HelpFormatter)
     return p
 
 

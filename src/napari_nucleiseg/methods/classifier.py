@@ -183,6 +183,7 @@ def save_classifier(
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    os.chmod(weights, 0o644)  # safetensors writes 0600: a model is for every user to read
     model = TissueNet(len(tags), tuple(widths))
     model.load_state_dict(state)
     model.eval()
