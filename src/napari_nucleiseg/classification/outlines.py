@@ -1,7 +1,8 @@
 """Tumour outlines from a heatmap: the threshold's iso-line as polygons (with holes), and their
 export as QuPath GeoJSON annotations.
 
-The outline is the iso-line ``p_tumour = threshold`` of the map read as a field sampled at cell
+The outline is the iso-line ``p_tumour = threshold`` of the map — each cell the mean of the
+patches that overlap it (:meth:`~.heatmap.Heatmap.averaged`) — read as a field sampled at cell
 centres (marching squares, linear between centres), not the staircase of thresholded cells: a
 border between a tumour cell (p ≈ 1) and a normal one (p ≈ 0) then runs where the two patches
 disagree equally, not along a cell edge chosen by rounding. Cells without tissue (NaN) count as
@@ -62,18 +63,21 @@ def tumour_regions(
     tag: str = TUMOUR,
     min_area_um2: float | None = None,
     bounds_um: tuple[float, float] | None = None,
+    average: bool = True,
 ) -> list[Region]:
     """Regions where the map of ``tag`` is at least ``threshold``, largest first.
 
     ``min_area_um2`` defaults to the area of one patch (``(patch_px · model_mpp)²``);
     ``bounds_um`` ``(height, width)`` clips the rings to the slide (:func:`slide_bounds`; the
-    last cells of a map may reach past the slide's edge); None: no clipping.
+    last cells of a map may reach past the slide's edge); None: no clipping. ``average``: the
+    outline of :meth:`~.heatmap.Heatmap.averaged` (each cell the mean of the patches that
+    overlap it), not of the patch centred on each cell alone.
     """
     from skimage.measure import find_contours, points_in_poly
 
     if not 0 < threshold < 1:
         raise ValueError(f"the threshold must be between 0 and 1, got {threshold:g}")
-    p = heatmap.p(tag)
+    p = (heatmap.averaged() if average else heatmap).p(tag)
     if min_area_um2 is None:
         min_area_um2 = (heatmap.patch_px * heatmap.model_mpp) ** 2
     field_ = np.pad(np.nan_to_num(p, nan=0.0), 1)

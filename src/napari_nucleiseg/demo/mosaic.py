@@ -132,7 +132,7 @@ def mosaic_slide(
         raise ValueError("layout must be a non-empty rectangle of cell tags")
     index = Path(index) if index is not None else default_tissue_index()
     candidates = _candidates(index, organ, groups, tile_size)
-    tags = {t for r in rows for t in r if t not in GLASS}
+    tags = sorted({t for r in rows for t in r if t not in GLASS})  # sorted: same draws every run
     missing = sorted(t for t in tags if not candidates.get(t))
     if missing:
         raise ValueError(
