@@ -4,9 +4,11 @@ max and mean pooling behave as documented; a saved head reloads to identical att
 sampling returns what it says.
 
 Bags are built from patches whose truth is known (a tumour tile's patches are tumour), training
-and test bags from disjoint LC25000 groups. Lung: the classifier's encoder was trained on colon,
-so what the attention finds here is learnt from the bag labels, not read off the classifier.
-The classifier is the shipped default (``NUCLEISEG_TEST_CLASSIFIER`` names another card).
+and test bags from disjoint LC25000 groups. The embeddings come from the shipped default
+classifier (``NUCLEISEG_TEST_CLASSIFIER`` names another card); it was trained on these tiles'
+tags, so the features separate tumour well: what is tested is that the head finds, from bag
+labels alone, *which* members carry the label. Measured on a colon-only development classifier
+too (lung unseen by its encoder), with the same margins.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def patches():
     from napari_nucleiseg.methods.classifier import image_patches
 
     try:
-        method = get_method(os.environ.get("NUCLEISEG_TEST_CLASSIFIER"), kind="classifier")
+        method = get_method(os.environ.get("NUCLEISEG_TEST_CLASSIFIER") or None, kind="classifier")
     except MethodError as exc:
         pytest.skip(f"no tissue classifier installed: {exc}")
     index = json.loads((TISSUE / "index.json").read_text())["images"]
@@ -118,8 +120,9 @@ def attention_model(bags, patches):
 def test_gated_attention_ranks_the_tumour_patches_first(attention_model, bags):
     _, test = bags
     bag_auc, inst_auc = _scores(attention_model, test)
-    # Measured with the dev classifier (colon-trained): bag AUC ~ 0.99, within-bag instance
-    # AUC of the attention ~ 0.95. An untrained head gives ~0.5 for both.
+    # Measured over 4 bag draws x 2 seeds: bag AUC >= 0.996, within-bag instance AUC of the
+    # attention 0.95-0.99 (shipped default and the colon-only dev classifier alike). A head that
+    # ignores the patches' content gives 0.5 for the instance AUC.
     assert bag_auc > 0.9, bag_auc
     assert inst_auc > 0.85, inst_auc
     for x, _, _ in test[:5]:
@@ -135,6 +138,12 @@ def test_max_and_mean_pooling_switch(bags):
         assert model.pooling == pooling
         aucs = roc_auc([y for _, y, _ in test], [model.predict(x) for x, _, _ in test])
         assert aucs > 0.8, (pooling, aucs)
+        # Either way the patches' own scores put the tumour members of positive bags on top.
+        inst = np.mean([roc_auc(t, model.instance_scores(x)) for x, y, t in test if y])
+        assert inst > 0.8, (pooling, inst)
+        if pooling == "max":  # and the patch that decides a positive bag is a tumour patch
+            hits = np.mean([t[np.argmax(model.attention(x))] for x, y, t in test if y])
+            assert hits > 0.8, hits
         x = test[0][0]
         a, s = model.attention(x), model.instance_scores(x)
         if pooling == "max":  # the one-hot of the deciding patch; the bag is its score

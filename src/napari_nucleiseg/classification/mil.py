@@ -17,6 +17,8 @@ classifier ``c(·)``:
 - ``"max"``: bag logit ``max_i c(h_i)`` (the standard MIL assumption: a bag is positive when one
   instance is). Its pooling weight is the one-hot of the arg max, and that is what
   :meth:`MILModel.attention` returns; a map wants the instance scores (:meth:`instance_scores`).
+  Training softens the max for the first half of the budget (``MILConfig.max_warmup``): a hard
+  max from the first step can stall for good (see there).
 - ``"mean"``: bag logit ``c(mean_i h_i)`` (= the mean of instance logits, ``c`` being linear).
   Its weights are uniform ``1/n``: mean pooling has no notion of where; again see
   :meth:`instance_scores`.
@@ -125,6 +127,12 @@ class MILConfig:
     batch: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    #: Max pooling only: for this share of the budget the max is softened (a log-mean-exp whose
+    #: temperature falls from 1 to 0), then exact. A hard max from the start sends gradient to
+    #: one patch per bag, and when the initial weights happen to score the tumour patches low
+    #: they are never that patch: training stalls or learns the opposite (seen on real
+    #: embeddings, one seed in a few). 0: hard max throughout.
+    max_warmup: float = 0.5
     positive: str = "tumour"
     seed: int = 0
 
@@ -300,9 +308,10 @@ def _torch_head(in_dim: int, cfg: MILConfig):
             self.att_w = nn.Linear(cfg.attention_dim, 1)
             self.cls = nn.Linear(cfg.hidden, 1)
 
-        def forward(self, x, mask):
+        def forward(self, x, mask, tau: float = 0.0):
             """Bag logits (B,) for padded bags ``x`` (B, n, D), ``mask`` (B, n) true on real
-            instances."""
+            instances; ``tau`` > 0 softens the max (``tau · log mean exp(s_i / tau)``: the mean
+            of the instance logits as tau grows, their max as it falls to 0)."""
             h = self.drop(torch.relu(self.fc((x - self.mean) / self.std)))
             if cfg.pooling == "attention":
                 gate = torch.tanh(self.att_v(h)) * torch.sigmoid(self.att_u(h))
@@ -311,6 +320,9 @@ def _torch_head(in_dim: int, cfg: MILConfig):
                 return self.cls(z).squeeze(-1)
             if cfg.pooling == "max":
                 inst = self.cls(h).squeeze(-1).masked_fill(~mask, -torch.inf)
+                if tau > 0:
+                    n = mask.sum(1).to(h.dtype)
+                    return tau * (torch.logsumexp(inst / tau, 1) - torch.log(n))
                 return inst.max(1).values
             m = mask.unsqueeze(-1).to(h.dtype)
             return self.cls((h * m).sum(1) / m.sum(1)).squeeze(-1)
@@ -375,7 +387,10 @@ def train_mil(bags, cfg: MILConfig | None = None, *, meta: dict | None = None, t
         for j, i in enumerate(idx):
             x[j, : len(xs[i])] = xs[i]
             mask[j, : len(xs[i])] = True
-        logits = head(torch.from_numpy(x), torch.from_numpy(mask))
+        tau = 0.0
+        if cfg.pooling == "max" and done < cfg.max_warmup:
+            tau = 1.0 - done / cfg.max_warmup
+        logits = head(torch.from_numpy(x), torch.from_numpy(mask), tau)
         target = torch.from_numpy(ys[idx].astype(np.float32))
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
         opt.zero_grad(set_to_none=True)
