@@ -270,17 +270,22 @@ def classify_block(method, read, r0: int, c0: int, keep: np.ndarray, stride: int
     ``(h, w)``: which to classify; the rest are NaN). ``read(y_um, x_um, h_px, w_px)`` returns RGB
     at the model's µm/px from the grid's origin (white beyond the image)."""
     m, patch = float(method.mpp), int(method.tile_px)
-    h, w = keep.shape
-    out = np.full((len(method.classes), h, w), np.nan, np.float32)
+    out = np.full((len(method.classes), *keep.shape), np.nan, np.float32)
     if not keep.any():
         return out
+    # Read only the rows and columns of cells with tissue: at a tissue edge most of a block is
+    # glass, and the read is what a block costs beside the network.
+    rows, cols = np.flatnonzero(keep.any(1)), np.flatnonzero(keep.any(0))
+    a, b, c, d = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    sub = keep[a:b, c:d]
+    h, w = sub.shape
     margin = (patch - stride) // 2  # the patch of cell i starts this far before the cell
     hp, wp = (h - 1) * stride + patch, (w - 1) * stride + patch
-    rgb = read((r0 * stride - margin) * m, (c0 * stride - margin) * m, hp, wp)
+    rgb = read(((r0 + a) * stride - margin) * m, ((c0 + c) * stride - margin) * m, hp, wp)
     if rgb.shape[:2] != (hp, wp):  # float rounding in a resample: a pixel more or less
         rgb = _fit(rgb, hp, wp)
-    probs = method.probabilities(_patches(rgb, keep, stride, patch))
-    out[:, keep] = probs.T
+    probs = method.probabilities(_patches(rgb, sub, stride, patch))
+    out[:, a:b, c:d][:, sub] = probs.T  # a view of out: written through
     return out
 
 
