@@ -1,6 +1,7 @@
 """Regenerate the screenshots in docs/images from a real napari window.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py --tissue
 
 Each picture is the whole napari window (canvas, layer list, docked panels) as a user sees it,
 laid out as ``nucleiseg view`` lays it out (``_start.first_screen``: the three panels as tabs of
@@ -202,5 +203,79 @@ def main():
     viewer.close()
 
 
+def tissue():
+    """The Tissue panel on a mosaic slide of real colon tissue whose tumour cells are known:
+    outlines, the whole-slide heatmap, an attention map (``make_screenshots.py --tissue``)."""
+    warnings.simplefilter("ignore")
+    import tempfile
+
+    import napari
+    import numpy as np
+
+    from napari_nucleiseg.demo.mosaic import CELL_UM, mosaic_slide
+    from napari_nucleiseg.methods import get_method
+
+    OUT.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="nucleiseg-tissue-shots-"))
+    g, t, n = "glass", "tumour", "normal"
+    layout = [[g] * 6] + [[g, *row, g] for row in
+              [[t, n, n, t], [n, t, g, n], [t, t, n, n], [n, t, t, n]]] + [[g] * 6]  # fmt: skip
+    held = get_method(None, kind="classifier").card.training.get("heldout_groups")
+    path, _, _ = mosaic_slide(work / "mosaic.tif", layout, mpp=0.5, seed=0, groups=held)
+    viewer = napari.Viewer(title="napari-nucleiseg")
+    _, panel = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Tissue")
+    viewer.window.resize(*SIZE)
+    viewer.open(str(path), plugin="napari-nucleiseg")
+    settle(viewer, 1500)
+    slide = next(l for l in viewer.layers if kind(l) == "slide")
+    panel._layer.value = slide
+    panel._folder.value = work / "project"
+    panel._open.clicked.emit()
+    panel._out.value = work / "results"
+    viewer.reset_view()
+
+    # 1. Outlines tagged tumour (red) and normal (green) over whole cells, added to the project.
+    panel._draw.clicked.emit()
+    layer = panel.outlines_layer()
+    px = CELL_UM / 0.5
+
+    def cell(r, c, inset=0.08):
+        r0, c0, r1, c1 = (
+            (r + inset) * px,
+            (c + inset) * px,
+            (r + 1 - inset) * px,
+            (c + 1 - inset) * px,
+        )
+        return np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]])
+
+    panel._tag.value = "tumour"
+    layer.add_polygons([cell(1, 1), cell(3, 2)])
+    panel._tag.value = "normal"
+    layer.add_polygons([cell(1, 2), cell(3, 3)])
+    layer.mode = "pan_zoom"
+    panel._add.clicked.emit()
+    shoot(viewer, "tissue_outlines.png")
+
+    # 2. The whole-slide heatmap (background process), drawn over the slide.
+    layer.visible = False
+    panel._heat_slide.clicked.emit()
+    wait_until(viewer, lambda: not panel.jobs.running, 600)
+    viewer.reset_view()
+    shoot(viewer, "tissue_heatmap.png")
+
+    # 3. Attention of a head trained on the four outlined regions, over the view.
+    for lyr in [l for l in viewer.layers if kind(l) == "heatmap"]:
+        lyr.visible = False
+    panel._train_attention.clicked.emit()
+    wait_until(viewer, lambda: not panel.jobs.running, 600)
+    panel._attention_view.clicked.emit()
+    wait_until(viewer, lambda: not panel.jobs.running, 600)
+    shoot(viewer, "tissue_attention.png")
+    viewer.close()
+
+
 if __name__ == "__main__":
-    main()
+    if "--tissue" in sys.argv:
+        tissue()
+    else:
+        main()

@@ -61,3 +61,19 @@ def test_without_torch_segmenting_works_and_training_says_what_to_install(field,
     (line,) = out.stderr.splitlines()
     assert line.startswith("error: training needs torch") and "napari-nucleiseg[train]" in line
     assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+
+
+def test_classifying_and_heatmaps_need_no_torch(field, tmp_path):
+    """The shipped tissue classifier runs on its ONNX twin: ``classify`` and ``heatmap`` work
+    where torch is not installed, and import none of it where it is."""
+    import csv
+
+    out = nucleiseg("classify", field, "--mpp", "0.5", "--out", tmp_path / "p.csv", block=True)
+    assert out.returncode == 0, out.stderr
+    with open(tmp_path / "p.csv") as f:
+        row = next(csv.DictReader(f))
+    assert 0 <= float(row["p_tumour"]) <= 1 and {"p_normal", "p_background"} <= set(row)
+    out = nucleiseg("heatmap", field, "--mpp", "0.5", "--out", tmp_path / "h")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "TORCH:", out.stdout
+    assert (tmp_path / "h" / "field.heatmap.zarr").is_dir()

@@ -232,6 +232,15 @@ def test_train_classifier_and_classify_through_the_command_line(tmp_path):
         "classifier-1"
     )
 
+    # The registry lists the project's classifier beside the shipped one; use and rollback.
+    listed = _cli("models", "list", "--project", project)
+    assert listed.returncode == 0
+    assert "* classifier-1" in listed.stdout and "tissue-tumour-v1" in listed.stdout
+    back = _cli("models", "rollback", "--project", project, "--kind", "classifier")
+    assert back.returncode == 0 and "tissue-tumour-v1 (the package default)" in back.stdout
+    use = _cli("models", "use", "classifier-1", "--project", project)
+    assert use.returncode == 0 and "classifier model is now classifier-1" in use.stdout
+
     # classify: one row per image; an unreadable one is named, the rest written, exit 1.
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")

@@ -54,10 +54,13 @@ class ClassifierConfig:
     stepwise: bool = False
     stepwise_share: float = 0.3
     #: Colour augmentation: haematoxylin/eosin concentration jitter (σ) and brightness.
-    hed_sigma: float = 0.05
+    hed_sigma: float = 0.08
     #: Labs differ in the hue of their stains, not only in how much: each image is recomposed
-    #: with its own stain vectors, the Ruifrok vectors moved by N(0, σ) per component.
-    stain_vector_sigma: float = 0.1
+    #: with its own stain vectors, the Ruifrok vectors moved by N(0, σ) per component. Measured
+    #: (600 iterations, held-out LC25000 groups recoloured by Macenko to a MoNuSeg image / the
+    #: CMU slide): AUC 0.63 / 0.55 without, 0.85 / 0.73 with σ 0.1, 0.94 / 0.91 with σ 0.2 and
+    #: concentration jitter 0.08, for 0.991 → 0.988 on the tiles as they are.
+    stain_vector_sigma: float = 0.2
     scale_jitter: float = 0.15
     seed: int = 0
     widths: tuple = (16, 32, 64, 128)

@@ -146,7 +146,8 @@ def add_parser(sub, formatter) -> None:
 
     m = sub.add_parser(
         "models",
-        help="list, show, use and roll back nuclei models (shipped, yours, a project's)",
+        help="list, show, use and roll back nuclei models and tissue classifiers (shipped, "
+        "yours, a project's)",
         description="The models the registry knows: shipped in the package, in your models "
         "folder, and in a project (with --project). A project remembers the model it uses; "
         "`use` switches it, `rollback` goes back to the one before.",
@@ -161,6 +162,13 @@ def add_parser(sub, formatter) -> None:
     )
     m.add_argument("name", nargs="?", metavar="NAME", help="a model name or card path")
     m.add_argument("--project", metavar="DIR", help="the project folder")
+    m.add_argument(
+        "--kind",
+        choices=("nuclei", "classifier"),
+        default="nuclei",
+        help="rollback: which of the project's models goes back (default nuclei; `use` knows "
+        "from the model)",
+    )
     m.set_defaults(func=cmd_models)
 
 
@@ -335,6 +343,15 @@ def _models(args) -> int:
             mark = "* " if card.name == current else "  "
             aji_text = f"{aji:8.4f}" if aji is not None else f"{'':>8}"
             print(f"{mark}{card.name:<32}{card.version:>9}  {source:<8}{aji_text}  {parent}")
+        classifiers = list_cards(kind="classifier", project=where)
+        if classifiers:
+            current = default_method_name("classifier", where)
+            print(f"\n{'':2}{'classifier':<32}{'version':>9}  {'from':<8}  tags")
+            for card in classifiers:
+                source = find_card(card.name, where)[1]
+                mark = "* " if card.name == current else "  "
+                tags = ", ".join(card.classes)
+                print(f"{mark}{card.name:<32}{card.version:>9}  {source:<8}  {tags}")
         return 0
     if command == "show":
         path, source = find_card(args.name, where)
@@ -344,12 +361,12 @@ def _models(args) -> int:
         return 0
     if command == "use":
         card = load_card(args.name, where)  # a model that exists and loads
-        project.set_current_model(card.name)
-        print(f"{project.path}: nuclei model is now {card.name} {card.version}")
+        project.set_current_model(card.name, kind=card.kind)
+        print(f"{project.path}: {card.kind} model is now {card.name} {card.version}")
         return 0
-    previous = project.rollback()
-    now = previous or f"{default_method_name()} (the package default)"
-    print(f"{project.path}: nuclei model is now {now}")
+    previous = project.rollback(kind=args.kind)
+    now = previous or f"{default_method_name(args.kind)} (the package default)"
+    print(f"{project.path}: {args.kind} model is now {now}")
     return 0
 
 
