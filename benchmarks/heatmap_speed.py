@@ -5,9 +5,9 @@ mosaic slide of known layout at half-patch and full-patch strides.
     python benchmarks/heatmap_speed.py [--model NAME_OR_PATH] [--rounds 3] [--workers 1 2]
         [--no-dice] [--out benchmarks/results/heatmap_speed.json]
 
-End to end is :func:`~napari_nucleiseg.classification.heatmap.heatmap_slide` into a fresh store
-each round, as ``nucleiseg heatmap`` runs it without the process start-up: the tissue mask, the
-block reads at the pyramid level nearest the model's µm/px, resampling, patch cutting, the
+End to end is :func:`~napari_nucleiseg.classification.slide_heatmap.heatmap_slide` into a fresh
+store each round, as ``nucleiseg heatmap`` runs it without the process start-up: the tissue mask,
+the block reads at the pyramid level nearest the model's µm/px, resampling, patch cutting, the
 network, and the zarr chunk and record writes. Raw forward is ``probabilities()`` on as many
 random uint8 patches, already in memory, in the batches the heatmap uses. Their ratio is what
 the reading and bookkeeping cost. The mosaic is the one ``tests/test_heatmap.py`` scores (6 × 6
@@ -41,7 +41,7 @@ LAYOUT = [[G] * 6] + [[G, *row, G] for row in CORE] + [[G] * 6]
 
 
 def end_to_end(slide, model, workers: int, stride=None) -> dict:
-    from napari_nucleiseg.classification.heatmap import heatmap_slide
+    from napari_nucleiseg.classification.slide_heatmap import heatmap_slide
 
     out = Path(tempfile.mkdtemp())
     try:
@@ -87,8 +87,8 @@ def raw_forward(method, n: int, rounds: int) -> float:
 
 
 def mosaic_dice(model) -> dict:
-    from napari_nucleiseg.classification.heatmap import compute_slide_heatmap, open_heatmap
     from napari_nucleiseg.classification.outlines import rasterise, slide_bounds, tumour_regions
+    from napari_nucleiseg.classification.slide_heatmap import compute_slide_heatmap, open_heatmap
     from napari_nucleiseg.demo.mosaic import mosaic_slide
     from napari_nucleiseg.io import open_slide
 

@@ -20,18 +20,20 @@ from napari_nucleiseg.classification.heatmap import (
     Heatmap,
     HeatmapCancelled,
     HeatmapError,
-    compute_slide_heatmap,
     heatmap_region,
-    heatmap_slide,
-    open_heatmap,
     require_tag,
-    store_path,
 )
 from napari_nucleiseg.classification.outlines import (
     rasterise,
     slide_bounds,
     tumour_regions,
     write_geojson,
+)
+from napari_nucleiseg.classification.slide_heatmap import (
+    compute_slide_heatmap,
+    heatmap_slide,
+    open_heatmap,
+    store_path,
 )
 from napari_nucleiseg.demo.mosaic import CELL_UM, default_tissue_index, mosaic_slide
 from napari_nucleiseg.io import open_slide

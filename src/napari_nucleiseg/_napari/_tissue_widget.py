@@ -444,7 +444,7 @@ class TissueWidget(Container):
             )
 
     def _on_heat_slide(self, _=None):
-        from ..classification.heatmap import heatmap_slide
+        from ..classification.slide_heatmap import heatmap_slide
         from ._process import in_subprocess
 
         layer, slide = self._ready_slide("a whole-slide heatmap")
@@ -467,7 +467,7 @@ class TissueWidget(Container):
         def on_done(_value):
             if not stores:
                 return
-            from ..classification.heatmap import open_heatmap
+            from ..classification.slide_heatmap import open_heatmap
 
             self.show_map(open_heatmap(stores[-1]), layer, "heatmap", "tumour probability (slide)")
             self._set_status(f"Whole-slide heatmap written to {stores[-1]}.")

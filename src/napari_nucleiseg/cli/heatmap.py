@@ -105,14 +105,9 @@ def _model(args):
 
 
 def cmd_heatmap(args) -> int:
-    from ..classification.heatmap import (
-        HeatmapError,
-        heatmap_slide,
-        open_heatmap,
-        require_tag,
-        stride_from_um,
-    )
+    from ..classification.heatmap import HeatmapError, require_tag, stride_from_um
     from ..classification.outlines import slide_bounds, tumour_regions, write_geojson
+    from ..classification.slide_heatmap import heatmap_slide, open_heatmap
     from ..io import SlideError
     from ..io.output import OutputError, check_output_dir, check_output_file, output_stem
     from ..methods.classifier import TUMOUR
