@@ -204,3 +204,43 @@ def apply_mpp(viewer, layer, mpp: float | None) -> str | None:
             other.translate = [v * ratio for v in other.translate]
             other.units = kwargs["units"]
     return None
+
+
+def checked_slide(layer, what: str):
+    """``(layer, opened slide)`` for a run on a slide layer, or ``(None, None)`` after telling the
+    user why not: no slide chosen, a slide that states no µm/px, a file that no longer opens."""
+    from pathlib import Path
+
+    from napari.utils.notifications import show_error
+
+    if layer is None:
+        show_error(f"No slide open: open a slide (File > Open, or the Slide panel) before {what}.")
+        return None, None
+    if tag(layer).get("mpp") is None:
+        show_error(
+            f"{Path(tag(layer)['path']).name}: the slide does not say how many micrometres "
+            f"a pixel is; enter it in the Slide panel (µm/px) before {what}."
+        )
+        return None, None
+    slide = open_layer_slide(layer)
+    return (layer, slide) if slide is not None else (None, None)
+
+
+def open_project_folder(value):
+    """The project in a folder chooser's folder (made when new or empty), or None after telling
+    the user why not."""
+    from pathlib import Path
+
+    from napari.utils.notifications import show_error
+
+    from ..project import Project, ProjectError
+
+    folder = Path(value)
+    if str(folder) in ("", "."):
+        show_error("Choose the project's folder first (a new or empty one makes a project).")
+        return None
+    try:
+        return Project.init(folder)
+    except ProjectError as exc:
+        show_error(str(exc))
+        return None

@@ -23,7 +23,6 @@ from ._jobs import JobRunner
 from ._layers import (
     find_layers,
     in_user_words,
-    open_layer_slide,
     put_layer,
     scrolled,
     slide_layers,
@@ -234,22 +233,9 @@ class NucleiWidget(Container):
 
     def _slide(self, what: str):
         """The selected slide layer and its opened slide, or (None, None) after saying why."""
-        from napari.utils.notifications import show_error
+        from ._layers import checked_slide
 
-        layer = self._layer.value
-        if layer is None:
-            show_error(
-                f"No slide open: open a slide (File > Open, or the Slide panel) before {what}."
-            )
-            return None, None
-        if tag(layer).get("mpp") is None:
-            show_error(
-                f"{Path(tag(layer)['path']).name}: the slide does not say how many micrometres "
-                f"a pixel is; enter it in the Slide panel (µm/px) before {what}."
-            )
-            return None, None
-        slide = open_layer_slide(layer)
-        return (layer, slide) if slide is not None else (None, None)
+        return checked_slide(self._layer.value, what)
 
     def _ready(self, what: str):
         """``(layer, slide, normaliser)`` for a run, or None after saying why not (a run going,

@@ -222,19 +222,13 @@ class ProjectWidget(Container):
 
     # ------------------------------------------------------------------ project
     def _on_open(self, _=None):
-        from napari.utils.notifications import show_error
+        from ._layers import open_project_folder
 
-        from ..project import Project, ProjectError
-
-        folder = Path(self._folder.value)
-        if str(folder) in ("", "."):
-            show_error("Choose the project's folder first (a new or empty one makes a project).")
+        project = open_project_folder(self._folder.value)
+        if project is None:
             return
-        try:
-            self.project = Project.init(folder)
-        except ProjectError as exc:
-            show_error(str(exc))
-            return
+        self.project = project
+        folder = project.path
         self._refresh()
         self._set_status(f"Project {folder.name} open.")
 

@@ -154,19 +154,13 @@ class TissueWidget(Container):
 
     # ------------------------------------------------------------------ project
     def _on_open(self, _=None):
-        from napari.utils.notifications import show_error
+        from ._layers import open_project_folder
 
-        from ..project import Project, ProjectError
-
-        folder = Path(self._folder.value)
-        if str(folder) in ("", "."):
-            show_error("Choose the project's folder first (a new or empty one makes a project).")
+        project = open_project_folder(self._folder.value)
+        if project is None:
             return
-        try:
-            self.project = Project.init(folder)
-        except ProjectError as exc:
-            show_error(str(exc))
-            return
+        self.project = project
+        folder = project.path
         regions = len(self.project.store.examples(kind="region"))
         current = self.project.current_model("classifier") or "the shipped default"
         self._set_status(
@@ -362,23 +356,14 @@ class TissueWidget(Container):
         return x0 * slide.mpp, y0 * slide.mpp, (x1 - x0) * slide.mpp, (y1 - y0) * slide.mpp
 
     def _ready_slide(self, what: str):
-        from napari.utils.notifications import show_error, show_warning
+        from napari.utils.notifications import show_warning
+
+        from ._layers import checked_slide
 
         if self.jobs.running:
             show_warning(self.jobs.busy_message())
             return None, None
-        layer = self._layer.value
-        if layer is None:
-            show_error(f"No slide open: open a slide before {what}.")
-            return None, None
-        if tag(layer).get("mpp") is None:
-            show_error(
-                f"{Path(tag(layer)['path']).name}: the slide does not say how many micrometres "
-                f"a pixel is; enter it in the Slide panel (µm/px) before {what}."
-            )
-            return None, None
-        slide = open_layer_slide(layer)
-        return (layer, slide) if slide is not None else (None, None)
+        return checked_slide(self._layer.value, what)
 
     def show_map(self, heatmap, slide_layer, kind: str, name: str):
         """Draw a map (tumour probability or attention) over the slide layer, aligned."""
