@@ -116,6 +116,15 @@ def test_heatmap_and_attention_of_the_view(panel, qtbot):
     assert viewer.layers.index(heat) == viewer.layers.index(slide) + 1  # just above the slide
     assert "Tumour probability over" in widget._status.value
 
+    # The whole slide, in a child process, into the results folder: drawn when it ends.
+    widget._out.value = widget.project.path.parent / "results"
+    widget._heat_slide.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=300_000)
+    assert "Whole-slide heatmap written to" in widget._status.value, widget._status.value
+    whole = find_layers(viewer, "heatmap")
+    assert len(whole) == 1 and whole[0].name == "tumour probability (slide)"
+    assert np.asarray(whole[0].data).shape[0] > values.shape[0]  # the slide, not the view
+
     # Attention: a head trained on the project's outlines (tumour and normal regions).
     widget._draw.clicked.emit()
     layer = widget.outlines_layer()

@@ -209,12 +209,21 @@ class TissueWidget(Container):
             return
         layer = self.outlines_layer()
         if layer is None:
+            # Edges are in slide pixels: a few screen pixels wide on the whole slide (zoomed in,
+            # napari keeps them as wide in slide pixels, which is then wider on screen).
+            h, w = (
+                slide_layer.level_shapes[0]
+                if slide_layer.multiscale
+                else slide_layer.data.shape[:2]
+            )
+            extra = {"units": slide_layer.units} if slide_layer.units is not None else {}
             layer = self.viewer.add_shapes(
                 name="tissue outlines",
                 scale=slide_layer.scale,
                 translate=slide_layer.translate,
                 features=pd.DataFrame({"tag": pd.Series([], dtype=str)}),
-                edge_width=3,
+                edge_width=max(3.0, max(h, w) / 400),
+                **extra,
                 face_color="transparent",
                 metadata={META_KEY: {"kind": OUTLINES, "slide": tag(slide_layer).get("path")}},
             )
@@ -445,7 +454,7 @@ class TissueWidget(Container):
 
         stores = []
 
-        def on_item(item):
+        def on_progress(item):  # HeatmapProgress: the last one is finished and names the store
             if getattr(item, "finished", False):
                 stores.append(item.store)
 
@@ -460,7 +469,7 @@ class TissueWidget(Container):
         self.jobs.start(
             "Heatmap of the slide",
             steps,
-            on_item=on_item,
+            on_progress=on_progress,
             on_done=on_done,
             cancelled_note="finished blocks are kept; Heatmap of slide again resumes",
         )
