@@ -24,6 +24,9 @@ COMMANDS = (
     "project",
     "retrain",
     "models",
+    "train-classifier",
+    "classify",
+    "heatmap",
 )
 
 

@@ -2,10 +2,12 @@
 
 Subcommands: ``info`` (levels and µm/px of slides), ``tissue`` (tissue mask and tile list),
 ``demo`` (write the demo slide), ``view`` (napari with the plugin docked, on a slide or the demo),
-``segment``/``eval``/``train``/``release-model`` (nuclei), ``normalize`` (stain normalisation).
+``segment``/``eval``/``train``/``release-model`` (nuclei), ``normalize`` (stain normalisation),
+``project``/``retrain``/``models`` (projects and model versions), ``train-classifier``/
+``classify``/``heatmap`` (tissue classifiers and tumour heatmaps).
 Errors about input files print one line naming the file and exit non-zero, never a traceback.
 The commands' glue lives in this package (:mod:`.segment`, :mod:`.normalize`, :mod:`.evaluate`,
-:mod:`.info`); the core they call returns results and raises typed errors.
+:mod:`.info`, :mod:`.project`, :mod:`.classify`, :mod:`.heatmap`); the core they call returns results and raises typed errors.
 """
 
 from __future__ import annotations
