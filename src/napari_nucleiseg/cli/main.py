@@ -7,7 +7,8 @@ Subcommands: ``info`` (levels and µm/px of slides), ``tissue`` (tissue mask and
 ``classify``/``heatmap`` (tissue classifiers and tumour heatmaps).
 Errors about input files print one line naming the file and exit non-zero, never a traceback.
 The commands' glue lives in this package (:mod:`.segment`, :mod:`.normalize`, :mod:`.evaluate`,
-:mod:`.info`, :mod:`.project`, :mod:`.classify`, :mod:`.heatmap`); the core they call returns results and raises typed errors.
+:mod:`.info`, :mod:`.project`, :mod:`.classify`, :mod:`.heatmap`); the core they call returns
+results and raises typed errors.
 """
 
 from __future__ import annotations
