@@ -206,14 +206,18 @@ def test_train_classifier_and_classify_through_the_command_line(tmp_path):
     project = tmp_path / "proj"
     tiles = tmp_path / "tiles.csv"
     chosen = _tile_list(tiles, "lung", 6)
-    run = _cli("train-classifier", project, "--tiles", tiles, "--minutes", "0.25")
+    run = _cli(
+        "train-classifier", project, "--tiles", tiles, "--minutes", "0.25", "--promote", "always"
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["model"] == "classifier-1" and result["classes"] == ["normal", "tumour"]
-    assert result["tiles"] + result["held_out"] == 12
+    assert result["tiles"] + result["held_out"] == 12 and result["held_out"] >= 2
+    # Both it and the shipped default it started from know `tumour`: compared on held-out tiles.
+    assert result["verdict"].startswith("tumour AUC ") and " against " in result["verdict"]
     assert "12 tiles added, 0 already stored" in run.stderr
     proj = json.loads((project / "project.json").read_text())
-    assert proj["models"].get("classifier") == "classifier-1"  # the project's first: promoted
+    assert result["promoted"] and proj["models"].get("classifier") == "classifier-1"
     card = json.loads((project / "models" / "classifier-1.json").read_text())
     assert card["architecture"] == "TissueNet" and card["classes"] == ["normal", "tumour"]
     # The tiles are region labels in the training store, with provenance.
