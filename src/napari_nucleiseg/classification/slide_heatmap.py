@@ -404,27 +404,16 @@ def heatmap_slide(
     MethodError, WeightsError
         No such classifier (the message lists them), or its weights fail their hash.
     """
-    from ..io import open_slide
+    from ..io import slide_for_job
     from ..methods import get_method
 
     method = get_method(model, kind="classifier", project=project)
     if getattr(method, "kind", None) != "classifier":
         raise HeatmapError(f"{getattr(method, 'name', method)!r} is not a tissue classifier")
-    opened = not hasattr(slide, "read_region")
-    if opened:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            slide = open_slide(slide, mpp=mpp)
-    elif mpp is not None and slide.mpp != mpp:
-        slide = open_slide(slide.path, mpp=mpp)
-        opened = True
-    try:
+    with slide_for_job(slide, mpp) as slide:
         yield from _run(
             slide, Path(out_dir), method, stride_px, block, min_tissue, scheduler, workers
         )
-    finally:
-        if opened:
-            slide.close()
 
 
 def _remove_stale_outputs(out_dir: Path, stem: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import (
@@ -94,6 +95,28 @@ def open_slide(
         ) from exc
     except Exception as exc:  # a library's own error type: still one line naming the file
         raise CorruptSlideError(p, f"cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+@contextmanager
+def slide_for_job(slide, mpp: float | None = None):
+    """The slide a job works on: a path is opened (its warnings left to the job, which reports
+    a missing µm/px its own way), an open :class:`Slide` is used as it is unless ``mpp`` overrides
+    its µm/px (then it is opened again with it); whatever was opened here is closed on exit."""
+    import warnings
+
+    opened = not hasattr(slide, "read_region")
+    if opened:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slide = open_slide(slide, mpp=mpp)
+    elif mpp is not None and slide.mpp != mpp:
+        slide = open_slide(slide.path, mpp=mpp)
+        opened = True
+    try:
+        yield slide
+    finally:
+        if opened:
+            slide.close()
 
 
 def _open(p: Path, mpp, backend) -> Slide:

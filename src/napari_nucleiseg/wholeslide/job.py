@@ -390,25 +390,12 @@ def segment_slide(
     DiskFullError
         No space left; finished tiles stay recorded, the same call resumes.
     """
-    from ..io import open_slide
+    from ..io import slide_for_job
 
-    opened = not hasattr(slide, "read_region")
-    if opened:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            slide = open_slide(slide, mpp=mpp)
-    elif mpp is not None and slide.mpp != mpp:
-        slide = open_slide(slide.path, mpp=mpp)
-        opened = True
-    try:
+    with slide_for_job(slide, mpp) as slide:
         yield from _run(
             slide, Path(out_dir), method, normaliser, tile_um, scheduler, workers, min_tissue
         )
-    finally:
-        if opened:
-            slide.close()
 
 
 def _run(slide, out_dir, method, normaliser, tile_um, scheduler, workers, min_tissue):
