@@ -230,3 +230,70 @@ def test_two_processes_under_torchrun_end_with_identical_weights(tiny_dataset, t
         digest.update(tensor.contiguous().numpy().tobytes())
     assert digest.hexdigest() == ranks[0]["weights_sha256"]
     assert len((run / "train.log").read_text().splitlines()) == 3  # rank 0 logs, once per step
+
+
+def test_extra_data_without_mpp_is_read_at_its_own_scale_held_out_by_cluster_and_recorded(
+    tiny_dataset, tmp_path
+):
+    """A second data set with no µm/px (DSB-like crops of two looks): each image's µm/px comes
+    from its labels, whole clusters are held out and validated separately, the split survives a
+    resume, and the exported card's command reproduces the options."""
+    from napari_nucleiseg.training.export import export_model
+    from napari_nucleiseg.training.nuclei_data import TRUTH_MEDIAN_AREA_UM2, load_spec
+
+    root = tmp_path / "other"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rows = []
+    for i in range(8):
+        # Two looks: pale crops at 0.2 µm/px and dark ones at 0.4 µm/px (so nuclei of the same
+        # physical size cover four times the pixels in the first).
+        mpp = 0.2 if i % 2 else 0.4
+        side = 96 if mpp == 0.4 else 192
+        rgb, lab = render_he((side, side), mpp, seed=200 + i, coverage=1.0, nuclei_per_mm2=8000)
+        if i % 2:
+            rgb = (255 - (255 - rgb.astype(int)) // 2).astype(np.uint8)
+        Image.fromarray(rgb).save(root / "images" / f"o{i}.png")
+        tifffile.imwrite(root / "labels" / f"o{i}.tif", lab.astype(np.int32))
+        rows.append({"stem": f"o{i}", "nuclei": int(lab.max()), "kind": "colour"})
+    rows.append({"stem": "grey0", "nuclei": 1, "kind": "grey"})  # not read: another kind
+    (root / "index.json").write_text(
+        json.dumps({"name": "other", "licence": "CC0", "mpp": None, "images": rows})
+    )
+    images = load_spec(f"{root}:colour")
+    assert len(images) == 8
+    for im in images:
+        areas = np.bincount(im.labels.ravel())[1:]
+        assert np.median(areas[areas > 0]) * im.mpp**2 == pytest.approx(TRUTH_MEDIAN_AREA_UM2)
+    run = tmp_path / "run"
+    cfg = tiny_cfg(tiny_dataset, run, iters=4)
+    cfg.extra_data, cfg.extra_share, cfg.augment = [f"{root}:colour"], 0.5, "wide"
+    cfg.validate_every = 2
+    gen = train(cfg)
+    infos = [next(gen) for _ in range(2)]
+    gen.close()
+    held = json.loads((run / "config.json").read_text())["extra_holdout"]
+    assert 2 <= len(held) < 8 and all(h.startswith("o") for h in held)
+    assert "val_extra" in infos[-1] and 0 <= infos[-1]["val_extra"]["aji"] <= 1
+    cfg2 = tiny_cfg(tiny_dataset, run, iters=4)
+    cfg2.extra_data, cfg2.extra_share, cfg2.augment = [f"{root}:colour"], 0.5, "wide"
+    rest = list(train(cfg2))
+    assert [r["iter"] for r in rest] == [3, 4]
+    assert json.loads((run / "config.json").read_text())["extra_holdout"] == held
+    export_model(run, "tiny-extra", "0.0.1", tmp_path, training_data=["tiny"], licence="CC0")
+    training = json.loads((tmp_path / "tiny-extra.json").read_text())["training"]
+    assert training["extra_holdout"] == held and training["augment"] == "wide"
+    assert "--extra-data <other>:colour --extra-share 0.5 --augment wide" in training["command"]
+
+
+def test_sampler_weights_choose_the_source_and_unknown_augmentation_is_refused():
+    from napari_nucleiseg.training.nuclei_data import LabelledImage, PatchSampler
+
+    blank = np.zeros((64, 64), np.int32)
+    dark = LabelledImage("dark", np.full((64, 64, 3), 40, np.uint8), blank, 0.5)
+    light = LabelledImage("light", np.full((64, 64, 3), 230, np.uint8), blank, 0.5)
+    sampler = PatchSampler([dark, light], 0.5, 32, augment="wide", weights=[0.0, 1.0])
+    rgb, _ = sampler.batch(8)
+    assert rgb.mean() > 150  # every patch from the light image, whatever the jitter
+    with pytest.raises(ValueError, match="augment must be one of"):
+        PatchSampler([dark], 0.5, 32, augment="strong")

@@ -208,6 +208,9 @@ def cmd_train(args) -> int:
         cycles=tuple(int(c) for c in args.cycles.split(",")) if args.cycles else (),
         cycle_lr_decay=args.cycle_lr_decay,
         init_from=args.init_from,
+        extra_data=args.extra_data or [],
+        extra_share=args.extra_share,
+        augment=args.augment,
     )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         for _ in train(cfg):
@@ -225,6 +228,8 @@ def cmd_train(args) -> int:
                     * (cfg.iters - info["iter"])
                 )
                 val = f"  val {info['val']}" if "val" in info else ""
+                if "val_extra" in info:
+                    val += f"  val (other sources) {info['val_extra']}"
                 bar.write(
                     f"iter {info['iter']}/{cfg.iters}  loss {info['loss']:.4f}  "
                     f"lr {info['lr']:.2e}  eta {eta / 60:.1f} min{val}",
@@ -470,6 +475,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from a shipped model (registry name or "
         ".safetensors file): every level it shares with --widths is copied, the rest starts "
         "from random weights",
+    )
+    s.add_argument(
+        "--extra-data",
+        action="append",
+        metavar="PATH[:KIND]",
+        help="another labelled data set (repeatable); :KIND keeps the index rows of that kind "
+        "(e.g. dsb2018_stage1_train:colour). Images without a stated µm/px get one from their "
+        "labels; a quarter of them is held out as whole look-alike clusters",
+    )
+    s.add_argument(
+        "--extra-share",
+        type=float,
+        default=0.0,
+        help="share of each batch drawn from --extra-data (default 0)",
+    )
+    s.add_argument(
+        "--augment",
+        choices=("standard", "wide"),
+        default="standard",
+        help="augmentation: standard, or wide (scale ±35 %%, stains ×0.6-1.4, blur, JPEG)",
     )
     s.add_argument("--log-every", type=int, default=25, help="print a log line every N iterations")
     s.set_defaults(func=cmd_train)

@@ -49,8 +49,20 @@ class TrainConfig:
     # Start from a shipped model's weights (registry name or .safetensors file) instead of random
     # ones: every level they share is copied (see ``unet.warm_start``). Ignored on resume.
     init_from: str = ""
+    # More labelled data from other sources (issue 17): ``PATH`` or ``PATH:KIND`` data sets, a
+    # share of every batch drawn from them, and their stems held out (whole look-alike clusters,
+    # ``nuclei_data.appearance_holdout``; chosen when the run starts, recorded here).
+    extra_data: list = field(default_factory=list)
+    extra_share: float = 0.0
+    extra_holdout: list = field(default_factory=list)
+    augment: str = "standard"
 
     def __post_init__(self):
+        self.extra_data = [str(d) for d in self.extra_data]
+        if not 0.0 <= self.extra_share < 1.0:
+            raise ValueError(f"extra_share must be in [0, 1), got {self.extra_share}")
+        if self.extra_share and not self.extra_data:
+            raise ValueError("extra_share given without extra_data")
         self.cycles = tuple(int(c) for c in self.cycles)
         if self.cycles:
             if min(self.cycles) < 1:
@@ -98,7 +110,7 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
 
     from ..segmentation.unet import UNet
     from . import distributed
-    from .nuclei_data import PatchSampler, load_dataset
+    from .nuclei_data import PatchSampler, appearance_holdout, load_dataset, load_spec
 
     run = distributed.setup()  # several processes under torchrun, else one
     torch.set_num_threads(cfg.threads)
@@ -109,6 +121,22 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
     images = load_dataset(cfg.data)
     train_imgs = [im for im in images if im.stem not in cfg.holdout]
     val_imgs = [im for im in images if im.stem in cfg.holdout]
+    extra = [im for spec in cfg.extra_data for im in load_spec(spec)]
+    if extra and not cfg.extra_holdout:
+        saved = out / "config.json"
+        if saved.exists():  # a resumed run keeps the split it started with
+            cfg.extra_holdout = json.loads(saved.read_text()).get("extra_holdout", [])
+        if not cfg.extra_holdout:
+            cfg.extra_holdout = appearance_holdout(extra, seed=cfg.seed)
+    extra_train = [im for im in extra if im.stem not in cfg.extra_holdout]
+    extra_val = [im for im in extra if im.stem in cfg.extra_holdout]
+    weights = None
+    if extra_train and cfg.extra_share:
+        weights = np.r_[
+            np.full(len(train_imgs), (1 - cfg.extra_share) / len(train_imgs)),
+            np.full(len(extra_train), cfg.extra_share / len(extra_train)),
+        ]
+        train_imgs = train_imgs + extra_train
     model = UNet(tuple(cfg.widths), decoder=cfg.decoder).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
@@ -116,7 +144,9 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
         _warm_start(model, cfg.init_from, log_to=out / "train.log" if run.main else None)
     # Each rank its own patches; one process draws exactly what it always drew.
     seed = cfg.seed if not run.active else [cfg.seed, run.rank]
-    sampler = PatchSampler(train_imgs, cfg.mpp, cfg.patch, seed=seed)
+    sampler = PatchSampler(
+        train_imgs, cfg.mpp, cfg.patch, seed=seed, augment=cfg.augment, weights=weights
+    )
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
         model.load_state_dict(state["model"])
@@ -174,6 +204,8 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
         validating = (it + 1) % cfg.validate_every == 0 or it + 1 == cfg.iters
         if run.main and val_imgs and validating:
             info["val"] = validate(model, val_imgs, cfg)
+            if extra_val:
+                info["val_extra"] = validate(model, extra_val, cfg)
             model.train()
         if log is not None:
             log.write(json.dumps(info) + "\n")
