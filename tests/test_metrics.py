@@ -90,3 +90,44 @@ def test_large_ids_and_speed_independent_of_id_values():
     gt = squares((1, 1, 5, 5)).astype(np.int64) * 4_000_000_000
     pred = squares((1, 1, 5, 5)) * 123456
     assert score_image(gt, pred).aji == 1
+
+
+def _disk(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_error_budget_classes_each_true_nucleus_once():
+    """Seven true nuclei: two matched, one missed, one split, one too small, two merged; and a
+    spurious blob on background."""
+    from napari_nucleiseg.metrics.errors import error_budget, pooled_budget
+
+    shape = (120, 200)
+    true = np.zeros(shape, np.int32)
+    pred = np.zeros(shape, np.int32)
+    centres = [(20, 20), (20, 60), (20, 100), (20, 140), (70, 20), (70, 60), (70, 80)]
+    for k, (cy, cx) in enumerate(centres, 1):
+        true[_disk(shape, cy, cx, 8)] = k
+    pred[_disk(shape, 20, 20, 8)] = 1  # matched exactly
+    pred[_disk(shape, 20, 61, 8)] = 2  # matched, shifted by 1 px
+    # nucleus 3 missed: nothing drawn
+    xx = np.mgrid[:120, :200][1]
+    pred[_disk(shape, 20, 140, 8) & (xx < 138)] = 4  # split in three
+    pred[_disk(shape, 20, 140, 8) & (xx >= 138) & (xx < 143)] = 5
+    pred[_disk(shape, 20, 140, 8) & (xx >= 143)] = 9
+    pred[_disk(shape, 70, 20, 3)] = 6  # drawn far too small: boundary
+    pred[_disk(shape, 70, 60, 9) | _disk(shape, 70, 80, 9)] = 7  # nuclei 6 and 7 merged
+    pred[_disk(shape, 105, 180, 6)] = 8  # spurious
+    b = error_budget(true, pred)
+    assert (b["matched"], b["missed"], b["split"], b["boundary"], b["merged"]) == (2, 1, 1, 1, 2)
+    assert b["spurious"] == 1 and b["n_true"] == 7 and b["n_pred"] == 8
+    pooled = pooled_budget([b, error_budget(true, true)])
+    assert pooled["n_true"] == 14 and pooled["matched"] == 9
+    assert sum(
+        pooled[f"{k}_share"] for k in ("matched", "missed", "merged", "split", "boundary")
+    ) == (pytest.approx(1.0))
+    # Matched nuclei drawn one pixel too small each way read as an area ratio below 1.
+    from scipy import ndimage as ndi
+
+    shrunk = np.where(ndi.binary_erosion(true > 0), true, 0)
+    assert pooled_budget([error_budget(true, shrunk)])["matched_area_ratio"] < 0.9
