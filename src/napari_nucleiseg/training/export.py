@@ -62,8 +62,12 @@ def export_model(
                 "seed",
                 "holdout",
                 "init_from",
+                "extra_data",
+                "extra_share",
+                "extra_holdout",
+                "augment",
             )
-            if cfg.get(k) not in (None, "")
+            if cfg.get(k) not in (None, "", [], 0, 0.0, "standard")
         }
         | {
             "iterations_done": int(state["iter"]),
@@ -72,7 +76,7 @@ def export_model(
             f"--widths {','.join(map(str, cfg['widths']))} --decoder {decoder} --lr {cfg['lr']} "
             f"--batch {cfg['batch']} --patch {cfg['patch']} --model-mpp {cfg['mpp']} "
             f"--seed {cfg['seed']}"
-            f"{_init_args(cfg)}",
+            f"{_init_args(cfg)}{_data_args(cfg)}",
         },
         created=datetime.date.today().isoformat(),
         notes=notes,
@@ -111,6 +115,20 @@ def _schedule_args(cfg: dict) -> str:
 def _init_args(cfg: dict) -> str:
     """``--init-from`` as the run used it (a warm start is part of reproducing the weights)."""
     return f" --init-from {cfg['init_from']}" if cfg.get("init_from") else ""
+
+
+def _data_args(cfg: dict) -> str:
+    """``--extra-data``, ``--extra-share`` and ``--augment`` as the run used them."""
+    args = "".join(
+        f" --extra-data <{Path(str(d).rpartition(':')[0] or d).name}>"
+        + (f":{str(d).rpartition(':')[2]}" if ":" in str(d) else "")
+        for d in cfg.get("extra_data", [])
+    )
+    if cfg.get("extra_share"):
+        args += f" --extra-share {cfg['extra_share']:g}"
+    if cfg.get("augment", "standard") != "standard":
+        args += f" --augment {cfg['augment']}"
+    return args
 
 
 def export_onnx(state_dict, widths, path: Path, decoder: str = "double") -> Path:
