@@ -284,6 +284,21 @@ def test_extra_data_without_mpp_is_read_at_its_own_scale_held_out_by_cluster_and
     training = json.loads((tmp_path / "tiny-extra.json").read_text())["training"]
     assert training["extra_holdout"] == held and training["augment"] == "wide"
     assert "--extra-data <other>:colour --extra-share 0.5 --augment wide" in training["command"]
+    # Post-processing is tuned for the mean of each source's held-out AJI, not the pooled one.
+    from napari_nucleiseg.methods import load_predictor
+    from napari_nucleiseg.training.nuclei_data import load_dataset
+    from napari_nucleiseg.training.release import tune_postprocess
+
+    predictor = load_predictor(tmp_path / "tiny-extra.json")[0]
+    pp = tune_postprocess(
+        predictor,
+        load_dataset(tiny_dataset, stems=["im2"]),
+        [im for im in images if im.stem in held],
+    )
+    assert len(pp["tuned_per_set_aji"]) == 2
+    assert pp["tuned_on_heldout_train_aji"] == pytest.approx(
+        np.mean(pp["tuned_per_set_aji"]), abs=1e-4
+    )
 
 
 def test_sampler_weights_choose_the_source_and_unknown_augmentation_is_refused():
