@@ -72,6 +72,11 @@ def main(argv=None):
     from napari_nucleiseg.methods import default_method_name
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--teacher",
+        default="nuclei-unet-v4",
+        help="the project's first model (default nuclei-unet-v4: it never saw these crops)",
+    )
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--labels", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
@@ -89,7 +94,9 @@ def main(argv=None):
     labelled = [items[i] for i in order[: args.labels]]
     rest = [items[i] for i in order[args.labels :]]
     pool, scored = rest[: len(rest) // 2], rest[len(rest) // 2 :]
-    teacher = default_method_name()
+    # The teacher must never have seen this domain: nuclei-unet-v5 trained on 69 of these crops
+    # (issue 17), so the loop starts from v4 unless told otherwise.
+    teacher = args.teacher or default_method_name()
 
     # The domain's µm/px, chosen on the labelled images only.
     by_mpp = {mpp: _aji(teacher, labelled, mpp) for mpp in CANDIDATE_MPP}
@@ -102,6 +109,10 @@ def main(argv=None):
     project = work / "project"
     nucleiseg = [sys.executable, "-m", "napari_nucleiseg.cli.main"]
     subprocess.run([*nucleiseg, "project", "init", str(project)], check=True)
+    if teacher != default_method_name():
+        subprocess.run(
+            [*nucleiseg, "models", "use", teacher, "--project", str(project)], check=True
+        )
     for stem, rgb, lab in labelled:
         Image.fromarray(rgb).save(files / f"{stem}.png")
         tifffile.imwrite(files / f"{stem}.tif", lab.astype(np.uint32))
