@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
 from napari_nucleiseg.project import Project, ProjectError, TrainingStore
 
 
@@ -258,7 +259,7 @@ def test_a_projects_models_are_listed_used_for_segment_and_rolled_back(tmp_path,
         assert json.loads(tif.pages[0].description)["model"] == "lab-model"
 
     assert main(["models", "rollback", "--project", str(p)]) == 0
-    assert "nuclei-unet-v4 (the package default)" in capsys.readouterr().out
+    assert f"{DEFAULT_NUCLEI_MODEL} (the package default)" in capsys.readouterr().out
     assert Project(p).current_model() is None
 
 

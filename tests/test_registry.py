@@ -20,6 +20,7 @@ from napari_nucleiseg.methods import (
     register_method,
     unregister_method,
 )
+from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def toy():
 def test_a_method_registered_at_run_time_is_listed_and_found(toy):
     assert toy.name in method_names()
     assert get_method(toy.name) is toy
-    assert method_names()[0] == "nuclei-unet-v4"  # the default stays first
+    assert method_names()[0] == DEFAULT_NUCLEI_MODEL  # the default stays first
     with pytest.raises(MethodError, match="exists already"):
         register_method(DarkBlobs())
     unregister_method(toy.name)

@@ -12,6 +12,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
 from napari_nucleiseg.project import Project, ProjectError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nuclei" / "monuseg2018_train"
@@ -59,7 +60,7 @@ def test_retraining_makes_a_student_that_is_a_method_and_promotes_as_asked(crops
     assert result["heldout_nuclei"] == held.nuclei == len(np.unique(held.labels())) - 1
     assert held.nuclei < 200 and f"1 held-out correction ({held.nuclei} nuclei)" in result["note"]
     (pseudo,) = project.store.examples(kind="pseudo")
-    assert pseudo.provenance["teacher_name"] == "nuclei-unet-v4"
+    assert pseudo.provenance["teacher_name"] == DEFAULT_NUCLEI_MODEL
     assert pseudo.confidence() is not None and pseudo.provenance["mean_confidence"] >= 0.5
     # The student is a method everywhere: by name within the project, and it segments.
     name = result["model"]
@@ -67,10 +68,10 @@ def test_retraining_makes_a_student_that_is_a_method_and_promotes_as_asked(crops
     assert name in method_names("nuclei", project=project.path)
     student = get_method(name, project=project.path)
     card = student.card
-    assert card.training["parent"]["name"] == "nuclei-unet-v4"
+    assert card.training["parent"]["name"] == DEFAULT_NUCLEI_MODEL
     # The teacher's replay crops went into its batches and go on to the student.
     assert card.training["replay_share"] > 0
-    assert card.training["replay"] == get_method("nuclei-unet-v4").card.training["replay"]
+    assert card.training["replay"] == get_method(DEFAULT_NUCLEI_MODEL).card.training["replay"]
     assert len(card.training["data_manifest"]) == 3  # 2 strong (train split) + 1 pseudo
     assert card.metrics["project_heldout"]["teacher_aji"] == result["teacher_aji"]
     image = project.store.examples(split="heldout")[0].image()

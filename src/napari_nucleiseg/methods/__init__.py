@@ -2,7 +2,7 @@
 
 >>> from napari_nucleiseg.methods import get_method, method_names
 >>> method_names()                       # the default first  # doctest: +SKIP
-['nuclei-unet-v4', 'nuclei-unet-v3', 'classical', 'classical-phansalkar']
+['nuclei-unet-v5', 'nuclei-unet-v4', 'nuclei-unet-v3', 'classical', 'classical-phansalkar']
 >>> m = get_method("classical")
 >>> m.mpp, m.tile_px, m.context_um
 (0.5, 1024, 32.0)

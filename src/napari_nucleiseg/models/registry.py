@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent
-DEFAULT_NUCLEI_MODEL = "nuclei-unet-v4"
+DEFAULT_NUCLEI_MODEL = "nuclei-unet-v5"
 
 
 class WeightsError(RuntimeError):
