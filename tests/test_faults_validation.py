@@ -20,7 +20,13 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
-from napari_nucleiseg.models import MODELS_DIR, WeightsError, list_models, load_card
+from napari_nucleiseg.models import (
+    DEFAULT_NUCLEI_MODEL,
+    MODELS_DIR,
+    WeightsError,
+    list_models,
+    load_card,
+)
 from napari_nucleiseg.stain import STAIN_METHODS, StainError, StainProfile, make_normaliser
 
 STAIN_SET = SHARED / "data" / "stain"
@@ -383,5 +389,5 @@ def test_a_whole_slide_job_at_an_implausible_resolution_fails_in_one_line(tmp_pa
     )
     err = capsys.readouterr().err
     assert code == 1 and time.perf_counter() - t0 < 60
-    assert f"{image}: the input at 40 µm/px is 80x coarser than nuclei-unet-v4" in err
+    assert f"{image}: the input at 40 µm/px is 80x coarser than {DEFAULT_NUCLEI_MODEL}" in err
     assert "Traceback" not in err

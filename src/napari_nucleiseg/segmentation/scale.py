@@ -7,11 +7,13 @@ nuclei have a known size range, so the median area of the nuclei found, in µm²
 µm/px, says whether that µm/px is plausible.
 
 Measured with the shipped model (``benchmarks/mpp_sanity.py``, 20 MoNuSeg images and two real
-slides): at the right µm/px the median area is 19.7-53.2 µm² on every image; stated 2x too fine
-it is 10.8-22.0 (17 of 20 MoNuSeg images below 17, the CMU slide 13.8, the TCGA slide 16.2);
-stated 2x too coarse 42-91 (8 of 20 above 66). The model partly adapts to a wrong scale (it
-finds the nuclei it can see at its own), so the median area moves about linearly with the
-µm/px, not with its square: the suggestion is ``stated * reference / median``.
+slides; ``nuclei-unet-v5``): at the right µm/px the median area is 18.8-57.4 µm² on every image;
+stated 2x too fine it is 10.5-17.4 (19 of 21 images below 17: the CMU slide 12.2, the TCGA slide
+11.2); stated 2x too coarse 34-114 (11 of 21 above 66). (``nuclei-unet-v4``: 19.7-53.2, 10.8-22.0
+and 42-91.) The model partly adapts to a wrong scale (it finds the nuclei it can see at its
+own), so the median area moves about linearly with the µm/px, not with its square: the
+suggestion is ``stated * reference / median``. It is a rough guide: on images of known µm/px the
+suggestion was 0.56-1.6x the truth.
 A wrong µm/px that is not flagged still gives a warning-free result, as before; a flagged one is
 wrong far more often than not. Other labs' slides, whose nuclei the model draws small, sit nearer
 the lower bound: the message says "check", not "wrong".
@@ -24,10 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Median nucleus area (µm²) the shipped model finds on H&E at the right µm/px (geometric mean
-#: over 20 MoNuSeg images at 0.25 µm/px, 29; see the module docstring).
-REFERENCE_AREA_UM2 = 30.0
+#: over 20 MoNuSeg images at 0.25 µm/px: 28.4 for nuclei-unet-v5, 29 for v4; see the module
+#: docstring).
+REFERENCE_AREA_UM2 = 28.0
 #: Median areas (µm²) outside this range are implausible for H&E at the stated µm/px: below the
-#: smallest median seen at the right µm/px (19.7) by 14 %, above the largest (53.2) by 24 %.
+#: smallest median seen at the right µm/px (18.8) by 10 %, above the largest (57.4) by 15 %.
 PLAUSIBLE_MEDIAN_UM2 = (17.0, 66.0)
 #: Fewer nuclei than this say nothing reliable about the scale.
 MIN_NUCLEI = 50
