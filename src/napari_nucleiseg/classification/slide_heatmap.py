@@ -134,47 +134,23 @@ def _open_or_create(path: Path, identity: dict, meta: dict, n_classes: int) -> d
     """The store's attributes, creating it (under a temporary name, renamed into place) when
     absent; :class:`~napari_nucleiseg.wholeslide.store.StoreMismatchError` when it holds another
     slide's, model's or geometry's heatmap."""
-    import zarr
-
-    from ..wholeslide.store import (
-        DiskFullError,
-        StoreMismatchError,
-        fsync_path,
-        is_no_space,
-    )
+    from ..wholeslide.store import StoreMismatchError, create_aside
 
     g = meta["geometry"]
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            root = zarr.open_group(str(tmp), mode="w-", zarr_format=2)
-            root.create_array(
-                ARRAY,
-                shape=(n_classes, *g["shape"]),
-                chunks=(n_classes, g["block"], g["block"]),
-                dtype="float32",
-                fill_value=np.nan,
-                chunk_key_encoding={"name": "v2", "separator": "/"},
-            )
-            (tmp / "blocks").mkdir()
-            attrs = {**_ngff(g, meta["tags"]), "nucleiseg": {**meta, "identity": identity}}
-            _write_attrs(tmp, attrs)
-            try:
-                os.rename(tmp, path)
-                fsync_path(path.parent)
-            except OSError:
-                if not path.exists():
-                    raise
-        except OSError as exc:
-            if is_no_space(exc):
-                raise DiskFullError(
-                    path, f"no space left to create the heatmap store ({exc.strerror})"
-                ) from exc
-            raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+
+    def fill(root, tmp: Path) -> None:
+        root.create_array(
+            ARRAY,
+            shape=(n_classes, *g["shape"]),
+            chunks=(n_classes, g["block"], g["block"]),
+            dtype="float32",
+            fill_value=np.nan,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+        (tmp / "blocks").mkdir()
+        _write_attrs(tmp, {**_ngff(g, meta["tags"]), "nucleiseg": {**meta, "identity": identity}})
+
+    create_aside(path, fill, "heatmap store")
     attrs = _read_attrs(path)
     old = attrs["nucleiseg"].get("identity", {})
     if old != identity:

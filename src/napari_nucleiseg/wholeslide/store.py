@@ -96,6 +96,36 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def create_aside(path: Path, fill, what: str) -> None:
+    """Create the zarr store ``path`` when absent, atomically: ``fill(root_group, folder)`` builds
+    it under a temporary name beside it, which is then renamed into place. The rename fails if
+    another run created the store meanwhile; that one is then used. A full disk is a
+    :class:`DiskFullError` naming ``what``; the temporary folder never stays behind."""
+    import zarr
+
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        fill(zarr.open_group(str(tmp), mode="w-", zarr_format=2), tmp)
+        try:
+            os.rename(tmp, path)
+            fsync_path(path.parent)
+        except OSError:
+            if not path.exists():
+                raise
+    except OSError as exc:
+        if is_no_space(exc):
+            raise DiskFullError(
+                path, f"no space left to create the {what} ({exc.strerror})"
+            ) from exc
+        raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, rename over
     ``path``. On any failure (a full disk, a kill signal's exception) the temporary is removed."""
@@ -400,47 +430,30 @@ def open_or_create(path: Path, identity: dict, shape: tuple[int, int], tile: int
     Returns its ``nucleiseg`` attributes. Raises :class:`StoreMismatchError` when the store
     exists with another identity (another slide, method, model version or tiling).
     """
-    import zarr
 
     path = Path(path)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            root = zarr.open_group(str(tmp), mode="w-", zarr_format=2)
-            shapes = level_shapes(shape, tile)
-            for k, s in enumerate(shapes):
-                root.create_array(
-                    str(k),
-                    shape=s,
-                    chunks=(tile, tile),
-                    dtype=dtype,
-                    fill_value=0,
-                    chunk_key_encoding={"name": "v2", "separator": "/"},
-                )
-            (tmp / "progress" / "tiles").mkdir(parents=True)
-            (tmp / "progress" / "chunks").mkdir(parents=True)
-            root.attrs.update(
-                {
-                    **_ngff_attrs(shapes, identity["slide"]["mpp"]),
-                    "nucleiseg": {"identity": identity, "finished": False, "levels": len(shapes)},
-                }
+
+    def fill(root, tmp: Path) -> None:
+        shapes = level_shapes(shape, tile)
+        for k, s in enumerate(shapes):
+            root.create_array(
+                str(k),
+                shape=s,
+                chunks=(tile, tile),
+                dtype=dtype,
+                fill_value=0,
+                chunk_key_encoding={"name": "v2", "separator": "/"},
             )
-            try:
-                os.rename(tmp, path)  # atomic; fails if another run created it meanwhile
-                fsync_path(path.parent)
-            except OSError:
-                if not path.exists():
-                    raise
-        except OSError as exc:
-            if is_no_space(exc):
-                raise DiskFullError(
-                    path, f"no space left to create the result store ({exc.strerror})"
-                ) from exc
-            raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "progress" / "tiles").mkdir(parents=True)
+        (tmp / "progress" / "chunks").mkdir(parents=True)
+        root.attrs.update(
+            {
+                **_ngff_attrs(shapes, identity["slide"]["mpp"]),
+                "nucleiseg": {"identity": identity, "finished": False, "levels": len(shapes)},
+            }
+        )
+
+    create_aside(path, fill, "result store")
     attrs = read_attrs(path)
     meta = attrs.get("nucleiseg")
     if not isinstance(meta, dict) or "identity" not in meta:
