@@ -119,11 +119,12 @@ def _init_args(cfg: dict) -> str:
 
 def _data_args(cfg: dict) -> str:
     """``--extra-data``, ``--extra-share`` and ``--augment`` as the run used them."""
-    args = "".join(
-        f" --extra-data <{Path(str(d).rpartition(':')[0] or d).name}>"
-        + (f":{str(d).rpartition(':')[2]}" if ":" in str(d) else "")
-        for d in cfg.get("extra_data", [])
-    )
+    from .nuclei_data import split_spec
+
+    args = ""
+    for spec in cfg.get("extra_data", []):
+        path, kind = split_spec(spec)
+        args += f" --extra-data <{Path(path).name}>" + (f":{kind}" if kind else "")
     if cfg.get("extra_share"):
         args += f" --extra-share {cfg['extra_share']:g}"
     if cfg.get("augment", "standard") != "standard":

@@ -74,12 +74,19 @@ def load_dataset(
     return out
 
 
-def load_spec(spec: str) -> list[LabelledImage]:
-    """``PATH`` or ``PATH:KIND`` (e.g. ``…/dsb2018_stage1_train:colour``): a data set, or the rows
-    of one kind of it."""
+def split_spec(spec: str) -> tuple[str, str]:
+    """``PATH`` or ``PATH:KIND`` (e.g. ``…/dsb2018_stage1_train:colour``) as ``(path, kind)``,
+    kind ``""`` when none is given."""
     path, sep, kind = str(spec).rpartition(":")
     if not sep or not Path(path).is_dir():  # no kind (or a Windows drive letter)
-        path, kind = str(spec), ""
+        return str(spec), ""
+    return path, kind
+
+
+def load_spec(spec: str) -> list[LabelledImage]:
+    """A data set given as ``PATH`` or ``PATH:KIND`` (:func:`split_spec`): all of it, or the rows
+    of one kind of it."""
+    path, kind = split_spec(spec)
     return load_dataset(path, kinds=(kind,) if kind else None)
 
 

@@ -63,7 +63,7 @@ def release(run_dir, name, version, train_data, test_data, out_dir=None, notes="
     from ..models import MODELS_DIR
     from ..segmentation.postprocess import PostprocessSettings
     from .export import export_model
-    from .nuclei_data import load_dataset, load_spec
+    from .nuclei_data import load_dataset, load_spec, split_spec
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else MODELS_DIR
@@ -80,11 +80,11 @@ def release(run_dir, name, version, train_data, test_data, out_dir=None, notes="
     extra = [im for spec in cfg.get("extra_data", []) for im in load_spec(spec)]
     extra_held = [im for im in extra if im.stem in set(cfg.get("extra_holdout", []))]
     for spec in cfg.get("extra_data", []):
-        path, sep, kind = str(spec).rpartition(":")
-        index = json.loads((Path(path if sep else spec) / "index.json").read_text())
+        path, kind = split_spec(spec)
+        index = json.loads((Path(path) / "index.json").read_text())
         n = sum(1 for im in extra if im.stem in {r["stem"] for r in index["images"]})
         training_data.append(
-            f"{index['name']}{f' ({kind} images)' if sep else ''}: {n} images at µm/px estimated "
+            f"{index['name']}{f' ({kind} images)' if kind else ''}: {n} images at µm/px estimated "
             f"from their labels, {len(extra_held)} held out as whole look-alike clusters, "
             f"{cfg.get('extra_share', 0):g} of each batch; licence {index.get('licence')}"
         )
