@@ -48,35 +48,12 @@ ANGLES_DEG = (20.0, 35.0)
 AMOUNTS = (0.4, 2.5)
 
 
-def _rotate(v: np.ndarray, degrees: float, rng: np.random.Generator) -> np.ndarray:
-    """``v`` turned by ``degrees`` about a random axis perpendicular to it, kept non-negative."""
-    axis = rng.normal(size=3)
-    axis -= (axis @ v) * v
-    axis /= np.linalg.norm(axis)
-    t = np.radians(degrees)
-    out = np.maximum(v * np.cos(t) + axis * np.sin(t), 0.0)  # Rodrigues with axis ⟂ v
-    return out / np.linalg.norm(out)
-
-
 def perturb(rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """A strong random stain change of one image (see the module docstring).
+    """A strong random stain change of one image (see the module docstring):
+    :func:`napari_nucleiseg.stain.augment.restain` with this benchmark's angles and amounts."""
+    from napari_nucleiseg.stain.augment import restain
 
-    The image is decomposed with the fixed Ruifrok-Johnston H, E, DAB basis (exact: three
-    independent vectors), not with any normaliser's own estimate, so the perturbation favours no
-    method; the H and E vectors are turned, their amounts scaled, DAB left alone.
-    """
-    from napari_nucleiseg.stain import RGB_FROM_HED
-    from napari_nucleiseg.stain.optical import OD_LUT
-
-    od = OD_LUT[rgb.reshape(-1, 3)]
-    hed = od @ np.linalg.inv(RGB_FROM_HED)
-    angles = rng.uniform(*ANGLES_DEG, 2)
-    basis = np.array(RGB_FROM_HED)
-    basis[0], basis[1] = _rotate(basis[0], angles[0], rng), _rotate(basis[1], angles[1], rng)
-    scale = np.exp(rng.uniform(np.log(AMOUNTS[0]), np.log(AMOUNTS[1]), 2))
-    od2 = (hed * np.array([scale[0], scale[1], 1.0])) @ basis
-    out = np.clip(np.rint(255.0 * np.exp(-od2)), 0, 255).astype(np.uint8).reshape(rgb.shape)
-    return out, {"angles_deg": angles.round(2).tolist(), "amount_scale": scale.round(3).tolist()}
+    return restain(rgb, rng, ANGLES_DEG, AMOUNTS)
 
 
 def main(argv=None):

@@ -408,16 +408,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", help="image or slide to normalise")
     s.add_argument(
         "--method",
-        choices=stains,
-        help="normaliser: " + ", ".join(stains) + " (required unless --target is a profile .json)",
+        choices=[*stains, "learned"],
+        help="normaliser: "
+        + ", ".join([*stains, "learned"])
+        + " (required unless --target is a profile .json; learned: a trained network, see --model)",
     )
     s.add_argument(
         "--target",
-        required=True,
         metavar="REF_OR_PROFILE",
         help="reference image or slide to fit, a folder of them (profiles averaged), "
-        "or a saved stain profile .json",
+        "or a saved stain profile .json (not for --method learned)",
     )
+    s.add_argument(
+        "--model",
+        metavar="NAME_OR_PATH",
+        help="--method learned: a normaliser model (name or card path; default: the project's "
+        "current normaliser, else the shipped one)",
+    )
+    s.add_argument("--project", metavar="DIR", help="a project whose normaliser models to use")
     s.add_argument(
         "--out",
         required=True,
@@ -537,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .heatmap import add_parser as add_heatmap_parser
 
     add_heatmap_parser(sub, HelpFormatter)
+    from .normaliser import add_parser as add_normaliser_parser
+
+    add_normaliser_parser(sub, HelpFormatter)
     return p
 
 

@@ -23,6 +23,8 @@ def cmd_normalize(args) -> int:
                 args.save_profile,
                 args.mpp,
                 progress=bar.update,
+                model=args.model,
+                project=args.project,
             )
         except (SlideError, StainError) as exc:
             bar.close()
@@ -30,5 +32,7 @@ def cmd_normalize(args) -> int:
             return 1
     if args.save_profile:
         print(f"profile: {args.save_profile}")
-    print(f"{args.input}: {record['stain']['method']} -> {args.out}")
+    stain = record["stain"]
+    what = stain["method"] + (f" ({stain['model']})" if "model" in stain else "")
+    print(f"{args.input}: {what} -> {args.out}")
     return 0

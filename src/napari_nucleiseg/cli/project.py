@@ -29,13 +29,31 @@ def add_parser(sub, formatter) -> None:
         dest="project_command",
         required=True,
         metavar="COMMAND",
-        help="init: make a project; add-labels: store a corrected image; labels: list the "
-        "stored examples; remove-labels: delete one",
+        help="init: make a project; add-slide: list a slide (--reference: the lab's stain "
+        "style); add-labels: store a corrected image; labels: list the stored examples; "
+        "remove-labels: delete one",
     )
     text = "make a project folder (an existing project is left as it is)"
     init = psub.add_parser("init", help=text, description=text, formatter_class=formatter)
     init.add_argument("dir", metavar="DIR", help="the project folder (new or empty)")
     init.set_defaults(func=cmd_init)
+    text = "list a slide or image in the project (--reference: its stain is the lab's style)"
+    sl = psub.add_parser("add-slide", help=text, description=text, formatter_class=formatter)
+    sl.add_argument("dir", metavar="DIR", help="the project folder")
+    sl.add_argument("slides", nargs="+", metavar="SLIDE", help="slides or images")
+    sl.add_argument(
+        "--reference",
+        action="store_true",
+        help="their stain is the reference style a learned normaliser maps to",
+    )
+    sl.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="µm per pixel of files that state none (e.g. 0.25 for 40x, 0.5 for 20x)",
+    )
+    sl.set_defaults(func=cmd_add_slide)
     text = "store an image and its instance mask as a strong label (as 'Accept this view')"
     add = psub.add_parser("add-labels", help=text, description=text, formatter_class=formatter)
     add.add_argument("dir", metavar="DIR", help="the project folder")
@@ -182,6 +200,27 @@ def cmd_init(args) -> int:
         return 1
     n = len(project.store.examples())
     print(f"project {project.path}: {n} labelled examples, {len(project.slides)} slides")
+    return 0
+
+
+def cmd_add_slide(args) -> int:
+    from ..project import Project, ProjectError
+    from ..project.folder import open_with_mpp
+
+    try:
+        project = Project(args.dir)
+        for path in args.slides:
+            with open_with_mpp(path, args.mpp):  # readable, with a scale: said now, not later
+                pass
+            entry = project.add_slide(path, reference=args.reference, mpp=args.mpp)
+            role = "reference style" if entry.get("reference") else "slide"
+            print(f"added {entry['path']} ({role})")
+    except ProjectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {args.dir}: cannot record the slide ({exc.strerror})", file=sys.stderr)
+        return 1
     return 0
 
 

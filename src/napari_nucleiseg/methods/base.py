@@ -27,7 +27,7 @@ import numpy as np
 from ..models import WeightsError
 
 #: Kinds of method the registry knows; a model card's architecture says which one it is.
-KINDS = ("nuclei", "classifier")
+KINDS = ("nuclei", "classifier", "normaliser")
 
 
 class MethodError(WeightsError):
@@ -128,6 +128,10 @@ def default_method_name(kind: str = "nuclei", project=None) -> str:
         from .classifier import DEFAULT_CLASSIFIER_MODEL
 
         return DEFAULT_CLASSIFIER_MODEL
+    if kind == "normaliser":
+        from .normaliser import DEFAULT_NORMALISER_MODEL
+
+        return DEFAULT_NORMALISER_MODEL
     from ..models import DEFAULT_NUCLEI_MODEL
 
     return DEFAULT_NUCLEI_MODEL

@@ -103,6 +103,10 @@ def card_method(card_path: Path, source: str):
                 from .classifier import ClassifierMethod
 
                 _CACHE[key] = ClassifierMethod(card, card_path, source)
+            elif card.kind == "normaliser":
+                from .normaliser import NormaliserMethod
+
+                _CACHE[key] = NormaliserMethod(card, card_path, source)
             else:
                 _CACHE[key] = CardMethod(card, card_path, source)
         return _CACHE[key]

@@ -25,9 +25,9 @@ class WeightsError(RuntimeError):
 # field without physical sense (widths [1, 2], tile_px -5) ran before and gave nonsense quietly.
 #: Architectures the learned methods can build: nuclei U-Nets (methods.learned) and the tissue
 #: classifiers' multi-task network (classification.network).
-KNOWN_ARCHITECTURES = ("UNet", "TissueNet")
+KNOWN_ARCHITECTURES = ("UNet", "TissueNet", "CycleGenerator")
 #: The registry kind of each architecture's cards.
-ARCHITECTURE_KINDS = {"UNet": "nuclei", "TissueNet": "classifier"}
+ARCHITECTURE_KINDS = {"UNet": "nuclei", "TissueNet": "classifier", "CycleGenerator": "normaliser"}
 #: segmentation.unet.DECODERS (not imported: models/ sits below segmentation/ and torch).
 KNOWN_DECODERS = ("double", "light")
 #: segmentation.postprocess.PostprocessSettings' fields and their ranges: probabilities, and
@@ -87,6 +87,9 @@ class ModelCard:
     context_um: float = 32.0
     #: A classifier's tags, in the order of its outputs (``tumour`` is the one heatmaps use).
     classes: list = field(default_factory=list)
+    #: A learned normaliser's generator beyond its U-Net: ``norm_levels`` (encoder levels its
+    #: normalisation decoder reads), ``transformer_layers`` and ``heads`` (the student's).
+    generator: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.validate()
@@ -161,6 +164,21 @@ class ModelCard:
             raise WeightsError(
                 f"classes {_short(self.classes)}: a classifier names two or more distinct tags"
             )
+        if self.architecture == "CycleGenerator":
+            g = self.generator
+            levels = g.get("norm_levels") if isinstance(g, dict) else None
+            if not _is_int(levels) or not 2 <= levels <= len(widths):
+                raise WeightsError(
+                    f"generator {_short(g)}: norm_levels must be a whole number 2-{len(widths)}"
+                )
+            if not _is_int(g.get("transformer_layers", 0)) or not _is_int(g.get("heads", 4)):
+                raise WeightsError(f"generator {_short(g)}: layers and heads are whole numbers")
+            ref = g.get("reference_stain")
+            if not isinstance(ref, list) or len(ref) != 8 or not all(_is_number(v) for v in ref):
+                raise WeightsError(
+                    f"generator {_short(g)}: reference_stain must be 8 numbers (the reference "
+                    "style's H and E vectors and log amounts)"
+                )
         if not isinstance(self.outputs, (list, tuple)) or not all(
             isinstance(o, str) for o in self.outputs
         ):
@@ -199,7 +217,8 @@ class ModelCard:
 
     @property
     def kind(self) -> str:
-        """The registry's kind: ``nuclei`` (instance segmentation) or ``classifier`` (tissue)."""
+        """The registry's kind: ``nuclei`` (instance segmentation), ``classifier`` (tissue) or
+        ``normaliser`` (learned stain normalisation)."""
         return ARCHITECTURE_KINDS[self.architecture]
 
     def to_json(self) -> str:

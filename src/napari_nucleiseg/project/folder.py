@@ -135,11 +135,21 @@ class Project:
     def slides(self) -> list[dict]:
         return list(self.data.get("slides", []))
 
-    def add_slide(self, path: str | Path) -> dict:
+    def add_slide(
+        self, path: str | Path, reference: bool = False, mpp: float | None = None
+    ) -> dict:
         """Record a slide (absolute path and content fingerprint); a slide already listed is
-        updated, so its fingerprint is the one of the file as it is now."""
+        updated, so its fingerprint is the one of the file as it is now. ``reference``: its
+        stain is the lab's reference style (what a learned normaliser maps to); ``mpp``: its
+        µm/px where the file states none."""
         path = Path(path).resolve()
-        entry = {"path": str(path), "hash": file_fingerprint(path)}
+        old = next((s for s in self.slides if s.get("path") == str(path)), {})
+        # A slide listed again keeps what the user said of it (reference style, µm/px).
+        entry = {**old, "path": str(path), "hash": file_fingerprint(path)}
+        if reference:
+            entry["reference"] = True
+        if mpp is not None:
+            entry["mpp"] = float(mpp)
         slides = [s for s in self.slides if s.get("path") != str(path)]
         self.data["slides"] = [*slides, entry]
         self.save()

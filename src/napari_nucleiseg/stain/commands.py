@@ -105,50 +105,72 @@ def check_outputs(input_path, out_path, save_profile=None, target=None) -> None:
 
 
 def normalize_file(
-    input_path, out_path, method: str | None, target, save_profile=None, mpp=None, progress=None
+    input_path,
+    out_path,
+    method: str | None,
+    target,
+    save_profile=None,
+    mpp=None,
+    progress=None,
+    model=None,
+    project=None,
 ) -> dict:
     """Normalise ``input_path`` to ``target`` (a reference image/slide or profile .json) and write
-    ``out_path`` (then ``save_profile``, the fitted target profile, if given). Returns what was
+    ``out_path`` (then ``save_profile``, the fitted target profile, if given). With ``method``
+    ``"learned"`` the target is the style a trained normaliser learnt: ``model`` (name or card
+    path; None: ``project``'s current normaliser, else the shipped one). Returns what was
     recorded (target and source profiles). Raises ``SlideError`` or ``StainError`` (both name
     the file) for bad input, and ``OutputError`` (a ``SlideError`` naming the output) when an
     output cannot be written; an output is written whole or not at all."""
     from ..io import SlideError, open_slide
     from ..io.output import OutputError, describe_os_error, write_together
     from ..io.pyramid_writer import write_ome_zarr, write_pyramidal_tiff
+    from .errors import StainError
     from .lazy import adapt_to_slide, normalise_levels
 
     out = Path(out_path)
     suffix = ".zarr" if out.name.lower().endswith(".zarr") else out.suffix.lower()
     if suffix not in IMAGE_SUFFIXES + PYRAMID_SUFFIXES:
         raise SlideError(out, "write .tif/.tiff (pyramidal TIFF), .zarr (OME-Zarr) or .png/.jpg")
+    learned = method == "learned"
+    if learned and (target is not None or save_profile):
+        raise StainError(
+            "a learned normaliser has no --target or --save-profile: it maps to the style it "
+            "learnt (choose it with --model)"
+        )
+    if not learned and target is None:
+        raise StainError("give --target (a reference image, folder or profile .json)")
     check_outputs(input_path, out, save_profile, target)
-    normaliser = load_target_file(method, target)
+    if learned:
+        from .learned_normaliser import load_learned
+
+        normaliser = load_learned(model, project=project)
+    else:
+        normaliser = load_target_file(method, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         slide = open_slide(input_path, mpp=mpp)
     try:
-        from .errors import StainError
-
         try:
             adapted = adapt_to_slide(normaliser, slide)
         except StainError as exc:
             raise exc.for_path(input_path) from None
-        record = {
-            "source": str(input_path),
-            "stain": adapted.describe(),
-            "source_profile": adapted.source.to_dict(),
-        }
+        record = {"source": str(input_path), "stain": adapted.describe()}
+        if adapted.source is not None:
+            record["source_profile"] = adapted.source.to_dict()
         if suffix in IMAGE_SUFFIXES:
             h, w = slide.shape
             if h * w > MAX_IMAGE_PIXELS:
                 raise SlideError(
                     input_path, f"{w}x{h} px is a whole slide; write a .tif or .zarr pyramid"
                 )
-            rgb = adapted.transform(slide.read_region(0, 0, w, h, 0))
+            region = slide.read_region(0, 0, w, h, 0)
+            rgb = adapted.transform(region, mpp=slide.mpp) if learned else adapted.transform(region)
             write_together({out: lambda tmp: _save_image(tmp, rgb, record, slide.mpp)})
         else:
             levels, downsamples = pyramid_levels(slide)
-            levels = normalise_levels(levels, adapted)
+            mpps = None if slide.mpp is None else [slide.mpp * d for d in downsamples]
+            levels = normalise_levels(levels, adapted, mpps=mpps)
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 if suffix == ".zarr":

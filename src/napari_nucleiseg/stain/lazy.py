@@ -9,6 +9,7 @@ asks for a chunk; the view at any zoom shows the same colours.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -121,44 +122,76 @@ def adapt_to_slide(normaliser, slide):
     return adapt_to_levels(normaliser, slide.pyramid(), name=slide.path.name)
 
 
-def normalise_levels(levels, normaliser, name: str | None = None) -> list:
+def normalise_levels(levels, normaliser, name: str | None = None, mpps=None) -> list:
     """Lazily normalised copies of a multiscale RGB image (list of dask arrays, finest first).
 
     Same shapes, chunks and dtype (uint8, last axis 3). If ``normaliser`` is not yet adapted to
     this image, it is adapted first from a sample of its tissue (one small read, see
     :func:`sample_levels`); nothing else is computed until a chunk is asked for.
+
+    A learned normaliser (a network: each output pixel depends on its neighbours) computes each
+    chunk with a margin of its neighbours (``dask.array.map_overlap``), so chunks join without
+    seams; ``mpps`` (µm/px per level, where known) lets it work at its own scale.
     """
     import dask.array as da
 
     normaliser = adapt_to_levels(normaliser, levels, name=name)
     token = normaliser_token(normaliser)
+    learned = getattr(normaliser, "method", "") == "learned"
     out = []
-    for lv in levels:
+    for i, lv in enumerate(levels):
         lv = lv if isinstance(lv, da.Array) else da.from_array(lv, chunks=(512, 512, 3))
         if lv.chunks[-1] != (3,):
             lv = lv.rechunk({lv.ndim - 1: 3})
-        out.append(
-            da.map_blocks(
-                _normalise_block,
-                lv,
-                normaliser,
-                dtype=np.uint8,
-                name=f"stain-{normaliser.method}-{token}-{lv.name}",
-                meta=np.empty((0,) * lv.ndim, np.uint8),
+        name_i = f"stain-{normaliser.method}-{token}-{lv.name}"
+        meta = np.empty((0,) * lv.ndim, np.uint8)
+        if learned:
+            mpp = None if mpps is None else mpps[i]
+            depth = _learned_depth(normaliser, mpp, lv)
+            out.append(
+                da.map_overlap(
+                    functools.partial(_normalise_block, normaliser=normaliser, mpp=mpp),
+                    lv,
+                    depth={0: depth, 1: depth, 2: 0},
+                    boundary="none",
+                    trim=True,
+                    dtype=np.uint8,
+                    name=name_i,
+                    meta=meta,
+                )
             )
+            continue
+        out.append(
+            da.map_blocks(_normalise_block, lv, normaliser, dtype=np.uint8, name=name_i, meta=meta)
         )
     return out
 
 
-def _normalise_block(block: np.ndarray, normaliser) -> np.ndarray:
+def _learned_depth(normaliser, mpp, lv) -> int:
+    """Margin (level pixels) a learned normaliser's chunk needs: its context, in this level's
+    pixels when it works at its own, coarser scale; never more than the smallest chunk."""
+    from .learned_normaliser import CONTEXT_PX, RESCALE_BELOW
+
+    factor = 1.0 if mpp is None else float(mpp) / normaliser.mpp
+    depth = CONTEXT_PX if factor >= RESCALE_BELOW else int(np.ceil(CONTEXT_PX / factor))
+    smallest = min(min(lv.chunks[0]), min(lv.chunks[1]))
+    return int(min(depth, smallest))
+
+
+def _normalise_block(block: np.ndarray, normaliser, mpp=None) -> np.ndarray:
+    if mpp is not None:
+        return normaliser.transform(block, mpp=mpp)
     return normaliser.transform(block)
 
 
 def normaliser_token(normaliser) -> str:
-    """A short stable hash of what the mapping depends on (target and source profiles)."""
+    """A short stable hash of what the mapping depends on (target and source profiles; a learned
+    normaliser's weights)."""
     import hashlib
     import json
 
+    if hasattr(normaliser, "token"):
+        return normaliser.token()
     payload = {
         "target": normaliser.profile.to_dict(),
         "source": None if normaliser.source is None else normaliser.source.to_dict(),

@@ -1,52 +1,54 @@
 """The learned stain normaliser of reference 002 (issue 18): networks and losses.
 
 A CycleGAN between many-stain tissue (X) and the lab's reference style (Y) whose generators also
-segment nuclei: one encoder, attention-gated skips, a normalisation decoder (RGB) and a
-segmentation decoder (mask logit). :class:`AttCycleGenerator` is the teacher,
-:class:`TransCycleGenerator` (residual encoder + Transformer bottleneck) the student;
+segment nuclei: :class:`CycleGenerator` (one encoder, a normalisation decoder with
+attention-gated skips, a nuclei decoder; the student adds a Transformer bottleneck);
 :class:`PatchDiscriminator` judges style; :mod:`.losses` holds the LSGAN, cycle, segmentation
-and identity terms and their weighted sums. Needs PyTorch (the ``train`` extra); nothing here is
-imported by :mod:`napari_nucleiseg.stain` itself.
+and identity terms and their weighted sums. The networks and losses need PyTorch (the ``train``
+extra) and are imported on first use; running a trained normaliser does not need them
+(:mod:`napari_nucleiseg.stain.learned_normaliser`).
 """
 
-from .losses import (
-    CyclePass,
-    LossWeights,
-    cycle_loss,
-    cycle_pass,
-    discriminator_objective,
-    generator_objective,
-    lsgan_discriminator_loss,
-    lsgan_generator_loss,
-    segmentation_loss,
-)
-from .network import (
-    AttCycleGenerator,
-    AttentionGate,
-    BasicBlock,
-    PatchDiscriminator,
-    TransCycleGenerator,
-    TransformerLayer,
-    count_parameters,
-    sinusoidal_positions_2d,
-)
+# Lazy: :mod:`.data` (tile pools) is used without PyTorch; the networks and losses need it.
+_FROM = {
+    **dict.fromkeys(
+        (
+            "CycleMaps",
+            "CyclePass",
+            "LossWeights",
+            "cycle_loss",
+            "cycle_maps",
+            "cycle_pass",
+            "discriminator_objective",
+            "generator_objective",
+            "lsgan_discriminator_loss",
+            "lsgan_generator_loss",
+            "segmentation_loss",
+        ),
+        "losses",
+    ),
+    **dict.fromkeys(
+        (
+            "AttentionGate",
+            "CycleGenerator",
+            "NormalisePath",
+            "PatchDiscriminator",
+            "SegmentPath",
+            "TransformerLayer",
+            "count_parameters",
+            "sinusoidal_positions_2d",
+        ),
+        "network",
+    ),
+}
 
-__all__ = [
-    "CyclePass",
-    "LossWeights",
-    "cycle_loss",
-    "cycle_pass",
-    "discriminator_objective",
-    "generator_objective",
-    "lsgan_discriminator_loss",
-    "lsgan_generator_loss",
-    "segmentation_loss",
-    "AttCycleGenerator",
-    "AttentionGate",
-    "BasicBlock",
-    "PatchDiscriminator",
-    "TransCycleGenerator",
-    "TransformerLayer",
-    "count_parameters",
-    "sinusoidal_positions_2d",
-]
+
+def __getattr__(name):
+    if name in _FROM:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_FROM[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_FROM)

@@ -8,8 +8,11 @@ discriminators, D_Y (is this reference style?) and D_X. With λ from :class:`Los
   the log loss: gradients do not vanish for fakes far on the right side of the boundary, which
   keeps small-batch training steadier;
 * cycle: ``‖F(G(x)) − x‖₁ + ‖G(F(y)) − y‖₁`` (means) — the translation must keep the content;
-* segmentation: binary cross-entropy of each generator's mask logit on its real input, only
-  where a strong label exists (``valid``): unlabelled patches still train the translation;
+* segmentation: each generator's nuclei maps on its real input against a strong label, only for
+  the samples that have one (``valid``): unlabelled patches still train the translation. The
+  foreground term is reference 002's binary cross-entropy; the contour and distance terms of the
+  nuclei models' loss (:func:`~napari_nucleiseg.training.seg_train.loss_fn`) come with it, because
+  a foreground mask alone cannot part touching nuclei;
 * identity: ``‖G(y) − y‖₁ + ‖F(x) − x‖₁`` — a patch already in the target style stays as it is.
 
 Total for the generators: ``λ_adv·adv + λ_cyc·cycle + λ_seg·seg + λ_idt·identity``.
@@ -53,26 +56,22 @@ def cycle_loss(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
 
 
 def segmentation_loss(
-    mask_logit: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+    logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean binary cross-entropy with logits over the pixels ``valid`` marks.
+    """The nuclei loss of the samples ``valid`` marks.
 
-    ``mask_logit`` (N, 1, H, W); ``target`` (N, 1, H, W) or (N, H, W), 1 = nucleus; ``valid`` None
-    (every pixel), (N,) one flag per sample, or (N, [1,] H, W) per pixel. Pixels outside
-    ``valid`` contribute nothing, whatever their target holds; with no valid pixel the loss is
-    0 (and still part of the graph)."""
-    target = target.to(mask_logit.dtype).reshape(mask_logit.shape)
+    ``logits`` (N, 3, H, W) [foreground, contour, distance]; ``targets`` (N, 3, H, W) from
+    :func:`~napari_nucleiseg.segmentation.targets.make_targets`; ``valid`` None (every sample) or
+    (N,) one flag per sample. Targets of unlabelled samples may hold anything. With no valid
+    sample the loss is 0 (and still part of the graph)."""
+    from ...training.seg_train import loss_fn
+
     if valid is None:
-        return F.binary_cross_entropy_with_logits(mask_logit, target)
-    if valid.dim() == 1:
-        valid = valid.reshape(-1, 1, 1, 1)
-    valid = valid.to(torch.bool).reshape(valid.shape[0], 1, *valid.shape[-2:]).expand_as(target)
-    zeros = torch.zeros_like(target)
-    # Unlabelled targets may hold anything (an ignore value, NaN): zero them before the loss.
-    per_pixel = F.binary_cross_entropy_with_logits(
-        mask_logit, torch.where(valid, target, zeros), reduction="none"
-    )
-    return torch.where(valid, per_pixel, zeros).sum() / valid.sum().clamp(min=1)
+        return loss_fn(logits, targets.to(logits.dtype))
+    keep = valid.to(torch.bool).reshape(-1)
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    return loss_fn(logits[keep], targets[keep].to(logits.dtype))
 
 
 @dataclass
@@ -84,24 +83,74 @@ class CyclePass:
     fake_x: torch.Tensor  # F(y)
     rec_x: torch.Tensor  # F(G(x))
     rec_y: torch.Tensor  # G(F(y))
-    mask_x: torch.Tensor  # G's mask logit on x
-    mask_y: torch.Tensor  # F's mask logit on y
+    mask_x: torch.Tensor | None  # G's nuclei logits on x (None: not computed this step)
+    mask_y: torch.Tensor | None  # F's nuclei logits on y
     same_y: torch.Tensor | None = None  # G(y), for the identity term
     same_x: torch.Tensor | None = None  # F(x)
 
 
-def cycle_pass(g_xy, g_yx, x: torch.Tensor, y: torch.Tensor, identity: bool = True) -> CyclePass:
-    """Run G = ``g_xy`` and F = ``g_yx`` on real ``x`` and ``y``, the cycles back, and (with
-    ``identity``) each generator on its own target domain."""
-    fake_y, mask_x = g_xy(x)
-    fake_x, mask_y = g_yx(y)
-    same_y = g_xy(y)[0] if identity else None
-    same_x = g_yx(x)[0] if identity else None
+@dataclass
+class CycleMaps:
+    """The stain map (N, 9) each generator pass is told (see :func:`cycle_maps`)."""
+
+    xy: torch.Tensor  # G(x): x's stain → the reference
+    yx: torch.Tensor  # F(y): the reference → another sample's X stain
+    back_x: torch.Tensor  # F(G(x)): the reference → x's stain
+    back_y: torch.Tensor  # G(F(y)): that X stain → the reference
+    same_y: torch.Tensor  # G(y): y's measured stain → the reference
+    same_x: torch.Tensor  # F(x): the identity map
+
+
+def cycle_maps(s_x, s_y, reference) -> CycleMaps:
+    """Every pass's stain map from the stain vectors of the X and Y patches (N, 8) and the
+    reference style's (8,) (numpy, from :mod:`.data`). F(y) is given another sample's X stain
+    (``s_x`` rolled by one), so fakes of X come in the stains X has."""
+    import numpy as np
+
+    from .data import IDENTITY_MAP, stain_map
+
+    def maps(pairs):
+        return torch.from_numpy(np.stack([stain_map(a, b) for a, b in pairs]))
+
+    other = np.roll(s_x, 1, axis=0)
+    n = len(s_x)
+    return CycleMaps(
+        xy=maps((s, reference) for s in s_x),
+        yx=maps((reference, s) for s in other),
+        back_x=maps((reference, s) for s in s_x),
+        back_y=maps((s, reference) for s in other),
+        same_y=maps((s, reference) for s in s_y),
+        same_x=torch.from_numpy(np.tile(IDENTITY_MAP, (n, 1))),
+    )
+
+
+def cycle_pass(
+    g_xy,
+    g_yx,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    maps: CycleMaps,
+    identity: bool = True,
+    segment: bool = True,
+) -> CyclePass:
+    """Run G = ``g_xy`` and F = ``g_yx`` (:class:`~.network.CycleGenerator`) on real ``x`` and
+    ``y``, the cycles back, and (with ``identity``) each generator on its own target domain,
+    each told its stain map (:class:`CycleMaps`). Only the passes on real patches run the
+    segmentation decoder, and only with ``segment``: the others need RGB alone, which reads
+    just the encoder's first levels."""
+    if segment:
+        fake_y, mask_x = g_xy(x, maps.xy)
+        fake_x, mask_y = g_yx(y, maps.yx)
+    else:
+        fake_y, mask_x = g_xy.normalise(x, maps.xy), None
+        fake_x, mask_y = g_yx.normalise(y, maps.yx), None
+    same_y = g_xy.normalise(y, maps.same_y) if identity else None
+    same_x = g_yx.normalise(x, maps.same_x) if identity else None
     return CyclePass(
         fake_y=fake_y,
         fake_x=fake_x,
-        rec_x=g_yx(fake_y)[0],
-        rec_y=g_xy(fake_x)[0],
+        rec_x=g_yx.normalise(fake_y, maps.back_x),
+        rec_y=g_xy.normalise(fake_x, maps.back_y),
         mask_x=mask_x,
         mask_y=mask_y,
         same_y=same_y,
@@ -124,17 +173,17 @@ def generator_objective(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted total for G and F, and each named term as a float for logging.
 
-    ``x_mask`` / ``y_mask`` are strong nucleus labels of ``x`` / ``y`` (None: that domain has
-    none in this batch), ``x_valid`` / ``y_valid`` which samples or pixels carry them."""
+    ``x_mask`` / ``y_mask`` are nuclei targets of ``x`` / ``y`` (None: that domain has none in
+    this batch), ``x_valid`` / ``y_valid`` which samples carry them."""
     terms = {
         "adversarial_xy": lsgan_generator_loss(d_y(cycle.fake_y)),
         "adversarial_yx": lsgan_generator_loss(d_x(cycle.fake_x)),
         "cycle_x": cycle_loss(x, cycle.rec_x),
         "cycle_y": cycle_loss(y, cycle.rec_y),
     }
-    if x_mask is not None:
+    if x_mask is not None and cycle.mask_x is not None:
         terms["segmentation_x"] = segmentation_loss(cycle.mask_x, x_mask, x_valid)
-    if y_mask is not None:
+    if y_mask is not None and cycle.mask_y is not None:
         terms["segmentation_y"] = segmentation_loss(cycle.mask_y, y_mask, y_valid)
     if weights.identity and (cycle.same_x is None or cycle.same_y is None):
         raise ValueError("identity weight > 0 needs cycle_pass(..., identity=True)")

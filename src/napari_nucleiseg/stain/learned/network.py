@@ -1,19 +1,25 @@
 """The generators and discriminator of reference 002's stain-normalising CycleGAN, sized for a CPU.
 
-Each generator reads an RGB patch and writes two things from one encoder: the patch in the other
-stain style (normalisation decoder) and a nucleus-mask logit (segmentation decoder). Both decoders
-take the encoder's features through attention-gated skips, so the gates learn where nuclei are and
-the colour mapping is steered by the same features that find them.
+Each generator (:class:`CycleGenerator`) reads an RGB patch and writes two things from one
+encoder: the patch in the other stain style (normalisation decoder) and nucleus maps
+(segmentation decoder). The encoder and the segmentation decoder are a nuclei
+:class:`~napari_nucleiseg.segmentation.unet.UNet` and start from the project's nuclei model: a
+CycleGAN trained from scratch on two cores would need days to segment as well as the shipped
+model does, and reference 002's product form is "the current model is the teacher". The
+normalisation decoder is new: attention-gated skips from the encoder's first levels, so the
+colour change is steered by the features that find nuclei.
 
-* :class:`AttCycleGenerator` — the teacher: plain conv–norm–ReLU encoder.
-* :class:`TransCycleGenerator` — the student: residual blocks and a small Transformer over the
-  bottleneck tokens (the reference uses ResNet-50 + Transformer; this is the CPU-sized version).
+* teacher (AttCycle): ``transformer_layers=0``; trained with the encoder frozen.
+* student (TransCycle): a small Transformer over the bottleneck tokens (zero-initialised, so it
+  starts as its teacher) and the encoder trained too. The reference uses ResNet-50 +
+  Transformer; this is the CPU-sized version.
 * :class:`PatchDiscriminator` — a narrow 70×70 PatchGAN with raw (LSGAN) scores.
 
-Widths default to 16-32-64-128 so that a 256 px patch trains on two cores: the teacher has about
-0.7 M weights, the student about 1.4 M. Inputs are (N, 3, H, W) in [0, 1] with H and W multiples
-of ``2 ** (len(widths) - 1)``. No Python branch depends on tensor values, so the generators export
-to ONNX with dynamic height and width.
+Inputs are (N, 3, H, W) in [0, 1] with H and W multiples of ``2 ** (len(widths) - 1)``. No Python
+branch depends on tensor values, so the normalisation path exports to ONNX with dynamic height
+and width. There is no normalisation layer whose statistics depend on the input (the encoder's
+BatchNorm runs with its stored statistics): a chunk of a slide comes out the same whatever
+surrounds it beyond the receptive field, so chunks join without seams.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-DEFAULT_WIDTHS = (16, 32, 64, 128)
 DISCRIMINATOR_WIDTHS = (32, 64, 128)
+#: Channels of the generator's stain-context branch.
+STAIN_WIDTH = 16
+#: What a generator is told of the stains: a 3×3 optical-density map, row-major (9 numbers).
+STAIN_DIMS = 9
 #: The input is clamped this far inside (0, 1) before its logit is taken: half a grey level of an
 #: 8-bit image, so a zero residual reproduces every pixel to within half a grey level.
 RGB_EPS = 1.0 / 512
@@ -36,21 +45,25 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    # Batches are 1-4 patches on a CPU: BatchNorm's batch statistics would be noise and differ
-    # between training and inference. GroupNorm normalises each image on its own, like the
-    # InstanceNorm of CycleGAN (which removes per-image contrast, much of it the stain), but
-    # stays defined on a 1×1 bottleneck and exports to ONNX as standard operators.
-    return nn.GroupNorm(math.gcd(channels, 8), channels)
+def od_affine(x: torch.Tensor, coef: torch.Tensor, stain_map: torch.Tensor) -> torch.Tensor:
+    """RGB ``x`` (N, 3, H, W) in [0, 1] through a per-pixel affine map of optical densities:
+    ``od' = A·od + M·od + b`` with ``od = −ln x``; ``A`` (N, 9) is the slide's map (row-major
+    3×3), ``M`` = ``coef[:, :9]`` and ``b`` = ``coef[:, 9:]`` the learned per-pixel correction;
+    back to RGB as ``exp(−od')``.
 
-
-def _conv_norm_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), _norm(cout), nn.ReLU(inplace=True)]
-
-
-def _logit(x: torch.Tensor) -> torch.Tensor:
-    x = x.clamp(RGB_EPS, 1.0 - RGB_EPS)
-    return torch.log(x) - torch.log1p(-x)
+    Why optical densities: by Beer-Lambert a change of stain colours and amounts is a linear map
+    of optical densities, so a smooth field of 12 numbers says how another lab's stain becomes
+    the reference style, and the pixels' own densities carry every edge through unchanged
+    (structure kept). With ``coef`` zero and ``A`` the identity the map is the identity (to half
+    a grey level: ``x`` is clamped to ``RGB_EPS`` before the logarithm)."""
+    od = -torch.log(x.clamp(RGB_EPS, 1.0))
+    a = stain_map.to(x.dtype)[:, :, None, None]
+    rows = [
+        (a[:, 3 * i : 3 * i + 3] * od).sum(1, keepdim=True)
+        + (coef[:, 3 * i : 3 * i + 3] * od).sum(1, keepdim=True)
+        for i in range(3)
+    ]
+    return torch.exp(-(torch.cat(rows, 1) + coef[:, 9:12])).clamp(0.0, 1.0)
 
 
 class AttentionGate(nn.Module):
@@ -74,120 +87,6 @@ class AttentionGate(nn.Module):
         alpha = torch.sigmoid(self.psi(F.relu(self.w_x(x) + g_up)))
         self.last_alpha = alpha.detach()
         return x * alpha
-
-
-class _Decoder(nn.Module):
-    """From the deepest feature up: gate the skip with the current feature, upsample the feature
-    (bilinear then convolution: no checkerboard artefacts of transposed convolutions, which a
-    colour map would show), concatenate, two conv–norm–ReLU; a 1×1 head at full resolution."""
-
-    def __init__(self, widths: tuple[int, ...], out_channels: int):
-        super().__init__()
-        pairs = list(zip(reversed(widths[:-1]), reversed(widths[1:])))
-        self.gates = nn.ModuleList(AttentionGate(w_skip, w_deep) for w_skip, w_deep in pairs)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                *_conv_norm_relu(w_skip + w_deep, w_skip), *_conv_norm_relu(w_skip, w_skip)
-            )
-            for w_skip, w_deep in pairs
-        )
-        self.head = nn.Conv2d(widths[0], out_channels, 1)
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        g = features[-1]
-        for gate, block, skip in zip(self.gates, self.blocks, reversed(features[:-1])):
-            up = F.interpolate(g, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            g = block(torch.cat([gate(skip, g), up], 1))
-        return self.head(g)
-
-
-class _TwoDecoderGenerator(nn.Module):
-    """What both generators share: the two decoders and the output contract. Subclasses set
-    ``self.encoder``, whose forward gives one feature map per width, finest first."""
-
-    def __init__(self, widths: tuple[int, ...]):
-        super().__init__()
-        self.widths = tuple(int(w) for w in widths)
-        self.normalise = _Decoder(self.widths, 3)
-        self.segment = _Decoder(self.widths, 1)
-
-    @property
-    def multiple(self) -> int:
-        """Height and width must be multiples of this."""
-        return 2 ** (len(self.widths) - 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (N, 3, H, W) in [0, 1] → ``(rgb, mask_logit)``: rgb (N, 3, H, W) in [0, 1],
-        mask_logit (N, 1, H, W)."""
-        features = self.encoder(x)
-        # The normalisation decoder predicts a residual in logit space: rgb = sigmoid(logit(x) + r).
-        # A zero residual is the identity, so nuclear outlines pass through unchanged and the
-        # decoder only has to learn the colour change (the structure must survive: SSIM of the
-        # haematoxylin channel ≥ 0.9). A residual added in RGB and then clamped would have no
-        # gradient wherever it overshoots, which is every near-white background pixel; a plain
-        # sigmoid output would have to rebuild every edge through the decoder.
-        rgb = torch.sigmoid(_logit(x) + self.normalise(features))
-        return rgb, self.segment(features)
-
-    def attention_maps(self) -> dict[str, list[torch.Tensor | None]]:
-        """Each decoder's last α, finest level first (after a forward pass)."""
-        return {
-            "normalise": [g.last_alpha for g in reversed(self.normalise.gates)],
-            "segment": [g.last_alpha for g in reversed(self.segment.gates)],
-        }
-
-
-class _PlainEncoder(nn.Module):
-    """Two conv–norm–ReLU per level; every level after the first starts with a stride-2 conv."""
-
-    def __init__(self, widths: tuple[int, ...]):
-        super().__init__()
-        chans = (3, *widths)
-        self.levels = nn.ModuleList(
-            nn.Sequential(
-                *_conv_norm_relu(chans[i], chans[i + 1], stride=1 if i == 0 else 2),
-                *_conv_norm_relu(chans[i + 1], chans[i + 1]),
-            )
-            for i in range(len(widths))
-        )
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for level in self.levels:
-            x = level(x)
-            features.append(x)
-        return features
-
-
-class AttCycleGenerator(_TwoDecoderGenerator):
-    """The AttCycle teacher's generator: a plain encoder, attention-gated skips, RGB and mask
-    decoders. About 0.7 M weights with the default widths."""
-
-    def __init__(self, widths: tuple[int, ...] = DEFAULT_WIDTHS):
-        super().__init__(widths)
-        self.encoder = _PlainEncoder(self.widths)
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block (two 3×3 convolutions and a shortcut; 1×1 projection when the shape
-    changes). Basic rather than ResNet-50's bottleneck blocks: at 16-128 channels a 1×1 squeeze
-    would leave too few channels to be worth it."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.body = nn.Sequential(
-            *_conv_norm_relu(cin, cout, stride),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-            _norm(cout),
-        )
-        self.shortcut = (
-            nn.Identity()
-            if stride == 1 and cin == cout
-            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(cout))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.body(x) + self.shortcut(x))
 
 
 def sinusoidal_positions_2d(height: int, width: int, channels: int, like: torch.Tensor):
@@ -233,79 +132,218 @@ class TransformerLayer(nn.Module):
         return tokens + self.mlp(self.norm_mlp(tokens))
 
 
-class _ResidualTransformerEncoder(nn.Module):
-    """Stem, ``blocks_per_level`` basic blocks per level (the first of each later level with
-    stride 2), then ``layers`` Transformer layers over the bottleneck's tokens: every position
-    sees the whole patch, which convolutions alone reach only at the deepest level."""
-
-    def __init__(self, widths: tuple[int, ...], blocks_per_level: int, layers: int, heads: int):
-        super().__init__()
-        if widths[-1] % 4 or widths[-1] % heads:
-            raise ValueError(
-                f"the last width ({widths[-1]}) must divide by 4 and by heads ({heads})"
-            )
-        self.stem = nn.Sequential(*_conv_norm_relu(3, widths[0]))
-        chans = (widths[0], *widths)
-        self.levels = nn.ModuleList(
-            nn.Sequential(
-                BasicBlock(chans[i], chans[i + 1], stride=1 if i == 0 else 2),
-                *(BasicBlock(chans[i + 1], chans[i + 1]) for _ in range(blocks_per_level - 1)),
-            )
-            for i in range(len(widths))
-        )
-        # Pre-norm layers (normalise before attention and MLP) train more steadily than post-norm
-        # ones at small batch sizes; a final LayerNorm since pre-norm leaves the output unscaled.
-        self.transformer = nn.Sequential(
-            *(TransformerLayer(widths[-1], heads) for _ in range(layers)), nn.LayerNorm(widths[-1])
-        )
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        features = []
-        for level in self.levels:
-            x = level(x)
-            features.append(x)
-        n, c, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2) + sinusoidal_positions_2d(h, w, c, x)
-        features[-1] = self.transformer(tokens).transpose(1, 2).reshape(n, c, h, w)
-        return features
-
-
-class TransCycleGenerator(_TwoDecoderGenerator):
-    """The TransCycle student's generator: residual encoder + Transformer bottleneck (``layers``
-    layers, ``heads`` heads), the same two attention-gated decoders and forward contract as
-    :class:`AttCycleGenerator`. About 1.4 M weights with the defaults."""
-
-    def __init__(
-        self,
-        widths: tuple[int, ...] = DEFAULT_WIDTHS,
-        blocks_per_level: int = 2,
-        layers: int = 2,
-        heads: int = 4,
-    ):
-        super().__init__(widths)
-        self.encoder = _ResidualTransformerEncoder(self.widths, blocks_per_level, layers, heads)
-
-
 class PatchDiscriminator(nn.Module):
     """PatchGAN of pix2pix/CycleGAN, narrow: 4×4 convolutions with stride 2 at each of
     ``widths``, one more at the last width with stride 1, then a stride-1 score layer. With three
     widths each score sees a 70×70 input patch (a 256 px patch gives a 30×30 map). Raw scores, no
-    sigmoid: the LSGAN losses square them."""
+    sigmoid: the LSGAN losses square them.
+
+    No normalisation layers: per-image normalisation (instance or group norm) removes each
+    channel's mean over the patch, and a patch's mean colour is exactly what a stain
+    discriminator must judge; batch norm on batches of two would be noise."""
 
     def __init__(self, widths: tuple[int, ...] = DISCRIMINATOR_WIDTHS):
         super().__init__()
         self.widths = tuple(int(w) for w in widths)
-        # No normalisation on the first layer (as in pix2pix): it would wipe out the very colour
-        # statistics the discriminator has to judge.
-        layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), _norm(cout)]
-            layers += [nn.LeakyReLU(0.2, True)]
-        layers += [nn.Conv2d(widths[-1], widths[-1], 4, 1, 1, bias=False), _norm(widths[-1])]
-        layers += [nn.LeakyReLU(0.2, True), nn.Conv2d(widths[-1], 1, 4, 1, 1)]
+        layers: list[nn.Module] = []
+        cin = 3
+        for cout in self.widths:
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+            cin = cout
+        layers += [nn.Conv2d(cin, cin, 4, 1, 1), nn.LeakyReLU(0.2, True)]
+        layers += [nn.Conv2d(cin, 1, 4, 1, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] → (N, 1, h, w) real/fake scores."""
         return self.net(x)
+
+
+class CycleGenerator(nn.Module):
+    """One generator of the cycle: a nuclei U-Net (encoder + segmentation decoder, 3 logit maps:
+    foreground, contour, distance) and a normalisation decoder over the encoder's first
+    ``norm_levels`` levels with attention-gated skips.
+
+    The normalisation decoder writes a smooth field of optical-density maps (:func:`od_affine`),
+    not pixels: its last layer starts at zero, so a new generator is the identity, nuclear
+    outlines pass through unchanged and training only has to learn the colour change (the
+    structure must survive: SSIM of the haematoxylin channel ≥ 0.9). A first version predicted a
+    residual in logit space from the decoder's features: it learnt nothing in 200 iterations
+    (paired L1 flat at 0.077), because a residual that is the product of a zero layer and small
+    features starts with vanishing gradients; the coefficients of an OD map multiply the
+    densities themselves.
+    """
+
+    def __init__(
+        self,
+        widths: tuple[int, ...],
+        decoder: str = "light",
+        norm_levels: int = 4,
+        transformer_layers: int = 0,
+        heads: int = 4,
+    ):
+        super().__init__()
+        from ...segmentation.unet import UNet
+
+        self.widths = tuple(int(w) for w in widths)
+        if not 2 <= norm_levels <= len(self.widths):
+            raise ValueError(f"norm_levels must be 2-{len(self.widths)}, got {norm_levels}")
+        self.norm_levels = int(norm_levels)
+        self.unet = UNet(self.widths, 3, decoder)
+        self.transformer_layers = int(transformer_layers)
+        deep = self.widths[-1]
+        if transformer_layers:
+            if deep % 4 or deep % heads:
+                raise ValueError(f"the last width ({deep}) must divide by 4 and by heads ({heads})")
+            self.transformer = nn.ModuleList(
+                TransformerLayer(deep, heads) for _ in range(transformer_layers)
+            )
+            for layer in self.transformer:  # each layer starts as the identity: student = teacher
+                nn.init.zeros_(layer.proj.weight)
+                nn.init.zeros_(layer.proj.bias)
+                nn.init.zeros_(layer.mlp[-1].weight)
+                nn.init.zeros_(layer.mlp[-1].bias)
+        nw = self.widths[: self.norm_levels]
+        # Decoder blocks (3×3 convolutions) from the deepest level read down to half
+        # resolution, each skip attention-gated by the level below.
+        pairs = list(zip(reversed(nw[1:-1]), reversed(nw[2:])))
+        self.gates = nn.ModuleList(AttentionGate(w_skip, w_deep) for w_skip, w_deep in pairs)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(w_skip + w_deep, w_skip, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w_skip, w_skip, 3, padding=1),
+                nn.ReLU(inplace=True),
+            )
+            for w_skip, w_deep in pairs
+        )
+        # Stain context of its own: the nuclei encoder was trained to ignore stain (colour
+        # augmentation), so its features say little about which stain a patch is in. A small
+        # trainable branch reads the input's colours at a quarter of the resolution with a
+        # growing receptive field (dilations 1, 2, 4: about 60 px); no pooling over the whole
+        # input, so a block of a slide is normalised the same whatever its size.
+        self.stain = nn.Sequential(
+            nn.AvgPool2d(4),
+            nn.Conv2d(3, STAIN_WIDTH, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(STAIN_WIDTH, STAIN_WIDTH, 3, padding=2, dilation=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(STAIN_WIDTH, STAIN_WIDTH, 3, padding=4, dilation=4),
+            nn.ReLU(inplace=True),
+        )
+        # The head writes, at half resolution, the 12 coefficients of an affine map of optical
+        # densities (3×3 matrix + offset, see _normalise); they are enlarged to full resolution.
+        # Its last layer starts at zero: the identity map.
+        # It is told the slide's stain map A (a Macenko-style map from the source stain to the
+        # target's, measured once per slide: see .data.stain_map), which the output starts
+        # from; the network learns the correction. Why: a local network alone could not tell
+        # which way to turn a patch (paired L1 flat over 150 iterations on re-stained patches),
+        # and told the stain vectors only, it learnt slowly (0.072 → 0.062 in 200). One map per
+        # slide, so blocks join without seams.
+        self.head = nn.Sequential(
+            nn.Conv2d(nw[1] + STAIN_WIDTH + STAIN_DIMS, 32, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 12, 1),
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    @property
+    def multiple(self) -> int:
+        """Height and width must be multiples of this."""
+        return 2 ** (len(self.widths) - 1)
+
+    def _encode(self, x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+        features = []
+        for i, block in enumerate(self.unet.down[:levels]):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            features.append(x)
+        return features
+
+    def _normalise(
+        self, x: torch.Tensor, features: list[torch.Tensor], stain: torch.Tensor
+    ) -> torch.Tensor:
+        g = features[self.norm_levels - 1]
+        for gate, block, skip in zip(
+            self.gates, self.blocks, reversed(features[1 : self.norm_levels - 1])
+        ):
+            up = F.interpolate(g, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            g = block(torch.cat([gate(skip, g), up], 1))
+        context = F.interpolate(
+            self.stain(x), size=g.shape[-2:], mode="bilinear", align_corners=False
+        )
+        told = stain[:, :, None, None].expand(-1, -1, g.shape[-2], g.shape[-1])
+        coef = self.head(torch.cat([g, context, told.to(g.dtype)], 1))
+        coef = F.interpolate(coef, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return od_affine(x, coef, stain)
+
+    def _segment(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        if self.transformer_layers:
+            n, c, h, w = x.shape
+            # The positions steer attention but are taken off again: with its output layers at
+            # zero the Transformer is then exactly the identity, and a student starts as its
+            # teacher.
+            positions = sinusoidal_positions_2d(h, w, c, x)
+            tokens = x.flatten(2).transpose(1, 2) + positions
+            for layer in self.transformer:
+                tokens = layer(tokens)
+            x = (tokens - positions).transpose(1, 2).reshape(n, c, h, w)
+        for block, skip in zip(self.unet.up, reversed(features[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([skip, x], dim=1))
+        return self.unet.head(x)
+
+    def forward(self, x: torch.Tensor, stain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (N, 3, H, W) in [0, 1] and the slide's stain map (N, STAIN_DIMS) → ``(rgb,
+        logits)``: rgb (N, 3, H, W) in [0, 1] in the other style, logits (N, 3, H, W)
+        [foreground, contour, distance]."""
+        features = self._encode(x, len(self.widths))
+        return self._normalise(x, features, stain), self._segment(features)
+
+    def normalise(self, x: torch.Tensor, stain: torch.Tensor) -> torch.Tensor:
+        """The RGB output only: runs just the encoder levels the normalisation decoder reads."""
+        return self._normalise(x, self._encode(x, self.norm_levels), stain)
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        """The segmentation logits only (what a nuclei predictor runs)."""
+        return self._segment(self._encode(x, len(self.widths)))
+
+    def attention_maps(self) -> list[torch.Tensor | None]:
+        """The normalisation decoder's last α per gate, finest level first (after a pass)."""
+        return [g.last_alpha for g in reversed(self.gates)]
+
+    def freeze_statistics(self) -> CycleGenerator:
+        """Put every BatchNorm in eval mode (stored statistics, not the batch's), also while the
+        rest trains: batches of two patches would give noisy statistics, and a normaliser whose
+        output depended on the batch would not be one."""
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+
+class NormalisePath(nn.Module):
+    """``CycleGenerator.normalise`` as a module's forward (for ONNX export and predictors)."""
+
+    def __init__(self, generator: CycleGenerator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x: torch.Tensor, stain: torch.Tensor) -> torch.Tensor:
+        return self.generator.normalise(x, stain)
+
+
+class SegmentPath(nn.Module):
+    """``CycleGenerator.segment`` as a module's forward: the mask decoder as a nuclei network
+    (a :class:`~napari_nucleiseg.segmentation.predict.Predictor` runs it like a U-Net)."""
+
+    def __init__(self, generator: CycleGenerator):
+        super().__init__()
+        self.generator = generator
+        self.multiple = generator.multiple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generator.segment(x)

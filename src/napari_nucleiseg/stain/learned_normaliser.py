@@ -1,0 +1,231 @@
+"""A learned stain normaliser (issue 18) with the same face as Reinhard, Macenko and Vahadane.
+
+:func:`load_learned` gives a :class:`LearnedNormaliser` for a model card of kind ``normaliser``
+(name, card path or project model). Like the classical normalisers it has ``transform``,
+``adapt`` (nothing to adapt: the network maps any stain to the style it learnt), ``describe``
+and a stable ``token``, so :func:`~.lazy.normalise_levels`, ``segment_image(...,
+normaliser=)``, the Stain panel and ``nucleiseg normalize`` take it as they are.
+
+Like Macenko it is adapted to each slide first (``adapt``, from a sample of the slide's tissue):
+the slide's H and E vectors and amounts are measured once and give the optical-density map the
+network starts from; the network adds its learnt, local correction. One map per slide, so every
+block of the slide gets the same treatment.
+
+The network runs with ONNX Runtime (no PyTorch needed), on blocks with a margin of context that
+is cut off again, so a large image and a lazily computed slide come out the same as one pass.
+
+Scale: the model learnt at its card's µm/px. An input finer than that (a 40x slide for a model
+of 0.5 µm/px) is shrunk to the model's scale, the network's change of colour (a residual in
+logit space) is computed there and enlarged back onto the input, so every pixel of the input
+keeps its own detail. An input at or coarser than the model's scale is run as it is.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StainError
+
+#: Block core and context (model pixels) of one network pass. The normalisation path reads four
+#: encoder levels and two decoder blocks: 64 px of context keeps blocks' seams below one grey
+#: level (measured in tests/test_learned_normaliser.py).
+BLOCK_PX = 1024
+CONTEXT_PX = 64
+#: The residual is computed at the model's scale only when the input is this much finer.
+RESCALE_BELOW = 0.75
+EPS = 1.0 / 512
+
+
+class LearnedNormaliser:
+    """A trained normaliser's network, ready to transform (see the module docstring)."""
+
+    method = "learned"
+    source = None
+    profile = None
+
+    def __init__(self, card, card_path: Path, source: str = "path", runtime: str | None = None):
+        self.card = card
+        self.card_path = Path(card_path)
+        self.origin = source
+        self.name = card.name
+        self.mpp = float(card.mpp)
+        self.multiple = 2 ** (int(card.generator["norm_levels"]) - 1)
+        self.reference = np.asarray(card.generator["reference_stain"], np.float32)
+        #: The slide's stain vector and map (set by :meth:`adapt`).
+        self.source_stain: np.ndarray | None = None
+        self.stain_map: np.ndarray | None = None
+        self._runtime = runtime
+        self._session = None
+        self._torch = None
+        self._lock = threading.Lock()
+
+    # -- the classical normalisers' face
+    @property
+    def max_pixels(self) -> int:
+        from .optical import MAX_FIT_PIXELS
+
+        return MAX_FIT_PIXELS
+
+    @property
+    def adapted(self) -> bool:
+        return self.stain_map is not None
+
+    def adapt(self, rgb, name: str | None = None) -> LearnedNormaliser:
+        """A copy adapted to the slide or image ``rgb`` is a sample of: its stain measured, the
+        map to the reference style fixed. A sample with too little tissue to measure gets the
+        neutral H&E vectors (see :func:`~.learned.data.stain_vector`)."""
+        import copy
+
+        from .learned.data import stain_map, stain_vector
+
+        other = copy.copy(self)
+        other._lock = threading.Lock()
+        other.source_stain = stain_vector(np.asarray(rgb))
+        other.stain_map = stain_map(other.source_stain, self.reference)
+        return other
+
+    def fit(self, rgb=None, name: str | None = None) -> LearnedNormaliser:
+        raise StainError(
+            f"{self.name} is a trained normaliser: it has no target to fit; train another one "
+            "on a project to learn another style (`nucleiseg train-normaliser`)"
+        )
+
+    def token(self) -> str:
+        import hashlib
+
+        adapted = b"" if self.stain_map is None else np.round(self.stain_map, 5).tobytes()
+        return hashlib.sha1(self.card.sha256.encode() + adapted).hexdigest()[:16]
+
+    def describe(self) -> dict:
+        return {
+            "method": "learned",
+            "model": self.name,
+            "version": self.card.version,
+            "sha256": self.card.sha256,
+            "mpp": self.mpp,
+            "runtime": self.runtime,
+            "source_stain": None
+            if self.source_stain is None
+            else [round(float(v), 5) for v in self.source_stain],
+        }
+
+    def __repr__(self) -> str:
+        return f"LearnedNormaliser({self.name} {self.card.version})"
+
+    def __getstate__(self):  # pickles small (dask.distributed): the session is opened on arrival
+        state = dict(self.__dict__)
+        state.update(_session=None, _torch=None, _lock=None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    # -- running
+    @property
+    def runtime(self) -> str:
+        from ..models.runtime import runtime_for
+
+        if self._runtime is None:
+            self._runtime = runtime_for(self.card, self.card_path.parent)
+        return self._runtime
+
+    def _run(self, block: np.ndarray) -> np.ndarray:
+        """float32 (1, 3, H, W) in [0, 1] → the network's output, same shape."""
+        with self._lock:
+            if self.runtime == "torch":
+                if self._torch is None:
+                    from ..training.normaliser_train import _load_generator
+
+                    self._torch = _load_generator(self.card, self.card_path.parent)
+                import torch
+
+                a = torch.from_numpy(self.stain_map[None])
+                with torch.no_grad():
+                    return self._torch.normalise(torch.from_numpy(block), a).numpy()
+            if self._session is None:
+                from ..models.runtime import onnx_session
+
+                self._session = onnx_session(self.card, self.card_path.parent, self.runtime)
+        return self._session.run(None, {"rgb": block, "stain_map": self.stain_map[None]})[0]
+
+    def _network(self, rgb: np.ndarray) -> np.ndarray:
+        """The network on a whole uint8 image, block by block with context; float32 (H, W, 3)
+        in [0, 1]."""
+        h, w = rgb.shape[:2]
+        out = np.empty((h, w, 3), np.float32)
+        m, c = self.multiple, CONTEXT_PX
+        for y0 in range(0, h, BLOCK_PX):
+            for x0 in range(0, w, BLOCK_PX):
+                y1, x1 = min(h, y0 + BLOCK_PX), min(w, x0 + BLOCK_PX)
+                ya, xa = max(0, y0 - c), max(0, x0 - c)
+                yb, xb = min(h, y1 + c), min(w, x1 + c)
+                part = rgb[ya:yb, xa:xb]
+                ph, pw = (-part.shape[0]) % m, (-part.shape[1]) % m
+                if ph or pw:
+                    mode = "reflect" if min(part.shape[:2]) > max(ph, pw) else "edge"
+                    part = np.pad(part, ((0, ph), (0, pw), (0, 0)), mode=mode)
+                x = np.ascontiguousarray(part.transpose(2, 0, 1)[None], np.float32) / 255.0
+                res = self._run(x)[0].transpose(1, 2, 0)
+                out[y0:y1, x0:x1] = res[y0 - ya : y1 - ya, x0 - xa : x1 - xa]
+        return out
+
+    def transform(self, rgb, mpp: float | None = None) -> np.ndarray:
+        """``rgb`` (H, W, 3) uint8 in the style the model learnt, uint8. ``mpp``: the input's
+        µm/px, where known (see the module docstring)."""
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[-1] != 3:
+            raise StainError(f"expected an RGB image (H, W, 3), got shape {rgb.shape}")
+        if rgb.dtype != np.uint8:
+            rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+        if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+            return rgb.copy()
+        if not self.adapted:  # an image on its own is its own sample, as for Macenko
+            return self.adapt(rgb).transform(rgb, mpp)
+        factor = None if mpp is None else float(mpp) / self.mpp
+        if factor is None or factor >= RESCALE_BELOW:
+            out = self._network(rgb)
+            return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+        from .learned.data import resample
+
+        small, _ = resample(rgb, None, factor)
+        residual = _logit(self._network(small)) - _logit(small.astype(np.float32) / 255.0)
+        residual = _enlarge(residual, rgb.shape[:2])
+        out = 1.0 / (1.0 + np.exp(-(_logit(rgb.astype(np.float32) / 255.0) + residual)))
+        return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def _logit(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, EPS, 1.0 - EPS)
+    return np.log(x) - np.log1p(-x)
+
+
+def _enlarge(residual: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(h, w, 3) float → (H, W, 3), bilinear."""
+    from PIL import Image
+
+    h, w = shape
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(residual[..., k]).resize((w, h), Image.Resampling.BILINEAR))
+            for k in range(3)
+        ],
+        axis=-1,
+    )
+
+
+def load_learned(name_or_path=None, project=None, runtime: str | None = None) -> LearnedNormaliser:
+    """The learned normaliser called ``name_or_path`` (None: the project's current one, else the
+    shipped default), through the one registry; :class:`StainError` naming it when it is not a
+    normaliser or cannot be loaded."""
+    from ..methods import get_method
+    from ..models import WeightsError
+
+    try:
+        method = get_method(name_or_path, kind="normaliser", project=project)
+    except WeightsError as exc:
+        raise StainError(str(exc)) from None
+    return method.normaliser(runtime=runtime)

@@ -1,0 +1,332 @@
+"""The learned stain normaliser (issue 18) as users meet it: a registry method, ONNX without
+PyTorch, blocks and lazy chunks without seams, the CLI, and training on a project (teacher,
+cancel and resume, student with pseudo-labels, promotion)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_nucleiseg.demo.render import render_he
+
+pytest.importorskip("torch")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _tiny_normaliser import export_tiny_normaliser, export_tiny_unet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def card(tmp_path_factory) -> Path:
+    return export_tiny_normaliser(tmp_path_factory.mktemp("normaliser"))
+
+
+@pytest.fixture(scope="module")
+def field() -> np.ndarray:
+    rgb, _ = render_he((360, 420), 0.5, seed=3, coverage=0.8, nuclei_per_mm2=3000)
+    return rgb
+
+
+def _load(card, **kw):
+    from napari_nucleiseg.stain.learned_normaliser import load_learned
+
+    return load_learned(str(card), **kw)
+
+
+def test_it_is_a_registry_method_and_runs_without_pytorch(card, field, tmp_path):
+    np.save(tmp_path / "field.npy", field)
+    code = f"""
+import sys, numpy as np
+from napari_nucleiseg.stain.learned_normaliser import load_learned
+n = load_learned({str(card)!r})
+out = n.transform(np.load({str(tmp_path / "field.npy")!r}))
+print(n.describe()["runtime"], out.dtype, out.shape, "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["onnx-fp32", "uint8", "(360,", "420,", "3)", "False"]
+
+
+def test_the_onnx_twin_matches_the_pytorch_generator(card, field):
+    onnx = _load(card).adapt(field)
+    torch_run = _load(card, runtime="torch").adapt(field)
+    a, b = onnx.transform(field).astype(int), torch_run.transform(field).astype(int)
+    assert np.abs(a - b).max() <= 1
+    assert np.abs(a - field.astype(int)).mean() > 3  # it does change colours
+
+
+def test_blocks_and_lazy_chunks_join_without_seams(card, field, monkeypatch):
+    import dask.array as da
+
+    from napari_nucleiseg.stain import learned_normaliser as ln
+    from napari_nucleiseg.stain.lazy import normalise_levels
+
+    n = _load(card).adapt(field)
+    whole = n.transform(field).astype(int)
+    monkeypatch.setattr(ln, "BLOCK_PX", 128)  # many blocks, each with its context
+    blocks = n.transform(field).astype(int)
+    assert np.abs(blocks - whole).max() <= 1
+    monkeypatch.undo()
+    lazy = normalise_levels([da.from_array(field, chunks=(100, 150, 3))], n)[0].compute()
+    assert np.abs(lazy.astype(int) - whole).max() <= 1
+
+
+def test_each_slide_is_measured_once_and_a_blank_field_is_no_error(card, field):
+    n = _load(card)
+    assert not n.adapted
+    adapted = n.adapt(field)
+    assert adapted.adapted and adapted.token() != n.token()
+    assert np.array_equal(adapted.transform(field), n.transform(field))  # self-adapted alike
+    blank = np.full((64, 64, 3), 245, np.uint8)
+    out = n.transform(blank)  # too little tissue to measure: the neutral vectors, no error
+    assert out.shape == blank.shape
+
+
+def test_a_finer_input_keeps_its_detail_and_gets_the_models_colour_change(card, field):
+    from PIL import Image
+
+    n = _load(card).adapt(field)
+    fine = np.asarray(Image.fromarray(field).resize((840, 720), Image.Resampling.BILINEAR))
+    out_fine = n.transform(fine, mpp=0.25)
+    assert out_fine.shape == fine.shape
+    back = np.asarray(Image.fromarray(out_fine).resize((420, 360), Image.Resampling.BOX))
+    assert np.abs(back.astype(int) - n.transform(field, mpp=0.5).astype(int)).mean() < 4
+
+
+def test_a_card_without_a_reference_stain_is_refused_naming_the_field(card, tmp_path):
+    from napari_nucleiseg.models import WeightsError, load_card
+
+    data = json.loads(card.read_text())
+    del data["generator"]["reference_stain"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(WeightsError, match="reference_stain"):
+        load_card(bad)
+
+
+def test_normalize_cli_learned_writes_an_image_and_refuses_a_target(card, field, tmp_path):
+    from PIL import Image
+
+    from napari_nucleiseg.cli.main import main
+
+    src = tmp_path / "field.png"
+    Image.fromarray(field).save(src)
+    out = tmp_path / "out.png"
+    assert (
+        main(
+            [
+                "normalize",
+                str(src),
+                "--method",
+                "learned",
+                "--model",
+                str(card),
+                "--out",
+                str(out),
+                "--mpp",
+                "0.5",
+            ]
+        )
+        == 0
+    )
+    expected = _load(card).adapt(field).transform(field, mpp=0.5)
+    assert np.abs(np.asarray(Image.open(out)).astype(int) - expected.astype(int)).max() <= 1
+    code = main(
+        [
+            "normalize",
+            str(src),
+            "--method",
+            "learned",
+            "--target",
+            str(src),
+            "--out",
+            str(tmp_path / "o2.png"),
+        ]
+    )
+    assert code == 1 and not (tmp_path / "o2.png").exists()
+    code = main(
+        [
+            "normalize",
+            str(src),
+            "--method",
+            "learned",
+            "--model",
+            "no-such-model",
+            "--out",
+            str(tmp_path / "o3.png"),
+        ]
+    )
+    assert code == 1
+
+
+def test_normalize_cli_learned_writes_a_pyramid(card, field, tmp_path):
+    from PIL import Image
+
+    from napari_nucleiseg.cli.main import main
+    from napari_nucleiseg.io import open_slide
+
+    big = np.tile(field, (3, 3, 1))
+    src = tmp_path / "big.png"
+    Image.fromarray(big).save(src)
+    out = tmp_path / "out.zarr"  # lossless (the TIFF pyramid is JPEG)
+    assert (
+        main(
+            [
+                "normalize",
+                str(src),
+                "--method",
+                "learned",
+                "--model",
+                str(card),
+                "--out",
+                str(out),
+                "--mpp",
+                "0.5",
+            ]
+        )
+        == 0
+    )
+    slide = open_slide(out)
+    level0 = slide.read_region(0, 0, big.shape[1], big.shape[0], 0)
+    slide.close()
+    ref = _load(card).adapt(big).transform(big, mpp=0.5)
+    assert np.abs(level0.astype(int) - ref.astype(int)).max() <= 1
+
+
+# ---------------------------------------------------------------------------- training
+def _project(path):
+    from PIL import Image
+
+    from napari_nucleiseg.project import Project
+
+    project = Project.init(path)
+    export_tiny_unet(project.models_dir)
+    for seed in (1, 2, 3):  # reference style, labelled (the 2nd goes to the held-out split)
+        rgb, labels = render_he((192, 192), 0.5, seed=seed, coverage=1.0, nuclei_per_mm2=4000)
+        Image.fromarray(rgb).save(path / f"ref{seed}.png")
+        project.add_slide(path / f"ref{seed}.png", reference=True, mpp=0.5)
+        project.add_labels(rgb, labels.astype(np.uint32), 0.5)
+    other, _ = render_he((300, 300), 0.5, seed=9, coverage=1.0, nuclei_per_mm2=3000)
+    other = (other.astype(float) * [0.8, 1.0, 0.7]).astype(np.uint8)  # another lab's colours
+    Image.fromarray(other).save(path / "other.png")
+    project.add_slide(path / "other.png", mpp=0.5)
+    return project
+
+
+def _tiny(**kw):
+    from napari_nucleiseg.training.normaliser_train import NormaliserConfig
+
+    base = dict(
+        batch=1,
+        patch=64,
+        threads=1,
+        checkpoint_every=2,
+        tiles_per_slide=2,
+        tile_um=64,
+        nuclei_model="tiny-unet",
+        pseudo_share=0.2,
+        confidence=0.0,
+    )
+    return NormaliserConfig(**{**base, **kw})
+
+
+def test_a_teacher_trains_cancels_resumes_and_becomes_the_projects_normaliser(tmp_path):
+    import torch
+
+    from napari_nucleiseg.methods import get_method
+    from napari_nucleiseg.project import ProjectError
+    from napari_nucleiseg.training.normaliser_train import train_normaliser
+
+    project = _project(tmp_path / "p")
+    gen = train_normaliser(project, _tiny(minutes=0.6))
+    for info in gen:
+        if info.get("iter") == 3:  # "Cancel" after iteration 3: its checkpoint is written
+            break
+    gen.close()
+    (run,) = project.runs_dir.iterdir()
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["iter"] == 3
+    state = json.loads((run / "state.json").read_text())
+    assert not state["finished"] and "nuclei_aji" in state
+    assert not list(project.models_dir.glob("*stain*.json"))
+
+    items = list(train_normaliser(project, _tiny(minutes=0.25), resume=True))
+    iters = [i["iter"] for i in items if i["stage"] == "train"]
+    assert iters and iters[0] == 4, iters
+    assert "measure nuclei model" not in [i["stage"] for i in items]
+    result = items[-1]["result"]
+    assert result["promoted"] and result["role"] == "teacher"
+    assert project.current_model("normaliser") == result["model"]
+    method = get_method(result["model"], kind="normaliser", project=project.path)
+    card = method.card
+    assert card.kind == "normaliser" and card.training["parent"]["name"] == "tiny-unet"
+    assert set(card.metrics["project_heldout"]) >= {"mask_aji", "h_ssim", "lab_distance_after"}
+    out = method.normaliser().transform(np.asarray(render_he((96, 96), 0.5, seed=5)[0]))
+    assert out.shape == (96, 96, 3)
+    with pytest.raises(ProjectError, match="no unfinished normaliser run"):
+        list(train_normaliser(project, resume=True))
+
+
+def test_a_student_pseudo_labels_and_is_promoted_only_when_better(tmp_path):
+    from napari_nucleiseg.training.normaliser_train import train_normaliser
+
+    project = _project(tmp_path / "p")
+    teacher = list(train_normaliser(project, _tiny(minutes=0.2)))[-1]["result"]
+    items = list(train_normaliser(project, _tiny(minutes=0.3, student=True, promote="auto")))
+    stages = [i["stage"] for i in items]
+    assert "measure teacher" in stages and "pseudo-label" in stages
+    result = items[-1]["result"]
+    assert result["role"] == "student" and result["pseudo"] >= 1
+    pseudo = project.store.examples(kind="pseudo")
+    assert pseudo and all(teacher["model"] in ex.provenance["teacher"] for ex in pseudo)
+    better = result["mask_aji"] > result["teacher_mask_aji"]
+    assert result["promoted"] == better
+    expected = result["model"] if better else teacher["model"]
+    assert project.current_model("normaliser") == expected
+
+
+def test_training_without_a_reference_slide_is_one_clear_error(tmp_path, capsys):
+    from napari_nucleiseg.cli.main import main
+
+    project = _project(tmp_path / "p")
+    project.data["slides"] = [s for s in project.slides if not s.get("reference")]
+    project.save()
+    assert (
+        main(
+            [
+                "train-normaliser",
+                str(project.path),
+                "--minutes",
+                "0.1",
+                "--nuclei-model",
+                "tiny-unet",
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "reference" in err and str(project.path) in err
+
+
+def test_project_add_slide_marks_the_reference_style(tmp_path, capsys):
+    from PIL import Image
+
+    from napari_nucleiseg.cli.main import main
+    from napari_nucleiseg.project import Project
+
+    Project.init(tmp_path / "p")
+    img = tmp_path / "a.png"
+    Image.fromarray(render_he((64, 64), 0.5, seed=1)[0]).save(img)
+    assert main(["project", "add-slide", str(tmp_path / "p"), str(img)]) == 1  # no µm/px
+    assert "µm/px" in capsys.readouterr().err
+    assert (
+        main(["project", "add-slide", str(tmp_path / "p"), str(img), "--reference", "--mpp", "0.5"])
+        == 0
+    )
+    (entry,) = Project(tmp_path / "p").slides
+    assert entry["reference"] and entry["mpp"] == 0.5
+    Project(tmp_path / "p").add_slide(img)  # listed again (e.g. by Accept): still reference
+    assert Project(tmp_path / "p").slides[0]["reference"]
