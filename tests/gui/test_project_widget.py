@@ -3,6 +3,7 @@ nuclei, accept the view into the project's training store, then start, watch and
 retraining run in a child process without the event loop stalling."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,3 +213,116 @@ def test_an_example_reopens_its_slide_and_not_once_the_file_changed(
     project._reopen.clicked.emit()
     assert any("has changed since" in m and example.id in m for m in messages())
     assert len(viewer.layers) == before and project.view_labels() is None
+
+
+@pytest.fixture
+def project_panel(make_napari_viewer, demo, tmp_path):
+    """A Project panel with a project open and the demo slide open (no nuclei run)."""
+    from napari_nucleiseg._napari._project_widget import ProjectWidget
+
+    viewer = make_napari_viewer()
+    panel = ProjectWidget(viewer)
+    viewer.open_sample("napari-nucleiseg", "demo_slide")
+    panel._folder.value = tmp_path / "proj"
+    panel._open.clicked.emit()
+    assert panel.project is not None and "0 reference-style slides" in panel._summary.value
+    return viewer, panel
+
+
+def test_mark_a_slide_as_the_reference_style(project_panel):
+    import json
+
+    from _notifications import messages
+
+    viewer, panel = project_panel
+    panel._train_norm.clicked.emit()  # not before a reference slide: said, nothing started
+    assert not panel.jobs.running
+    assert any("No reference-style slide" in m for m in messages())
+    assert "Mark the slide as reference style" in panel._status.value
+
+    panel._mark_reference.clicked.emit()
+    slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
+    path = slide.metadata["nucleiseg"]["path"]
+    (entry,) = json.loads((panel.project.path / "project.json").read_text())["slides"]
+    assert entry["path"] == str(Path(path).resolve()) and entry["reference"] is True
+    assert panel.reference_slides() == [entry["path"]]
+    assert Path(path).name in panel._status.value and "reference" in panel._status.value
+    assert "1 reference-style slide;" in panel._summary.value
+    panel._mark_reference.clicked.emit()  # again: still one slide, still the reference
+    assert len(panel.project.slides) == 1 and panel.project.slides[0]["reference"] is True
+
+
+def test_normaliser_training_is_started_reported_and_resumed(project_panel, qtbot, monkeypatch):
+    """The buttons' wiring, with the child process's items played back (the training itself is
+    tested in the core): progress, the live loss, the result in the status line, Resume."""
+    from _notifications import messages
+
+    from napari_nucleiseg._napari import _process
+    from napari_nucleiseg.training.normaliser_train import normaliser_steps
+    from napari_nucleiseg.training.retrain import RetrainProgress
+
+    viewer, panel = project_panel
+    calls = []
+    result = {
+        "model": "proj-stain-1",
+        "role": "teacher",
+        "promoted": True,
+        "mask_aji": 0.612,
+        "teacher_mask_aji": None,
+        "lab_distance_before": 9.5,
+        "lab_distance_after": 3.25,
+        "h_ssim": 0.931,
+    }
+
+    closed = []
+
+    def played(fn, *args, **kwargs):
+        calls.append((fn, args, kwargs))
+        try:
+            yield RetrainProgress(1, 12, "train", (1, 0.9))
+            yield RetrainProgress(2, 12, "train", (2, 0.7))
+            if kwargs.get("resume"):
+                raise _process.JobError("the run's checkpoint is damaged", "ProjectError")
+            if kwargs.get("minutes") == 1.0:  # a long run, cancelled
+                for i in range(3, 10_000):
+                    time.sleep(0.02)
+                    yield RetrainProgress(min(i, 60), 60, "train", (i, 0.5))
+            yield result
+        finally:
+            closed.append(len(calls))
+
+    monkeypatch.setattr(_process, "in_subprocess", played)
+    panel._mark_reference.clicked.emit()
+    panel._minutes.value = 0.5
+    panel._train_norm.clicked.emit()
+    qtbot.waitUntil(lambda: not panel.jobs.running, timeout=30_000)
+    assert calls == [(normaliser_steps, (str(panel.project.path),), {"minutes": 0.5})]
+    assert [p for p, _ in panel.plot.points] == [1, 2]
+    status = panel._status.value
+    assert "proj-stain-1 is now the project's normaliser" in status
+    assert "mask AJI 0.612" in status and "against the teacher" not in status
+    assert "Lab distance to the reference 9.50 → 3.25" in status and "SSIM 0.931" in status
+
+    # Resume: nothing to resume without an unfinished run; with one, it is continued, and an
+    # error in the child ends the run with one line instead of leaving the panel busy.
+    panel._resume_norm.clicked.emit()
+    assert "nothing to resume" in panel._status.value and len(calls) == 1
+    run = panel.project.runs_dir / "normaliser-20250101T000000Z"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "state.json").write_text('{"finished": false}')
+    panel._resume_norm.clicked.emit()
+    qtbot.waitUntil(lambda: not panel.jobs.running, timeout=30_000)
+    assert calls[-1] == (normaliser_steps, (str(panel.project.path),), {"resume": True})
+    assert "checkpoint is damaged" in panel._status.value
+    assert any("checkpoint is damaged" in m for m in messages())
+
+    # Cancel: the child's run is closed (it keeps its checkpoint), the normaliser unchanged.
+    panel._minutes.value = 1.0
+    panel._train_norm.clicked.emit()
+    qtbot.waitUntil(lambda: len(panel.plot.points) >= 3, timeout=30_000)
+    panel._cancel.clicked.emit()
+    qtbot.waitUntil(lambda: not panel.jobs.running, timeout=30_000)
+    assert closed == [1, 2, 3] and panel.project.current_model("normaliser") is None
+    assert "cancelled after" in panel._status.value
+    assert "the project's normaliser is unchanged" in panel._status.value

@@ -151,3 +151,103 @@ def test_stain_panel_docks_from_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Stain")
     assert type(widget).__name__ == "StainWidget"
+
+
+@pytest.fixture
+def tiny_normaliser(tmp_path, monkeypatch):
+    """A tiny trained normaliser in the user's model folder (this test's own folder)."""
+    from _tiny_normaliser import export_tiny_normaliser
+
+    folder = tmp_path / "user-models"
+    monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(folder))
+    return export_tiny_normaliser(folder)
+
+
+def test_a_learned_normaliser_is_listed_and_shows_the_slide_normalised(
+    tiny_normaliser, panel, qtbot
+):
+    import dask.array as da
+
+    from napari_nucleiseg.stain.lazy import adapt_to_levels
+    from napari_nucleiseg.stain.learned_normaliser import load_learned
+
+    viewer, widget, slide = panel
+    assert list(widget._method.choices) == ["macenko", "reinhard", "vahadane", "ruifrok", "learned"]
+    widget._method.value = "learned"
+    assert list(widget._model.choices) == ["tiny-stain"] and widget._model.value == "tiny-stain"
+    # A model instead of a reference; nothing to fit (said, not failed).
+    assert not widget._model.native.isHidden() and widget._reference.native.isHidden()
+    widget._fit.clicked.emit()
+    assert "needs no fitting" in widget._status.value and not widget.jobs.running
+    assert not any("fit" in m.lower() for m in _messages())
+
+    _show(qtbot, widget)
+    (norm,) = _kind(viewer, "stain_normalised")
+    meta = norm.metadata["nucleiseg"]
+    assert (meta["method"], meta["model"]) == ("learned", "tiny-stain")
+    assert meta["slide"] == slide.metadata["nucleiseg"]["path"]
+    assert "tiny-stain" in norm.name and "learned normaliser tiny-stain" in widget._status.value
+    # Lazy, the slide's pyramid, in the slide's place.
+    assert norm.multiscale and all(isinstance(d, da.Array) for d in norm.data)
+    assert [d.shape for d in norm.data] == [d.shape for d in slide.data]
+    assert np.allclose(norm.scale, slide.scale) and np.allclose(norm.translate, slide.translate)
+    # Adapted once to the whole slide (its stain measured in the background, recorded).
+    normaliser = adapt_to_levels(load_learned("tiny-stain"), list(slide.data))
+    assert widget.adapted.adapted and widget.adapted.token() == normaliser.token()
+    assert meta["stain"]["source_stain"] == normaliser.describe()["source_stain"]
+    # The model's colours: what LearnedNormaliser.transform gives the same region (read with a
+    # margin of context, cut off again), and unlike the raw slide.
+    raw = np.asarray(slide.data[0][896:1408, 896:1408])
+    expected = normaliser.transform(raw, mpp=0.5)[128:384, 128:384]
+    shown = np.asarray(norm.data[0][1024:1280, 1024:1280])
+    assert shown.dtype == np.uint8 and shown.shape == expected.shape
+    assert np.abs(shown.astype(int) - expected).max() <= 2
+    assert np.abs(shown.astype(int) - raw[128:384, 128:384]).mean() > 3
+    coarse = np.asarray(norm.data[-1])  # every level, at its own µm/px
+    assert np.abs(coarse.astype(int) - np.asarray(slide.data[-1])).mean() > 3
+    qtbot.wait(200)
+    assert viewer.screenshot(canvas_only=True, flash=False)[..., :3].std() > 5
+
+    # Unticked: hidden; a classical fit afterwards replaces it (one normalised view).
+    _show(qtbot, widget, False)
+    assert not norm.visible
+    widget._method.value = "reinhard"
+    assert widget._model.native.isHidden() and not widget._reference.native.isHidden()
+    _fit(qtbot, widget)
+    _show(qtbot, widget)
+    (again,) = _kind(viewer, "stain_normalised")
+    assert again.metadata["nucleiseg"]["method"] == "reinhard"
+    assert not any("still running" in m for m in _messages())
+
+
+def test_learned_normaliser_messages(panel, qtbot, tmp_path, monkeypatch):
+    from _tiny_normaliser import export_tiny_normaliser
+
+    viewer, widget, slide = panel
+    # No normaliser model at all: said in the status line, and Show does nothing else.
+    monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(tmp_path / "none"))
+    widget._method.value = "learned"
+    assert widget._model.value is None
+    assert "No learned normaliser installed" in widget._status.value
+    widget._show.value = True
+    assert not widget._show.value and not _kind(viewer, "stain_normalised")
+    assert any("No learned normaliser installed" in m for m in _messages())
+
+    # A card whose network file was damaged: one line naming it, nothing shown.
+    folder = tmp_path / "broken"
+    card = export_tiny_normaliser(folder, name="broken-stain")
+    onnx = card.with_suffix(".onnx")
+    onnx.write_bytes(onnx.read_bytes()[:-16] + bytes(16))
+    monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(folder))
+    widget._method.value = "macenko"
+    widget._method.value = "learned"
+    assert widget._model.value == "broken-stain"
+    _show(qtbot, widget)
+    assert not widget._show.value and not _kind(viewer, "stain_normalised")
+    line = [m for m in _messages() if "broken-stain" in m]
+    assert line and "\n" not in line[-1] and "does not match" in line[-1]
+    assert "does not match" in widget._status.value
+
+    # Saving a profile makes no sense for a trained model: said.
+    widget._save.clicked.emit()
+    assert any("no stain profile to save" in m for m in _messages())

@@ -8,6 +8,9 @@ Retraining runs in a child process (``_process.in_subprocess``): the interface s
 a live loss plot and an ETA show, and Cancel stops it. An accepted view can be re-opened on its
 slide (a labels layer tagged with its example id, placed on the tissue it was cut from), edited
 and accepted again over the same example, or deleted (a second click confirms).
+
+A learned stain normaliser is trained the same way (``training.normaliser_train``): slides
+marked as the lab's reference style are what it maps every other slide to.
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ class LossPlot:
 
 #: What a cancelled retraining run leaves: the model as it was, a run Resume continues.
 RESUME_NOTE = "the project's model is unchanged; Resume goes on from the last checkpoint"
+#: ... and a cancelled normaliser training run.
+NORMALISER_RESUME_NOTE = (
+    "the project's normaliser is unchanged; Resume normaliser goes on from the last checkpoint"
+)
 
 
 class ProjectWidget(Container):
@@ -108,6 +115,23 @@ class ProjectWidget(Container):
         )
         retrain_buttons = Container(layout="horizontal", widgets=[self._retrain, self._resume])
         retrain_buttons.margins = (0, 0, 0, 0)
+        self._mark_reference = PushButton(text="Mark the slide as reference style")
+        self._mark_reference.tooltip = (
+            "The selected slide layer (else the top one) is stained the way the lab wants every "
+            "slide to look: a learned normaliser learns to map other slides to its style"
+        )
+        self._train_norm = PushButton(text="Train normaliser")
+        self._train_norm.tooltip = (
+            "Train a learned stain normaliser on this project's slides (for the minutes above): "
+            "it maps every slide to the style of the reference slides"
+        )
+        self._resume_norm = PushButton(text="Resume normaliser")
+        self._resume_norm.tooltip = (
+            "Continue the last normaliser training run that was cancelled or stopped, from its "
+            "last checkpoint, for the time it had left"
+        )
+        norm_buttons = Container(layout="horizontal", widgets=[self._train_norm, self._resume_norm])
+        norm_buttons.margins = (0, 0, 0, 0)
         self._cancel = PushButton(text="Cancel")
         self._models = ComboBox(label="project's model", choices=self._model_choices)
         self._use = PushButton(text="Use this model")
@@ -126,6 +150,8 @@ class ProjectWidget(Container):
                 view_buttons,
                 self._minutes,
                 retrain_buttons,
+                self._mark_reference,
+                norm_buttons,
                 self._cancel,
                 self._models,
                 self._use,
@@ -148,6 +174,9 @@ class ProjectWidget(Container):
         self._slide_save.changed.connect(self._on_slide_save)
         self._retrain.changed.connect(self._on_retrain)
         self._resume.changed.connect(self._on_resume)
+        self._mark_reference.changed.connect(self._on_mark_reference)
+        self._train_norm.changed.connect(self._on_train_normaliser)
+        self._resume_norm.changed.connect(self._on_resume_normaliser)
         self._use.changed.connect(self._on_use)
         self._rollback.changed.connect(self._on_rollback)
         self._tool.changed.connect(self._on_tool)
@@ -159,6 +188,8 @@ class ProjectWidget(Container):
         self._pending_merge: int | None = None
         self._stroke: list = []
         self._hooked = None
+        #: The last training run's result in words (kept in the status line once it ends).
+        self._result_text = ""
 
     # ------------------------------------------------------------------ helpers
     def _set_status(self, text: str) -> None:
@@ -187,9 +218,12 @@ class ProjectWidget(Container):
         pseudo = len(store.examples(kind="pseudo"))
         current = default_method_name("nuclei", self.project.path)
         views = f"{len(strong)} accepted view{'' if len(strong) == 1 else 's'}"
+        refs = len(self.reference_slides())
+        normaliser = self.project.current_model("normaliser") or "none trained"
         self._summary.value = (
             f"{self.project.path.name}: {views} ({held} held out to measure the model), "
-            f"{pseudo} pseudo-labelled tile{'' if pseudo == 1 else 's'}; model: {current}"
+            f"{pseudo} pseudo-labelled tile{'' if pseudo == 1 else 's'}; model: {current}; "
+            f"{refs} reference-style slide{'' if refs == 1 else 's'}; normaliser: {normaliser}"
         )
         self._models.reset_choices()
         if current in self._models.choices:
@@ -198,6 +232,20 @@ class ProjectWidget(Container):
         self._views.reset_choices()
         if chosen in self._views.choices:
             self._views.value = chosen
+
+    def reference_slides(self) -> list[str]:
+        """Paths of the project's slides marked as the reference style."""
+        if self.project is None:
+            return []
+        return [s["path"] for s in self.project.slides if s.get("reference")]
+
+    def slide_layer(self):
+        """The slide layer a slide action is for: the selected one, else the top one; or None."""
+        layers = find_layers(self.viewer, "slide")
+        active = self.viewer.layers.selection.active
+        if any(lyr is active for lyr in layers):
+            return active
+        return layers[-1] if layers else None
 
     def _need_project(self, what: str) -> bool:
         from napari.utils.notifications import show_error
@@ -602,7 +650,6 @@ class ProjectWidget(Container):
         from napari.utils.notifications import show_error
 
         from ..training.retrain import retrain_steps
-        from ._process import in_subprocess
 
         if not self._need_project("retraining"):
             return
@@ -610,8 +657,9 @@ class ProjectWidget(Container):
             show_error("Accept at least one corrected view before retraining.")
             return
         self.plot.clear()
+        self._result_text = ""
         unlabelled = [(s["path"], None) for s in self.project.slides]
-        steps = in_subprocess(
+        steps = _in_child(
             retrain_steps,
             str(self.project.path),
             minutes=float(self._minutes.value),
@@ -621,12 +669,12 @@ class ProjectWidget(Container):
             "Retraining",
             steps,
             on_item=self._on_retrain_item,
+            on_done=self._show_result,
             cancelled_note=RESUME_NOTE,
         )
 
     def _on_resume(self, _=None):
         from ..training.retrain import latest_run, retrain_steps, run_finished
-        from ._process import in_subprocess
 
         if not self._need_project("resuming a retraining run"):
             return
@@ -636,13 +684,111 @@ class ProjectWidget(Container):
             self._set_status(f"{what} nothing to resume; Retrain starts a new run.")
             return
         self.plot.clear()
-        steps = in_subprocess(retrain_steps, str(self.project.path), resume=True)
+        self._result_text = ""
+        steps = _in_child(retrain_steps, str(self.project.path), resume=True)
         self.jobs.start(
             f"Resuming {run.name}",
             steps,
             on_item=self._on_retrain_item,
+            on_done=self._show_result,
             cancelled_note=RESUME_NOTE,
         )
+
+    # ------------------------------------------------------------------ stain normaliser
+    def _on_mark_reference(self, _=None):
+        """Record the slide in the project as the lab's reference style (with its µm/px where
+        it was entered in the Slide panel, not read from the file)."""
+        from napari.utils.notifications import show_error, show_warning
+
+        from ..project import ProjectError
+
+        if not self._need_project("marking a reference slide"):
+            return
+        layer = self.slide_layer()
+        if layer is None:
+            show_warning("Open a slide first: the selected (or top) slide layer is marked.")
+            return
+        meta = tag(layer)
+        override = meta.get("mpp") if meta.get("mpp_source") == "override" else None
+        try:
+            self.project.add_slide(meta["path"], reference=True, mpp=override)
+        except (ProjectError, OSError) as exc:
+            show_error(f"Not marked: {exc}")
+            return
+        self._refresh()
+        names = ", ".join(Path(p).name for p in self.reference_slides())
+        self._set_status(
+            f"{Path(meta['path']).name} marked as the reference style. Reference-style slides: "
+            f"{names}."
+        )
+
+    def _on_train_normaliser(self, _=None):
+        from napari.utils.notifications import show_error
+
+        from ..training.normaliser_train import normaliser_steps
+
+        if not self._need_project("training a stain normaliser"):
+            return
+        if not self.reference_slides():
+            message = (
+                "No reference-style slide in this project: open a slide stained the way you want "
+                "every slide to look and click 'Mark the slide as reference style' first."
+            )
+            self._set_status(message)
+            show_error(message)
+            return
+        self.plot.clear()
+        self._result_text = ""
+        steps = _in_child(
+            normaliser_steps, str(self.project.path), minutes=float(self._minutes.value)
+        )
+        self.jobs.start(
+            "Training the normaliser",
+            steps,
+            on_item=self._on_normaliser_item,
+            on_done=self._show_result,
+            cancelled_note=NORMALISER_RESUME_NOTE,
+        )
+
+    def _on_resume_normaliser(self, _=None):
+        from ..training.normaliser_train import latest_run, normaliser_steps
+        from ..training.retrain import run_finished
+
+        if not self._need_project("resuming a normaliser training run"):
+            return
+        run = latest_run(self.project)
+        if run is None or run_finished(run):
+            what = (
+                "No normaliser training run:"
+                if run is None
+                else f"The last normaliser run ({run.name}) finished:"
+            )
+            self._set_status(f"{what} nothing to resume; Train normaliser starts a new run.")
+            return
+        self.plot.clear()
+        self._result_text = ""
+        steps = _in_child(normaliser_steps, str(self.project.path), resume=True)
+        self.jobs.start(
+            f"Resuming {run.name}",
+            steps,
+            on_item=self._on_normaliser_item,
+            on_done=self._show_result,
+            cancelled_note=NORMALISER_RESUME_NOTE,
+        )
+
+    def _on_normaliser_item(self, item) -> None:
+        if isinstance(item, tuple):  # (iteration, loss)
+            self.plot.add(*item)
+            return
+        if isinstance(item, dict) and "model" in item:
+            self._refresh()
+            self._result_text = normaliser_result_text(item)
+            self._set_status(self._result_text)
+
+    def _show_result(self, _=None) -> None:
+        """The run's result stays in the status line (over the run's "done in ...")."""
+        if self._result_text:
+            self._set_status(self._result_text)
 
     def _on_retrain_item(self, item) -> None:
         if isinstance(item, tuple):  # (iteration, loss)
@@ -654,7 +800,44 @@ class ProjectWidget(Container):
             t, s = item.get("teacher_aji"), item.get("student_aji")
             scores = "" if t is None else f" (held-out AJI {s:.3f} against {t:.3f})"
             note = f" Note: {item['note']}." if item.get("note") else ""
-            self._set_status(f"Retrained: {item['model']} is {verdict}{scores}.{note}")
+            self._result_text = f"Retrained: {item['model']} is {verdict}{scores}.{note}"
+            self._set_status(self._result_text)
+
+
+class TrainingFailed(Exception):
+    """A training run's error in the child process, as the panel shows it."""
+
+
+def _in_child(fn, *args, **kwargs):
+    """``_process.in_subprocess(fn, ...)``, its errors raised as :class:`TrainingFailed`: napari's
+    thread worker drops a ``RuntimeError`` (which the child's ``JobError`` is) without ending the
+    run, which would leave the panel busy for good."""
+    from . import _process
+
+    try:
+        return (yield from _process.in_subprocess(fn, *args, **kwargs))
+    except _process.JobError as exc:
+        raise TrainingFailed(str(exc)) from None
+
+
+def normaliser_result_text(result: dict) -> str:
+    """A normaliser training run's result in one line: the model, whether it is the project's
+    normaliser now, and the figures it was measured with (those there are)."""
+    verdict = "now the project's normaliser" if result.get("promoted") else "kept aside"
+    role = f" {result['role']}" if result.get("role") else ""
+    figures = []
+    aji, teacher = result.get("mask_aji"), result.get("teacher_mask_aji")
+    if aji is not None:
+        against = f" against the teacher's {teacher:.3f}" if teacher is not None else ""
+        figures.append(f"held-out mask AJI {aji:.3f}{against}")
+    before, after = result.get("lab_distance_before"), result.get("lab_distance_after")
+    if after is not None:
+        was = f"{before:.2f} → " if before is not None else ""
+        figures.append(f"Lab distance to the reference {was}{after:.2f}")
+    if result.get("h_ssim") is not None:
+        figures.append(f"haematoxylin SSIM {result['h_ssim']:.3f}")
+    scores = f" ({'; '.join(figures)})" if figures else ""
+    return f"Trained normaliser{role}: {result['model']} is {verdict}{scores}."
 
 
 def _read_under(slide, meta: dict, shape) -> np.ndarray:

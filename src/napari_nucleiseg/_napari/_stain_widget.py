@@ -7,6 +7,12 @@ what is on screen, at the zoom on screen, is ever computed. The normaliser is ad
 whole slide (a sample of its tissue, in the background), so every chunk at every zoom gets the
 same colour mapping; the normalised layer records that mapping (``layers.NormalisedStain``),
 which is how the Nuclei panel segments the normalised stain.
+
+Method ``learned`` is a trained normaliser (a model card of kind ``normaliser``, chosen under
+*model*): it maps every slide to the style it learnt, so there is nothing to fit. Its view is
+built the same lazy way: adapted once to the slide (its stain measured on a sample of its tissue,
+in the background), each level normalised at its own µm/px
+(``stain.lazy.normalise_levels(..., mpps=...)``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from ._jobs import JobRunner
 from ._layers import find_layers, just_above, open_layer_slide, put_layer, scrolled, slide_layers
 
 REFERENCES = ("current view", "image or profile file")
+#: The method whose target is a trained model instead of a fitted reference.
+LEARNED = "learned"
+METHODS = (*STAIN_METHODS, LEARNED)
 
 
 class StainWidget(Container):
@@ -28,7 +37,12 @@ class StainWidget(Container):
         self._form = Container(labels=True)
         self.viewer = napari_viewer
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
-        self._method = ComboBox(label="method", choices=list(STAIN_METHODS), value=STAIN_METHODS[0])
+        self._method = ComboBox(label="method", choices=list(METHODS), value=METHODS[0])
+        self._model = ComboBox(
+            label="model",
+            choices=_normaliser_models,
+            tooltip="the trained normaliser (a model card of kind 'normaliser')",
+        )
         self._reference = ComboBox(label="reference", choices=list(REFERENCES), value=REFERENCES[0])
         self._file = FileEdit(
             label="file",
@@ -51,6 +65,7 @@ class StainWidget(Container):
             [
                 self._layer,
                 self._method,
+                self._model,
                 self._reference,
                 self._file,
                 self._fit,
@@ -78,6 +93,8 @@ class StainWidget(Container):
         self.adapted = None  # ... and adapted to the slide shown normalised
         self._fitted_on = ""
         self._fit.changed.connect(self._on_fit)
+        self._method.changed.connect(self._on_method)
+        self._model.changed.connect(self._on_model)
         self._show.changed.connect(self._on_show)
         self._save.changed.connect(self._on_save)
         self._channels.changed.connect(self._on_channels)
@@ -86,6 +103,7 @@ class StainWidget(Container):
         from ._nuclei_widget import _scale_bar_on
 
         _scale_bar_on(self.viewer)
+        self._on_method()
 
     def reset_choices(self, *_):
         """napari calls this when layers change; the choices live in the form."""
@@ -100,6 +118,30 @@ class StainWidget(Container):
 
     def _set_status(self, text: str) -> None:
         self._status.value = text
+
+    @property
+    def learned(self) -> bool:
+        """The chosen method is a trained normaliser."""
+        return self._method.value == LEARNED
+
+    def _on_method(self, _=None) -> None:
+        """A trained normaliser has a model instead of a reference to fit on."""
+        learned = self.learned
+        self._model.visible = learned
+        self._reference.visible = not learned
+        self._file.visible = not learned
+        if not learned:
+            return
+        before = self._model.value
+        self._model.reset_choices()  # a model trained or installed meanwhile
+        if self._model.value is None:
+            self._set_status(NO_MODEL)
+        elif self._show.value and self._model.value == before:
+            self._on_show()  # shown normalised: by the chosen model now (a new choice: done)
+
+    def _on_model(self, _=None) -> None:
+        if self.learned and self._show.value and self._model.value is not None:
+            self._on_show()
 
     def _need_slide(self, what: str):
         from napari.utils.notifications import show_error
@@ -119,6 +161,12 @@ class StainWidget(Container):
             show_warning(self.jobs.busy_message())
             return
         method = self._method.value
+        if self.learned:
+            self._set_status(
+                "A learned normaliser needs no fitting: it maps every slide to the style it "
+                "learnt. Choose its model and tick 'Show the slide normalised'."
+            )
+            return
         if self._reference.value == REFERENCES[0]:
             layer = self._need_slide("fitting to the current view")
             if layer is None:
@@ -166,6 +214,9 @@ class StainWidget(Container):
         if layer is None:
             self._show.value = False
             return
+        if self.learned:
+            self._show_learned(layer)
+            return
         if self.normaliser is None:
             show_error("Fit a normaliser first (choose a reference, then Fit to reference).")
             self._show.value = False
@@ -184,13 +235,53 @@ class StainWidget(Container):
             on_done=lambda adapted: self._show_normalised(slide, levels, adapted, layer),
         )
 
+    def _show_learned(self, layer) -> None:
+        """The slide normalised by the chosen trained normaliser (its card read and the
+        normaliser adapted to the slide in the background; an unreadable card is one line in the
+        status and a notification)."""
+        from napari.utils.notifications import show_error, show_warning
+
+        name = self._model.value
+        if name is None:
+            self._set_status(NO_MODEL)
+            show_error(NO_MODEL)
+            self._show.value = False
+            return
+        if self.jobs.running:
+            show_warning(self.jobs.busy_message())
+            return
+        slide = open_layer_slide(layer)
+        if slide is None:
+            self._show.value = False
+            return
+        levels = list(layer.data)
+        self.jobs.start(
+            f"Normalised view ({name})",
+            _learned(name, levels, layer.name),
+            on_done=lambda adapted: self._show_normalised(slide, levels, adapted, layer),
+            on_error=self._learned_failed,
+        )
+
+    def _learned_failed(self, exc) -> None:
+        """The model could not be loaded: one line (the run's status says it too), unticked."""
+        from napari.utils.notifications import show_error
+
+        from ._layers import in_user_words
+
+        show_error(in_user_words(exc))
+        self._show.value = False
+
     def _show_normalised(self, slide, levels, adapted, slide_layer) -> None:
         """The normalised slide right above the slide: under the nuclei, tissue and stains."""
         from ..layers import normalised_layer
 
-        layer_tuple = normalised_layer(
-            slide, levels, adapted, self._fitted_on, name=slide_layer.name
-        )
+        learned = getattr(adapted, "method", "") == LEARNED
+        if learned:
+            layer_tuple = _learned_layer(slide, levels, adapted, name=slide_layer.name)
+        else:
+            layer_tuple = normalised_layer(
+                slide, levels, adapted, self._fitted_on, name=slide_layer.name
+            )
         put_layer(
             self.viewer,
             layer_tuple,
@@ -199,6 +290,12 @@ class StainWidget(Container):
             slide=str(slide.path),
         )
         self.adapted = adapted
+        if learned:
+            self._set_status(
+                f"The slide is shown normalised by the learned normaliser {adapted.name} "
+                f"{adapted.card.version}."
+            )
+            return
         self._set_status(
             f"{adapted.method} fitted on {self._fitted_on}; the slide is shown normalised."
         )
@@ -251,6 +348,12 @@ class StainWidget(Container):
     def _on_save(self, _=None) -> Path | None:
         from napari.utils.notifications import show_error
 
+        if self.learned:
+            show_error(
+                "A learned normaliser has no stain profile to save: its model card is what "
+                "others use (choose it by name)."
+            )
+            return None
         if self.normaliser is None:
             show_error("Nothing to save: fit a normaliser first.")
             return None
@@ -258,6 +361,64 @@ class StainWidget(Container):
         self.normaliser.profile.save(path)
         self._set_status(f"Profile ({self.normaliser.profile.method}) saved to {path}.")
         return path
+
+
+NO_MODEL = (
+    "No learned normaliser installed: train one in the Project panel (Train normaliser), or put "
+    "a normaliser's model card in your model folder."
+)
+
+
+def _normaliser_models(_widget=None) -> list[str]:
+    """The trained normalisers the registry knows, asked afresh whenever the choices are reset."""
+    from ..methods import method_names
+
+    return method_names("normaliser")
+
+
+def _learned(name: str, levels, slide_name: str):
+    """The trained normaliser ``name`` from its card, adapted to the slide (its stain measured
+    on a sample of its tissue, as for Macenko), its network opened here (weights checked against
+    the card) so that a broken model is said now, not when a chunk is drawn."""
+    import numpy as np
+
+    from ..stain import StainError
+    from ..stain.lazy import adapt_to_levels
+    from ..stain.learned_normaliser import load_learned
+
+    yield 0, 2
+    try:
+        normaliser = load_learned(name)
+        yield 1, 2
+        adapted = adapt_to_levels(normaliser, levels, name=slide_name)
+        m = adapted.multiple
+        adapted.transform(np.full((m, m, 3), 255, np.uint8))
+    except RuntimeError as exc:  # a damaged model (WeightsError): napari's worker would drop it
+        raise StainError(str(exc)) from None
+    yield 2, 2
+    return adapted
+
+
+def _learned_layer(slide, levels, normaliser, name: str | None = None):
+    """A lazy layer of ``levels`` (the slide layer's pyramid) normalised by a trained normaliser,
+    each level at its own µm/px, placed like the slide and recording the model it shows."""
+    from ..layers import _rgb_pyramid_kwargs
+    from ..stain.lazy import normalise_levels
+
+    width = levels[0].shape[1]
+    mpps = None if slide.mpp is None else [slide.mpp * width / lv.shape[1] for lv in levels]
+    meta = {
+        "kind": "stain_normalised",
+        "slide": str(slide.path),
+        "method": LEARNED,
+        "reference": f"model {normaliser.name}",
+        "model": normaliser.name,
+        "card": str(normaliser.card_path),
+        "stain": normaliser.describe(),
+    }
+    title = f"{name or slide.path.name} (normalised, {normaliser.name})"
+    kwargs = _rgb_pyramid_kwargs(slide, title, meta)
+    return (normalise_levels(levels, normaliser, mpps=mpps), kwargs, "image")
 
 
 def _fit_view(method: str, slide, box):
