@@ -330,3 +330,5 @@ def test_project_add_slide_marks_the_reference_style(tmp_path, capsys):
     assert entry["reference"] and entry["mpp"] == 0.5
     Project(tmp_path / "p").add_slide(img)  # listed again (e.g. by Accept): still reference
     assert Project(tmp_path / "p").slides[0]["reference"]
+    assert main(["project", "add-slide", str(tmp_path / "p"), str(img), "--no-reference"]) == 0
+    assert "reference" not in Project(tmp_path / "p").slides[0]

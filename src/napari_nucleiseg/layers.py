@@ -459,14 +459,18 @@ class NormalisedStain:
     ``slide``
         Path of the slide the layer shows normalised (``str``).
     ``method``
-        The normaliser: ``macenko``, ``reinhard``, ``vahadane`` or ``ruifrok``.
+        The normaliser: ``macenko``, ``reinhard``, ``vahadane``, ``ruifrok`` or ``learned``.
     ``reference``
-        What the target was fitted on, in words ("the current view of x.svs", a file name).
+        What the target was fitted on, in words ("the current view of x.svs", a file name, "model
+        stain-cycle-v1").
     ``profile``
-        The target: :meth:`StainProfile.to_dict <napari_nucleiseg.stain.StainProfile.to_dict>`.
+        The target: :meth:`StainProfile.to_dict <napari_nucleiseg.stain.StainProfile.to_dict>`
+        (``{}`` for a learned normaliser: its target is the style it learnt).
     ``source``
         The slide's own stain profile (sampled once from its tissue), same form. Target and
-        source together fix the per-pixel mapping of every chunk at every zoom.
+        source together fix the per-pixel mapping of every chunk at every zoom. For a learned
+        normaliser, ``{"card": path, "stain": [8 numbers]}``: its model card and the slide's
+        measured stain vector, which with the network fix the mapping the same way.
     """
 
     slide: str
@@ -480,8 +484,19 @@ class NormalisedStain:
     @classmethod
     def of(cls, normaliser, slide_path, reference: str = "") -> NormalisedStain:
         """The record of a normaliser adapted to a slide."""
-        if normaliser.source is None:
+        if not normaliser.adapted:
             raise ValueError("the normaliser is not adapted to the slide yet")
+        if normaliser.method == "learned":
+            return cls(
+                slide=str(slide_path),
+                method="learned",
+                reference=reference or f"model {normaliser.name}",
+                profile={},
+                source={
+                    "card": str(normaliser.card_path),
+                    "stain": [float(v) for v in normaliser.source_stain],
+                },
+            )
         return cls(
             slide=str(slide_path),
             method=normaliser.method,
@@ -502,6 +517,10 @@ class NormalisedStain:
 
     def normaliser(self):
         """The normaliser, adapted to the slide as it was when the layer was made."""
+        if self.method == "learned":
+            from .stain.learned_normaliser import load_learned
+
+            return load_learned(self.source["card"]).adapted_to(self.source["stain"])
         from .stain import StainProfile, normaliser_from_profile
 
         normaliser = normaliser_from_profile(StainProfile.from_dict(self.profile))
@@ -527,9 +546,13 @@ def normalised_layer(
 
     normaliser = adapt_to_levels(normaliser, levels, name=slide.path.name)
     record = NormalisedStain.of(normaliser, slide.path, reference)
-    title = f"{name or slide.path.name} (normalised, {normaliser.method})"
+    what = normaliser.name if normaliser.method == "learned" else normaliser.method
+    title = f"{name or slide.path.name} (normalised, {what})"
     kwargs = _rgb_pyramid_kwargs(slide, title, record.to_metadata())
-    return (normalise_levels(levels, normaliser), kwargs, "image")
+    # Each level's µm/px: a learned normaliser works at its own scale (colour maps ignore it).
+    width = levels[0].shape[1]
+    mpps = None if slide.mpp is None else [slide.mpp * width / lv.shape[1] for lv in levels]
+    return (normalise_levels(levels, normaliser, mpps=mpps), kwargs, "image")
 
 
 def _stain_channel(block: np.ndarray, k: int) -> np.ndarray:

@@ -174,7 +174,9 @@ def test_a_learned_normaliser_is_listed_and_shows_the_slide_normalised(
     viewer, widget, slide = panel
     assert list(widget._method.choices) == ["macenko", "reinhard", "vahadane", "ruifrok", "learned"]
     widget._method.value = "learned"
-    assert list(widget._model.choices) == ["tiny-stain"] and widget._model.value == "tiny-stain"
+    # The shipped default first, then the user's models.
+    assert list(widget._model.choices) == ["stain-cycle-v1", "tiny-stain"]
+    widget._model.value = "tiny-stain"
     # A model instead of a reference; nothing to fit (said, not failed).
     assert not widget._model.native.isHidden() and widget._reference.native.isHidden()
     widget._fit.clicked.emit()
@@ -184,7 +186,7 @@ def test_a_learned_normaliser_is_listed_and_shows_the_slide_normalised(
     _show(qtbot, widget)
     (norm,) = _kind(viewer, "stain_normalised")
     meta = norm.metadata["nucleiseg"]
-    assert (meta["method"], meta["model"]) == ("learned", "tiny-stain")
+    assert meta["method"] == "learned" and meta["source"]["card"].endswith("tiny-stain.json")
     assert meta["slide"] == slide.metadata["nucleiseg"]["path"]
     assert "tiny-stain" in norm.name and "learned normaliser tiny-stain" in widget._status.value
     # Lazy, the slide's pyramid, in the slide's place.
@@ -194,7 +196,11 @@ def test_a_learned_normaliser_is_listed_and_shows_the_slide_normalised(
     # Adapted once to the whole slide (its stain measured in the background, recorded).
     normaliser = adapt_to_levels(load_learned("tiny-stain"), list(slide.data))
     assert widget.adapted.adapted and widget.adapted.token() == normaliser.token()
-    assert meta["stain"]["source_stain"] == normaliser.describe()["source_stain"]
+    assert np.allclose(meta["source"]["stain"], normaliser.source_stain)
+    # The record gives the very same mapping back (what "normalise stain first" applies).
+    from napari_nucleiseg.layers import recorded_normaliser
+
+    assert recorded_normaliser(meta).token() == normaliser.token()
     # The model's colours: what LearnedNormaliser.transform gives the same region (read with a
     # margin of context, cut off again), and unlike the raw slide.
     raw = np.asarray(slide.data[0][896:1408, 896:1408])
@@ -223,8 +229,12 @@ def test_a_learned_normaliser_is_listed_and_shows_the_slide_normalised(
 def test_learned_normaliser_messages(panel, qtbot, tmp_path, monkeypatch):
     from _tiny_normaliser import export_tiny_normaliser
 
+    from napari_nucleiseg.models import registry
+
     viewer, widget, slide = panel
-    # No normaliser model at all: said in the status line, and Show does nothing else.
+    # No normaliser model at all (an install without the shipped one, no user models): said in
+    # the status line, and Show does nothing else.
+    monkeypatch.setattr(registry, "MODELS_DIR", tmp_path / "no-shipped-models")
     monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(tmp_path / "none"))
     widget._method.value = "learned"
     assert widget._model.value is None

@@ -39,6 +39,10 @@ def _progress_of(item) -> tuple[int, int] | None:
     return None
 
 
+class JobFailed(Exception):
+    """A run's RuntimeError, passed on as one the thread worker reports (see :func:`_drive`)."""
+
+
 def _drive(steps: Generator, cancel: threading.Event, counted: list):
     """Runs in the worker thread: pass the core's items on, stop between tiles when cancelled.
 
@@ -53,6 +57,11 @@ def _drive(steps: Generator, cancel: threading.Event, counted: list):
                 item = next(steps)
             except StopIteration as stop:
                 return stop.value
+            except RuntimeError as exc:
+                # napari's (superqt's) thread worker drops a RuntimeError without ever reporting
+                # the run as failed or finished, which would leave the panel busy for good; a
+                # WeightsError, a child process's JobError are RuntimeErrors. Same message.
+                raise JobFailed(str(exc)) from exc
             prog = _progress_of(item)
             if prog is not None:
                 counted[0] = prog

@@ -659,7 +659,7 @@ class ProjectWidget(Container):
         self.plot.clear()
         self._result_text = ""
         unlabelled = [(s["path"], None) for s in self.project.slides]
-        steps = _in_child(
+        steps = in_subprocess(
             retrain_steps,
             str(self.project.path),
             minutes=float(self._minutes.value),
@@ -685,7 +685,7 @@ class ProjectWidget(Container):
             return
         self.plot.clear()
         self._result_text = ""
-        steps = _in_child(retrain_steps, str(self.project.path), resume=True)
+        steps = in_subprocess(retrain_steps, str(self.project.path), resume=True)
         self.jobs.start(
             f"Resuming {run.name}",
             steps,
@@ -739,7 +739,7 @@ class ProjectWidget(Container):
             return
         self.plot.clear()
         self._result_text = ""
-        steps = _in_child(
+        steps = in_subprocess(
             normaliser_steps, str(self.project.path), minutes=float(self._minutes.value)
         )
         self.jobs.start(
@@ -767,7 +767,7 @@ class ProjectWidget(Container):
             return
         self.plot.clear()
         self._result_text = ""
-        steps = _in_child(normaliser_steps, str(self.project.path), resume=True)
+        steps = in_subprocess(normaliser_steps, str(self.project.path), resume=True)
         self.jobs.start(
             f"Resuming {run.name}",
             steps,
@@ -804,20 +804,11 @@ class ProjectWidget(Container):
             self._set_status(self._result_text)
 
 
-class TrainingFailed(Exception):
-    """A training run's error in the child process, as the panel shows it."""
-
-
-def _in_child(fn, *args, **kwargs):
-    """``_process.in_subprocess(fn, ...)``, its errors raised as :class:`TrainingFailed`: napari's
-    thread worker drops a ``RuntimeError`` (which the child's ``JobError`` is) without ending the
-    run, which would leave the panel busy for good."""
+def in_subprocess(fn, *args, **kwargs):
+    """:func:`._process.in_subprocess`, looked up when called (tests replace it there)."""
     from . import _process
 
-    try:
-        return (yield from _process.in_subprocess(fn, *args, **kwargs))
-    except _process.JobError as exc:
-        raise TrainingFailed(str(exc)) from None
+    return _process.in_subprocess(fn, *args, **kwargs)
 
 
 def normaliser_result_text(result: dict) -> str:

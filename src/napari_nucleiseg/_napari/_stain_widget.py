@@ -276,12 +276,8 @@ class StainWidget(Container):
         from ..layers import normalised_layer
 
         learned = getattr(adapted, "method", "") == LEARNED
-        if learned:
-            layer_tuple = _learned_layer(slide, levels, adapted, name=slide_layer.name)
-        else:
-            layer_tuple = normalised_layer(
-                slide, levels, adapted, self._fitted_on, name=slide_layer.name
-            )
+        reference = "" if learned else self._fitted_on
+        layer_tuple = normalised_layer(slide, levels, adapted, reference, name=slide_layer.name)
         put_layer(
             self.viewer,
             layer_tuple,
@@ -397,28 +393,6 @@ def _learned(name: str, levels, slide_name: str):
         raise StainError(str(exc)) from None
     yield 2, 2
     return adapted
-
-
-def _learned_layer(slide, levels, normaliser, name: str | None = None):
-    """A lazy layer of ``levels`` (the slide layer's pyramid) normalised by a trained normaliser,
-    each level at its own µm/px, placed like the slide and recording the model it shows."""
-    from ..layers import _rgb_pyramid_kwargs
-    from ..stain.lazy import normalise_levels
-
-    width = levels[0].shape[1]
-    mpps = None if slide.mpp is None else [slide.mpp * width / lv.shape[1] for lv in levels]
-    meta = {
-        "kind": "stain_normalised",
-        "slide": str(slide.path),
-        "method": LEARNED,
-        "reference": f"model {normaliser.name}",
-        "model": normaliser.name,
-        "card": str(normaliser.card_path),
-        "stain": normaliser.describe(),
-    }
-    title = f"{name or slide.path.name} (normalised, {normaliser.name})"
-    kwargs = _rgb_pyramid_kwargs(slide, title, meta)
-    return (normalise_levels(levels, normaliser, mpps=mpps), kwargs, "image")
 
 
 def _fit_view(method: str, slide, box):

@@ -8,6 +8,7 @@ script and one accepted in napari are the same kind of example.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from ..training.retrain import RetrainConfig
@@ -43,8 +44,10 @@ def add_parser(sub, formatter) -> None:
     sl.add_argument("slides", nargs="+", metavar="SLIDE", help="slides or images")
     sl.add_argument(
         "--reference",
-        action="store_true",
-        help="their stain is the reference style a learned normaliser maps to",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="their stain is (--no-reference: is no longer) the reference style a learned "
+        "normaliser maps to",
     )
     sl.add_argument(
         "--mpp",
@@ -204,13 +207,17 @@ def cmd_init(args) -> int:
 
 
 def cmd_add_slide(args) -> int:
+    from pathlib import Path
+
     from ..project import Project, ProjectError
     from ..project.folder import open_with_mpp
 
     try:
         project = Project(args.dir)
+        known = {s["path"]: s.get("mpp") for s in project.slides}
         for path in args.slides:
-            with open_with_mpp(path, args.mpp):  # readable, with a scale: said now, not later
+            mpp = args.mpp if args.mpp is not None else known.get(str(Path(path).resolve()))
+            with open_with_mpp(path, mpp):  # readable, with a scale: said now, not later
                 pass
             entry = project.add_slide(path, reference=args.reference, mpp=args.mpp)
             role = "reference style" if entry.get("reference") else "slide"

@@ -136,18 +136,20 @@ class Project:
         return list(self.data.get("slides", []))
 
     def add_slide(
-        self, path: str | Path, reference: bool = False, mpp: float | None = None
+        self, path: str | Path, reference: bool | None = None, mpp: float | None = None
     ) -> dict:
         """Record a slide (absolute path and content fingerprint); a slide already listed is
         updated, so its fingerprint is the one of the file as it is now. ``reference``: its
-        stain is the lab's reference style (what a learned normaliser maps to); ``mpp``: its
-        µm/px where the file states none."""
+        stain is (True) or is no longer (False) the lab's reference style, what a learned
+        normaliser maps to (None: as recorded); ``mpp``: its µm/px where the file states none."""
         path = Path(path).resolve()
         old = next((s for s in self.slides if s.get("path") == str(path)), {})
         # A slide listed again keeps what the user said of it (reference style, µm/px).
         entry = {**old, "path": str(path), "hash": file_fingerprint(path)}
         if reference:
             entry["reference"] = True
+        elif reference is not None:
+            entry.pop("reference", None)
         if mpp is not None:
             entry["mpp"] = float(mpp)
         slides = [s for s in self.slides if s.get("path") != str(path)]

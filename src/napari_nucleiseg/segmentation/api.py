@@ -48,7 +48,7 @@ def segment_image(
     if normaliser is not None:
         from ..stain import normalise_image
 
-        rgb = normalise_image(rgb, normaliser)
+        rgb = normalise_image(rgb, normaliser, mpp)
     if min(rgb.shape[:2]) < 2:
         return np.zeros(rgb.shape[:2], np.uint32)
     m = get_method(method)

@@ -77,13 +77,21 @@ class LearnedNormaliser:
         """A copy adapted to the slide or image ``rgb`` is a sample of: its stain measured, the
         map to the reference style fixed. A sample with too little tissue to measure gets the
         neutral H&E vectors (see :func:`~.learned.data.stain_vector`)."""
+
+        from .learned.data import stain_vector
+
+        return self.adapted_to(stain_vector(np.asarray(rgb)))
+
+    def adapted_to(self, source_stain) -> LearnedNormaliser:
+        """A copy adapted to a slide whose stain vector (:func:`~.learned.data.stain_vector`)
+        is known already (a layer's record, a run's log)."""
         import copy
 
-        from .learned.data import stain_map, stain_vector
+        from .learned.data import stain_map
 
         other = copy.copy(self)
         other._lock = threading.Lock()
-        other.source_stain = stain_vector(np.asarray(rgb))
+        other.source_stain = np.asarray(source_stain, np.float32)
         other.stain_map = stain_map(other.source_stain, self.reference)
         return other
 

@@ -413,14 +413,16 @@ def _load_target_folder(method: str | None, folder: Path) -> Normaliser:
     )
 
 
-def normalise_image(rgb, normaliser: Normaliser) -> np.ndarray:
+def normalise_image(rgb, normaliser: Normaliser, mpp: float | None = None) -> np.ndarray:
     """Normalise one whole image to ``normaliser``'s target, the image being its own source
     (unless the normaliser is already adapted). Returns the image unchanged if it holds too
-    little tissue to measure (a blank field needs no normalisation)."""
+    little tissue to measure (a blank field needs no normalisation). ``mpp``: the image's
+    µm/px, which a learned normaliser uses to work at its own scale (colour maps ignore it)."""
+    kw = {"mpp": mpp} if mpp is not None and normaliser.method == "learned" else {}
     if normaliser.adapted:
-        return normaliser.transform(rgb)
+        return normaliser.transform(rgb, **kw)
     try:
-        return normaliser.adapt(rgb).transform(rgb)
+        return normaliser.adapt(rgb).transform(rgb, **kw)
     except StainError:
         if normaliser.profile is None:
             raise
