@@ -49,6 +49,31 @@ def build(project_dir: Path):
     return project
 
 
+def ship(project_dir: Path, model: str, name: str) -> Path:
+    """Copy a project's normaliser into the package's model folder as ``name``: weights and
+    ONNX renamed, hashes unchanged, the card pointing at them. The cycle state (both
+    generators and discriminators, ~40 MB) stays in the project; a student of the shipped model
+    starts its second generator and discriminators afresh."""
+    import shutil
+
+    from napari_nucleiseg.models.registry import MODELS_DIR, ModelCard
+
+    src = Path(project_dir) / "models"
+    card = json.loads((src / f"{model}.json").read_text())
+    for field in ("weights", "onnx"):
+        target = f"{name}{Path(card[field]).suffix}"
+        shutil.copyfile(src / card[field], MODELS_DIR / target)
+        card[field] = target
+    card["name"] = name
+    card["version"] = "1.0.0"
+    card["training"].pop("cycle_state", None)
+    card["training"]["project_model"] = model
+    ModelCard(**card)  # refuses a card with fields out of range
+    out = MODELS_DIR / f"{name}.json"
+    out.write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n")
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("project", type=Path)
@@ -56,14 +81,35 @@ def main(argv=None):
     ap.add_argument("--student", action="store_true")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--name", default=None)
+    ap.add_argument("--seg-lr", type=float, default=None)
+    ap.add_argument("--start-from", default=None, help="go on from this project normaliser")
+    ap.add_argument("--encoder-lr", type=float, default=None)
+    ap.add_argument(
+        "--ship",
+        nargs=2,
+        metavar=("MODEL", "NAME"),
+        help="copy the project's model MODEL into the package as NAME (no training)",
+    )
     args = ap.parse_args(argv)
+    if args.ship:
+        print(ship(args.project, *args.ship))
+        return 0
     from napari_nucleiseg.training.normaliser_train import NormaliserConfig, train_normaliser
 
     project = build(args.project)
+    rates = {
+        k: v for k, v in (("seg_lr", args.seg_lr), ("encoder_lr", args.encoder_lr)) if v is not None
+    }
     cfg = (
         None
         if args.resume
-        else NormaliserConfig(minutes=args.minutes, student=args.student, name=args.name)
+        else NormaliserConfig(
+            minutes=args.minutes,
+            student=args.student,
+            name=args.name,
+            start_from=args.start_from,
+            **rates,
+        )
     )
     for info in train_normaliser(project, cfg, resume=args.resume):
         if info["stage"] != "train" or info["iter"] % 25 == 0:

@@ -74,6 +74,11 @@ class NormaliserConfig:
     #: terms that hold it in place); a pair says exactly which way is the reference style.
     paired: float = 10.0
     labelled_share: float = 0.5
+    #: Weight of the Lab colour-moment term (:func:`~..stain.learned.losses.colour_moment_loss`).
+    colour_moments: float = 1.0
+    #: A teacher run may go on from an earlier normaliser's whole cycle (its ``cycle_state``)
+    #: instead of from the nuclei model: a fine-tune with other weights.
+    start_from: str | None = None
     seed: int = 0
     threads: int | None = None
     name: str | None = None
@@ -160,6 +165,9 @@ def _run(project, cfg, run):
     state = run.state
     nuclei_card, nuclei_dir = _nuclei_card(project, cfg)
     teacher = _teacher(project, cfg) if cfg.student else None
+    # Where the weights start: the student's teacher, an earlier run's model, or (None) the
+    # nuclei model.
+    origin = teacher if teacher is not None else _start_from(project, cfg)
     heldout = project.store.examples(kind="strong", split="heldout")
     if teacher is not None and heldout and "teacher_aji" not in state:
         yield run.emit({"stage": "measure teacher", "done": 0, "total": len(heldout)})
@@ -194,18 +202,22 @@ def _run(project, cfg, run):
         # The reference style's stain vector, measured once (a student keeps its teacher's).
         from ..stain.learned.data import reference_vector
 
-        ref = teacher[0].generator["reference_stain"] if teacher else reference_vector(pools.y)
+        ref = origin[0].generator["reference_stain"] if origin else reference_vector(pools.y)
         run.save(reference_stain=[float(v) for v in ref])
     reference = np.asarray(run.state["reference_stain"], np.float32)
+    if "reference_lab" not in state:
+        from ..metrics.colour import pooled_lab_stats
+
+        run.save(reference_lab=[float(v) for v in pooled_lab_stats([t.rgb for t in pools.y])])
     if "model" not in state:
         reserve = min(60.0 + 10.0 * len(heldout), 0.3 * run.state["budget_s"])
         deadline = time.perf_counter() + run.state["budget_s"] - reserve - run.spent()
         nets, iters = yield from _train(
-            cfg, run, pools, reference, nuclei_card, nuclei_dir, teacher, deadline
+            cfg, run, pools, reference, nuclei_card, nuclei_dir, origin, deadline
         )
         yield run.emit({"stage": "export", "done": 0, "total": 1})
         card_path = _export(
-            project, cfg, run, nets[0], nuclei_card, teacher, pools, reference, iters
+            project, cfg, run, nets[0], nuclei_card, origin, pools, reference, iters
         )
         run.save(model=str(card_path), iterations=iters)
     yield from _conclude(project, cfg, run, teacher, heldout, pools)
@@ -242,6 +254,21 @@ def _teacher(project, cfg):
             ) from None
     else:
         method = get_method(name, kind="normaliser", project=project.path)
+    return method.card, Path(method.card_path).parent
+
+
+def _start_from(project, cfg):
+    """``(card, folder)`` of ``cfg.start_from`` (a normaliser with its cycle state), or None."""
+    if not cfg.start_from:
+        return None
+    from ..methods import get_method
+
+    method = get_method(cfg.start_from, kind="normaliser", project=project.path)
+    if not method.card.training.get("cycle_state"):
+        raise ProjectError(
+            f"{cfg.start_from}: keeps no cycle state (a shipped model): a run can go on only "
+            "from a normaliser trained in this project"
+        )
     return method.card, Path(method.card_path).parent
 
 
@@ -342,6 +369,7 @@ def _train(cfg, run, pools, reference, nuclei_card, nuclei_dir, teacher, deadlin
     from ..stain.learned import (
         LossWeights,
         PatchDiscriminator,
+        colour_moment_loss,
         cycle_maps,
         cycle_pass,
         discriminator_objective,
@@ -350,6 +378,7 @@ def _train(cfg, run, pools, reference, nuclei_card, nuclei_dir, teacher, deadlin
     from ..stain.learned.data import as_tensor, draw, stain_vectors
 
     torch.manual_seed(cfg.seed)
+    reference_lab = torch.tensor(run.state["reference_lab"], dtype=torch.float32)
     layers = cfg.transformer_layers if cfg.student else 0
     if teacher is not None:
         tcard = teacher[0]
@@ -358,13 +387,15 @@ def _train(cfg, run, pools, reference, nuclei_card, nuclei_dir, teacher, deadlin
         widths, decoder, levels = nuclei_card.widths, nuclei_card.decoder, cfg.norm_levels
     g_xy, g_yx = (new_generator(widths, decoder, levels, layers, cfg.heads) for _ in range(2))
     d_x, d_y = PatchDiscriminator(), PatchDiscriminator()
-    if teacher is not None:  # the student starts as its teacher (the Transformer as identity)
-        start = torch.load(
-            io.BytesIO((teacher[1] / teacher[0].training["cycle_state"]).read_bytes()),
-            weights_only=True,
-        )
+    cycle_state = teacher[0].training.get("cycle_state") if teacher is not None else None
+    if cycle_state:  # the student starts as its teacher (the Transformer as identity)
+        start = torch.load(io.BytesIO((teacher[1] / cycle_state).read_bytes()), weights_only=True)
         for net, key in ((g_xy, "g_xy"), (g_yx, "g_yx"), (d_x, "d_x"), (d_y, "d_y")):
             net.load_state_dict(start[key], strict=False)
+    elif teacher is not None:  # a shipped teacher keeps only its X→Y generator
+        state = load_file(str(teacher[1] / teacher[0].weights))
+        for g in (g_xy, g_yx):
+            g.load_state_dict(state, strict=False)
     else:
         unet = load_file(str(nuclei_dir / nuclei_card.weights))
         for g in (g_xy, g_yx):
@@ -419,6 +450,11 @@ def _train(cfg, run, pools, reference, nuclei_card, nuclei_dir, teacher, deadlin
             y_valid=torch.from_numpy(yv),
             weights=weights,
         )
+        if cfg.colour_moments:
+            colour = colour_moment_loss(passes.fake_y, x, reference_lab)
+            total = total + cfg.colour_moments * colour
+            terms["colour"] = float(colour.detach())
+            terms["total"] = float(total.detach())
         if cfg.paired and x_paired.any():
             keep = torch.from_numpy(x_paired)
             pair = (passes.fake_y[keep] - as_tensor(x_orig[x_paired])).abs().mean()
@@ -557,7 +593,7 @@ def _export(project, cfg, run, g_xy, nuclei_card, teacher, pools, reference, ite
             "parent": {"name": parent.name, "version": parent.version, "sha256": parent.sha256},
             "role": role,
             "config": asdict(cfg),
-            "pools": pools.describe(),
+            "pools": pools.describe(names_only=True),
             "data_manifest": [
                 {"id": ex.id, "source": ex.provenance.get("source", "")} for ex in strong
             ],
@@ -602,6 +638,7 @@ def _conclude(project, cfg, run, teacher, heldout, pools):
                 if teacher
                 else {}
             ),
+            **({"nuclei_model_aji": state["nuclei_aji"]} if "nuclei_aji" in state else {}),
             **(state.get("colour") or {}),
         }
     }

@@ -18,6 +18,8 @@ _FROM = {
             "LossWeights",
             "cycle_loss",
             "cycle_maps",
+            "colour_moment_loss",
+            "lab_moments",
             "cycle_pass",
             "discriminator_objective",
             "generator_objective",

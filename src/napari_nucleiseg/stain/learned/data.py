@@ -16,6 +16,7 @@ slide are capped), so an iteration costs crops and flips only, and a run resumed
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -38,12 +39,18 @@ class Pools:
     x: list[Tile] = field(default_factory=list)
     y: list[Tile] = field(default_factory=list)
 
-    def describe(self) -> dict:
+    def describe(self, names_only: bool = False) -> dict:
+        """Tiles, labelled tiles and sources of each side (``names_only``: file names, for a
+        card that travels; a run's own record keeps the paths)."""
+
         def count(tiles):
+            sources = {t.source for t in tiles if t.source}
+            if names_only:
+                sources = {Path(s).name for s in sources}
             return {
                 "tiles": len(tiles),
                 "labelled": sum(t.labels is not None for t in tiles),
-                "sources": sorted({t.source for t in tiles}),
+                "sources": sorted(sources),
             }
 
         return {"x": count(self.x), "y": count(self.y)}

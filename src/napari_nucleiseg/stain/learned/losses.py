@@ -219,3 +219,35 @@ def _floats(terms: dict[str, torch.Tensor], total: torch.Tensor) -> dict[str, fl
     return {name: float(value.detach()) for name, value in terms.items()} | {
         "total": float(total.detach())
     }
+
+
+def lab_moments(rgb: torch.Tensor, tissue: torch.Tensor) -> torch.Tensor:
+    """Per-image CIE Lab mean and standard deviation (N, 6) of ``rgb`` (N, 3, H, W) in [0, 1]
+    (sRGB, D65) over the pixels ``tissue`` (N, H, W) marks; differentiable."""
+    lin = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055).clamp(min=1e-6) ** 2.4)
+    m = torch.tensor(
+        [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]],
+        dtype=rgb.dtype,
+    )
+    white = torch.tensor([0.95047, 1.0, 1.08883], dtype=rgb.dtype)
+    xyz = torch.einsum("ij,njhw->nihw", m, lin) / white[None, :, None, None]
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-6) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
+    lab = torch.stack(
+        [116.0 * f[:, 1] - 16.0, 500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], 1
+    )
+    w = tissue.to(rgb.dtype)[:, None]
+    count = w.sum((2, 3)).clamp(min=1.0)
+    mean = (lab * w).sum((2, 3)) / count
+    var = (((lab - mean[:, :, None, None]) ** 2) * w).sum((2, 3)) / count
+    return torch.cat([mean, (var + 1e-6).sqrt()], 1)
+
+
+def colour_moment_loss(fake: torch.Tensor, real: torch.Tensor, reference: torch.Tensor):
+    """How far the Lab mean and spread of each translated patch ``fake`` lie from the reference
+    style's (``reference`` (6,), :func:`lab_moments` pooled over the reference tiles), in tens
+    of Lab units, over the tissue of the real patch it came from (any channel below 220/255).
+    Why: the adversarial term alone left the teacher's colours too contrasted (Lab spread +4
+    above the reference on MoNuSeg test, Macenko +3); the style is first of all these six
+    numbers."""
+    tissue = real.amin(1) < 220.0 / 255.0
+    return ((lab_moments(fake, tissue) - reference[None]).abs() / 10.0).mean()
