@@ -59,8 +59,9 @@ def perturb(rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict
 def main(argv=None):
     import torch
 
+    from napari_nucleiseg.methods import default_method_name
     from napari_nucleiseg.metrics import aggregate, score_image
-    from napari_nucleiseg.segmentation.api import default_method, describe_method, segment_image
+    from napari_nucleiseg.segmentation.api import describe_method, segment_image
     from napari_nucleiseg.stain import load_target
     from napari_nucleiseg.training.nuclei_data import load_dataset
 
@@ -68,7 +69,12 @@ def main(argv=None):
     ap.add_argument(
         "--method", default=None, help="segmentation method (default: the shipped model)"
     )
-    ap.add_argument("--normalise", default="macenko", help="stain normalisation method")
+    ap.add_argument(
+        "--normalise", default="macenko", help="stain normalisation method (or learned)"
+    )
+    ap.add_argument(
+        "--model", default=None, help="--normalise learned: the normaliser model (default: shipped)"
+    )
     ap.add_argument(
         "--target",
         default=str(TRAIN),
@@ -82,11 +88,16 @@ def main(argv=None):
     if not TEST.exists() or not TRAIN.exists():
         sys.exit(f"{NUCLEI} not found: this benchmark needs ../shared/data/nuclei")
     torch.set_num_threads(args.threads)
-    method = args.method or default_method()
+    method = args.method or default_method_name()
     target_path = Path(args.target)
     if TEST.resolve() in (target_path.resolve(), *target_path.resolve().parents):
         sys.exit(f"{target_path}: the target must not come from the test set")
-    normaliser = load_target(args.normalise, target_path)
+    if args.normalise == "learned":
+        from napari_nucleiseg.stain.learned_normaliser import load_learned
+
+        normaliser = load_learned(args.model)  # its target is the style it learnt
+    else:
+        normaliser = load_target(args.normalise, target_path)
     images = load_dataset(TEST)
     perturbed, draws = [], {}
     for i, im in enumerate(images):
@@ -126,9 +137,14 @@ def main(argv=None):
     base = results["unperturbed"]["aji"]
     ratio_on = results["perturbed, normalisation on"]["aji"] / base
     ratio_off = results["perturbed, normalisation off"]["aji"] / base
+    target_name = (
+        f"the style {normaliser.name} learnt"
+        if args.normalise == "learned"
+        else f"{args.normalise} profile of {normaliser.profile.fitted_on.get('name')}"
+    )
     print(
         f"\n{method} on MoNuSeg 2018 test, strong stain perturbation (seed {args.seed}), "
-        f"target: {args.normalise} profile of {normaliser.profile.fitted_on.get('name')}\n"
+        f"target: {target_name}\n"
     )
     head = f"{'condition':<34}{'AJI':>8}{'F1':>8}{'PQ':>8}{'of unperturbed AJI':>22}"
     print(head + "\n" + "-" * len(head))
@@ -149,8 +165,11 @@ def main(argv=None):
                 "segmentation": describe_method(method),
                 "normalisation": {
                     "method": args.normalise,
-                    "target": str(target_path),
-                    "profile": normaliser.profile.to_dict(),
+                    **(
+                        {"model": normaliser.describe()}
+                        if args.normalise == "learned"
+                        else {"target": str(target_path), "profile": normaliser.profile.to_dict()}
+                    ),
                 },
                 "seed": args.seed,
                 "perturbation": {
