@@ -27,6 +27,7 @@ COMMANDS = (
     "train-classifier",
     "classify",
     "heatmap",
+    "train-normaliser",
 )
 
 

@@ -45,7 +45,7 @@ def cmd_train_normaliser(args) -> int:
     from ..io import SlideError
     from ..models import WeightsError
     from ..project import Project, ProjectError
-    from .progress import Progress
+    from .progress import follow_training
 
     try:
         from ..training.normaliser_train import NormaliserConfig, train_normaliser
@@ -66,17 +66,8 @@ def cmd_train_normaliser(args) -> int:
                 teacher=args.teacher,
                 name=args.name,
             )
-        bar = Progress("train-normaliser", unit="s", min_total=1)
-        result = None
-        for info in train_normaliser(project, cfg, resume=args.resume):
-            if info["stage"] == "done":
-                result = info["result"]
-                break
-            status = info["stage"]
-            if "loss" in info:
-                status += f" iter {info['iter']} loss {info['loss']:.3f}"
-            bar.update(int(info["elapsed_s"]), int(info["budget_s"]), status)
-        bar.close()
+        steps = train_normaliser(project, cfg, resume=args.resume)
+        result = follow_training("train-normaliser", steps)
     except (ProjectError, SlideError, WeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -123,3 +123,23 @@ class Progress:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def follow_training(label: str, steps, quiet: bool = False):
+    """Drain a training run's progress dicts (``stage``, ``elapsed_s``, ``budget_s``, and
+    ``iter``/``loss`` while training) onto a seconds bar named ``label``; the ``result`` of its
+    ``done`` item, or None. ``quiet``: no bar (a worker rank under torchrun)."""
+    bar = Progress(label, unit="s", min_total=1)
+    result = None
+    for info in steps:
+        if info["stage"] == "done":
+            result = info["result"]
+            break
+        if quiet:
+            continue
+        status = info["stage"]
+        if "loss" in info:
+            status += f" iter {info['iter']} loss {info['loss']:.3f}"
+        bar.update(int(info["elapsed_s"]), int(info["budget_s"]), status)
+    bar.close()
+    return result

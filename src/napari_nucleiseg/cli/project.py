@@ -296,7 +296,7 @@ def cmd_retrain(args) -> int:
     from ..models import WeightsError
     from ..project import Project, ProjectError
     from ..training.retrain import RetrainConfig, retrain
-    from .progress import Progress
+    from .progress import follow_training
 
     quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks for all
     try:
@@ -321,19 +321,7 @@ def cmd_retrain(args) -> int:
                 replay_share=args.replay_share,
                 unlabelled=[(u, args.mpp) for u in args.unlabelled],
             )
-        bar = Progress("retrain", unit="s", min_total=1)
-        result = None
-        for info in retrain(project, cfg, resume=args.resume):
-            if info["stage"] == "done":
-                result = info["result"]
-                break
-            if quiet:
-                continue
-            status = info["stage"]
-            if "loss" in info:
-                status += f" iter {info['iter']} loss {info['loss']:.3f}"
-            bar.update(int(info["elapsed_s"]), int(info["budget_s"]), status)
-        bar.close()
+        result = follow_training("retrain", retrain(project, cfg, resume=args.resume), quiet)
     except (ProjectError, SlideError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

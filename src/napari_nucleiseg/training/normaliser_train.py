@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ..project.errors import ProjectError
-from .retrain import PROMOTE, _read_json, _Run, _write_atomic, _write_json
+from .retrain import PROMOTE, _new_run_dir, _read_json, _Run, _write_atomic, _write_json
+from .retrain import latest_run as _latest_run
 
 PREFIX = "normaliser"
 #: Held-out examples re-stained this many times each to measure the colour figures.
@@ -96,23 +97,7 @@ class NormaliserConfig:
 
 
 def latest_run(project) -> Path | None:
-    runs = sorted(p for p in project.runs_dir.glob(f"{PREFIX}-*") if (p / "config.json").exists())
-    return runs[-1] if runs else None
-
-
-def _new_run_dir(project) -> Path:
-    from datetime import datetime, timezone
-
-    stamp = f"{PREFIX}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    project.runs_dir.mkdir(parents=True, exist_ok=True)
-    n = 1
-    while True:
-        path = project.runs_dir / (stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
+    return _latest_run(project, PREFIX)
 
 
 def train_normaliser(
@@ -146,7 +131,7 @@ def train_normaliser(
         run.save(budget_s=budget, resumed=run.state.get("resumed", 0) + 1)
     else:
         cfg = cfg or NormaliserConfig()
-        path = _new_run_dir(project)
+        path = _new_run_dir(project, PREFIX)
         _write_json(path / "config.json", asdict(cfg))
         run = _Run(path, t0, write=True)
         run.save(budget_s=cfg.minutes * 60.0, finished=False)
@@ -202,7 +187,9 @@ def _run(project, cfg, run):
         # The reference style's stain vector, measured once (a student keeps its teacher's).
         from ..stain.learned.data import reference_vector
 
-        ref = origin[0].generator["reference_stain"] if origin else reference_vector(pools.y)
+        # A student keeps its teacher's; a teacher (also one going on from an earlier model)
+        # measures the reference slides.
+        ref = teacher[0].generator["reference_stain"] if teacher else reference_vector(pools.y)
         run.save(reference_stain=[float(v) for v in ref])
     reference = np.asarray(run.state["reference_stain"], np.float32)
     if "reference_lab" not in state:

@@ -190,9 +190,9 @@ def retrain(project, cfg: RetrainConfig | None = None, *, resume: bool = False) 
         run.close()
 
 
-def latest_run(project) -> Path | None:
-    """The project's most recent retraining run folder, or None."""
-    runs = sorted(p for p in project.runs_dir.glob("retrain-*") if (p / "config.json").exists())
+def latest_run(project, prefix: str = "retrain") -> Path | None:
+    """The project's most recent run folder of that kind (``retrain``, ``normaliser``), or None."""
+    runs = sorted(p for p in project.runs_dir.glob(f"{prefix}-*") if (p / "config.json").exists())
     return runs[-1] if runs else None
 
 
@@ -243,8 +243,9 @@ def _write_json(path: Path, data: dict) -> None:
     _write_atomic(path, (json.dumps(data, indent=1, default=str) + "\n").encode())
 
 
-def _new_run_dir(project) -> Path:
-    stamp = f"retrain-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+def _new_run_dir(project, prefix: str = "retrain") -> Path:
+    """A new run folder ``PROJECT/runs/<prefix>-<UTC time>[-n]``, made atomically."""
+    stamp = f"{prefix}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     project.runs_dir.mkdir(parents=True, exist_ok=True)
     n = 1
     while True:
@@ -420,28 +421,9 @@ def _aji(method, examples) -> float:
 def _tiles(path, mpp, cfg: RetrainConfig, seed: int):
     """``(rgb, mpp, region_um)`` tiles of an unlabelled image or slide: the whole of a small
     image, tissue tiles sampled from a large one."""
-    from ..project.folder import open_with_mpp
-    from ..tissue.mask import tissue_from_rgb
+    from ..tissue.sampling import sample_tissue_tiles
 
-    with open_with_mpp(path, mpp) as slide:
-        h, w = slide.shape
-        side = max(64, int(cfg.tile_um / slide.mpp))
-        if h * w <= 4 * side * side:
-            yield slide.read_region(0, 0, w, h, 0), slide.mpp, (0, 0, w * slide.mpp, h * slide.mpp)
-            return
-        rng = np.random.default_rng(seed)
-        found = tries = 0
-        while found < cfg.tiles_per_source and tries < 8 * cfg.tiles_per_source:
-            tries += 1
-            y = int(rng.integers(0, max(1, h - side)))
-            x = int(rng.integers(0, max(1, w - side)))
-            rgb = slide.read_region(x, y, min(side, w - x), min(side, h - y), 0)
-            tissue, _ = tissue_from_rgb(rgb, slide.mpp)
-            if tissue.mean() < 0.5:
-                continue
-            found += 1
-            m = slide.mpp
-            yield rgb, m, (x * m, y * m, (x + rgb.shape[1]) * m, (y + rgb.shape[0]) * m)
+    yield from sample_tissue_tiles(path, mpp, cfg.tile_um, cfg.tiles_per_source, seed)
 
 
 def _pseudo_label(store, teacher, rgb, mpp, path, region, cfg) -> int:
