@@ -2,6 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py --tissue
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py --learned
 
 Each picture is the whole napari window (canvas, layer list, docked panels) as a user sees it,
 laid out as ``nucleiseg view`` lays it out (``_start.first_screen``: the three panels as tabs of
@@ -203,6 +204,44 @@ def main():
     viewer.close()
 
 
+def learned():
+    """The CMU slide beside itself normalised by the shipped learned normaliser (Stain panel,
+    method *learned*), side by side in napari's grid."""
+    warnings.simplefilter("ignore")
+    import napari
+
+    from napari_nucleiseg._napari._start import first_screen
+
+    cmu = SHARED / "CMU-1-Small-Region.svs"
+    if not cmu.exists():
+        print(f"skipping: {cmu} not found", file=sys.stderr)
+        return
+    viewer = napari.Viewer(title="napari-nucleiseg")
+    panels = first_screen(viewer, size=SIZE)
+    settle(viewer, 1500)
+    stain = panels["Stain"]
+    viewer.layers.clear()
+    viewer.open(str(cmu), plugin="napari-nucleiseg")
+    settle(viewer)
+    front(viewer, "Stain")
+    slide = next(l for l in viewer.layers if kind(l) == "slide")
+    stain._layer.value = slide
+    stain._method.value = "learned"
+    stain._show.value = True
+    wait_until(
+        viewer,
+        lambda: (
+            not stain.jobs.running and any(kind(l) == "stain_normalised" for l in viewer.layers)
+        ),
+    )
+    grid = viewer.canvas.grid if hasattr(getattr(viewer, "canvas", None), "grid") else viewer.grid
+    grid.enabled = True
+    viewer.scene.camera.center = (1400 * 0.499, 1100 * 0.499)
+    viewer.scene.camera.zoom = 1.2
+    shoot(viewer, "stain_learned.png")
+    viewer.close()
+
+
 def tissue():
     """The Tissue panel on a mosaic slide of real colon tissue whose tumour cells are known:
     outlines, the whole-slide heatmap, an attention map (``make_screenshots.py --tissue``)."""
@@ -277,5 +316,7 @@ def tissue():
 if __name__ == "__main__":
     if "--tissue" in sys.argv:
         tissue()
+    elif "--learned" in sys.argv:
+        learned()
     else:
         main()

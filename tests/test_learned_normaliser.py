@@ -332,3 +332,27 @@ def test_project_add_slide_marks_the_reference_style(tmp_path, capsys):
     assert Project(tmp_path / "p").slides[0]["reference"]
     assert main(["project", "add-slide", str(tmp_path / "p"), str(img), "--no-reference"]) == 0
     assert "reference" not in Project(tmp_path / "p").slides[0]
+
+
+def test_the_shipped_normaliser_is_hashed_carded_and_moves_colours_towards_its_style():
+    from napari_nucleiseg.methods import default_method_name, get_method
+    from napari_nucleiseg.metrics.colour import lab_distance, lab_stats
+    from napari_nucleiseg.models import sha256_of
+    from napari_nucleiseg.stain.augment import restain
+    from napari_nucleiseg.stain.learned_normaliser import load_learned
+
+    method = get_method(default_method_name("normaliser"), kind="normaliser")
+    card, folder = method.card, method.card_path.parent
+    assert card.name == "stain-cycle-v1" and card.kind == "normaliser" and card.mpp == 0.5
+    assert sha256_of(folder / card.weights) == card.sha256
+    assert sha256_of(folder / card.onnx) == card.onnx_sha256
+    assert "non-commercial" in card.licence and card.training_data
+    assert card.metrics["benchmark"]["monuseg2018_test_mask_decoder"]["aji"] > 0.6
+    # A field re-stained far from the reference style comes back nearer to it.
+    rgb, _ = render_he((256, 256), 0.5, seed=4, coverage=1.0, nuclei_per_mm2=3500)
+    reference = load_learned().transform(rgb, mpp=0.5)
+    odd, _ = restain(rgb, np.random.default_rng(1))
+    out = load_learned().transform(odd, mpp=0.5)
+    assert lab_distance(lab_stats(out), lab_stats(reference)) < lab_distance(
+        lab_stats(odd), lab_stats(reference)
+    )
