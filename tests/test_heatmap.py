@@ -38,7 +38,7 @@ from napari_nucleiseg.classification.slide_heatmap import (
 from napari_nucleiseg.demo.mosaic import CELL_UM, default_tissue_index, mosaic_slide
 from napari_nucleiseg.io import open_slide
 
-#: The classifier under test: None is the shipped default (``tissue-tumour-v1``).
+#: The classifier under test: None is the shipped default (``tissue-tumour-v2``).
 CLASSIFIER = None
 G, T, N = "glass", "tumour", "normal"
 CORE = [[T, N, N, T], [N, T, G, N], [T, T, N, N], [N, T, T, N]]
@@ -99,9 +99,10 @@ def test_whole_slide_outline_dice(mosaic, whole):
     outline = rasterise(regions, truth.shape, truth_mpp)
     score = dice(outline, truth)
     print(f"outline Dice {score:.4f} ({len(regions)} regions)")
-    # Issue 16 asks for 0.9; tissue-tumour-v1 scores 0.849 here (0.883 and 0.876 on mosaics of
-    # seeds 1 and 2): tumour tiles hold patches of stroma it calls normal. A guard, not the bar.
-    assert score >= 0.83
+    # Issue 16 asks for 0.9; tissue-tumour-v2 scores 0.895 here (0.925 and 0.908 on mosaics of
+    # seeds 1 and 2; v1 0.849, 0.883, 0.876): the errors are map cells within a patch of a
+    # tumour/normal border, and stroma patches inside tumour. A guard, not the bar.
+    assert score >= 0.87
     # Glass is not classified, tissue is: cells a patch or more inside the glass ring are NaN,
     # cells a patch or more inside the tissue are not.
     ii, jj = np.meshgrid(np.arange(hm.shape[0]), np.arange(hm.shape[1]), indexing="ij")

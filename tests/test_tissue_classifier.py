@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
+from napari_nucleiseg.methods.classifier import DEFAULT_CLASSIFIER_MODEL
+
 TISSUE = SHARED / "data" / "tissue"
 
 
@@ -239,9 +241,10 @@ def test_train_classifier_and_classify_through_the_command_line(tmp_path):
     # The registry lists the project's classifier beside the shipped one; use and rollback.
     listed = _cli("models", "list", "--project", project)
     assert listed.returncode == 0
-    assert "* classifier-1" in listed.stdout and "tissue-tumour-v1" in listed.stdout
+    default = DEFAULT_CLASSIFIER_MODEL
+    assert "* classifier-1" in listed.stdout and default in listed.stdout
     back = _cli("models", "rollback", "--project", project, "--kind", "classifier")
-    assert back.returncode == 0 and "tissue-tumour-v1 (the package default)" in back.stdout
+    assert back.returncode == 0 and f"{default} (the package default)" in back.stdout
     use = _cli("models", "use", "classifier-1", "--project", project)
     assert use.returncode == 0 and "classifier model is now classifier-1" in use.stdout
 
