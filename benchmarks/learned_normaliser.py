@@ -151,10 +151,11 @@ def mask_decoder(model, test) -> dict:
     from napari_nucleiseg.methods import default_method_name, get_method
     from napari_nucleiseg.metrics import aggregate, score_image
     from napari_nucleiseg.segmentation.api import segment_image
-    from napari_nucleiseg.training.normaliser_train import _load_generator, _mask_predictor
+    from napari_nucleiseg.stain.learned import load_generator
+    from napari_nucleiseg.training.normaliser_train import _mask_predictor
 
     method = get_method(model, kind="normaliser")
-    gen = _load_generator(method.card, method.card_path.parent)
+    gen = load_generator(method.card, method.card_path.parent)
     predictor = _mask_predictor(gen, method.card)
     ours = [score_image(im.labels, predictor.segment(im.rgb, im.mpp), im.stem) for im in test]
     nuclei = default_method_name()

@@ -13,7 +13,7 @@ WIDTHS = (8, 16, 32, 64)
 def tiny_generator(seed: int = 0, norm_levels: int = 3, transformer_layers: int = 0):
     import torch
 
-    from napari_nucleiseg.training.normaliser_train import new_generator
+    from napari_nucleiseg.stain.learned import new_generator
 
     torch.manual_seed(seed)
     g = new_generator(WIDTHS, "light", norm_levels, transformer_layers)

@@ -146,9 +146,9 @@ class LearnedNormaliser:
         with self._lock:
             if self.runtime == "torch":
                 if self._torch is None:
-                    from ..training.normaliser_train import _load_generator
+                    from .learned import load_generator
 
-                    self._torch = _load_generator(self.card, self.card_path.parent)
+                    self._torch = load_generator(self.card, self.card_path.parent)
                 import torch
 
                 a = torch.from_numpy(self.stain_map[None])

@@ -156,7 +156,9 @@ def _run(project, cfg, run):
     heldout = project.store.examples(kind="strong", split="heldout")
     if teacher is not None and heldout and "teacher_aji" not in state:
         yield run.emit({"stage": "measure teacher", "done": 0, "total": len(heldout)})
-        gen = _load_generator(*teacher)
+        from ..stain.learned import load_generator
+
+        gen = load_generator(*teacher)
         run.save(teacher_aji=_mask_aji(gen, teacher[0], heldout))
     if teacher is None and heldout and "nuclei_aji" not in state:
         # What the nuclei model the encoder comes from scores on the same labels: the mask
@@ -263,35 +265,6 @@ def _card_id(card) -> str:
     return f"{card.name}@{card.version}:{card.sha256[:12]}"
 
 
-def new_generator(widths, decoder, norm_levels, transformer_layers=0, heads=4):
-    import torch
-
-    from ..stain.learned import CycleGenerator
-
-    g = CycleGenerator(tuple(widths), decoder, norm_levels, transformer_layers, heads)
-    return g.to(memory_format=torch.channels_last)
-
-
-def _load_generator(card, folder):
-    """The generator of a normaliser card (weights checked against the card's SHA-256)."""
-    from safetensors.torch import load_file
-
-    from ..models.registry import WeightsError, sha256_of
-
-    path = Path(folder) / card.weights
-    if sha256_of(path) != card.sha256:
-        raise WeightsError(f"{path}: SHA-256 does not match its model card; refusing to load it")
-    g = new_generator(
-        card.widths,
-        card.decoder,
-        card.generator["norm_levels"],
-        card.generator.get("transformer_layers", 0),
-        card.generator.get("heads", 4),
-    )
-    g.load_state_dict(load_file(str(path)))
-    return g.eval()
-
-
 def _mask_predictor(gen, card):
     """The generator's nuclei decoder as a nuclei predictor (PyTorch), with its card's
     post-processing."""
@@ -325,7 +298,9 @@ def _pseudo_label(project, cfg, run, teacher):
     from .retrain import _tiles
 
     card, folder = teacher
-    gen = _load_generator(card, folder)
+    from ..stain.learned import load_generator
+
+    gen = load_generator(card, folder)
     teacher_ns = SimpleNamespace(predictor=_mask_predictor(gen, card), card=card)
     sources = [s for s in project.slides if not s.get("reference")]
     deadline = time.perf_counter() + cfg.pseudo_share * run.state["budget_s"]
@@ -372,6 +347,8 @@ def _train(cfg, run, pools, reference, nuclei_card, nuclei_dir, teacher, deadlin
         widths, decoder, levels = tcard.widths, tcard.decoder, tcard.generator["norm_levels"]
     else:
         widths, decoder, levels = nuclei_card.widths, nuclei_card.decoder, cfg.norm_levels
+    from ..stain.learned import new_generator
+
     g_xy, g_yx = (new_generator(widths, decoder, levels, layers, cfg.heads) for _ in range(2))
     d_x, d_y = PatchDiscriminator(), PatchDiscriminator()
     cycle_state = teacher[0].training.get("cycle_state") if teacher is not None else None
@@ -602,7 +579,9 @@ def _conclude(project, cfg, run, teacher, heldout, pools):
     card = load_card(card_path)
     if heldout and "aji" not in state:
         yield run.emit({"stage": "measure", "done": 0, "total": len(heldout)})
-        gen = _load_generator(card, card_path.parent)
+        from ..stain.learned import load_generator
+
+        gen = load_generator(card, card_path.parent)
         colour = _colour(gen, card, heldout, pools)
         run.save(aji=_mask_aji(gen, card, heldout), colour=colour)
     aji, teacher_aji = state.get("aji"), state.get("teacher_aji")

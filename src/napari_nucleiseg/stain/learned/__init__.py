@@ -38,6 +38,8 @@ _FROM = {
             "SegmentPath",
             "TransformerLayer",
             "count_parameters",
+            "load_generator",
+            "new_generator",
             "sinusoidal_positions_2d",
         ),
         "network",

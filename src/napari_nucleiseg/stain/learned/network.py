@@ -347,3 +347,33 @@ class SegmentPath(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator.segment(x)
+
+
+# --------------------------------------------------------------------------- making and loading
+def new_generator(widths, decoder, norm_levels, transformer_layers=0, heads=4) -> CycleGenerator:
+    """A fresh generator (channels-last, the layout training and inference use)."""
+    g = CycleGenerator(tuple(widths), decoder, norm_levels, transformer_layers, heads)
+    return g.to(memory_format=torch.channels_last)
+
+
+def load_generator(card, folder) -> CycleGenerator:
+    """The generator of a normaliser card, in eval mode (weights checked against the card's
+    SHA-256; safetensors, no pickle)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from ...models.registry import WeightsError, sha256_of
+
+    path = Path(folder) / card.weights
+    if sha256_of(path) != card.sha256:
+        raise WeightsError(f"{path}: SHA-256 does not match its model card; refusing to load it")
+    g = new_generator(
+        card.widths,
+        card.decoder,
+        card.generator["norm_levels"],
+        card.generator.get("transformer_layers", 0),
+        card.generator.get("heads", 4),
+    )
+    g.load_state_dict(load_file(str(path)))
+    return g.eval()
