@@ -203,7 +203,7 @@ class StainWidget(Container):
     # ------------------------------------------------------------------ views
     def _on_show(self, _=None):
         """Show (or replace) the lazily normalised slide; unticking hides it."""
-        from napari.utils.notifications import show_error, show_warning
+        from napari.utils.notifications import show_error
 
         existing = find_layers(self.viewer, "stain_normalised")
         if not self._show.value:
@@ -221,6 +221,16 @@ class StainWidget(Container):
             show_error("Fit a normaliser first (choose a reference, then Fit to reference).")
             self._show.value = False
             return
+        normaliser = self.normaliser
+        self._start_view(
+            layer, "Normalised view", lambda levels: _adapted(normaliser, levels, layer.name)
+        )
+
+    def _start_view(self, layer, title: str, adapt, on_error=None) -> None:
+        """Adapt a normaliser to ``layer``'s slide in the background (``adapt(levels)``, a
+        generator) and show the result; busy or an unreadable slide: one line, nothing run."""
+        from napari.utils.notifications import show_warning
+
         if self.jobs.running:
             show_warning(self.jobs.busy_message())
             return
@@ -230,16 +240,17 @@ class StainWidget(Container):
             return
         levels = list(layer.data)
         self.jobs.start(
-            "Normalised view",
-            _adapted(self.normaliser, levels, layer.name),
+            title,
+            adapt(levels),
             on_done=lambda adapted: self._show_normalised(slide, levels, adapted, layer),
+            on_error=on_error,
         )
 
     def _show_learned(self, layer) -> None:
         """The slide normalised by the chosen trained normaliser (its card read and the
         normaliser adapted to the slide in the background; an unreadable card is one line in the
         status and a notification)."""
-        from napari.utils.notifications import show_error, show_warning
+        from napari.utils.notifications import show_error
 
         name = self._model.value
         if name is None:
@@ -247,18 +258,10 @@ class StainWidget(Container):
             show_error(NO_MODEL)
             self._show.value = False
             return
-        if self.jobs.running:
-            show_warning(self.jobs.busy_message())
-            return
-        slide = open_layer_slide(layer)
-        if slide is None:
-            self._show.value = False
-            return
-        levels = list(layer.data)
-        self.jobs.start(
+        self._start_view(
+            layer,
             f"Normalised view ({name})",
-            _learned(name, levels, layer.name),
-            on_done=lambda adapted: self._show_normalised(slide, levels, adapted, layer),
+            lambda levels: _learned(name, levels, layer.name),
             on_error=self._learned_failed,
         )
 
