@@ -188,6 +188,13 @@ def main():
     for lyr in [l for l in viewer.layers if kind(l) != "slide"]:
         viewer.layers.remove(lyr)
     stain._layer.value = cmu_layer
+    shoot_normalised_cmu(viewer, stain, "stain_normalised.png")
+    viewer.close()
+
+
+def shoot_normalised_cmu(viewer, stain, name: str) -> None:
+    """Tick the Stain panel's *show normalised*, wait for the layer, and shoot the CMU slide
+    beside it in napari's grid."""
     stain._show.value = True
     wait_until(
         viewer,
@@ -199,9 +206,8 @@ def main():
     grid.enabled = True
     viewer.scene.camera.center = (1400 * 0.499, 1100 * 0.499)
     viewer.scene.camera.zoom = 1.2
-    shoot(viewer, "stain_normalised.png")
+    shoot(viewer, name)
     grid.enabled = False
-    viewer.close()
 
 
 def learned():
@@ -227,18 +233,7 @@ def learned():
     slide = next(l for l in viewer.layers if kind(l) == "slide")
     stain._layer.value = slide
     stain._method.value = "learned"
-    stain._show.value = True
-    wait_until(
-        viewer,
-        lambda: (
-            not stain.jobs.running and any(kind(l) == "stain_normalised" for l in viewer.layers)
-        ),
-    )
-    grid = viewer.canvas.grid if hasattr(getattr(viewer, "canvas", None), "grid") else viewer.grid
-    grid.enabled = True
-    viewer.scene.camera.center = (1400 * 0.499, 1100 * 0.499)
-    viewer.scene.camera.zoom = 1.2
-    shoot(viewer, "stain_learned.png")
+    shoot_normalised_cmu(viewer, stain, "stain_learned.png")
     viewer.close()
 
 
