@@ -15,7 +15,7 @@ import numpy as np
 from ..models import ModelCard, WeightsError, sha256_of
 from .base import Method
 
-DEFAULT_CLASSIFIER_MODEL = "tissue-tumour-v2"
+DEFAULT_CLASSIFIER_MODEL = "tissue-tumour-v3"
 #: The tag heatmaps and ``p_tumour`` read.
 TUMOUR = "tumour"
 
