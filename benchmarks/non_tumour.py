@@ -67,11 +67,12 @@ def renders(kind: str, n: int, mpp: float):
 
 
 def foreign_carcinoma() -> list:
-    """The MoNuSeg 2018 test images (RGB at 0.25 µm/px)."""
-    from PIL import Image
+    """The MoNuSeg 2018 test images (``LabelledImage``: rgb, mpp); none when ../shared lacks
+    them."""
+    from napari_nucleiseg.training.nuclei_data import load_dataset
 
-    images = sorted((DATA / "nuclei" / "monuseg2018_test" / "images").glob("*.png"))
-    return [np.asarray(Image.open(f).convert("RGB")) for f in images]
+    root = DATA / "nuclei" / "monuseg2018_test"
+    return load_dataset(root) if (root / "index.json").exists() else []
 
 
 def slide_share(method_name, path: Path, mpp) -> dict:
@@ -113,7 +114,7 @@ def score(method, n_renders: int) -> dict:
                                 "auc_vs_heldout_tumour": auc}  # fmt: skip
     foreign = foreign_carcinoma()
     if foreign:
-        p_f = p_tumour(foreign, 0.25)
+        p_f = [float(method.classify_image(im.rgb, im.mpp)[ti]) for im in foreign]
         benign = [p for p, t in zip(p_held, truth, strict=True) if not t]
 
         def auc_against(negatives):

@@ -213,33 +213,28 @@ def foreign_tumour_tiles(copies: int, mpp: float) -> list:
     it tumour taught exactly those as tumour (measured: the TCGA slide's stroma and lymphoid
     renders called tumour). So each image is cut into a 4×4 grid of 136-µm crops and a crop is
     kept only where its true nuclei (MoNuSeg's labels) say carcinoma epithelium: median nucleus
-    area ≥ 30 µm² and nuclei covering ≥ 20 % of it (171 of 480 crops, 16 of 30 images; the
+    area ≥ 30 µm² and nuclei covering ≥ 20 % of it (170 of 480 crops, 16 of 30 images; the
     stroma, lymphocyte and small-nucleus crops are left out, not taught as normal, since clear-
     cell and papillary renal and liver carcinoma have small nuclei too)."""
     if copies <= 0:
         return []
-    import tifffile
-    from PIL import Image
-
     from napari_nucleiseg.classification.tiles import LabelledTile, to_mpp
-    from napari_nucleiseg.io.image_backend import to_rgb_uint8
+    from napari_nucleiseg.training.nuclei_data import load_dataset
 
-    root, src_mpp, side = SHARED / "nuclei" / "monuseg2018_train", 0.25, 544  # 136 µm
     out = []
-    for f in sorted((root / "images").glob("*.png")):
-        rgb = to_rgb_uint8(np.asarray(Image.open(f)))
-        labels = tifffile.imread(root / "labels" / f"{f.stem}.tif")
-        step = (min(labels.shape) - side) // 3
+    for image in load_dataset(SHARED / "nuclei" / "monuseg2018_train"):
+        side = round(136 / image.mpp)
+        step = (min(image.labels.shape) - side) // 3
         for y in range(0, 4 * step, step):
             for x in range(0, 4 * step, step):
-                crop = labels[y : y + side, x : x + side]
-                areas = np.bincount(crop.ravel())[1:] * src_mpp**2
+                crop = image.labels[y : y + side, x : x + side]
+                areas = np.bincount(crop.ravel())[1:] * image.mpp**2
                 areas = areas[areas > 5]  # slivers of nuclei cut by the crop's edge
                 if areas.size == 0 or np.median(areas) < 30 or (crop > 0).mean() < 0.2:
                     continue
-                image = to_mpp(rgb[y : y + side, x : x + side], src_mpp, mpp)
-                group = f"monuseg:{f.stem}:{y}:{x}"
-                out.append(LabelledTile(image, "tumour", mpp, group=group, source=str(f)))
+                rgb = to_mpp(image.rgb[y : y + side, x : x + side], image.mpp, mpp)
+                group = f"monuseg:{image.stem}:{y}:{x}"
+                out.append(LabelledTile(rgb, "tumour", mpp, group=group, source=image.stem))
     return out * copies
 
 
