@@ -1,6 +1,7 @@
 """The learned stain normaliser against Reinhard, Macenko and Vahadane (issue 18), same run.
 
     python benchmarks/learned_normaliser.py [--model stain-cycle-v1] [--skip-masks]
+        [--calibration-curve 0.25 0.75 1]
         [--out benchmarks/results/learned_normaliser.json]
 
 Every classical method is fitted to the average profile of the 30 MoNuSeg 2018 *training*
@@ -23,6 +24,9 @@ Per case and method: **H-SSIM** (SSIM of the haematoxylin map of input and outpu
 with its own Macenko vectors; bar ≥ 0.9), **Lab distance** (of the output's per-channel Lab
 mean/std to the reference style's, pooled over the training images; the learned model's must be
 below Macenko's) and, where a paired truth exists, **MAE / RMSE / SSIM** against it.
+``learned`` is the model as shipped (its default colour calibration after the network);
+``learned@S`` the same at calibration strength S (``learned@0``: the network alone; 1: its
+output's Lab statistics matched to the style's, Reinhard on the network's output).
 
 Then the learned model's **nuclei decoder** on MoNuSeg 2018 test (aggregate AJI, the shipped
 nuclei model's beside it: bar within 0.02), and **throughput** on the CMU slide
@@ -88,7 +92,9 @@ def _cases(skip_slides: bool):
     return cases, test, restained
 
 
-def _normalisers(model):
+def _normalisers(model, curve=()):
+    """The classical three, the learned model as shipped (``learned``: its default colour
+    calibration), the network alone (``learned@0``) and any other calibration strengths."""
     from napari_nucleiseg.stain import load_target
     from napari_nucleiseg.stain.learned_normaliser import load_learned
 
@@ -96,6 +102,8 @@ def _normalisers(model):
     for m in CLASSICAL:
         out[m] = load_target(m, TRAIN)
     out["learned"] = load_learned(model)
+    for strength in sorted({0.0, *curve}):
+        out[f"learned@{strength:g}"] = load_learned(model, calibration=strength)
     return out
 
 
@@ -139,7 +147,7 @@ def colour_table(cases, normalisers, reference) -> dict:
                 else ""
             )
             print(
-                f"{case:<28}{name:<10} H-SSIM {r['h_ssim']:.3f} (min {r['h_ssim_min']:.3f})  "
+                f"{case:<28}{name:<13} H-SSIM {r['h_ssim']:.3f} (min {r['h_ssim_min']:.3f})  "
                 f"Lab {r['lab_distance']:6.2f}{paired}",
                 flush=True,
             )
@@ -208,6 +216,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="images per case (a quick look)")
     ap.add_argument(
+        "--calibration-curve",
+        type=float,
+        nargs="*",
+        default=[0.25, 0.75, 1.0],
+        help="other colour-calibration strengths to report beside the default and 0",
+    )
+    ap.add_argument(
         "--out", default=str(REPO / "benchmarks" / "results" / "learned_normaliser.json")
     )
     args = ap.parse_args(argv)
@@ -227,7 +242,7 @@ def main(argv=None):
     if args.limit:
         cases = {k: v[: args.limit] for k, v in cases.items()}
         test = test[: args.limit]
-    normalisers = _normalisers(model)
+    normalisers = _normalisers(model, args.calibration_curve)
     print(f"learned model: {normalisers['learned'].describe()}\n", flush=True)
     result = {
         "benchmark": "learned_normaliser",

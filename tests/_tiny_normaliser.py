@@ -24,8 +24,11 @@ def tiny_generator(seed: int = 0, norm_levels: int = 3, transformer_layers: int 
     return g.eval()
 
 
-def export_tiny_normaliser(folder: Path, name: str = "tiny-stain", seed: int = 0) -> Path:
-    """Card path of a tiny normaliser written to ``folder``."""
+def export_tiny_normaliser(
+    folder: Path, name: str = "tiny-stain", seed: int = 0, reference_lab=None
+) -> Path:
+    """Card path of a tiny normaliser written to ``folder`` (``reference_lab``: the style's Lab
+    statistics its colour calibration pulls to; None: a card without them)."""
     from napari_nucleiseg.training.normaliser_train import export_normaliser
 
     base = {
@@ -40,7 +43,9 @@ def export_tiny_normaliser(folder: Path, name: str = "tiny-stain", seed: int = 0
         "licence": "test",
     }
     reference = [0.65, 0.70, 0.29, 0.07, 0.99, 0.11, 0.6, 0.2]
-    return export_normaliser(tiny_generator(seed), Path(folder), name, "1.0.0", base, reference)
+    return export_normaliser(
+        tiny_generator(seed), Path(folder), name, "1.0.0", base, reference, reference_lab
+    )
 
 
 def export_tiny_unet(folder: Path, name: str = "tiny-unet", seed: int = 0) -> Path:

@@ -97,6 +97,101 @@ def test_a_finer_input_keeps_its_detail_and_gets_the_models_colour_change(card, 
     assert np.abs(back.astype(int) - n.transform(field, mpp=0.5).astype(int)).mean() < 4
 
 
+#: A style far from the tiny network's output (darker, redder, with less spread of colour).
+STYLE_LAB = [50.0, 25.0, -5.0, 14.0, 8.0, 6.0]
+
+
+@pytest.fixture(scope="module")
+def calibrated_card(tmp_path_factory) -> Path:
+    return export_tiny_normaliser(
+        tmp_path_factory.mktemp("calibrated"), "tiny-stain-lab", reference_lab=STYLE_LAB
+    )
+
+
+def test_colour_calibration_pulls_the_output_its_share_of_the_way_to_the_style(
+    calibrated_card, card, field
+):
+    from napari_nucleiseg.metrics.colour import lab_distance, lab_stats
+
+    def distance(strength):
+        n = _load(calibrated_card, calibration=strength).adapt(field)
+        return lab_distance(lab_stats(n.transform(field)), STYLE_LAB), n
+
+    d0, network_only = distance(0.0)
+    d_half, half = distance(0.5)
+    d1, _ = distance(1.0)
+    assert d0 > 10  # the tiny network leaves the colours far from the style
+    assert d1 < 1.5  # matched, up to uint8 rounding and clipping
+    assert 0.35 * d0 < d_half < 0.65 * d0
+    assert network_only.describe()["calibration"] is None
+    record = half.describe()["calibration"]
+    assert record["strength"] == 0.5 and len(record["scale"]) == len(record["shift"]) == 3
+    # The default is the documented one; a card without the style's Lab statistics (made
+    # before them) runs the network alone; a strength outside 0-1 is refused.
+    assert _load(calibrated_card).calibration == 0.5
+    blank = np.full((64, 64, 3), 245, np.uint8)  # glass: no colour to pull, none pulled
+    assert _load(calibrated_card).adapt(blank).lab_map is None
+    assert _load(card).calibration == 0.0 and _load(card).adapt(field).lab_map is None
+    from napari_nucleiseg.stain import StainError
+
+    with pytest.raises(StainError, match="between 0 and 1"):
+        _load(calibrated_card, calibration=1.5)
+
+
+def test_a_calibrated_slide_joins_chunks_without_seams_and_its_layer_record_restores_it(
+    calibrated_card, field
+):
+    import dask.array as da
+
+    from napari_nucleiseg.layers import NormalisedStain
+    from napari_nucleiseg.stain.lazy import adapt_to_levels, normalise_levels
+
+    levels = [da.from_array(field, chunks=(100, 150, 3))]
+    n = adapt_to_levels(_load(calibrated_card), levels, mpp=0.5)
+    assert n.lab_map is not None  # the sample's blocks went through the network
+    whole = n.transform(field).astype(int)
+    lazy = normalise_levels(levels, n)[0].compute()
+    assert np.abs(lazy.astype(int) - whole).max() <= 1
+    again = NormalisedStain.from_metadata(
+        json.loads(json.dumps(NormalisedStain.of(n, "slide.svs").to_metadata()))
+    ).normaliser()
+    assert again.token() == n.token()
+    assert np.array_equal(again.transform(field), n.transform(field))
+
+
+def test_normalize_cli_sets_the_calibration_and_refuses_it_where_it_means_nothing(
+    calibrated_card, field, tmp_path, capsys
+):
+    from PIL import Image
+
+    from napari_nucleiseg.cli.main import main
+    from napari_nucleiseg.metrics.colour import lab_distance, lab_stats
+
+    src = tmp_path / "field.png"
+    Image.fromarray(field).save(src)
+    common = ["normalize", str(src), "--mpp", "0.5", "--out"]
+    learned = ["--method", "learned", "--model", str(calibrated_card)]
+    assert main([*common, str(tmp_path / "full.png"), *learned, "--calibration", "1"]) == 0
+    written = Image.open(tmp_path / "full.png")
+    assert json.loads(written.text["nucleiseg"])["stain"]["calibration"]["strength"] == 1.0
+    assert lab_distance(lab_stats(np.asarray(written)), STYLE_LAB) < 1.5
+    assert main([*common, str(tmp_path / "none.png"), *learned, "--calibration", "0"]) == 0
+    assert (
+        json.loads(Image.open(tmp_path / "none.png").text["nucleiseg"])["stain"]["calibration"]
+        is None
+    )
+    capsys.readouterr()
+    code = main(
+        [*common, str(tmp_path / "m.png"), "--method", "macenko", "--target", str(src),
+         "--calibration", "0.5"]
+    )  # fmt: skip
+    assert code == 1 and not (tmp_path / "m.png").exists()
+    assert "--calibration is for --method learned" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*common, str(tmp_path / "x.png"), *learned, "--calibration", "2"])
+    assert exc.value.code == 2 and "between 0 and 1" in capsys.readouterr().err
+
+
 def test_a_card_without_a_reference_stain_is_refused_naming_the_field(card, tmp_path):
     from napari_nucleiseg.models import WeightsError, load_card
 
@@ -264,6 +359,11 @@ def test_a_teacher_trains_cancels_resumes_and_becomes_the_projects_normaliser(tm
     card = method.card
     assert card.kind == "normaliser" and card.training["parent"]["name"] == "tiny-unet"
     assert set(card.metrics["project_heldout"]) >= {"mask_aji", "h_ssim", "lab_distance_after"}
+    # The reference slides' colour statistics go on the card: the colour pull works with it.
+    assert len(card.generator["reference_lab"]) == 6
+    tissue = render_he((160, 160), 0.5, seed=5, coverage=1.0)[0]
+    n = method.normaliser().adapt(np.asarray(tissue))
+    assert n.calibration == 0.5 and n.lab_map is not None
     out = method.normaliser().transform(np.asarray(render_he((96, 96), 0.5, seed=5)[0]))
     assert out.shape == (96, 96, 3)
     with pytest.raises(ProjectError, match="no unfinished normaliser run"):

@@ -495,6 +495,7 @@ class NormalisedStain:
                 source={
                     "card": str(normaliser.card_path),
                     "stain": [float(v) for v in normaliser.source_stain],
+                    "calibration": normaliser.describe()["calibration"],
                 },
             )
         return cls(
@@ -520,7 +521,9 @@ class NormalisedStain:
         if self.method == "learned":
             from .stain.learned_normaliser import load_learned
 
-            return load_learned(self.source["card"]).adapted_to(self.source["stain"])
+            return load_learned(self.source["card"]).adapted_to(
+                self.source["stain"], self.source.get("calibration")
+            )
         from .stain import StainProfile, normaliser_from_profile
 
         normaliser = normaliser_from_profile(StainProfile.from_dict(self.profile))
@@ -544,7 +547,7 @@ def normalised_layer(
     from .stain import normalise_levels
     from .stain.lazy import adapt_to_levels
 
-    normaliser = adapt_to_levels(normaliser, levels, name=slide.path.name)
+    normaliser = adapt_to_levels(normaliser, levels, name=slide.path.name, mpp=slide.mpp)
     record = NormalisedStain.of(normaliser, slide.path, reference)
     what = normaliser.name if normaliser.method == "learned" else normaliser.method
     title = f"{name or slide.path.name} (normalised, {what})"

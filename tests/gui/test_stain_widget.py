@@ -160,6 +160,8 @@ def tiny_normaliser(tmp_path, monkeypatch):
 
     folder = tmp_path / "user-models"
     monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(folder))
+    # A second one whose card records its style's Lab statistics (colour calibration).
+    export_tiny_normaliser(folder, "tiny-stain-lab", reference_lab=[50, 25, -5, 14, 8, 6])
     return export_tiny_normaliser(folder)
 
 
@@ -175,10 +177,12 @@ def test_a_learned_normaliser_is_listed_and_shows_the_slide_normalised(
     assert list(widget._method.choices) == ["macenko", "reinhard", "vahadane", "ruifrok", "learned"]
     widget._method.value = "learned"
     # The shipped default first, then the user's models.
-    assert list(widget._model.choices) == ["stain-cycle-v1", "tiny-stain"]
+    first, *users = widget._model.choices
+    assert first == "stain-cycle-v1" and sorted(users) == ["tiny-stain", "tiny-stain-lab"]
     widget._model.value = "tiny-stain"
-    # A model instead of a reference; nothing to fit (said, not failed).
+    # A model and its colour pull instead of a reference; nothing to fit (said, not failed).
     assert not widget._model.native.isHidden() and widget._reference.native.isHidden()
+    assert not widget._calibration.native.isHidden() and widget._calibration.value == 0.5
     widget._fit.clicked.emit()
     assert "needs no fitting" in widget._status.value and not widget.jobs.running
     assert not any("fit" in m.lower() for m in _messages())
@@ -213,12 +217,27 @@ def test_a_learned_normaliser_is_listed_and_shows_the_slide_normalised(
     assert np.abs(coarse.astype(int) - np.asarray(slide.data[-1])).mean() > 3
     qtbot.wait(200)
     assert viewer.screenshot(canvas_only=True, flash=False)[..., :3].std() > 5
+    assert meta["source"]["calibration"] is None  # its card has no style statistics to pull to
+    assert "no colour pull" in widget._status.value
+
+    # A model whose card has them: the view is redrawn with the pull set in the panel (and
+    # again when it changes), and the layer's record gives that very mapping back.
+    for model, pull in (("tiny-stain-lab", 0.5), ("tiny-stain-lab", 1.0)):
+        widget._model.value, widget._calibration.value = model, pull
+        qtbot.waitUntil(lambda: not widget.jobs.running, timeout=60000)
+        (norm,) = _kind(viewer, "stain_normalised")
+        meta = norm.metadata["nucleiseg"]
+        assert meta["source"]["card"].endswith("tiny-stain-lab.json")
+        assert meta["source"]["calibration"]["strength"] == pull
+        assert f"colour pull {pull:g}" in widget._status.value
+        assert recorded_normaliser(meta).token() == widget.adapted.token()
 
     # Unticked: hidden; a classical fit afterwards replaces it (one normalised view).
     _show(qtbot, widget, False)
     assert not norm.visible
     widget._method.value = "reinhard"
     assert widget._model.native.isHidden() and not widget._reference.native.isHidden()
+    assert widget._calibration.native.isHidden()
     _fit(qtbot, widget)
     _show(qtbot, widget)
     (again,) = _kind(viewer, "stain_normalised")

@@ -12,15 +12,26 @@ Method ``learned`` is a trained normaliser (a model card of kind ``normaliser``,
 *model*): it maps every slide to the style it learnt, so there is nothing to fit. Its view is
 built the same lazy way: adapted once to the slide (its stain measured on a sample of its tissue,
 in the background), each level normalised at its own µm/px
-(``stain.lazy.normalise_levels(..., mpps=...)``).
+(``stain.lazy.normalise_levels(..., mpps=...)``). *colour pull* is its colour calibration (how
+far the network's output colours are pulled to the style's; see
+``stain.learned_normaliser``); changing it, like changing the model, redraws the view.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+)
 
+from ..stain.learned_normaliser import DEFAULT_CALIBRATION
 from ..stain.profile import STAIN_METHODS
 from ._jobs import JobRunner
 from ._layers import find_layers, just_above, open_layer_slide, put_layer, scrolled, slide_layers
@@ -42,6 +53,15 @@ class StainWidget(Container):
             label="model",
             choices=_normaliser_models,
             tooltip="the trained normaliser (a model card of kind 'normaliser')",
+        )
+        self._calibration = FloatSpinBox(
+            label="colour pull",
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            value=DEFAULT_CALIBRATION,
+            tooltip="after the network, how far the slide's colours are pulled to the style's "
+            "(0: the network alone; 1: matched exactly, at some cost to the nuclei's detail)",
         )
         self._reference = ComboBox(label="reference", choices=list(REFERENCES), value=REFERENCES[0])
         self._file = FileEdit(
@@ -66,6 +86,7 @@ class StainWidget(Container):
                 self._layer,
                 self._method,
                 self._model,
+                self._calibration,
                 self._reference,
                 self._file,
                 self._fit,
@@ -95,6 +116,7 @@ class StainWidget(Container):
         self._fit.changed.connect(self._on_fit)
         self._method.changed.connect(self._on_method)
         self._model.changed.connect(self._on_model)
+        self._calibration.changed.connect(self._on_model)
         self._show.changed.connect(self._on_show)
         self._save.changed.connect(self._on_save)
         self._channels.changed.connect(self._on_channels)
@@ -128,6 +150,7 @@ class StainWidget(Container):
         """A trained normaliser has a model instead of a reference to fit on."""
         learned = self.learned
         self._model.visible = learned
+        self._calibration.visible = learned
         self._reference.visible = not learned
         self._file.visible = not learned
         if not learned:
@@ -223,11 +246,11 @@ class StainWidget(Container):
             return
         normaliser = self.normaliser
         self._start_view(
-            layer, "Normalised view", lambda levels: _adapted(normaliser, levels, layer.name)
+            layer, "Normalised view", lambda levels, _mpp: _adapted(normaliser, levels, layer.name)
         )
 
     def _start_view(self, layer, title: str, adapt, on_error=None) -> None:
-        """Adapt a normaliser to ``layer``'s slide in the background (``adapt(levels)``, a
+        """Adapt a normaliser to ``layer``'s slide in the background (``adapt(levels, mpp)``, a
         generator) and show the result; busy or an unreadable slide: one line, nothing run."""
         from napari.utils.notifications import show_warning
 
@@ -241,7 +264,7 @@ class StainWidget(Container):
         levels = list(layer.data)
         self.jobs.start(
             title,
-            adapt(levels),
+            adapt(levels, slide.mpp),
             on_done=lambda adapted: self._show_normalised(slide, levels, adapted, layer),
             on_error=on_error,
         )
@@ -252,7 +275,7 @@ class StainWidget(Container):
         status and a notification)."""
         from napari.utils.notifications import show_error
 
-        name = self._model.value
+        name, calibration = self._model.value, float(self._calibration.value)
         if name is None:
             self._set_status(NO_MODEL)
             show_error(NO_MODEL)
@@ -261,7 +284,7 @@ class StainWidget(Container):
         self._start_view(
             layer,
             f"Normalised view ({name})",
-            lambda levels: _learned(name, levels, layer.name),
+            lambda levels, mpp: _learned(name, levels, layer.name, mpp, calibration),
             on_error=self._learned_failed,
         )
 
@@ -290,9 +313,14 @@ class StainWidget(Container):
         )
         self.adapted = adapted
         if learned:
+            pull = (
+                f", colour pull {adapted.calibration:g}"
+                if adapted.lab_map is not None
+                else " (network alone: no colour pull)"
+            )
             self._set_status(
                 f"The slide is shown normalised by the learned normaliser {adapted.name} "
-                f"{adapted.card.version}."
+                f"{adapted.card.version}{pull}."
             )
             return
         self._set_status(
@@ -375,7 +403,9 @@ def _normaliser_models(_widget=None) -> list[str]:
     return method_names("normaliser")
 
 
-def _learned(name: str, levels, slide_name: str):
+def _learned(
+    name: str, levels, slide_name: str, mpp: float | None = None, calibration: float | None = None
+):
     """The trained normaliser ``name`` from its card, adapted to the slide (its stain measured
     on a sample of its tissue, as for Macenko), its network opened here (weights checked against
     the card) so that a broken model is said now, not when a chunk is drawn."""
@@ -387,9 +417,9 @@ def _learned(name: str, levels, slide_name: str):
 
     yield 0, 2
     try:
-        normaliser = load_learned(name)
+        normaliser = load_learned(name, calibration=calibration)
         yield 1, 2
-        adapted = adapt_to_levels(normaliser, levels, name=slide_name)
+        adapted = adapt_to_levels(normaliser, levels, name=slide_name, mpp=mpp)
         m = adapted.multiple
         adapted.transform(np.full((m, m, 3), 255, np.uint8))
     except RuntimeError as exc:  # a damaged model (WeightsError): napari's worker would drop it

@@ -252,6 +252,16 @@ def _positive(kind):
     return parse
 
 
+def _share(text):
+    """A share between 0 and 1 inclusive."""
+    import math
+
+    value = float(text)
+    if not (0 <= value <= 1 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def _mpp(text):
     """``--mpp``: a level-0 pixel size a microscope or scanner can have."""
     from ..io.slide import MPP_RANGE
@@ -426,6 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
         "current normaliser, else the shipped one)",
     )
     s.add_argument("--project", metavar="DIR", help="a project whose normaliser models to use")
+    s.add_argument(
+        "--calibration",
+        type=_share,
+        metavar="0-1",
+        help="--method learned: how far the network's output colour statistics are pulled to "
+        "the style's (0: the network alone, 1: matched; default 0.5)",
+    )
     s.add_argument(
         "--out",
         required=True,

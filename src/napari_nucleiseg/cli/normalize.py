@@ -25,6 +25,7 @@ def cmd_normalize(args) -> int:
                 progress=bar.update,
                 model=args.model,
                 project=args.project,
+                calibration=args.calibration,
             )
         except (SlideError, StainError) as exc:
             bar.close()

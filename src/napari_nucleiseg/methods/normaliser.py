@@ -32,12 +32,12 @@ class NormaliserMethod(Method):
         self.context_um = float(card.context_um)
         self.multiple = 2 ** (int(card.generator["norm_levels"]) - 1)
 
-    def normaliser(self, runtime: str | None = None):
+    def normaliser(self, runtime: str | None = None, calibration: float | None = None):
         """A :class:`~napari_nucleiseg.stain.learned_normaliser.LearnedNormaliser` (the
-        network opens on its first block)."""
+        network opens on its first block; ``calibration``: its colour pull, None: default)."""
         from ..stain.learned_normaliser import LearnedNormaliser
 
-        return LearnedNormaliser(self.card, self.card_path, self.source, runtime)
+        return LearnedNormaliser(self.card, self.card_path, self.source, runtime, calibration)
 
     def describe(self) -> dict:
         c = self.card

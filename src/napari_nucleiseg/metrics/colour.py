@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def _tissue(rgb: np.ndarray) -> np.ndarray:
-    """Pixels that are not glass: any channel below 220 (a fixed, method-blind rule)."""
+def tissue_pixels(rgb: np.ndarray) -> np.ndarray:
+    """(N,) which pixels of ``rgb`` (an image or (N, 3) pixels) are not glass: any channel below
+    220 (a fixed, method-blind rule)."""
     return rgb.reshape(-1, 3).min(axis=1) < 220
 
 
@@ -25,7 +26,7 @@ def lab_stats(rgb: np.ndarray) -> np.ndarray:
     from ..stain.lab import rgb_to_lab
 
     px = rgb.reshape(-1, 3)
-    keep = _tissue(rgb)
+    keep = tissue_pixels(rgb)
     lab = rgb_to_lab(px[keep] if keep.sum() >= 64 else px).reshape(-1, 3).astype(np.float64)
     return np.concatenate([lab.mean(0), lab.std(0)])
 

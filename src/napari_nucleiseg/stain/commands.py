@@ -114,11 +114,13 @@ def normalize_file(
     progress=None,
     model=None,
     project=None,
+    calibration: float | None = None,
 ) -> dict:
     """Normalise ``input_path`` to ``target`` (a reference image/slide or profile .json) and write
     ``out_path`` (then ``save_profile``, the fitted target profile, if given). With ``method``
     ``"learned"`` the target is the style a trained normaliser learnt: ``model`` (name or card
-    path; None: ``project``'s current normaliser, else the shipped one). Returns what was
+    path; None: ``project``'s current normaliser, else the shipped one) and ``calibration``
+    its colour pull (:mod:`.learned_normaliser`; None: default). Returns what was
     recorded (target and source profiles). Raises ``SlideError`` or ``StainError`` (both name
     the file) for bad input, and ``OutputError`` (a ``SlideError`` naming the output) when an
     output cannot be written; an output is written whole or not at all."""
@@ -133,6 +135,8 @@ def normalize_file(
     if suffix not in IMAGE_SUFFIXES + PYRAMID_SUFFIXES:
         raise SlideError(out, "write .tif/.tiff (pyramidal TIFF), .zarr (OME-Zarr) or .png/.jpg")
     learned = method == "learned"
+    if calibration is not None and not learned:
+        raise StainError("--calibration is for --method learned (a trained normaliser)")
     if learned and (target is not None or save_profile):
         raise StainError(
             "a learned normaliser has no --target or --save-profile: it maps to the style it "
@@ -144,7 +148,7 @@ def normalize_file(
     if learned:
         from .learned_normaliser import load_learned
 
-        normaliser = load_learned(model, project=project)
+        normaliser = load_learned(model, project=project, calibration=calibration)
     else:
         normaliser = load_target_file(method, target)
     with warnings.catch_warnings():

@@ -39,6 +39,16 @@ def sample_levels(
     mostly tissue are read (chosen at random, seeded). Small images are read whole. The pixel
     count is capped at ``max_pixels`` later, by the fit.
     """
+    return np.concatenate(
+        [as_pixels(a) for a in sample_blocks(levels, blocks=blocks, block_px=block_px, seed=seed)]
+    )
+
+
+def sample_blocks(
+    levels, blocks: int = SAMPLE_BLOCKS, block_px: int = SAMPLE_BLOCK_PX, seed: int = 0
+) -> list[np.ndarray]:
+    """The images behind :func:`sample_levels`: the level-0 tissue blocks (H, W, 3) as read,
+    or the whole image when it is small (a learned normaliser runs its network on them)."""
     import dask
     import dask.array as da
 
@@ -48,7 +58,7 @@ def sample_levels(
     ]
     h0, w0 = levels[0].shape[:2]
     if h0 * w0 <= READ_WHOLE_PX:
-        return as_pixels(levels[0].compute())
+        return [np.asarray(levels[0].compute())]
     coarse = levels[-1]
     ch, cw = coarse.shape[:2]
     if ch * cw > MASK_PX:  # a strided view is plenty to locate tissue blocks (and keeps memory low)
@@ -76,7 +86,7 @@ def sample_levels(
         candidates = np.argsort(-frac.ravel())[: max(blocks, len(candidates))]
         candidates = candidates[frac.ravel()[candidates] > 0]
     if len(candidates) == 0:
-        return as_pixels(small)  # no tissue anywhere: the fit will say so
+        return [np.asarray(small)]  # no tissue anywhere: the fit will say so
     rng = np.random.default_rng(seed)
     chosen = rng.choice(candidates, size=min(blocks, len(candidates)), replace=False)
     regions = []
@@ -85,8 +95,7 @@ def sample_levels(
         regions.append(
             levels[0][r * block_px : (r + 1) * block_px, c * block_px : (c + 1) * block_px]
         )
-    arrays = dask.compute(*regions)
-    return np.concatenate([as_pixels(a) for a in arrays])
+    return [np.asarray(a) for a in dask.compute(*regions)]
 
 
 def sample_slide(slide, max_pixels: int = MAX_FIT_PIXELS, seed: int = 0) -> np.ndarray:
@@ -108,10 +117,14 @@ def sample_image_or_slide(path: str | Path, max_pixels: int = MAX_FIT_PIXELS) ->
         slide.close()
 
 
-def adapt_to_levels(normaliser, levels, name: str | None = None):
-    """``normaliser`` adapted to a multiscale image, unless it already is."""
+def adapt_to_levels(normaliser, levels, name: str | None = None, mpp: float | None = None):
+    """``normaliser`` adapted to a multiscale image, unless it already is. A learned normaliser
+    gets the sampled blocks themselves (its network runs on them) and ``mpp``, level 0's µm/px
+    where known."""
     if normaliser.adapted:
         return normaliser
+    if getattr(normaliser, "method", "") == "learned":
+        return normaliser.adapt(sample_blocks(levels), name=name, mpp=mpp)
     return normaliser.adapt(sample_levels(levels, normaliser.max_pixels), name=name)
 
 
@@ -119,7 +132,7 @@ def adapt_to_slide(normaliser, slide):
     """``normaliser`` adapted once to a whole :class:`~napari_nucleiseg.io.Slide` (sampled from its
     tissue at full resolution), unless it already is: call this before a tile loop so every tile
     of the slide gets the same colour mapping."""
-    return adapt_to_levels(normaliser, slide.pyramid(), name=slide.path.name)
+    return adapt_to_levels(normaliser, slide.pyramid(), name=slide.path.name, mpp=slide.mpp)
 
 
 def normalise_levels(levels, normaliser, name: str | None = None, mpps=None) -> list:
@@ -135,7 +148,7 @@ def normalise_levels(levels, normaliser, name: str | None = None, mpps=None) -> 
     """
     import dask.array as da
 
-    normaliser = adapt_to_levels(normaliser, levels, name=name)
+    normaliser = adapt_to_levels(normaliser, levels, name=name, mpp=mpps[0] if mpps else None)
     token = normaliser_token(normaliser)
     learned = getattr(normaliser, "method", "") == "learned"
     out = []

@@ -11,6 +11,16 @@ the slide's H and E vectors and amounts are measured once and give the optical-d
 network starts from; the network adds its learnt, local correction. One map per slide, so every
 block of the slide gets the same treatment.
 
+Colour calibration: on stains far from what it learnt (a re-stained slide, another lab) the
+network moves colour only part of the way; measured on held-out tissue, its output stayed
+further from the style's Lab statistics than Macenko's. So ``adapt`` also runs the network on
+the sample, measures its output's per-channel Lab mean and standard deviation over tissue, and
+fixes a per-channel Lab affine map that pulls them a ``calibration`` share of the way (default
+:data:`DEFAULT_CALIBRATION`) to the style's, which the card records (``reference_lab``). Full
+strength (1) is Reinhard on the network's output: the closest colour, but the haematoxylin map
+drifts from the input's; 0 is the network alone. ``benchmarks/learned_normaliser.py`` reports
+both ends and the default. One map per slide, like the stain map, so chunks join without seams.
+
 The network runs with ONNX Runtime (no PyTorch needed), on blocks with a margin of context that
 is cut off again, so a large image and a lazily computed slide come out the same as one pass.
 
@@ -37,6 +47,12 @@ CONTEXT_PX = 64
 #: The residual is computed at the model's scale only when the input is this much finer.
 RESCALE_BELOW = 0.75
 EPS = 1.0 / 512
+#: Share of the way from the network's output colour statistics to the style's (0: none).
+DEFAULT_CALIBRATION = 0.5
+#: Pixels of the sample the network runs on to measure its output's colour (a few seconds).
+CALIBRATION_PX = 1024 * 1024
+#: Fewer tissue pixels than this in the sample: no calibration (the network alone).
+MIN_CALIBRATION_TISSUE_PX = 4096
 
 
 class LearnedNormaliser:
@@ -46,7 +62,14 @@ class LearnedNormaliser:
     source = None
     profile = None
 
-    def __init__(self, card, card_path: Path, source: str = "path", runtime: str | None = None):
+    def __init__(
+        self,
+        card,
+        card_path: Path,
+        source: str = "path",
+        runtime: str | None = None,
+        calibration: float | None = None,
+    ):
         self.card = card
         self.card_path = Path(card_path)
         self.origin = source
@@ -54,9 +77,18 @@ class LearnedNormaliser:
         self.mpp = float(card.mpp)
         self.multiple = 2 ** (int(card.generator["norm_levels"]) - 1)
         self.reference = np.asarray(card.generator["reference_stain"], np.float32)
-        #: The slide's stain vector and map (set by :meth:`adapt`).
+        ref_lab = card.generator.get("reference_lab")
+        #: The style's Lab mean and std over tissue (6,), None on cards that predate it.
+        self.reference_lab = None if ref_lab is None else np.asarray(ref_lab, np.float64)
+        strength = DEFAULT_CALIBRATION if calibration is None else float(calibration)
+        if not 0.0 <= strength <= 1.0:
+            raise StainError(f"calibration must be between 0 and 1, got {strength}")
+        #: How far colour is pulled to ``reference_lab`` (0 where the card has none).
+        self.calibration = strength if self.reference_lab is not None else 0.0
+        #: The slide's stain vector and map, and the Lab (scale, shift) (set by :meth:`adapt`).
         self.source_stain: np.ndarray | None = None
         self.stain_map: np.ndarray | None = None
+        self.lab_map: tuple[np.ndarray, np.ndarray] | None = None
         self._runtime = runtime
         self._session = None
         self._torch = None
@@ -73,18 +105,56 @@ class LearnedNormaliser:
     def adapted(self) -> bool:
         return self.stain_map is not None
 
-    def adapt(self, rgb, name: str | None = None) -> LearnedNormaliser:
+    def adapt(self, rgb, name: str | None = None, mpp: float | None = None) -> LearnedNormaliser:
         """A copy adapted to the slide or image ``rgb`` is a sample of: its stain measured, the
-        map to the reference style fixed. A sample with too little tissue to measure gets the
-        neutral H&E vectors (see :func:`~.learned.data.stain_vector`)."""
-
+        map to the reference style fixed, and the colour calibration measured on the network's
+        output for the sample (see the module docstring). ``rgb``: an image (H, W, 3), a list of
+        images (blocks of a slide) or bare pixels (N, 3), which have no layout for the network
+        to run on and so get no calibration. ``mpp``: the sample's µm/px, where known. A sample
+        with too little tissue to measure gets the neutral H&E vectors (see
+        :func:`~.learned.data.stain_vector`)."""
         from .learned.data import stain_vector
+        from .optical import as_pixels
 
-        return self.adapted_to(stain_vector(np.asarray(rgb)))
+        images = list(rgb) if isinstance(rgb, (list, tuple)) else [np.asarray(rgb)]
+        images = [np.asarray(im) for im in images]
+        pixels = np.concatenate([as_pixels(im) for im in images])
+        other = self.adapted_to(stain_vector(pixels))
+        spatial = [im for im in images if im.ndim == 3 and min(im.shape[:2]) >= 8]
+        if self.calibration > 0 and spatial:
+            other.lab_map = other._measure_lab_map(spatial, mpp)
+        return other
 
-    def adapted_to(self, source_stain) -> LearnedNormaliser:
+    def _measure_lab_map(self, images, mpp) -> tuple[np.ndarray, np.ndarray] | None:
+        """The Lab (scale, shift) that pulls the network's output for ``images`` (up to
+        :data:`CALIBRATION_PX` of them) a ``calibration`` share of the way to the style; None
+        when the sample holds too little tissue to measure (glass has no colour to pull, and
+        its tiny spread would be blown up)."""
+        from ..metrics.colour import lab_stats, tissue_pixels
+        from .optical import as_pixels
+
+        outs, total, tissue = [], 0, 0
+        for im in images:
+            if total >= CALIBRATION_PX:
+                break
+            side = int(np.sqrt(CALIBRATION_PX - total)) + 1
+            im = im[: max(side, self.multiple), : max(side, self.multiple)]
+            tissue += int(tissue_pixels(as_pixels(im)).sum())  # of the input: glass in, no pull
+            outs.append(as_pixels(self.transform(im, mpp)))
+            total += im.shape[0] * im.shape[1]
+        if tissue < MIN_CALIBRATION_TISSUE_PX:
+            return None
+        stats = lab_stats(np.concatenate(outs))
+        mean, std = stats[:3], np.maximum(stats[3:], 0.05)
+        a = self.calibration
+        scale = (self.reference_lab[3:] / std) ** a
+        shift = mean + a * (self.reference_lab[:3] - mean) - scale * mean
+        return scale, shift
+
+    def adapted_to(self, source_stain, calibration: dict | None = None) -> LearnedNormaliser:
         """A copy adapted to a slide whose stain vector (:func:`~.learned.data.stain_vector`)
-        is known already (a layer's record, a run's log)."""
+        is known already (a layer's record, a run's log), and its colour calibration
+        (``describe()["calibration"]``) where one was measured."""
         import copy
 
         from .learned.data import stain_map
@@ -93,6 +163,13 @@ class LearnedNormaliser:
         other._lock = threading.Lock()
         other.source_stain = np.asarray(source_stain, np.float32)
         other.stain_map = stain_map(other.source_stain, self.reference)
+        other.lab_map = None
+        if calibration:
+            other.calibration = float(calibration["strength"])
+            other.lab_map = (
+                np.asarray(calibration["scale"], np.float64),
+                np.asarray(calibration["shift"], np.float64),
+            )
         return other
 
     def fit(self, rgb=None, name: str | None = None) -> LearnedNormaliser:
@@ -105,6 +182,8 @@ class LearnedNormaliser:
         import hashlib
 
         adapted = b"" if self.stain_map is None else np.round(self.stain_map, 5).tobytes()
+        if self.lab_map is not None:
+            adapted += np.round(np.concatenate(self.lab_map), 5).tobytes()
         return hashlib.sha1(self.card.sha256.encode() + adapted).hexdigest()[:16]
 
     def describe(self) -> dict:
@@ -118,6 +197,14 @@ class LearnedNormaliser:
             "source_stain": None
             if self.source_stain is None
             else [round(float(v), 5) for v in self.source_stain],
+            "calibration": None
+            if self.lab_map is None
+            else {
+                "strength": self.calibration,
+                # Unrounded: a layer's record reproduces its colours exactly.
+                "scale": [float(v) for v in self.lab_map[0]],
+                "shift": [float(v) for v in self.lab_map[1]],
+            },
         }
 
     def __repr__(self) -> str:
@@ -192,7 +279,16 @@ class LearnedNormaliser:
         if rgb.shape[0] == 0 or rgb.shape[1] == 0:
             return rgb.copy()
         if not self.adapted:  # an image on its own is its own sample, as for Macenko
-            return self.adapt(rgb).transform(rgb, mpp)
+            return self.adapt(rgb, mpp=mpp).transform(rgb, mpp)
+        out = self._styled(rgb, mpp)
+        if self.lab_map is None:
+            return out
+        from .lab import lab_affine_rgb
+
+        return lab_affine_rgb(out.reshape(-1, 3), *self.lab_map).reshape(out.shape)
+
+    def _styled(self, rgb: np.ndarray, mpp: float | None) -> np.ndarray:
+        """The network's output (uint8), at the model's scale where the input is finer."""
         factor = None if mpp is None else float(mpp) / self.mpp
         if factor is None or factor >= RESCALE_BELOW:
             out = self._network(rgb)
@@ -225,10 +321,16 @@ def _enlarge(residual: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     )
 
 
-def load_learned(name_or_path=None, project=None, runtime: str | None = None) -> LearnedNormaliser:
+def load_learned(
+    name_or_path=None,
+    project=None,
+    runtime: str | None = None,
+    calibration: float | None = None,
+) -> LearnedNormaliser:
     """The learned normaliser called ``name_or_path`` (None: the project's current one, else the
     shipped default), through the one registry; :class:`StainError` naming it when it is not a
-    normaliser or cannot be loaded."""
+    normaliser or cannot be loaded. ``calibration``: see the module docstring (None: the
+    default)."""
     from ..methods import get_method
     from ..models import WeightsError
 
@@ -236,4 +338,4 @@ def load_learned(name_or_path=None, project=None, runtime: str | None = None) ->
         method = get_method(name_or_path, kind="normaliser", project=project)
     except WeightsError as exc:
         raise StainError(str(exc)) from None
-    return method.normaliser(runtime=runtime)
+    return method.normaliser(runtime=runtime, calibration=calibration)

@@ -468,10 +468,14 @@ def _checkpoint(run, nets, opt_g, opt_d, it: int) -> None:
 
 
 # ---------------------------------------------------------------------------- export
-def export_normaliser(gen, folder: Path, name: str, version: str, base: dict, reference) -> Path:
+def export_normaliser(
+    gen, folder: Path, name: str, version: str, base: dict, reference, reference_lab=None
+) -> Path:
     """Card + safetensors (the X→Y generator, both decoders) + float32 ONNX of the normalisation
     path (BatchNorm folded) in ``folder``; the card is written last, so a half-exported model is
-    never a method. ``base`` holds the card's other fields."""
+    never a method. ``base`` holds the card's other fields; ``reference`` is the style's stain
+    vector and ``reference_lab`` its Lab mean and std over tissue (the colour calibration's
+    target, :mod:`napari_nucleiseg.stain.learned_normaliser`)."""
     import torch
     from safetensors.torch import save_file
 
@@ -512,6 +516,11 @@ def export_normaliser(gen, folder: Path, name: str, version: str, base: dict, re
                 "transformer_layers": gen.transformer_layers,
                 "heads": gen.transformer[0].heads if gen.transformer_layers else 4,
                 "reference_stain": [round(float(v), 6) for v in reference],
+                **(
+                    {}
+                    if reference_lab is None
+                    else {"reference_lab": [round(float(v), 4) for v in reference_lab]}
+                ),
             },
         }
     )
@@ -567,7 +576,9 @@ def _export(project, cfg, run, g_xy, nuclei_card, teacher, pools, reference, ite
         "created": dt.date.today().isoformat(),
         "notes": f"trained by `nucleiseg train-normaliser` ({role})",
     }
-    return export_normaliser(g_xy, folder, name, f"{n}.0.0", base, reference)
+    return export_normaliser(
+        g_xy, folder, name, f"{n}.0.0", base, reference, run.state.get("reference_lab")
+    )
 
 
 # ---------------------------------------------------------------------------- conclusion
