@@ -98,7 +98,7 @@ def test_a_finer_input_keeps_its_detail_and_gets_the_models_colour_change(card, 
 
 
 #: A style far from the tiny network's output (darker, redder, with less spread of colour).
-STYLE_LAB = [50.0, 25.0, -5.0, 14.0, 8.0, 6.0]
+STYLE_LAB = [50.0, 25.0, -5.0, 14.0, 12.0, 9.0]
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,27 @@ def test_colour_calibration_pulls_the_output_its_share_of_the_way_to_the_style(
 
     with pytest.raises(StainError, match="between 0 and 1"):
         _load(calibrated_card, calibration=1.5)
+
+
+def test_another_pull_needs_no_network_pass_and_a_large_image_is_sampled_all_over(
+    calibrated_card, field
+):
+    import pickle
+
+    half = _load(calibrated_card).adapt(field)
+    full = half.with_calibration(1.0)
+    # The same map as measuring again at that strength, from what was measured (no network).
+    again = _load(calibrated_card, calibration=1.0).adapt(field)
+    assert np.allclose(full.lab_map[0], again.lab_map[0]) and full.token() == again.token()
+    assert half.with_calibration(0.0).lab_map is None
+    # Pickled (a dask.distributed worker) it gives the same colours.
+    assert np.array_equal(pickle.loads(pickle.dumps(full)).transform(field), full.transform(field))
+    # A single image larger than the budget whose top-left 1 MP is glass: measured on a grid
+    # over all of it, so the tissue along its bottom still sets the pull.
+    big = np.full((1400, 1400, 3), 245, np.uint8)
+    big[1050:1410, :420] = field[:350]
+    big[1050:1410, 420:840] = field[:350]
+    assert _load(calibrated_card).adapt(big).lab_map is not None
 
 
 def test_a_calibrated_slide_joins_chunks_without_seams_and_its_layer_record_restores_it(
@@ -201,6 +222,12 @@ def test_a_card_without_a_reference_stain_is_refused_naming_the_field(card, tmp_
     bad.write_text(json.dumps(data))
     with pytest.raises(WeightsError, match="reference_stain"):
         load_card(bad)
+    for lab in ([50, 25, -5, 14, 12], [50, 25, -5, 14, 0, 9]):  # too short; no spread
+        data = json.loads(card.read_text())
+        data["generator"]["reference_lab"] = lab
+        bad.write_text(json.dumps(data))
+        with pytest.raises(WeightsError, match="reference_lab"):
+            load_card(bad)
 
 
 def test_normalize_cli_learned_writes_an_image_and_refuses_a_target(card, field, tmp_path):

@@ -469,8 +469,10 @@ class NormalisedStain:
     ``source``
         The slide's own stain profile (sampled once from its tissue), same form. Target and
         source together fix the per-pixel mapping of every chunk at every zoom. For a learned
-        normaliser, ``{"card": path, "stain": [8 numbers]}``: its model card and the slide's
-        measured stain vector, which with the network fix the mapping the same way.
+        normaliser, ``{"card": path, "stain": [8 numbers], "calibration": {...} or None}``: its
+        model card, the slide's measured stain vector and its colour calibration (strength, Lab
+        scale and shift, the output colour measured), which with the network fix the mapping
+        the same way.
     """
 
     slide: str

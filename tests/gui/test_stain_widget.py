@@ -161,7 +161,7 @@ def tiny_normaliser(tmp_path, monkeypatch):
     folder = tmp_path / "user-models"
     monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(folder))
     # A second one whose card records its style's Lab statistics (colour calibration).
-    export_tiny_normaliser(folder, "tiny-stain-lab", reference_lab=[50, 25, -5, 14, 8, 6])
+    export_tiny_normaliser(folder, "tiny-stain-lab", reference_lab=[50, 25, -5, 14, 12, 9])
     return export_tiny_normaliser(folder)
 
 

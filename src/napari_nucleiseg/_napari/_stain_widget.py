@@ -112,11 +112,14 @@ class StainWidget(Container):
         self.jobs = JobRunner(self._set_status, self._cancel, bar=self.progress)
         self.normaliser = None  # fitted on the reference
         self.adapted = None  # ... and adapted to the slide shown normalised
+        self._adapted_slide = None  # ... whose path is this
         self._fitted_on = ""
         self._fit.changed.connect(self._on_fit)
         self._method.changed.connect(self._on_method)
         self._model.changed.connect(self._on_model)
-        self._calibration.changed.connect(self._on_model)
+        # One redraw when the value is set (Enter, arrows, focus out), not one per keystroke.
+        self._calibration.native.setKeyboardTracking(False)
+        self._calibration.changed.connect(self._on_calibration)
         self._show.changed.connect(self._on_show)
         self._save.changed.connect(self._on_save)
         self._channels.changed.connect(self._on_channels)
@@ -165,6 +168,29 @@ class StainWidget(Container):
     def _on_model(self, _=None) -> None:
         if self.learned and self._show.value and self._model.value is not None:
             self._on_show()
+
+    def _on_calibration(self, _=None) -> None:
+        """Another colour pull for the slide shown: its map is re-derived from the colour the
+        network was measured to give on it (no second pass of the network); anything else
+        (another slide or model, nothing shown yet) goes the whole way."""
+        adapted, layer = self.adapted, self._layer.value
+        same = (
+            getattr(adapted, "method", "") == LEARNED
+            and adapted.name == self._model.value
+            and adapted.output_lab is not None
+            and layer is not None
+            and self._adapted_slide == _layer_path(layer)
+        )
+        if not (self.learned and self._show.value and same):
+            self._on_model()
+            return
+        strength = float(self._calibration.value)
+        self._start_view(
+            layer,
+            f"Normalised view ({adapted.name})",
+            lambda _levels, _mpp: _recalibrated(adapted, strength),
+            on_error=self._learned_failed,
+        )
 
     def _need_slide(self, what: str):
         from napari.utils.notifications import show_error
@@ -312,6 +338,7 @@ class StainWidget(Container):
             slide=str(slide.path),
         )
         self.adapted = adapted
+        self._adapted_slide = _layer_path(slide_layer)
         if learned:
             pull = (
                 f", colour pull {adapted.calibration:g}"
@@ -426,6 +453,19 @@ def _learned(
         raise StainError(str(exc)) from None
     yield 2, 2
     return adapted
+
+
+def _recalibrated(adapted, strength: float):
+    """The shown slide's learned normaliser with another colour pull (no network pass)."""
+    yield 0, 1
+    out = adapted.with_calibration(strength)
+    yield 1, 1
+    return out
+
+
+def _layer_path(layer) -> str | None:
+    """The slide file a slide layer shows (its record), to tell slides apart."""
+    return (getattr(layer, "metadata", None) or {}).get("nucleiseg", {}).get("path")
 
 
 def _fit_view(method: str, slide, box):

@@ -179,6 +179,17 @@ class ModelCard:
                     f"generator {_short(g)}: reference_stain must be 8 numbers (the reference "
                     "style's H and E vectors and log amounts)"
                 )
+            lab = g.get("reference_lab")
+            if lab is not None and (
+                not isinstance(lab, list)
+                or len(lab) != 6
+                or not all(_is_number(v) for v in lab)
+                or not all(v > 0 for v in lab[3:])
+            ):
+                raise WeightsError(
+                    f"generator {_short(g)}: reference_lab must be 6 finite numbers (the style's "
+                    "Lab mean and standard deviation over tissue; the deviations above 0)"
+                )
         if not isinstance(self.outputs, (list, tuple)) or not all(
             isinstance(o, str) for o in self.outputs
         ):

@@ -263,7 +263,7 @@ def segment_region(
     if normaliser is not None:  # adapted to the slide: the colours of the normalised view
         from ..stain import normalise_image
 
-        rgb = normalise_image(rgb, normaliser)
+        rgb = normalise_image(rgb, normaliser, plan.mpp)  # a learned one at its own scale
     method_info = describe_method(m, normaliser=normaliser)
     # The planner's tiles over the view itself (their halo reaches into the region's context),
     # starting on the pooling grid; a view that fits one tile is one pass over the region.

@@ -2,8 +2,8 @@
 
 :func:`load_learned` gives a :class:`LearnedNormaliser` for a model card of kind ``normaliser``
 (name, card path or project model). Like the classical normalisers it has ``transform``,
-``adapt`` (nothing to adapt: the network maps any stain to the style it learnt), ``describe``
-and a stable ``token``, so :func:`~.lazy.normalise_levels`, ``segment_image(...,
+``adapt`` (measures the slide's stain and the colour calibration, below), ``describe`` and a
+stable ``token``, so :func:`~.lazy.normalise_levels`, ``segment_image(...,
 normaliser=)``, the Stain panel and ``nucleiseg normalize`` take it as they are.
 
 Like Macenko it is adapted to each slide first (``adapt``, from a sample of the slide's tissue):
@@ -17,9 +17,11 @@ further from the style's Lab statistics than Macenko's. So ``adapt`` also runs t
 the sample, measures its output's per-channel Lab mean and standard deviation over tissue, and
 fixes a per-channel Lab affine map that pulls them a ``calibration`` share of the way (default
 :data:`DEFAULT_CALIBRATION`) to the style's, which the card records (``reference_lab``). Full
-strength (1) is Reinhard on the network's output: the closest colour, but the haematoxylin map
-drifts from the input's; 0 is the network alone. ``benchmarks/learned_normaliser.py`` reports
-both ends and the default. One map per slide, like the stain map, so chunks join without seams.
+strength (1) is Reinhard on the network's output (the scale bounded to :data:`MAX_LAB_SCALE`):
+the closest colour, but the haematoxylin map drifts from the input's; 0 is the network alone.
+``benchmarks/learned_normaliser.py`` reports both ends and the default. One map per slide, like
+the stain map, so chunks join without seams; the measured statistics are kept, so another
+strength (:meth:`LearnedNormaliser.with_calibration`) needs no second pass of the network.
 
 The network runs with ONNX Runtime (no PyTorch needed), on blocks with a margin of context that
 is cut off again, so a large image and a lazily computed slide come out the same as one pass.
@@ -53,6 +55,12 @@ DEFAULT_CALIBRATION = 0.5
 CALIBRATION_PX = 1024 * 1024
 #: Fewer tissue pixels than this in the sample: no calibration (the network alone).
 MIN_CALIBRATION_TISSUE_PX = 4096
+#: The Lab scale of the calibration stays within [1 / this, this]: a low-contrast sample must
+#: not have its contrast blown up (nor a noisy one flattened).
+MAX_LAB_SCALE = 2.0
+#: A single image larger than the calibration budget is sampled on a grid of this many cells a
+#: side (a centred crop of each), not from one corner.
+CALIBRATION_GRID = 4
 
 
 class LearnedNormaliser:
@@ -89,6 +97,8 @@ class LearnedNormaliser:
         self.source_stain: np.ndarray | None = None
         self.stain_map: np.ndarray | None = None
         self.lab_map: tuple[np.ndarray, np.ndarray] | None = None
+        #: The network output's Lab mean and std on the sample (what the map was fitted to).
+        self.output_lab: np.ndarray | None = None
         self._runtime = runtime
         self._session = None
         self._torch = None
@@ -116,40 +126,58 @@ class LearnedNormaliser:
         from .learned.data import stain_vector
         from .optical import as_pixels
 
-        images = list(rgb) if isinstance(rgb, (list, tuple)) else [np.asarray(rgb)]
-        images = [np.asarray(im) for im in images]
-        pixels = np.concatenate([as_pixels(im) for im in images])
-        other = self.adapted_to(stain_vector(pixels))
-        spatial = [im for im in images if im.ndim == 3 and min(im.shape[:2]) >= 8]
+        blocks = isinstance(rgb, (list, tuple)) and all(
+            isinstance(im, np.ndarray) and im.ndim == 3 for im in rgb
+        )
+        images = [np.asarray(im) for im in rgb] if blocks and rgb else [np.asarray(rgb)]
+        other = self.adapted_to(stain_vector(np.concatenate([as_pixels(im) for im in images])))
+        spatial = [
+            im[..., :3] for im in images if im.ndim == 3 and min(im.shape[:2]) >= self.multiple
+        ]
         if self.calibration > 0 and spatial:
-            other.lab_map = other._measure_lab_map(spatial, mpp)
+            crops = _calibration_crops(spatial)
+            other._fit_lab_map(crops, [other._styled(_uint8(c), mpp) for c in crops])
         return other
 
-    def _measure_lab_map(self, images, mpp) -> tuple[np.ndarray, np.ndarray] | None:
-        """The Lab (scale, shift) that pulls the network's output for ``images`` (up to
-        :data:`CALIBRATION_PX` of them) a ``calibration`` share of the way to the style; None
-        when the sample holds too little tissue to measure (glass has no colour to pull, and
-        its tiny spread would be blown up)."""
+    def _fit_lab_map(self, inputs, outputs) -> None:
+        """Set ``output_lab`` and ``lab_map`` from the network's ``outputs`` for ``inputs``;
+        neither when the inputs hold too little tissue (glass has no colour to pull, and its
+        tiny spread would be blown up)."""
         from ..metrics.colour import lab_stats, tissue_pixels
         from .optical import as_pixels
 
-        outs, total, tissue = [], 0, 0
-        for im in images:
-            if total >= CALIBRATION_PX:
-                break
-            side = int(np.sqrt(CALIBRATION_PX - total)) + 1
-            im = im[: max(side, self.multiple), : max(side, self.multiple)]
-            tissue += int(tissue_pixels(as_pixels(im)).sum())  # of the input: glass in, no pull
-            outs.append(as_pixels(self.transform(im, mpp)))
-            total += im.shape[0] * im.shape[1]
+        tissue = sum(int(tissue_pixels(as_pixels(im)).sum()) for im in inputs)
         if tissue < MIN_CALIBRATION_TISSUE_PX:
+            self.output_lab, self.lab_map = None, None
+            return
+        self.output_lab = lab_stats(np.concatenate([as_pixels(o) for o in outputs]))
+        self.lab_map = self._lab_map_for(self.calibration)
+
+    def _lab_map_for(self, strength: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The Lab (scale, shift) that pulls ``output_lab`` ``strength`` of the way to the
+        style's (None at 0)."""
+        if self.output_lab is None or self.reference_lab is None or strength <= 0:
             return None
-        stats = lab_stats(np.concatenate(outs))
-        mean, std = stats[:3], np.maximum(stats[3:], 0.05)
-        a = self.calibration
-        scale = (self.reference_lab[3:] / std) ** a
-        shift = mean + a * (self.reference_lab[:3] - mean) - scale * mean
+        mean, std = self.output_lab[:3], np.maximum(self.output_lab[3:], 0.05)
+        scale = np.clip(
+            (self.reference_lab[3:] / std) ** strength, 1 / MAX_LAB_SCALE, MAX_LAB_SCALE
+        )
+        shift = mean + strength * (self.reference_lab[:3] - mean) - scale * mean
         return scale, shift
+
+    def with_calibration(self, strength: float) -> LearnedNormaliser:
+        """A copy with another calibration strength; an adapted one keeps its slide's stain and
+        measured output colour, so no network pass is needed."""
+        import copy
+
+        strength = float(strength)
+        if not 0.0 <= strength <= 1.0:
+            raise StainError(f"calibration must be between 0 and 1, got {strength}")
+        other = copy.copy(self)
+        other._lock = threading.Lock()
+        other.calibration = strength if self.reference_lab is not None else 0.0
+        other.lab_map = other._lab_map_for(other.calibration)
+        return other
 
     def adapted_to(self, source_stain, calibration: dict | None = None) -> LearnedNormaliser:
         """A copy adapted to a slide whose stain vector (:func:`~.learned.data.stain_vector`)
@@ -163,13 +191,15 @@ class LearnedNormaliser:
         other._lock = threading.Lock()
         other.source_stain = np.asarray(source_stain, np.float32)
         other.stain_map = stain_map(other.source_stain, self.reference)
-        other.lab_map = None
-        if calibration:
+        other.lab_map, other.output_lab = None, None
+        if calibration and "scale" in calibration:
             other.calibration = float(calibration["strength"])
             other.lab_map = (
                 np.asarray(calibration["scale"], np.float64),
                 np.asarray(calibration["shift"], np.float64),
             )
+            if calibration.get("output_lab") is not None:
+                other.output_lab = np.asarray(calibration["output_lab"], np.float64)
         return other
 
     def fit(self, rgb=None, name: str | None = None) -> LearnedNormaliser:
@@ -197,6 +227,7 @@ class LearnedNormaliser:
             "source_stain": None
             if self.source_stain is None
             else [round(float(v), 5) for v in self.source_stain],
+            "calibration_strength": self.calibration,
             "calibration": None
             if self.lab_map is None
             else {
@@ -204,6 +235,9 @@ class LearnedNormaliser:
                 # Unrounded: a layer's record reproduces its colours exactly.
                 "scale": [float(v) for v in self.lab_map[0]],
                 "shift": [float(v) for v in self.lab_map[1]],
+                "output_lab": None
+                if self.output_lab is None
+                else [float(v) for v in self.output_lab],
             },
         }
 
@@ -279,8 +313,22 @@ class LearnedNormaliser:
         if rgb.shape[0] == 0 or rgb.shape[1] == 0:
             return rgb.copy()
         if not self.adapted:  # an image on its own is its own sample, as for Macenko
-            return self.adapt(rgb, mpp=mpp).transform(rgb, mpp)
-        out = self._styled(rgb, mpp)
+            return self._self_adapted(rgb, mpp)
+        return self._calibrated(self._styled(rgb, mpp))
+
+    def _self_adapted(self, rgb: np.ndarray, mpp: float | None) -> np.ndarray:
+        """An image that is its own sample: its stain measured, the network run once, and its
+        output's colour (the whole image's: the best sample there is) calibrated."""
+        from .learned.data import stain_vector
+
+        other = self.adapted_to(stain_vector(rgb))
+        out = other._styled(rgb, mpp)
+        if self.calibration > 0 and min(rgb.shape[:2]) >= self.multiple:
+            other._fit_lab_map([rgb], [out])
+        return other._calibrated(out)
+
+    def _calibrated(self, out: np.ndarray) -> np.ndarray:
+        """The network's output through the slide's Lab map, where it has one."""
         if self.lab_map is None:
             return out
         from .lab import lab_affine_rgb
@@ -339,3 +387,28 @@ def load_learned(
     except WeightsError as exc:
         raise StainError(str(exc)) from None
     return method.normaliser(runtime=runtime, calibration=calibration)
+
+
+def _uint8(rgb: np.ndarray) -> np.ndarray:
+    return rgb if rgb.dtype == np.uint8 else np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _calibration_crops(images: list[np.ndarray]) -> list[np.ndarray]:
+    """At most :data:`CALIBRATION_PX` of ``images`` for the network to run on, spread over all
+    of them: a centred crop of each block of a slide's sample, or of each cell of a
+    :data:`CALIBRATION_GRID` grid over a single large image (not its top-left corner)."""
+    if len(images) == 1 and images[0].shape[0] * images[0].shape[1] > CALIBRATION_PX:
+        im, n = images[0], CALIBRATION_GRID
+        h, w = im.shape[:2]
+        images = [
+            im[i * h // n : (i + 1) * h // n, j * w // n : (j + 1) * w // n]
+            for i in range(n)
+            for j in range(n)
+        ]
+    side = max(8, int(np.sqrt(CALIBRATION_PX / len(images))))
+    crops = []
+    for im in images:
+        h, w = im.shape[:2]
+        y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+        crops.append(im[y0 : y0 + side, x0 : x0 + side])
+    return crops

@@ -419,10 +419,10 @@ def normalise_image(rgb, normaliser: Normaliser, mpp: float | None = None) -> np
     little tissue to measure (a blank field needs no normalisation). ``mpp``: the image's
     µm/px, which a learned normaliser uses to work at its own scale (colour maps ignore it)."""
     kw = {"mpp": mpp} if mpp is not None and normaliser.method == "learned" else {}
-    if normaliser.adapted:
+    if normaliser.adapted or normaliser.method == "learned":  # learned: adapts in its one pass
         return normaliser.transform(rgb, **kw)
     try:
-        return normaliser.adapt(rgb).transform(rgb, **kw)
+        return normaliser.adapt(rgb).transform(rgb)
     except StainError:
         if normaliser.profile is None:
             raise

@@ -293,6 +293,10 @@ def _stain_identity(normaliser):
             default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v),
         )
         return json.loads(plain)
+    if getattr(normaliser, "method", "") == "learned":
+        # The model, the slide's stain map and the colour pull: a run resumed with another pull
+        # (or model) must not mix tiles of two colour maps. Not the runtime: same colours.
+        return {k: v for k, v in normaliser.describe().items() if k != "runtime"}
     return repr(profile if profile is not None else normaliser)
 
 

@@ -120,8 +120,11 @@ def segment_tile(job: Job, r: int, c: int) -> dict:
     rx0, ry0 = max(x0 - h, 0), max(y0 - h, 0)
     rx1, ry1 = min(x1 + h, job.shape[1]), min(y1 + h, job.shape[0])
     rgb = job.slide.read_region(rx0, ry0, rx1 - rx0, ry1 - ry0, 0)
-    if job.normaliser is not None:
-        rgb = job.normaliser.transform(rgb)
+    if job.normaliser is not None:  # adapted to the slide; a learned one at its own scale
+        learned = getattr(job.normaliser, "method", "") == "learned"
+        rgb = (
+            job.normaliser.transform(rgb, mpp=job.mpp) if learned else job.normaliser.transform(rgb)
+        )
     # Each worker's pass takes its share of the cores (the runner wraps tasks in
     # sharing_cores_for); the rest of this tile (read, watershed, measure, outline, write)
     # overlaps the other workers' passes.
