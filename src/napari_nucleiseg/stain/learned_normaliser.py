@@ -88,11 +88,10 @@ class LearnedNormaliser:
         ref_lab = card.generator.get("reference_lab")
         #: The style's Lab mean and std over tissue (6,), None on cards that predate it.
         self.reference_lab = None if ref_lab is None else np.asarray(ref_lab, np.float64)
-        strength = DEFAULT_CALIBRATION if calibration is None else float(calibration)
-        if not 0.0 <= strength <= 1.0:
-            raise StainError(f"calibration must be between 0 and 1, got {strength}")
         #: How far colour is pulled to ``reference_lab`` (0 where the card has none).
-        self.calibration = strength if self.reference_lab is not None else 0.0
+        self.calibration = self._strength(
+            DEFAULT_CALIBRATION if calibration is None else calibration
+        )
         #: The slide's stain vector and map, and the Lab (scale, shift) (set by :meth:`adapt`).
         self.source_stain: np.ndarray | None = None
         self.stain_map: np.ndarray | None = None
@@ -170,14 +169,19 @@ class LearnedNormaliser:
         measured output colour, so no network pass is needed."""
         import copy
 
-        strength = float(strength)
-        if not 0.0 <= strength <= 1.0:
-            raise StainError(f"calibration must be between 0 and 1, got {strength}")
         other = copy.copy(self)
         other._lock = threading.Lock()
-        other.calibration = strength if self.reference_lab is not None else 0.0
+        other.calibration = self._strength(strength)
         other.lab_map = other._lab_map_for(other.calibration)
         return other
+
+    def _strength(self, value) -> float:
+        """A calibration strength checked to lie in 0-1; 0 where the card gives no style
+        statistics to pull to."""
+        strength = float(value)
+        if not 0.0 <= strength <= 1.0:
+            raise StainError(f"calibration must be between 0 and 1, got {strength}")
+        return strength if self.reference_lab is not None else 0.0
 
     def adapted_to(self, source_stain, calibration: dict | None = None) -> LearnedNormaliser:
         """A copy adapted to a slide whose stain vector (:func:`~.learned.data.stain_vector`)
