@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,8 +22,10 @@ from napari_nucleiseg.classification.heatmap import (
     Heatmap,
     HeatmapCancelled,
     HeatmapError,
+    PlacedTissue,
     heatmap_region,
     require_tag,
+    slide_tissue,
 )
 from napari_nucleiseg.classification.outlines import (
     rasterise,
@@ -95,14 +99,18 @@ def test_whole_slide_outline_dice(mosaic, whole):
     assert hm.stride_px == hm.patch_px // 2
     assert calls and calls[-1][0] == calls[-1][1]  # progress(done, total), to the end
     with open_slide(path) as slide:
-        regions = tumour_regions(hm, 0.5, bounds_um=slide_bounds(hm, slide.shape))
+        bounds = slide_bounds(hm, slide.shape)
+        regions = tumour_regions(hm, 0.5, bounds_um=bounds)
+        unclipped = tumour_regions(hm, 0.5, bounds_um=bounds, clip_to_tissue=False)
     outline = rasterise(regions, truth.shape, truth_mpp)
     score = dice(outline, truth)
-    print(f"outline Dice {score:.4f} ({len(regions)} regions)")
-    # Issue 16 asks for 0.9; tissue-tumour-v3 scores 0.895 here (0.929 and 0.917 on mosaics of
-    # seeds 1 and 2; v2 0.895, 0.925, 0.908): the errors are map cells within a patch of a
-    # tumour/normal border, and stroma patches inside tumour. A guard, not the bar.
-    assert score >= 0.87
+    before = dice(rasterise(unclipped, truth.shape, truth_mpp), truth)
+    print(f"outline Dice {score:.4f} ({len(regions)} regions; not kept to the tissue {before:.4f})")
+    # Issue 16's bar. tissue-tumour-v3 scores 0.911 here (0.895 with outlines not kept to the
+    # tissue: they stopped short of the glass); over ten mosaics (benchmarks/heatmap_speed.py
+    # --seeds 10) 0.906, 7 of 10 at 0.9 or more: the rest are benign patches called tumour.
+    assert score >= 0.9
+    assert score > before
     # Glass is not classified, tissue is: cells a patch or more inside the glass ring are NaN,
     # cells a patch or more inside the tissue are not.
     ii, jj = np.meshgrid(np.arange(hm.shape[0]), np.arange(hm.shape[1]), indexing="ij")
@@ -280,6 +288,62 @@ def test_outline_holes_and_small_regions():
     inside = rasterise(regions, (30 * 7, 30 * 7), 8.0)
     assert inside[12 * 7, 6 * 7] and not inside[12 * 7, 12 * 7] and inside[6 * 7 + 3, 6 * 7 + 3]
     assert not inside[25 * 7 + 3, 25 * 7 + 3]
+
+
+def _on_mask(p_tumour: np.ndarray, mask: np.ndarray, mask_mpp: float) -> Heatmap:
+    return replace(_synthetic(p_tumour), tissue_mask=PlacedTissue(mask, (mask_mpp, mask_mpp)))
+
+
+def test_outline_keeps_to_the_tissue():
+    """A disk of tissue (600 µm radius), classified where a cell's centre lies in it: all
+    tumour, the outline is the disk, not the iso-line out to the first unclassified cell;
+    tumour on its left half only, the half disk. Without the mask, the outline is the iso-line
+    out to the first unclassified cell, a polygon of cell centres around the disk."""
+    mask_mpp, radius = 8.0, 600.0
+    yy, xx = (np.mgrid[0:210, 0:210] + 0.5) * mask_mpp
+    mask = np.hypot(yy - 840, xx - 840) <= radius
+    cy, cx = (np.mgrid[0:30, 0:30] + 0.5) * 56.0
+    classified = np.hypot(cy - 840, cx - 840) <= radius
+    p = np.where(classified, 1.0, np.nan)
+    disk_um2 = np.pi * radius**2
+    kept = tumour_regions(_on_mask(p, mask, mask_mpp), 0.5, average=False)
+    assert len(kept) == 1 and kept[0].area_um2 == pytest.approx(disk_um2, rel=0.02)
+    loose = tumour_regions(_on_mask(p, mask, mask_mpp), 0.5, average=False, clip_to_tissue=False)
+    on_disk = dice(rasterise(kept, mask.shape, mask_mpp), mask)
+    assert on_disk > 0.99 and on_disk > dice(rasterise(loose, mask.shape, mask_mpp), mask)
+    half = tumour_regions(_on_mask(np.where(cx < 840, p, 0.0), mask, mask_mpp), 0.5)
+    assert len(half) == 1 and half[0].area_um2 == pytest.approx(disk_um2 / 2, rel=0.05)
+    # A lumen narrower than a patch inside the tumour is tumour; a lake wider than one is not.
+    lumen = mask & ~((np.abs(yy - 840) < 40) & (np.abs(xx - 700) < 40))
+    lake = mask & ~(np.hypot(yy - 840, xx - 840) < 250)
+    (with_lumen,) = tumour_regions(_on_mask(p, lumen, mask_mpp), 0.5, average=False)
+    assert not with_lumen.holes
+    (with_lake,) = tumour_regions(_on_mask(p, lake, mask_mpp), 0.5, average=False)
+    assert len(with_lake.holes) == 1
+
+
+def test_whole_slide_store_keeps_its_tissue_mask(mosaic, whole, tmp_path):
+    """The store holds the mask the run used, views carry theirs, and a store written before
+    masks were kept gets it on the next run, without computing a block again."""
+    path = mosaic[0]
+    out, store, hm, _ = whole
+    with open_slide(path) as slide:
+        expected = slide_tissue(slide)
+        view = heatmap_region(CLASSIFIER, slide, 1000.0, 700.0, 600.0, 500.0)
+    dy, dx = expected.downsample_yx
+    for carried in (hm.tissue_mask, view.tissue_mask):
+        np.testing.assert_array_equal(carried.mask, expected.mask)
+        assert carried.mpp == pytest.approx((dy * MPP, dx * MPP))
+    old = tmp_path / store.name
+    shutil.copytree(store, old)
+    shutil.rmtree(old / "tissue")
+    attrs = json.loads((old / ".zattrs").read_text())
+    del attrs["nucleiseg"]["tissue_mpp"]
+    (old / ".zattrs").write_text(json.dumps(attrs))
+    assert open_heatmap(old).tissue_mask is None
+    runs = list(heatmap_slide(path, tmp_path, model=CLASSIFIER))
+    assert runs[-1].finished and runs[-1].computed == 0
+    np.testing.assert_array_equal(open_heatmap(old).tissue_mask.mask, expected.mask)
 
 
 def test_overlapping_patches_are_averaged_by_coverage():

@@ -80,6 +80,24 @@ def require_tag(tags, tag: str = TUMOUR, model: str = "the model") -> int:
 
 
 # --------------------------------------------------------------------------- the map
+@dataclass(frozen=True)
+class PlacedTissue:
+    """The tissue mask a map was computed with, placed in µm: pixel ``(r, c)`` covers
+    ``origin + [r, r+1) · mpp[0] × [c, c+1) · mpp[1]`` µm from the slide's corner. Outlines keep
+    to it (:func:`~napari_nucleiseg.classification.outlines.tumour_regions`): a tumour region
+    ends where the tissue ends, not half a cell short of it or out on the glass."""
+
+    mask: np.ndarray
+    mpp: tuple[float, float]
+    origin_um: tuple[float, float] = (0.0, 0.0)
+
+    @classmethod
+    def of_slide(cls, tissue, slide_mpp: float) -> PlacedTissue:
+        """From a slide's :class:`~napari_nucleiseg.tissue.TissueMask`."""
+        dy, dx = tissue.downsample_yx
+        return cls(np.asarray(tissue.mask, bool), (dy * slide_mpp, dx * slide_mpp))
+
+
 @dataclass
 class Heatmap:
     """Class probabilities on a grid of cells (see the module docstring for the geometry).
@@ -100,6 +118,9 @@ class Heatmap:
     slide_mpp: float | None = None
     model: dict = field(default_factory=dict)
     finished: bool = True
+    #: The tissue mask it was computed with (None: unknown, e.g. a store from before 0.1.x or
+    #: a map made with ``tissue=False``); outlines keep to it.
+    tissue_mask: PlacedTissue | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -424,6 +445,8 @@ def heatmap_region(
     c0 = min(max(0, math.floor(x_um / cell)), cols_all)
     r1 = min(max(r0, math.ceil((y_um + height_um) / cell)), rows_all)
     c1 = min(max(c0, math.ceil((x_um + width_um) / cell)), cols_all)
+    if tissue is None:
+        tissue = slide_tissue(slide)
     fractions = _slide_fractions(slide, tissue, stride, patch, m, r0, c0, r1, c1)
     base = slide_reader(slide, m)
     oy, ox = r0 * cell, c0 * cell
@@ -444,7 +467,16 @@ def heatmap_region(
         m,
         float(slide.mpp),
         method.describe(),
+        tissue_mask=None if tissue is False else PlacedTissue.of_slide(tissue, slide.mpp),
     )
+
+
+def slide_tissue(slide):
+    """The slide's tissue mask as every heatmap and nuclei job computes it (one small read)."""
+    from ..tissue import tissue_mask
+    from ..wholeslide.job import MASK_MAX_PX
+
+    return tissue_mask(slide, max_size=MASK_MAX_PX)
 
 
 def _slide_fractions(slide, tissue, stride, patch, m, r0, c0, r1, c1) -> np.ndarray:
@@ -452,10 +484,7 @@ def _slide_fractions(slide, tissue, stride, patch, m, r0, c0, r1, c1) -> np.ndar
     if tissue is False:
         return np.ones((r1 - r0, c1 - c0))
     if tissue is None:
-        from ..tissue import tissue_mask
-        from ..wholeslide.job import MASK_MAX_PX
-
-        tissue = tissue_mask(slide, max_size=MASK_MAX_PX)
+        tissue = slide_tissue(slide)
     dy, dx = tissue.downsample_yx
     return _patch_fractions(
         tissue.mask,
@@ -497,10 +526,12 @@ def heatmap_image(
     cell = stride * m
     height, width = rgb.shape[:2]
     rows, cols = max(1, math.ceil(height * mpp / cell)), max(1, math.ceil(width * mpp / cell))
+    placed = None
     if tissue is False:
         fractions = np.ones((rows, cols))
     else:
         mask = tissue_from_rgb(rgb[..., :3], mpp)[0] if tissue is None else np.asarray(tissue)
+        placed = PlacedTissue(mask.astype(bool), (mpp, mpp), tuple(map(float, origin_um)))
         fractions = _patch_fractions(
             mask,
             (mpp, mpp),
@@ -520,4 +551,5 @@ def heatmap_image(
         m,
         slide_mpp,
         method.describe(),
+        tissue_mask=placed,
     )

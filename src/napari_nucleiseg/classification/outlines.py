@@ -64,6 +64,7 @@ def tumour_regions(
     min_area_um2: float | None = None,
     bounds_um: tuple[float, float] | None = None,
     average: bool = True,
+    clip_to_tissue: bool = True,
 ) -> list[Region]:
     """Regions where the map of ``tag`` is at least ``threshold``, largest first.
 
@@ -71,7 +72,8 @@ def tumour_regions(
     ``bounds_um`` ``(height, width)`` clips the rings to the slide (:func:`slide_bounds`; the
     last cells of a map may reach past the slide's edge); None: no clipping. ``average``: the
     outline of :meth:`~.heatmap.Heatmap.averaged` (each cell the mean of the patches that
-    overlap it), not of the patch centred on each cell alone.
+    overlap it), not of the patch centred on each cell alone. ``clip_to_tissue``: where the map
+    carries its tissue mask, the outline keeps to the tissue (:func:`_on_tissue`).
     """
     from skimage.measure import find_contours, points_in_poly
 
@@ -80,15 +82,18 @@ def tumour_regions(
     p = (heatmap.averaged() if average else heatmap).p(tag)
     if min_area_um2 is None:
         min_area_um2 = (heatmap.patch_px * heatmap.model_mpp) ** 2
-    field_ = np.pad(np.nan_to_num(p, nan=0.0), 1)
-    oy, ox = heatmap.origin_um
-    mpp = heatmap.mpp
+    if clip_to_tissue and heatmap.tissue_mask is not None:
+        values, (oy, ox), (my, mx) = _on_tissue(heatmap, p)
+    else:
+        values, (oy, ox) = np.nan_to_num(p, nan=0.0), heatmap.origin_um
+        my = mx = heatmap.mpp
+    field_ = np.pad(values, 1)
     rings = []
     for rc in find_contours(field_, threshold, fully_connected="high"):
         if len(rc) < 4:
             continue
-        # Padded index (r, c) is map pixel (r - 1, c - 1), whose centre is at +0.5 cell.
-        xy = np.stack([ox + (rc[:, 1] - 0.5) * mpp, oy + (rc[:, 0] - 0.5) * mpp], axis=1)
+        # Padded index (r, c) is field pixel (r - 1, c - 1), whose centre is at +0.5 pixel.
+        xy = np.stack([ox + (rc[:, 1] - 0.5) * mx, oy + (rc[:, 0] - 0.5) * my], axis=1)
         if np.allclose(xy[0], xy[-1]):
             xy = xy[:-1]
         if len(xy) >= 3:
@@ -129,6 +134,60 @@ def tumour_regions(
         regions.append(Region(ext, hs, float(area), mean))
     regions.sort(key=lambda r: -r.area_um2)
     return regions
+
+
+def _on_tissue(heatmap: Heatmap, p: np.ndarray):
+    """The map as a field on its tissue mask's grid: ``(values, origin_um, (mpp_y, mpp_x))``.
+
+    Why: the map's cells end at the last classified patch, and a NaN cell counts as 0, so the
+    iso-line between the last tumour cell and the glass fell wherever the two centres put it —
+    short of a tissue edge or out on the glass, by up to half a cell. Here each mask pixel takes
+    the map linearly between cell centres, unclassified cells take the nearest classified cell's
+    value (up to a patch away: a patch reaches that far), and pixels off the tissue are 0, so a
+    tumour region ends where the tissue ends. The mask is first closed with a disk of one patch
+    (gaps and lumina narrower than the classifier can see are tissue to it; a pathologist's
+    tumour annotation holds its lumina too) and kept to the map's extent.
+    """
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk, remove_small_holes
+
+    placed = heatmap.tissue_mask
+    my, mx = (float(v) for v in placed.mpp)
+    toy, tox = placed.origin_um
+    mask = np.asarray(placed.mask, bool)
+    # A mask much finer than the map (an image's own, at its µm/px) is coarsened: the map cannot
+    # place a border finer than a quarter of a cell anyway.
+    k = max(1, int(heatmap.mpp / 4 // max(my, mx)))
+    if k > 1:
+        h, w = mask.shape[0] // k * k, mask.shape[1] // k * k
+        mask = mask[:h, :w].reshape(h // k, k, w // k, k).mean((1, 3)) >= 0.5
+        my, mx = my * k, mx * k
+    patch_um = heatmap.patch_px * heatmap.model_mpp
+    r = max(1, round(patch_um / max(my, mx)))
+    # Padded with the edge's own values: closing must not shrink tissue at the mask's border.
+    closed = ndi.binary_closing(np.pad(mask, r, mode="edge"), disk(r).astype(bool))[r:-r, r:-r]
+    closed = remove_small_holes(closed, max_size=max(1, int(patch_um**2 / (my * mx))))
+    # The map's extent, in mask pixels (a view's map covers part of the slide's mask).
+    oy, ox = heatmap.origin_um
+    rows, cols = heatmap.shape
+    r0 = max(0, int(np.floor((oy - toy) / my)))
+    c0 = max(0, int(np.floor((ox - tox) / mx)))
+    r1 = min(closed.shape[0], int(np.ceil((oy + rows * heatmap.mpp - toy) / my)))
+    c1 = min(closed.shape[1], int(np.ceil((ox + cols * heatmap.mpp - tox) / mx)))
+    if r1 <= r0 or c1 <= c0 or not np.isfinite(p).any():
+        return np.zeros((1, 1)), (oy, ox), (heatmap.mpp, heatmap.mpp)
+    nan = np.isnan(p)
+    dist, idx = ndi.distance_transform_edt(nan, return_indices=True)
+    filled = np.where(dist * heatmap.mpp <= patch_um, p[tuple(idx)], 0.0)
+    # Map coordinates (fractional cell index, centres at whole numbers) of the mask pixels.
+    yc = toy + (np.arange(r0, r1) + 0.5) * my
+    xc = tox + (np.arange(c0, c1) + 0.5) * mx
+    fi = (yc - oy) / heatmap.mpp - 0.5
+    fj = (xc - ox) / heatmap.mpp - 0.5
+    ii, jj = np.meshgrid(fi, fj, indexing="ij")
+    values = ndi.map_coordinates(filled, [ii, jj], order=1, mode="nearest")
+    values = np.where(closed[r0:r1, c0:c1], values, 0.0)
+    return values, (toy + r0 * my, tox + c0 * mx), (my, mx)
 
 
 def _clip(ring: np.ndarray, bounds_um) -> np.ndarray:

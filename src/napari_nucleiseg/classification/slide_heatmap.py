@@ -41,6 +41,7 @@ from .heatmap import (
     Heatmap,
     HeatmapCancelled,
     HeatmapError,
+    PlacedTissue,
     _block_size,
     _grid_blocks,
     _method,
@@ -48,12 +49,16 @@ from .heatmap import (
     classify_block,
     default_stride,
     slide_reader,
+    slide_tissue,
 )
 
 #: Bump when the store layout or the geometry rule changes: old stores are refused, not mixed.
 STORE_FORMAT = 1
 #: The probabilities array of a store: (classes, rows, cols) float32, NaN = not classified.
 ARRAY = "probabilities"
+#: The tissue mask the heatmap was computed with (uint8, the mask's own grid; its µm/px in the
+#: attributes): outlines keep to it. Stores written before it existed have none.
+TISSUE = "tissue"
 
 
 # --------------------------------------------------------------------------- the store
@@ -130,10 +135,13 @@ def _ngff(geometry: dict, tags: list[str]) -> dict:
     }
 
 
-def _open_or_create(path: Path, identity: dict, meta: dict, n_classes: int) -> dict:
+def _open_or_create(
+    path: Path, identity: dict, meta: dict, n_classes: int, tissue: PlacedTissue
+) -> dict:
     """The store's attributes, creating it (under a temporary name, renamed into place) when
     absent; :class:`~napari_nucleiseg.wholeslide.store.StoreMismatchError` when it holds another
-    slide's, model's or geometry's heatmap."""
+    slide's, model's or geometry's heatmap. A store from before the tissue mask was kept gets
+    it (the same slide and mask size, so the same mask)."""
     from ..wholeslide.store import StoreMismatchError, create_aside
 
     g = meta["geometry"]
@@ -147,6 +155,7 @@ def _open_or_create(path: Path, identity: dict, meta: dict, n_classes: int) -> d
             fill_value=np.nan,
             chunk_key_encoding={"name": "v2", "separator": "/"},
         )
+        _write_tissue(root, tissue)
         (tmp / "blocks").mkdir()
         _write_attrs(tmp, {**_ngff(g, meta["tags"]), "nucleiseg": {**meta, "identity": identity}})
 
@@ -160,7 +169,21 @@ def _open_or_create(path: Path, identity: dict, meta: dict, n_classes: int) -> d
             "choose another --out",
         )
     (path / "blocks").mkdir(exist_ok=True)
+    if "tissue_mpp" not in attrs["nucleiseg"]:
+        import zarr
+
+        _write_tissue(zarr.open_group(str(path), mode="r+"), tissue)
+        attrs["nucleiseg"]["tissue_mpp"] = list(tissue.mpp)
+        _write_attrs(path, attrs)
     return attrs
+
+
+def _write_tissue(root, tissue: PlacedTissue) -> None:
+    mask = np.asarray(tissue.mask, np.uint8)
+    arr = root.create_array(
+        TISSUE, shape=mask.shape, chunks=mask.shape, dtype="uint8", overwrite=True
+    )
+    arr[...] = mask
 
 
 def _difference(old: dict, new: dict) -> str:
@@ -275,8 +298,8 @@ class HeatmapProgress:
 
 def plan_slide(slide, method, *, stride_px=None, block=None, min_tissue=MIN_TISSUE):
     """The grid, blocks and identity of a whole-slide heatmap, without running it:
-    ``(geometry, fractions, tissue_blocks, identity)``."""
-    from ..tissue import tissue_mask
+    ``(geometry, fractions, tissue_blocks, identity, tissue)`` (tissue: the slide's mask, placed
+    in µm)."""
     from ..wholeslide.job import MASK_MAX_PX
     from ..wholeslide.store import slide_fingerprint
 
@@ -291,7 +314,7 @@ def plan_slide(slide, method, *, stride_px=None, block=None, min_tissue=MIN_TISS
     rows, cols = math.ceil(h0 * slide.mpp / cell), math.ceil(w0 * slide.mpp / cell)
     level = slide.best_level_for_mpp(m)
     block = int(block or _block_size(stride, patch, m / slide.level_mpp(level)))
-    mask = tissue_mask(slide, max_size=MASK_MAX_PX)
+    mask = slide_tissue(slide)
     fractions = _slide_fractions(slide, mask, stride, patch, m, 0, 0, rows, cols)
     tissue_blocks = [
         (r0 // block, c0 // block)
@@ -325,7 +348,7 @@ def plan_slide(slide, method, *, stride_px=None, block=None, min_tissue=MIN_TISS
         "min_tissue": float(min_tissue),
         "mask_max_px": MASK_MAX_PX,
     }
-    return geometry, fractions, tissue_blocks, identity
+    return geometry, fractions, tissue_blocks, identity, PlacedTissue.of_slide(mask, slide.mpp)
 
 
 def heatmap_slide(
@@ -418,7 +441,7 @@ def _run(slide, out_dir, method, stride_px, block, min_tissue, scheduler, worker
 
     t_start = time.perf_counter()
     path = store_path(out_dir, slide.path)
-    geometry, fractions, tissue_blocks, identity = plan_slide(
+    geometry, fractions, tissue_blocks, identity, tissue = plan_slide(
         slide, method, stride_px=stride_px, block=block, min_tissue=min_tissue
     )
     tags = list(method.classes)
@@ -429,11 +452,12 @@ def _run(slide, out_dir, method, stride_px, block, min_tissue, scheduler, worker
         "model": method.describe(),
         "geometry": geometry,
         "slide": str(slide.path),
+        "tissue_mpp": list(tissue.mpp),
     }
     name, total = str(slide.path), len(tissue_blocks)
     with StoreLock(path):
         _remove_stale_outputs(out_dir, output_stem(slide.path))
-        attrs = _open_or_create(path, identity, meta, len(tags))
+        attrs = _open_or_create(path, identity, meta, len(tags), tissue)
         remove_stale_temporaries(path)
         records, problems = _check_records(path, tissue_blocks)
         for line in problems:  # attributed to whoever iterates heatmap_slide
@@ -572,7 +596,11 @@ def open_heatmap(store) -> Heatmap:
     attrs = _read_attrs(path)
     meta = attrs["nucleiseg"]
     g = meta["geometry"]
-    probs = np.asarray(zarr.open_group(str(path), mode="r")[ARRAY][...], np.float32)
+    root = zarr.open_group(str(path), mode="r")
+    probs = np.asarray(root[ARRAY][...], np.float32)
+    tissue = None
+    if "tissue_mpp" in meta and TISSUE in root:
+        tissue = PlacedTissue(np.asarray(root[TISSUE][...], bool), tuple(meta["tissue_mpp"]))
     return Heatmap(
         probs,
         list(meta["tags"]),
@@ -584,4 +612,5 @@ def open_heatmap(store) -> Heatmap:
         float(g["slide_mpp"]),
         dict(meta.get("model", {})),
         bool(meta.get("finished")),
+        tissue,
     )
