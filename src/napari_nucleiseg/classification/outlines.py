@@ -5,10 +5,13 @@ The outline is the iso-line ``p_tumour = threshold`` of the map — each cell th
 patches that overlap it (:meth:`~.heatmap.Heatmap.averaged`) — read as a field sampled at cell
 centres (marching squares, linear between centres), not the staircase of thresholded cells: a
 border between a tumour cell (p ≈ 1) and a normal one (p ≈ 0) then runs where the two patches
-disagree equally, not along a cell edge chosen by rounding. Cells without tissue (NaN) count as
-0, and the map is closed with a ring of 0 so every outline is a closed polygon; it is clipped to
-the slide. Regions smaller than ``min_area_um2`` (default: the area one patch sees) are dropped,
-and holes smaller than that filled: a single cell is not evidence of anything.
+disagree equally, not along a cell edge chosen by rounding. Where the map carries the tissue
+mask it was computed with (every map this package makes does), the field is read on the mask's
+grid and is 0 off the tissue, so a region ends at the tissue's edge (:func:`_on_tissue`);
+otherwise cells without tissue (NaN) count as 0. The field is closed with a ring of 0 so every
+outline is a closed polygon; it is clipped to the slide. Regions smaller than ``min_area_um2``
+(default: the area one patch sees) are dropped, and holes smaller than that filled: a single cell
+is not evidence of anything.
 
 Coordinates: rings are ``(x, y)`` µm from the slide's top-left corner; in GeoJSON they are slide
 level-0 pixels with pixel ``(i, j)`` covering ``[j, j+1) × [i, i+1)`` — QuPath's convention, as
