@@ -290,7 +290,8 @@ def tissue():
     panel._add.clicked.emit()
     shoot(viewer, "tissue_outlines.png")
 
-    # 2. The whole-slide heatmap (background process), drawn over the slide.
+    # 2. The whole-slide heatmap (background process), drawn over the slide, with the tumour
+    # outlines (p >= 0.5) it ends with.
     layer.visible = False
     panel._heat_slide.clicked.emit()
     wait_until(viewer, lambda: not panel.jobs.running, 600)
@@ -298,7 +299,7 @@ def tissue():
     shoot(viewer, "tissue_heatmap.png")
 
     # 3. Attention of a head trained on the four outlined regions, over the view.
-    for lyr in [l for l in viewer.layers if kind(l) == "heatmap"]:
+    for lyr in [l for l in viewer.layers if kind(l) in ("heatmap", "tumour-outlines")]:
         lyr.visible = False
     panel._train_attention.clicked.emit()
     wait_until(viewer, lambda: not panel.jobs.running, 600)

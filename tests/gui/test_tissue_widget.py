@@ -3,7 +3,9 @@ region labels in the project's training store, and a classifier trains in a chil
 a live loss, cancelled without the event loop stalling; heatmaps of the view and of the slide
 (the event loop ticking while the slide's runs) and attention."""
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +144,39 @@ def test_heatmap_and_attention_of_the_view(panel, qtbot):
     whole = find_layers(viewer, "heatmap")
     assert len(whole) == 1 and whole[0].name == "tumour probability (slide)"
     assert np.asarray(whole[0].data).shape[0] > values.shape[0]  # the slide, not the view
+    # Its tumour outlines: drawn over the slide in its pixels, and written as QuPath annotations
+    # beside the store, the same file `nucleiseg heatmap` writes. The demo slide's tissue is
+    # mostly called normal, so outline at a low probability first: there are regions to draw.
+    from skimage.measure import points_in_poly
+
+    widget._threshold.value = 0.1
+    widget._heat_slide.clicked.emit()  # a finished store: resumed at once, outlined anew
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=300_000)
+    (outlines,) = find_layers(viewer, "tumour-outlines")
+    assert tuple(outlines.scale) == tuple(slide.scale)
+    assert viewer.layers.index(outlines) == viewer.layers.index(whole[0]) + 1
+    parts = list(outlines.features["part"])
+    regions = parts.count("region")
+    assert regions >= 1 and len(outlines.data) == len(parts)
+    stem = Path(slide.metadata["nucleiseg"]["path"]).stem
+    written = json.loads((widget._out.value / f"{stem}.tumour.geojson").read_text())
+    assert len(written["features"]) == regions
+    assert f"{regions} tumour regions" in widget._status.value, widget._status.value
+    h, w = slide.level_shapes[0] if slide.multiscale else slide.data.shape[:2]
+    for ring in outlines.data:  # inside the slide, in level-0 pixels
+        assert ring.min() >= -0.5 and ring[:, 0].max() <= h and ring[:, 1].max() <= w
+    # Aligned: the map's most tumour-like cell, in world µm, lies inside a drawn region.
+    heat = np.asarray(whole[0].data)
+    cell = np.unravel_index(np.nanargmax(heat), heat.shape)
+    point = outlines.world_to_data(whole[0].data_to_world(cell))
+    inside = [points_in_poly([point], r)[0] for r, k in zip(outlines.data, parts) if k == "region"]
+    assert any(inside)
+    widget._threshold.value = 0.95
+    widget._heat_slide.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=300_000)
+    (strict,) = find_layers(viewer, "tumour-outlines")
+    assert list(strict.features["part"]).count("region") <= regions
+    assert "p ≥ 0.95" in widget._status.value, widget._status.value
 
     # Attention: a head trained on the project's outlines (tumour and normal regions).
     widget._draw.clicked.emit()

@@ -73,6 +73,15 @@ class TissueWidget(Container):
             "Continue the last training run that was cancelled or stopped, from its last "
             "checkpoint, for the time it had left"
         )
+        self._threshold = FloatSpinBox(
+            label="tumour outline at p ≥",
+            min=0.05,
+            max=0.95,
+            step=0.05,
+            value=0.5,
+            tooltip="when the slide's heatmap ends, its tumour regions are outlined at this "
+            "probability and written as QuPath annotations beside the heatmap store",
+        )
         self._heat_view = PushButton(text="Heatmap of view")
         self._heat_slide = PushButton(text="Heatmap of slide")
         heat_buttons = Container(layout="horizontal", widgets=[self._heat_view, self._heat_slide])
@@ -106,6 +115,7 @@ class TissueWidget(Container):
                 self._stepwise,
                 train_buttons,
                 self._out,
+                self._threshold,
                 heat_buttons,
                 attention_buttons,
                 self._cancel,
@@ -404,6 +414,62 @@ class TissueWidget(Container):
         )
         return layer
 
+    def show_tumour_outlines(self, heatmap, slide_layer, out_dir):
+        """Outline the slide's tumour regions (p ≥ the panel's threshold), write them as QuPath
+        annotations beside the heatmap store (what ``nucleiseg heatmap`` writes) and draw them
+        over the slide. A file that cannot be written is said in the status line; the outlines
+        are still drawn."""
+        import pandas as pd
+        from napari.layers import Shapes
+
+        from ..classification.outlines import tumour_geojson_path, tumour_regions, write_geojson
+        from ._layers import just_above
+
+        meta = tag(slide_layer)
+        mpp0, threshold = float(meta["mpp"]), float(self._threshold.value)
+        shape = slide_layer.level_shapes[0] if slide_layer.multiscale else slide_layer.data.shape
+        h, w = (int(v) for v in shape[:2])
+        regions = tumour_regions(heatmap, threshold, bounds_um=(h * mpp0, w * mpp0))
+        path = tumour_geojson_path(out_dir, meta["path"])
+        try:
+            write_geojson(regions, path, mpp0, id_seed=f"{Path(meta['path']).name}:{threshold:g}")
+            saved = f"written to {path}"
+        except OSError as exc:
+            saved = f"not written: {path}: {exc.strerror or exc}"
+        # A ring in µm from the slide's corner, as level-0 (row, col) with pixel k centred on k.
+        rings = [r[:, ::-1] / mpp0 - 0.5 for reg in regions for r in (reg.exterior, *reg.holes)]
+        kinds = [k for reg in regions for k in ["region"] + ["hole"] * len(reg.holes)]
+        kwargs = {
+            "name": "tumour outlines (slide)",
+            "shape_type": "polygon",
+            "scale": slide_layer.scale,
+            "translate": slide_layer.translate,
+            # Cyan: it stands out over the heatmap's inferno colours, where red would not.
+            "edge_color": "#2ee6ff",
+            "face_color": "transparent",
+            "edge_width": max(3.0, max(h, w) / 250),
+            "features": pd.DataFrame({"part": pd.Series(kinds, dtype=str)}),
+            "metadata": {META_KEY: {"kind": "tumour-outlines", "slide": meta.get("path")}},
+        }
+        if slide_layer.units is not None:
+            kwargs["units"] = tuple(map(str, slide_layer.units))
+        # A new layer each time (the number of shapes and their features change): the old one,
+        # if any, goes, and the new one sits where it was, else just above the heatmap.
+        old = find_layers(self.viewer, "tumour-outlines")
+        index = self.viewer.layers.index(old[0]) if old else None
+        for lyr in old:
+            self.viewer.layers.remove(lyr)
+        if index is None:
+            heat = find_layers(self.viewer, "heatmap")
+            index = just_above(self.viewer, heat[0] if heat else slide_layer)
+        self.viewer.layers.insert(min(index, len(self.viewer.layers)), Shapes(rings, **kwargs))
+        area = sum(r.area_um2 for r in regions) / 1e6
+        self._set_status(
+            f"{self._status.value} {len(regions)} tumour regions ({area:.3g} mm², p ≥ "
+            f"{threshold:g}); outlines {saved}."
+        )
+        return regions
+
     def _on_heat_view(self, _=None):
         from ..classification.heatmap import heatmap_region
 
@@ -463,8 +529,10 @@ class TissueWidget(Container):
                 return
             from ..classification.slide_heatmap import open_heatmap
 
-            self.show_map(open_heatmap(stores[-1]), layer, "heatmap", "tumour probability (slide)")
+            heatmap = open_heatmap(stores[-1])
+            self.show_map(heatmap, layer, "heatmap", "tumour probability (slide)")
             self._set_status(f"Whole-slide heatmap written to {stores[-1]}.")
+            self.show_tumour_outlines(heatmap, layer, Path(stores[-1]).parent)
 
         self.jobs.start(
             "Heatmap of the slide",

@@ -198,6 +198,13 @@ def _clip(ring: np.ndarray, bounds_um) -> np.ndarray:
     return np.stack([np.clip(ring[:, 0], 0, w), np.clip(ring[:, 1], 0, h)], axis=1)
 
 
+def tumour_geojson_path(out_dir, slide_path) -> Path:
+    """Where a slide's tumour outlines are written: ``<out_dir>/<stem>.tumour.geojson``."""
+    from ..io.output import output_stem
+
+    return Path(out_dir) / f"{output_stem(slide_path)}.{TUMOUR}.geojson"
+
+
 def slide_bounds(heatmap: Heatmap, slide_shape) -> tuple[float, float]:
     """``(height, width)`` µm of a slide of ``slide_shape`` level-0 px at the map's slide µm/px."""
     if heatmap.slide_mpp is None:

@@ -106,17 +106,22 @@ def _model(args):
 
 def cmd_heatmap(args) -> int:
     from ..classification.heatmap import HeatmapError, require_tag, stride_from_um
-    from ..classification.outlines import slide_bounds, tumour_regions, write_geojson
+    from ..classification.outlines import (
+        slide_bounds,
+        tumour_geojson_path,
+        tumour_regions,
+        write_geojson,
+    )
     from ..classification.slide_heatmap import heatmap_slide, open_heatmap
     from ..io import SlideError
-    from ..io.output import OutputError, check_output_dir, check_output_file, output_stem
+    from ..io.output import OutputError, check_output_dir, check_output_file
     from ..methods.classifier import TUMOUR
     from .main import open_with_warnings
     from .progress import Progress
 
     err = sys.stderr
     out = Path(args.out)
-    geojson = out / f"{output_stem(args.slide)}.{TUMOUR}.geojson"
+    geojson = tumour_geojson_path(out, args.slide)
     try:
         check_output_dir(out)  # before any work, not after
         check_output_file(geojson)
