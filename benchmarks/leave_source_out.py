@@ -43,11 +43,11 @@ def _unet(widths, decoder):
     return UNet(tuple(widths), decoder=decoder)
 
 
-def _score(model, images, settings) -> dict:
+def _score(model, images, settings, mpp: float) -> dict:
     from napari_nucleiseg.metrics import aggregate, score_image
     from napari_nucleiseg.segmentation.predict import Predictor
 
-    pred = Predictor(model=model.eval(), mpp=0.5, settings=settings)
+    pred = Predictor(model=model.eval(), mpp=mpp, settings=settings)
     scores = [score_image(im.labels, pred.segment(im.rgb, im.mpp), im.stem) for im in images]
     a = aggregate(scores)
     return {k: round(float(a[k]), 4) for k in ("aji", "f1")}
@@ -109,7 +109,8 @@ def main(argv=None) -> None:
         held = [im for im, c in zip(extra, cluster) if c == k]
         cfg = TrainConfig(
             data=base.data,
-            out=str(Path(args.runs) / f"cluster{k}"),
+            out=str(Path(args.runs) / f"cluster{k}-{args.iters}it"),  # a budget, a run
+            mpp=v5.mpp,
             iters=args.iters,
             lr=1e-3,
             widths=widths,
@@ -136,10 +137,10 @@ def main(argv=None) -> None:
             "cluster": k,
             "crops": len(held),
             "train_seconds": round(seconds),
-            "start": {"held_cluster": _score(start, held, settings),
-                      "monuseg_heldout": _score(start, monuseg_held, settings)},
-            "fold": {"held_cluster": _score(fold, held, settings),
-                     "monuseg_heldout": _score(fold, monuseg_held, settings)},
+            "start": {"held_cluster": _score(start, held, settings, v5.mpp),
+                      "monuseg_heldout": _score(start, monuseg_held, settings, v5.mpp)},
+            "fold": {"held_cluster": _score(fold, held, settings, v5.mpp),
+                     "monuseg_heldout": _score(fold, monuseg_held, settings, v5.mpp)},
         }  # fmt: skip
         row["gain_aji"] = round(
             row["fold"]["held_cluster"]["aji"] - row["start"]["held_cluster"]["aji"], 4

@@ -290,8 +290,11 @@ def test_outline_holes_and_small_regions():
     assert not inside[25 * 7 + 3, 25 * 7 + 3]
 
 
-def _on_mask(p_tumour: np.ndarray, mask: np.ndarray, mask_mpp: float) -> Heatmap:
-    return replace(_synthetic(p_tumour), tissue_mask=PlacedTissue(mask, (mask_mpp, mask_mpp)))
+def _on_mask(p_tumour, mask, mask_mpp, origin=(0.0, 0.0), map_origin=(0.0, 0.0)) -> Heatmap:
+    mpp = mask_mpp if isinstance(mask_mpp, tuple) else (mask_mpp, mask_mpp)
+    return replace(
+        _synthetic(p_tumour), origin_um=map_origin, tissue_mask=PlacedTissue(mask, mpp, origin)
+    )
 
 
 def test_outline_keeps_to_the_tissue():
@@ -313,13 +316,48 @@ def test_outline_keeps_to_the_tissue():
     assert on_disk > 0.99 and on_disk > dice(rasterise(loose, mask.shape, mask_mpp), mask)
     half = tumour_regions(_on_mask(np.where(cx < 840, p, 0.0), mask, mask_mpp), 0.5)
     assert len(half) == 1 and half[0].area_um2 == pytest.approx(disk_um2 / 2, rel=0.05)
-    # A lumen narrower than a patch inside the tumour is tumour; a lake wider than one is not.
-    lumen = mask & ~((np.abs(yy - 840) < 40) & (np.abs(xx - 700) < 40))
+    # Lumina narrower than two patches (80 and 150 µm) inside the tumour are tumour; a lake
+    # of 500 µm is a hole.
+    for side in (80, 150):
+        lumen = mask & ~((np.abs(yy - 840) < side / 2) & (np.abs(xx - 700) < side / 2))
+        (with_lumen,) = tumour_regions(_on_mask(p, lumen, mask_mpp), 0.5, average=False)
+        assert not with_lumen.holes, side
     lake = mask & ~(np.hypot(yy - 840, xx - 840) < 250)
-    (with_lumen,) = tumour_regions(_on_mask(p, lumen, mask_mpp), 0.5, average=False)
-    assert not with_lumen.holes
     (with_lake,) = tumour_regions(_on_mask(p, lake, mask_mpp), 0.5, average=False)
     assert len(with_lake.holes) == 1
+
+
+@pytest.mark.parametrize(
+    "mask_mpp, origin, map_origin",
+    [
+        (8.0, (0.0, 0.0), (0.0, 0.0)),
+        ((8.0, 4.0), (40.0, 24.0), (0.0, 0.0)),  # anisotropic, a mask placed off the corner
+        (8.0, (0.0, 0.0), (112.0, 168.0)),  # a view's map: its first cell off the corner
+        (100.0, (0.0, 0.0), (0.0, 0.0)),  # a large slide's mask, coarser than the map
+    ],
+)
+def test_outline_edges_are_where_the_tissue_and_the_map_put_them(mask_mpp, origin, map_origin):
+    """Tissue ends at x = 1200 µm (a mask pixel edge), tumour gives way to normal at x = 616 µm
+    (halfway between two cell centres, where the iso-line runs), all rows tumour-or-normal the
+    same: the region's right edge is the tissue's, its left edge the map's, to a fraction of a
+    pixel — whatever the mask's µm/px, placement or coarseness."""
+    my, mx = mask_mpp if isinstance(mask_mpp, tuple) else (mask_mpp, mask_mpp)
+    oy, ox = origin
+    rows, cols = round((1680 - oy) / my), round((1680 - ox) / mx)
+    xc = ox + (np.arange(cols) + 0.5) * mx
+    mask = np.broadcast_to(xc < 1200, (rows, cols)).copy()
+    cx = map_origin[1] + (np.arange(30) + 0.5) * 56.0
+    p = np.broadcast_to(np.where(cx < 1200 + 28, np.where(cx > 616, 1.0, 0.0), np.nan), (30, 30))
+    (region,) = tumour_regions(
+        _on_mask(p, mask, mask_mpp, origin, map_origin), 0.5, average=False, min_area_um2=1e4
+    )
+    x = region.exterior[:, 0]
+    # The tissue's edge: the field steps from 1 to 0 between two pixel centres, so the iso-line
+    # is the pixel edge.
+    assert x.max() == pytest.approx(1200, abs=0.5)
+    # The map's border: linear between cell centres, so exact wherever the mask's (refined)
+    # pixels sample it; a sample off by half a pixel, or the mask's coarse pixels, would miss.
+    assert x.min() == pytest.approx(616, abs=1.0)
 
 
 def test_whole_slide_store_keeps_its_tissue_mask(mosaic, whole, tmp_path):

@@ -163,8 +163,12 @@ def test_heatmap_and_attention_of_the_view(panel, qtbot):
     assert len(written["features"]) == regions
     assert f"{regions} tumour regions" in widget._status.value, widget._status.value
     h, w = slide.level_shapes[0] if slide.multiscale else slide.data.shape[:2]
-    for ring in outlines.data:  # inside the slide, in level-0 pixels
-        assert ring.min() >= -0.5 and ring[:, 0].max() <= h and ring[:, 1].max() <= w
+    for ring in outlines.data:  # inside the slide: level-0 pixel k is centred on k
+        assert ring.min() >= -0.5 and ring[:, 0].max() <= h - 0.5 and ring[:, 1].max() <= w - 0.5
+    # The file's first region (x, y pixels, pixel i covering [i, i+1)) is the layer's first
+    # ring (row, col, pixel k centred on k): half a pixel apart.
+    first = np.asarray(written["features"][0]["geometry"]["coordinates"][0])[:-1]
+    np.testing.assert_allclose(outlines.data[0], first[:, ::-1] - 0.5, atol=2e-3)
     # Aligned: the map's most tumour-like cell, in world µm, lies inside a drawn region.
     heat = np.asarray(whole[0].data)
     cell = np.unravel_index(np.nanargmax(heat), heat.shape)

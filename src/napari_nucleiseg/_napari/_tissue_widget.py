@@ -453,14 +453,14 @@ class TissueWidget(Container):
         }
         if slide_layer.units is not None:
             kwargs["units"] = tuple(map(str, slide_layer.units))
-        # A new layer each time (the number of shapes and their features change): the old one,
-        # if any, goes, and the new one sits where it was, else just above the heatmap.
-        old = find_layers(self.viewer, "tumour-outlines")
+        # A new layer each time (the number of shapes and their features change): this slide's
+        # old one, if any, goes, and the new one sits where it was, else just above its heatmap.
+        old = find_layers(self.viewer, "tumour-outlines", slide=meta.get("path"))
         index = self.viewer.layers.index(old[0]) if old else None
         for lyr in old:
             self.viewer.layers.remove(lyr)
         if index is None:
-            heat = find_layers(self.viewer, "heatmap")
+            heat = find_layers(self.viewer, "heatmap", slide=meta.get("path"))
             index = just_above(self.viewer, heat[0] if heat else slide_layer)
         self.viewer.layers.insert(min(index, len(self.viewer.layers)), Shapes(rings, **kwargs))
         area = sum(r.area_um2 for r in regions) / 1e6

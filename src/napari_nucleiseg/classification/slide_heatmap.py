@@ -10,14 +10,15 @@ or dask, :func:`~napari_nucleiseg.wholeslide.job.make_runner`), each block writt
 ``<out>/<stem>.heatmap.zarr`` and then recorded, so an interrupted run (Ctrl-C, Cancel, a kill)
 resumes without computing a finished block again; memory is a few blocks whatever the slide.
 
-The store is zarr v2: one array ``probabilities`` (classes, rows, cols), float32, NaN where a cell
-was not classified, chunked one block per chunk, with NGFF ``multiscales`` attributes that place
-it in µm beside the slide, and this package's ``nucleiseg`` attributes (tags, model, geometry, the
-run's identity, ``finished``). ``blocks/<bi>_<bj>.json`` records a block once its chunk is on
-disk, with the chunk's digest; a record whose chunk is missing or changed is dropped and the
-block computed again. A store made for another slide, model or geometry is refused, not mixed.
-:func:`open_heatmap` reads a store, finished or not, as a
-:class:`~napari_nucleiseg.classification.heatmap.Heatmap`.
+The store is zarr v2: the array ``probabilities`` (classes, rows, cols), float32, NaN where a
+cell was not classified, chunked one block per chunk, with NGFF ``multiscales`` attributes that
+place it in µm beside the slide; the array ``tissue``, the slide's tissue mask the run used
+(uint8, its µm/px in ``tissue_mpp``), to which outlines keep; and this package's ``nucleiseg``
+attributes (tags, model, geometry, the run's identity, ``finished``). ``blocks/<bi>_<bj>.json``
+records a block once its chunk is on disk, with the chunk's digest; a record whose chunk is
+missing or changed is dropped and the block computed again. A store made for another slide,
+model or geometry is refused, not mixed. :func:`open_heatmap` reads a store, finished or not, as
+a :class:`~napari_nucleiseg.classification.heatmap.Heatmap`.
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ def _open_or_create(
 ) -> dict:
     """The store's attributes, creating it (under a temporary name, renamed into place) when
     absent; :class:`~napari_nucleiseg.wholeslide.store.StoreMismatchError` when it holds another
-    slide's, model's or geometry's heatmap. A store from before the tissue mask was kept gets
-    it (the same slide and mask size, so the same mask)."""
+    slide's, model's or geometry's heatmap. A store without its tissue mask (written before
+    masks were kept, or the array lost) gets the one this version computes for the slide."""
     from ..wholeslide.store import StoreMismatchError, create_aside
 
     g = meta["geometry"]
@@ -169,10 +170,11 @@ def _open_or_create(
             "choose another --out",
         )
     (path / "blocks").mkdir(exist_ok=True)
-    if "tissue_mpp" not in attrs["nucleiseg"]:
-        import zarr
+    import zarr
 
-        _write_tissue(zarr.open_group(str(path), mode="r+"), tissue)
+    root = zarr.open_group(str(path), mode="r+")
+    if "tissue_mpp" not in attrs["nucleiseg"] or TISSUE not in root:
+        _write_tissue(root, tissue)
         attrs["nucleiseg"]["tissue_mpp"] = list(tissue.mpp)
         _write_attrs(path, attrs)
     return attrs
