@@ -181,6 +181,14 @@ def test_heatmap_and_attention_of_the_view(panel, qtbot):
     (strict,) = find_layers(viewer, "tumour-outlines")
     assert list(strict.features["part"]).count("region") <= regions
     assert "p ≥ 0.95" in widget._status.value, widget._status.value
+    # A folder in the way of the file: the outlines are still drawn, and the status says so.
+    geojson = widget._out.value / f"{stem}.tumour.geojson"
+    geojson.unlink()
+    geojson.mkdir()
+    widget._heat_slide.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=300_000)
+    assert f"outlines not written: {geojson}" in widget._status.value, widget._status.value
+    assert len(find_layers(viewer, "tumour-outlines")) == 1
 
     # Attention: a head trained on the project's outlines (tumour and normal regions).
     widget._draw.clicked.emit()

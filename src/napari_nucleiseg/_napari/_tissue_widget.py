@@ -414,28 +414,17 @@ class TissueWidget(Container):
         )
         return layer
 
-    def show_tumour_outlines(self, heatmap, slide_layer, out_dir):
-        """Outline the slide's tumour regions (p ≥ the panel's threshold), write them as QuPath
-        annotations beside the heatmap store (what ``nucleiseg heatmap`` writes) and draw them
-        over the slide. A file that cannot be written is said in the status line; the outlines
-        are still drawn."""
+    def show_tumour_outlines(self, regions, slide_layer, threshold: float, saved: str):
+        """Draw a slide's tumour regions (:func:`slide_outlines`, computed off the GUI thread)
+        over the slide as cyan outlines, and say how many, their area and where they went."""
         import pandas as pd
         from napari.layers import Shapes
 
-        from ..classification.outlines import tumour_geojson_path, tumour_regions, write_geojson
         from ._layers import just_above
 
         meta = tag(slide_layer)
-        mpp0, threshold = float(meta["mpp"]), float(self._threshold.value)
-        shape = slide_layer.level_shapes[0] if slide_layer.multiscale else slide_layer.data.shape
-        h, w = (int(v) for v in shape[:2])
-        regions = tumour_regions(heatmap, threshold, bounds_um=(h * mpp0, w * mpp0))
-        path = tumour_geojson_path(out_dir, meta["path"])
-        try:
-            write_geojson(regions, path, mpp0, id_seed=f"{Path(meta['path']).name}:{threshold:g}")
-            saved = f"written to {path}"
-        except OSError as exc:
-            saved = f"not written: {path}: {exc.strerror or exc}"
+        mpp0 = float(meta["mpp"])
+        h, w = _level0_shape(slide_layer)
         # A ring in µm from the slide's corner, as level-0 (row, col) with pixel k centred on k.
         rings = [r[:, ::-1] / mpp0 - 0.5 for reg in regions for r in (reg.exterior, *reg.holes)]
         kinds = [k for reg in regions for k in ["region"] + ["hole"] * len(reg.holes)]
@@ -468,7 +457,6 @@ class TissueWidget(Container):
             f"{self._status.value} {len(regions)} tumour regions ({area:.3g} mm², p ≥ "
             f"{threshold:g}); outlines {saved}."
         )
-        return regions
 
     def _on_heat_view(self, _=None):
         from ..classification.heatmap import heatmap_region
@@ -517,27 +505,36 @@ class TissueWidget(Container):
         steps = in_subprocess(
             heatmap_slide, meta["path"], str(self._out.value), project=project, mpp=override
         )
+        bounds = tuple(v * float(meta["mpp"]) for v in _level0_shape(layer))
+        threshold = float(self._threshold.value)
 
-        stores = []
+        def then_outlines():
+            # The store is read, and the outlines made and written, in the worker thread: on a
+            # large slide that is seconds the interface must not wait. The GUI only draws.
+            last = None
+            try:
+                for last in steps:
+                    yield last
+            finally:
+                steps.close()
+            if not getattr(last, "finished", False):
+                return None
+            heatmap, regions, saved = slide_outlines(
+                last.store, bounds, threshold, meta["path"], float(meta["mpp"])
+            )
+            return last.store, heatmap, regions, saved
 
-        def on_progress(item):  # HeatmapProgress: the last one is finished and names the store
-            if getattr(item, "finished", False):
-                stores.append(item.store)
-
-        def on_done(_value):
-            if not stores:
+        def on_done(value):
+            if not value:
                 return
-            from ..classification.slide_heatmap import open_heatmap
-
-            heatmap = open_heatmap(stores[-1])
+            store, heatmap, regions, saved = value
             self.show_map(heatmap, layer, "heatmap", "tumour probability (slide)")
-            self._set_status(f"Whole-slide heatmap written to {stores[-1]}.")
-            self.show_tumour_outlines(heatmap, layer, Path(stores[-1]).parent)
+            self._set_status(f"Whole-slide heatmap written to {store}.")
+            self.show_tumour_outlines(regions, layer, threshold, saved)
 
         self.jobs.start(
             "Heatmap of the slide",
-            steps,
-            on_progress=on_progress,
+            then_outlines(),
             on_done=on_done,
             cancelled_note="finished blocks are kept; Heatmap of slide again resumes",
         )
@@ -634,3 +631,26 @@ def _callback_steps(fn, *args, **kwargs):
     finally:
         cancel.set()
         worker.join(timeout=60)
+
+
+def _level0_shape(layer) -> tuple[int, int]:
+    shape = layer.level_shapes[0] if layer.multiscale else layer.data.shape
+    return int(shape[0]), int(shape[1])
+
+
+def slide_outlines(store, bounds_um, threshold: float, slide_path, slide_mpp: float):
+    """``(heatmap, regions, saved)`` for a finished whole-slide store: the map, its tumour
+    regions at ``threshold`` and where they were written (beside the store, the file
+    ``nucleiseg heatmap`` writes; ``saved`` says why not when it could not be)."""
+    from ..classification.outlines import tumour_geojson_path, tumour_regions, write_geojson
+    from ..classification.slide_heatmap import open_heatmap
+
+    heatmap = open_heatmap(store)
+    regions = tumour_regions(heatmap, threshold, bounds_um=bounds_um)
+    path = tumour_geojson_path(Path(store).parent, slide_path)
+    try:
+        write_geojson(regions, path, slide_mpp, id_seed=f"{Path(slide_path).name}:{threshold:g}")
+        saved = f"written to {path}"
+    except OSError as exc:
+        saved = f"not written: {path}: {exc.strerror or exc}"
+    return heatmap, regions, saved
