@@ -70,6 +70,21 @@ def _drive(steps: Generator, cancel: threading.Event, counted: list):
         steps.close()
 
 
+def then_in_worker(steps: Generator, finish: Callable[[Any], Any]):
+    """Pass a job's progress on; when its last item says it finished, return ``finish(last)``,
+    run here, in the worker thread (reading a large result must not make the interface wait).
+    Returns None when the job ended unfinished; closing this closes ``steps``."""
+    last = None
+    try:
+        for last in steps:
+            yield last
+    finally:
+        steps.close()
+    if not getattr(last, "finished", False):
+        return None
+    return finish(last)
+
+
 def format_seconds(s: float) -> str:
     s = max(0, int(round(s)))
     if s < 60:

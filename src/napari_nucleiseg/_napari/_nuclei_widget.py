@@ -1040,18 +1040,15 @@ def _warm_up(method) -> None:
 def _then_read_table(steps):
     """Pass a whole-slide job's progress on; when it has finished, read its table (in the worker
     thread: a million nuclei take a second) and return ``(store, table)``."""
-    last = None
-    try:
-        for last in steps:
-            yield last
-    finally:
-        steps.close()
-    if last is None or not last.finished:
-        return None
-    from ..wholeslide import read_table
+    from ._jobs import then_in_worker
 
-    parquet = last.store.parent / f"{last.store.name[: -len('.zarr')]}.parquet"
-    return last.store, read_table(parquet)
+    def read(last):
+        from ..wholeslide import read_table
+
+        parquet = last.store.parent / f"{last.store.name[: -len('.zarr')]}.parquet"
+        return last.store, read_table(parquet)
+
+    return then_in_worker(steps, read)
 
 
 def _then_measure(steps):

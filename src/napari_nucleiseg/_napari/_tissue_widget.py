@@ -23,7 +23,7 @@ from magicgui.widgets import (
 )
 
 from ..layers import META_KEY
-from ._jobs import JobRunner
+from ._jobs import JobRunner, then_in_worker
 from ._layers import find_layers, open_layer_slide, slide_layers, tag
 
 DEFAULT_TAGS = "tumour, normal, other"
@@ -508,17 +508,9 @@ class TissueWidget(Container):
         bounds = tuple(v * float(meta["mpp"]) for v in _level0_shape(layer))
         threshold = float(self._threshold.value)
 
-        def then_outlines():
+        def outlines(last):
             # The store is read, and the outlines made and written, in the worker thread: on a
             # large slide that is seconds the interface must not wait. The GUI only draws.
-            last = None
-            try:
-                for last in steps:
-                    yield last
-            finally:
-                steps.close()
-            if not getattr(last, "finished", False):
-                return None
             heatmap, regions, saved = slide_outlines(
                 last.store, bounds, threshold, meta["path"], float(meta["mpp"])
             )
@@ -534,7 +526,7 @@ class TissueWidget(Container):
 
         self.jobs.start(
             "Heatmap of the slide",
-            then_outlines(),
+            then_in_worker(steps, outlines),
             on_done=on_done,
             cancelled_note="finished blocks are kept; Heatmap of slide again resumes",
         )

@@ -480,11 +480,10 @@ def slide_tissue(slide):
 
 
 def _slide_fractions(slide, tissue, stride, patch, m, r0, c0, r1, c1) -> np.ndarray:
-    """Tissue fraction of the patches of cells ``[r0, r1) × [c0, c1)`` of a slide's grid."""
+    """Tissue fraction of the patches of cells ``[r0, r1) × [c0, c1)`` of a slide's grid
+    (``tissue``: its :class:`~napari_nucleiseg.tissue.TissueMask`, or ``False``: all tissue)."""
     if tissue is False:
         return np.ones((r1 - r0, c1 - c0))
-    if tissue is None:
-        tissue = slide_tissue(slide)
     dy, dx = tissue.downsample_yx
     return _patch_fractions(
         tissue.mask,
