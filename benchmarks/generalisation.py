@@ -1,6 +1,7 @@
 """Does a nuclei model hold up on slides from sources it never saw? (issue 17)
 
     python benchmarks/generalisation.py [--models nuclei-unet-v4,runs/release/nuclei-unet-v5.json]
+        [--normalise macenko|vahadane|learned [--target DIR_OR_PROFILE]]
         [--out benchmarks/results/generalisation.json]
 
 Four hard cases, every one scored with ``metrics.aggregate`` (AJI and F1 pooled over the set),
@@ -20,7 +21,10 @@ means nuclei drawn too small or missed, the failure seen on other labs' slides):
    look-alike clusters.
 4. ``dsb_colour_all``: all 107 crops (fair only for a model that never trained on any).
 
-Each method runs with its card's default settings through ``segmentation.api.segment_image``.
+Each method runs with its card's default settings through ``segmentation.api.segment_image``;
+``--normalise`` first normalises every image to a stain target (default: the profile of
+``monuseg2018_train``, the colours the models learnt on; ``learned``: the shipped learned
+normaliser's style), as ``nucleiseg segment --normalize`` does.
 """
 
 from __future__ import annotations
@@ -102,6 +106,19 @@ def _clusters(images) -> dict:
     return {im.stem: f"cluster{g}" for im, g in zip(images, appearance_clusters(images))}
 
 
+def _normaliser(method, target):
+    """The fitted stain normaliser ``--normalise`` asks for, or None."""
+    if not method:
+        return None
+    if method == "learned":
+        from napari_nucleiseg.stain.learned_normaliser import load_learned
+
+        return load_learned(None)
+    from napari_nucleiseg.stain import load_target
+
+    return load_target(method, target or NUCLEI / "monuseg2018_train")
+
+
 def main(argv=None):
     from napari_nucleiseg.metrics import score_image
     from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
@@ -109,18 +126,25 @@ def main(argv=None):
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=DEFAULT_NUCLEI_MODEL, help="comma-separated names/cards")
+    ap.add_argument("--normalise", help="stain-normalise every image first: METHOD or learned")
+    ap.add_argument("--target", help="--normalise: reference folder, image or profile")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalisation.json"))
     args = ap.parse_args(argv)
     if not TEST.exists() or not DSB.exists():
         sys.exit(f"{NUCLEI} not found: this benchmark needs ../shared/data")
     data = cases()
+    normaliser = _normaliser(args.normalise, args.target)
     results: dict = {}
     for model in args.models.split(","):
         t = time.perf_counter()
         results[model] = {}
         for case, (images, groups) in data.items():
             scores = [
-                score_image(im.labels, segment_image(im.rgb, im.mpp, model), im.stem)
+                score_image(
+                    im.labels,
+                    segment_image(im.rgb, im.mpp, model, normaliser=normaliser),
+                    im.stem,
+                )
                 for im in images
             ]
             results[model][case] = summary(scores, groups)
@@ -143,7 +167,10 @@ def main(argv=None):
             )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "generalisation", "results": results}, indent=1))
+    record = {"benchmark": "generalisation", "results": results}
+    if normaliser is not None:
+        record["normalisation"] = {"method": args.normalise, **normaliser.describe()}
+    out.write_text(json.dumps(record, indent=1))
     print(f"\nwrote {out}")
 
 

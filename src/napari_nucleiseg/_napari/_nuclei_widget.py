@@ -76,7 +76,9 @@ class NucleiWidget(Container):
         self._normalise = CheckBox(
             text="normalise stain first",
             value=False,
-            tooltip="Segment the slide in the colours the Stain panel shows it in",
+            tooltip="Segment the slide in the colours the Stain panel shows it in. Off by "
+            "default: the nuclei model reads most stains better as scanned (measured in "
+            "docs/researcher.md)",
         )
         self._out = FileEdit(
             label="results folder", mode="d", value=Path.home() / "nucleiseg-results"
