@@ -67,25 +67,38 @@ def _domain_images(domain: str):
     return out
 
 
-def _unseen(domain: str, items, model: str):
-    """The items ``model`` never trained on, and the domain's description. Only the colour
-    crops were ever trained on (``nuclei-unet-v5``: 69 of them; its card lists the 38 others)."""
+def _kind_of(extra_data: str) -> str:
+    """The image kind a card's ``extra_data`` entry names (``DIR:colour``), or "" for all."""
+    last = extra_data.rsplit(":", 1)[-1]
+    return last if last in ("colour", "grey") else ""
+
+
+def _unseen(domain: str, items, models):
+    """The items none of ``models`` trained on, and the domain's description.
+
+    A model's card names the DSB kinds it trained on in ``training["extra_data"]``
+    (``…/dsb2018_stage1_train:colour``; no kind means all) and the images of them it held out in
+    ``extra_holdout``; a model that trained on the domain's kind keeps only those. Only
+    ``nuclei-unet-v5`` trained on any (69 colour crops; its card lists the 38 others)."""
+    from napari_nucleiseg.methods import get_method
+
     label = {
         "colour": "dsb2018_stage1_train colour (brightfield H&E-like) crops",
         "grey-brightfield": "dsb2018_stage1_train grey brightfield (cytology) images",
     }[domain]
-    if domain != "colour":
-        return items, label
-    from napari_nucleiseg.methods import get_method
-
-    training = get_method(model).card.training
-    if not any(":colour" in str(d) for d in training.get("extra_data") or ()):
-        return items, label  # it never saw a DSB crop
-    unseen = set(training.get("extra_holdout") or ())
-    if not unseen:
-        sys.exit(f"{model}: trained on DSB colour crops but its card lists none held out")
-    kept = [it for it in items if it[0] in unseen]
-    return kept, f"{label}, only the {len(kept)} {model} held out"
+    kind = "colour" if domain == "colour" else "grey"
+    for model in dict.fromkeys(models):  # each once, in order
+        training = get_method(model).card.training
+        data = [str(d) for d in training.get("extra_data") or ()]
+        kinds = [_kind_of(d) for d in data if "dsb2018_stage1_train" in d]
+        if not any(k in (kind, "") for k in kinds):
+            continue  # it never trained on this kind of DSB image
+        unseen = set(training.get("extra_holdout") or ())
+        if not unseen:
+            sys.exit(f"{model}: trained on DSB {kind} images but its card lists none held out")
+        items = [it for it in items if it[0] in unseen]
+        label += f", only the {len(items)} {model} held out"
+    return items, label
 
 
 def _aji(method, items, mpp, project=None) -> float:
@@ -98,6 +111,26 @@ def _aji(method, items, mpp, project=None) -> float:
     return float(aggregate(scores)["aji"])
 
 
+def _detail(method, items, mpp, project=None) -> dict:
+    """Pooled AJI and F1, precision, recall and the foreground ratio (predicted / true nucleus
+    pixels): what a student fixes, not only by how much."""
+    from napari_nucleiseg.methods import get_method
+    from napari_nucleiseg.metrics import aggregate, score_image
+    from napari_nucleiseg.segmentation.api import segment_image
+
+    m = get_method(method, project=project)
+    scores = [score_image(lab, segment_image(rgb, mpp, m), stem) for stem, rgb, lab in items]
+    agg = aggregate(scores)
+    c = {k: sum(sc.counts[k] for sc in scores) for k in ("tp", "fp", "fn", "fg_true", "fg_pred")}
+    return {
+        "aji": float(agg["aji"]),
+        "f1": round(float(agg["f1"]), 4),
+        "precision": round(c["tp"] / max(1, c["tp"] + c["fp"]), 4),
+        "recall": round(c["tp"] / max(1, c["tp"] + c["fn"]), 4),
+        "fg_ratio": round(c["fg_pred"] / max(1.0, c["fg_true"]), 4),
+    }
+
+
 def _monuseg_aji(method, project=None) -> float:
     from napari_nucleiseg.training.nuclei_data import load_dataset
 
@@ -108,7 +141,7 @@ def _monuseg_aji(method, project=None) -> float:
 def main(argv=None):
     from napari_nucleiseg.methods import default_method_name
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument(
         "--teacher",
         help="the project's first model (default: the shipped default, as for a new project)",
@@ -123,8 +156,7 @@ def main(argv=None):
     ap.add_argument(
         "--unseen-by",
         metavar="MODEL",
-        help="colour domain: play only on the crops MODEL's card lists as held out of its "
-        "training (default: the teacher, when its card lists any)",
+        help="also leave out the images MODEL trained on (the teacher's always are)",
     )
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--labels", type=int, default=5)
@@ -141,7 +173,10 @@ def main(argv=None):
     teacher = args.teacher or default_method_name()
     candidates = {}
     for name in DOMAINS if args.domain == "weakest" else (args.domain,):
-        items, label = _unseen(name, _domain_images(name), args.unseen_by or teacher)
+        models = [teacher] + ([args.unseen_by] if args.unseen_by else [])
+        items, label = _unseen(name, _domain_images(name), models)
+        if len(items) < args.labels + 2:
+            sys.exit(f"{label}: {len(items)} images, too few for {args.labels} labels and a test")
         if args.domain == "weakest":
             # The teacher's most favourable reading of each domain (its best candidate µm/px on
             # every image): a domain is picked because the model is weak there, not because
@@ -152,6 +187,7 @@ def main(argv=None):
         else:
             best = None
         candidates[name] = (items, label, best)
+    # The weakest measured domain, or the one named (then the only candidate).
     name = min(candidates, key=lambda k: candidates[k][2] or 0.0)
     items, domain, _ = candidates[name]
     domain_aji = {k: v[2] for k, v in candidates.items() if v[2] is not None}
@@ -218,9 +254,12 @@ def main(argv=None):
     student = retrained["model"]
     print(f"retrain: {json.dumps(retrained)}")
 
+    teacher_scored = _detail(teacher, scored, mpp)
+    student_scored = _detail(student, scored, mpp, project)
     result = {
         "domain": domain,
         "domain_choice": args.domain,
+        "seed": args.seed,
         "teacher_aji_by_domain": domain_aji,
         "mpp": mpp,
         "labelled": len(labelled),
@@ -230,8 +269,10 @@ def main(argv=None):
         "teacher": teacher,
         "student": student,
         "promoted": retrained["promoted"],
-        "teacher_aji": _aji(teacher, scored, mpp),
-        "student_aji": _aji(student, scored, mpp, project),
+        "teacher_aji": teacher_scored["aji"],
+        "student_aji": student_scored["aji"],
+        "teacher_scored": teacher_scored,
+        "student_scored": student_scored,
         "teacher_monuseg_aji": _monuseg_aji(teacher),
         "student_monuseg_aji": _monuseg_aji(student, project),
         "minutes": minutes,
@@ -241,10 +282,10 @@ def main(argv=None):
     gain = result["student_aji"] - result["teacher_aji"]
     drop = result["teacher_monuseg_aji"] - result["student_monuseg_aji"]
     print(
-        f"\n{'':<28}{'teacher':>10}{'student':>10}\n"
-        f"{name + ', scored images':<28}{result['teacher_aji']:>10.4f}"
+        f"\n{'':<34}{'teacher':>10}{'student':>10}\n"
+        f"{name + ', scored images':<34}{result['teacher_aji']:>10.4f}"
         f"{result['student_aji']:>10.4f}   gain {gain:+.4f} (bar: >= +0.05)\n"
-        f"{'MoNuSeg 2018 test':<28}{result['teacher_monuseg_aji']:>10.4f}"
+        f"{'MoNuSeg 2018 test':<34}{result['teacher_monuseg_aji']:>10.4f}"
         f"{result['student_monuseg_aji']:>10.4f}   drop {drop:+.4f} (bar: <= 0.01)\n"
         f"retrain took {minutes:.1f} min (bar: 12 with --minutes 10)"
     )

@@ -2,7 +2,7 @@
 
     python benchmarks/generalisation.py [--models nuclei-unet-v4,runs/release/nuclei-unet-v5.json]
         [--normalise macenko|vahadane|learned [--target DIR_OR_PROFILE]]
-        [--out benchmarks/results/generalisation.json]
+        [--out benchmarks/results/generalisation[_METHOD].json]
 
 Four hard cases, every one scored with ``metrics.aggregate`` (AJI and F1 pooled over the set),
 plus precision, recall and the **foreground ratio** (predicted nucleus pixels / true ones: below 1
@@ -128,8 +128,17 @@ def main(argv=None):
     ap.add_argument("--models", default=DEFAULT_NUCLEI_MODEL, help="comma-separated names/cards")
     ap.add_argument("--normalise", help="stain-normalise every image first: METHOD or learned")
     ap.add_argument("--target", help="--normalise: reference folder, image or profile")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "generalisation.json"))
+    ap.add_argument(
+        "--out",
+        help="JSON to write (default results/generalisation.json, or generalisation_METHOD.json "
+        "with --normalise: a normalised run never replaces the baseline)",
+    )
     args = ap.parse_args(argv)
+    if args.target and args.normalise in (None, "learned"):
+        ap.error("--target needs --normalise METHOD (a learned normaliser has its own style)")
+    if args.out is None:
+        suffix = f"_{args.normalise}" if args.normalise else ""
+        args.out = str(REPO / "benchmarks" / "results" / f"generalisation{suffix}.json")
     if not TEST.exists() or not DSB.exists():
         sys.exit(f"{NUCLEI} not found: this benchmark needs ../shared/data")
     data = cases()

@@ -77,8 +77,8 @@ class NucleiWidget(Container):
             text="normalise stain first",
             value=False,
             tooltip="Segment the slide in the colours the Stain panel shows it in. Off by "
-            "default: the nuclei model reads most stains better as scanned (measured in "
-            "docs/researcher.md)",
+            "default: check it on your slides first; on pale slides from another source it "
+            "lowered the nuclei model's accuracy (docs/researcher.md)",
         )
         self._out = FileEdit(
             label="results folder", mode="d", value=Path.home() / "nucleiseg-results"

@@ -2,12 +2,12 @@
 into every retraining batch, so a student fine-tuned on one lab's corrections keeps what its
 teacher knew elsewhere.
 
-Why: measured with ``benchmarks/annotator_loop.py`` (5 corrected DSB colour crops, 10 minutes),
-a student trained on the corrections alone gained 0.054 AJI on that domain and fell from 0.651
-to 0.275 on ``monuseg2018_test``; pseudo-labels of the lab's own tissue slow the fall but hold the
-gain back too (+0.015 / -0.011), and blending the weights back towards the teacher gives up the
-gain faster than it saves MoNuSeg (alpha 0.3: +0.019 / -0.051). Rehearsal of the teacher's own
-data is the standard cure for this forgetting (Robins 1995; Rebuffi et al. 2017, iCaRL).
+Why: measured with ``benchmarks/annotator_loop.py`` (v4 teacher, 5 corrected DSB colour crops, 10
+minutes), a student trained on the corrections alone gained 0.054 AJI on that domain and fell from
+0.651 to 0.275 on ``monuseg2018_test``; pseudo-labels of the lab's own tissue slow the fall but
+hold the gain back too (+0.015 / -0.011), and blending the weights back towards the teacher gives
+up the gain faster than it saves MoNuSeg (alpha 0.3: +0.019 / -0.051). Rehearsal of the teacher's
+own data is the standard cure for this forgetting (Robins 1995; Rebuffi et al. 2017, iCaRL).
 
 The set is one ``.npz`` (no pickle: uint8 images, uint16 labels, unicode stems, the µm/px), named
 in the card's ``training["replay"]`` with its SHA-256; a student inherits its parent's entry, and

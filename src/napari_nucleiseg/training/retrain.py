@@ -341,8 +341,8 @@ def _lead(run, cfg, teacher, card, strong, heldout, store, remaining):
 
 
 #: Held-out nuclei below which the promotion verdict comes with a note. Measured in the annotator
-#: loop (benchmarks/annotator_loop.py, 51 unseen crops of the domain as the truth): held-out sets
-#: of 15 and 43 nuclei (1 and 3 crops) ruled against students that were better on the unseen
+#: loop (benchmarks/annotator_loop.py, v4 teacher, 51 unseen colour crops as the truth): held-out
+#: sets of 15 and 43 nuclei (1 and 3 crops) ruled against students that were better on the unseen
 #: crops (+0.025 and +0.030 AJI); one of 502 nuclei (12 crops) agreed with them.
 MIN_HELDOUT_NUCLEI = 200
 
