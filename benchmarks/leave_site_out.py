@@ -33,6 +33,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from leave_source_out import scores_of, unet  # noqa: E402  (one network, one scorer)
+
 SHARED = Path(os.environ.get("NUCLEISEG_SHARED", REPO.parent / "shared")) / "data" / "nuclei"
 FOLDS = 3
 
@@ -54,19 +57,11 @@ def site_folds(stems, folds: int = FOLDS) -> list[list[str]]:
     return groups
 
 
-def _unet(widths, decoder):
-    from napari_nucleiseg.segmentation.unet import UNet
-
-    return UNet(tuple(widths), decoder=decoder)
-
-
 def _score(model, images, settings, mpp: float) -> dict:
     """Pooled AJI / F1 and the per-site AJI (min, median, max over sites)."""
-    from napari_nucleiseg.metrics import aggregate, score_image
-    from napari_nucleiseg.segmentation.predict import Predictor
+    from napari_nucleiseg.metrics import aggregate
 
-    pred = Predictor(model=model.eval(), mpp=mpp, settings=settings)
-    scores = [score_image(im.labels, pred.segment(im.rgb, im.mpp), im.stem) for im in images]
+    scores = scores_of(model, images, settings, mpp)
     a = aggregate(scores)
     sites = sorted({site_of(s.name) for s in scores})
     per_site = {t: aggregate([s for s in scores if site_of(s.name) == t])["aji"] for t in sites}
@@ -119,7 +114,7 @@ def main(argv=None) -> None:
     v5 = get_method("nuclei-unet-v5")
     settings = PostprocessSettings(**v5.card.postprocess)
     widths, decoder = list(v5.card.widths), v5.card.decoder
-    shipped = _unet(widths, decoder)
+    shipped = unet(widths, decoder)
     shipped.load_state_dict(load_file(str(v5.card_path.parent / v5.card.weights)))
     images = load_dataset(train_dir)
     test = load_dataset(test_dir)
@@ -167,7 +162,7 @@ def main(argv=None) -> None:
                     f"fold {k}: {info['iter']}/{info['iters']} loss {info['loss']:.3f}", flush=True
                 )
         seconds = time.perf_counter() - t0
-        fold = _unet(widths, decoder)
+        fold = unet(widths, decoder)
         state = torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=True)
         fold.load_state_dict(state["model"])
         row = {

@@ -37,19 +37,25 @@ SHARED = Path(os.environ.get("NUCLEISEG_SHARED", REPO.parent / "shared")) / "dat
 DSB_COLOUR = f"{SHARED / 'dsb2018_stage1_train'}:colour"
 
 
-def _unet(widths, decoder):
+def unet(widths, decoder):
     from napari_nucleiseg.segmentation.unet import UNet
 
     return UNet(tuple(widths), decoder=decoder)
 
 
-def _score(model, images, settings, mpp: float) -> dict:
-    from napari_nucleiseg.metrics import aggregate, score_image
+def scores_of(model, images, settings, mpp: float) -> list:
+    """Per-image scores of a network (PyTorch) with ``settings`` post-processing."""
+    from napari_nucleiseg.metrics import score_image
     from napari_nucleiseg.segmentation.predict import Predictor
 
     pred = Predictor(model=model.eval(), mpp=mpp, settings=settings)
-    scores = [score_image(im.labels, pred.segment(im.rgb, im.mpp), im.stem) for im in images]
-    a = aggregate(scores)
+    return [score_image(im.labels, pred.segment(im.rgb, im.mpp), im.stem) for im in images]
+
+
+def _score(model, images, settings, mpp: float) -> dict:
+    from napari_nucleiseg.metrics import aggregate
+
+    a = aggregate(scores_of(model, images, settings, mpp))
     return {k: round(float(a[k]), 4) for k in ("aji", "f1")}
 
 
@@ -75,7 +81,7 @@ def main(argv=None) -> None:
     v4, v5 = get_method("nuclei-unet-v4"), get_method("nuclei-unet-v5")
     settings = PostprocessSettings(**v5.card.postprocess)
     widths, decoder = list(v5.card.widths), v5.card.decoder
-    start = _unet(widths, decoder)
+    start = unet(widths, decoder)
     start.load_state_dict(load_file(str(v4.card_path.parent / v4.card.weights)))
     extra = load_spec(DSB_COLOUR)
     cluster = appearance_clusters(extra)  # the clustering v5's held-out crops were drawn from
@@ -130,7 +136,7 @@ def main(argv=None) -> None:
                     flush=True,
                 )
         seconds = time.perf_counter() - t0
-        fold = _unet(widths, decoder)
+        fold = unet(widths, decoder)
         state = torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=True)
         fold.load_state_dict(state["model"])
         row = {
