@@ -27,14 +27,13 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from leave_source_out import scores_of, unet  # noqa: E402  (one network, one scorer)
+from leave_source_out import scores_of, train_fold, unet  # noqa: E402  (one network, one scorer)
 
 SHARED = Path(os.environ.get("NUCLEISEG_SHARED", REPO.parent / "shared")) / "data" / "nuclei"
 FOLDS = 3
@@ -98,7 +97,7 @@ def main(argv=None) -> None:
     from napari_nucleiseg.methods import get_method
     from napari_nucleiseg.segmentation.postprocess import PostprocessSettings
     from napari_nucleiseg.training.nuclei_data import load_dataset
-    from napari_nucleiseg.training.seg_train import TrainConfig, train
+    from napari_nucleiseg.training.seg_train import TrainConfig
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iters", type=int, default=1200)
@@ -155,16 +154,7 @@ def main(argv=None) -> None:
             augment="wide",
             validate_every=10**9,
         )
-        t0 = time.perf_counter()
-        for info in train(cfg):
-            if info["iter"] % 100 == 0:
-                print(
-                    f"fold {k}: {info['iter']}/{info['iters']} loss {info['loss']:.3f}", flush=True
-                )
-        seconds = time.perf_counter() - t0
-        fold = unet(widths, decoder)
-        state = torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=True)
-        fold.load_state_dict(state["model"])
+        fold, seconds = train_fold(cfg, f"fold {k}")
         row = {
             "fold": k,
             "sites": result["folds_sites"][k],

@@ -43,6 +43,24 @@ def unet(widths, decoder):
     return UNet(tuple(widths), decoder=decoder)
 
 
+def train_fold(cfg, label: str):
+    """Train (or resume) ``cfg``'s run, printing progress every 100 iterations; its network with
+    the final weights, and the seconds the training took."""
+    import torch
+
+    from napari_nucleiseg.training.seg_train import train
+
+    t0 = time.perf_counter()
+    for info in train(cfg):
+        if info["iter"] % 100 == 0:
+            print(f"{label}: {info['iter']}/{info['iters']} loss {info['loss']:.3f}", flush=True)
+    seconds = time.perf_counter() - t0
+    model = unet(cfg.widths, cfg.decoder)
+    state = torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=True)
+    model.load_state_dict(state["model"])
+    return model, seconds
+
+
 def scores_of(model, images, settings, mpp: float) -> list:
     """Per-image scores of a network (PyTorch) with ``settings`` post-processing."""
     from napari_nucleiseg.metrics import score_image
@@ -66,7 +84,7 @@ def main(argv=None) -> None:
     from napari_nucleiseg.methods import get_method
     from napari_nucleiseg.segmentation.postprocess import PostprocessSettings
     from napari_nucleiseg.training.nuclei_data import appearance_clusters, load_dataset, load_spec
-    from napari_nucleiseg.training.seg_train import TrainConfig, train
+    from napari_nucleiseg.training.seg_train import TrainConfig
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iters", type=int, default=600)
@@ -128,17 +146,7 @@ def main(argv=None) -> None:
             augment="wide",
             validate_every=10**9,
         )
-        t0 = time.perf_counter()
-        for info in train(cfg):
-            if info["iter"] % 100 == 0:
-                print(
-                    f"cluster {k}: {info['iter']}/{info['iters']} loss {info['loss']:.3f}",
-                    flush=True,
-                )
-        seconds = time.perf_counter() - t0
-        fold = unet(widths, decoder)
-        state = torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=True)
-        fold.load_state_dict(state["model"])
+        fold, seconds = train_fold(cfg, f"cluster {k}")
         row = {
             "cluster": k,
             "crops": len(held),
