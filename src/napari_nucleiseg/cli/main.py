@@ -517,9 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--augment",
-        choices=("standard", "wide"),
+        choices=("standard", "wide", "wider"),
         default="standard",
-        help="augmentation: standard, or wide (scale ±35 %%, stains ×0.6-1.4, blur, JPEG)",
+        help="augmentation: standard; wide (scale ±35 %%, stains ×0.6-1.4, blur, JPEG); wider "
+        "(wide, and on half the patches the stain colours turned up to 15°)",
     )
     s.add_argument("--log-every", type=int, default=25, help="print a log line every N iterations")
     s.set_defaults(func=cmd_train)
