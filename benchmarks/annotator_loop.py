@@ -45,7 +45,7 @@ CANDIDATE_MPP = (0.125, 0.25, 0.5)
 DOMAINS = ("colour", "grey-brightfield")
 
 
-def _domain_images(domain: str):
+def domain_images(domain: str):
     """``[(stem, rgb, labels)]`` of one candidate domain of ``dsb2018_stage1_train``:
     ``colour`` (the 107 H&E-like brightfield crops) or ``grey-brightfield`` (the grey images
     with a bright background: 16 brightfield cytology fields, 1024 x 1024; the other 541 grey
@@ -174,7 +174,7 @@ def main(argv=None):
     candidates = {}
     for name in DOMAINS if args.domain == "weakest" else (args.domain,):
         models = [teacher] + ([args.unseen_by] if args.unseen_by else [])
-        items, label = _unseen(name, _domain_images(name), models)
+        items, label = _unseen(name, domain_images(name), models)
         if len(items) < args.labels + 2:
             sys.exit(f"{label}: {len(items)} images, too few for {args.labels} labels and a test")
         if args.domain == "weakest":

@@ -4,7 +4,7 @@
         [--normalise macenko|vahadane|learned [--target DIR_OR_PROFILE]]
         [--out benchmarks/results/generalisation[_METHOD].json]
 
-Four hard cases, every one scored with ``metrics.aggregate`` (AJI and F1 pooled over the set),
+Five hard cases, every one scored with ``metrics.aggregate`` (AJI and F1 pooled over the set),
 plus precision, recall and the **foreground ratio** (predicted nucleus pixels / true ones: below 1
 means nuclei drawn too small or missed, the failure seen on other labs' slides):
 
@@ -20,6 +20,10 @@ means nuclei drawn too small or missed, the failure seen on other labs' slides):
    (``nuclei_data.mpp_from_truth``), an estimate from the labels. The spread is over the
    look-alike clusters.
 4. ``dsb_colour_all``: all 107 crops (fair only for a model that never trained on any).
+5. ``dsb_grey_brightfield``: the 16 grey brightfield cytology fields of ``dsb2018_stage1_train``
+   (1024 x 1024, squamous cells; ``annotator_loop.domain_images``), which no model trained on: a
+   source and a stain none of them saw. Read at ``mpp_from_truth`` like the crops; the spread is
+   per image.
 
 Each method runs with its card's default settings through ``segmentation.api.segment_image``;
 ``--normalise`` first normalises every image to a stain target (default: the profile of
@@ -79,9 +83,11 @@ def cases():
         LabelledImage,
         appearance_holdout,
         load_dataset,
+        mpp_from_truth,
     )
 
     sys.path.insert(0, str(REPO / "benchmarks"))
+    from annotator_loop import domain_images
     from stain_robustness import perturb
 
     test = load_dataset(TEST)
@@ -91,11 +97,16 @@ def cases():
     held = set(appearance_holdout(dsb, seed=0))
     cluster = _clusters(dsb)
     dsb_held = [im for im in dsb if im.stem in held]
+    grey = [
+        LabelledImage(stem, rgb, labels, mpp_from_truth(labels))
+        for stem, rgb, labels in domain_images("grey-brightfield")
+    ]
     return {
         "monuseg_test_sites": (test, [im.stem[5:7] for im in test]),
         "monuseg_test_restained": (restained, [im.stem[5:7] for im in test]),
         "dsb_colour_heldout": (dsb_held, [cluster[im.stem] for im in dsb_held]),
         "dsb_colour_all": (dsb, [cluster[im.stem] for im in dsb]),
+        "dsb_grey_brightfield": (grey, None),
     }
 
 
