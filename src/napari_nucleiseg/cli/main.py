@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("standard", "wide", "wider"),
         default="standard",
         help="augmentation: standard; wide (scale ±35 %%, stains ×0.6-1.4, blur, JPEG); wider "
-        "(wide, and on half the patches the stain colours turned up to 15°)",
+        "(wide, and on half the patches the stain colours turned up to 15°, amounts ×0.5-1.8)",
     )
     s.add_argument("--log-every", type=int, default=25, help="print a log line every N iterations")
     s.set_defaults(func=cmd_train)
