@@ -61,14 +61,3 @@ def test_a_run_that_fails_frees_the_runner_before_saying_so(qtbot):
     runner.start("fit", broken(), on_error=lambda exc: seen.append((str(exc), runner.running)))
     qtbot.waitUntil(lambda: bool(seen), timeout=10_000)
     assert seen == [("no tissue", False)]
-
-
-def test_durations_read_as_a_person_would_write_them():
-    from napari_nucleiseg._napari._jobs import format_seconds
-
-    assert format_seconds(0.04) == "0.0 s"
-    assert format_seconds(0.44) == "0.4 s"  # not "0 s" for a view done in under half a second
-    assert format_seconds(9.9) == "9.9 s"
-    assert format_seconds(9.97) == "10 s"
-    assert format_seconds(125) == "2 min 05 s"
-    assert format_seconds(3720) == "1 h 02 min"

@@ -13,6 +13,7 @@ waits on it — and the run ends within one tile.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -85,12 +86,16 @@ def then_in_worker(steps: Generator, finish: Callable[[Any], Any]):
     return finish(last)
 
 
-def format_seconds(s: float) -> str:
-    """``0.4 s``, ``12 s``, ``3 min 05 s``, ``1 h 02 min``. Tenths under 10 s: a view segmented in
-    under half a second read "done in 0 s"."""
-    if s < 9.95:
+def format_seconds(s: float, tenths: bool = False) -> str:
+    """``12 s``, ``3 min 05 s``, ``1 h 02 min``; ``?`` when unknown (NaN, inf). ``tenths`` gives
+    ``0.4 s`` under 10 s, for a time taken: a view segmented in under half a second read "done
+    in 0 s". Estimates (ETA) stay whole seconds, so a bar repainted many times a second does not
+    flicker."""
+    if not math.isfinite(s):
+        return "?"
+    if tenths and s < 9.95:
         return f"{max(0.0, s):.1f} s"
-    s = int(round(s))
+    s = max(0, int(round(s)))
     if s < 60:
         return f"{s} s"
     if s < 3600:
@@ -323,7 +328,7 @@ class JobRunner:
 
     def _on_returned(self, worker, value, on_done, on_cancelled, note="") -> None:
         self._end(worker)
-        elapsed = format_seconds(time.perf_counter() - self._started)
+        elapsed = format_seconds(time.perf_counter() - self._started, tenths=True)
         if value is CANCELLED:
             # The worker's own count: every tile it finished, reported or not yet shown.
             done, total = self._done = self._counted[0]

@@ -4,6 +4,7 @@ about one per tenth of the work (a bar redrawn with carriage returns reads as
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -16,6 +17,12 @@ def is_tty(stream) -> bool:
 
 
 def duration(seconds: float) -> str:
+    """``0.4s``, ``12s``, ``3m05s``, ``1h02m``: tenths under 10 s, so a fast image's time is not
+    "0s"; ``?`` when unknown."""
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 9.95:
+        return f"{max(0.0, seconds):.1f}s"
     s = int(round(seconds))
     if s >= 3600:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
