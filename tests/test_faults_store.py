@@ -601,3 +601,29 @@ def test_whole_slide_stores_are_named_as_plain_outputs():
     assert store_path("o", "a/case.1.svs").name == "case.1.nuclei.zarr"
     assert store_path("o", "case.2.svs") != store_path("o", "case.1.svs")
     assert store_path("o", "x.ome.tiff").name == f"{output_stem('x.ome.tiff')}.nuclei.zarr"
+
+
+def test_a_resume_with_another_detection_threshold_is_refused(small_slide, tmp_path):
+    """A store made with the user's detection threshold is finished only with that threshold:
+    the message says which threshold made it, not 'made with nuclei-unet-v5, this run uses
+    nuclei-unet-v5'."""
+    from napari_nucleiseg.methods import with_detection_threshold
+    from napari_nucleiseg.wholeslide import StoreMismatchError, segment_slide
+
+    low = with_detection_threshold("nuclei-unet-v5", 0.3)
+    gen = segment_slide(small_slide, tmp_path, method=low, tile_um=160, workers=1)
+    for p in gen:
+        if p.segmented >= 1:
+            break
+    gen.close()
+    assert not p.finished
+    listing = sorted(p.store.rglob("*"))
+    with pytest.raises(
+        StoreMismatchError,
+        match=rf"{re.escape(str(p.store))}: it was made with detection threshold 0.3, this run "
+        "uses the model's own; refusing to mix",
+    ):
+        list(segment_slide(small_slide, tmp_path, method="nuclei-unet-v5", tile_um=160, workers=1))
+    assert sorted(p.store.rglob("*")) == listing
+    finished = list(segment_slide(small_slide, tmp_path, method=low, tile_um=160, workers=1))[-1]
+    assert finished.finished and finished.resumed >= 1

@@ -417,3 +417,41 @@ def test_a_method_registered_at_run_time_is_in_the_method_list_and_runs(panel, q
         unregister_method("toy-dark-blobs-gui")
     widget.reset_choices()
     assert "toy-dark-blobs-gui" not in widget._method.choices
+
+
+def test_detection_threshold_follows_the_model_and_reaches_view_and_slide(panel, qtbot, tmp_path):
+    """The threshold box shows the chosen model's own threshold and is greyed out for a method
+    without one; a lower threshold finds more nucleus pixels in the same view, and a whole-slide
+    job (in a child process) runs with it and records it in its store."""
+    from napari_nucleiseg.methods import get_method
+    from napari_nucleiseg.wholeslide import open_labels
+
+    viewer, widget, slide, _ = panel
+    assert not widget._threshold.enabled  # classical: Otsu on haematoxylin, no probability
+    widget._method.value = "nuclei-unet-v5"
+    own = get_method("nuclei-unet-v5").default_detection_threshold
+    assert widget._threshold.enabled and widget._threshold.value == pytest.approx(own)
+
+    _look_at(viewer, (1400, 1500), 3.0)
+    _run(qtbot, widget, widget._run_view)
+    (layer,) = _nuclei_layers(viewer, "view")
+    assert "detection_threshold" not in layer.metadata["nucleiseg"]["method"]
+    area_own = int((np.asarray(layer.data) > 0).sum())
+
+    widget._threshold.value = 0.15
+    _run(qtbot, widget, widget._run_view)
+    (layer,) = _nuclei_layers(viewer, "view")
+    assert layer.metadata["nucleiseg"]["method"]["detection_threshold"] == pytest.approx(0.15)
+    assert int((np.asarray(layer.data) > 0).sum()) > 1.05 * area_own
+
+    widget._out.value = tmp_path / "slide"
+    _run(qtbot, widget, widget._run_slide)
+    (store,) = (tmp_path / "slide").glob("*.nuclei.zarr")
+    assert open_labels(store)[2]["identity"]["method"]["detection_threshold"] == pytest.approx(0.15)
+    (whole,) = _nuclei_layers(viewer, "slide")
+    assert whole.metadata["nucleiseg"]["method"]["detection_threshold"] == pytest.approx(0.15)
+
+    widget._method.value = "classical"
+    assert not widget._threshold.enabled
+    widget._method.value = "nuclei-unet-v5"  # back to the model's own, not the last one typed
+    assert widget._threshold.value == pytest.approx(own)

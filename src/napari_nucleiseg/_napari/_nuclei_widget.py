@@ -17,7 +17,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+)
 
 from ._jobs import JobRunner
 from ._layers import (
@@ -73,6 +81,16 @@ class NucleiWidget(Container):
         self.viewer = napari_viewer
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
         self._method = ComboBox(label="method", choices=_methods, value=default_method_name())
+        self._threshold = FloatSpinBox(
+            label="detection threshold",
+            min=0.05,
+            max=0.95,
+            step=0.05,
+            tooltip="How sure a learned model must be that a pixel is nucleus (a probability). "
+            "Lower finds fainter nuclei and draws every nucleus larger: try it where nuclei look "
+            "too small or pale ones are missed. Higher keeps only the clearest. Set to the "
+            "model's own whenever the method changes; recorded with every result.",
+        )
         self._normalise = CheckBox(
             text="normalise stain first",
             value=False,
@@ -133,6 +151,7 @@ class NucleiWidget(Container):
             [
                 self._layer,
                 self._method,
+                self._threshold,
                 self._normalise,
                 self._out,
                 self._results,
@@ -175,6 +194,7 @@ class NucleiWidget(Container):
         self._export_geojson.changed.connect(self._on_export_geojson)
         self._export_csv.changed.connect(self._on_export_csv)
         self._method.changed.connect(self._warm_up)
+        self._method.changed.connect(self._on_method_changed)
         self._results.changed.connect(self._on_result_chosen)
         self._style.changed.connect(self._restyle)
         self._colouring.changed.connect(self._restyle)
@@ -182,6 +202,7 @@ class NucleiWidget(Container):
         self.viewer.layers.events.removed.connect(self._on_removed)
         self._bind_keys()
         _scale_bar_on(self.viewer)
+        self._on_method_changed()
         self._warm_up()
 
     def reset_choices(self, *_):
@@ -215,6 +236,34 @@ class NucleiWidget(Container):
 
     def _set_status(self, text: str) -> None:
         self._status.value = text
+
+    def _on_method_changed(self, _=None) -> None:
+        """The threshold box shows the chosen model's own threshold; a method without one (the
+        classical ones) greys it out."""
+        from ..methods import get_method
+        from ..models import WeightsError
+
+        try:
+            own = getattr(get_method(self._method.value), "default_detection_threshold", None)
+        except WeightsError:  # a model gone meanwhile: segmenting will say so
+            own = None
+        self._threshold.enabled = own is not None
+        if own is not None:
+            self._threshold.value = own
+
+    def _chosen_method(self):
+        """The method to run: the method box's, with the threshold box's detection threshold
+        where the method has one. None (and the reason in the status line) when it cannot run."""
+        from ..methods import with_detection_threshold
+        from ..models import WeightsError
+
+        if not self._threshold.enabled:
+            return self._method.value
+        try:
+            return with_detection_threshold(self._method.value, round(self._threshold.value, 3))
+        except WeightsError as exc:  # MethodError too
+            self._set_status(f"Not segmented: {exc}")
+            return None
 
     def _warm_up(self, _=None) -> None:
         """Load the model in the background now, so the first click is as fast as the next."""
@@ -375,6 +424,9 @@ class NucleiWidget(Container):
         if ready is None:
             return
         layer, slide, normaliser = ready
+        method = self._chosen_method()
+        if method is None:
+            return
         edited = self._edited_view(slide)
         if edited is not None:
             choice = self._ask_keep_edits(edited)
@@ -387,7 +439,7 @@ class NucleiWidget(Container):
                 edited.scope = "view-edited"
                 self._results.reset_choices()
         steps = segment_region(
-            slide, visible_box(self.viewer, layer), self._method.value, normaliser=normaliser
+            slide, visible_box(self.viewer, layer), method, normaliser=normaliser
         )
         self.jobs.start(
             "Nuclei in view",
@@ -605,12 +657,16 @@ class NucleiWidget(Container):
         if ready is None:
             return
         layer, slide, normaliser = ready
-        # In a child process: the interface keeps Python's GIL (see _process).
+        method = self._chosen_method()
+        if method is None:
+            return
+        # In a child process: the interface keeps Python's GIL (see _process). A model with
+        # the user's threshold travels as its card's path and the threshold.
         steps = in_subprocess(
             segment_slide,
             slide,
             Path(self._out.value),
-            method=self._method.value,
+            method=method,
             normaliser=normaliser,
         )
         self._refreshed = 0.0
@@ -812,7 +868,7 @@ class NucleiWidget(Container):
             kind="nuclei",
             scope="slide",
             store=str(store),
-            method=meta.get("method"),
+            method=meta.get("identity", {}).get("method"),  # what made it, as a view records
         )
         layer = self._show_slide_layer(slide, layer_tuple)
         self._end_live(layer)

@@ -377,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="nuclei method: {nuclei_methods} (default: the first), or a model card .json",
     )
     s.add_argument(
+        "--detection-threshold",
+        type=float,
+        metavar="P",
+        help="a learned model's foreground probability for a nucleus pixel (default: the "
+        "model's own, 0.4 for the default model): lower finds fainter nuclei and draws them "
+        "larger, higher keeps only the clearest; recorded in the output",
+    )
+    s.add_argument(
         "--project",
         metavar="DIR",
         help="a project folder: its current model is the default method, and its models are "

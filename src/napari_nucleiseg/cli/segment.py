@@ -149,6 +149,14 @@ def cmd_segment(args) -> int:
     if problem:
         print(f"error: {problem}", file=err)
         return 2
+    if getattr(args, "detection_threshold", None) is not None:
+        from ..methods import MethodError, with_detection_threshold
+
+        try:
+            args.method = with_detection_threshold(args.method, args.detection_threshold)
+        except MethodError as exc:
+            print(f"error: {exc}", file=err)
+            return 2
 
     out = Path(args.out)
     try:

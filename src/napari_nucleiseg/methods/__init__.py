@@ -2,7 +2,7 @@
 
 >>> from napari_nucleiseg.methods import get_method, method_names
 >>> method_names()                       # the default first  # doctest: +SKIP
-['nuclei-unet-v5', 'nuclei-unet-v4', 'nuclei-unet-v3', 'classical', 'classical-phansalkar']
+['nuclei-unet-v5', 'nuclei-unet-v3', 'nuclei-unet-v4', 'classical', 'classical-phansalkar']
 >>> m = get_method("classical")
 >>> m.mpp, m.tile_px, m.context_um
 (0.5, 1024, 32.0)
@@ -21,6 +21,7 @@ from .base import (
     method_names,
     register_method,
     unregister_method,
+    with_detection_threshold,
 )
 from .classical import CLASSICAL_METHODS, ClassicalMethod
 from .learned import CardMethod, load_predictor
@@ -39,4 +40,5 @@ __all__ = [
     "method_names",
     "register_method",
     "unregister_method",
+    "with_detection_threshold",
 ]

@@ -156,6 +156,22 @@ def method_names(kind: str = "nuclei", project=None) -> list[str]:
     return names
 
 
+def with_detection_threshold(method, threshold: float | None, project=None) -> Method:
+    """``method`` (anything :func:`get_method` takes) with the user's detection threshold, a
+    foreground probability (see :class:`~napari_nucleiseg.methods.learned.CardMethod`); None
+    leaves it as it is. Raises :class:`MethodError` for a method without one (the classical
+    methods threshold haematoxylin by Otsu or Phansalkar, not a probability) or a threshold
+    out of range."""
+    m = get_method(method, project=project)
+    if threshold is None:
+        return m
+    if not hasattr(m, "with_detection_threshold"):
+        raise MethodError(
+            f"{m.name} has no detection threshold to set (only learned models have one)"
+        )
+    return m.with_detection_threshold(threshold)
+
+
 def get_method(
     name_or_path: str | Path | Method | None = None, kind: str = "nuclei", project=None
 ) -> Method:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,25 @@ import numpy as np
 from ..models import ModelCard, WeightsError, load_card, sha256_of
 from .base import NucleiMethod
 
+#: Detection thresholds a user may choose (foreground probability). Outside it a model finds
+#: next to nothing (above) or draws the background in (below).
+DETECTION_RANGE = (0.05, 0.95)
+
 
 class CardMethod(NucleiMethod):
-    """A nuclei model from its card; weights are checked and loaded on first use."""
+    """A nuclei model from its card; weights are checked and loaded on first use.
 
-    def __init__(self, card: ModelCard, card_path: Path, source: str):
+    One setting of its post-processing is the user's: the **detection threshold**, the
+    foreground probability above which a pixel is nucleus (the card's tuned value by default).
+    Lower finds fainter nuclei and draws every nucleus larger; higher keeps only the confident
+    ones. :meth:`with_detection_threshold` gives the model with another one: a method of its own
+    (its :meth:`describe` says so, so a whole-slide store is never resumed with another), which
+    shares this one's loaded network.
+    """
+
+    def __init__(
+        self, card: ModelCard, card_path: Path, source: str, detection_threshold=None, base=None
+    ):
         self.card = card
         self.card_path = Path(card_path)
         self.source = source
@@ -35,6 +50,45 @@ class CardMethod(NucleiMethod):
         #: decides it, so what outputs record is what computed them.
         self._predictors: dict[str, object] = {}
         self._loading = threading.Lock()
+        #: None: the card's own threshold. Else the user's, and ``_base`` the card's method,
+        #: whose network this one uses.
+        self.detection_threshold = detection_threshold
+        self._base = base
+        self._variants: dict[float, CardMethod] = {}
+
+    @property
+    def default_detection_threshold(self) -> float:
+        """The threshold the card was tuned with."""
+        from ..segmentation.postprocess import PostprocessSettings
+
+        return float(self.card.postprocess.get("foreground", PostprocessSettings().foreground))
+
+    def with_detection_threshold(self, threshold: float | None) -> CardMethod:
+        """This model with another detection threshold (None or the card's own: the model as
+        shipped). One object per threshold, so a warmed-up method stays warm."""
+        base = self._base or self
+        if threshold is None or float(threshold) == base.default_detection_threshold:
+            return base
+        threshold = float(threshold)
+        lo, hi = DETECTION_RANGE
+        if not lo <= threshold <= hi:
+            from .base import MethodError
+
+            raise MethodError(
+                f"{self.name}: detection threshold {threshold:g} is outside {lo:g}-{hi:g} (a "
+                f"foreground probability; the model's own is {base.default_detection_threshold:g})"
+            )
+        with base._loading:
+            variant = base._variants.get(threshold)
+            if variant is None:
+                variant = CardMethod(base.card, base.card_path, base.source, threshold, base)
+                base._variants[threshold] = variant
+        return variant
+
+    def __reduce__(self):
+        # Sent to a worker process (a whole-slide job in a child process or on a cluster) as
+        # where it comes from, not as its loaded network and locks.
+        return _card_method_at, (str(self.card_path), self.source, self.detection_threshold)
 
     def runtime(self, warn: bool = True) -> str:
         """What computes this model here (``onnx-int8``, ``onnx-fp32``, ``torch``; see
@@ -47,6 +101,8 @@ class CardMethod(NucleiMethod):
     def predictor(self):
         """The :class:`~napari_nucleiseg.segmentation.predict.Predictor` (loaded once per
         runtime)."""
+        if self._base is not None:
+            return self._base.predictor
         runtime = self.runtime(warn=False)  # describe() (every output records it) warns
         predictor = self._predictors.get(runtime)
         if predictor is None:
@@ -60,7 +116,10 @@ class CardMethod(NucleiMethod):
     def segment(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
         from ..io.image_backend import to_rgb_uint8
 
-        return self.predictor.segment(to_rgb_uint8(rgb), mpp)
+        settings = None
+        if self.detection_threshold is not None:
+            settings = replace(self.predictor.settings, foreground=self.detection_threshold)
+        return self.predictor.segment(to_rgb_uint8(rgb), mpp, settings=settings)
 
     def warm_up(self) -> None:
         self.predictor  # noqa: B018  (loads and checks the weights)
@@ -71,7 +130,7 @@ class CardMethod(NucleiMethod):
         c = self.card
         # The flip rule changes the labels of inputs finer than the model: a whole-slide store
         # written under one setting must not be resumed under another.
-        return {
+        info = {
             "method": self.name,
             "model": c.name,
             "version": c.version,
@@ -82,6 +141,14 @@ class CardMethod(NucleiMethod):
             # result, and a fallback from the one asked for (file missing, no onnxruntime) shows.
             "runtime": self.runtime(),
         }
+        if self.detection_threshold is not None:  # absent for the card's own: old stores match
+            info["detection_threshold"] = self.detection_threshold
+        return info
+
+
+def _card_method_at(card_path: str, source: str, detection_threshold):
+    """The method a pickled :class:`CardMethod` stands for (see ``CardMethod.__reduce__``)."""
+    return card_method(Path(card_path), source).with_detection_threshold(detection_threshold)
 
 
 _CACHE: dict[tuple[str, float], CardMethod] = {}

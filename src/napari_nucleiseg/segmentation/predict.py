@@ -244,6 +244,13 @@ class Predictor:
         return _resize_maps(probs, (h, w))
 
     # ------------------------------------------------------------------ instances
-    def segment(self, rgb: np.ndarray, mpp: float, progress=None) -> np.ndarray:
-        """Instance labels (uint32) at the input's resolution."""
-        return instances_from_maps(self.maps(rgb, mpp, progress), mpp, self.settings)
+    def segment(
+        self,
+        rgb: np.ndarray,
+        mpp: float,
+        progress=None,
+        settings: PostprocessSettings | None = None,
+    ) -> np.ndarray:
+        """Instance labels (uint32) at the input's resolution; ``settings`` (default: this
+        predictor's) post-process the maps."""
+        return instances_from_maps(self.maps(rgb, mpp, progress), mpp, settings or self.settings)

@@ -369,6 +369,16 @@ def describe_difference(old: dict, new: dict) -> str:
                 f"it was made with NUCLEISEG_TTA={om.get('test_time_flips')}, this run uses "
                 f"NUCLEISEG_TTA={nm.get('test_time_flips')}"
             )
+        if name(om) == name(nm) and om.get("detection_threshold") != nm.get("detection_threshold"):
+
+            def threshold(m):
+                own = m.get("detection_threshold")
+                return "the model's own" if own is None else f"{own:g}"
+
+            return (
+                f"it was made with detection threshold {threshold(om)}, this run uses "
+                f"{threshold(nm)}"
+            )
         if name(om) == name(nm) and om.get("runtime") != nm.get("runtime"):
             return (
                 f"it was computed with the {om.get('runtime')} runtime, this run would use "
