@@ -28,6 +28,9 @@ def test_the_models_own_threshold_is_the_model_itself(he_rgb):
     assert low.describe() == {**m.describe(), "detection_threshold": 0.2}
     assert low.predictor is m.predictor  # the network is loaded once
     assert low.with_detection_threshold(None) is m
+    # One threshold however it was computed: one object, one record, one resumable store.
+    assert with_detection_threshold(m, 0.1 + 0.2) is with_detection_threshold(m, 0.3)
+    assert with_detection_threshold(m, 0.1 + 0.2).describe()["detection_threshold"] == 0.3
 
 
 def test_a_lower_threshold_draws_more_nucleus_and_a_higher_one_less(he_rgb):
@@ -47,16 +50,20 @@ def test_a_method_with_a_threshold_travels_to_another_process_as_its_card(he_rgb
     """A whole-slide job runs in a child process or on a cluster's workers: the method goes as
     its card's path and threshold, and segments there exactly as here."""
     from napari_nucleiseg.methods import with_detection_threshold
+    from napari_nucleiseg.models import MODELS_DIR
 
     low = with_detection_threshold(MODEL, 0.25)
     blob = pickle.dumps(low)
     assert len(blob) < 2000  # a reference, not the network
+    # A shipped model by its card's name: a worker finds it in its own installation.
+    assert str(MODELS_DIR).encode() not in blob and f"{MODEL}.json".encode() in blob
     assert pickle.loads(blob) is low  # in this process: the same object
     rgb = he_rgb[0][:256, :256]
     code = (
         "import pickle, sys, numpy as np\n"
         "m = pickle.loads(sys.stdin.buffer.read())\n"
         f"rgb = np.load({str(_save(rgb))!r})\n"
+        "assert m.describe()['detection_threshold'] == 0.25, m.describe()\n"
         "sys.stdout.buffer.write(m.segment(rgb, 0.5).tobytes())\n"
     )
     there = subprocess.run(

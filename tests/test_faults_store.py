@@ -621,7 +621,7 @@ def test_a_resume_with_another_detection_threshold_is_refused(small_slide, tmp_p
     with pytest.raises(
         StoreMismatchError,
         match=rf"{re.escape(str(p.store))}: it was made with detection threshold 0.3, this run "
-        "uses the model's own; refusing to mix",
+        r"uses the model's own threshold \(set the same threshold to resume it\); refusing to mix",
     ):
         list(segment_slide(small_slide, tmp_path, method="nuclei-unet-v5", tile_um=160, workers=1))
     assert sorted(p.store.rglob("*")) == listing

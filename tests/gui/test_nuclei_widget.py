@@ -376,6 +376,8 @@ def test_whole_slide_cancel_stops_within_a_tile_and_the_next_run_resumes(panel, 
     assert "cancelled" in widget._status.value and "Run it again" in widget._status.value
     total, segmented = seen[-1].total, seen[-1].segmented
     assert 0 < segmented < total
+    (shown,) = _nuclei_layers(viewer, "slide")  # what made it, as a finished run records
+    assert shown.metadata["nucleiseg"]["method"]["method"] == "classical"
 
     # Again: the finished tiles are not segmented twice.
     again = []
@@ -455,3 +457,32 @@ def test_detection_threshold_follows_the_model_and_reaches_view_and_slide(panel,
     assert not widget._threshold.enabled
     widget._method.value = "nuclei-unet-v5"  # back to the model's own, not the last one typed
     assert widget._threshold.value == pytest.approx(own)
+
+
+def test_the_threshold_box_shows_any_cards_own_value(make_napari_viewer, tmp_path, monkeypatch):
+    """A card tuned to 0.425 is shown as 0.425 (two places would run it as 0.42), and one tuned
+    outside the box's usual range widens it instead of failing to open the panel; what the box
+    shows for a model's own threshold runs the model as it is."""
+    import json
+    import shutil
+    import threading
+
+    from napari_nucleiseg._napari._nuclei_widget import NucleiWidget
+    from napari_nucleiseg.models import MODELS_DIR
+
+    card = json.loads((MODELS_DIR / "nuclei-unet-v3.json").read_text())
+    for name, own in (("fine-unet", 0.425), ("low-unet", 0.03)):
+        mine = dict(card, name=name, postprocess={**card["postprocess"], "foreground": own})
+        (tmp_path / f"{name}.json").write_text(json.dumps(mine))
+    for k in ("weights", "onnx", "onnx_int8"):
+        shutil.copy(MODELS_DIR / card[k], tmp_path / card[k])
+    monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(tmp_path))
+    widget = NucleiWidget(make_napari_viewer())
+    for name, own in (("fine-unet", 0.425), ("low-unet", 0.03)):
+        widget._method.value = name
+        assert widget._threshold.enabled and widget._threshold.value == pytest.approx(own)
+        chosen = widget._chosen_method()
+        assert chosen.name == name and "detection_threshold" not in chosen.describe()
+    for thread in threading.enumerate():  # the panel's warm-ups, before the models go away
+        if thread.name == "nucleiseg-warm-up":
+            thread.join(120)

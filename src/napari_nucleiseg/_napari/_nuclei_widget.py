@@ -81,16 +81,20 @@ class NucleiWidget(Container):
         self.viewer = napari_viewer
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
         self._method = ComboBox(label="method", choices=_methods, value=default_method_name())
+        from ..methods.learned import DETECTION_RANGE
+
         self._threshold = FloatSpinBox(
             label="detection threshold",
-            min=0.05,
-            max=0.95,
+            min=DETECTION_RANGE[0],
+            max=DETECTION_RANGE[1],
             step=0.05,
             tooltip="How sure a learned model must be that a pixel is nucleus (a probability). "
             "Lower finds fainter nuclei and draws every nucleus larger: try it where nuclei look "
             "too small or pale ones are missed. Higher keeps only the clearest. Set to the "
             "model's own whenever the method changes; recorded with every result.",
         )
+        # 3 places: a card may be tuned to 0.425, which 2 places would show (and run) as 0.42.
+        self._threshold.native.setDecimals(3)
         self._normalise = CheckBox(
             text="normalise stain first",
             value=False,
@@ -247,8 +251,13 @@ class NucleiWidget(Container):
             own = getattr(get_method(self._method.value), "default_detection_threshold", None)
         except WeightsError:  # a model gone meanwhile: segmenting will say so
             own = None
+        #: The chosen model's own threshold, or None when the method has none.
+        self._own_threshold = own
         self._threshold.enabled = own is not None
         if own is not None:
+            # A card may hold any probability: the box must show it, not refuse it.
+            self._threshold.min = min(self._threshold.min, own)
+            self._threshold.max = max(self._threshold.max, own)
             self._threshold.value = own
 
     def _chosen_method(self):
@@ -257,10 +266,14 @@ class NucleiWidget(Container):
         from ..methods import with_detection_threshold
         from ..models import WeightsError
 
-        if not self._threshold.enabled:
+        own = self._own_threshold
+        if own is None:
             return self._method.value
-        try:
-            return with_detection_threshold(self._method.value, round(self._threshold.value, 3))
+        value = self._threshold.value
+        try:  # what the box shows for the model's own is the model's own, however it rounds
+            return with_detection_threshold(
+                self._method.value, None if abs(value - own) < 5e-4 else value
+            )
         except WeightsError as exc:  # MethodError too
             self._set_status(f"Not segmented: {exc}")
             return None
@@ -269,7 +282,12 @@ class NucleiWidget(Container):
         """Load the model in the background now, so the first click is as fast as the next."""
         import threading
 
-        threading.Thread(target=_warm_up, args=(self._method.value,), daemon=True).start()
+        # Not a daemon: a process quitting while the runtime initialises would be killed inside
+        # its C++ code ("terminate called without an active exception"); exit waits instead
+        # (a few seconds at most, and only right after the panel opened or the method changed).
+        threading.Thread(
+            target=_warm_up, args=(self._method.value,), name="nucleiseg-warm-up"
+        ).start()
 
     def _bind_keys(self) -> None:
         """The panel's keyboard shortcuts, on the viewer (they work wherever the mouse is)."""
@@ -832,10 +850,15 @@ class NucleiWidget(Container):
 
     def _show_cancelled(self, slide, p, got) -> None:
         from ..layers import labels_layer
+        from ..wholeslide.store import StoreMismatchError, read_attrs
 
         levels, tiles, nuclei = got
         if not self._is_open(slide):  # closed meanwhile (or the viewer): nothing to draw on
             return
+        try:
+            made_by = read_attrs(p.store)["nucleiseg"]["identity"]["method"]
+        except (StoreMismatchError, KeyError):  # the record is the store's to heal on resume
+            made_by = None
         layer_tuple = labels_layer(
             slide,
             levels,
@@ -843,6 +866,7 @@ class NucleiWidget(Container):
             kind="nuclei",
             scope="slide",
             store=str(p.store),
+            method=made_by,
         )
         self._end_live(self._show_slide_layer(slide, layer_tuple))
         self._count.value = (
@@ -1092,7 +1116,12 @@ def _warm_up(method) -> None:
 
     # napari's first labels layer imports pandas (for label features): about a second, once.
     importlib.import_module("pandas")
-    warm_up(method)
+    from ..models import WeightsError
+
+    try:
+        warm_up(method)
+    except WeightsError:  # gone or damaged since it was chosen: segmenting says so, by name
+        pass
 
 
 def _then_read_table(steps):

@@ -67,9 +67,12 @@ class CardMethod(NucleiMethod):
         """This model with another detection threshold (None or the card's own: the model as
         shipped). One object per threshold, so a warmed-up method stays warm."""
         base = self._base or self
-        if threshold is None or float(threshold) == base.default_detection_threshold:
+        if threshold is None:
             return base
-        threshold = float(threshold)
+        # 0.1 + 0.2 and 0.3 are one threshold: one method, one record, one resumable store.
+        threshold = round(float(threshold), 4)
+        if threshold == round(base.default_detection_threshold, 4):
+            return base
         lo, hi = DETECTION_RANGE
         if not lo <= threshold <= hi:
             from .base import MethodError
@@ -78,17 +81,23 @@ class CardMethod(NucleiMethod):
                 f"{self.name}: detection threshold {threshold:g} is outside {lo:g}-{hi:g} (a "
                 f"foreground probability; the model's own is {base.default_detection_threshold:g})"
             )
-        with base._loading:
+        with _VARIANTS_LOCK:  # not the loading lock: asking must not wait for a model to load
             variant = base._variants.get(threshold)
             if variant is None:
-                variant = CardMethod(base.card, base.card_path, base.source, threshold, base)
+                variant = type(base)(base.card, base.card_path, base.source, threshold, base)
                 base._variants[threshold] = variant
         return variant
 
     def __reduce__(self):
         # Sent to a worker process (a whole-slide job in a child process or on a cluster) as
-        # where it comes from, not as its loaded network and locks.
-        return _card_method_at, (str(self.card_path), self.source, self.detection_threshold)
+        # where it comes from, not as its loaded network and locks. A shipped model by its
+        # card's file name, found in the worker's own installation (the package may live
+        # elsewhere there); a worker with another version is refused by the tile's identity
+        # check. Other models by their card's path, which the worker must be able to read.
+        if type(self) is not CardMethod:  # a subclass knows its own state: pickled as usual
+            return object.__reduce__(self)
+        where = self.card_path.name if self.source == "shipped" else str(self.card_path)
+        return _card_method_at, (where, self.source, self.detection_threshold)
 
     def runtime(self, warn: bool = True) -> str:
         """What computes this model here (``onnx-int8``, ``onnx-fp32``, ``torch``; see
@@ -146,9 +155,17 @@ class CardMethod(NucleiMethod):
         return info
 
 
-def _card_method_at(card_path: str, source: str, detection_threshold):
+def _card_method_at(where: str, source: str, detection_threshold):
     """The method a pickled :class:`CardMethod` stands for (see ``CardMethod.__reduce__``)."""
-    return card_method(Path(card_path), source).with_detection_threshold(detection_threshold)
+    if source == "shipped":
+        from ..models import MODELS_DIR
+
+        where = str(MODELS_DIR / where)
+    return card_method(Path(where), source).with_detection_threshold(detection_threshold)
+
+
+#: Guards every model's cache of threshold variants (brief: a dict lookup and an object).
+_VARIANTS_LOCK = threading.Lock()
 
 
 _CACHE: dict[tuple[str, float], CardMethod] = {}

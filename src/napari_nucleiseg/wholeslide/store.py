@@ -373,11 +373,13 @@ def describe_difference(old: dict, new: dict) -> str:
 
             def threshold(m):
                 own = m.get("detection_threshold")
-                return "the model's own" if own is None else f"{own:g}"
+                return (
+                    "the model's own threshold" if own is None else f"detection threshold {own:g}"
+                )
 
             return (
-                f"it was made with detection threshold {threshold(om)}, this run uses "
-                f"{threshold(nm)}"
+                f"it was made with {threshold(om)}, this run uses {threshold(nm)} (set the same "
+                "threshold to resume it)"
             )
         if name(om) == name(nm) and om.get("runtime") != nm.get("runtime"):
             return (
