@@ -127,3 +127,28 @@ def test_segment_records_the_threshold_and_refuses_one_that_cannot_apply(he_rgb,
         (line,) = out.stderr.splitlines()
         assert line.startswith(message)
         assert not (tmp_path / "x").exists()
+
+
+def test_a_model_outside_the_package_travels_by_its_cards_path(tmp_path):
+    """Any other model goes by its card's full path (every worker must read it); a subclass
+    that cannot say where it comes from is refused by name, not with a lock's pickling error."""
+    import shutil
+
+    from napari_nucleiseg.methods import CardMethod, get_method, with_detection_threshold
+    from napari_nucleiseg.models import MODELS_DIR
+
+    card = json.loads((MODELS_DIR / "nuclei-unet-v3.json").read_text())
+    for k in ("weights", "onnx", "onnx_int8"):
+        shutil.copy(MODELS_DIR / card[k], tmp_path / card[k])
+    (tmp_path / "mine.json").write_text(json.dumps(dict(card, name="mine")))
+    mine = with_detection_threshold(tmp_path / "mine.json", 0.3)
+    blob = pickle.dumps(mine)
+    assert str(tmp_path / "mine.json").encode() in blob
+    assert pickle.loads(blob) is mine
+
+    class Mine(CardMethod):
+        pass
+
+    base = get_method(tmp_path / "mine.json")
+    with pytest.raises(TypeError, match=r"Mine \(mine\): a subclass of CardMethod must define"):
+        pickle.dumps(Mine(base.card, base.card_path, base.source))

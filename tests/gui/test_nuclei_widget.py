@@ -461,8 +461,9 @@ def test_detection_threshold_follows_the_model_and_reaches_view_and_slide(panel,
 
 def test_the_threshold_box_shows_any_cards_own_value(make_napari_viewer, tmp_path, monkeypatch):
     """A card tuned to 0.425 is shown as 0.425 (two places would run it as 0.42), and one tuned
-    outside the box's usual range widens it instead of failing to open the panel; what the box
-    shows for a model's own threshold runs the model as it is."""
+    outside the box's usual range (0.03, or 0.0496, which rounds onto its edge) widens it for
+    that model instead of failing to open the panel; what the box shows for a model's own
+    threshold runs the model as it is."""
     import json
     import shutil
     import threading
@@ -471,18 +472,22 @@ def test_the_threshold_box_shows_any_cards_own_value(make_napari_viewer, tmp_pat
     from napari_nucleiseg.models import MODELS_DIR
 
     card = json.loads((MODELS_DIR / "nuclei-unet-v3.json").read_text())
-    for name, own in (("fine-unet", 0.425), ("low-unet", 0.03)):
+    cards = (("fine-unet", 0.425), ("low-unet", 0.03), ("edge-unet", 0.0496))
+    for name, own in cards:
         mine = dict(card, name=name, postprocess={**card["postprocess"], "foreground": own})
         (tmp_path / f"{name}.json").write_text(json.dumps(mine))
     for k in ("weights", "onnx", "onnx_int8"):
         shutil.copy(MODELS_DIR / card[k], tmp_path / card[k])
     monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(tmp_path))
     widget = NucleiWidget(make_napari_viewer())
-    for name, own in (("fine-unet", 0.425), ("low-unet", 0.03)):
+    for name, own in cards:
         widget._method.value = name
-        assert widget._threshold.enabled and widget._threshold.value == pytest.approx(own)
+        assert widget._threshold.enabled
+        assert widget._threshold.value == pytest.approx(round(own, 3))  # 0.0496 shows as 0.05
         chosen = widget._chosen_method()
         assert chosen.name == name and "detection_threshold" not in chosen.describe()
+    widget._method.value = "nuclei-unet-v5"  # the usual range again, not the last card's
+    assert widget._threshold.min == pytest.approx(0.05)
     for thread in threading.enumerate():  # the panel's warm-ups, before the models go away
         if thread.name == "nucleiseg-warm-up":
             thread.join(120)

@@ -14,6 +14,8 @@ first, and can keep them in a layer of their own.
 
 from __future__ import annotations
 
+import atexit
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -255,10 +257,16 @@ class NucleiWidget(Container):
         self._own_threshold = own
         self._threshold.enabled = own is not None
         if own is not None:
-            # A card may hold any probability: the box must show it, not refuse it.
-            self._threshold.min = min(self._threshold.min, own)
-            self._threshold.max = max(self._threshold.max, own)
-            self._threshold.value = own
+            from ..methods.learned import DETECTION_RANGE
+
+            # A card may hold any probability: the box shows it as its 3 places round it,
+            # widening the usual range for it (for this model only), never refusing it.
+            shown = round(own, 3)
+            self._threshold.min = min(DETECTION_RANGE[0], shown)
+            self._threshold.max = max(DETECTION_RANGE[1], shown)
+            self._threshold.value = shown
+        #: What the box shows for the model's own threshold: left there, the model runs as is.
+        self._own_shown = self._threshold.value
 
     def _chosen_method(self):
         """The method to run: the method box's, with the threshold box's detection threshold
@@ -272,7 +280,7 @@ class NucleiWidget(Container):
         value = self._threshold.value
         try:  # what the box shows for the model's own is the model's own, however it rounds
             return with_detection_threshold(
-                self._method.value, None if abs(value - own) < 5e-4 else value
+                self._method.value, None if value == self._own_shown else value
             )
         except WeightsError as exc:  # MethodError too
             self._set_status(f"Not segmented: {exc}")
@@ -280,14 +288,11 @@ class NucleiWidget(Container):
 
     def _warm_up(self, _=None) -> None:
         """Load the model in the background now, so the first click is as fast as the next."""
-        import threading
-
-        # Not a daemon: a process quitting while the runtime initialises would be killed inside
-        # its C++ code ("terminate called without an active exception"); exit waits instead
-        # (a few seconds at most, and only right after the panel opened or the method changed).
-        threading.Thread(
-            target=_warm_up, args=(self._method.value,), name="nucleiseg-warm-up"
-        ).start()
+        thread = threading.Thread(
+            target=_warm_up, args=(self._method.value,), name="nucleiseg-warm-up", daemon=True
+        )
+        _WARM_UPS.append(thread)  # before it starts: it removes itself when it ends
+        thread.start()
 
     def _bind_keys(self) -> None:
         """The panel's keyboard shortcuts, on the viewer (they work wherever the mouse is)."""
@@ -856,8 +861,8 @@ class NucleiWidget(Container):
         if not self._is_open(slide):  # closed meanwhile (or the viewer): nothing to draw on
             return
         try:
-            made_by = read_attrs(p.store)["nucleiseg"]["identity"]["method"]
-        except (StoreMismatchError, KeyError):  # the record is the store's to heal on resume
+            made_by = read_attrs(p.store).get("nucleiseg", {}).get("identity", {}).get("method")
+        except (StoreMismatchError, AttributeError):  # the store's to heal when it resumes
             made_by = None
         layer_tuple = labels_layer(
             slide,
@@ -1109,6 +1114,25 @@ def _drawn_pixels(viewer, slide_layer, level_shapes) -> float:
     return w * h / (down * down)
 
 
+#: The panel's warm-up threads. Daemons (a load that hangs must not keep the process alive),
+#: but a process quitting while one initialises a runtime is killed inside its C++ code
+#: ("terminate called without an active exception"): at exit, they get a few seconds to end.
+_WARM_UPS: list = []
+#: Seconds, in all, that quitting waits for warm-ups still running.
+WARM_UP_EXIT_WAIT_S = 15.0
+
+
+def _join_warm_ups() -> None:
+    import time
+
+    deadline = time.monotonic() + WARM_UP_EXIT_WAIT_S
+    for thread in list(_WARM_UPS):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_join_warm_ups)
+
+
 def _warm_up(method) -> None:
     import importlib
 
@@ -1116,12 +1140,13 @@ def _warm_up(method) -> None:
 
     # napari's first labels layer imports pandas (for label features): about a second, once.
     importlib.import_module("pandas")
-    from ..models import WeightsError
-
     try:
         warm_up(method)
-    except WeightsError:  # gone or damaged since it was chosen: segmenting says so, by name
+    except Exception:  # noqa: BLE001 (a failed load is not kept: the run that needs it says why)
         pass
+    finally:
+        if threading.current_thread() in _WARM_UPS:
+            _WARM_UPS.remove(threading.current_thread())
 
 
 def _then_read_table(steps):

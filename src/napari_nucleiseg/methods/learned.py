@@ -94,9 +94,15 @@ class CardMethod(NucleiMethod):
         # card's file name, found in the worker's own installation (the package may live
         # elsewhere there); a worker with another version is refused by the tile's identity
         # check. Other models by their card's path, which the worker must be able to read.
-        if type(self) is not CardMethod:  # a subclass knows its own state: pickled as usual
-            return object.__reduce__(self)
-        where = self.card_path.name if self.source == "shipped" else str(self.card_path)
+        if type(self) is not CardMethod:
+            raise TypeError(
+                f"{type(self).__name__} ({self.name}): a subclass of CardMethod must define "
+                "__reduce__ to be sent to another process"
+            )
+        from ..models import MODELS_DIR
+
+        shipped = self.source == "shipped" and self.card_path.parent == MODELS_DIR.resolve()
+        where = self.card_path.name if shipped else str(self.card_path)
         return _card_method_at, (where, self.source, self.detection_threshold)
 
     def runtime(self, warn: bool = True) -> str:
@@ -157,7 +163,7 @@ class CardMethod(NucleiMethod):
 
 def _card_method_at(where: str, source: str, detection_threshold):
     """The method a pickled :class:`CardMethod` stands for (see ``CardMethod.__reduce__``)."""
-    if source == "shipped":
+    if source == "shipped":  # a file name, or a path (MODELS_DIR / an absolute path is it)
         from ..models import MODELS_DIR
 
         where = str(MODELS_DIR / where)
