@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_cli_segment import run  # the CLI as a user runs it, in a process of its own
 
 MODEL = "nuclei-unet-v5"
 
@@ -46,7 +47,7 @@ def test_a_lower_threshold_draws_more_nucleus_and_a_higher_one_less(he_rgb):
     assert area[0.15] > 1.03 * own and area[0.85] < 0.97 * own
 
 
-def test_a_method_with_a_threshold_travels_to_another_process_as_its_card(he_rgb):
+def test_a_method_with_a_threshold_travels_to_another_process_as_its_card(he_rgb, tmp_path):
     """A whole-slide job runs in a child process or on a cluster's workers: the method goes as
     its card's path and threshold, and segments there exactly as here."""
     from napari_nucleiseg.methods import with_detection_threshold
@@ -59,10 +60,11 @@ def test_a_method_with_a_threshold_travels_to_another_process_as_its_card(he_rgb
     assert str(MODELS_DIR).encode() not in blob and f"{MODEL}.json".encode() in blob
     assert pickle.loads(blob) is low  # in this process: the same object
     rgb = he_rgb[0][:256, :256]
+    np.save(tmp_path / "rgb.npy", rgb)
     code = (
         "import pickle, sys, numpy as np\n"
         "m = pickle.loads(sys.stdin.buffer.read())\n"
-        f"rgb = np.load({str(_save(rgb))!r})\n"
+        f"rgb = np.load({str(tmp_path / 'rgb.npy')!r})\n"
         "assert m.describe()['detection_threshold'] == 0.25, m.describe()\n"
         "sys.stdout.buffer.write(m.segment(rgb, 0.5).tobytes())\n"
     )
@@ -71,15 +73,6 @@ def test_a_method_with_a_threshold_travels_to_another_process_as_its_card(he_rgb
     ).stdout
     here = low.segment(rgb, 0.5)
     assert np.array_equal(np.frombuffer(there, np.uint32).reshape(here.shape), here)
-
-
-def _save(rgb) -> object:
-    import tempfile
-    from pathlib import Path
-
-    path = Path(tempfile.mkdtemp()) / "rgb.npy"
-    np.save(path, rgb)
-    return path
 
 
 @pytest.mark.parametrize(
@@ -95,15 +88,6 @@ def test_a_threshold_that_cannot_apply_is_refused_by_name(method, threshold, mes
 
     with pytest.raises(MethodError, match=message):
         with_detection_threshold(method, threshold)
-
-
-def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "napari_nucleiseg.cli.main", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def test_segment_records_the_threshold_and_refuses_one_that_cannot_apply(he_rgb, tmp_path):

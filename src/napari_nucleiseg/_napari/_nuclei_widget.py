@@ -253,8 +253,6 @@ class NucleiWidget(Container):
             own = getattr(get_method(self._method.value), "default_detection_threshold", None)
         except WeightsError:  # a model gone meanwhile: segmenting will say so
             own = None
-        #: The chosen model's own threshold, or None when the method has none.
-        self._own_threshold = own
         self._threshold.enabled = own is not None
         if own is not None:
             from ..methods.learned import DETECTION_RANGE
@@ -265,8 +263,9 @@ class NucleiWidget(Container):
             self._threshold.min = min(DETECTION_RANGE[0], shown)
             self._threshold.max = max(DETECTION_RANGE[1], shown)
             self._threshold.value = shown
-        #: What the box shows for the model's own threshold: left there, the model runs as is.
-        self._own_shown = self._threshold.value
+        #: What the box shows for the model's own threshold (left there, the model runs as
+        #: is), or None when the method has no threshold.
+        self._own_shown = self._threshold.value if own is not None else None
 
     def _chosen_method(self):
         """The method to run: the method box's, with the threshold box's detection threshold
@@ -274,8 +273,7 @@ class NucleiWidget(Container):
         from ..methods import with_detection_threshold
         from ..models import WeightsError
 
-        own = self._own_threshold
-        if own is None:
+        if self._own_shown is None:
             return self._method.value
         value = self._threshold.value
         try:  # what the box shows for the model's own is the model's own, however it rounds
@@ -684,7 +682,7 @@ class NucleiWidget(Container):
         if method is None:
             return
         # In a child process: the interface keeps Python's GIL (see _process). A model with
-        # the user's threshold travels as its card's path and the threshold.
+        # the user's threshold travels as where its card is and the threshold.
         steps = in_subprocess(
             segment_slide,
             slide,
