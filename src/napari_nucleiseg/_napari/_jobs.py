@@ -13,6 +13,7 @@ waits on it — and the run ends within one tile.
 
 from __future__ import annotations
 
+import atexit
 import math
 import threading
 import time
@@ -40,6 +41,41 @@ def _progress_of(item) -> tuple[int, int] | None:
     return None
 
 
+#: Background work not yet ended, as ``(cancel, ended)`` events (``cancel`` None: it cannot be
+#: cancelled). A process that quits while a worker thread is inside a native runtime (ONNX
+#: Runtime, torch) is killed in that runtime's C++ code ("terminate called without an active
+#: exception", exit status 134): at exit, each is cancelled and given a few seconds to end.
+_UNFINISHED: set = set()
+#: Seconds, in all, that quitting waits for background work to end.
+EXIT_WAIT_S = 15.0
+
+
+def _finish_background_work() -> None:
+    deadline = time.monotonic() + EXIT_WAIT_S
+    entries = list(_UNFINISHED)
+    for cancel, _ended in entries:
+        if cancel is not None:
+            cancel.set()
+    for _cancel, ended in entries:
+        ended.wait(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_finish_background_work)
+
+
+def wait_at_exit(cancel: threading.Event | None = None) -> Callable[[], None]:
+    """Register background work that quitting must cancel (``cancel``) and wait for; returns the
+    function the work calls, in a ``finally``, when it has ended."""
+    entry = (cancel, threading.Event())
+    _UNFINISHED.add(entry)
+
+    def ended() -> None:
+        entry[1].set()
+        _UNFINISHED.discard(entry)
+
+    return ended
+
+
 class JobFailed(Exception):
     """A run's RuntimeError, passed on as one the thread worker reports (see :func:`_drive`)."""
 
@@ -49,7 +85,10 @@ def _drive(steps: Generator, cancel: threading.Event, counted: list):
 
     ``counted[0]`` is the latest progress as the worker has it: the interface learns of it only
     when it gets round to the queued report, which on a busy interface is tiles later.
+    Registered for quitting (:func:`wait_at_exit`) only once it runs: a run queued but never
+    started has nothing native to stop.
     """
+    ended = wait_at_exit(cancel)
     try:
         while True:
             if cancel.is_set():
@@ -68,7 +107,10 @@ def _drive(steps: Generator, cancel: threading.Event, counted: list):
                 counted[0] = prog
             yield item
     finally:
-        steps.close()
+        try:
+            steps.close()
+        finally:
+            ended()
 
 
 def then_in_worker(steps: Generator, finish: Callable[[Any], Any]):
@@ -136,9 +178,13 @@ class JobRunner:
         self._first = None
         self._shown = 0.0
         self._ended = True
+        #: The panel is gone (closed, or its window quit): a run still going is cancelled and
+        #: what it reports afterwards is dropped, since it would touch deleted Qt widgets.
+        self._gone = False
         if cancel_button is not None:
             cancel_button.enabled = False
             cancel_button.changed.connect(self.cancel)
+            cancel_button.native.destroyed.connect(self._panel_gone)
 
     @property
     def running(self) -> bool:
@@ -220,7 +266,7 @@ class JobRunner:
     def _make_bar(self, worker) -> None:
         from napari.utils import cancelable_progress
 
-        if self.worker is not worker or self._ended or self._pbar is not None:
+        if self.worker is not worker or self._ended or self._gone or self._pbar is not None:
             return
         done, total = self._done
         # napari processes pending events while it adds a bar: progress handled meanwhile is
@@ -232,6 +278,10 @@ class JobRunner:
         self._pbar = bar
         self._update_bar(*self._done)
 
+    def _panel_gone(self, _=None) -> None:
+        self._gone = True
+        self._cancel.set()
+
     def cancel(self, _=None) -> None:
         if not self.running:
             return
@@ -242,6 +292,8 @@ class JobRunner:
 
     # ------------------------------------------------------------------ main-thread callbacks
     def _on_yielded(self, worker, item, on_item, on_progress) -> None:
+        if self._gone:
+            return
         prog = _progress_of(item)
         if prog is None:
             if on_item is not None:
@@ -314,7 +366,7 @@ class JobRunner:
         Done *before* the run's done/cancelled/error callback is called, so that callback sees the
         runner free and may start the next step at once (a fit, then its normalised view).
         """
-        if self.worker is not worker:
+        if self.worker is not worker or self._gone:
             return
         self._ended = True
         if self._pbar is not None:
@@ -327,6 +379,8 @@ class JobRunner:
             self._cancel_button.enabled = False
 
     def _on_returned(self, worker, value, on_done, on_cancelled, note="") -> None:
+        if self._gone:
+            return
         self._end(worker)
         elapsed = format_seconds(time.perf_counter() - self._started, tenths=True)
         if value is CANCELLED:
@@ -349,6 +403,8 @@ class JobRunner:
 
         from ._layers import in_user_words
 
+        if self._gone:
+            return
         self._end(worker)
         self._status(f"{self.title}: {in_user_words(exc)}")
         if on_error is not None:

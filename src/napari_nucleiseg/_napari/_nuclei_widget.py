@@ -14,7 +14,6 @@ first, and can keep them in a layer of their own.
 
 from __future__ import annotations
 
-import atexit
 import threading
 from pathlib import Path
 
@@ -286,11 +285,14 @@ class NucleiWidget(Container):
 
     def _warm_up(self, _=None) -> None:
         """Load the model in the background now, so the first click is as fast as the next."""
-        thread = threading.Thread(
-            target=_warm_up, args=(self._method.value,), name="nucleiseg-warm-up", daemon=True
-        )
-        _WARM_UPS.append(thread)  # before it starts: it removes itself when it ends
-        thread.start()
+        from ._jobs import wait_at_exit
+
+        # A daemon (a load that hangs must not keep the process alive), which quitting waits
+        # for a few seconds: a runtime killed while it initialises aborts the process.
+        ended = wait_at_exit()  # before it starts: it may end before the next line
+        threading.Thread(
+            target=_warm_up, args=(self._method.value, ended), name="nucleiseg-warm-up", daemon=True
+        ).start()
 
     def _bind_keys(self) -> None:
         """The panel's keyboard shortcuts, on the viewer (they work wherever the mouse is)."""
@@ -1112,39 +1114,19 @@ def _drawn_pixels(viewer, slide_layer, level_shapes) -> float:
     return w * h / (down * down)
 
 
-#: The panel's warm-up threads. Daemons (a load that hangs must not keep the process alive),
-#: but a process quitting while one initialises a runtime is killed inside its C++ code
-#: ("terminate called without an active exception"): at exit, they get a few seconds to end.
-_WARM_UPS: list = []
-#: Seconds, in all, that quitting waits for warm-ups still running.
-WARM_UP_EXIT_WAIT_S = 15.0
-
-
-def _join_warm_ups() -> None:
-    import time
-
-    deadline = time.monotonic() + WARM_UP_EXIT_WAIT_S
-    for thread in list(_WARM_UPS):
-        thread.join(max(0.0, deadline - time.monotonic()))
-
-
-atexit.register(_join_warm_ups)
-
-
-def _warm_up(method) -> None:
+def _warm_up(method, ended) -> None:
     import importlib
 
     from ..segmentation.region import warm_up
 
-    # napari's first labels layer imports pandas (for label features): about a second, once.
-    importlib.import_module("pandas")
     try:
+        # napari's first labels layer imports pandas (for label features): a second, once.
+        importlib.import_module("pandas")
         warm_up(method)
     except Exception:  # noqa: BLE001 (a failed load is not kept: the run that needs it says why)
         pass
     finally:
-        if threading.current_thread() in _WARM_UPS:
-            _WARM_UPS.remove(threading.current_thread())
+        ended()
 
 
 def _then_read_table(steps):
