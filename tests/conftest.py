@@ -141,6 +141,26 @@ def png_image(tmp_path, he_rgb):
     return path
 
 
+@pytest.fixture(scope="session")
+def small_field(he_rgb):
+    """A 160 x 200 px H&E crop: classical segmentation of it takes a fraction of a second."""
+    return he_rgb[0][100:260, 100:300].copy()
+
+
+@pytest.fixture
+def png(tmp_path, small_field):
+    """``png("a/x.png")``: ``small_field`` written at that path under ``tmp_path``."""
+    from PIL import Image
+
+    def write(rel: str) -> Path:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(small_field).save(p)
+        return p
+
+    return write
+
+
 @pytest.fixture
 def quiet():
     """Silence resolution warnings for tests that are not about them."""

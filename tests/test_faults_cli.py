@@ -32,25 +32,6 @@ def everything(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
 
 
-@pytest.fixture(scope="module")
-def field(he_rgb):
-    """A 160 x 200 px H&E crop: classical segmentation of it takes a fraction of a second."""
-    return he_rgb[0][100:260, 100:300].copy()
-
-
-@pytest.fixture
-def png(tmp_path, field):
-    from PIL import Image
-
-    def write(rel: str) -> Path:
-        p = tmp_path / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(field).save(p)
-        return p
-
-    return write
-
-
 # --------------------------------------------------------------------------- output names
 def test_inputs_never_share_an_output(png, tmp_path, capsys):
     a, b = png("a/x.png"), png("b/x.png")
@@ -391,13 +372,13 @@ def test_info_reads_headers_only(tmp_path, capsys, monkeypatch):
     assert stdout[1].startswith("  level 0: 6000 x 5000 px")
 
 
-def test_a_truncated_png_is_still_refused_at_open(tmp_path, field):
+def test_a_truncated_png_is_still_refused_at_open(tmp_path, small_field):
     from PIL import Image
 
     from napari_nucleiseg.io import CorruptSlideError, open_slide
 
     p = tmp_path / "cut.png"
-    Image.fromarray(np.tile(field, (4, 4, 1))).save(p)
+    Image.fromarray(np.tile(small_field, (4, 4, 1))).save(p)
     p.write_bytes(p.read_bytes()[:-100])
     with pytest.raises(CorruptSlideError, match="cut.png: the image is corrupt or truncated"):
         open_slide(p, mpp=0.5)

@@ -24,7 +24,11 @@ def add_parsers(sub, formatter, positive, mpp_type) -> None:
         "the one heatmaps use), optional group (copies of one source: kept on one side of the "
         "held-out split) and mpp; files relative to the list's folder",
     )
-    p.add_argument("--mpp", type=mpp_type, help="µm/px of listed tiles that state none")
+    p.add_argument(
+        "--mpp",
+        type=mpp_type,
+        help="µm/px of the listed tiles: for tiles that state none, and over what a tile states",
+    )
     p.add_argument("--minutes", type=positive(float), default=5.0, help="training time (default 5)")
     p.add_argument(
         "--promote",
@@ -61,7 +65,11 @@ def add_parsers(sub, formatter, positive, mpp_type) -> None:
     c = sub.add_parser("classify", help=text, description=text, formatter_class=formatter)
     c.add_argument("images", nargs="+", metavar="IMAGE", help="images (PNG, JPEG, TIFF)")
     c.add_argument("--out", required=True, metavar="FILE.csv", help="the CSV to write")
-    c.add_argument("--mpp", type=mpp_type, help="µm/px of images that state none")
+    c.add_argument(
+        "--mpp",
+        type=mpp_type,
+        help="µm/px of the images: for images that state none, and over what an image states",
+    )
     who = c.add_mutually_exclusive_group()
     who.add_argument("--project", metavar="PROJECT", help="use the project's classifier")
     who.add_argument("--model", metavar="NAME_OR_PATH", help="a classifier by name or card path")
@@ -122,13 +130,16 @@ def cmd_classify(args) -> int:
     from ..methods import get_method
     from ..methods.classifier import TUMOUR
     from ..models import WeightsError
+    from ..project import Project
     from ..project.errors import ProjectError
     from ..project.folder import open_with_mpp
+    from .main import note_mpp_overrides
 
     out = Path(args.out)
     try:
-        check_output_file(out)
-        method = get_method(args.model, kind="classifier", project=args.project)
+        check_output_file(out, inputs=args.images)
+        project = Project(args.project).path if args.project else None  # refuses a non-project
+        method = get_method(args.model, kind="classifier", project=project)
         method.warm_up()
     except (OutputError, WeightsError, ProjectError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -139,7 +150,10 @@ def cmd_classify(args) -> int:
             "p_tumour is left empty",
             file=sys.stderr,
         )
+    note_mpp_overrides(args.images, args.mpp)
     rows, failed = [], 0
+    # Rows are named by file stem; images sharing a stem (a/x.png, b/x.png) by their path.
+    stems = [Path(p).stem for p in args.images]
     for path in args.images:
         try:
             with open_with_mpp(path, args.mpp) as image:
@@ -155,11 +169,15 @@ def cmd_classify(args) -> int:
             print(f"error: {text if str(path) in text else f'{path}: {text}'}", file=sys.stderr)
             failed += 1
             continue
-        row = {"file": Path(path).stem}
+        stem = Path(path).stem
+        row = {"file": stem if stems.count(stem) == 1 else str(path)}
         p = dict(zip(method.classes, (float(v) for v in probs)))
         row["p_tumour"] = f"{p[TUMOUR]:.6f}" if TUMOUR in p else ""
         row.update({f"p_{tag}": f"{v:.6f}" for tag, v in p.items() if tag != TUMOUR})
         rows.append(row)
+    if not rows:  # an earlier table at --out is worth more than an empty one
+        print(f"nothing classified; {out} was not written", file=sys.stderr)
+        return 1
     fields = ["file", "p_tumour", *[f"p_{t}" for t in method.classes if t != TUMOUR]]
     tmp = out.with_name(f".{out.name}.tmp")
     try:

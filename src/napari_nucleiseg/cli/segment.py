@@ -118,12 +118,71 @@ def find_clashes(plain, whole, out) -> tuple[set, list[str]]:
     return set(parent), lines
 
 
+def find_overwrites(plain, out) -> tuple[set, list[str]]:
+    """``(inputs refused, one error line each)``: images whose labels and table would replace
+    a file they must not — an input, a result that an earlier run made from another image, or
+    a file that is not a result at all. A rerun on the same image replaces its own results."""
+    from ..io.output import same_file
+    from ..segmentation.commands import result_source
+
+    refused, lines = set(), []
+    for p in plain:
+        labels, table = (Path(out) / name for name in output_names(p, False))
+        if not Path(p).exists():
+            continue
+        problem = None
+        if same_file(labels, p) or same_file(table, p):
+            problem = "its results would replace the image itself"
+        elif labels.is_file():
+            source = result_source(labels)
+            if source is None:
+                problem = f"{labels} exists and is not a nuclei result; it is left as it is"
+            elif not _same_source(source, p):
+                problem = f"{labels} holds the results of another image ({source})"
+        elif table.is_file():
+            problem = f"{table} exists without its labels; it is left as it is"
+        if problem:
+            refused.add(p)
+            lines.append(
+                f"{p}: {problem}, so it was not segmented; segment it into another --out "
+                "folder, or move that file"
+            )
+    return refused, lines
+
+
+def _same_source(recorded: str, path) -> bool:
+    """Whether a result's recorded ``source`` is ``path``. A relative one that does not exist
+    from here was recorded from another working folder: its file name is all there is to go on."""
+    from ..io.output import same_file
+
+    if same_file(recorded, path):
+        return True
+    rec = Path(recorded)
+    return not rec.is_absolute() and not rec.exists() and rec.name == Path(path).name
+
+
+def refuse_results(paths) -> tuple[set, list[str]]:
+    """``(inputs refused, one error line each)``: label TIFFs an earlier run wrote, named as
+    inputs (segmenting a label map as an image gives nonsense)."""
+    from ..segmentation.commands import result_source
+
+    refused, lines = set(), []
+    for p in paths:
+        if Path(p).suffix.lower() in (".tif", ".tiff"):
+            source = result_source(p)
+            if source is not None:
+                refused.add(p)
+                lines.append(f"{p}: is the nuclei labels of {source}, not an image to segment")
+    return refused, lines
+
+
 def cmd_segment(args) -> int:
     from ..io import SlideError
     from ..io.output import OutputError, check_output_dir
     from ..stain import StainError
     from ..stain.commands import load_target_file
     from ..wholeslide.cohort import expand_inputs, route_inputs
+    from .main import note_mpp_overrides
 
     err = sys.stderr
     normaliser = None
@@ -176,11 +235,15 @@ def cmd_segment(args) -> int:
     forced = bool(args.whole_slide or args.scheduler)
     plain, whole = route_inputs(list(unique.values()), whole_slide=forced, mpp=args.mpp)
     refused, lines = find_clashes(plain, whole, out)
+    for more in (refuse_results(plain + whole), find_overwrites(plain, out)):
+        refused |= more[0]
+        lines += more[1]
     for line in lines:
         print(f"error: {line}", file=err)
     failed += [str(p) for p in unique.values() if p in refused]
     plain = [p for p in plain if p not in refused]
     whole = [p for p in whole if p not in refused]
+    note_mpp_overrides(plain + whole, args.mpp)
     code = 0
     try:
         if plain:

@@ -88,17 +88,67 @@ def check_output_dir(folder) -> None:
         raise OutputError(folder, f"cannot be the output folder: {problem}")
 
 
-def check_output_file(path, *, directory: bool = False) -> None:
-    """Raise :class:`OutputError` if ``path`` cannot be written: a folder is in its place (a file
-    for a ``directory`` output such as ``.zarr``), or its folder cannot be made."""
+def same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (through links, ``..`` and hard links)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why an existing ``path`` cannot be replaced by a file we write, or None. A device or a
+    pipe would be replaced by a regular file (``/dev/null`` turned into a JSON file)."""
+    if path.is_dir():
+        return "a folder is in the way of the file; give a file name"
+    if path.exists() and not path.is_file():
+        return "is not a regular file (a device, a pipe or a socket); give a file name"
+    return None
+
+
+def check_output_file(path, *, directory: bool = False, inputs=()) -> None:
+    """Raise :class:`OutputError` if ``path`` cannot be written: it is one of ``inputs``, a
+    folder or a device is in its place (a file for a ``directory`` output such as ``.zarr``),
+    or its folder cannot be made."""
     path = Path(path)
+    for source in inputs:
+        if source is not None and same_file(path, source):
+            raise OutputError(path, f"it is an input ({source}); give another output name")
     if directory and path.exists() and not path.is_dir():
         raise OutputError(path, "a file is in the way; give another name")
-    if not directory and path.is_dir():
-        raise OutputError(path, "a folder is in the way of the file; give a file name")
+    if not directory:
+        problem = _not_a_file(path)
+        if problem:
+            raise OutputError(path, problem)
     problem = _folder_problem(path.parent)
     if problem:
         raise OutputError(path, f"cannot create its folder: {problem}")
+
+
+def replaceable_image_store(path) -> str | None:
+    """None if the folder ``path`` may be replaced by a new OME-Zarr image: it does not exist,
+    or it is an image this package wrote (``nucleiseg`` attributes with a ``source``) and holds
+    nothing else. Otherwise why not: replacing a folder deletes everything in it."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        return "a file is in the way; give another name"
+    refuse = "the folder exists and is not an image written by nucleiseg; give another name"
+    try:
+        attrs = json.loads((path / ".zattrs").read_text())
+        entries = [e.name for e in path.iterdir()]
+    except (OSError, ValueError):
+        return refuse
+    ours = isinstance(attrs, dict) and "multiscales" in attrs
+    ours = ours and isinstance(attrs.get("nucleiseg"), dict) and "source" in attrs["nucleiseg"]
+    levels_only = all(e in (".zattrs", ".zgroup") or e.isdigit() for e in entries)
+    return None if ours and levels_only else refuse
 
 
 #: Temporary folders :func:`write_together` writes in: ``.nucleiseg-<pid>-<random>.tmp``.
@@ -142,12 +192,20 @@ def write_together(files: dict[Path, Callable[[Path], None]]) -> list[Path]:
     (named like the target, for writers that choose a format by suffix). Each file is written
     into a hidden temporary folder beside its target and renamed into place only once every file
     is complete; any failure (an ``OSError``, an error of a writer, Ctrl-C) removes the
-    temporary folders and whatever this call had already renamed, and re-raises — an ``OSError``
-    as :class:`OutputError` naming the target. Targets' folders are created.
+    temporary folders and whatever this call had already renamed, puts back the files those had
+    replaced, and re-raises — an ``OSError`` as :class:`OutputError` naming the target. A
+    target that is a folder, a device or a pipe is refused before anything is written.
+    Targets' folders are created.
     """
     targets = [Path(p) for p in files]
+    for target in targets:
+        problem = _not_a_file(target)
+        if problem:
+            raise OutputError(target, problem)
     tmp_dirs: dict[Path, Path] = {}
     placed: list[Path] = []
+    #: The files replaced so far, kept in the temporary folder until every target is in place.
+    replaced: list[tuple[Path, Path]] = []
     current = targets[0] if targets else Path()
     try:
         staged = []
@@ -170,13 +228,25 @@ def write_together(files: dict[Path, Callable[[Path], None]]) -> list[Path]:
             staged.append((tmp, target))
         for tmp, target in staged:
             current = target
+            if target.is_file() or target.is_symlink():
+                # Set aside, not overwritten: if a later file of the pair fails, the results
+                # already there are put back (a failed rerun must not cost the last good one).
+                kept = tmp.with_name(f"{tmp.name}.replaced")
+                os.replace(target, kept)
+                replaced.append((kept, target))
             os.replace(tmp, target)
             placed.append(target)
     except BaseException as exc:
-        # Files of one call belong together: those already in place go too.
+        # Files of one call belong together: those already in place go too, and what they
+        # replaced comes back.
         for p in placed:
             try:
                 p.unlink()
+            except OSError:
+                pass
+        for kept, target in replaced:
+            try:
+                os.replace(kept, target)
             except OSError:
                 pass
         for d in tmp_dirs.values():

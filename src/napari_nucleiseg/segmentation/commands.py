@@ -29,6 +29,21 @@ class SegmentedFile:
     areas_um2: np.ndarray | None = None
 
 
+def result_source(path) -> str | None:
+    """The input that the labels TIFF at ``path`` (one :func:`segment_file` wrote) was made
+    from, or None when ``path`` is not such a file (another image, unreadable, absent)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            meta = json.loads(tif.pages[0].description or "null")
+    except Exception:  # noqa: BLE001 (any file that is not a readable result TIFF: not one)
+        return None
+    if isinstance(meta, dict) and "source" in meta and "mpp" in meta and "method" in meta:
+        return str(meta["source"])
+    return None
+
+
 def segment_file(
     path, out_dir, *, mpp=None, method=None, normaliser=None, info=None, progress=None, stem=None
 ) -> SegmentedFile:
@@ -191,14 +206,17 @@ def evaluate_dirs(pred_dir, gt_dir, progress=None, report=None) -> Evaluation:
         if report is not None:
             report(kind, line)
 
-    matched = 0
+    preds = {
+        stem: [c for c in (pred_dir / f"{stem}.tif", pred_dir / f"{stem}.tiff") if c.is_file()]
+        for stem in gts
+    }
+    if not any(preds.values()):  # said before any progress, not after reading every image
+        raise EvaluationError(f"{pred_dir}: no predictions matching the ground-truth names")
     for i, (stem, gt_path) in enumerate(gts.items()):
-        cands = [pred_dir / f"{stem}{s}" for s in (".tif", ".tiff")]
-        cands = [c for c in cands if c.is_file()]
+        cands = preds[stem]
         if not cands:
             result.missing.append(stem)
         else:
-            matched += 1
             try:
                 gt, gt_notes = read_label_map(gt_path)
                 pred, pred_notes = read_label_map(cands[0])
@@ -215,8 +233,6 @@ def evaluate_dirs(pred_dir, gt_dir, progress=None, report=None) -> Evaluation:
                 result.scores.append(score_image(gt, pred, stem))
         if progress is not None:
             progress(i + 1, len(gts))
-    if not matched:
-        raise EvaluationError(f"{pred_dir}: no predictions matching the ground-truth names")
     if result.scores:
         result.aggregate = aggregate(result.scores)
     return result

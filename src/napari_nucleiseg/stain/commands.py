@@ -84,7 +84,7 @@ def check_outputs(input_path, out_path, save_profile=None, target=None) -> None:
     """Refuse, before any work, outputs that would overwrite an input or each other, or whose
     folder cannot be made (``OutputError``/``SlideError`` naming the output)."""
     from ..io import SlideError
-    from ..io.output import check_output_file
+    from ..io.output import OutputError, check_output_file, replaceable_image_store
 
     def same(a, b) -> bool:
         return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
@@ -100,6 +100,10 @@ def check_outputs(input_path, out_path, save_profile=None, target=None) -> None:
         if same(save_profile, input_path):
             raise SlideError(save_profile, "--save-profile would overwrite the input")
     check_output_file(out, directory=out.name.lower().endswith(".zarr"))
+    if out.name.lower().endswith(".zarr"):
+        problem = replaceable_image_store(out)  # replacing it deletes the folder
+        if problem:
+            raise OutputError(out, problem)
     if save_profile is not None:
         check_output_file(save_profile)
 

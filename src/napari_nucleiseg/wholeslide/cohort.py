@@ -22,10 +22,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def expand_inputs(inputs) -> tuple[list[Path], list[str]]:
-    """Files as given; folders → the slides and images inside (not recursive, result stores
-    skipped); ``.txt``/``.lst`` lists → one path per line (``#`` comments; relative to the list).
+    """Files as given; folders → the slides and images inside (not recursive; result stores
+    and the label TIFFs of earlier runs skipped, so a folder segmented into itself can be run
+    again); ``.txt``/``.lst`` lists → one path per line (``#`` comments; relative to the list).
     Returns ``(paths, errors)``."""
     from ..io import SLIDE_SUFFIXES
+    from ..segmentation.commands import result_source
 
     paths, errors = [], []
     for item in map(Path, inputs):
@@ -37,6 +39,7 @@ def expand_inputs(inputs) -> tuple[list[Path], list[str]]:
                 and not p.name.endswith(".nuclei.zarr")
                 and not p.name.startswith(".")
                 and (p.is_file() or p.name.endswith(".zarr"))
+                and not (p.suffix.lower() in (".tif", ".tiff") and result_source(p))
             )
             if not found:
                 errors.append(f"{item}: a folder with no slides or images in it")
@@ -127,6 +130,13 @@ def _error_line(path, exc: BaseException) -> str:
 
     if isinstance(exc, SlideError) and Path(exc.path) == Path(path):  # names the slide already
         return str(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, SlideError):
+        # "[Errno 1] Operation not permitted: 'a' -> 'b'" in the words a user searches for,
+        # naming the file the system refused.
+        from ..io.output import describe_os_error
+
+        where = exc.filename2 or exc.filename or path  # a rename's target, else the file
+        return f"{path}: cannot write the results: {where}: {describe_os_error(exc)}"
     if isinstance(exc, (SlideError, ValueError, OSError, DamagedRecordError)):  # its store
         return f"{path}: {exc}"
     return f"{path}: {type(exc).__name__}: {exc}"
