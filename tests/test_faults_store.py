@@ -256,6 +256,31 @@ def test_a_finished_store_checks_itself_and_rebuilds_what_is_damaged(
     assert again.finished and not [w for w in caught if "will be" in str(w.message)]
 
 
+@pytest.mark.parametrize("damage", [".zgroup garbled", "0/.zarray garbled", "1/.zarray gone"])
+def test_damaged_array_metadata_is_written_again_and_the_labels_kept(
+    reference, slide, tmp_path, damage
+):
+    """Was: "done", exit 0, and a store that nothing could read (``info``: "a multiscale level
+    is missing"). The metadata is written again from the run's plan; no chunk is touched."""
+    out = _finished_copy(reference, tmp_path)
+    store = out / f"{STEM}.nuclei.zarr"
+    name, how = damage.split(" ")
+    target = store / name
+    if how == "gone":
+        target.unlink()
+    else:
+        target.write_text("{not json")
+    chunks = {p: p.read_bytes() for p in (store / "0").rglob("*") if p.is_file()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = _segment(slide, out)
+    what = "missing" if how == "gone" else "damaged"
+    _warned(caught, rf"{re.escape(str(target))} is {what}; written again")
+    assert runs[-1].finished and runs[-1].resumed == runs[-1].total  # nothing segmented again
+    assert all(p.read_bytes() == data for p, data in chunks.items() if p.name != ".zarray")
+    _assert_identical(_snapshot(out), reference[0])
+
+
 def test_a_finished_store_keeps_the_records_its_exports_are_rebuilt_from(reference):
     store = reference[1] / f"{STEM}.nuclei.zarr"
     assert not (store / "progress").exists()

@@ -13,6 +13,7 @@ import argparse
 import json
 import shutil
 import threading
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -382,6 +383,31 @@ def test_whole_slide_store_keeps_its_tissue_mask(mosaic, whole, tmp_path):
     runs = list(heatmap_slide(path, tmp_path, model=CLASSIFIER))
     assert runs[-1].finished and runs[-1].computed == 0
     np.testing.assert_array_equal(open_heatmap(old).tissue_mask.mask, expected.mask)
+
+
+def test_damaged_array_metadata_of_a_heatmap_store_is_written_again(mosaic, whole, tmp_path):
+    """Was: a traceback (``JSONDecodeError``) on the next run. Nothing is computed again."""
+    from napari_nucleiseg.wholeslide import StoreRepairWarning
+
+    path = mosaic[0]
+    out, store, hm, _ = whole
+    copy = tmp_path / store.name
+    shutil.copytree(store, copy)
+    for name in (".zgroup", "probabilities/.zarray", "tissue/.zarray"):
+        (copy / name).write_text("{not json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = list(heatmap_slide(path, tmp_path, model=CLASSIFIER))
+    lines = [str(w.message) for w in caught if issubclass(w.category, StoreRepairWarning)]
+    assert lines == [
+        f"{copy / '.zgroup'} is damaged; written again (the data it describes is kept)",
+        f"{copy / 'probabilities' / '.zarray'} is damaged; written again (the data it "
+        "describes is kept)",
+    ]
+    assert runs[-1].finished and runs[-1].computed == 0
+    again = open_heatmap(copy)
+    np.testing.assert_array_equal(again.probabilities, hm.probabilities)
+    np.testing.assert_array_equal(again.tissue_mask.mask, hm.tissue_mask.mask)
 
 
 def test_overlapping_patches_are_averaged_by_coverage():

@@ -143,11 +143,16 @@ def _open_or_create(
     absent; :class:`~napari_nucleiseg.wholeslide.store.StoreMismatchError` when it holds another
     slide's, model's or geometry's heatmap. A store without its tissue mask (written before
     masks were kept, or the array lost) gets the one this version computes for the slide."""
-    from ..wholeslide.store import StoreMismatchError, create_aside
+    from ..wholeslide.store import (
+        StoreMismatchError,
+        StoreRepairWarning,
+        create_aside,
+        repair_array_metadata,
+    )
 
     g = meta["geometry"]
 
-    def fill(root, tmp: Path) -> None:
+    def create_probabilities(root) -> None:
         root.create_array(
             ARRAY,
             shape=(n_classes, *g["shape"]),
@@ -156,6 +161,9 @@ def _open_or_create(
             fill_value=np.nan,
             chunk_key_encoding={"name": "v2", "separator": "/"},
         )
+
+    def fill(root, tmp: Path) -> None:
+        create_probabilities(root)
         _write_tissue(root, tissue)
         (tmp / "blocks").mkdir()
         _write_attrs(tmp, {**_ngff(g, meta["tags"]), "nucleiseg": {**meta, "identity": identity}})
@@ -172,12 +180,24 @@ def _open_or_create(
     (path / "blocks").mkdir(exist_ok=True)
     import zarr
 
+    # Damaged array metadata is written again (the blocks it describes are kept), else a resume
+    # would fail on it with a traceback.
+    for line in repair_array_metadata(path, create_probabilities):  # < _run < heatmap_slide
+        warnings.warn(line, StoreRepairWarning, stacklevel=5)
     root = zarr.open_group(str(path), mode="r+")
-    if "tissue_mpp" not in attrs["nucleiseg"] or TISSUE not in root:
+    if "tissue_mpp" not in attrs["nucleiseg"] or not _tissue_readable(root):
         _write_tissue(root, tissue)
         attrs["nucleiseg"]["tissue_mpp"] = list(tissue.mpp)
         _write_attrs(path, attrs)
     return attrs
+
+
+def _tissue_readable(root) -> bool:
+    try:
+        root[TISSUE]
+    except Exception:  # noqa: BLE001 (absent, or metadata zarr cannot parse: written again)
+        return False
+    return True
 
 
 def _write_tissue(root, tissue: PlacedTissue) -> None:

@@ -43,6 +43,10 @@ def detect_format(path: Path) -> str | None:
         return None
 
 
+#: Seconds close() waits for reads still going on in other threads.
+CLOSE_WAIT_S = 30.0
+
+
 class OpenSlideSlide(Slide):
     backend = "openslide"
 
@@ -53,6 +57,11 @@ class OpenSlideSlide(Slide):
         self._exact_levels = None
         self._handles: dict[int, openslide.OpenSlide] = {}
         self._handles_lock = threading.Lock()
+        # Reads going on in other threads: close() waits for them, because closing a handle
+        # that a read is using aborts the process inside OpenSlide (Ctrl-C while dask's threads
+        # read: "_openslide_tiffcache_destroy: assertion failed").
+        self._reading = 0
+        self._read_done = threading.Condition(self._handles_lock)
         self._pid = os.getpid()
         try:
             first = openslide.OpenSlide(str(path))
@@ -117,27 +126,37 @@ class OpenSlideSlide(Slide):
             return self._exact_levels(level, x, y, width, height)
         ds = self.level_downsamples[level]
         loc = (int(round(x * ds)), int(round(y * ds)))
-        h = self._handle()
+        with self._handles_lock:
+            self._check_open()
+            self._reading += 1
         try:
+            h = self._handle()
             argb = _read_argb(h, loc, level, width, height)
         except Exception:
             # The handle is now in an error state: drop it so the next read starts clean.
             with self._handles_lock:
                 self._handles.pop(threading.get_ident(), None)
             raise
+        finally:
+            with self._read_done:
+                self._reading -= 1
+                self._read_done.notify_all()
         return _argb_to_rgb(argb, BACKGROUND if self._background is None else self._background)
 
     def associated_images(self) -> list[str]:
         return list(self._handle().associated_images.keys())
 
     def close(self):
-        if self._exact_levels is not None:
+        super().close()  # first: no read starts from now on
+        with self._read_done:
+            idle = self._read_done.wait_for(lambda: self._reading == 0, CLOSE_WAIT_S)
+            # Still reading after that: the handles are left open (a leak until the process
+            # ends) rather than closed under a read (an abort).
+            handles, self._handles = (list(self._handles.values()) if idle else []), {}
+        if idle and self._exact_levels is not None:
             self._exact_levels.tif.close()
-        with self._handles_lock:
-            handles, self._handles = list(self._handles.values()), {}
         for h in handles:
             h.close()
-        super().close()
 
 
 def _read_argb(handle, loc, level, width, height) -> np.ndarray:

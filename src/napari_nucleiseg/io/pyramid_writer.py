@@ -167,9 +167,31 @@ def write_ome_zarr(
         if attrs:
             root.attrs.update(attrs)
         if path.exists():
+            # Checked again here, not only before the work: the folder goes, with all in it.
+            from .output import OutputError, replaceable_image_store
+
+            problem = replaceable_image_store(path)
+            if problem:
+                raise OutputError(path, problem)
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _remove_settled(tmp)
     return path
+
+
+def _remove_settled(folder: Path, settle_s: float = 1.0) -> None:
+    """Remove ``folder``, and again if it comes back within ``settle_s``: zarr writes chunks from
+    its own I/O thread, so after Ctrl-C a write already under way can recreate the folder after
+    it was removed (a ``.part`` left behind)."""
+    import time
+
+    deadline = time.monotonic() + settle_s
+    removed = False
+    while True:
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed = True
+        if not removed or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)

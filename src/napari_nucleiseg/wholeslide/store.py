@@ -126,6 +126,45 @@ def create_aside(path: Path, fill, what: str) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def repair_array_metadata(path: Path, fill) -> list[str]:
+    """Rewrite the zarr metadata of the store ``path`` (``.zgroup``, each array's ``.zarray``
+    and ``.zattrs``; not the root ``.zattrs``, which holds our records) that is missing or
+    differs from what ``fill(root_group)`` creates in an empty store, leaving every chunk as it
+    is. A garbled ``.zarray`` otherwise left a store that a resume called done and nothing could
+    read. Returns a warning line per file rewritten."""
+    import tempfile
+
+    import zarr
+
+    path = Path(path)
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="nucleiseg-reference-") as ref:
+        fill(zarr.open_group(ref, mode="w-", zarr_format=2))
+        for root, _, files in os.walk(ref):
+            for name in files:
+                if name not in (".zgroup", ".zarray", ".zattrs") or (
+                    name == ".zattrs" and root == ref
+                ):
+                    continue
+                want = Path(root, name)
+                have = path / want.relative_to(ref)
+                try:
+                    same = json.loads(have.read_text()) == json.loads(want.read_text())
+                except FileNotFoundError:
+                    problem, same = "is missing", False
+                except (OSError, ValueError):
+                    problem, same = "is damaged", False
+                else:
+                    problem = "differs from what this store was made with"
+                if same:
+                    continue
+                have.parent.mkdir(parents=True, exist_ok=True)
+                data = want.read_bytes()
+                atomic_write(have, lambda f, data=data: f.write(data))
+                lines.append(f"{have} {problem}; written again (the data it describes is kept)")
+    return lines
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, rename over
     ``path``. On any failure (a full disk, a kill signal's exception) the temporary is removed."""
@@ -436,26 +475,34 @@ def _ngff_attrs(shapes, mpp: float) -> dict:
     }
 
 
+def create_levels(root, shapes, tile: int, dtype) -> None:
+    """The label pyramid's arrays, empty, in the zarr group ``root``."""
+    for k, s in enumerate(shapes):
+        root.create_array(
+            str(k),
+            shape=s,
+            chunks=(tile, tile),
+            dtype=dtype,
+            fill_value=0,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+
+
 def open_or_create(path: Path, identity: dict, shape: tuple[int, int], tile: int, dtype) -> dict:
     """Open the store at ``path`` made with ``identity``, creating it when absent.
 
     Returns its ``nucleiseg`` attributes. Raises :class:`StoreMismatchError` when the store
-    exists with another identity (another slide, method, model version or tiling).
+    exists with another identity (another slide, method, model version or tiling). Array
+    metadata that is missing or damaged is written again (:func:`repair_array_metadata`; a
+    :class:`StoreRepairWarning` each).
     """
 
     path = Path(path)
 
+    shapes = level_shapes(shape, tile)
+
     def fill(root, tmp: Path) -> None:
-        shapes = level_shapes(shape, tile)
-        for k, s in enumerate(shapes):
-            root.create_array(
-                str(k),
-                shape=s,
-                chunks=(tile, tile),
-                dtype=dtype,
-                fill_value=0,
-                chunk_key_encoding={"name": "v2", "separator": "/"},
-            )
+        create_levels(root, shapes, tile, dtype)
         (tmp / "progress" / "tiles").mkdir(parents=True)
         (tmp / "progress" / "chunks").mkdir(parents=True)
         root.attrs.update(
@@ -480,6 +527,9 @@ def open_or_create(path: Path, identity: dict, shape: tuple[int, int], tile: int
             f"{describe_difference(meta['identity'], identity)}; refusing to mix results — "
             "delete the store or choose another --out",
         )
+    for line in repair_array_metadata(path, lambda root: create_levels(root, shapes, tile, dtype)):
+        # Attributed to whoever iterates segment_slide (< _run_locked < _run < segment_slide).
+        warnings.warn(line, StoreRepairWarning, stacklevel=5)
     return meta
 
 
