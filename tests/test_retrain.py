@@ -95,6 +95,13 @@ def test_the_cli_prints_json_last_and_one_line_on_errors(crops, tmp_path, capsys
     image, labels = crops[0]
     assert main(["project", "add-labels", p, str(image), str(labels), "--mpp", "0.25"]) == 0
     capsys.readouterr()
+    # An unlabelled file that cannot be read: one line, and no run made that every --resume
+    # would fail on.
+    missing = str(tmp_path / "missing.svs")
+    assert main(["retrain", p, "--minutes", "0.3", "--unlabelled", missing]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and missing in err
+    assert not list((tmp_path / "p" / "runs").glob("retrain-*"))
     assert main(["retrain", p, "--minutes", "0.3", "--promote", "never"]) == 0
     printed = capsys.readouterr()
     assert "note: no held-out strong labels: the student was not measured" in printed.err

@@ -35,7 +35,12 @@ def add_parser(sub, formatter) -> None:
         metavar="DIR",
         help="output folder (created if missing): <stem>.heatmap.zarr and <stem>.tumour.geojson",
     )
-    p.add_argument("--mpp", type=_mpp, metavar="UM", help="µm/px of a slide that states none")
+    p.add_argument(
+        "--mpp",
+        type=_mpp,
+        metavar="UM",
+        help="µm/px of the slide: for a slide that states none, and over what it states",
+    )
     who = p.add_mutually_exclusive_group()
     who.add_argument(
         "--model",

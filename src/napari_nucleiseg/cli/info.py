@@ -41,14 +41,14 @@ def cmd_info(args) -> int:
     from ..io import SlideError
     from .main import open_with_warnings
 
-    failed = 0
+    failed = []
     results = []
     for p in args.slides:
         try:
             slide = open_with_warnings(p, args.mpp)
         except SlideError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            failed += 1
+            failed.append(str(p))
             continue
         if args.json:
             results.append(metadata(slide))
@@ -57,4 +57,6 @@ def cmd_info(args) -> int:
         slide.close()
     if args.json:
         print(json.dumps(results, indent=1))
+    if failed and len(args.slides) > 1:  # as segment: the failed ones in one line at the end
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

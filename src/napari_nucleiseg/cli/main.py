@@ -29,7 +29,8 @@ DESCRIPTION = (
 
 
 def open_with_warnings(path, mpp=None):
-    """``open_slide``, its warnings (no µm/px, an implausible one) printed as lines."""
+    """``open_slide``, its warnings (no µm/px, an implausible one) printed as lines, and a note
+    when ``mpp`` replaces a different µm/px the file states."""
     from ..io import open_slide
 
     with warnings.catch_warnings(record=True) as caught:
@@ -37,7 +38,35 @@ def open_with_warnings(path, mpp=None):
         slide = open_slide(path, mpp=mpp)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    _note_override(path, slide.mpp_file, mpp)
     return slide
+
+
+def _note_override(path, stated, mpp) -> None:
+    if mpp is not None and stated is not None and abs(stated - mpp) > 0.01 * stated:
+        print(
+            f"note: {Path(path).name} states {stated:.4g} µm/px; --mpp {mpp:g} is used instead",
+            file=sys.stderr,
+        )
+
+
+def note_mpp_overrides(paths, mpp) -> None:
+    """A note for each of ``paths`` whose stated µm/px ``--mpp`` replaces by another value (a
+    wrong --mpp otherwise went unseen: a quarter of the nuclei, no error)."""
+    from ..io import SlideError, open_slide
+
+    if mpp is None:
+        return
+    for path in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # this is only a look at the header
+                slide = open_slide(path)
+        except SlideError:  # said by the command itself, in its turn
+            continue
+        stated = slide.mpp_file
+        slide.close()
+        _note_override(path, stated, mpp)
 
 
 def cmd_info(args) -> int:
@@ -124,13 +153,52 @@ def cmd_tissue(args) -> int:
 
 def cmd_demo(args) -> int:
     from ..demo import demo_slide
+    from ..io.output import OutputError, check_output_dir, describe_os_error
 
-    d = demo_slide(args.out)
+    try:
+        if args.out is not None:
+            check_output_dir(args.out)
+        d = demo_slide(args.out)
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the user cache, or a folder that became unwritable meanwhile
+        where = exc.filename or args.out
+        print(
+            f"error: {where}: cannot write the demo slide ({describe_os_error(exc)})",
+            file=sys.stderr,
+        )
+        return 1
     print(f"demo slide: {d.slide}\nground truth: {d.labels}\n{d.nuclei} nuclei at {d.mpp} µm/px")
     return 0
 
 
+def no_display() -> str | None:
+    """Why napari cannot open a window here (Linux without a display), or None. Checked before
+    Qt starts: Qt's own message is a page about platform plugins, then an abort."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return None
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return (
+        "no display to open napari on (DISPLAY is not set): run it on a desktop, over ssh -X, "
+        "or under xvfb-run"
+    )
+
+
 def cmd_view(args) -> int:
+    problem = no_display()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    if args.slide:  # opened here first: a bad file is one line and exit 1, not a dialog
+        from ..io import SlideError
+
+        try:
+            open_with_warnings(args.slide).close()
+        except SlideError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     import napari
 
     from .._napari._start import first_screen
@@ -191,8 +259,20 @@ def cmd_train(args) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    from ..io.output import OutputError, check_output_dir
+    from ..training.nuclei_data import split_spec
     from ..training.seg_train import TrainConfig, train
 
+    specs = [args.data, *(split_spec(spec)[0] for spec in args.extra_data or [])]
+    problem = next(filter(None, map(data_set_problem, specs)), None)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    try:
+        check_output_dir(args.out)
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     cfg = TrainConfig(
         data=args.data,
         out=args.out,
@@ -276,12 +356,44 @@ def _mpp(text):
     return value
 
 
+def data_set_problem(folder) -> str | None:
+    """Why ``folder`` is not a nuclei data set (images/, labels/, index.json), or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder"
+    if not (folder / "index.json").is_file():
+        return f"{folder}: not a nuclei data set (no index.json beside images/ and labels/)"
+    return None
+
+
 def cmd_release(args) -> int:
     problem = missing_training_packages("release-model")
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    from ..models import MODELS_DIR
     from ..training.release import release
+
+    run = Path(args.run)
+    if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
+        print(
+            f"error: {run}: not a training run (no config.json and checkpoint.pt; "
+            "`nucleiseg train --out` makes one)",
+            file=sys.stderr,
+        )
+        return 1
+    problem = data_set_problem(args.train_data) or data_set_problem(args.test_data)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    card = Path(args.out_dir or MODELS_DIR) / f"{args.name}.json"
+    if card.exists() and not args.replace:
+        print(
+            f"error: {card} exists: releasing would replace that model; give --out-dir (e.g. "
+            "runs/release) or another --name, or --replace to replace it",
+            file=sys.stderr,
+        )
+        return 1
 
     card = release(args.run, args.name, args.version, args.train_data, args.test_data, args.out_dir)
     print(Path(card).read_text())
@@ -369,7 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
         "results would share a name (a/x.png and b/x.png) are not segmented: each clash is "
         "one error line naming them; give them separate --out folders",
     )
-    s.add_argument("--mpp", type=_mpp, help="µm/px of inputs that do not state it (0.05-50)")
+    s.add_argument(
+        "--mpp",
+        type=_mpp,
+        help="µm/px of the inputs (0.05-50): for inputs that state none, and over what "
+        "an input states (a note says so)",
+    )
     s.add_argument(
         "--method",
         default=None,
@@ -418,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--tile-um",
         type=_positive(float),
-        help="whole-slide tile edge in µm (default 960 model px)",
+        help="whole-slide tile edge in µm (default: the model's tile, e.g. 1344 px at its µm/px "
+        "for nuclei-unet-v5)",
     )
     s.set_defaults(func=cmd_segment)
 
@@ -457,7 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=".png/.jpg (image), .tif (pyramidal tiled TIFF) or .zarr (OME-Zarr)",
     )
     s.add_argument("--save-profile", metavar="JSON", help="also save the fitted target profile")
-    s.add_argument("--mpp", type=_mpp, help="µm/px of an input that does not state it (0.05-50)")
+    s.add_argument(
+        "--mpp",
+        type=_mpp,
+        help="µm/px of the input (0.05-50): for an input that states none, and over what "
+        "it states (a note says so)",
+    )
     s.set_defaults(func=cmd_normalize)
 
     s = command("eval", "score predicted label maps against ground truth")
@@ -505,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--init-from",
         default="",
-        help="start from a shipped model (registry name or "
+        help="start from a model (a registry name, a model card .json or a "
         ".safetensors file): every level it shares with --widths is copied, the rest starts "
         "from random weights",
     )
@@ -544,6 +667,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--test-data", required=True, help="measured only, never tuned on")
     s.add_argument("--out-dir", help="default: the package's models folder")
+    s.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace a model of the same name in --out-dir (refused without it)",
+    )
     s.set_defaults(func=cmd_release)
 
     s = command("view", "open napari with the plugin docked, on a slide or the demo")
@@ -585,9 +713,17 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``nucleiseg models list | head``): stop quietly, as other
+        # command-line tools do. Python would print a traceback, then another at exit when
+        # it flushes stdout, unless stdout goes somewhere that accepts it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
     finally:
         warnings.showwarning = shown
     return code

@@ -12,7 +12,9 @@ def cmd_normalize(args) -> int:
     from ..io import SlideError
     from ..stain import StainError
     from ..stain.commands import normalize_file
+    from .main import note_mpp_overrides
 
+    note_mpp_overrides([args.input], args.mpp)
     with Progress(Path(args.input).name, "tiles") as bar:
         try:
             record = normalize_file(

@@ -54,7 +54,8 @@ def add_parser(sub, formatter) -> None:
         type=float,
         default=None,
         metavar="UM",
-        help="µm per pixel of files that state none (e.g. 0.25 for 40x, 0.5 for 20x)",
+        help="µm per pixel of files that state none (e.g. 0.25 for 40x, 0.5 for 20x); it "
+        "replaces what a file states",
     )
     sl.set_defaults(func=cmd_add_slide)
     text = "store an image and its instance mask as a strong label (as 'Accept this view')"
@@ -71,7 +72,8 @@ def add_parser(sub, formatter) -> None:
         type=float,
         default=None,
         metavar="UM",
-        help="µm per pixel of IMAGE when its file states none (e.g. 0.25 for 40x, 0.5 for 20x)",
+        help="µm per pixel of IMAGE when its file states none (e.g. 0.25 for 40x, 0.5 for "
+        "20x); it replaces what the file states",
     )
     add.set_defaults(func=cmd_add_labels)
     text = "list the training store's examples: id, kind/split, nuclei, source, region"
@@ -110,7 +112,7 @@ def add_parser(sub, formatter) -> None:
         type=float,
         default=None,
         metavar="UM",
-        help="µm per pixel of unlabelled images that state none",
+        help="µm per pixel of unlabelled images that state none; it replaces what an image states",
     )
     r.add_argument(
         "--minutes",

@@ -135,6 +135,12 @@ def retrain(project, cfg: RetrainConfig | None = None, *, resume: bool = False) 
                     "fine-tune); choose a model with `nucleiseg models use`"
                 )
             if path is None:
+                # Every unlabelled source opens, with a µm/px, before the run exists: a run made
+                # for a missing file would fail on it at every --resume.
+                from ..project.folder import open_with_mpp
+
+                for source, mpp in cfg.unlabelled:
+                    open_with_mpp(source, mpp).close()
                 path = _new_run_dir(project)
                 _write_json(path / "config.json", {**asdict(cfg), "teacher": teacher_name})
                 run = _Run(path, t0, write=True)

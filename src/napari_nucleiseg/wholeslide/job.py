@@ -319,6 +319,14 @@ def plan(slide, *, method=None, normaliser=None, tile_um=None, min_tissue: float
     # grid), exactly as in-memory segmentation cuts the same pixels.
     tiles = plan_tiles(slide.shape, mpp, m, None if tile_um is None else tile_um / mpp)
     tile, halo = tiles.tile, tiles.halo
+    if 2 * halo > tile and max(slide.shape) < 2 * halo:  # the tile shrank to the slide
+        h, w = slide.shape
+        raise SlideError(
+            slide.path,
+            f"{w * mpp:g} x {h * mpp:g} µm is smaller than a whole-slide tile can be (twice "
+            f"the {m.context_um:g} µm halo, {2 * m.context_um:g} µm): segment it as an image, "
+            "without --whole-slide",
+        )
     if 2 * halo > tile:
         raise ValueError(
             f"tiles of {tile * mpp:g} µm are too small: they must be at least twice the "
