@@ -281,6 +281,42 @@ def test_damaged_array_metadata_is_written_again_and_the_labels_kept(
     _assert_identical(_snapshot(out), reference[0])
 
 
+def test_metadata_written_again_keeps_the_chunk_encoding_the_store_uses(tmp_path):
+    """A store written by another zarr version may encode chunks with another compressor than
+    today's default: a level's metadata written again names the store's own, or every chunk
+    of that level would be misread."""
+    import numcodecs
+    import zarr
+
+    from napari_nucleiseg.wholeslide.store import create_levels, repair_array_metadata
+
+    shapes, tile = [(64, 96), (16, 24)], 32
+    store = tmp_path / "old.zarr"
+    root = zarr.open_group(str(store), mode="w", zarr_format=2)
+    data = []
+    for k, shape in enumerate(shapes):
+        arr = root.create_array(
+            str(k),
+            shape=shape,
+            chunks=(tile, tile),
+            dtype="uint32",
+            fill_value=0,
+            compressors=numcodecs.Zstd(level=3),  # not what create_levels picks today
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+        arr[...] = np.arange(shape[0] * shape[1], dtype="uint32").reshape(shape) + 7 * k
+        data.append(arr[...])
+    (store / "1" / ".zarray").write_text("{not json")
+    lines = repair_array_metadata(store, lambda r: create_levels(r, shapes, tile, "uint32"))
+    assert lines == [
+        f"{store / '1' / '.zarray'} is damaged; written again (the data it describes is kept)"
+    ]
+    again = zarr.open_group(str(store), mode="r")
+    for k in range(2):
+        np.testing.assert_array_equal(again[str(k)][...], data[k])
+    assert repair_array_metadata(store, lambda r: create_levels(r, shapes, tile, "uint32")) == []
+
+
 def test_a_finished_store_keeps_the_records_its_exports_are_rebuilt_from(reference):
     store = reference[1] / f"{STEM}.nuclei.zarr"
     assert not (store / "progress").exists()

@@ -126,12 +126,35 @@ def create_aside(path: Path, fill, what: str) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: What a level's ``.zarray`` must say for its chunks to be read as this run writes them; the
+#: rest (compressor, filters, order) is how its chunks are encoded, which older versions of
+#: zarr chose otherwise: taken from the store itself, never from today's defaults.
+_GEOMETRY = ("shape", "chunks", "dtype", "fill_value", "zarr_format")
+_ENCODING = ("compressor", "filters", "order", "dimension_separator")
+
+
+def _read_json(path: Path):
+    """``(value, problem)``: the parsed JSON object in ``path``, or None and why not."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, "is missing"
+    except (OSError, ValueError):
+        return None, "is damaged"
+    return (value, None) if isinstance(value, dict) else (None, "is damaged")
+
+
 def repair_array_metadata(path: Path, fill) -> list[str]:
-    """Rewrite the zarr metadata of the store ``path`` (``.zgroup``, each array's ``.zarray``
-    and ``.zattrs``; not the root ``.zattrs``, which holds our records) that is missing or
-    differs from what ``fill(root_group)`` creates in an empty store, leaving every chunk as it
-    is. A garbled ``.zarray`` otherwise left a store that a resume called done and nothing could
-    read. Returns a warning line per file rewritten."""
+    """Write again the zarr metadata of the store ``path`` that is missing or cannot be read
+    (``.zgroup``; each array's ``.zarray`` and ``.zattrs``; not the root ``.zattrs``, which
+    holds our records), and a ``.zarray`` whose geometry differs from what ``fill(root_group)``
+    creates in an empty store; every chunk is left as it is. A garbled ``.zarray`` otherwise
+    left a store that a resume called done and nothing could read.
+
+    A ``.zarray`` written again keeps the chunk encoding the store states elsewhere (its own,
+    or another array's): a store written by another zarr version may use another compressor,
+    and metadata naming the wrong one would misread every chunk. Returns a warning line per
+    file written."""
     import tempfile
 
     import zarr
@@ -140,28 +163,35 @@ def repair_array_metadata(path: Path, fill) -> list[str]:
     lines = []
     with tempfile.TemporaryDirectory(prefix="nucleiseg-reference-") as ref:
         fill(zarr.open_group(ref, mode="w-", zarr_format=2))
-        for root, _, files in os.walk(ref):
-            for name in files:
-                if name not in (".zgroup", ".zarray", ".zattrs") or (
-                    name == ".zattrs" and root == ref
+        wanted = [
+            Path(root, name)
+            for root, _, files in os.walk(ref)
+            for name in files
+            if name in (".zgroup", ".zarray", ".zattrs") and not (name == ".zattrs" and root == ref)
+        ]
+        found = {w: _read_json(path / w.relative_to(ref)) for w in wanted}
+        # How this store encodes chunks, from any array whose metadata is readable.
+        encoding = next(
+            ({k: v[k] for k in _ENCODING if k in v} for w, (v, _) in found.items()
+             if w.name == ".zarray" and v is not None),
+            None,
+        )  # fmt: skip
+        for want, (have, problem) in found.items():
+            reference = json.loads(want.read_text())
+            if have is not None:
+                if want.name != ".zarray" or all(
+                    have.get(k) == reference.get(k) for k in _GEOMETRY
                 ):
-                    continue
-                want = Path(root, name)
-                have = path / want.relative_to(ref)
-                try:
-                    same = json.loads(have.read_text()) == json.loads(want.read_text())
-                except FileNotFoundError:
-                    problem, same = "is missing", False
-                except (OSError, ValueError):
-                    problem, same = "is damaged", False
-                else:
-                    problem = "differs from what this store was made with"
-                if same:
-                    continue
-                have.parent.mkdir(parents=True, exist_ok=True)
-                data = want.read_bytes()
-                atomic_write(have, lambda f, data=data: f.write(data))
-                lines.append(f"{have} {problem}; written again (the data it describes is kept)")
+                    continue  # readable, and saying what this run would: left as it is
+                problem = "describes another shape, chunking or type"
+                reference = {**reference, **{k: have[k] for k in _ENCODING if k in have}}
+            elif want.name == ".zarray" and encoding is not None:
+                reference = {**reference, **encoding}
+            target = path / want.relative_to(ref)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data = json.dumps(reference, indent=2).encode()
+            atomic_write(target, lambda f, data=data: f.write(data))
+            lines.append(f"{target} {problem}; written again (the data it describes is kept)")
     return lines
 
 
