@@ -175,3 +175,52 @@ def test_panels_docked_as_the_manifest_docks_them_fit_the_screen(
         assert dock.isVisible() and _inside(dock, window), dock.name
         # Each shows a usable part of its panel; the rest scrolls.
         assert dock.widget().height() >= 100, (dock.name, dock.widget().height())
+
+
+@pytest.mark.parametrize("size", SCREENS, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_all_five_panels_keep_the_window_on_screen_and_their_buttons_readable(
+    make_napari_viewer, qtbot, demo, size
+):
+    """Was: opening the Tissue and Project panels from Plugins made the window 1660 px tall on
+    a 768 px screen (they did not scroll), and their two-button rows cut every label
+    ("eatmap of vie", "n the model on this p")."""
+    from qtpy.QtWidgets import QPushButton
+
+    from napari_nucleiseg._napari._start import first_screen
+
+    viewer = make_napari_viewer(show=True)
+    panels = first_screen(viewer, size=size)
+    for name in ("Tissue", "Project"):
+        _, panels[name] = viewer.window.add_plugin_dock_widget(
+            "napari-nucleiseg", name, tabify=True
+        )
+    _settle(qtbot, viewer, size)
+    qtbot.wait(300)
+    window = viewer.window._qt_window
+    assert window.frameGeometry().height() <= size[1], window.frameGeometry()
+    assert window.width() <= size[0]
+    for name, panel in panels.items():
+        dock = _dock(viewer, name)
+        dock.raise_()
+        qtbot.waitUntil(lambda p=panel: p.native.isVisible(), timeout=5_000)
+        qtbot.wait(100)
+        assert window.frameGeometry().height() <= size[1], (name, window.frameGeometry())
+        for button in panel.native.findChildren(QPushButton):
+            if button.isVisible() and button.text():
+                room = button.width() - button.sizeHint().width()
+                assert room >= 0, (name, button.text(), button.width(), size)
+                # ... and not beyond the panel's right edge (a form wider than its dock).
+                assert _across_in_view(button), (name, button.text(), size)
+
+
+def _across_in_view(widget) -> bool:
+    """Its left and right edges inside the viewport of its panel's scroll area."""
+    from qtpy.QtWidgets import QScrollArea
+
+    area = widget.parentWidget()
+    while area is not None and not isinstance(area, QScrollArea):
+        area = area.parentWidget()
+    if area is None:
+        return True
+    left = widget.mapTo(area.viewport(), widget.rect().topLeft()).x()
+    return left >= 0 and left + widget.width() <= area.viewport().width()

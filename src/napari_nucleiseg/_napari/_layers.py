@@ -133,6 +133,53 @@ def scrolled(panel, form) -> None:
     panel.scroll_area = area
 
 
+def path_field(**kwargs):
+    """A magicgui ``FileEdit`` whose button reads "…" (tooltip: what it chooses). magicgui's
+    "Choose directory" button took most of a docked row: the path beside it was about 20 px
+    wide, so the user could not see where results go."""
+    from magicgui.widgets import FileEdit
+
+    field = FileEdit(**kwargs)
+    what = {"d": "a folder", "w": "where to save"}.get(str(getattr(field.mode, "value", "")))
+    field.choose_btn.text = "…"
+    field.choose_btn.tooltip = f"Choose {what or 'a file'}"
+    field.choose_btn.native.setMaximumWidth(36)
+    field.line_edit.native.setMinimumWidth(120)
+    return field
+
+
+def build_form(panel, items, tail=(), min_width: int = 300):
+    """Lay ``items`` out in ``panel`` (a magicgui Container made with ``labels=False``), in
+    order, inside a scroll area (:func:`scrolled`): a control with a label gets a labelled row;
+    a button, or a row of them (a Container), spans the panel, because in a labelled row it sits
+    in the value column and its text is cut ("eatmap of vie"), and so does a message (a
+    Label). ``tail``: widgets (magicgui or
+    Qt) added full width after them (status lines, a plot). Returns ``(form, full_width)``:
+    the labelled Container, and the items given a row of their own."""
+    from magicgui.widgets import Container, Label, PushButton
+
+    form = Container(labels=True)
+    full = [i for i in items if isinstance(i, (PushButton, Container, Label))]
+    full_ids = {id(i) for i in full}
+    form.extend([i for i in items if id(i) not in full_ids])
+    layout = form.native.layout()
+    for k, item in enumerate(items):
+        if id(item) not in full_ids:
+            continue
+        if isinstance(item, Container):
+            item.margins = (0, 0, 0, 0)
+        after = next((i for i in items[k + 1 :] if id(i) not in full_ids), None)
+        if after is None:
+            layout.addWidget(item.native)
+        else:  # before the next labelled row (magicgui wraps each in a row widget)
+            layout.insertWidget(layout.indexOf(after.native.parentWidget()), item.native)
+    for widget in tail:
+        layout.addWidget(getattr(widget, "native", widget))
+    form.native.setMinimumWidth(min_width)
+    scrolled(panel, form)
+    return form, full
+
+
 _TIDYING = []
 
 

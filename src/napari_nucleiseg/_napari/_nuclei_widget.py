@@ -22,7 +22,6 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    FileEdit,
     FloatSpinBox,
     Label,
     PushButton,
@@ -32,6 +31,7 @@ from ._jobs import JobRunner
 from ._layers import (
     find_layers,
     in_user_words,
+    path_field,
     put_layer,
     scrolled,
     slide_layers,
@@ -103,7 +103,7 @@ class NucleiWidget(Container):
             "default: check it on your slides first; on pale slides from another source it "
             "lowered the nuclei model's accuracy (docs/researcher.md)",
         )
-        self._out = FileEdit(
+        self._out = path_field(
             label="results folder", mode="d", value=Path.home() / "nucleiseg-results"
         )
         self._run_view = PushButton(

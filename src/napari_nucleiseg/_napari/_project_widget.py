@@ -18,10 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton
 
 from ._jobs import JobRunner
-from ._layers import find_layers, open_layer_slide, tag
+from ._layers import build_form, find_layers, open_layer_slide, path_field, tag
 
 #: What a click (or a drag, for split) on the view's nuclei does.
 TOOLS = ("paint with napari's tools", "delete a nucleus", "merge two nuclei", "split along a line")
@@ -85,19 +85,20 @@ class LossPlot:
 RESUME_NOTE = "the project's model is unchanged; Resume goes on from the last checkpoint"
 #: ... and a cancelled normaliser training run.
 NORMALISER_RESUME_NOTE = (
-    "the project's normaliser is unchanged; Resume normaliser goes on from the last checkpoint"
+    "the project's normaliser is unchanged; Resume (beside Train normaliser) goes on from the "
+    "last checkpoint"
 )
 
 
 class ProjectWidget(Container):
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self.viewer = napari_viewer
         self.project = None
-        self._folder = FileEdit(label="project folder", mode="d")
+        self._folder = path_field(label="project folder", mode="d")
         self._open = PushButton(text="Open or create project")
         self._summary = Label(value="No project open: choose a folder (a new one makes a project).")
-        self._tool = ComboBox(label="click on nuclei to", choices=TOOLS, value=TOOLS[0])
+        self._tool = ComboBox(label="a click", choices=TOOLS, value=TOOLS[0])
         self._accept = PushButton(text="Accept this view as training data")
         self._slide_edit = PushButton(text="Correct this view (whole-slide result)")
         self._slide_save = PushButton(text="Save to slide result")
@@ -105,16 +106,14 @@ class ProjectWidget(Container):
         self._reopen = PushButton(text="Open")
         self._delete = PushButton(text="Delete")
         view_buttons = Container(layout="horizontal", widgets=[self._reopen, self._delete])
-        view_buttons.margins = (0, 0, 0, 0)
         self._minutes = FloatSpinBox(label="retrain for (min)", min=0.2, max=600, value=10.0)
-        self._retrain = PushButton(text="Retrain the model on this project")
+        self._retrain = PushButton(text="Retrain on this project")
         self._resume = PushButton(text="Resume")
         self._resume.tooltip = (
             "Continue the last retraining run that was cancelled or stopped, from its last "
             "checkpoint, for the time it had left"
         )
         retrain_buttons = Container(layout="horizontal", widgets=[self._retrain, self._resume])
-        retrain_buttons.margins = (0, 0, 0, 0)
         self._mark_reference = PushButton(text="Mark the slide as reference style")
         self._mark_reference.tooltip = (
             "The selected slide layer (else the top one) is stained the way the lab wants every "
@@ -125,23 +124,28 @@ class ProjectWidget(Container):
             "Train a learned stain normaliser on this project's slides (for the minutes above): "
             "it maps every slide to the style of the reference slides"
         )
-        self._resume_norm = PushButton(text="Resume normaliser")
+        self._resume_norm = PushButton(text="Resume")
         self._resume_norm.tooltip = (
             "Continue the last normaliser training run that was cancelled or stopped, from its "
             "last checkpoint, for the time it had left"
         )
         norm_buttons = Container(layout="horizontal", widgets=[self._train_norm, self._resume_norm])
-        norm_buttons.margins = (0, 0, 0, 0)
         self._cancel = PushButton(text="Cancel")
         self._models = ComboBox(label="project's model", choices=self._model_choices)
         self._use = PushButton(text="Use this model")
         self._rollback = PushButton(text="Back to the previous model")
         self._status = Label(value="")
         self.plot = LossPlot()
-        self.extend(
+        for label in (self._summary, self._status):
+            label.native.setWordWrap(True)
+        # The summary and the messages span the panel (a labelled row would squeeze them into
+        # the value column, cut off), as do the buttons.
+        self._form, self._rows = build_form(
+            self,
             [
                 self._folder,
                 self._open,
+                self._summary,
                 self._tool,
                 self._slide_edit,
                 self._slide_save,
@@ -156,17 +160,10 @@ class ProjectWidget(Container):
                 self._models,
                 self._use,
                 self._rollback,
-            ]
+            ],
+            tail=(self._status, self.plot),
+            min_width=270,
         )
-        # Messages and the plot span the panel (a labelled row would squeeze them into the
-        # value column, cut off).
-        layout = self.native.layout()
-        layout.insertWidget(2, self._summary.native)
-        layout.addWidget(self._status.native)
-        layout.addWidget(self.plot.native)
-        for label in (self._summary, self._status):
-            label.native.setWordWrap(True)
-        self.native.setMinimumWidth(340)
         self.jobs = JobRunner(self._set_status, self._cancel)
         self._open.changed.connect(self._on_open)
         self._accept.changed.connect(self._on_accept)
@@ -190,6 +187,9 @@ class ProjectWidget(Container):
         self._hooked = None
         #: The last training run's result in words (kept in the status line once it ends).
         self._result_text = ""
+
+    def reset_choices(self, *_):
+        self._form.reset_choices()  # the controls live in the form, inside the scroll area
 
     # ------------------------------------------------------------------ helpers
     def _set_status(self, text: str) -> None:

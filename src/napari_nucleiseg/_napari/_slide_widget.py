@@ -9,10 +9,18 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton
 
 from ._jobs import JobRunner
-from ._layers import find_layers, in_user_words, open_layer_slide, put_layer, scrolled, tag
+from ._layers import (
+    find_layers,
+    in_user_words,
+    open_layer_slide,
+    path_field,
+    put_layer,
+    scrolled,
+    tag,
+)
 
 SLIDE_FILTER = (
     "Slides (*.svs *.tif *.tiff *.ndpi *.mrxs *.scn *.bif *.dcm *.vms *.svslide);;All files (*)"
@@ -26,7 +34,7 @@ class SlideWidget(Container):
         super().__init__(labels=False)
         self._form = Container(labels=True)
         self.viewer = napari_viewer
-        self._file = FileEdit(label="slide", mode="r", filter=SLIDE_FILTER)
+        self._file = path_field(label="slide", mode="r", filter=SLIDE_FILTER)
         self._open = PushButton(text="Open slide")
         self._layer = ComboBox(label="slide layer", choices=self._slide_layer_choices)
         self._info = Label(value="No slide open.")

@@ -25,7 +25,6 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    FileEdit,
     FloatSpinBox,
     Label,
     PushButton,
@@ -34,7 +33,15 @@ from magicgui.widgets import (
 from ..stain.learned_normaliser import DEFAULT_CALIBRATION
 from ..stain.profile import STAIN_METHODS
 from ._jobs import JobRunner
-from ._layers import find_layers, just_above, open_layer_slide, put_layer, scrolled, slide_layers
+from ._layers import (
+    find_layers,
+    just_above,
+    open_layer_slide,
+    path_field,
+    put_layer,
+    scrolled,
+    slide_layers,
+)
 
 REFERENCES = ("current view", "image or profile file")
 #: The method whose target is a trained model instead of a fitted reference.
@@ -64,7 +71,7 @@ class StainWidget(Container):
             "(0: the network alone; 1: matched exactly, at some cost to the nuclei's detail)",
         )
         self._reference = ComboBox(label="reference", choices=list(REFERENCES), value=REFERENCES[0])
-        self._file = FileEdit(
+        self._file = path_field(
             label="file",
             mode="r",
             filter="Images or profiles (*.png *.jpg *.jpeg *.tif *.tiff *.json);;All files (*)",
@@ -73,7 +80,7 @@ class StainWidget(Container):
         self._cancel = PushButton(text="Cancel")
         self._status = Label(value="No normaliser fitted yet.")
         self._show = CheckBox(text="Show the slide normalised", value=False)
-        self._profile_path = FileEdit(
+        self._profile_path = path_field(
             label="profile file",
             mode="w",
             filter="Stain profiles (*.json)",

@@ -15,7 +15,6 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    FileEdit,
     FloatSpinBox,
     Label,
     LineEdit,
@@ -24,7 +23,14 @@ from magicgui.widgets import (
 
 from ..layers import META_KEY
 from ._jobs import JobRunner, then_in_worker
-from ._layers import find_layers, open_layer_slide, slide_layers, tag
+from ._layers import (
+    build_form,
+    find_layers,
+    open_layer_slide,
+    path_field,
+    slide_layers,
+    tag,
+)
 
 DEFAULT_TAGS = "tumour, normal, other"
 #: Outline colours by tag: tumour red, normal green, others from a fixed cycle.
@@ -44,11 +50,11 @@ class TissueWidget(Container):
     def __init__(self, napari_viewer):
         from ._project_widget import LossPlot
 
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self.viewer = napari_viewer
         self.project = None
         self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
-        self._folder = FileEdit(label="project folder", mode="d")
+        self._folder = path_field(label="project folder", mode="d")
         self._open = PushButton(text="Open or create project")
         self._tags = LineEdit(label="tags", value=DEFAULT_TAGS)
         self._tag = ComboBox(label="outline as", choices=self._tag_choices)
@@ -63,7 +69,7 @@ class TissueWidget(Container):
             tooltip="dynamic: reference 001's weighted cross-entropy; none: classifier alone",
         )
         self._stepwise = CheckBox(
-            text="stepwise (pretrain on nuclei clusters first)",
+            text="stepwise (nuclei clusters first)",
             value=False,
             tooltip="reference 004: an intermediate task made without labels, then the labels",
         )
@@ -85,8 +91,7 @@ class TissueWidget(Container):
         self._heat_view = PushButton(text="Heatmap of view")
         self._heat_slide = PushButton(text="Heatmap of slide")
         heat_buttons = Container(layout="horizontal", widgets=[self._heat_view, self._heat_slide])
-        heat_buttons.margins = (0, 0, 0, 0)
-        self._out = FileEdit(
+        self._out = path_field(
             label="results folder", mode="d", value=Path.home() / "nucleiseg-results"
         )
         self._train_attention = PushButton(text="Train attention")
@@ -94,13 +99,13 @@ class TissueWidget(Container):
         attention_buttons = Container(
             layout="horizontal", widgets=[self._train_attention, self._attention_view]
         )
-        attention_buttons.margins = (0, 0, 0, 0)
         self._cancel = PushButton(text="Cancel")
         train_buttons = Container(layout="horizontal", widgets=[self._train, self._resume])
-        train_buttons.margins = (0, 0, 0, 0)
         self._status = Label(value="")
+        self._status.native.setWordWrap(True)
         self.plot = LossPlot()
-        self.extend(
+        self._form, self._rows = build_form(
+            self,
             [
                 self._layer,
                 self._folder,
@@ -119,13 +124,10 @@ class TissueWidget(Container):
                 heat_buttons,
                 attention_buttons,
                 self._cancel,
-            ]
+            ],
+            tail=(self._status, self.plot),
+            min_width=270,
         )
-        layout = self.native.layout()
-        layout.addWidget(self._status.native)
-        layout.addWidget(self.plot.native)
-        self._status.native.setWordWrap(True)
-        self.native.setMinimumWidth(340)
         self.jobs = JobRunner(self._set_status, self._cancel)
         self._open.changed.connect(self._on_open)
         self._tags.changed.connect(self._on_tags)
@@ -140,6 +142,9 @@ class TissueWidget(Container):
         self._attention_view.changed.connect(self._on_attention_view)
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
+
+    def reset_choices(self, *_):
+        self._form.reset_choices()  # the controls live in the form, inside the scroll area
 
     # ------------------------------------------------------------------ helpers
     def _set_status(self, text: str) -> None:
