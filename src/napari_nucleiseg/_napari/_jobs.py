@@ -41,10 +41,45 @@ def _progress_of(item) -> tuple[int, int] | None:
     return None
 
 
-#: Background work not yet ended, as ``(cancel, ended)`` events (``cancel`` None: it cannot be
-#: cancelled). A process that quits while a worker thread is inside a native runtime (ONNX
-#: Runtime, torch) is killed in that runtime's C++ code ("terminate called without an active
-#: exception", exit status 134): at exit, each is cancelled and given a few seconds to end.
+class _Background:
+    """Work in a background thread that quitting must stop: set ``cancel``, then wait until the
+    work has ended, or, if it is a generator suspended between items (``steps``, driven by a
+    worker that has stopped iterating it, as napari's do when the app quits), close it here,
+    which runs its own clean-up (a map thread cancelled and joined, finished tiles recorded).
+
+    A process that quits while a worker thread is inside a native runtime (ONNX Runtime, torch)
+    is killed in that runtime's C++ code ("terminate called without an active exception", exit
+    status 134)."""
+
+    def __init__(self, cancel: threading.Event | None, steps: Generator | None = None):
+        self.cancel, self.steps = cancel, steps
+        self.lock = threading.Lock()  # the worker's resumes and an exit-time close, one at a time
+        self.suspended = False
+        self.ended = threading.Event()
+        _UNFINISHED.add(self)
+
+    def end(self) -> None:
+        """The work is over (closing ``steps`` if it is still open); safe to call twice."""
+        with self.lock:
+            if self.ended.is_set():
+                return
+            try:
+                if self.steps is not None:
+                    self.steps.close()
+            finally:
+                self.ended.set()
+                _UNFINISHED.discard(self)
+
+    def stop_at_exit(self, deadline: float) -> None:
+        while not self.ended.is_set() and time.monotonic() < deadline:
+            with self.lock:
+                suspended = self.suspended
+            if suspended:
+                self.end()
+                return
+            self.ended.wait(0.05)
+
+
 _UNFINISHED: set = set()
 #: Seconds, in all, that quitting waits for background work to end.
 EXIT_WAIT_S = 15.0
@@ -53,11 +88,11 @@ EXIT_WAIT_S = 15.0
 def _finish_background_work() -> None:
     deadline = time.monotonic() + EXIT_WAIT_S
     entries = list(_UNFINISHED)
-    for cancel, _ended in entries:
-        if cancel is not None:
-            cancel.set()
-    for _cancel, ended in entries:
-        ended.wait(max(0.0, deadline - time.monotonic()))
+    for work in entries:
+        if work.cancel is not None:
+            work.cancel.set()
+    for work in entries:
+        work.stop_at_exit(deadline)
 
 
 atexit.register(_finish_background_work)
@@ -66,14 +101,7 @@ atexit.register(_finish_background_work)
 def wait_at_exit(cancel: threading.Event | None = None) -> Callable[[], None]:
     """Register background work that quitting must cancel (``cancel``) and wait for; returns the
     function the work calls, in a ``finally``, when it has ended."""
-    entry = (cancel, threading.Event())
-    _UNFINISHED.add(entry)
-
-    def ended() -> None:
-        entry[1].set()
-        _UNFINISHED.discard(entry)
-
-    return ended
+    return _Background(cancel).end
 
 
 class JobFailed(Exception):
@@ -85,13 +113,15 @@ def _drive(steps: Generator, cancel: threading.Event, counted: list):
 
     ``counted[0]`` is the latest progress as the worker has it: the interface learns of it only
     when it gets round to the queued report, which on a busy interface is tiles later.
-    Registered for quitting (:func:`wait_at_exit`) only once it runs: a run queued but never
+    Registered for quitting (:class:`_Background`) only once it runs: a run queued but never
     started has nothing native to stop.
     """
-    ended = wait_at_exit(cancel)
+    work = _Background(cancel, steps)
     try:
         while True:
-            if cancel.is_set():
+            with work.lock:  # resumed: an exit-time close waits for the next item, or the end
+                work.suspended = False
+            if cancel.is_set() or work.ended.is_set():
                 return CANCELLED
             try:
                 item = next(steps)
@@ -105,12 +135,11 @@ def _drive(steps: Generator, cancel: threading.Event, counted: list):
             prog = _progress_of(item)
             if prog is not None:
                 counted[0] = prog
+            with work.lock:
+                work.suspended = True
             yield item
     finally:
-        try:
-            steps.close()
-        finally:
-            ended()
+        work.end()
 
 
 def then_in_worker(steps: Generator, finish: Callable[[Any], Any]):
