@@ -86,6 +86,15 @@ def test_segment_never_replaces_its_input_or_another_images_results(png, tmp_pat
     first = digest(out / "x.tif")
     # The same image again: its own results are replaced (a rerun).
     assert cli(capsys, "segment", a, "--out", out, "--mpp", 0.25, "--method", "classical")[0] == 0
+    # The same image after its folder moved: still its own results, replaced.
+    moved = tmp_path / "moved" / "x.png"
+    moved.parent.mkdir()
+    a.rename(moved)
+    args = ("--out", out, "--mpp", 0.25, "--method", "classical")
+    assert cli(capsys, "segment", moved, *args)[0] == 0
+    moved.rename(a)
+    assert cli(capsys, "segment", a, *args)[0] == 0
+    first = digest(out / "x.tif")
     # Another image of the same name: refused, the first image's results kept.
     code, _, err = cli(capsys, "segment", b, "--out", out, "--mpp", 0.25, "--method", "classical")
     assert code == 1 and digest(out / "x.tif") == first
@@ -130,7 +139,7 @@ def test_classify_keeps_its_inputs_and_an_earlier_table(png, tmp_path, capsys):
     code, _, err = cli(
         capsys, "classify", image, "--project", tmp_path / "no-project", "--out", table
     )
-    assert code == 1 and "not a napari-nucleiseg project" in err[0]
+    assert code == 2 and "not a napari-nucleiseg project" in err[0]  # a bad option
 
 
 def test_classify_names_rows_by_path_when_two_images_share_a_name(png, tmp_path, capsys):
@@ -156,6 +165,7 @@ def test_normalize_never_deletes_a_folder_it_did_not_write(png, tmp_path, capsys
     # Its own earlier output is replaced by a rerun.
     ours = tmp_path / "norm.zarr"
     assert cli(capsys, *args, "--out", ours)[0] == 0
+    (ours / ".DS_Store").write_bytes(b"a file browser's")  # not data: no reason to refuse
     assert cli(capsys, *args, "--out", ours)[0] == 0
     assert json.loads((ours / ".zattrs").read_text())["nucleiseg"]["source"] == str(image)
 

@@ -315,6 +315,14 @@ def test_metadata_written_again_keeps_the_chunk_encoding_the_store_uses(tmp_path
     for k in range(2):
         np.testing.assert_array_equal(again[str(k)][...], data[k])
     assert repair_array_metadata(store, lambda r: create_levels(r, shapes, tile, "uint32")) == []
+    # Every level's metadata gone: the encoding is found by decoding a chunk of each.
+    for k in range(2):
+        (store / str(k) / ".zarray").unlink()
+    lines = repair_array_metadata(store, lambda r: create_levels(r, shapes, tile, "uint32"))
+    assert len(lines) == 2 and all("is missing; written again" in line for line in lines)
+    again = zarr.open_group(str(store), mode="r")
+    for k in range(2):
+        np.testing.assert_array_equal(again[str(k)][...], data[k])
 
 
 def test_a_finished_store_keeps_the_records_its_exports_are_rebuilt_from(reference):

@@ -311,7 +311,7 @@ def test_train_classifier_refuses_what_cannot_train(tmp_path):
     assert run.returncode == 1
     assert f"{bad}, line 2" in run.stderr and "Traceback" not in run.stderr
     run = _cli("classify", "x.png", "--model", "no-such-model", "--out", tmp_path / "o.csv")
-    assert run.returncode == 1 and "no-such-model" in run.stderr
+    assert run.returncode == 2 and "no-such-model" in run.stderr  # a bad option
 
 
 def test_a_stopped_training_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):

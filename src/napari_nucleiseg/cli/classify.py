@@ -141,9 +141,12 @@ def cmd_classify(args) -> int:
         project = Project(args.project).path if args.project else None  # refuses a non-project
         method = get_method(args.model, kind="classifier", project=project)
         method.warm_up()
-    except (OutputError, WeightsError, ProjectError) as exc:
+    except OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except (WeightsError, ProjectError) as exc:  # the model or project asked for: an option
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if TUMOUR not in method.classes:
         print(
             f"warning: {method.name} has no {TUMOUR!r} tag ({', '.join(method.classes)}); "

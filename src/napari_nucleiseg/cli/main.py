@@ -57,15 +57,20 @@ def note_mpp_overrides(paths, mpp) -> None:
 
     if mpp is None:
         return
+    from ..io.image_backend import read_header
+
     for path in paths:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # this is only a look at the header
-                slide = open_slide(path)
-        except SlideError:  # said by the command itself, in its turn
+            if Path(path).suffix.lower() in (".png", ".jpg", ".jpeg"):
+                stated = read_header(Path(path))[1]  # opening one would decode it
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # this is only a look at the header
+                    slide = open_slide(path)
+                stated = slide.mpp_file
+                slide.close()
+        except (SlideError, OSError):  # said by the command itself, in its turn
             continue
-        stated = slide.mpp_file
-        slide.close()
         _note_override(path, stated, mpp)
 
 
@@ -718,6 +723,8 @@ def main(argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        if not stdout_gone():  # another pipe or socket of the job: an error to report
+            raise
         # The reader went away (``nucleiseg models list | head``): stop quietly, as other
         # command-line tools do. Python would print a traceback, then another at exit when
         # it flushes stdout, unless stdout goes somewhere that accepts it.
@@ -727,6 +734,18 @@ def main(argv=None) -> int:
     finally:
         warnings.showwarning = shown
     return code
+
+
+def stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone away."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor
+        return False
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -151,14 +151,19 @@ def find_overwrites(plain, out) -> tuple[set, list[str]]:
 
 
 def _same_source(recorded: str, path) -> bool:
-    """Whether a result's recorded ``source`` is ``path``. A relative one that does not exist
-    from here was recorded from another working folder: its file name is all there is to go on."""
+    """Whether a result's recorded ``source`` is ``path``. One that does not exist from here
+    was recorded from another working folder, or before the data moved (another mount, a
+    renamed folder): its file name is all there is to go on."""
     from ..io.output import same_file
 
     if same_file(recorded, path):
         return True
     rec = Path(recorded)
-    return not rec.is_absolute() and not rec.exists() and rec.name == Path(path).name
+    if rec.exists():  # another file that is still there: another image
+        return False
+    if sys.platform.startswith(("darwin", "win")):  # their folders ignore case
+        return rec.name.casefold() == Path(path).name.casefold()
+    return rec.name == Path(path).name
 
 
 def refuse_results(paths) -> tuple[set, list[str]]:
@@ -398,6 +403,7 @@ def segment_slides(slides, out, args, normaliser) -> tuple[int, list[str]]:
     from ..models.registry import WeightsError
     from ..wholeslide import SlideProgress
     from ..wholeslide.cohort import SlideOutcome, SlideStarted, run_cohort
+    from .main import stdout_gone
 
     display = CohortDisplay(len(slides))
     outcomes: list[SlideOutcome] = []
@@ -421,6 +427,8 @@ def segment_slides(slides, out, args, normaliser) -> tuple[int, list[str]]:
                 outcomes.append(event)
                 display.ended(event)
     except (WeightsError, ConnectionError) as exc:  # nothing could run
+        if isinstance(exc, BrokenPipeError) and stdout_gone():
+            raise  # the reader of our output went away: main() stops quietly
         display.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2, [str(s) for s in slides]

@@ -147,7 +147,9 @@ def replaceable_image_store(path) -> str | None:
         return refuse
     ours = isinstance(attrs, dict) and "multiscales" in attrs
     ours = ours and isinstance(attrs.get("nucleiseg"), dict) and "source" in attrs["nucleiseg"]
-    levels_only = all(e in (".zattrs", ".zgroup") or e.isdigit() for e in entries)
+    # Its own files: the levels and zarr's metadata (a consolidated .zmetadata too); other
+    # hidden files are a file browser's (.DS_Store), not data.
+    levels_only = all(e.startswith(".") or e.isdigit() for e in entries)
     return None if ours and levels_only else refuse
 
 
@@ -231,9 +233,10 @@ def write_together(files: dict[Path, Callable[[Path], None]]) -> list[Path]:
             if target.is_file() or target.is_symlink():
                 # Set aside, not overwritten: if a later file of the pair fails, the results
                 # already there are put back (a failed rerun must not cost the last good one).
+                # Noted before the move, so that Ctrl-C between the two loses nothing.
                 kept = tmp.with_name(f"{tmp.name}.replaced")
-                os.replace(target, kept)
                 replaced.append((kept, target))
+                os.replace(target, kept)
             os.replace(tmp, target)
             placed.append(target)
     except BaseException as exc:
@@ -244,15 +247,21 @@ def write_together(files: dict[Path, Callable[[Path], None]]) -> list[Path]:
                 p.unlink()
             except OSError:
                 pass
+        stranded = []
         for kept, target in replaced:
             try:
-                os.replace(kept, target)
+                if kept.exists():
+                    os.replace(kept, target)
             except OSError:
-                pass
+                stranded.append(kept)  # its folder is kept: the earlier result is in it
         for d in tmp_dirs.values():
-            shutil.rmtree(d, ignore_errors=True)
+            if not any(k.parent == d for k in stranded):
+                shutil.rmtree(d, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, SlideError):
-            raise OutputError(current, f"cannot write ({describe_os_error(exc)})") from None
+            kept_note = "".join(f"; the earlier {k.name[:-9]} is kept as {k}" for k in stranded)
+            raise OutputError(
+                current, f"cannot write ({describe_os_error(exc)}){kept_note}"
+            ) from None
         raise
     for d in tmp_dirs.values():
         shutil.rmtree(d, ignore_errors=True)

@@ -129,6 +129,7 @@ def write_ome_zarr(
     tmp = path.with_name(path.name + ".part")
     if tmp.exists():
         shutil.rmtree(tmp)
+    keep = False
     try:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         datasets = []
@@ -171,12 +172,14 @@ def write_ome_zarr(
             from .output import OutputError, replaceable_image_store
 
             problem = replaceable_image_store(path)
-            if problem:
-                raise OutputError(path, problem)
+            if problem:  # something appeared meanwhile: the finished image is not thrown away
+                keep = True
+                raise OutputError(path, f"{problem}; the image written is kept as {tmp}")
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
-        _remove_settled(tmp)
+        if not keep:
+            _remove_settled(tmp)
     return path
 
 

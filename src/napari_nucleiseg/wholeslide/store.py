@@ -144,6 +144,53 @@ def _read_json(path: Path):
     return (value, None) if isinstance(value, dict) else (None, "is damaged")
 
 
+def _store_encoding(path: Path) -> dict | None:
+    """How the store at ``path`` encodes chunks, from any readable ``.zarray`` in it."""
+    for root, _, files in os.walk(path):
+        if ".zarray" in files:
+            value, _ = _read_json(Path(root, ".zarray"))
+            if value is not None:
+                return {k: value[k] for k in _ENCODING if k in value}
+    return None
+
+
+#: Compressors zarr has written for format-2 arrays by default (blosc-lz4; zstd in zarr
+#: 3.0.x) and none: each decodes whatever its family wrote, whatever the level.
+_CODEC_FAMILIES = (
+    {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1, "blocksize": 0},
+    {"id": "zstd", "level": 0, "checksum": False},
+    None,
+)
+
+
+def _chunk_encoding(array: Path, meta: dict) -> dict | None:
+    """The compressor that decodes a chunk of the array folder ``array`` (described by the
+    ``.zarray`` dict ``meta``) into a whole chunk, when no metadata in the store says; None
+    when it has no chunk to try (nothing to misread) or none fits."""
+    import math
+
+    import numcodecs
+    import numpy as np
+
+    nbytes = math.prod(meta["chunks"]) * np.dtype(meta["dtype"]).itemsize
+
+    chunk = next(
+        (Path(r, f) for r, _, files in os.walk(array) for f in files if not f.startswith(".")),
+        None,
+    )
+    if chunk is None:
+        return None
+    data = chunk.read_bytes()
+    for config in _CODEC_FAMILIES:
+        try:
+            raw = data if config is None else numcodecs.get_codec(dict(config)).decode(data)
+        except Exception:  # noqa: BLE001 (not this codec: try the next)
+            continue
+        if len(memoryview(raw).cast("B")) == nbytes:
+            return {"compressor": config, "filters": None}
+    return None
+
+
 def repair_array_metadata(path: Path, fill) -> list[str]:
     """Write again the zarr metadata of the store ``path`` that is missing or cannot be read
     (``.zgroup``; each array's ``.zarray`` and ``.zattrs``; not the root ``.zattrs``, which
@@ -170,12 +217,7 @@ def repair_array_metadata(path: Path, fill) -> list[str]:
             if name in (".zgroup", ".zarray", ".zattrs") and not (name == ".zattrs" and root == ref)
         ]
         found = {w: _read_json(path / w.relative_to(ref)) for w in wanted}
-        # How this store encodes chunks, from any array whose metadata is readable.
-        encoding = next(
-            ({k: v[k] for k in _ENCODING if k in v} for w, (v, _) in found.items()
-             if w.name == ".zarray" and v is not None),
-            None,
-        )  # fmt: skip
+        encoding = _store_encoding(path)
         for want, (have, problem) in found.items():
             reference = json.loads(want.read_text())
             if have is not None:
@@ -185,8 +227,11 @@ def repair_array_metadata(path: Path, fill) -> list[str]:
                     continue  # readable, and saying what this run would: left as it is
                 problem = "describes another shape, chunking or type"
                 reference = {**reference, **{k: have[k] for k in _ENCODING if k in have}}
-            elif want.name == ".zarray" and encoding is not None:
-                reference = {**reference, **encoding}
+            elif want.name == ".zarray":
+                found_encoding = encoding or _chunk_encoding(
+                    path / want.parent.relative_to(ref), reference
+                )
+                reference = {**reference, **(found_encoding or {})}
             target = path / want.relative_to(ref)
             target.parent.mkdir(parents=True, exist_ok=True)
             data = json.dumps(reference, indent=2).encode()
