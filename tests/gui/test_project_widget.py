@@ -87,6 +87,28 @@ def test_split_merge_undo_and_accept(panels, qtbot):
     assert "1 accepted view (" in project._summary.value
 
 
+def test_the_click_tool_follows_the_views_nuclei_layer(panels, qtbot):
+    """Was: a tool chosen before the view was segmented again stayed on the old layer (or on
+    none), and clicks on the new nuclei did nothing, without a word."""
+    viewer, nuclei, project = panels
+    project._tool.value = "delete a nucleus"
+    first = project.view_labels()
+    assert project._on_mouse in first.mouse_drag_callbacks
+    viewer.scene.camera.center = (1300 * 0.5, 1400 * 0.5)  # another view, segmented
+    nuclei._run_view.clicked.emit()
+    qtbot.waitUntil(lambda: not nuclei.jobs.running, timeout=60_000)
+    current = project.view_labels()
+    assert project._on_mouse in current.mouse_drag_callbacks
+    if current is not first and first in viewer.layers:
+        assert project._on_mouse not in first.mouse_drag_callbacks
+    # Chosen with no view yet: it takes the view's layer when one appears.
+    viewer.layers.remove(current)
+    assert project.view_labels() is None or project._hooked is project.view_labels()
+    nuclei._run_view.clicked.emit()
+    qtbot.waitUntil(lambda: not nuclei.jobs.running, timeout=60_000)
+    assert project._on_mouse in project.view_labels().mouse_drag_callbacks
+
+
 def test_retraining_runs_in_the_background_and_cancels(panels, qtbot):
     from qtpy.QtCore import QTimer
 

@@ -177,6 +177,17 @@ class ProjectWidget(Container):
         self._use.changed.connect(self._on_use)
         self._rollback.changed.connect(self._on_rollback)
         self._tool.changed.connect(self._on_tool)
+        layer_events = (
+            self.viewer.layers.events.inserted,
+            self.viewer.layers.events.removed,
+            self.viewer.layers.selection.events.active,
+        )
+        for event in layer_events:
+            event.connect(self._follow_tool)
+        # A closed panel stops following: its widgets are gone.
+        self._tool.native.destroyed.connect(
+            lambda *_: [event.disconnect(self._follow_tool) for event in layer_events]
+        )
         self._reopen.changed.connect(self._on_reopen)
         self._delete.changed.connect(self._on_delete)
         self._views.changed.connect(self._forget_delete)
@@ -358,7 +369,14 @@ class ProjectWidget(Container):
 
         return self._edit(split, np.asarray(points, float)[:, -2:])
 
-    def _on_tool(self, _=None):
+    def _follow_tool(self, *_):
+        """The view's nuclei layer changed (a new view segmented, one kept with its edits, another
+        selected): the chosen click tool moves to it. It stayed on the old layer, so clicks on
+        the new one did nothing."""
+        if self._tool.value != TOOLS[0] and self.view_labels() is not self._hooked:
+            self._on_tool(announce=False)
+
+    def _on_tool(self, _=None, announce: bool = True):
         """Hook the chosen tool to mouse clicks on the view's nuclei (napari's own tools for
         painting, erasing and filling when none is chosen)."""
         layer = self.view_labels()
@@ -371,6 +389,8 @@ class ProjectWidget(Container):
         layer.mode = "pan_zoom"
         layer.mouse_drag_callbacks.append(self._on_mouse)
         self._hooked = layer
+        if not announce:
+            return
         self._set_status(
             {
                 TOOLS[1]: "Click a nucleus to delete it (Ctrl+Z undoes).",
