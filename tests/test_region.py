@@ -84,8 +84,11 @@ def test_glass_outside_and_too_large_views_say_so(demo_open):
         run(segment_region(demo_open, (0, 0, 400, 300), "classical"))
     with pytest.raises(EmptyRegionError, match="outside the slide"):
         run(segment_region(demo_open, (5000, 0, 6000, 100), "classical"))
-    with pytest.raises(RegionTooLargeError, match="whole-slide job"):
-        run(segment_region(demo_open, (0, 0, 4096, 3072), "classical"))
+    with pytest.raises(RegionTooLargeError, match="whole-slide job") as refused:
+        run(segment_region(demo_open, (0, 0, 4096, 3072), "classical", max_megapixels=4))
+    # The view as the user sees it (on the slide), not with the margins read around it.
+    assert "the view is 4096 x 3072 px at the model's 0.5 µm/px" in str(refused.value)
+    assert "zoom in about 1.8x" in str(refused.value)
 
 
 def test_a_tiled_region_yields_per_tile_and_stops_when_closed(demo_open):

@@ -88,8 +88,13 @@ def test_current_view_segments_what_is_on_screen_and_lines_up(panel, qtbot):
     assert again.metadata["nucleiseg"]["box"] != meta["box"]
 
 
-def test_view_messages_glass_no_slide_and_busy(panel, qtbot, make_napari_viewer):
+def test_view_messages_glass_no_slide_and_busy(panel, qtbot, make_napari_viewer, monkeypatch):
     from napari_nucleiseg._napari._nuclei_widget import NucleiWidget
+    from napari_nucleiseg.segmentation import region
+
+    # The whole demo slide (15 MP at 0.5 µm/px with its context) is a view the panel segments;
+    # with a 4 MP limit it is one it refuses, saying what to do.
+    monkeypatch.setattr(region, "MAX_VIEW_MEGAPIXELS", 4.0)
 
     viewer, widget, slide, truth = panel
     _look_at(viewer, (150, 150), 4.0)  # the top-left corner of the demo slide is glass
