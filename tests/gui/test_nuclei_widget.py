@@ -109,6 +109,7 @@ def test_view_messages_glass_no_slide_and_busy(panel, qtbot, make_napari_viewer,
     empty = NucleiWidget(make_napari_viewer())
     empty._run_view.clicked.emit()
     assert any("No slide open" in m for m in _messages())
+    assert "No slide open" in empty._status.value  # the panel says it too, not only a pop-up
 
 
 def test_a_second_run_while_one_runs_is_refused_and_cancel_stops_between_tiles(panel, qtbot):

@@ -253,22 +253,30 @@ def apply_mpp(viewer, layer, mpp: float | None) -> str | None:
     return None
 
 
-def checked_slide(layer, what: str):
+def checked_slide(layer, what: str, status=None):
     """``(layer, opened slide)`` for a run on a slide layer, or ``(None, None)`` after telling the
-    user why not: no slide chosen, a slide that states no µm/px, a file that no longer opens."""
+    user why not: no slide chosen, a slide that states no µm/px, a file that no longer opens.
+    ``status(text)``: the panel's status line, which says it too (a notification passes, and
+    the panel was left blank)."""
     from pathlib import Path
 
     from napari.utils.notifications import show_error
 
-    if layer is None:
-        show_error(f"No slide open: open a slide (File > Open, or the Slide panel) before {what}.")
+    def refuse(text):
+        show_error(text)
+        if status is not None:
+            status(text)
         return None, None
+
+    if layer is None:
+        return refuse(
+            f"No slide open: open a slide (File > Open, or the Slide panel) before {what}."
+        )
     if tag(layer).get("mpp") is None:
-        show_error(
+        return refuse(
             f"{Path(tag(layer)['path']).name}: the slide does not say how many micrometres "
             f"a pixel is; enter it in the Slide panel (µm/px) before {what}."
         )
-        return None, None
     slide = open_layer_slide(layer)
     return (layer, slide) if slide is not None else (None, None)
 

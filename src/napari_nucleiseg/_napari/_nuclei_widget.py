@@ -309,7 +309,7 @@ class NucleiWidget(Container):
         """The selected slide layer and its opened slide, or (None, None) after saying why."""
         from ._layers import checked_slide
 
-        return checked_slide(self._layer.value, what)
+        return checked_slide(self._layer.value, what, self._set_status)
 
     def _ready(self, what: str):
         """``(layer, slide, normaliser)`` for a run, or None after saying why not (a run going,

@@ -387,7 +387,7 @@ class TissueWidget(Container):
         if self.jobs.running:
             show_warning(self.jobs.busy_message())
             return None, None
-        return checked_slide(self._layer.value, what)
+        return checked_slide(self._layer.value, what, self._set_status)
 
     def show_map(self, heatmap, slide_layer, kind: str, name: str):
         """Draw a map (tumour probability or attention) over the slide layer, aligned."""
