@@ -878,6 +878,13 @@ class NucleiWidget(Container):
             f"{nuclei:,} nuclei in {tiles}/{p.total} tiles (unfinished: the table and the "
             "exports come when the run is complete)"
         )
+        if tiles >= p.total:  # a small slide: its last tiles ended before Cancel took effect
+            self._set_status(
+                f"Whole slide: all {p.total} tiles had finished when Cancel took effect; "
+                f"{nuclei:,} nuclei are kept and shown. Run it again to write the table and "
+                "the exports (nothing is segmented again)."
+            )
+            return
         self._set_status(
             f"Whole slide: cancelled after {tiles}/{p.total} tiles; {nuclei:,} nuclei in the "
             "finished tiles are kept and shown. Run it again to go on from there."
