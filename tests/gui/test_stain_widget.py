@@ -121,6 +121,13 @@ def test_deconvolution_channels_are_lazy_layers(panel, qtbot):
     widget._channels.clicked.emit()  # again: replaced, not piled up
     assert len(_kind(viewer, "stain_channel")) == 3
 
+    # Then the slide normalised: the channels, which lie above it and covered it, are hidden.
+    widget._method.value = "macenko"
+    _fit(qtbot, widget)
+    _show(qtbot, widget)
+    assert not any(lyr.visible for lyr in _kind(viewer, "stain_channel"))
+    assert "stain channels are hidden" in widget._status.value
+
 
 def test_stain_messages_instead_of_crashes(make_napari_viewer, panel, qtbot, tmp_path):
     from napari_nucleiseg._napari._stain_widget import StainWidget

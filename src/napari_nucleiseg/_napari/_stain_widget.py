@@ -346,6 +346,16 @@ class StainWidget(Container):
         )
         self.adapted = adapted
         self._adapted_slide = _layer_path(slide_layer)
+        # The stain channels lie above it and cover it: asked to see the normalised slide, the
+        # user saw the haematoxylin channel unchanged. They are hidden (their eyes show them).
+        hidden = [
+            ch
+            for ch in find_layers(self.viewer, "stain_channel", slide=str(slide.path))
+            if ch.visible
+        ]
+        for ch in hidden:
+            ch.visible = False
+        note = " The stain channels are hidden; their eyes show them again." if hidden else ""
         if learned:
             pull = (
                 f", colour pull {adapted.calibration:g}"
@@ -354,11 +364,11 @@ class StainWidget(Container):
             )
             self._set_status(
                 f"The slide is shown normalised by the learned normaliser {adapted.name} "
-                f"{adapted.card.version}{pull}."
+                f"{adapted.card.version}{pull}.{note}"
             )
             return
         self._set_status(
-            f"{adapted.method} fitted on {self._fitted_on}; the slide is shown normalised."
+            f"{adapted.method} fitted on {self._fitted_on}; the slide is shown normalised.{note}"
         )
 
     def _on_channels(self, _=None):
