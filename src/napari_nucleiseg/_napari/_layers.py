@@ -157,6 +157,7 @@ def build_form(panel, items, tail=(), min_width: int = 300):
     Qt) added full width after them (status lines, a plot). Returns ``(form, full_width)``:
     the labelled Container, and the items given a row of their own."""
     from magicgui.widgets import Container, Label, PushButton
+    from qtpy.QtWidgets import QSizePolicy
 
     form = Container(labels=True)
     full = [i for i in items if isinstance(i, (PushButton, Container, Label))]
@@ -173,8 +174,14 @@ def build_form(panel, items, tail=(), min_width: int = 300):
             layout.addWidget(item.native)
         else:  # before the next labelled row (magicgui wraps each in a row widget)
             layout.insertWidget(layout.indexOf(after.native.parentWidget()), item.native)
+    # Spare height below the controls, not between their rows (which spread unevenly).
+    layout.addStretch(1)
     for widget in tail:
         layout.addWidget(getattr(widget, "native", widget))
+    for label in [i for i in [*full, *tail] if isinstance(i, Label)]:
+        # Messages wrap at the panel's width instead of at their first width (too early).
+        label.native.setWordWrap(True)
+        label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
     form.native.setMinimumWidth(min_width)
     scrolled(panel, form)
     return form, full
