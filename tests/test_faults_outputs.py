@@ -365,3 +365,13 @@ def test_a_slide_smaller_than_a_tile_is_told_to_go_as_an_image(tmp_path, capsys)
         f"error: {tiny}: 25 x 20 µm is smaller than a whole-slide tile can be (twice the 80 µm "
         "halo, 160 µm): segment it as an image, without --whole-slide"
     )
+
+
+def test_a_value_that_is_no_number_is_named_in_words(capsys):
+    """argparse named the checking function: "invalid _mpp value: 'abc'"."""
+    with pytest.raises(SystemExit) as stop:
+        cli(capsys, "info", "x.svs", "--mpp", "abc")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: argument --mpp: must be a number, got 'abc'"
+    )

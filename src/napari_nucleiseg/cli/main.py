@@ -328,7 +328,11 @@ def _positive(kind):
     def parse(text):
         import math
 
-        value = kind(text)
+        try:
+            value = kind(text)
+        except ValueError:  # argparse's own words would name this function: "invalid parse"
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
         # NaN compares false with everything, so "not > 0" (not "<= 0") refuses it too.
         if not (value > 0 and math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"must be greater than 0 and finite, got {text}")
@@ -341,7 +345,10 @@ def _share(text):
     """A share between 0 and 1 inclusive."""
     import math
 
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not (0 <= value <= 1 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
