@@ -372,6 +372,8 @@ def test_a_value_that_is_no_number_is_named_in_words(capsys):
     with pytest.raises(SystemExit) as stop:
         cli(capsys, "info", "x.svs", "--mpp", "abc")
     assert stop.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].endswith(
-        "error: argument --mpp: must be a number, got 'abc'"
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith("error: argument --mpp: must be a number, got 'abc'")
     )

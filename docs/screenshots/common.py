@@ -86,3 +86,20 @@ def status_lines(panels):
         st = getattr(p, "_status", None)
         if st is not None and st.value:
             print(f"  [{name}] status: {st.value!r}", flush=True)
+
+
+def show_normalised_beside(viewer, stain):
+    """Tick the Stain panel's "show normalised", wait for it, and lay the slide and its
+    normalised copy side by side on the CMU slide's tissue."""
+    stain._show.value = True
+    wait_until(
+        lambda: (
+            not stain.jobs.running and any(kind(lyr) == "stain_normalised" for lyr in viewer.layers)
+        ),
+        300,
+        "normalised",
+    )
+    grid = viewer.canvas.grid if hasattr(getattr(viewer, "canvas", None), "grid") else viewer.grid
+    grid.enabled = True
+    viewer.scene.camera.center = (1400 * 0.499, 1100 * 0.499)
+    viewer.scene.camera.zoom = 1.2

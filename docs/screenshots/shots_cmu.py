@@ -2,7 +2,18 @@
 (the Macenko reference fitted on the demo slide's view first, as the old shot did)."""
 
 import numpy as np
-from common import CMU, front, kind, layer_of, settle, shoot, start, status_lines, wait_until
+from common import (
+    CMU,
+    front,
+    kind,
+    layer_of,
+    settle,
+    shoot,
+    show_normalised_beside,
+    start,
+    status_lines,
+    wait_until,
+)
 
 from napari_nucleiseg.models import DEFAULT_NUCLEI_MODEL
 
@@ -70,16 +81,7 @@ front(viewer, "Stain")
 for lyr in [l for l in viewer.layers if kind(l) != "slide"]:
     viewer.layers.remove(lyr)
 stain._layer.value = cmu
-stain._show.value = True
-wait_until(
-    lambda: not stain.jobs.running and any(kind(l) == "stain_normalised" for l in viewer.layers),
-    300,
-    "normalised",
-)
-grid = viewer.canvas.grid if hasattr(getattr(viewer, "canvas", None), "grid") else viewer.grid
-grid.enabled = True
-viewer.scene.camera.center = (1400 * 0.499, 1100 * 0.499)
-viewer.scene.camera.zoom = 1.2
+show_normalised_beside(viewer, stain)
 shoot(viewer, "stain_normalised.png")
 status_lines(panels)
 viewer.close()

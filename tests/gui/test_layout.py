@@ -40,14 +40,21 @@ def _inside(widget, window) -> bool:
     return window.rect().contains(QRect(top_left, widget.size()))
 
 
-def _in_view(widget) -> bool:
-    """Not scrolled out of sight: wholly inside the viewport of the panel's scroll area."""
-    from qtpy.QtCore import QRect
+def _scroll_area(widget):
+    """The scroll area ``widget`` is in (its panel's), or None."""
     from qtpy.QtWidgets import QScrollArea
 
     area = widget.parentWidget()
     while area is not None and not isinstance(area, QScrollArea):
         area = area.parentWidget()
+    return area
+
+
+def _in_view(widget) -> bool:
+    """Not scrolled out of sight: wholly inside the viewport of the panel's scroll area."""
+    from qtpy.QtCore import QRect
+
+    area = _scroll_area(widget)
     if area is None:
         return True
     viewport = area.viewport()
@@ -215,11 +222,7 @@ def test_all_five_panels_keep_the_window_on_screen_and_their_buttons_readable(
 
 def _across_in_view(widget) -> bool:
     """Its left and right edges inside the viewport of its panel's scroll area."""
-    from qtpy.QtWidgets import QScrollArea
-
-    area = widget.parentWidget()
-    while area is not None and not isinstance(area, QScrollArea):
-        area = area.parentWidget()
+    area = _scroll_area(widget)
     if area is None:
         return True
     left = widget.mapTo(area.viewport(), widget.rect().topLeft()).x()
