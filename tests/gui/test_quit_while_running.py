@@ -101,9 +101,15 @@ def test_quitting_while_a_run_is_going_exits_cleanly(case, tmp_path):
     )
     assert "QUIT WHILE RUNNING" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 0, done.stderr[-3000:]
-    # Promptly: stopping the run, not a wait for a timeout (it sat out 15 s when napari's
-    # quit left the run suspended between tiles).
-    times = {line.split()[0]: float(line.split()[-1]) for line in done.stdout.splitlines()}
-    assert times["EXITING"] - times["QUIT"] < 8.0, done.stdout
+    # Promptly: stopping the run, not a wait for a timeout (it sat out the full 15 s when
+    # napari's quit left the run suspended between tiles). A warm-up cannot be cancelled (its
+    # load is waited for), so only the runs are timed; 12 s leaves room on a loaded machine.
+    times = {
+        line.split()[0]: float(line.split()[-1])
+        for line in done.stdout.splitlines()
+        if line.startswith(("QUIT", "EXITING"))
+    }
+    if case != "warm-up":
+        assert times["EXITING"] - times["QUIT"] < 12.0, done.stdout
     assert "terminate called" not in done.stderr
     assert "Traceback" not in done.stderr + done.stdout, (done.stderr + done.stdout)[-3000:]

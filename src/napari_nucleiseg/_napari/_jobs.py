@@ -53,29 +53,42 @@ class _Background:
 
     def __init__(self, cancel: threading.Event | None, steps: Generator | None = None):
         self.cancel, self.steps = cancel, steps
-        self.lock = threading.Lock()  # the worker's resumes and an exit-time close, one at a time
+        # Guards ``suspended`` and ``closing``: a worker resuming and an exit-time close are
+        # never both at the generator. Not held while closing it (its clean-up may end here).
+        self.lock = threading.Lock()
         self.suspended = False
+        self.closing = False
         self.ended = threading.Event()
         _UNFINISHED.add(self)
+
+    def _close(self) -> None:
+        try:
+            if self.steps is not None:
+                self.steps.close()
+        finally:
+            self.ended.set()
+            _UNFINISHED.discard(self)
 
     def end(self) -> None:
         """The work is over (closing ``steps`` if it is still open); safe to call twice."""
         with self.lock:
-            if self.ended.is_set():
+            if self.closing:
                 return
-            try:
-                if self.steps is not None:
-                    self.steps.close()
-            finally:
-                self.ended.set()
-                _UNFINISHED.discard(self)
+            self.closing = True
+        self._close()
+
+    def close_if_suspended(self) -> bool:
+        """Close the work now if it is suspended between items; whether it was."""
+        with self.lock:
+            if not self.suspended or self.closing:
+                return False
+            self.closing = True
+        self._close()
+        return True
 
     def stop_at_exit(self, deadline: float) -> None:
         while not self.ended.is_set() and time.monotonic() < deadline:
-            with self.lock:
-                suspended = self.suspended
-            if suspended:
-                self.end()
+            if self.close_if_suspended():
                 return
             self.ended.wait(0.05)
 
@@ -91,8 +104,14 @@ def _finish_background_work() -> None:
     for work in entries:
         if work.cancel is not None:
             work.cancel.set()
-    for work in entries:
-        work.stop_at_exit(deadline)
+    # Runs suspended between items first, whatever the deadline: a slow warm-up waited for
+    # first must not leave one of them open. Then the rest, each as long as time is left.
+    for stage in (lambda w: w.close_if_suspended(), lambda w: w.stop_at_exit(deadline)):
+        for work in entries:
+            try:
+                stage(work)
+            except Exception:  # noqa: BLE001 (one run's clean-up failing must not skip the rest)
+                pass
 
 
 atexit.register(_finish_background_work)
@@ -121,7 +140,8 @@ def _drive(steps: Generator, cancel: threading.Event, counted: list):
         while True:
             with work.lock:  # resumed: an exit-time close waits for the next item, or the end
                 work.suspended = False
-            if cancel.is_set() or work.ended.is_set():
+                closing = work.closing
+            if cancel.is_set() or closing:
                 return CANCELLED
             try:
                 item = next(steps)

@@ -73,9 +73,9 @@ def slide_layers(viewer):
     return [(lyr.name, lyr) for lyr in find_layers(viewer, "slide")]
 
 
-def open_layer_slide(layer):
+def open_layer_slide(layer, status=None):
     """Open the slide behind one of our slide layers (with its µm/px override), or None after
-    telling the user why not (the file moved, ...)."""
+    telling the user why not (the file moved, ...), in ``status(text)`` too when given."""
     import warnings
 
     from napari.utils.notifications import show_error
@@ -90,6 +90,8 @@ def open_layer_slide(layer):
             return open_slide(meta["path"], mpp=override, backend=meta.get("backend"))
     except SlideError as exc:
         show_error(in_user_words(exc))
+        if status is not None:
+            status(in_user_words(exc))
         return None
 
 
@@ -172,8 +174,11 @@ def build_form(panel, items, tail=(), min_width: int = 300):
         after = next((i for i in items[k + 1 :] if id(i) not in full_ids), None)
         if after is None:
             layout.addWidget(item.native)
-        else:  # before the next labelled row (magicgui wraps each in a row widget)
-            layout.insertWidget(layout.indexOf(after.native.parentWidget()), item.native)
+        else:  # before the next labelled row (magicgui wraps most in a row widget; not all)
+            row = after.native
+            while row is not None and layout.indexOf(row) < 0:
+                row = row.parentWidget()
+            layout.insertWidget(layout.indexOf(row) if row is not None else -1, item.native)
     # Spare height below the controls, not between their rows (which spread unevenly).
     layout.addStretch(1)
     for widget in tail:
@@ -284,7 +289,7 @@ def checked_slide(layer, what: str, status=None):
             f"{Path(tag(layer)['path']).name}: the slide does not say how many micrometres "
             f"a pixel is; enter it in the Slide panel (µm/px) before {what}."
         )
-    slide = open_layer_slide(layer)
+    slide = open_layer_slide(layer, status)
     return (layer, slide) if slide is not None else (None, None)
 
 

@@ -744,15 +744,18 @@ def main(argv=None) -> int:
 
 
 def stdout_gone() -> bool:
-    """Whether stdout is a pipe whose reader has gone away."""
+    """Whether stdout is a pipe whose reader has gone away (Linux says POLLERR, macOS and the
+    BSDs POLLHUP). Where that cannot be asked (Windows has no poll), assume it is: a broken
+    pipe there is almost always stdout's, and was always a quiet exit."""
     import select
 
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(ev & select.POLLERR for _, ev in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor
-        return False
+        gone = select.POLLERR | select.POLLHUP
+        return any(ev & gone for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -131,7 +131,8 @@ def check_output_file(path, *, directory: bool = False, inputs=()) -> None:
 def replaceable_image_store(path) -> str | None:
     """None if the folder ``path`` may be replaced by a new OME-Zarr image: it does not exist,
     or it is an image this package wrote (``nucleiseg`` attributes with a ``source``) and holds
-    nothing else. Otherwise why not: replacing a folder deletes everything in it."""
+    nothing else (but a file browser's hidden files). Otherwise why not: replacing a folder
+    deletes everything in it."""
     import json
 
     path = Path(path)
@@ -142,15 +143,21 @@ def replaceable_image_store(path) -> str | None:
     refuse = "the folder exists and is not an image written by nucleiseg; give another name"
     try:
         attrs = json.loads((path / ".zattrs").read_text())
-        entries = [e.name for e in path.iterdir()]
+        entries = list(path.iterdir())
     except (OSError, ValueError):
         return refuse
     ours = isinstance(attrs, dict) and "multiscales" in attrs
     ours = ours and isinstance(attrs.get("nucleiseg"), dict) and "source" in attrs["nucleiseg"]
-    # Its own files: the levels and zarr's metadata (a consolidated .zmetadata too); other
-    # hidden files are a file browser's (.DS_Store), not data.
-    levels_only = all(e.startswith(".") or e.isdigit() for e in entries)
-    return None if ours and levels_only else refuse
+    # Its own files: the level folders and zarr's metadata (a consolidated .zmetadata too),
+    # and a file browser's hidden files (.DS_Store, ._*), which are not data.
+    own = (".zattrs", ".zgroup", ".zmetadata", ".DS_Store")
+
+    def expected(entry: Path) -> bool:
+        if entry.is_dir():
+            return entry.name.isdigit()
+        return entry.name in own or entry.name.startswith("._")
+
+    return None if ours and all(map(expected, entries)) else refuse
 
 
 #: Temporary folders :func:`write_together` writes in: ``.nucleiseg-<pid>-<random>.tmp``.
@@ -249,16 +256,23 @@ def write_together(files: dict[Path, Callable[[Path], None]]) -> list[Path]:
                 pass
         stranded = []
         for kept, target in replaced:
+            if not kept.exists():
+                continue
             try:
-                if kept.exists():
-                    os.replace(kept, target)
+                os.replace(kept, target)
             except OSError:
-                stranded.append(kept)  # its folder is kept: the earlier result is in it
+                # Out of the temporary folder, which a later run clears, under a visible name.
+                earlier = target.with_name(f"{target.name}.earlier")
+                try:
+                    os.replace(kept, earlier)
+                    stranded.append(earlier)
+                except OSError:
+                    stranded.append(kept)
         for d in tmp_dirs.values():
             if not any(k.parent == d for k in stranded):
                 shutil.rmtree(d, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, SlideError):
-            kept_note = "".join(f"; the earlier {k.name[:-9]} is kept as {k}" for k in stranded)
+            kept_note = "".join(f"; the earlier result is kept as {k}" for k in stranded)
             raise OutputError(
                 current, f"cannot write ({describe_os_error(exc)}){kept_note}"
             ) from None

@@ -244,10 +244,13 @@ def segment_region(
     if max_megapixels is None:
         max_megapixels = MAX_VIEW_MEGAPIXELS
     if plan.megapixels > max_megapixels:
-        # The view as the user sees it (the part on the slide), not the margins read around it.
+        # The view as the user sees it (the part on the slide), not the margins read around it;
+        # the zoom that brings it under the limit, those margins (which do not shrink) included.
         x0, y0, x1, y1 = plan.box
         w, h = round((x1 - x0) / plan.downsample), round((y1 - y0) / plan.downsample)
-        zoom = math.sqrt(plan.megapixels / max_megapixels)
+        zoom = 1.1
+        while (w / zoom + 2 * plan.halo) * (h / zoom + 2 * plan.halo) / 1e6 > max_megapixels:
+            zoom += 0.1
         raise RegionTooLargeError(
             f"{slide.path.name}: the view is {w} x {h} px at the model's {plan.mpp:.3g} µm/px "
             f"({plan.megapixels:.1f} MP with the context read around it, more than "

@@ -174,20 +174,16 @@ def _chunk_encoding(array: Path, meta: dict) -> dict | None:
 
     nbytes = math.prod(meta["chunks"]) * np.dtype(meta["dtype"]).itemsize
 
-    chunk = next(
-        (Path(r, f) for r, _, files in os.walk(array) for f in files if not f.startswith(".")),
-        None,
-    )
-    if chunk is None:
-        return None
-    data = chunk.read_bytes()
-    for config in _CODEC_FAMILIES:
-        try:
-            raw = data if config is None else numcodecs.get_codec(dict(config)).decode(data)
-        except Exception:  # noqa: BLE001 (not this codec: try the next)
-            continue
-        if len(memoryview(raw).cast("B")) == nbytes:
-            return {"compressor": config, "filters": None}
+    chunks = [Path(r, f) for r, _, files in os.walk(array) for f in files if not f.startswith(".")]
+    for chunk in chunks[:5]:  # a few: one chunk may itself be damaged
+        data = chunk.read_bytes()
+        for config in _CODEC_FAMILIES:
+            try:
+                raw = data if config is None else numcodecs.get_codec(dict(config)).decode(data)
+            except Exception:  # noqa: BLE001 (not this codec: try the next)
+                continue
+            if len(memoryview(raw).cast("B")) == nbytes:
+                return {"compressor": config, "filters": None}
     return None
 
 
@@ -228,8 +224,10 @@ def repair_array_metadata(path: Path, fill) -> list[str]:
                 problem = "describes another shape, chunking or type"
                 reference = {**reference, **{k: have[k] for k in _ENCODING if k in have}}
             elif want.name == ".zarray":
-                found_encoding = encoding or _chunk_encoding(
-                    path / want.parent.relative_to(ref), reference
+                # Its own chunks first: another array of the store (a heatmap's tissue mask,
+                # written again by this version) may be encoded otherwise.
+                found_encoding = (
+                    _chunk_encoding(path / want.parent.relative_to(ref), reference) or encoding
                 )
                 reference = {**reference, **(found_encoding or {})}
             target = path / want.relative_to(ref)
