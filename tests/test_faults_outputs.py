@@ -377,3 +377,13 @@ def test_a_value_that_is_no_number_is_named_in_words(capsys):
         .err.splitlines()[-1]
         .endswith("error: argument --mpp: must be a number, got 'abc'")
     )
+
+
+def test_normalize_refuses_a_folder_that_is_no_project(png, tmp_path, capsys):
+    """Was: the folder was ignored and the shipped normaliser ran, exit 0."""
+    image, out = png("tile.png"), tmp_path / "n.png"
+    code, _, err = cli(
+        capsys, "normalize", image, "--mpp", 0.5, "--method", "learned",
+        "--project", tmp_path / "no-project", "--out", out,
+    )  # fmt: skip
+    assert code == 1 and "not a napari-nucleiseg project" in err[-1] and not out.exists()

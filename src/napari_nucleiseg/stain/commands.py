@@ -149,6 +149,13 @@ def normalize_file(
     if not learned and target is None:
         raise StainError("give --target (a reference image, folder or profile .json)")
     check_outputs(input_path, out, save_profile, target)
+    if project is not None:  # a folder that is no project was ignored: the shipped one ran
+        from ..project import Project, ProjectError
+
+        try:
+            Project(project)
+        except ProjectError as exc:
+            raise StainError(str(exc)) from None
     if learned:
         from .learned_normaliser import load_learned
 
