@@ -298,6 +298,7 @@ def cmd_retrain(args) -> int:
     from ..models import WeightsError
     from ..project import Project, ProjectError
     from ..training.retrain import RetrainConfig, retrain
+    from .main import end_distributed_process
     from .progress import follow_training
 
     quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks for all
@@ -341,6 +342,7 @@ def cmd_retrain(args) -> int:
         if result.get("note"):
             print(f"note: {result['note']}", file=sys.stderr)
         print(json.dumps(result))
+    end_distributed_process(0)  # under torchrun: no teardown abort after the work is done
     return 0
 
 
