@@ -155,9 +155,9 @@ def build_form(panel, items, tail=(), min_width: int = 300):
     order, inside a scroll area (:func:`scrolled`): a control with a label gets a labelled row;
     a button, or a row of them (a Container), spans the panel, because in a labelled row it sits
     in the value column and its text is cut ("eatmap of vie"), and so does a message (a
-    Label). ``tail``: widgets (magicgui or
-    Qt) added full width after them (status lines, a plot). Returns ``(form, full_width)``:
-    the labelled Container, and the items given a row of their own."""
+    Label, which wraps). ``tail``: widgets (magicgui or Qt) added full width after them (status
+    lines, a plot). Returns ``(form, full_width)``: the labelled Container, and the items given
+    a row of their own."""
     from magicgui.widgets import Container, Label, PushButton
     from qtpy.QtWidgets import QSizePolicy
 

@@ -136,10 +136,8 @@ class ProjectWidget(Container):
         self._rollback = PushButton(text="Back to the previous model")
         self._status = Label(value="")
         self.plot = LossPlot()
-        for label in (self._summary, self._status):
-            label.native.setWordWrap(True)
         # The summary and the messages span the panel (a labelled row would squeeze them into
-        # the value column, cut off), as do the buttons.
+        # the value column, cut off), as do the buttons; build_form wraps them.
         self._form, self._rows = build_form(
             self,
             [

@@ -102,7 +102,6 @@ class TissueWidget(Container):
         self._cancel = PushButton(text="Cancel")
         train_buttons = Container(layout="horizontal", widgets=[self._train, self._resume])
         self._status = Label(value="")
-        self._status.native.setWordWrap(True)
         self.plot = LossPlot()
         self._form, self._rows = build_form(
             self,

@@ -338,15 +338,21 @@ def end_distributed_process(code: int) -> None:
     os._exit(code)
 
 
+def _number(text, kind=float):
+    """``kind(text)`` for an option's value; argparse's own words for a failure would name the
+    checking function ("invalid _mpp value")."""
+    try:
+        return kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
 def _positive(kind):
     def parse(text):
         import math
 
-        try:
-            value = kind(text)
-        except ValueError:  # argparse's own words would name this function: "invalid parse"
-            what = "a whole number" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        value = _number(text, kind)
         # NaN compares false with everything, so "not > 0" (not "<= 0") refuses it too.
         if not (value > 0 and math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"must be greater than 0 and finite, got {text}")
@@ -359,10 +365,7 @@ def _share(text):
     """A share between 0 and 1 inclusive."""
     import math
 
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    value = _number(text)
     if not (0 <= value <= 1 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value

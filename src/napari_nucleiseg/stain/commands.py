@@ -84,10 +84,10 @@ def check_outputs(input_path, out_path, save_profile=None, target=None) -> None:
     """Refuse, before any work, outputs that would overwrite an input or each other, or whose
     folder cannot be made (``OutputError``/``SlideError`` naming the output)."""
     from ..io import SlideError
-    from ..io.output import OutputError, check_output_file, replaceable_image_store
+    from ..io.output import OutputError, check_output_file, replaceable_image_store, same_file
 
     def same(a, b) -> bool:
-        return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+        return a is not None and b is not None and same_file(a, b)
 
     out = Path(out_path)
     if same(out, input_path):

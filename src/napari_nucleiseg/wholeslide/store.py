@@ -145,12 +145,12 @@ def _read_json(path: Path):
 
 
 def _store_encoding(path: Path) -> dict | None:
-    """How the store at ``path`` encodes chunks, from any readable ``.zarray`` in it."""
-    for root, _, files in os.walk(path):
-        if ".zarray" in files:
-            value, _ = _read_json(Path(root, ".zarray"))
-            if value is not None:
-                return {k: value[k] for k in _ENCODING if k in value}
+    """How the store at ``path`` encodes chunks, from any readable ``.zarray`` of its arrays
+    (folders at its top: walking the whole store would list every chunk)."""
+    for array in sorted(p for p in path.iterdir() if p.is_dir()):
+        value, _ = _read_json(array / ".zarray")
+        if value is not None:
+            return {k: value[k] for k in _ENCODING if k in value}
     return None
 
 
@@ -167,6 +167,7 @@ def _chunk_encoding(array: Path, meta: dict) -> dict | None:
     """The compressor that decodes a chunk of the array folder ``array`` (described by the
     ``.zarray`` dict ``meta``) into a whole chunk, when no metadata in the store says; None
     when it has no chunk to try (nothing to misread) or none fits."""
+    import itertools
     import math
 
     import numcodecs
@@ -174,8 +175,8 @@ def _chunk_encoding(array: Path, meta: dict) -> dict | None:
 
     nbytes = math.prod(meta["chunks"]) * np.dtype(meta["dtype"]).itemsize
 
-    chunks = [Path(r, f) for r, _, files in os.walk(array) for f in files if not f.startswith(".")]
-    for chunk in chunks[:5]:  # a few: one chunk may itself be damaged
+    chunks = (Path(r, f) for r, _, files in os.walk(array) for f in files if not f[0] == ".")
+    for chunk in itertools.islice(chunks, 5):  # a few: one may itself be damaged; not all
         data = chunk.read_bytes()
         for config in _CODEC_FAMILIES:
             try:
@@ -213,7 +214,6 @@ def repair_array_metadata(path: Path, fill) -> list[str]:
             if name in (".zgroup", ".zarray", ".zattrs") and not (name == ".zattrs" and root == ref)
         ]
         found = {w: _read_json(path / w.relative_to(ref)) for w in wanted}
-        encoding = _store_encoding(path)
         for want, (have, problem) in found.items():
             reference = json.loads(want.read_text())
             if have is not None:
@@ -226,9 +226,9 @@ def repair_array_metadata(path: Path, fill) -> list[str]:
             elif want.name == ".zarray":
                 # Its own chunks first: another array of the store (a heatmap's tissue mask,
                 # written again by this version) may be encoded otherwise.
-                found_encoding = (
-                    _chunk_encoding(path / want.parent.relative_to(ref), reference) or encoding
-                )
+                found_encoding = _chunk_encoding(
+                    path / want.parent.relative_to(ref), reference
+                ) or _store_encoding(path)
                 reference = {**reference, **(found_encoding or {})}
             target = path / want.relative_to(ref)
             target.parent.mkdir(parents=True, exist_ok=True)
