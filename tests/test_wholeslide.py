@@ -236,6 +236,49 @@ def test_cancelled_in_process_run_resumes_to_the_same_result(ws_slide, reference
     _assert_identical(_snapshot(tmp_path), reference)
 
 
+@pytest.mark.parametrize("segmented", [8, 24])
+def test_an_unfinished_store_counts_the_nuclei_it_shows_and_shows_the_final_merge(
+    ws_slide, reference, tmp_path, segmented
+):
+    """What the Nuclei panel shows of a cancelled run (``layers.slide_labels_so_far``): its count
+    is the number of nuclei drawn (it used to add every tile's owned nuclei, counting twice the
+    ones two tiles own at their shared edge: 562 for 550 drawn), and a chunk whose neighbouring
+    tissue tiles are all segmented is drawn as the finished run writes it."""
+    from napari_nucleiseg.io import open_slide
+    from napari_nucleiseg.layers import slide_labels_so_far
+    from napari_nucleiseg.wholeslide import segment_slide
+    from napari_nucleiseg.wholeslide.job import plan
+    from napari_nucleiseg.wholeslide.store import finished_keys
+
+    gen = segment_slide(ws_slide[0], tmp_path, method="classical", tile_um=TILE_UM, workers=1)
+    for p in gen:
+        if p.segmented >= segmented:
+            break
+    gen.close()
+    levels, tiles, nuclei = slide_labels_so_far(p.store)
+    shown = np.asarray(levels[0])
+    assert p.segmented <= tiles < p.total  # a tile in flight at Cancel may still be recorded
+    assert nuclei == len(np.unique(shown[shown > 0])) > 0
+
+    final = reference["levels"][0]
+    with open_slide(ws_slide[0]) as slide:
+        kwargs, tissue, _ = plan(slide, method="classical", tile_um=TILE_UM)
+    done = {tuple(map(int, k.split("_"))) for k in finished_keys(p.store, "tiles")}
+    pending = set(map(tuple, tissue)) - done
+    tile, rows, cols = kwargs["tile"], kwargs["rows"], kwargs["cols"]
+    complete = [
+        (r, c)
+        for r in range(rows)
+        for c in range(cols)
+        if not any((r + dr, c + dc) in pending for dr in (-1, 0, 1) for dc in (-1, 0, 1))
+    ]
+    merged = finished_keys(p.store, "chunks")
+    assert any(f"{r}_{c}" not in merged and (r, c) in done for r, c in complete)
+    for r, c in complete:
+        box = np.s_[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
+        assert np.array_equal(shown[box], final[box]), (r, c)
+
+
 def test_sigkill_mid_slide_then_same_command_gives_the_same_result(ws_slide, reference, tmp_path):
     cmd = _cli_cmd(ws_slide[0], tmp_path)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

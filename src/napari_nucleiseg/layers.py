@@ -240,9 +240,10 @@ def slide_labels_so_far(
     ``cache`` (a dict) from one call to the next so only what changed is read again.
 
     The store's level 0 holds the chunks already merged (a chunk is merged once the tiles around
-    it are segmented); every other chunk shows the nuclei the segmented tiles recorded, placed
-    as the merge places them (the first tile's nucleus wins where two overlap). So the nuclei
-    counted so far are the nuclei shown. For a slide up to :data:`LIVE_OVERVIEW_MAX_PX` the
+    it are segmented); every other chunk is merged here, in memory, from the segmented tiles
+    around it, by the job's own rule (``wholeslide.tasks.merge_chunk``). So the nuclei counted
+    so far are the nuclei shown, and a chunk whose neighbours are all segmented shows what the
+    finished store will hold. For a slide up to :data:`LIVE_OVERVIEW_MAX_PX` the
     levels from ×2 down are computed here, in memory (the store's coarse levels are built only
     at the end, and napari would read them on the interface thread), so the nuclei show at every
     zoom; a larger slide gets one overview in memory (zoomed far out) and level 0 (zoomed in),
@@ -252,8 +253,8 @@ def slide_labels_so_far(
     import math
 
     from .wholeslide import open_labels
-    from .wholeslide.store import chunk_record, finished_keys
-    from .wholeslide.tasks import LOCAL_BITS, load_tile
+    from .wholeslide.store import StoreMismatchError, chunk_record, finished_keys, read_attrs
+    from .wholeslide.tasks import load_tile, merge_chunk
 
     cache = {} if cache is None else cache
     store = str(store)
@@ -262,6 +263,11 @@ def slide_labels_so_far(
     tile = int(level0.chunks[0][0])
     h, w = level0.shape[:2]
     rows, cols = math.ceil(h / tile), math.ceil(w / tile)
+    try:
+        halo = int(read_attrs(store)["nucleiseg"]["identity"]["halo_px"])
+    except (StoreMismatchError, KeyError, TypeError, ValueError):
+        # Any halo up to the largest a plan makes merges a chunk the same way.
+        halo = tile // 2
     tiles = finished_keys(store, "tiles")
     chunks = finished_keys(store, "chunks")
 
@@ -274,30 +280,23 @@ def slide_labels_so_far(
         ]
 
     def compose(r, c, sources):
+        """Chunk ``(r, c)`` merged from the segmented ``sources`` among its 3×3, as the job will
+        merge it, and how many of tile ``(r, c)``'s own nuclei it keeps (0 if not among them)."""
+
+        def records():
+            for rc in sorted(sources):  # raster order: the merge's
+                try:
+                    yield rc, load_tile(store, *rc, ("labels", "origin", "owned"))
+                except Exception:  # being rewritten, or damaged: the job redoes it; not shown
+                    continue
+
         y0, x0 = r * tile, c * tile
-        out = np.zeros((min(tile, h - y0), min(tile, w - x0)), level0.dtype)
-        for rr, cc in sorted(sources):
-            try:
-                rec = load_tile(store, rr, cc, ("labels", "origin"))
-            except Exception:  # being rewritten, or damaged: the job redoes it; not shown
-                continue
-            lab = rec["labels"]
-            if not lab.size:
-                continue
-            ox, oy = (int(v) for v in rec["origin"])
-            ya, xa = max(oy, y0), max(ox, x0)
-            yb = min(oy + lab.shape[0], y0 + out.shape[0])
-            xb = min(ox + lab.shape[1], x0 + out.shape[1])
-            if ya >= yb or xa >= xb:
-                continue
-            sub = lab[ya - oy : yb - oy, xa - ox : xb - ox]
-            window = out[ya - y0 : yb - y0, xa - x0 : xb - x0]
-            place = (sub > 0) & (window == 0)
-            base = (rr * cols + cc) << LOCAL_BITS
-            window[place] = base + sub[place].astype(out.dtype)
-        return out
+        core = (x0, y0, min(x0 + tile, w), min(y0 + tile, h))
+        labels, kept_ids = merge_chunk(core, halo, level0.dtype, cols, records())
+        return labels, len(kept_ids.get((r, c), ()))
 
     pending = {}
+    kept_own = {}
     near = {nb for key in tiles for nb in around(*map(int, key.split("_")))}
     for r, c in near:
         if f"{r}_{c}" in chunks:
@@ -305,8 +304,9 @@ def slide_labels_so_far(
         sources = frozenset(rc for rc in around(r, c) if f"{rc[0]}_{rc[1]}" in tiles)
         hit = cache.get(("pending", r, c))
         if hit is None or hit[0] != sources:
-            hit = cache[("pending", r, c)] = (sources, compose(r, c, sources))
+            hit = cache[("pending", r, c)] = (sources, *compose(r, c, sources))
         pending[(r, c)] = hit[1]
+        kept_own[(r, c)] = hit[2]
 
     def block(data, block_info=None):
         r, c = block_info[0]["chunk-location"]
@@ -317,11 +317,9 @@ def slide_labels_so_far(
     so_far = level0.map_blocks(block, dtype=level0.dtype)
     nuclei = 0
     for key in tiles if count else ():
-        if key not in chunks:
-            try:
-                nuclei += int(load_tile(store, *map(int, key.split("_")), ("owned",))["owned"])
-            except Exception:  # being rewritten, or damaged: not counted, not shown
-                pass
+        if key not in chunks:  # its nuclei the merge keeps so far (a tile's "owned" counts twice
+            # the nuclei near its edge that a neighbour also owns)
+            nuclei += kept_own.get(tuple(map(int, key.split("_"))), 0)
     for key in chunks if count else ():
         try:
             nuclei += len(json.loads(chunk_record(store, key).read_text())["kept"])

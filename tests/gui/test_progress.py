@@ -68,7 +68,7 @@ def test_tiles_counted_as_they_finish_cancel_shows_them_and_the_next_run_resumes
     (layer,) = _slide_layer(viewer)
     shown = np.asarray(layer.data[0])
     ids = np.unique(shown[shown > 0])
-    assert len(ids) == pytest.approx(nuclei, rel=0.05)
+    assert len(ids) == nuclei  # the count is of the nuclei drawn
     # Every progress line counted tiles segmented, never fewer than the last one.
     counts = [s for s, _, _ in seen]
     assert counts == sorted(counts) and counts[-1] >= 1

@@ -189,21 +189,24 @@ def load_tile(job_store, r: int, c: int, fields=None) -> dict:
 
 
 # --------------------------------------------------------------------------- 2. merge into a chunk
-def write_chunk(job: Job, r: int, c: int, sources: list[tuple[int, int]]) -> dict:
-    """Merge the owned nuclei of ``sources`` (the tissue tiles among the 3×3 around ``(r, c)``)
-    into level-0 chunk ``(r, c)``. Returns ``{"kept": n kept of tile (r, c), "nonzero": bool}``."""
-    import zarr
+def merge_chunk(
+    core: tuple[int, int, int, int], halo: int, dtype, cols: int, records
+) -> tuple[np.ndarray, dict[tuple[int, int], np.ndarray]]:
+    """The merge of one level-0 chunk, in memory: ``(labels of the chunk, {tile: ids kept})``.
 
+    ``core`` is the chunk's box (x0, y0, x1, y1); ``records`` yields ``((rr, cc), record)`` for
+    the segmented tiles among the 3×3 around it, in raster order (the merge order), each record
+    holding ``labels``, ``origin`` and ``owned``. The running job writes what this returns; the
+    Nuclei panel shows it for chunks not written yet, so what it counts is what it shows and,
+    once every neighbour is segmented, what the finished store will hold."""
     from ..tiling import kept, overlap
 
-    x0, y0, x1, y1 = job.core(r, c)
-    h = job.halo
-    ex0, ey0 = x0 - h, y0 - h  # every nucleus that matters here lies in the core plus one halo
-    covered = np.zeros((y1 - y0 + 2 * h, x1 - x0 + 2 * h), bool)
-    final = np.zeros((y1 - y0, x1 - x0), np.dtype(job.dtype))
-    kept_own: list[int] = []
-    for rr, cc in sorted(sources, key=lambda rc: job.index(*rc)):
-        rec = load_tile(job.store, rr, cc, ("labels", "origin", "owned"))
+    x0, y0, x1, y1 = core
+    ex0, ey0 = x0 - halo, y0 - halo  # every nucleus that matters here lies in core plus one halo
+    covered = np.zeros((y1 - y0 + 2 * halo, x1 - x0 + 2 * halo), bool)
+    final = np.zeros((y1 - y0, x1 - x0), np.dtype(dtype))
+    kept_ids: dict[tuple[int, int], np.ndarray] = {}
+    for (rr, cc), rec in records:
         lab = rec["labels"]
         if not lab.size:
             continue
@@ -215,17 +218,29 @@ def write_chunk(job: Job, r: int, c: int, sources: list[tuple[int, int]]) -> dic
             (ex0, ey0, ex0 + covered.shape[1], ey0 + covered.shape[0]), (ox, oy, lab.shape)
         )
         keep = kept(lab[lv], covered[ev], k) if ev is not None else np.zeros(k + 1, bool)
-        if (rr, cc) == (r, c):
-            kept_own = (np.nonzero(keep)[0]).tolist()
+        kept_ids[(rr, cc)] = np.nonzero(keep)[0]
         cv, lc = overlap((x0, y0, x1, y1), (ox, oy, lab.shape))
         if cv is not None:
             sub = lab[lc]
             window = final[cv]
             place = keep[sub] & (window == 0)
-            base = np.array(job.index(rr, cc) << LOCAL_BITS, dtype=final.dtype)
+            base = np.array((rr * cols + cc) << LOCAL_BITS, dtype=final.dtype)
             window[place] = base + sub[place].astype(final.dtype)
         if ev is not None:
             covered[ev] |= lab[lv] > 0
+    return final, kept_ids
+
+
+def write_chunk(job: Job, r: int, c: int, sources: list[tuple[int, int]]) -> dict:
+    """Merge the owned nuclei of ``sources`` (the tissue tiles among the 3×3 around ``(r, c)``)
+    into level-0 chunk ``(r, c)``. Returns ``{"kept": n kept of tile (r, c), "nonzero": bool}``."""
+    import zarr
+
+    x0, y0, x1, y1 = job.core(r, c)
+    ordered = sorted(sources, key=lambda rc: job.index(*rc))
+    records = ((rc, load_tile(job.store, *rc, ("labels", "origin", "owned"))) for rc in ordered)
+    final, kept_ids = merge_chunk((x0, y0, x1, y1), job.halo, job.dtype, job.cols, records)
+    kept_own = kept_ids.get((r, c), np.zeros(0, int)).tolist()
     arr = zarr.open_array(str(_level_path(job.store, 0)), mode="r+")
     arr[y0:y1, x0:x1] = final
     fsync_path(chunk_file(job.store, 0, r, c))
