@@ -25,8 +25,12 @@ def _controls(panel):
                 out.append(w.native)
 
     walk(panel._form)
+    # The items build_form gave a row of their own: buttons, messages, rows of buttons.
     for row in getattr(panel, "_rows", ()):
-        walk(row)
+        if isinstance(row, Container):
+            walk(row)
+        else:
+            out.append(row.native)
     for extra in ("table", "progress"):
         if hasattr(panel, extra):
             out.append(getattr(panel, extra))
@@ -218,6 +222,10 @@ def test_all_five_panels_keep_the_window_on_screen_and_their_buttons_readable(
                 assert room >= 0, (name, button.text(), button.width(), size)
                 # ... and not beyond the panel's right edge (a form wider than its dock).
                 assert _across_in_view(button), (name, button.text(), size)
+        # A long slide name is cut in the narrow drop-down: its tooltip names it whole.
+        box = getattr(panel, "_layer", None)
+        if box is not None and box.value is not None:
+            assert box.tooltip == box.value.name, (name, box.tooltip)
 
 
 def _across_in_view(widget) -> bool:

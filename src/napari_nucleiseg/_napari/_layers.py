@@ -135,6 +135,21 @@ def scrolled(panel, form) -> None:
     panel.scroll_area = area
 
 
+def slide_layer_box(choices):
+    """The panels' "slide layer" drop-down. A docked panel is narrow, so a long slide name is
+    cut ("CMU-1-Small-Reg"): its tooltip names the layer chosen in full."""
+    from magicgui.widgets import ComboBox
+
+    box = ComboBox(label="slide layer", choices=choices)
+
+    def name(_=None):
+        box.tooltip = getattr(box.value, "name", None) or "the slide to work on"
+
+    box.changed.connect(name)
+    name()
+    return box
+
+
 def path_field(**kwargs):
     """A magicgui ``FileEdit`` whose button reads "…" (tooltip: what it chooses). magicgui's
     "Choose directory" button took most of a docked row: the path beside it was about 20 px
@@ -146,6 +161,7 @@ def path_field(**kwargs):
     field.choose_btn.text = "…"
     field.choose_btn.tooltip = f"Choose {what or 'a file'}"
     field.choose_btn.native.setMaximumWidth(36)
+    field.choose_btn.native.setMinimumWidth(28)  # a narrow column squeezed it into the field
     field.line_edit.native.setMinimumWidth(120)
     return field
 

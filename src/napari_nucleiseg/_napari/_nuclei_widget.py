@@ -34,6 +34,7 @@ from ._layers import (
     path_field,
     put_layer,
     scrolled,
+    slide_layer_box,
     slide_layers,
     tag,
 )
@@ -80,7 +81,7 @@ class NucleiWidget(Container):
         super().__init__(labels=False)
         self._form = Container(labels=True)
         self.viewer = napari_viewer
-        self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
+        self._layer = slide_layer_box(self._slide_choices)
         self._method = ComboBox(label="method", choices=_methods, value=default_method_name())
         from ..methods.learned import DETECTION_RANGE
 

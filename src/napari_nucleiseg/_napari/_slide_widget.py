@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton
+from magicgui.widgets import Container, FloatSpinBox, Label, PushButton
 
 from ._jobs import JobRunner
 from ._layers import (
@@ -19,6 +19,7 @@ from ._layers import (
     path_field,
     put_layer,
     scrolled,
+    slide_layer_box,
     tag,
 )
 
@@ -36,7 +37,7 @@ class SlideWidget(Container):
         self.viewer = napari_viewer
         self._file = path_field(label="slide", mode="r", filter=SLIDE_FILTER)
         self._open = PushButton(text="Open slide")
-        self._layer = ComboBox(label="slide layer", choices=self._slide_layer_choices)
+        self._layer = slide_layer_box(self._slide_layer_choices)
         self._info = Label(value="No slide open.")
         self._mpp = FloatSpinBox(
             label="µm/px override",

@@ -34,12 +34,13 @@ from ..stain.learned_normaliser import DEFAULT_CALIBRATION
 from ..stain.profile import STAIN_METHODS
 from ._jobs import JobRunner
 from ._layers import (
+    build_form,
     find_layers,
     just_above,
     open_layer_slide,
     path_field,
     put_layer,
-    scrolled,
+    slide_layer_box,
     slide_layers,
 )
 
@@ -52,9 +53,8 @@ METHODS = (*STAIN_METHODS, LEARNED)
 class StainWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=False)
-        self._form = Container(labels=True)
         self.viewer = napari_viewer
-        self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
+        self._layer = slide_layer_box(self._slide_choices)
         self._method = ComboBox(label="method", choices=list(METHODS), value=METHODS[0])
         self._model = ComboBox(
             label="model",
@@ -88,7 +88,10 @@ class StainWidget(Container):
         )
         self._save = PushButton(text="Save profile")
         self._channels = PushButton(text="Show H / E / DAB channels")
-        self._form.extend(
+        # Buttons and the message span the panel (in a labelled row the message began in the
+        # value column, a third of the way across); build_form wraps the message.
+        self._form, self._rows = build_form(
+            self,
             [
                 self._layer,
                 self._method,
@@ -103,19 +106,15 @@ class StainWidget(Container):
                 self._profile_path,
                 self._save,
                 self._channels,
-            ]
+            ],
+            min_width=270,
         )
-        from qtpy.QtWidgets import QProgressBar, QSizePolicy
+        from qtpy.QtWidgets import QProgressBar
 
-        self._status.native.setWordWrap(True)
-        self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self._form.native.setMinimumWidth(270)
-        scrolled(self, self._form)
         self.native.setMinimumHeight(160)  # stacked with other docks: still usable
         self.progress = QProgressBar()
         layout = self._form.native.layout()
-        layout.insertWidget(layout.indexOf(self._status.native.parentWidget()) + 1, self.progress)
-        layout.addStretch(1)
+        layout.insertWidget(layout.indexOf(self._status.native) + 1, self.progress)
         self.jobs = JobRunner(self._set_status, self._cancel, bar=self.progress)
         self.normaliser = None  # fitted on the reference
         self.adapted = None  # ... and adapted to the slide shown normalised

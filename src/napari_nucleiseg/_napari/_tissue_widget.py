@@ -28,6 +28,7 @@ from ._layers import (
     find_layers,
     open_layer_slide,
     path_field,
+    slide_layer_box,
     slide_layers,
     tag,
 )
@@ -53,14 +54,20 @@ class TissueWidget(Container):
         super().__init__(labels=False)
         self.viewer = napari_viewer
         self.project = None
-        self._layer = ComboBox(label="slide layer", choices=self._slide_choices)
+        self._layer = slide_layer_box(self._slide_choices)
         self._folder = path_field(label="project folder", mode="d")
         self._open = PushButton(text="Open or create project")
         self._tags = LineEdit(label="tags", value=DEFAULT_TAGS)
         self._tag = ComboBox(label="outline as", choices=self._tag_choices)
         self._draw = PushButton(text="Draw outlines")
         self._add = PushButton(text="Add outlines to the project")
-        self._mpp = FloatSpinBox(label="patches at (µm/px)", min=0.25, max=8.0, value=1.0)
+        self._mpp = FloatSpinBox(
+            label="patch µm/px",
+            min=0.25,
+            max=8.0,
+            value=1.0,
+            tooltip="the µm/px the classifier is trained and run at",
+        )
         self._minutes = FloatSpinBox(label="train for (min)", min=0.2, max=600, value=5.0)
         self._loss = ComboBox(
             label="pixel loss",
@@ -80,13 +87,13 @@ class TissueWidget(Container):
             "checkpoint, for the time it had left"
         )
         self._threshold = FloatSpinBox(
-            label="tumour outline at p ≥",
+            label="outline at p ≥",
             min=0.05,
             max=0.95,
             step=0.05,
             value=0.5,
-            tooltip="when the slide's heatmap ends, its tumour regions are outlined at this "
-            "probability and written as QuPath annotations beside the heatmap store",
+            tooltip="when the slide's heatmap ends, its tumour regions (tumour probability at "
+            "least this) are outlined and written as QuPath annotations beside the heatmap store",
         )
         self._heat_view = PushButton(text="Heatmap of view")
         self._heat_slide = PushButton(text="Heatmap of slide")
