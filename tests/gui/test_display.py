@@ -150,6 +150,21 @@ def test_open_without_a_file_asks_for_one_and_messages_use_the_users_words(
     assert "--mpp" not in in_user_words("x.svs: states no µm/px; give it with --mpp (e.g. 0.25)")
 
 
+def test_open_slide_on_a_slide_already_open_selects_it(make_napari_viewer, demo):
+    """The field shows the open slide's file, so Open slide used to add it again ("[1]")."""
+    from napari_nucleiseg._napari._slide_widget import SlideWidget
+
+    viewer = make_napari_viewer()
+    widget = SlideWidget(viewer)
+    (slide,) = viewer.open(str(demo.slide), plugin="napari-nucleiseg")
+    viewer.layers.selection.active = None
+    assert str(widget._file.value) == str(demo.slide)
+    widget._open.clicked.emit()
+    assert [l for l in viewer.layers] == [slide]
+    assert viewer.layers.selection.active is slide and widget._layer.value is slide
+    assert "already open" in widget._status.value
+
+
 @pytest.mark.parametrize("panel", ["Nuclei", "Stain", "Slide"])
 def test_the_scale_bar_is_on_whenever_a_panel_opens(make_napari_viewer, panel):
     from napari_nucleiseg._napari._start import _scale_bar

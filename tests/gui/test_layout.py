@@ -126,6 +126,7 @@ def test_table_headers_read_with_units_and_need_no_sideways_scroll(
     from qtpy.QtCore import Qt
 
     from napari_nucleiseg._napari._start import first_screen
+    from napari_nucleiseg._napari._table import DEFAULT_COLUMNS
     from napari_nucleiseg.segmentation.measure import COLUMNS
 
     viewer = make_napari_viewer(show=True)
@@ -160,6 +161,22 @@ def test_table_headers_read_with_units_and_need_no_sideways_scroll(
         if not table.isColumnHidden(i):
             text = table.model().data(table.model().index(0, i))
             assert header.sectionSize(i) >= table.fontMetrics().horizontalAdvance(text), text
+    # Every column shown (more than fit a docked panel): each keeps its readable width, and
+    # the table scrolls sideways instead of cutting them ("olidit", "0…").
+    for name in table.columns._names:
+        table.show_column(name)
+    qtbot.wait(100)
+    assert table.horizontalScrollBar().maximum() > 0
+    for i, name in enumerate(table.columns._names):
+        text = table.model().headerData(i, Qt.Orientation.Horizontal)
+        widest = max(metrics.horizontalAdvance(line) for line in text.split("\n"))
+        value = table.model().data(table.model().index(0, i))
+        assert header.sectionSize(i) >= widest + 4, (name, header.sectionSize(i), widest)
+        assert header.sectionSize(i) >= table.fontMetrics().horizontalAdvance(value), value
+    for name in table.columns._names:  # back to the default: they fit, and share the width
+        table.show_column(name, name in DEFAULT_COLUMNS)
+    qtbot.wait(100)
+    assert table.horizontalScrollBar().maximum() == 0
     # Short ids: rows numbered 1..n; the stored id is kept as data (and in the tooltip).
     assert table.columns.row(0)["#"] == 1 and table.columns.row(0)["label"] == 65543
     tip = table.model().data(table.model().index(0, 0), Qt.ItemDataRole.ToolTipRole)

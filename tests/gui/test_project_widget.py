@@ -19,8 +19,10 @@ def panels(make_napari_viewer, demo, tmp_path, qtbot):
     from napari_nucleiseg._napari._project_widget import ProjectWidget
 
     viewer = make_napari_viewer()
-    nuclei = NucleiWidget(viewer)
-    project = ProjectWidget(viewer)
+    # Docked as the Plugins menu docks them: napari hands each panel its viewer in a proxy.
+    _, nuclei = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei")
+    _, project = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Project")
+    assert isinstance(nuclei, NucleiWidget) and isinstance(project, ProjectWidget)
     viewer.open_sample("napari-nucleiseg", "demo_slide")
     slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
     nuclei._layer.value = slide
@@ -342,3 +344,27 @@ def test_normaliser_training_is_started_reported_and_resumed(project_panel, qtbo
     assert closed == [1, 2, 3] and panel.project.current_model("normaliser") is None
     assert "cancelled after" in panel._status.value
     assert "the project's normaliser is unchanged" in panel._status.value
+
+
+def test_docked_panels_act_on_the_selected_layer(make_napari_viewer, demo, tmp_path):
+    """Was: napari wraps a docked panel's viewer in a proxy that wraps every layer read through
+    it anew, so the Project panel's "is this the selected layer" never matched and it acted on
+    the top layer (Accept stored an uncorrected view; "Mark as reference" marked another
+    slide), and a newly opened slide stayed unchosen in the Nuclei and Stain panels."""
+    viewer = make_napari_viewer()
+    panels = {
+        name: viewer.window.add_plugin_dock_widget("napari-nucleiseg", name)[1]
+        for name in ("Nuclei", "Stain", "Slide", "Tissue", "Project")
+    }
+    (first,) = viewer.open(str(demo.slide), plugin="napari-nucleiseg")
+    copy = tmp_path / "second.tif"
+    copy.write_bytes(Path(demo.slide).read_bytes())
+    (second,) = viewer.open(str(copy), plugin="napari-nucleiseg")
+    for name, panel in panels.items():
+        assert panel.viewer is viewer, name
+        if hasattr(panel, "_layer"):  # the slide opened last is every panel's slide
+            assert panel._layer.value is second, name
+    viewer.layers.selection.active = first
+    assert panels["Project"].slide_layer() is first
+    viewer.layers.selection.active = second
+    assert panels["Project"].slide_layer() is second

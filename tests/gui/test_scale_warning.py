@@ -21,12 +21,12 @@ def _open(viewer, qtbot, name, mpp=None):
         slides._mpp.value = mpp
         slides._apply_mpp.clicked.emit()
     nuclei._layer.value = layer
-    return nuclei
+    return nuclei, slides
 
 
 def test_a_wrong_mpp_is_flagged_after_the_whole_slide(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
-    nuclei = _open(viewer, qtbot, "tcga-cr-7395-01a-01-ts1.svs", mpp=0.5)
+    nuclei, slides = _open(viewer, qtbot, "tcga-cr-7395-01a-01-ts1.svs", mpp=0.5)
     nuclei._out.value = tmp_path
     nuclei._run_slide.clicked.emit()
     qtbot.waitUntil(lambda: nuclei.scale_verdict is not None, timeout=600_000)
@@ -43,11 +43,14 @@ def test_a_wrong_mpp_is_flagged_after_the_whole_slide(make_napari_viewer, qtbot,
     assert meta["mpp"] == pytest.approx(float(f"{verdict.suggested_mpp:.2g}"))
     assert meta["mpp_source"] == "override" and tuple(slide.scale) == (meta["mpp"],) * 2
     assert nuclei._use_mpp.native.isHidden() and "segment again" in nuclei._status.value
+    # The Slide panel shows the µm/px now in use (it went on showing the old override).
+    assert slides._mpp.value == pytest.approx(meta["mpp"])
+    assert f"{meta['mpp']:.4g} µm/px (override)" in slides._info.value
 
 
 def test_the_right_mpp_is_not_flagged(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
-    nuclei = _open(viewer, qtbot, "CMU-1-Small-Region.svs")
+    nuclei, _ = _open(viewer, qtbot, "CMU-1-Small-Region.svs")
     viewer.scene.camera.center = (1480 * 0.499, 1110 * 0.499)
     viewer.scene.camera.zoom = 0.6 / 0.499
     nuclei._run_view.clicked.emit()

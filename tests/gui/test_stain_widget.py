@@ -76,7 +76,9 @@ def test_fit_on_the_view_and_show_the_slide_normalised_lazily(panel, qtbot, tmp_
     # Toggling off hides it; a new fit replaces it instead of adding another.
     _show(qtbot, widget, False)
     assert not norm.visible
-    _show(qtbot, widget)
+    _show(qtbot, widget)  # ticked again: shown again (it stayed hidden, the status saying shown)
+    (norm,) = _kind(viewer, "stain_normalised")
+    assert norm.visible and "shown normalised" in widget._status.value
     widget._method.value = "reinhard"
     _fit(qtbot, widget)
     (again,) = _kind(viewer, "stain_normalised")
@@ -144,6 +146,10 @@ def test_stain_messages_instead_of_crashes(make_napari_viewer, panel, qtbot, tmp
     _show(qtbot, widget)
     assert any("Fit a normaliser first" in m for m in _messages()) and not widget._show.value
     widget._reference.value = widget._reference.choices[1]
+    widget._file.value = ""  # nothing chosen: was read as ".", and every image there fitted on
+    widget._fit.clicked.emit()
+    assert not widget.jobs.running and widget.normaliser is None
+    assert "Choose a reference image" in widget._status.value
     widget._file.value = tmp_path / "missing.json"
     widget._fit.clicked.emit()
     assert any("missing.json" in m for m in _messages())

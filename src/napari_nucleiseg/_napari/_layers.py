@@ -68,6 +68,16 @@ def just_above(viewer, layer) -> int:
     return viewer.layers.index(layer) + 1 if layer in viewer.layers else len(viewer.layers)
 
 
+def unproxied(viewer):
+    """The viewer itself. napari hands a plugin's panel its viewer wrapped in a
+    ``PublicOnlyProxy``, which wraps every object read through it anew: two reads of one layer
+    are two objects, so ``is``, ``id()`` and dicts keyed by layer never match. The panels rely on
+    them (which layer is selected, which result a table belongs to): under the proxy, the Project
+    panel stored the top layer instead of the selected one. Tests that build a panel on a viewer
+    directly never saw it."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 def slide_layers(viewer):
     """The slide layers open in ``viewer``, as (name, layer) choices for a combo box."""
     return [(lyr.name, lyr) for lyr in find_layers(viewer, "slide")]
@@ -135,9 +145,11 @@ def scrolled(panel, form) -> None:
     panel.scroll_area = area
 
 
-def slide_layer_box(choices):
-    """The panels' "slide layer" drop-down. A docked panel is narrow, so a long slide name is
-    cut ("CMU-1-Small-Reg"): its tooltip names the layer chosen in full."""
+def slide_layer_box(choices, viewer=None):
+    """The panels' "slide layer" drop-down. A slide opened in ``viewer`` becomes its choice, as
+    in every panel: it is the one the user looks at (a panel that kept the old one segmented a
+    hidden slide on Shift-S and drew its nuclei over the new one). A docked panel is narrow, so
+    a long slide name is cut ("CMU-1-Small-Reg"): the tooltip names the chosen slide in full."""
     from magicgui.widgets import ComboBox
 
     box = ComboBox(label="slide layer", choices=choices)
@@ -145,7 +157,19 @@ def slide_layer_box(choices):
     def name(_=None):
         box.tooltip = getattr(box.value, "name", None) or "the slide to work on"
 
+    def opened(event=None):
+        layer = getattr(event, "value", None)
+        if layer is None or tag(layer).get("kind") != "slide":
+            return
+        try:
+            box.reset_choices()
+            box.value = layer
+        except RuntimeError:  # the panel was closed (its Qt widgets deleted): stop following
+            viewer.layers.events.inserted.disconnect(opened)
+
     box.changed.connect(name)
+    if viewer is not None:
+        viewer.layers.events.inserted.connect(opened)
     name()
     return box
 
@@ -244,6 +268,17 @@ def _tidy_popups() -> None:
                 label.hide()
 
 
+def _mpp_signal():
+    from psygnal import SignalInstance
+
+    return SignalInstance((object,), name="mpp_applied")
+
+
+#: Emitted with the slide layer whose µm/px :func:`apply_mpp` changed, whichever panel changed
+#: it (the Slide panel shows a slide's µm/px; the Nuclei panel's "Use … µm/px" button sets it).
+MPP_APPLIED = _mpp_signal()
+
+
 def apply_mpp(viewer, layer, mpp: float | None) -> str | None:
     """Give the slide of ``layer`` the µm/px ``mpp`` (None: its file's own) and rescale every
     layer drawn over it, so all stay aligned. Returns None, or the problem in the user's words.
@@ -278,6 +313,7 @@ def apply_mpp(viewer, layer, mpp: float | None) -> str | None:
             other.scale = [v * ratio for v in other.scale]
             other.translate = [v * ratio for v in other.translate]
             other.units = kwargs["units"]
+    MPP_APPLIED.emit(layer)
     return None
 
 

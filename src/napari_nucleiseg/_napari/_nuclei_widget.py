@@ -37,6 +37,7 @@ from ._layers import (
     slide_layer_box,
     slide_layers,
     tag,
+    unproxied,
 )
 
 
@@ -80,8 +81,8 @@ class NucleiWidget(Container):
 
         super().__init__(labels=False)
         self._form = Container(labels=True)
-        self.viewer = napari_viewer
-        self._layer = slide_layer_box(self._slide_choices)
+        self.viewer = napari_viewer = unproxied(napari_viewer)
+        self._layer = slide_layer_box(self._slide_choices, napari_viewer)
         self._method = ComboBox(label="method", choices=_methods, value=default_method_name())
         from ..methods.learned import DETECTION_RANGE
 

@@ -21,7 +21,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton
 
 from ._jobs import JobRunner
-from ._layers import build_form, find_layers, open_layer_slide, path_field, tag
+from ._layers import build_form, find_layers, open_layer_slide, path_field, tag, unproxied
 
 #: What a click (or a drag, for split) on the view's nuclei does.
 TOOLS = ("paint with napari's tools", "delete a nucleus", "merge two nuclei", "split along a line")
@@ -93,7 +93,7 @@ NORMALISER_RESUME_NOTE = (
 class ProjectWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=False)
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = unproxied(napari_viewer)
         self.project = None
         self._folder = path_field(label="project folder", mode="d")
         self._open = PushButton(text="Open or create project")

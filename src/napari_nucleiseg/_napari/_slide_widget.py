@@ -13,14 +13,16 @@ from magicgui.widgets import Container, FloatSpinBox, Label, PushButton
 
 from ._jobs import JobRunner
 from ._layers import (
+    MPP_APPLIED,
+    build_form,
     find_layers,
     in_user_words,
     open_layer_slide,
     path_field,
     put_layer,
-    scrolled,
     slide_layer_box,
     tag,
+    unproxied,
 )
 
 SLIDE_FILTER = (
@@ -33,11 +35,10 @@ FROM_FILE = "from the file"
 class SlideWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=False)
-        self._form = Container(labels=True)
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = unproxied(napari_viewer)
         self._file = path_field(label="slide", mode="r", filter=SLIDE_FILTER)
         self._open = PushButton(text="Open slide")
-        self._layer = slide_layer_box(self._slide_layer_choices)
+        self._layer = slide_layer_box(self._slide_layer_choices, napari_viewer)
         self._info = Label(value="No slide open.")
         self._mpp = FloatSpinBox(
             label="µm/px override",
@@ -53,7 +54,9 @@ class SlideWidget(Container):
         self._tissue = PushButton(text="Show tissue mask")
         self._cancel = PushButton(text="Cancel")
         self._status = Label(value="")
-        self._form.extend(
+        # Buttons and messages span the panel (build_form); long paths wrap, not widen the dock.
+        self._form, self._rows = build_form(
+            self,
             [
                 self._file,
                 self._open,
@@ -64,24 +67,21 @@ class SlideWidget(Container):
                 self._tissue,
                 self._cancel,
                 self._status,
-            ]
+            ],
+            min_width=270,
         )
-        from qtpy.QtWidgets import QProgressBar, QSizePolicy
+        from qtpy.QtWidgets import QProgressBar
 
-        for label in (self._info, self._status):  # long paths wrap, not widen the dock
-            label.native.setWordWrap(True)
-            label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self._form.native.setMinimumWidth(270)
-        scrolled(self, self._form)
         self.native.setMinimumHeight(160)  # stacked with other docks: still usable
         self.progress = QProgressBar()
-        self._form.native.layout().addWidget(self.progress)
-        self._form.native.layout().addStretch(1)
+        layout = self._form.native.layout()
+        layout.insertWidget(layout.indexOf(self._status.native) + 1, self.progress)
         self.jobs = JobRunner(self._set_status, self._cancel, bar=self.progress)
         self._open.changed.connect(self._on_open)
         self._layer.changed.connect(self._show_info)
         self._apply_mpp.changed.connect(self._on_apply_mpp)
         self._tissue.changed.connect(self._on_tissue)
+        MPP_APPLIED.connect(self._on_mpp_applied)
         self.viewer.layers.events.inserted.connect(self._on_inserted)
         self.viewer.layers.events.removed.connect(self._refresh)
         self._refresh()
@@ -102,12 +102,17 @@ class SlideWidget(Container):
         self._show_info()
 
     def _on_inserted(self, event=None):
-        """A slide just opened becomes the panel's slide: it is the one the user looks at."""
+        """(A slide just opened is already the panel's slide: ``slide_layer_box``.)"""
         self._layer.reset_choices()
-        layer = getattr(event, "value", None)
-        if layer is not None and tag(layer).get("kind") == "slide":
-            self._layer.value = layer
         self._show_info()
+
+    def _on_mpp_applied(self, layer) -> None:
+        """Another panel set a slide's µm/px: show it if it is this panel's slide."""
+        try:
+            if layer is self._layer.value:
+                self._show_info()
+        except RuntimeError:  # this panel was closed (its Qt widgets deleted)
+            MPP_APPLIED.disconnect(self._on_mpp_applied)
 
     def _set_status(self, text: str) -> None:
         self._status.value = text
@@ -149,6 +154,14 @@ class SlideWidget(Container):
         ):
             show_error("Choose a slide file first (the … button next to 'slide').")
             return
+        from ..io.output import same_file
+
+        for layer in find_layers(self.viewer, "slide"):
+            if same_file(tag(layer)["path"], path):  # the field shows the open slide's file
+                self._layer.value = layer
+                self.viewer.layers.selection.active = layer
+                self._set_status(f"{path.name} is already open; it is this panel's slide.")
+                return
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")

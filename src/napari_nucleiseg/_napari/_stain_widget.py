@@ -42,6 +42,7 @@ from ._layers import (
     put_layer,
     slide_layer_box,
     slide_layers,
+    unproxied,
 )
 
 REFERENCES = ("current view", "image or profile file")
@@ -53,8 +54,8 @@ METHODS = (*STAIN_METHODS, LEARNED)
 class StainWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=False)
-        self.viewer = napari_viewer
-        self._layer = slide_layer_box(self._slide_choices)
+        self.viewer = napari_viewer = unproxied(napari_viewer)
+        self._layer = slide_layer_box(self._slide_choices, napari_viewer)
         self._method = ComboBox(label="method", choices=list(METHODS), value=METHODS[0])
         self._model = ComboBox(
             label="model",
@@ -235,6 +236,13 @@ class StainWidget(Container):
             source = f"the current view of {slide.path.name}"
         else:
             path = Path(self._file.value)
+            if not str(self._file.value).strip() or path.is_dir():
+                # magicgui reads an empty field as the working folder, and a folder was fitted
+                # on every image in it.
+                text = "Choose a reference image or a saved profile first (the … next to 'file')."
+                self._set_status(text)
+                show_error(text)
+                return
             if not path.exists():
                 show_error(
                     f"{path}: no such reference file: choose a reference image or a saved profile."
@@ -336,13 +344,14 @@ class StainWidget(Container):
         learned = getattr(adapted, "method", "") == LEARNED
         reference = "" if learned else self._fitted_on
         layer_tuple = normalised_layer(slide, levels, adapted, reference, name=slide_layer.name)
-        put_layer(
+        shown = put_layer(
             self.viewer,
             layer_tuple,
             "stain_normalised",
             index=just_above(self.viewer, slide_layer),
             slide=str(slide.path),
         )
+        shown.visible = True  # reused in place, it kept the hidden state an untick gave it
         self.adapted = adapted
         self._adapted_slide = _layer_path(slide_layer)
         # The stain channels lie above it and cover it: asked to see the normalised slide, the

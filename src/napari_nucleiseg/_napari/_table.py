@@ -131,7 +131,9 @@ class MeasurementsView(QTableView):
         header = self.horizontalHeader()
         header.setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.setSortingEnabled(True)
-        # The shown columns share the table's width: never a sideways scroll.
+        # The shown columns share the table's width while they fit it; more columns than fit
+        # (all eight, in a docked panel) keep their readable width and scroll sideways
+        # (_fit_columns): stretched, they were cut to "olidit" and "0…".
         header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         header.setMinimumSectionSize(36)
         header.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
@@ -155,10 +157,37 @@ class MeasurementsView(QTableView):
         names = self.columns._names
         for i, name in enumerate(names):
             self.setColumnHidden(i, name not in self.shown)
-        if names and names[0] == "#":  # as narrow as its numbers; the others share the rest
-            self.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         if sorted_by in names:
             self.sortByColumn(names.index(sorted_by), order)
+        self._fit_columns()
+
+    def _fit_columns(self) -> None:
+        """Shown columns that fit the table share its width (no sideways scroll); when they do
+        not, each keeps the width of its header and values, and the table scrolls sideways."""
+        header = self.horizontalHeader()
+        names = self.columns._names
+        shown = [i for i in range(len(names)) if not self.isColumnHidden(i)]
+        metrics = header.fontMetrics()
+
+        def header_width(i):  # its widest line (headers break before the unit), and margins
+            text = str(self.columns.headerData(i, Qt.Orientation.Horizontal) or "")
+            return max(metrics.horizontalAdvance(line) for line in text.split("\n")) + 12
+
+        need = {i: max(header_width(i), self.sizeHintForColumn(i)) for i in shown}
+        if sum(need.values()) <= self.viewport().width():
+            header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+            if names and names[0] == "#":  # as narrow as its numbers; the others share the rest
+                header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+            self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            return
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        for i, width in need.items():
+            header.resizeSection(i, width)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        self._fit_columns()
 
     def shown_headers(self) -> list[str]:
         """The headers of the columns shown, on one line each."""
@@ -179,6 +208,7 @@ class MeasurementsView(QTableView):
         (self.shown.add if on else self.shown.discard)(name)
         if name in self.columns._names:
             self.setColumnHidden(self.columns._names.index(name), not on)
+            self._fit_columns()
 
     def row_count(self) -> int:
         return self.columns.rowCount()

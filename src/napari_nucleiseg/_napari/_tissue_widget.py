@@ -31,6 +31,7 @@ from ._layers import (
     slide_layer_box,
     slide_layers,
     tag,
+    unproxied,
 )
 
 DEFAULT_TAGS = "tumour, normal, other"
@@ -52,9 +53,9 @@ class TissueWidget(Container):
         from ._project_widget import LossPlot
 
         super().__init__(labels=False)
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer = unproxied(napari_viewer)
         self.project = None
-        self._layer = slide_layer_box(self._slide_choices)
+        self._layer = slide_layer_box(self._slide_choices, napari_viewer)
         self._folder = path_field(label="project folder", mode="d")
         self._open = PushButton(text="Open or create project")
         self._tags = LineEdit(label="tags", value=DEFAULT_TAGS)
