@@ -368,3 +368,48 @@ def test_docked_panels_act_on_the_selected_layer(make_napari_viewer, demo, tmp_p
     assert panels["Project"].slide_layer() is first
     viewer.layers.selection.active = second
     assert panels["Project"].slide_layer() is second
+
+
+def test_the_project_model_is_offered_and_run_by_the_nuclei_and_stain_panels(panels, qtbot):
+    """Was: "Use this model" said the project now segments with its model, but the Nuclei panel
+    listed only shipped models and went on running the shipped default (and the Stain panel
+    never listed a project's normaliser)."""
+    import json
+    import shutil
+
+    from napari_nucleiseg.methods import default_method_name
+    from napari_nucleiseg.models.registry import MODELS_DIR, project_models_dir
+
+    viewer, nuclei, project = panels
+    folder = project_models_dir(project.project.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    card = json.loads((MODELS_DIR / f"{default_method_name()}.json").read_text())
+    for key in ("weights", "onnx", "onnx_int8"):
+        shutil.copy(MODELS_DIR / card[key], folder / card[key])
+    card["name"] = "proj-nuclei-1"
+    (folder / "proj-nuclei-1.json").write_text(json.dumps(card))
+    project._refresh()
+    assert "proj-nuclei-1" in nuclei._method.choices
+    assert nuclei._method.value == "classical"  # the user's, until the project changes model
+    project._models.value = "proj-nuclei-1"
+    project._use.clicked.emit()
+    assert nuclei._method.value == "proj-nuclei-1"
+    nuclei._run_view.clicked.emit()
+    qtbot.waitUntil(lambda: not nuclei.jobs.running, timeout=120_000)
+    (layer,) = [
+        l
+        for l in viewer.layers
+        if l.metadata.get("nucleiseg", {}).get("scope") == "view" and l.visible
+    ]
+    assert "proj-nuclei-1" in str(layer.metadata["nucleiseg"]["method"]), layer.metadata
+
+    # The Stain panel's learned normalisers: the project's too, its own chosen when it changes.
+    _, stain = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Stain")
+    card = json.loads((MODELS_DIR / "stain-cycle-v1.json").read_text())
+    for key in ("weights", "onnx"):
+        shutil.copy(MODELS_DIR / card[key], folder / card[key])
+    card["name"] = "proj-normaliser-1"
+    (folder / "proj-normaliser-1.json").write_text(json.dumps(card))
+    project.project.set_current_model("proj-normaliser-1", "normaliser")
+    project._refresh()
+    assert stain._model.value == "proj-normaliser-1"

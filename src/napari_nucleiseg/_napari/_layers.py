@@ -268,15 +268,19 @@ def _tidy_popups() -> None:
                 label.hide()
 
 
-def _mpp_signal():
+def _signal(name: str):
     from psygnal import SignalInstance
 
-    return SignalInstance((object,), name="mpp_applied")
+    return SignalInstance((object,), name=name)
 
 
 #: Emitted with the slide layer whose µm/px :func:`apply_mpp` changed, whichever panel changed
 #: it (the Slide panel shows a slide's µm/px; the Nuclei panel's "Use … µm/px" button sets it).
-MPP_APPLIED = _mpp_signal()
+MPP_APPLIED = _signal("mpp_applied")
+#: Emitted with the folder of the project the Project panel has open, whenever it opens one or
+#: its models change (retrained, chosen, rolled back): the Nuclei and Stain panels list its
+#: models beside the shipped ones and switch to the one it now uses.
+PROJECT_CHANGED = _signal("project_changed")
 
 
 def apply_mpp(viewer, layer, mpp: float | None) -> str | None:

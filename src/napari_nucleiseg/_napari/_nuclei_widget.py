@@ -29,6 +29,7 @@ from magicgui.widgets import (
 
 from ._jobs import JobRunner
 from ._layers import (
+    PROJECT_CHANGED,
     find_layers,
     in_user_words,
     path_field,
@@ -39,15 +40,6 @@ from ._layers import (
     tag,
     unproxied,
 )
-
-
-def _methods(_widget=None) -> list[str]:
-    """Every nuclei method the registry knows, asked afresh whenever napari resets the panel's
-    choices (a model trained or registered meanwhile appears without a restart)."""
-    from ..methods import method_names
-
-    return method_names("nuclei")
-
 
 #: Seconds between redraws of the whole-slide labels while the job runs (for a zoomed-in
 #: screen; a view that draws more pixels is redrawn less often, see LIVE_MAX_PX).
@@ -83,7 +75,13 @@ class NucleiWidget(Container):
         self._form = Container(labels=True)
         self.viewer = napari_viewer = unproxied(napari_viewer)
         self._layer = slide_layer_box(self._slide_choices, napari_viewer)
-        self._method = ComboBox(label="method", choices=_methods, value=default_method_name())
+        #: The folder of the project open in the Project panel (its models are offered too).
+        self._project = None
+        #: The project's own model when last told (a new one is switched to, once).
+        self._project_model = None
+        self._method = ComboBox(
+            label="method", choices=self._method_choices, value=default_method_name()
+        )
         from ..methods.learned import DETECTION_RANGE
 
         self._threshold = FloatSpinBox(
@@ -202,6 +200,7 @@ class NucleiWidget(Container):
         self._export_csv.changed.connect(self._on_export_csv)
         self._method.changed.connect(self._warm_up)
         self._method.changed.connect(self._on_method_changed)
+        PROJECT_CHANGED.connect(self._on_project)
         self._results.changed.connect(self._on_result_chosen)
         self._style.changed.connect(self._restyle)
         self._colouring.changed.connect(self._restyle)
@@ -244,6 +243,39 @@ class NucleiWidget(Container):
     def _set_status(self, text: str) -> None:
         self._status.value = text
 
+    def _method_choices(self, _widget=None) -> list[str]:
+        """Every nuclei method the registry knows, the open project's models included, asked
+        afresh whenever napari resets the panel's choices (a model trained or registered
+        meanwhile appears without a restart)."""
+        from ..methods import method_names
+
+        return method_names("nuclei", project=self._project)
+
+    def _on_project(self, folder) -> None:
+        """The Project panel opened a project or changed its model: offer its models, and
+        switch to the model it now uses when that changed (a retrained model "now the
+        project's model" is what the next Segment view runs)."""
+        from ..models.registry import project_current_model
+
+        try:
+            self._project = folder
+            current = project_current_model(folder)  # None: it uses the shipped default
+            self._method.reset_choices()
+            if current and current != self._project_model and current in self._method.choices:
+                self._method.value = current
+            self._project_model = current
+        except RuntimeError:  # this panel was closed (its Qt widgets deleted)
+            PROJECT_CHANGED.disconnect(self._on_project)
+
+    def _resolved(self, name):
+        """The method called ``name``: a name where the registry finds it alone, else (a project
+        model) the method itself, so the whole-slide job and the warm-up find it too."""
+        from ..methods import get_method
+
+        if self._project is None:
+            return name
+        return get_method(name, project=self._project)
+
     def _on_method_changed(self, _=None) -> None:
         """The threshold box shows the chosen model's own threshold; a method without one (the
         classical ones) greys it out."""
@@ -251,7 +283,11 @@ class NucleiWidget(Container):
         from ..models import WeightsError
 
         try:
-            own = getattr(get_method(self._method.value), "default_detection_threshold", None)
+            own = getattr(
+                get_method(self._method.value, project=self._project),
+                "default_detection_threshold",
+                None,
+            )
         except WeightsError:  # a model gone meanwhile: segmenting will say so
             own = None
         self._threshold.enabled = own is not None
@@ -274,13 +310,13 @@ class NucleiWidget(Container):
         from ..methods import with_detection_threshold
         from ..models import WeightsError
 
-        if self._own_shown is None:
-            return self._method.value
         value = self._threshold.value
-        try:  # what the box shows for the model's own is the model's own, however it rounds
-            return with_detection_threshold(
-                self._method.value, None if value == self._own_shown else value
-            )
+        try:
+            method = self._resolved(self._method.value)
+            if self._own_shown is None:
+                return method
+            # What the box shows for the model's own is the model's own, however it rounds.
+            return with_detection_threshold(method, None if value == self._own_shown else value)
         except WeightsError as exc:  # MethodError too
             self._set_status(f"Not segmented: {exc}")
             return None
@@ -293,7 +329,10 @@ class NucleiWidget(Container):
         # for a few seconds: a runtime killed while it initialises aborts the process.
         ended = wait_at_exit()  # before it starts: it may end before the next line
         threading.Thread(
-            target=_warm_up, args=(self._method.value, ended), name="nucleiseg-warm-up", daemon=True
+            target=_warm_up,
+            args=(self._method.value, ended, self._project),
+            name="nucleiseg-warm-up",
+            daemon=True,
         ).start()
 
     def _bind_keys(self) -> None:
@@ -1123,15 +1162,16 @@ def _drawn_pixels(viewer, slide_layer, level_shapes) -> float:
     return w * h / (down * down)
 
 
-def _warm_up(method, ended) -> None:
+def _warm_up(method, ended, project=None) -> None:
     import importlib
 
+    from ..methods import get_method
     from ..segmentation.region import warm_up
 
     try:
         # napari's first labels layer imports pandas (for label features): a second, once.
         importlib.import_module("pandas")
-        warm_up(method)
+        warm_up(get_method(method, project=project) if project is not None else method)
     except Exception:  # noqa: BLE001 (a failed load is not kept: the run that needs it says why)
         pass
     finally:

@@ -21,7 +21,15 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton
 
 from ._jobs import JobRunner
-from ._layers import build_form, find_layers, open_layer_slide, path_field, tag, unproxied
+from ._layers import (
+    PROJECT_CHANGED,
+    build_form,
+    find_layers,
+    open_layer_slide,
+    path_field,
+    tag,
+    unproxied,
+)
 
 #: What a click (or a drag, for split) on the view's nuclei does.
 TOOLS = ("paint with napari's tools", "delete a nucleus", "merge two nuclei", "split along a line")
@@ -241,6 +249,7 @@ class ProjectWidget(Container):
         self._views.reset_choices()
         if chosen in self._views.choices:
             self._views.value = chosen
+        PROJECT_CHANGED.emit(self.project.path)
 
     def reference_slides(self) -> list[str]:
         """Paths of the project's slides marked as the reference style."""

@@ -34,6 +34,7 @@ from ..stain.learned_normaliser import DEFAULT_CALIBRATION
 from ..stain.profile import STAIN_METHODS
 from ._jobs import JobRunner
 from ._layers import (
+    PROJECT_CHANGED,
     build_form,
     find_layers,
     just_above,
@@ -55,11 +56,14 @@ class StainWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=False)
         self.viewer = napari_viewer = unproxied(napari_viewer)
+        #: The folder of the project open in the Project panel (its normalisers are offered).
+        self._project = None
+        self._project_model = None
         self._layer = slide_layer_box(self._slide_choices, napari_viewer)
         self._method = ComboBox(label="method", choices=list(METHODS), value=METHODS[0])
         self._model = ComboBox(
             label="model",
-            choices=_normaliser_models,
+            choices=self._normaliser_models,
             tooltip="the trained normaliser (a model card of kind 'normaliser')",
         )
         self._calibration = FloatSpinBox(
@@ -124,6 +128,7 @@ class StainWidget(Container):
         self._fit.changed.connect(self._on_fit)
         self._method.changed.connect(self._on_method)
         self._model.changed.connect(self._on_model)
+        PROJECT_CHANGED.connect(self._on_project)
         # One redraw when the value is set (Enter, arrows, focus out), not one per keystroke.
         self._calibration.native.setKeyboardTracking(False)
         self._calibration.changed.connect(self._on_calibration)
@@ -136,6 +141,30 @@ class StainWidget(Container):
 
         _scale_bar_on(self.viewer)
         self._on_method()
+
+    def _normaliser_models(self, _widget=None) -> list[str]:
+        """The trained normalisers the registry knows, the open project's included, asked
+        afresh whenever the choices are reset."""
+        from ..methods import method_names
+
+        return method_names("normaliser", project=self._project)
+
+    def _on_project(self, folder) -> None:
+        """The Project panel opened a project or changed its models: offer its normalisers, and
+        switch to the one it now uses when that changed."""
+        try:
+            self._project = folder
+            from ..project import Project
+
+            current = Project(folder).current_model("normaliser")
+            self._model.reset_choices()
+            if current and current != self._project_model and current in self._model.choices:
+                self._model.value = current
+            self._project_model = current
+        except RuntimeError:  # this panel was closed (its Qt widgets deleted)
+            PROJECT_CHANGED.disconnect(self._on_project)
+        except Exception:  # noqa: BLE001 (a project unreadable meanwhile: its panel says so)
+            pass
 
     def reset_choices(self, *_):
         """napari calls this when layers change; the choices live in the form."""
@@ -316,6 +345,7 @@ class StainWidget(Container):
         from napari.utils.notifications import show_error
 
         name, calibration = self._model.value, float(self._calibration.value)
+        project = self._project
         if name is None:
             self._set_status(NO_MODEL)
             show_error(NO_MODEL)
@@ -324,7 +354,7 @@ class StainWidget(Container):
         self._start_view(
             layer,
             f"Normalised view ({name})",
-            lambda levels, mpp: _learned(name, levels, layer.name, mpp, calibration),
+            lambda levels, mpp: _learned(name, levels, layer.name, mpp, calibration, project),
             on_error=self._learned_failed,
         )
 
@@ -448,15 +478,13 @@ NO_MODEL = (
 )
 
 
-def _normaliser_models(_widget=None) -> list[str]:
-    """The trained normalisers the registry knows, asked afresh whenever the choices are reset."""
-    from ..methods import method_names
-
-    return method_names("normaliser")
-
-
 def _learned(
-    name: str, levels, slide_name: str, mpp: float | None = None, calibration: float | None = None
+    name: str,
+    levels,
+    slide_name: str,
+    mpp: float | None = None,
+    calibration: float | None = None,
+    project=None,
 ):
     """The trained normaliser ``name`` from its card, adapted to the slide (its stain measured
     on a sample of its tissue, as for Macenko), its network opened here (weights checked against
@@ -469,7 +497,7 @@ def _learned(
 
     yield 0, 2
     try:
-        normaliser = load_learned(name, calibration=calibration)
+        normaliser = load_learned(name, project=project, calibration=calibration)
         yield 1, 2
         adapted = adapt_to_levels(normaliser, levels, name=slide_name, mpp=mpp)
         m = adapted.multiple
