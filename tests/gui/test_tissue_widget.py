@@ -43,10 +43,15 @@ def test_tagged_outlines_become_region_labels(panel):
     assert np.allclose(layer.scale, slide.scale)  # vertices are level-0 pixels
     widget._tag.value = "tumour"
     layer.add_polygons([_square(400, 400, 300)])
+    # napari leaves an outline just drawn selected: choosing the next one's tag while drawing
+    # must not retag it (it turned the tumour outline "normal").
+    layer.selected_data = {0}
     widget._tag.value = "normal"
+    assert list(layer.features["tag"]) == ["tumour"]
     layer.add_polygons([_square(500, 600, 300)])  # overlaps the tumour outline's box
     assert list(layer.features["tag"]) == ["tumour", "normal"]
-    # Choosing a tag with an outline selected retags it.
+    # With the select tool, choosing a tag with an outline selected retags it.
+    layer.mode = "select"
     layer.selected_data = {1}
     widget._tag.value = "stroma"
     assert list(layer.features["tag"]) == ["tumour", "stroma"]

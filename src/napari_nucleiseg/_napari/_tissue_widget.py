@@ -209,9 +209,11 @@ class TissueWidget(Container):
         if layer is not None and self._tag.value:
             layer.feature_defaults["tag"] = self._tag.value
             layer.current_edge_color = tag_colour(self._tag.value, self.tags())
-            # A selected outline takes the chosen tag: how a tag is changed after drawing.
+            # An outline selected with the select tool takes the chosen tag: how a tag is
+            # changed after drawing. Not while drawing: napari leaves the outline just drawn
+            # selected, and choosing the next outline's tag retagged it.
             selected = sorted(layer.selected_data)
-            if selected:
+            if selected and str(layer.mode) in ("select", "direct"):
                 layer.features.loc[selected, "tag"] = self._tag.value
                 self._recolour(layer)
 
