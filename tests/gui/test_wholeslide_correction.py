@@ -6,6 +6,7 @@ layer, which redraws from the store."""
 import numpy as np
 import pytest
 from _notifications import fresh_notifications  # noqa: F401 (autouse fixture)
+from _notifications import messages as _messages
 
 pytestmark = pytest.mark.gui
 
@@ -19,7 +20,9 @@ def result(demo, tmp_path_factory):
     return out / "demo_he.nuclei.zarr"
 
 
-def test_correct_a_view_of_the_slide_result_and_save_it_back(make_napari_viewer, result, qtbot):
+def test_correct_a_view_of_the_slide_result_and_save_it_back(
+    make_napari_viewer, result, qtbot, tmp_path
+):
     from napari.layers import Layer
 
     from napari_nucleiseg._napari._project_widget import TOOLS, ProjectWidget
@@ -54,6 +57,13 @@ def test_correct_a_view_of_the_slide_result_and_save_it_back(make_napari_viewer,
     # Aligned with the slide: its pixel (0, 0) lies on level-0 pixel (x0, y0).
     assert np.allclose(layer.data_to_world((0, 0)), slide_layer.data_to_world((y0, x0)))
     assert np.array_equal(np.asarray(layer.data), np.asarray(levels[0][y0:y1, x0:x1]))
+    # It is not a view to accept as training data (Accept raised KeyError 'mpp' on it).
+    project._folder.value = tmp_path / "proj"
+    project._open.clicked.emit()
+    viewer.layers.selection.active = layer
+    project._accept.clicked.emit()
+    assert any("corrects the whole-slide result" in m for m in _messages())
+    assert not project.project.store.examples(kind="strong")
 
     # Delete the nucleus in the middle of the view with the panel's tool (a click).
     project._tool.value = TOOLS[1]

@@ -458,7 +458,21 @@ class ProjectWidget(Container):
 
         if not self._need_project("accepting a view"):
             return
-        layer = self.view_labels()
+        from ._wholeslide_edit import EDIT_SCOPE
+
+        active = self.viewer.layers.selection.active
+        if active is not None and tag(active).get("scope") == EDIT_SCOPE:
+            show_warning(
+                "This layer corrects the whole-slide result: keep it with 'Save to slide "
+                "result'. To add training data, segment a view (Nuclei panel) and accept that."
+            )
+            return
+        views = [
+            lyr
+            for lyr in find_layers(self.viewer, "nuclei")
+            if str(tag(lyr).get("scope", "")).startswith("view") and tag(lyr)["scope"] != EDIT_SCOPE
+        ]
+        layer = active if any(lyr is active for lyr in views) else (views[-1] if views else None)
         if layer is None:
             show_warning("Segment the current view (Nuclei panel) before accepting it.")
             return
