@@ -186,3 +186,46 @@ def test_segmenting_again_over_corrections_asks_and_can_keep_them(segmented, qtb
     widget._ask_keep_edits = lambda outcome: asked.append(outcome) or DISCARD
     _segment(qtbot, widget)
     assert len(asked) == 3 and len(_view_layers(viewer)) == 2
+
+
+def test_corrections_survive_a_closed_panel_and_an_edit_before_the_table(segmented, qtbot):
+    """Was: a Nuclei panel closed and opened again replaced the corrected view without asking
+    (the panel, not the layer, knew it was corrected); and an erase made after the labels
+    appeared but before their table did was never counted, so the next run replaced it."""
+    from napari_nucleiseg._napari._nuclei_widget import CANCEL, NucleiWidget
+
+    viewer, widget, layer = segmented
+    gone = sorted(_layer_ids(layer))[0]
+    _edit(layer, np.asarray(layer.data) == gone, 0)
+    qtbot.waitUntil(lambda: gone not in _table_ids(widget), timeout=10_000)
+    corrected = np.array(layer.data, copy=True)
+    widget.close()
+    again = NucleiWidget(viewer)  # the panel opened again (a new one, as napari makes it)
+    again._layer.value = widget._layer.value
+    again._method.value = "classical"
+    asked = []
+    again._ask_keep_edits = lambda outcome: asked.append(outcome) or CANCEL
+    again._run_view.clicked.emit()
+    assert len(asked) == 1 and asked[0].layer is layer and not again.jobs.running
+    assert np.array_equal(np.asarray(layer.data), corrected)
+
+    # An edit between the labels and the table: counted when the table arrives.
+    viewer.layers.remove(layer)
+    shown = []
+    original = again._show_view_labels
+
+    def erase_on_arrival(slide, result):
+        original(slide, result)
+        (fresh,) = _view_layers(viewer)
+        first = sorted(_layer_ids(fresh))[0]
+        _edit(fresh, np.asarray(fresh.data) == first, 0)
+        shown.append(first)
+
+    again._show_view_labels = erase_on_arrival
+    _segment(qtbot, again)
+    (fresh,) = _view_layers(viewer)
+    assert shown and shown[0] not in _layer_ids(fresh)
+    assert shown[0] not in _table_ids(again) and _table_ids(again) == _layer_ids(fresh)
+    assert fresh.metadata["nucleiseg"].get("edited")
+    again._run_view.clicked.emit()
+    assert len(asked) == 2 and asked[1].layer is fresh

@@ -450,11 +450,17 @@ class NucleiWidget(Container):
 
     # ------------------------------------------------------------------ current view
     def _edited_view(self, slide):
-        """The outcome of this slide's view layer when the user has corrected it."""
+        """The outcome of this slide's view layer when the user has corrected it. The layer
+        records that it was (``edited`` in its metadata): a panel closed and opened again has no
+        outcome for it, and replaced the corrections without asking."""
         for layer in find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="view"):
             outcome = self._outcomes.get(id(layer))
-            if outcome is not None and outcome.edited:
-                return outcome
+            if outcome is not None:
+                self._remeasure(outcome)  # an edit still within REMEASURE_MS counts too
+                if outcome.edited:
+                    return outcome
+            elif tag(layer).get("edited"):
+                return _Outcome("view", slide, layer=layer)
         return None
 
     def _ask_keep_edits(self, outcome) -> str:
@@ -540,6 +546,8 @@ class NucleiWidget(Container):
             self._outcomes.pop(id(old[0]), None)
         layer = self._put_nuclei(layer_tuple, slide, "view")
         outcome = _Outcome("view", slide, result=result, layer=layer)
+        # The labels as measured: an edit made before the table arrives is found against them.
+        outcome.snapshot = np.array(layer.data, copy=True)
         outcome.count_text = (
             f"{result.count:,} nuclei in view{so_far} (segmented at {plan.mpp:.3g} µm/px)"
         )
@@ -554,9 +562,13 @@ class NucleiWidget(Container):
         if outcome is None or outcome.result is not result:
             return
         outcome.table = table
-        outcome.snapshot = np.array(layers[0].data, copy=True)
+        if outcome.snapshot is None:
+            outcome.snapshot = np.array(layers[0].data, copy=True)
         self._watch(outcome)
         self._show_outcome(outcome)
+        # Edits made while the table was measured (they were dropped, and the next Segment view
+        # replaced them without asking): measured now, and the layer marked as corrected.
+        self._remeasure(outcome)
         self._check_scale(slide, table)
 
     def _check_scale(self, slide, table) -> None:
