@@ -171,6 +171,11 @@ def test_an_accepted_view_reopens_is_edited_in_place_and_deleted(panels, qtbot):
     nid, (rows, cols) = _isolated_nucleus(np.asarray(layer.data))
     point = np.argwhere(np.asarray(layer.data) == nid)[0]
     assert project.delete_at(point) == [nid]
+    # Open again before accepting: the corrections stay (it used to bring back the stored one).
+    corrected = np.array(layer.data, copy=True)
+    project._reopen.clicked.emit()
+    assert project.view_labels() is layer and np.array_equal(np.asarray(layer.data), corrected)
+    assert "already open, with your corrections" in project._status.value
     project._accept.clicked.emit()
     assert project._status.value.startswith(f"Updated example {example.id}")
     (edited,) = project.project.store.examples()

@@ -604,6 +604,19 @@ class ProjectWidget(Container):
             example=example.id,
         )
         match = {"scope": "view-example", "example": example.id}  # open already: replaced
+        for open_layer in find_layers(self.viewer, "nuclei", **match):
+            stored = layer_tuple[0]
+            if np.shape(open_layer.data) != np.shape(stored) or not np.array_equal(
+                np.asarray(open_layer.data), stored
+            ):  # corrected since it was opened: opening it again would throw that away
+                self.viewer.layers.selection.active = open_layer
+                self._on_tool()
+                self._set_status(
+                    f"Example {example.id} is already open, with your corrections: 'Accept "
+                    "this view' stores them. To start again from the stored version, delete "
+                    "its layer first, then Open."
+                )
+                return
         layer = put_layer(self.viewer, layer_tuple, "nuclei", **match)
         layer.contour = NUCLEI_CONTOUR
         self.viewer.layers.selection.active = layer
