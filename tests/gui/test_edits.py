@@ -229,3 +229,39 @@ def test_corrections_survive_a_closed_panel_and_an_edit_before_the_table(segment
     assert fresh.metadata["nucleiseg"].get("edited")
     again._run_view.clicked.emit()
     assert len(asked) == 2 and asked[1].layer is fresh
+
+
+def test_quitting_over_unsaved_corrections_asks_first(segmented, qtbot, monkeypatch):
+    """Was: napari closed without a word over corrected nuclei stored nowhere."""
+    from qtpy.QtGui import QCloseEvent
+
+    import napari_nucleiseg._napari._unsaved as unsaved
+
+    viewer, widget, layer = segmented
+    window = viewer.window._qt_window
+    guard = window._nucleiseg_quit_guard
+    asked = []
+    monkeypatch.setattr(unsaved, "ask_quit", lambda w, names: asked.append(names) or False)
+
+    def quit_from_menu():  # what napari's Quit does: _quit_app set, then a close event
+        window._quit_app = True
+        event = QCloseEvent()
+        try:
+            return guard.eventFilter(window, event), event.isAccepted()
+        finally:
+            window._quit_app = False  # the event went no further: napari must not quit here
+
+    assert quit_from_menu() == (False, True) and not asked  # nothing corrected: no question
+    gone = sorted(_layer_ids(layer))[0]
+    _edit(layer, np.asarray(layer.data) == gone, 0)
+    assert layer.metadata["nucleiseg"]["unsaved"]
+    assert quit_from_menu() == (True, False)  # "Cancel": the window stays
+    assert asked == [[layer.name]]
+    # A close a program makes (viewer.close(), scripts) is not asked about.
+    event = QCloseEvent()
+    assert not guard.eventFilter(window, event) and len(asked) == 1
+
+    # Exported as outlines: stored in a file, so quitting asks no more.
+    widget._export_geojson.clicked.emit()
+    assert not layer.metadata["nucleiseg"]["unsaved"]
+    assert quit_from_menu() == (False, True) and len(asked) == 1

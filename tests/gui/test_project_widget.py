@@ -176,7 +176,9 @@ def test_an_accepted_view_reopens_is_edited_in_place_and_deleted(panels, qtbot):
     project._reopen.clicked.emit()
     assert project.view_labels() is layer and np.array_equal(np.asarray(layer.data), corrected)
     assert "already open, with your corrections" in project._status.value
+    assert tag(layer)["unsaved"]  # quitting now would ask first
     project._accept.clicked.emit()
+    assert not tag(layer)["unsaved"]  # stored in the project
     assert project._status.value.startswith(f"Updated example {example.id}")
     (edited,) = project.project.store.examples()
     assert (edited.id, edited.split) == (example.id, example.split)

@@ -40,6 +40,7 @@ from ._layers import (
     tag,
     unproxied,
 )
+from ._unsaved import guard_quit, mark, watch_edits
 
 #: Seconds between redraws of the whole-slide labels while the job runs (for a zoomed-in
 #: screen; a view that draws more pixels is redrawn less often, see LIVE_MAX_PX).
@@ -201,6 +202,7 @@ class NucleiWidget(Container):
         self._method.changed.connect(self._warm_up)
         self._method.changed.connect(self._on_method_changed)
         PROJECT_CHANGED.connect(self._on_project)
+        guard_quit(self.viewer)
         self._results.changed.connect(self._on_result_chosen)
         self._style.changed.connect(self._restyle)
         self._colouring.changed.connect(self._restyle)
@@ -545,6 +547,7 @@ class NucleiWidget(Container):
             self._unwatch(old[0])
             self._outcomes.pop(id(old[0]), None)
         layer = self._put_nuclei(layer_tuple, slide, "view")
+        watch_edits(layer)
         outcome = _Outcome("view", slide, result=result, layer=layer)
         # The labels as measured: an edit made before the table arrives is found against them.
         outcome.snapshot = np.array(layer.data, copy=True)
@@ -1081,6 +1084,8 @@ class NucleiWidget(Container):
         write_labels_zarr(
             labels, path, r.plan.mpp, r.plan.origin, r.plan.downsample, outcome.slide.mpp
         )
+        if outcome.layer is not None:  # the corrected labels are in a file now
+            mark(outcome.layer, False)
         return self._exported(path, len(table["label"]))
 
     def _on_export_geojson(self, _=None) -> Path | None:
@@ -1097,6 +1102,8 @@ class NucleiWidget(Container):
         labels0, offset = r.labels_level0()
         # Measurements in the table's order and only for nuclei on screen: no empty outlines.
         export_geojson(labels0, path, outcome.slide.mpp, offset=offset, table=table)
+        if outcome.layer is not None:  # the corrected outlines are in a file now
+            mark(outcome.layer, False)
         return self._exported(path, len(table["label"]))
 
     def _on_export_csv(self, _=None) -> Path | None:

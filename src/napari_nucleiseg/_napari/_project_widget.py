@@ -30,6 +30,7 @@ from ._layers import (
     tag,
     unproxied,
 )
+from ._unsaved import guard_quit, mark, watch_edits
 
 #: What a click (or a drag, for split) on the view's nuclei does.
 TOOLS = ("paint with napari's tools", "delete a nucleus", "merge two nuclei", "split along a line")
@@ -171,6 +172,7 @@ class ProjectWidget(Container):
             min_width=270,
         )
         self.jobs = JobRunner(self._set_status, self._cancel)
+        guard_quit(self.viewer)
         self._open.changed.connect(self._on_open)
         self._accept.changed.connect(self._on_accept)
         self._slide_edit.changed.connect(self._on_slide_edit)
@@ -511,6 +513,7 @@ class ProjectWidget(Container):
             show_error(f"Not stored: {exc}")
             return
         meta["example"] = example.id  # accepting it again updates this example
+        mark(layer, False)  # stored in the project
         self._refresh()
         self._views.value = example.id
         if replace is not None:
@@ -618,6 +621,7 @@ class ProjectWidget(Container):
                 )
                 return
         layer = put_layer(self.viewer, layer_tuple, "nuclei", **match)
+        watch_edits(layer)
         layer.contour = NUCLEI_CONTOUR
         self.viewer.layers.selection.active = layer
         self._show_region(layer)

@@ -90,6 +90,9 @@ def cut_view(viewer):
         method=meta.get("method"),
     )
     layer = viewer.add_labels(data, **kwargs)
+    from ._unsaved import watch_edits
+
+    watch_edits(layer)
     viewer.layers.selection.active = layer
     return layer
 
