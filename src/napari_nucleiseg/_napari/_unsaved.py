@@ -50,8 +50,9 @@ def ask_quit(window, names: list[str]) -> bool:
     listed = "\n".join(f"• {n}" for n in names)
     box.setText(f"These corrected nuclei are not stored anywhere yet:\n{listed}")
     box.setInformativeText(
-        "Accept them into the project (Project panel), export them (Nuclei panel: CSV, "
-        "GeoJSON, OME-Zarr) or save them to the slide result; closing now loses them."
+        "Accept them into the project (Project panel), save their outlines or labels "
+        "(Nuclei panel: GeoJSON…, OME-Zarr…) or save them to the slide result; closing now "
+        "loses them."
     )
     close = box.addButton("Close without saving", QMessageBox.ButtonRole.DestructiveRole)
     box.addButton("Cancel", QMessageBox.ButtonRole.RejectRole)
