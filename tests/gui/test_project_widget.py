@@ -420,3 +420,64 @@ def test_the_project_model_is_offered_and_run_by_the_nuclei_and_stain_panels(pan
     project.project.set_current_model("proj-normaliser-1", "normaliser")
     project._refresh()
     assert stain._model.value == "proj-normaliser-1"
+
+
+def _mouse(viewer, kind, yx):
+    """A real Qt mouse event on the canvas at world point ``yx`` (left button)."""
+    from qtpy.QtCore import QEvent, QPointF, Qt
+    from qtpy.QtGui import QMouseEvent
+    from qtpy.QtWidgets import QApplication
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    cy, cx = viewer.scene.camera.center[-2:]
+    zoom = viewer.scene.camera.zoom
+    at = QPointF(
+        (yx[1] - cx) * zoom + canvas.width() / 2, (yx[0] - cy) * zoom + canvas.height() / 2
+    )
+    where = QPointF(canvas.mapToGlobal(at.toPoint()))
+    left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
+    typ, button, held = {
+        "hover": (QEvent.Type.MouseMove, none, none),
+        "press": (QEvent.Type.MouseButtonPress, left, left),
+        "move": (QEvent.Type.MouseMove, none, left),
+        "release": (QEvent.Type.MouseButtonRelease, left, none),
+    }[kind]
+    QApplication.sendEvent(
+        canvas, QMouseEvent(typ, at, where, button, held, Qt.KeyboardModifier.NoModifier)
+    )
+
+
+def test_split_along_a_line_drawn_with_the_mouse(panels, qtbot):
+    """Was: the split tool left the camera panning, so a drag moved the slide under the cursor,
+    the line stayed on one point, and every split "crossed no nucleus"."""
+    from napari_nucleiseg._napari._project_widget import TOOLS
+
+    viewer, nuclei, project = panels
+    viewer.window.show()
+    qtbot.waitUntil(lambda: viewer.window._qt_viewer.canvas.native.width() > 200, timeout=5_000)
+    layer = project.view_labels()
+    labels = np.asarray(layer.data).copy()
+    nid, (rows, cols) = _isolated_nucleus(labels, min_area=120)
+    # The nucleus in the middle of the canvas, large enough to draw across.
+    to_world = lambda r, c: np.asarray(layer.data_to_world((r, c)))[-2:]  # noqa: E731
+    mid = ((rows.start + rows.stop) / 2, (cols.start + cols.stop) / 2)
+    viewer.scene.camera.center = tuple(to_world(*mid))
+    viewer.scene.camera.zoom = 8.0
+    qtbot.wait(100)
+    project._tool.value = TOOLS[3]
+    assert not viewer.scene.camera.mouse_pan
+    centre = tuple(viewer.scene.camera.center)
+    start, end = to_world(mid[0], cols.start - 3), to_world(mid[0], cols.stop + 3)
+    _mouse(viewer, "hover", start)
+    _mouse(viewer, "press", start)
+    for t in np.linspace(0, 1, 12)[1:]:
+        _mouse(viewer, "move", start + t * (end - start))
+        qtbot.wait(10)
+    _mouse(viewer, "release", end)
+    qtbot.wait(100)
+    assert tuple(viewer.scene.camera.center) == centre  # the drag drew; it did not pan
+    after = np.asarray(layer.data)
+    inside = after[labels == nid]
+    assert len(np.unique(inside[inside > 0])) == 2, project._status.value
+    project._tool.value = TOOLS[0]  # another tool: the view pans again
+    assert viewer.scene.camera.mouse_pan

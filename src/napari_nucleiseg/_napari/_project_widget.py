@@ -393,9 +393,17 @@ class ProjectWidget(Container):
             self._hooked.mouse_drag_callbacks.remove(self._on_mouse)
         self._hooked = None
         self._pending_merge = None
+        if getattr(self, "_pan_locked", False):
+            self.viewer.scene.camera.mouse_pan = True
+            self._pan_locked = False
         if layer is None or self._tool.value == TOOLS[0]:
             return
         layer.mode = "pan_zoom"
+        if self._tool.value == TOOLS[3]:
+            # A drag draws the line: with the camera panning under it, the cursor stayed on
+            # one point of the slide and every line "crossed no nucleus". (The wheel zooms.)
+            self.viewer.scene.camera.mouse_pan = False
+            self._pan_locked = True
         layer.mouse_drag_callbacks.append(self._on_mouse)
         self._hooked = layer
         if not announce:
@@ -404,7 +412,8 @@ class ProjectWidget(Container):
             {
                 TOOLS[1]: "Click a nucleus to delete it (Ctrl+Z undoes).",
                 TOOLS[2]: "Click two nuclei to merge them.",
-                TOOLS[3]: "Drag a line across a nucleus to split it.",
+                TOOLS[3]: "Drag a line across a nucleus to split it (the view does not pan "
+                "while this tool is chosen; the wheel still zooms).",
             }[self._tool.value]
         )
 
