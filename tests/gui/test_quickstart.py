@@ -70,3 +70,15 @@ def test_first_screen_is_the_nuclei_panel_beside_a_large_slide(make_napari_viewe
     on_screen = ((x1 - x0) * zoom, (y1 - y0) * zoom)
     assert on_screen[0] <= canvas.width() + 1 and on_screen[1] <= canvas.height() + 1
     assert on_screen[0] > 0.9 * canvas.width() or on_screen[1] > 0.9 * canvas.height()
+
+
+def test_the_first_screen_opens_a_plain_image_too(make_napari_viewer, png_image):
+    """`nucleiseg view image.png` (its help: "slide or image to open") raised: napari's open
+    refused our reader, which claims slide formats only."""
+    from napari_nucleiseg._napari._start import first_screen
+
+    viewer = make_napari_viewer()
+    panels = first_screen(viewer, str(png_image), size=(1366, 768))
+    (layer,) = [l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide"]
+    assert layer.metadata["nucleiseg"]["path"].endswith(png_image.name)
+    assert panels["Nuclei"]._layer.value is layer

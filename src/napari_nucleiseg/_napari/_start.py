@@ -30,7 +30,15 @@ def first_screen(viewer, slide=None, size: tuple[int, int] | None = None) -> dic
             "napari-nucleiseg", name, tabify=True
         )
     if slide:
-        viewer.open(slide, plugin="napari-nucleiseg")
+        # The reader's own function, not viewer.open: the reader claims slide formats only (a
+        # PNG stays napari's in File > Open), and `nucleiseg view image.png` raised there.
+        from napari.layers import Layer
+
+        from ._reader import read_slides
+
+        for layer_tuple in read_slides(str(slide)):  # [(None,)] after an error, said there
+            if layer_tuple[0] is not None:
+                viewer.add_layer(Layer.create(*layer_tuple))
     else:
         viewer.open_sample("napari-nucleiseg", "demo_slide")
     _scale_bar(viewer).visible = True
