@@ -148,6 +148,14 @@ def test_open_without_a_file_asks_for_one_and_messages_use_the_users_words(
     assert "no µm/px" in said and "mpp=" not in said and "--mpp" not in said
     assert "Slide panel" in said
     assert "--mpp" not in in_user_words("x.svs: states no µm/px; give it with --mpp (e.g. 0.25)")
+    # A file's name is spelt as it is (it read "Demo_he.tif"); the command line's --out is the
+    # panel's results folder.
+    assert in_user_words("demo_he.tif: the view shows only glass").startswith("demo_he.tif:")
+    assert in_user_words("the view is empty").startswith("The view")
+    said = in_user_words(
+        "x.zarr: it was made with … refusing to mix results — choose another --out"
+    )
+    assert "--out" not in said and "another results folder" in said
 
 
 def test_open_slide_on_a_slide_already_open_selects_it(make_napari_viewer, demo):

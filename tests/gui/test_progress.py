@@ -92,3 +92,18 @@ def test_tiles_counted_as_they_finish_cancel_shows_them_and_the_next_run_resumes
     levels, tiles_now, nuclei_now = layers_module.slide_labels_so_far(widget._slide_progress.store)
     assert isinstance(levels[-1], np.ndarray) and levels[-1].shape[0] * 16 >= levels[0].shape[0]
     assert (levels[-1] > 0).any() and (tiles_now, nuclei_now) == (tiles2, nuclei2)
+
+
+def test_a_slide_closed_while_its_whole_slide_run_goes_on_gets_no_layer(panel, qtbot):
+    """Was: the run went on and, at its end, drew a whole-slide layer and table for the closed
+    slide over whatever was open, without a word."""
+    viewer, widget = panel
+    widget._run_slide.clicked.emit()
+    qtbot.waitUntil(lambda: widget._slide_progress is not None, timeout=300_000)
+    slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
+    viewer.layers.remove(slide)
+    left = list(viewer.layers)  # (a live drawing made before the close may be among them)
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=300_000)
+    qtbot.wait(300)
+    assert list(viewer.layers) == left
+    assert "its layer was closed" in widget._status.value, widget._status.value

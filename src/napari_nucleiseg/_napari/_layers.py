@@ -107,6 +107,7 @@ def open_layer_slide(layer, status=None):
 
 #: Hints written for scripts and the command line, and what they mean in the viewer.
 _DEVELOPER_HINTS = (
+    (r"another --out\b", "another results folder (Nuclei panel)"),
     (r"\s*\((?:mpp=\.\.\.|mpp=…)[^)]*\)", " (enter it in the Slide panel: µm/px override, Apply)"),
     (
         r"give (?:the real resolution|it) with (?:mpp=\.\.\.|--mpp)",
@@ -117,13 +118,17 @@ _DEVELOPER_HINTS = (
 
 def in_user_words(text: str) -> str:
     """A core message as the viewer's user reads it: hints about ``mpp=...`` or ``--mpp`` become
-    the Slide panel's override, the first letter a capital."""
+    the Slide panel's override, ``--out`` the results folder; the first letter a capital,
+    unless the message starts with a file's name ("demo_he.tif: …" read "Demo_he.tif")."""
     import re
 
     text = str(text)
     for pattern, words in _DEVELOPER_HINTS:
         text = re.sub(pattern, words, text)
-    return text[:1].upper() + text[1:] if text else text
+    first = text.split(" ", 1)[0]
+    if not text or re.search(r"[./\\_]", first):  # a name or a path: as it is spelt
+        return text
+    return text[:1].upper() + text[1:]
 
 
 def scrolled(panel, form) -> None:

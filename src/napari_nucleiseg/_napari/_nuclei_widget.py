@@ -951,6 +951,14 @@ class NucleiWidget(Container):
         from ..wholeslide import open_labels
 
         store, table = outcome_pair
+        if not self._is_open(slide):  # closed while it ran: nothing to draw on
+            self._run_id += 1  # a refresh still being gathered is dropped
+            self._set_status(
+                f"Whole slide: {slide.path.name} finished ({len(table['label']):,} nuclei, "
+                f"results in {Path(store).parent}); its layer was closed, so nothing is shown. "
+                "Open the slide and segment it again to see them (nothing is computed again)."
+            )
+            return
         levels, _, meta = open_labels(store)  # reopened: the coarse levels are now filled
         levels = labels_display_pyramid(levels)
         layer_tuple = labels_layer(
@@ -973,12 +981,14 @@ class NucleiWidget(Container):
     def _on_slide_error(self, exc) -> None:
         from napari.utils.notifications import show_error
 
+        text = in_user_words(exc)
         hint = (
             " Choose another results folder in the Nuclei panel."
-            if getattr(exc, "kind", "") == "StoreMismatchError"
+            if getattr(exc, "kind", "") == "StoreMismatchError" and "results folder" not in text
             else ""
         )
-        show_error(f"{in_user_words(exc)}{hint}")
+        self._set_status(f"Whole slide: not run. {text}{hint}")
+        show_error(f"{text}{hint}")
 
     def _centre_on(self, row: dict) -> None:
         """Centre the view on a nucleus picked in the table (centroids are from the slide's
