@@ -21,14 +21,13 @@ def result(demo, tmp_path_factory):
 
 
 def test_correct_a_view_of_the_slide_result_and_save_it_back(
-    make_napari_viewer, result, qtbot, tmp_path
+    make_napari_viewer, result, qtbot, tmp_path, demo
 ):
-    from napari.layers import Layer
-
+    from napari_nucleiseg._napari._nuclei_widget import NucleiWidget
     from napari_nucleiseg._napari._project_widget import TOOLS, ProjectWidget
     from napari_nucleiseg._napari._wholeslide_edit import EDIT_SCOPE
-    from napari_nucleiseg.layers import labels_display_pyramid, labels_layer
-    from napari_nucleiseg.wholeslide import open_labels
+    from napari_nucleiseg.io import open_slide
+    from napari_nucleiseg.wholeslide import open_labels, read_table
     from napari_nucleiseg.wholeslide.edit import edit_log
 
     viewer = make_napari_viewer()
@@ -36,15 +35,14 @@ def test_correct_a_view_of_the_slide_result_and_save_it_back(
     viewer.open_sample("napari-nucleiseg", "demo_slide")
     slide_layer = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
 
-    class _Slide:  # what labels_layer needs of the slide: its path and µm/px
-        path, mpp = slide_layer.metadata["nucleiseg"]["path"], 0.5
-
+    # The result as the Nuclei panel shows it when its run ends: layer, count, table, exports.
+    nuclei = NucleiWidget(viewer)
+    nuclei._ask_save_path = lambda title, default, _filter: tmp_path / "after.csv"
+    parquet = result.parent / "demo_he.nuclei.parquet"
+    nuclei._on_slide_done(open_slide(demo.slide), (result, read_table(parquet)))
+    before = len(nuclei._last.table["label"])
+    (whole,) = [l for l in viewer.layers if l.metadata["nucleiseg"].get("scope") == "slide"]
     levels, _, meta = open_labels(result)
-    data, kwargs, kind = labels_layer(
-        _Slide, labels_display_pyramid(levels), name="nuclei (whole slide)", kind="nuclei",
-        scope="slide", store=str(result),
-    )  # fmt: skip
-    whole = viewer.add_layer(Layer.create(data, kwargs, kind))
     viewer.layers.selection.active = whole
     viewer.scene.camera.center = (1500 * 0.5, 1500 * 0.5)
     viewer.scene.camera.zoom = 4.0 / 0.5
@@ -83,3 +81,9 @@ def test_correct_a_view_of_the_slide_result_and_save_it_back(
     assert not (shown == gone).any() and (shown > 0).any()
     csv = (result.parent / "demo_he.nuclei.csv").read_text()
     assert f"\n{gone}," not in csv
+    # The Nuclei panel follows: its count, table and exports (they kept the deleted nucleus).
+    assert len(nuclei._last.table["label"]) == before - 1
+    assert f"{before - 1:,} nuclei" in nuclei._count.value
+    assert gone not in nuclei._last.table["label"]
+    nuclei._on_export_csv()
+    assert f"\n{gone}," not in (tmp_path / "after.csv").read_text()

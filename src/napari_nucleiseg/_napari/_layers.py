@@ -286,6 +286,9 @@ MPP_APPLIED = _signal("mpp_applied")
 #: its models change (retrained, chosen, rolled back): the Nuclei and Stain panels list its
 #: models beside the shipped ones and switch to the one it now uses.
 PROJECT_CHANGED = _signal("project_changed")
+#: Emitted with the path of a whole-slide result store whose nuclei a correction changed (the
+#: Nuclei panel reads its table again: its count, table and exports went on showing the old).
+RESULT_CHANGED = _signal("result_changed")
 
 
 def apply_mpp(viewer, layer, mpp: float | None) -> str | None:

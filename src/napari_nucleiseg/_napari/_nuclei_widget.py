@@ -30,6 +30,7 @@ from magicgui.widgets import (
 from ._jobs import JobRunner
 from ._layers import (
     PROJECT_CHANGED,
+    RESULT_CHANGED,
     find_layers,
     in_user_words,
     path_field,
@@ -202,6 +203,7 @@ class NucleiWidget(Container):
         self._method.changed.connect(self._warm_up)
         self._method.changed.connect(self._on_method_changed)
         PROJECT_CHANGED.connect(self._on_project)
+        RESULT_CHANGED.connect(self._on_result_changed)
         guard_quit(self.viewer)
         self._results.changed.connect(self._on_result_chosen)
         self._style.changed.connect(self._restyle)
@@ -268,6 +270,26 @@ class NucleiWidget(Container):
             self._project_model = current
         except RuntimeError:  # this panel was closed (its Qt widgets deleted)
             PROJECT_CHANGED.disconnect(self._on_project)
+
+    def _on_result_changed(self, store) -> None:
+        """A correction was saved into a whole-slide result: its table, count and exports are
+        read again from the store (they are small next to the labels)."""
+        from ..wholeslide import read_table
+
+        try:
+            for outcome in list(self._outcomes.values()):
+                if outcome.scope != "slide" or str(outcome.store) != str(store):
+                    continue
+                path = Path(store)
+                outcome.table = read_table(path.parent / f"{path.name[: -len('.zarr')]}.parquet")
+                n = len(outcome.table["label"])
+                outcome.count_text = (
+                    f"{n:,} nuclei in the whole slide, corrected by hand (results in {path.parent})"
+                )
+                if outcome is self._last:
+                    self._show_outcome(outcome)
+        except RuntimeError:  # this panel was closed (its Qt widgets deleted)
+            RESULT_CHANGED.disconnect(self._on_result_changed)
 
     def _resolved(self, name):
         """The method called ``name``: a name where the registry finds it alone, else (a project

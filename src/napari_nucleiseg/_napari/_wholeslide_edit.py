@@ -125,6 +125,9 @@ def save(viewer) -> str:
     viewer.layers.remove(layer)
     if done["edit"] is None:
         return "Nothing had changed: the slide result is as it was."
+    from ._layers import RESULT_CHANGED
+
+    RESULT_CHANGED.emit(str(store))
     parts = [f"{len(done[k])} {k}" for k in ("deleted", "changed", "added") if done[k]]
     return (
         f"Saved to the slide result (correction {done['edit']}): nuclei "
