@@ -180,7 +180,7 @@ class NucleiWidget(Container):
             label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self._form.native.setMinimumWidth(270)
         scrolled(self, self._form)
-        self.native.setMinimumHeight(240)  # stacked with other docks: still usable
+        self.native.setMinimumHeight(100)  # stacked with four other docks: still usable
         self.table.nucleus_chosen.connect(self._centre_on)
 
         self.jobs = JobRunner(self._set_status, self._cancel, bar=self.progress)

@@ -171,6 +171,7 @@ class ProjectWidget(Container):
             tail=(self._status, self.plot),
             min_width=270,
         )
+        self.native.setMinimumHeight(100)  # stacked with four other docks: still usable
         self.jobs = JobRunner(self._set_status, self._cancel)
         guard_quit(self.viewer)
         self._open.changed.connect(self._on_open)

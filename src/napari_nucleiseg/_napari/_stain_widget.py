@@ -116,7 +116,7 @@ class StainWidget(Container):
         )
         from qtpy.QtWidgets import QProgressBar
 
-        self.native.setMinimumHeight(160)  # stacked with other docks: still usable
+        self.native.setMinimumHeight(100)  # stacked with four other docks: still usable
         self.progress = QProgressBar()
         layout = self._form.native.layout()
         layout.insertWidget(layout.indexOf(self._status.native) + 1, self.progress)

@@ -135,6 +135,7 @@ class TissueWidget(Container):
             tail=(self._status, self.plot),
             min_width=270,
         )
+        self.native.setMinimumHeight(100)  # stacked with four other docks: still usable
         self.jobs = JobRunner(self._set_status, self._cancel)
         self._open.changed.connect(self._on_open)
         self._tags.changed.connect(self._on_tags)
