@@ -198,6 +198,10 @@ def test_corrections_survive_a_closed_panel_and_an_edit_before_the_table(segment
     gone = sorted(_layer_ids(layer))[0]
     _edit(layer, np.asarray(layer.data) == gone, 0)
     qtbot.waitUntil(lambda: gone not in _table_ids(widget), timeout=10_000)
+    second = sorted(_layer_ids(layer))[0]
+    _edit(layer, np.asarray(layer.data) == second, 0)
+    qtbot.waitUntil(lambda: second not in _table_ids(widget), timeout=10_000)
+    assert "corrected by hand: 2 changed" in widget._count.value  # both edits, not the last
     corrected = np.array(layer.data, copy=True)
     widget.close()
     again = NucleiWidget(viewer)  # the panel opened again (a new one, as napari makes it)

@@ -745,7 +745,10 @@ class NucleiWidget(Container):
         n = len(outcome.table["label"])
         tag(layer)["count"] = n
         tag(layer)["edited"] = True
-        outcome.count_text = f"{n:,} nuclei in view (corrected by hand: {len(touched)} changed)"
+        outcome.changed.update(int(i) for i in touched)  # every nucleus touched so far
+        outcome.count_text = (
+            f"{n:,} nuclei in view (corrected by hand: {len(outcome.changed)} changed)"
+        )
         if outcome is self._last:
             self._show_outcome(outcome)
 
@@ -1165,6 +1168,8 @@ class _Outcome:
         self.count_text = ""
         self.snapshot = None
         self.edited = False
+        #: Ids of the nuclei edits have touched (erased, painted, merged, split).
+        self.changed: set[int] = set()
         self.timer = None
         self.watched: list = []
 
