@@ -291,6 +291,24 @@ PROJECT_CHANGED = _signal("project_changed")
 RESULT_CHANGED = _signal("result_changed")
 
 
+def follow_project(box, folder, kind: str, last):
+    """A panel's model drop-down (``box``) after the Project panel opened ``folder`` or changed
+    its models: its choices asked again (the project's models among them), and switched to the
+    project's model of ``kind`` when that changed since ``last`` (then the user's choice stands).
+    Returns the project's model now, the ``last`` of the next call."""
+    from ..models import WeightsError
+    from ..models.registry import project_current_model
+
+    try:
+        current = project_current_model(folder, kind)
+    except WeightsError:  # unreadable meanwhile: the Project panel says so
+        return last
+    box.reset_choices()
+    if current and current != last and current in box.choices:
+        box.value = current
+    return current
+
+
 def apply_mpp(viewer, layer, mpp: float | None) -> str | None:
     """Give the slide of ``layer`` the µm/px ``mpp`` (None: its file's own) and rescale every
     layer drawn over it, so all stay aligned. Returns None, or the problem in the user's words.

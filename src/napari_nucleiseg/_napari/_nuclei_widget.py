@@ -32,6 +32,7 @@ from ._layers import (
     PROJECT_CHANGED,
     RESULT_CHANGED,
     find_layers,
+    follow_project,
     in_user_words,
     path_field,
     put_layer,
@@ -259,15 +260,11 @@ class NucleiWidget(Container):
         """The Project panel opened a project or changed its model: offer its models, and
         switch to the model it now uses when that changed (a retrained model "now the
         project's model" is what the next Segment view runs)."""
-        from ..models.registry import project_current_model
-
         try:
             self._project = folder
-            current = project_current_model(folder)  # None: it uses the shipped default
-            self._method.reset_choices()
-            if current and current != self._project_model and current in self._method.choices:
-                self._method.value = current
-            self._project_model = current
+            self._project_model = follow_project(
+                self._method, folder, "nuclei", self._project_model
+            )
         except RuntimeError:  # this panel was closed (its Qt widgets deleted)
             PROJECT_CHANGED.disconnect(self._on_project)
 

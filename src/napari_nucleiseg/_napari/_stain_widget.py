@@ -37,6 +37,7 @@ from ._layers import (
     PROJECT_CHANGED,
     build_form,
     find_layers,
+    follow_project,
     just_above,
     open_layer_slide,
     path_field,
@@ -154,17 +155,11 @@ class StainWidget(Container):
         switch to the one it now uses when that changed."""
         try:
             self._project = folder
-            from ..project import Project
-
-            current = Project(folder).current_model("normaliser")
-            self._model.reset_choices()
-            if current and current != self._project_model and current in self._model.choices:
-                self._model.value = current
-            self._project_model = current
+            self._project_model = follow_project(
+                self._model, folder, "normaliser", self._project_model
+            )
         except RuntimeError:  # this panel was closed (its Qt widgets deleted)
             PROJECT_CHANGED.disconnect(self._on_project)
-        except Exception:  # noqa: BLE001 (a project unreadable meanwhile: its panel says so)
-            pass
 
     def reset_choices(self, *_):
         """napari calls this when layers change; the choices live in the form."""
