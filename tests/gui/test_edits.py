@@ -234,6 +234,18 @@ def test_corrections_survive_a_closed_panel_and_an_edit_before_the_table(segment
     again._run_view.clicked.emit()
     assert len(asked) == 2 and asked[1].layer is fresh
 
+    # Labels shown whose table never came (what Cancel or a failed measurement leaves), then
+    # corrected: asked too (nothing re-measured them, so they counted as uncorrected).
+    slide, result = again._last.slide, again._last.result
+    viewer.layers.remove(fresh)
+    original(slide, result)  # the labels step alone, as a run cancelled before its table
+    (partial,) = _view_layers(viewer)
+    assert again._outcomes[id(partial)].table is None
+    first = sorted(_layer_ids(partial))[0]
+    _edit(partial, np.asarray(partial.data) == first, 0)
+    again._run_view.clicked.emit()
+    assert len(asked) == 3 and asked[2].layer is partial
+
 
 def test_quitting_over_unsaved_corrections_asks_first(segmented, qtbot, monkeypatch):
     """Was: napari closed without a word over corrected nuclei stored nowhere."""
@@ -247,13 +259,14 @@ def test_quitting_over_unsaved_corrections_asks_first(segmented, qtbot, monkeypa
     asked = []
     monkeypatch.setattr(unsaved, "ask_quit", lambda w, names: asked.append(names) or False)
 
-    def quit_from_menu():  # what napari's Quit does: _quit_app set, then a close event
-        window._quit_app = True
+    def quit_from_menu():  # napari's Quit / Close Window: close(confirm_need=True), whose
+        # close event the guard sees flagged (napari's own question is not asked here)
+        window._nucleiseg_users_close = True
         event = QCloseEvent()
         try:
             return guard.eventFilter(window, event), event.isAccepted()
         finally:
-            window._quit_app = False  # the event went no further: napari must not quit here
+            window._nucleiseg_users_close = False
 
     assert quit_from_menu() == (False, True) and not asked  # nothing corrected: no question
     gone = sorted(_layer_ids(layer))[0]
@@ -264,6 +277,13 @@ def test_quitting_over_unsaved_corrections_asks_first(segmented, qtbot, monkeypa
     # A close a program makes (viewer.close(), scripts) is not asked about.
     event = QCloseEvent()
     assert not guard.eventFilter(window, event) and len(asked) == 1
+    # napari's File > Close Window itself (its own question off): asked, and Cancel keeps it.
+    from napari.settings import get_settings
+
+    monkeypatch.setattr(get_settings().application, "confirm_close_window", False)
+    window.close(quit_app=False, confirm_need=True)
+    assert len(asked) == 2 and hasattr(viewer.window, "_qt_window")
+    asked.pop()
 
     # Exported as outlines: stored in a file, so quitting asks no more.
     widget._export_geojson.clicked.emit()

@@ -377,7 +377,9 @@ def test_docked_panels_act_on_the_selected_layer(make_napari_viewer, demo, tmp_p
     assert panels["Project"].slide_layer() is second
 
 
-def test_the_project_model_is_offered_and_run_by_the_nuclei_and_stain_panels(panels, qtbot):
+def test_the_project_model_is_offered_and_run_by_the_nuclei_and_stain_panels(
+    panels, qtbot, make_napari_viewer
+):
     """Was: "Use this model" said the project now segments with its model, but the Nuclei panel
     listed only shipped models and went on running the shipped default (and the Stain panel
     never listed a project's normaliser)."""
@@ -420,6 +422,13 @@ def test_the_project_model_is_offered_and_run_by_the_nuclei_and_stain_panels(pan
     project.project.set_current_model("proj-normaliser-1", "normaliser")
     project._refresh()
     assert stain._model.value == "proj-normaliser-1"
+    # A panel opened after the project was starts from it; another window's does not.
+    _, later = viewer.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei")
+    assert "proj-nuclei-1" in later._method.choices and later._method.value == "proj-nuclei-1"
+    other = make_napari_viewer()
+    _, elsewhere = other.window.add_plugin_dock_widget("napari-nucleiseg", "Nuclei")
+    project._refresh()
+    assert "proj-nuclei-1" not in elsewhere._method.choices
 
 
 def _mouse(viewer, kind, yx):
@@ -466,6 +475,12 @@ def test_split_along_a_line_drawn_with_the_mouse(panels, qtbot):
     qtbot.wait(100)
     project._tool.value = TOOLS[3]
     assert not viewer.scene.camera.mouse_pan
+    # Another layer selected and this one again (napari then sets the camera's panning from
+    # the layer's): still locked.
+    slide = next(l for l in viewer.layers if l.metadata["nucleiseg"]["kind"] == "slide")
+    viewer.layers.selection.active = slide
+    viewer.layers.selection.active = layer
+    assert not viewer.scene.camera.mouse_pan
     centre = tuple(viewer.scene.camera.center)
     start, end = to_world(mid[0], cols.start - 3), to_world(mid[0], cols.stop + 3)
     _mouse(viewer, "hover", start)
@@ -481,3 +496,13 @@ def test_split_along_a_line_drawn_with_the_mouse(panels, qtbot):
     assert len(np.unique(inside[inside > 0])) == 2, project._status.value
     project._tool.value = TOOLS[0]  # another tool: the view pans again
     assert viewer.scene.camera.mouse_pan
+
+    # The panel closed with napari's ✕ (napari does not delete it) while the tool is chosen:
+    # the tool is put down, the view pans, and it does not come back on a layer change.
+    project._tool.value = TOOLS[3]
+    assert not viewer.scene.camera.mouse_pan
+    viewer.window.remove_dock_widget(project.native)
+    assert viewer.scene.camera.mouse_pan and project._on_mouse not in layer.mouse_drag_callbacks
+    viewer.layers.selection.active = slide
+    viewer.layers.selection.active = layer
+    assert viewer.scene.camera.mouse_pan and project._on_mouse not in layer.mouse_drag_callbacks

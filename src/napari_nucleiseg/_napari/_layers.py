@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from ..layers import META_KEY
@@ -150,6 +152,31 @@ def scrolled(panel, form) -> None:
     panel.scroll_area = area
 
 
+def deleted(widget) -> bool:
+    """Whether ``widget``'s Qt object is gone (its panel was closed and deleted)."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return True
+    return False
+
+
+def when_undocked(panel, callback) -> None:
+    """Call ``callback()`` when napari's ✕ takes ``panel`` out of its dock: napari does not
+    delete a closed panel (nor its widgets), so ``destroyed`` never comes."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class _Watch(QObject):
+        def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+            if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+                callback()
+            return False
+
+    watch = _Watch(panel.native)
+    panel.native.installEventFilter(watch)
+    panel._undock_watch = watch
+
+
 def slide_layer_box(choices, viewer=None):
     """The panels' "slide layer" drop-down. A slide opened in ``viewer`` becomes its choice, as
     in every panel: it is the one the user looks at (a panel that kept the old one segmented a
@@ -162,15 +189,16 @@ def slide_layer_box(choices, viewer=None):
     def name(_=None):
         box.tooltip = getattr(box.value, "name", None) or "the slide to work on"
 
+    ref = weakref.ref(box)  # napari holds this function: it must not keep a closed panel alive
+
     def opened(event=None):
-        layer = getattr(event, "value", None)
-        if layer is None or tag(layer).get("kind") != "slide":
+        layer, box = getattr(event, "value", None), ref()
+        if box is None or deleted(box.native):  # the panel is gone: stop following
+            viewer.layers.events.inserted.disconnect(opened)
             return
-        try:
+        if layer is not None and tag(layer).get("kind") == "slide":
             box.reset_choices()
             box.value = layer
-        except RuntimeError:  # the panel was closed (its Qt widgets deleted): stop following
-            viewer.layers.events.inserted.disconnect(opened)
 
     box.changed.connect(name)
     if viewer is not None:
@@ -273,19 +301,34 @@ def _tidy_popups() -> None:
                 label.hide()
 
 
-def _signal(name: str):
+def _signal(name: str, arguments=1):
     from psygnal import SignalInstance
 
-    return SignalInstance((object,), name=name)
+    return SignalInstance((object,) * arguments, name=name)
 
 
 #: Emitted with the slide layer whose µm/px :func:`apply_mpp` changed, whichever panel changed
 #: it (the Slide panel shows a slide's µm/px; the Nuclei panel's "Use … µm/px" button sets it).
 MPP_APPLIED = _signal("mpp_applied")
-#: Emitted with the folder of the project the Project panel has open, whenever it opens one or
-#: its models change (retrained, chosen, rolled back): the Nuclei and Stain panels list its
-#: models beside the shipped ones and switch to the one it now uses.
-PROJECT_CHANGED = _signal("project_changed")
+#: Emitted with a viewer and the folder of the project its Project panel has open, whenever it
+#: opens one or its models change (retrained, chosen, rolled back): that viewer's Nuclei and
+#: Stain panels list its models beside the shipped ones and switch to the one it now uses.
+PROJECT_CHANGED = _signal("project_changed", 2)
+#: The project each viewer's Project panel has open: a panel opened later starts from it.
+_OPEN_PROJECTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def project_opened(viewer, folder) -> None:
+    """The Project panel of ``viewer`` has ``folder`` open (or its models changed)."""
+    _OPEN_PROJECTS[viewer] = folder
+    PROJECT_CHANGED.emit(viewer, folder)
+
+
+def open_project(viewer):
+    """The folder of the project open in ``viewer``'s Project panel, or None."""
+    return _OPEN_PROJECTS.get(viewer)
+
+
 #: Emitted with the path of a whole-slide result store whose nuclei a correction changed (the
 #: Nuclei panel reads its table again: its count, table and exports went on showing the old).
 RESULT_CHANGED = _signal("result_changed")

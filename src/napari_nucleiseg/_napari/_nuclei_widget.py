@@ -31,9 +31,11 @@ from ._jobs import JobRunner
 from ._layers import (
     PROJECT_CHANGED,
     RESULT_CHANGED,
+    deleted,
     find_layers,
     follow_project,
     in_user_words,
+    open_project,
     path_field,
     put_layer,
     scrolled,
@@ -204,6 +206,8 @@ class NucleiWidget(Container):
         self._method.changed.connect(self._warm_up)
         self._method.changed.connect(self._on_method_changed)
         PROJECT_CHANGED.connect(self._on_project)
+        if open_project(self.viewer) is not None:  # opened after the project was
+            self._on_project(self.viewer, open_project(self.viewer))
         RESULT_CHANGED.connect(self._on_result_changed)
         guard_quit(self.viewer)
         self._results.changed.connect(self._on_result_chosen)
@@ -256,37 +260,41 @@ class NucleiWidget(Container):
 
         return method_names("nuclei", project=self._project)
 
-    def _on_project(self, folder) -> None:
+    def _on_project(self, viewer, folder) -> None:
         """The Project panel opened a project or changed its model: offer its models, and
         switch to the model it now uses when that changed (a retrained model "now the
         project's model" is what the next Segment view runs)."""
-        try:
-            self._project = folder
-            self._project_model = follow_project(
-                self._method, folder, "nuclei", self._project_model
-            )
-        except RuntimeError:  # this panel was closed (its Qt widgets deleted)
+        if viewer is not self.viewer:  # another window's Project panel
+            return
+        if deleted(self.native):  # this panel was closed
             PROJECT_CHANGED.disconnect(self._on_project)
+            return
+        self._project = folder
+        self._project_model = follow_project(self._method, folder, "nuclei", self._project_model)
 
     def _on_result_changed(self, store) -> None:
         """A correction was saved into a whole-slide result: its table, count and exports are
         read again from the store (they are small next to the labels)."""
         from ..wholeslide import read_table
 
-        try:
-            for outcome in list(self._outcomes.values()):
-                if outcome.scope != "slide" or str(outcome.store) != str(store):
-                    continue
-                path = Path(store)
-                outcome.table = read_table(path.parent / f"{path.name[: -len('.zarr')]}.parquet")
-                n = len(outcome.table["label"])
-                outcome.count_text = (
-                    f"{n:,} nuclei in the whole slide, corrected by hand (results in {path.parent})"
-                )
-                if outcome is self._last:
-                    self._show_outcome(outcome)
-        except RuntimeError:  # this panel was closed (its Qt widgets deleted)
+        if deleted(self.native):  # this panel was closed
             RESULT_CHANGED.disconnect(self._on_result_changed)
+            return
+        for outcome in list(self._outcomes.values()):
+            if outcome.scope != "slide" or str(outcome.store) != str(store):
+                continue
+            path = Path(store)
+            try:
+                outcome.table = read_table(path.parent / f"{path.name[: -len('.zarr')]}.parquet")
+            except Exception as exc:  # noqa: BLE001 (the correction is saved; only this view is old)
+                self._set_status(f"The corrected table could not be read again: {exc}")
+                continue
+            n = len(outcome.table["label"])
+            outcome.count_text = (
+                f"{n:,} nuclei in the whole slide, corrected by hand (results in {path.parent})"
+            )
+            if outcome is self._last:
+                self._show_outcome(outcome)
 
     def _resolved(self, name):
         """The method called ``name``: a name where the registry finds it alone, else (a project
@@ -479,6 +487,10 @@ class NucleiWidget(Container):
             if outcome is not None:
                 self._remeasure(outcome)  # an edit still within REMEASURE_MS counts too
                 if outcome.edited:
+                    return outcome
+                if outcome.table is None and tag(layer).get("unsaved"):
+                    # Labels never measured (a cancelled or failed run): nothing re-measures
+                    # them, but the user corrected them.
                     return outcome
             elif tag(layer).get("edited"):
                 return _Outcome("view", slide, layer=layer)

@@ -22,13 +22,14 @@ from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButto
 
 from ._jobs import JobRunner
 from ._layers import (
-    PROJECT_CHANGED,
     build_form,
     find_layers,
     open_layer_slide,
     path_field,
+    project_opened,
     tag,
     unproxied,
+    when_undocked,
 )
 from ._unsaved import guard_quit, mark, watch_edits
 
@@ -197,6 +198,10 @@ class ProjectWidget(Container):
         self._tool.native.destroyed.connect(
             lambda *_: [event.disconnect(self._follow_tool) for event in layer_events]
         )
+        # napari's ✕ on the dock takes the panel out of the window without deleting it: the
+        # chosen tool is put down then (else drags went on splitting nuclei, the view unable to
+        # pan, from a panel nobody could see).
+        when_undocked(self, self._unhook)
         self._reopen.changed.connect(self._on_reopen)
         self._delete.changed.connect(self._on_delete)
         self._views.changed.connect(self._forget_delete)
@@ -252,7 +257,7 @@ class ProjectWidget(Container):
         self._views.reset_choices()
         if chosen in self._views.choices:
             self._views.value = chosen
-        PROJECT_CHANGED.emit(self.project.path)
+        project_opened(self.viewer, self.project.path)
 
     def reference_slides(self) -> list[str]:
         """Paths of the project's slides marked as the reference style."""
@@ -379,6 +384,21 @@ class ProjectWidget(Container):
 
         return self._edit(split, np.asarray(points, float)[:, -2:])
 
+    def _unhook(self) -> None:
+        """The click tool off the layer it was on, and that layer's panning back."""
+        layer, self._hooked, self._pending_merge = self._hooked, None, None
+        if layer is None:
+            return
+        if self._on_mouse in layer.mouse_drag_callbacks:
+            layer.mouse_drag_callbacks.remove(self._on_mouse)
+        layer.events.mode.disconnect(self._keep_pan_locked)
+        layer.mouse_pan = True
+
+    def _keep_pan_locked(self, event=None) -> None:
+        layer = self._hooked
+        if layer is not None and self._tool.value == TOOLS[3] and str(layer.mode) == "pan_zoom":
+            layer.mouse_pan = False
+
     def _follow_tool(self, *_):
         """The view's nuclei layer changed (a new view segmented, one kept with its edits, another
         selected): the chosen click tool moves to it. It stayed on the old layer, so clicks on
@@ -390,21 +410,17 @@ class ProjectWidget(Container):
         """Hook the chosen tool to mouse clicks on the view's nuclei (napari's own tools for
         painting, erasing and filling when none is chosen)."""
         layer = self.view_labels()
-        if self._hooked is not None and self._on_mouse in self._hooked.mouse_drag_callbacks:
-            self._hooked.mouse_drag_callbacks.remove(self._on_mouse)
-        self._hooked = None
-        self._pending_merge = None
-        if getattr(self, "_pan_locked", False):
-            self.viewer.scene.camera.mouse_pan = True
-            self._pan_locked = False
-        if layer is None or self._tool.value == TOOLS[0]:
+        self._unhook()
+        if layer is None or self._tool.value == TOOLS[0] or self.native.parent() is None:
             return
         layer.mode = "pan_zoom"
         if self._tool.value == TOOLS[3]:
             # A drag draws the line: with the camera panning under it, the cursor stayed on
             # one point of the slide and every line "crossed no nucleus". (The wheel zooms.)
-            self.viewer.scene.camera.mouse_pan = False
-            self._pan_locked = True
+            # On the layer, not the camera: napari sets the camera's from the active layer's
+            # whenever the selection or the layer's mode changes.
+            layer.mouse_pan = False
+            layer.events.mode.connect(self._keep_pan_locked)
         layer.mouse_drag_callbacks.append(self._on_mouse)
         self._hooked = layer
         if not announce:

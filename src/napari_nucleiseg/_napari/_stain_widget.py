@@ -36,10 +36,12 @@ from ._jobs import JobRunner
 from ._layers import (
     PROJECT_CHANGED,
     build_form,
+    deleted,
     find_layers,
     follow_project,
     just_above,
     open_layer_slide,
+    open_project,
     path_field,
     put_layer,
     slide_layer_box,
@@ -130,6 +132,8 @@ class StainWidget(Container):
         self._method.changed.connect(self._on_method)
         self._model.changed.connect(self._on_model)
         PROJECT_CHANGED.connect(self._on_project)
+        if open_project(self.viewer) is not None:  # opened after the project was
+            self._on_project(self.viewer, open_project(self.viewer))
         # One redraw when the value is set (Enter, arrows, focus out), not one per keystroke.
         self._calibration.native.setKeyboardTracking(False)
         self._calibration.changed.connect(self._on_calibration)
@@ -150,16 +154,16 @@ class StainWidget(Container):
 
         return method_names("normaliser", project=self._project)
 
-    def _on_project(self, folder) -> None:
+    def _on_project(self, viewer, folder) -> None:
         """The Project panel opened a project or changed its models: offer its normalisers, and
         switch to the one it now uses when that changed."""
-        try:
-            self._project = folder
-            self._project_model = follow_project(
-                self._model, folder, "normaliser", self._project_model
-            )
-        except RuntimeError:  # this panel was closed (its Qt widgets deleted)
+        if viewer is not self.viewer:  # another window's Project panel
+            return
+        if deleted(self.native):  # this panel was closed
             PROJECT_CHANGED.disconnect(self._on_project)
+            return
+        self._project = folder
+        self._project_model = follow_project(self._model, folder, "normaliser", self._project_model)
 
     def reset_choices(self, *_):
         """napari calls this when layers change; the choices live in the form."""

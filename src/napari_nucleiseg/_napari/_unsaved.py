@@ -11,12 +11,16 @@ corrections were lost.
 
 from __future__ import annotations
 
+import weakref
+
 from qtpy.QtCore import QEvent, QObject
 
 from ._layers import tag
 
 #: napari events a correction raises (assigning new data, e.g. a new result, raises others).
 EDIT_EVENTS = ("paint", "labels_update")
+#: The layers already watched.
+_WATCHED: weakref.WeakSet = weakref.WeakSet()
 
 
 def mark(layer, unsaved: bool = True) -> None:
@@ -25,10 +29,9 @@ def mark(layer, unsaved: bool = True) -> None:
 
 def watch_edits(layer) -> None:
     """Mark ``layer`` unsaved at its next correction (once per layer)."""
-    meta = tag(layer)
-    if meta.get("_edits_watched"):
+    if layer in _WATCHED:  # (in a set, not its metadata: a new result replaces that)
         return
-    meta["_edits_watched"] = True
+    _WATCHED.add(layer)
     for name in EDIT_EVENTS:
         emitter = getattr(layer.events, name, None)
         if emitter is not None:
@@ -68,12 +71,24 @@ def guard_quit(viewer) -> None:
     guard = _QuitGuard(viewer, window)
     window.installEventFilter(guard)
     window._nucleiseg_quit_guard = guard
+    # napari's File > Close Window and Quit call close(confirm_need=True); viewer.close() calls
+    # it plainly. Only the first is the user's: noted for the close event it sends.
+    plain_close = window.close
+
+    def close(quit_app=False, confirm_need=False):
+        window._nucleiseg_users_close = bool(quit_app or confirm_need)
+        try:
+            return plain_close(quit_app=quit_app, confirm_need=confirm_need)
+        finally:
+            window._nucleiseg_users_close = False
+
+    window.close = close
 
 
 class _QuitGuard(QObject):
-    """Asks on a close the user made: the window's close button (a spontaneous event) or
-    napari's Quit (which sets ``_quit_app``). A close a program makes (``viewer.close()``,
-    tests) is not asked about."""
+    """Asks on a close the user made: the window's close button (a spontaneous event), or
+    napari's Close Window or Quit (see :func:`guard_quit`). A close a program makes
+    (``viewer.close()``, tests) is not asked about."""
 
     def __init__(self, viewer, window):
         super().__init__(window)
@@ -82,7 +97,7 @@ class _QuitGuard(QObject):
     def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
         if event.type() != QEvent.Type.Close:
             return False
-        if not (event.spontaneous() or getattr(obj, "_quit_app", False)):
+        if not (event.spontaneous() or getattr(obj, "_nucleiseg_users_close", False)):
             return False
         try:
             names = [lyr.name for lyr in unsaved_layers(self.viewer)]
