@@ -334,22 +334,29 @@ def open_project(viewer):
 RESULT_CHANGED = _signal("result_changed")
 
 
-def follow_project(box, folder, kind: str, last):
-    """A panel's model drop-down (``box``) after the Project panel opened ``folder`` or changed
-    its models: its choices asked again (the project's models among them), and switched to the
-    project's model of ``kind`` when that changed since ``last`` (then the user's choice stands).
-    Returns the project's model now, the ``last`` of the next call."""
+def follow_project(panel, box, kind: str, viewer, folder) -> None:
+    """A panel's ``PROJECT_CHANGED`` handler: ``viewer``'s Project panel opened ``folder`` or
+    changed its models. The panel's model drop-down (``box``) asks its choices again (the
+    project's models among them) and switches to the project's model of ``kind`` when that
+    changed since the panel last heard (then the user's choice stands). Another window's
+    project is not this panel's; a closed panel stops listening."""
     from ..models import WeightsError
     from ..models.registry import project_current_model
 
+    if viewer is not panel.viewer:
+        return
+    if deleted(panel.native):
+        PROJECT_CHANGED.disconnect(panel._on_project)
+        return
+    panel._project = folder
     try:
         current = project_current_model(folder, kind)
     except WeightsError:  # unreadable meanwhile: the Project panel says so
-        return last
+        return
     box.reset_choices()
-    if current and current != last and current in box.choices:
+    if current and current != panel._project_model and current in box.choices:
         box.value = current
-    return current
+    panel._project_model = current
 
 
 def apply_mpp(viewer, layer, mpp: float | None) -> str | None:

@@ -264,13 +264,7 @@ class NucleiWidget(Container):
         """The Project panel opened a project or changed its model: offer its models, and
         switch to the model it now uses when that changed (a retrained model "now the
         project's model" is what the next Segment view runs)."""
-        if viewer is not self.viewer:  # another window's Project panel
-            return
-        if deleted(self.native):  # this panel was closed
-            PROJECT_CHANGED.disconnect(self._on_project)
-            return
-        self._project = folder
-        self._project_model = follow_project(self._method, folder, "nuclei", self._project_model)
+        follow_project(self, self._method, "nuclei", viewer, folder)
 
     def _on_result_changed(self, store) -> None:
         """A correction was saved into a whole-slide result: its table, count and exports are

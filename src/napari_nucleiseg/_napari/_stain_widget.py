@@ -36,7 +36,6 @@ from ._jobs import JobRunner
 from ._layers import (
     PROJECT_CHANGED,
     build_form,
-    deleted,
     find_layers,
     follow_project,
     just_above,
@@ -157,13 +156,7 @@ class StainWidget(Container):
     def _on_project(self, viewer, folder) -> None:
         """The Project panel opened a project or changed its models: offer its normalisers, and
         switch to the one it now uses when that changed."""
-        if viewer is not self.viewer:  # another window's Project panel
-            return
-        if deleted(self.native):  # this panel was closed
-            PROJECT_CHANGED.disconnect(self._on_project)
-            return
-        self._project = folder
-        self._project_model = follow_project(self._model, folder, "normaliser", self._project_model)
+        follow_project(self, self._model, "normaliser", viewer, folder)
 
     def reset_choices(self, *_):
         """napari calls this when layers change; the choices live in the form."""
