@@ -33,6 +33,7 @@ def test_a_wrong_mpp_is_flagged_after_the_whole_slide(make_napari_viewer, qtbot,
     verdict = nuclei.scale_verdict
     assert verdict.implausible and 0.75 < verdict.suggested_mpp < 1.5, verdict  # about 1
     assert "more likely about" in nuclei._status.value and "Slide panel" in nuclei._status.value
+    assert nuclei._status.value.count("segment again") == 1  # said once (it was twice)
     assert any("more likely about" in m for m in _messages())
     # Offered in the panel: one click gives the slide that µm/px, its layers rescaled with it.
     assert not nuclei._use_mpp.native.isHidden()  # (not docked here: "visible" asks the window)

@@ -241,7 +241,7 @@ class JobRunner:
 
     def busy_message(self) -> str:
         done, total = self._done
-        where = f" ({done}/{total} {self._unit})" if total else ""
+        where = f" ({done}/{total} {self._unit})" if total > 1 else ""  # not "(0/1 tiles)"
         return (
             f"{self.title}{where} is still running: wait for it to finish, or press Cancel first."
         )

@@ -615,9 +615,14 @@ class NucleiWidget(Container):
             suggested = float(f"{verdict.suggested_mpp:.2g}")
             self._suggested = (str(slide.path), suggested)
             self._use_mpp.text = f"Use {suggested:g} µm/px for this slide"
+            # The core's line ends "Check its µm/px (set it and segment again)."; here the
+            # panel says how, once.
+            said = verdict.message(slide.path.name).replace(
+                " Check its µm/px (set it and segment again).", ""
+            )
             text = (
-                f"{verdict.message(slide.path.name)} Press 'Use {suggested:g} µm/px' below (or "
-                "set it in the Slide panel), then segment again."
+                f"{said} Press 'Use {suggested:g} µm/px' below (or set it in the Slide panel), "
+                "then segment again."
             )
             self._status.value = text
             show_warning(text)
@@ -981,6 +986,8 @@ class NucleiWidget(Container):
         store, table = outcome_pair
         if not self._is_open(slide):  # closed while it ran: nothing to draw on
             self._run_id += 1  # a refresh still being gathered is dropped
+            for live in find_layers(self.viewer, "nuclei", slide=str(slide.path), scope="slide"):
+                self._end_live(live)  # drawn before the close: whole nuclei, the panel's style
             self._set_status(
                 f"Whole slide: {slide.path.name} finished ({len(table['label']):,} nuclei, "
                 f"results in {Path(store).parent}); its layer was closed, so nothing is shown. "
