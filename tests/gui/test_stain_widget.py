@@ -84,6 +84,12 @@ def test_fit_on_the_view_and_show_the_slide_normalised_lazily(panel, qtbot, tmp_
     (again,) = _kind(viewer, "stain_normalised")
     assert again.metadata["nucleiseg"]["method"] == "reinhard"
     assert "reinhard" in again.name and "shown normalised" in widget._status.value
+    # Its layer deleted: the panel no longer says it is shown, and the box is unticked.
+    viewer.layers.remove(again)
+    assert not widget._show.value and "normalised view was closed" in widget._status.value
+    _show(qtbot, widget)
+    (again,) = _kind(viewer, "stain_normalised")
+    assert again.visible and widget._show.value
     assert not any("still running" in m for m in _messages())
 
     # Save the profile and use it as the reference: the same target.

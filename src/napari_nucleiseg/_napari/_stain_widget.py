@@ -45,6 +45,7 @@ from ._layers import (
     put_layer,
     slide_layer_box,
     slide_layers,
+    tag,
     unproxied,
 )
 
@@ -166,8 +167,20 @@ class StainWidget(Container):
     def _slide_choices(self, _=None):
         return slide_layers(self.viewer)
 
-    def _refresh(self, _=None):
+    def _refresh(self, event=None):
         self._layer.reset_choices()
+        gone = getattr(event, "value", None)
+        if (
+            gone is not None
+            and tag(gone).get("kind") == "stain_normalised"
+            and not find_layers(self.viewer, "stain_normalised")
+            and not self.jobs.running
+        ):
+            # Its layer deleted: the panel said "the slide is shown normalised" on, ticked.
+            self._show.changed.disconnect(self._on_show)
+            self._show.value = False
+            self._show.changed.connect(self._on_show)
+            self._set_status("The normalised view was closed; tick the box to show it again.")
 
     def _set_status(self, text: str) -> None:
         self._status.value = text
