@@ -247,7 +247,9 @@ def test_corrections_survive_a_closed_panel_and_an_edit_before_the_table(segment
     assert len(asked) == 3 and asked[2].layer is partial
 
 
-def test_quitting_over_unsaved_corrections_asks_first(segmented, qtbot, monkeypatch):
+def test_quitting_over_unsaved_corrections_asks_first(
+    segmented, qtbot, monkeypatch, make_napari_viewer
+):
     """Was: napari closed without a word over corrected nuclei stored nowhere."""
     from qtpy.QtGui import QCloseEvent
 
@@ -283,6 +285,23 @@ def test_quitting_over_unsaved_corrections_asks_first(segmented, qtbot, monkeypa
     monkeypatch.setattr(get_settings().application, "confirm_close_window", False)
     window.close(quit_app=False, confirm_need=True)
     assert len(asked) == 2 and hasattr(viewer.window, "_qt_window")
+    asked.pop()
+
+    # Quit closes every window: another window's unsaved corrections are asked about too.
+    other = make_napari_viewer()
+    elsewhere = other.add_labels(
+        np.zeros((8, 8), np.uint32),
+        name="corrected elsewhere",
+        metadata={"nucleiseg": {"kind": "nuclei", "scope": "view"}},
+    )
+    unsaved.mark(elsewhere)
+    window._quit_app = True
+    try:
+        assert quit_from_menu() == (True, False)
+    finally:
+        window._quit_app = False
+    assert asked[-1] == [layer.name, "corrected elsewhere"]
+    unsaved.mark(elsewhere, False)
     asked.pop()
 
     # Exported as outlines: stored in a file, so quitting asks no more.

@@ -99,9 +99,16 @@ class _QuitGuard(QObject):
             return False
         if not (event.spontaneous() or getattr(obj, "_nucleiseg_users_close", False)):
             return False
+        viewers = [self.viewer]
+        if getattr(obj, "_quit_app", False):  # Quit closes every window: asked about them all
+            viewers += [
+                v
+                for v in list(getattr(type(self.viewer), "_instances", ()))
+                if v is not self.viewer
+            ]
         try:
-            names = [lyr.name for lyr in unsaved_layers(self.viewer)]
-        except RuntimeError:  # the viewer is being torn down
+            names = [lyr.name for v in viewers for lyr in unsaved_layers(v)]
+        except RuntimeError:  # a viewer is being torn down
             return False
         if not names or ask_quit(obj, names):
             return False
