@@ -279,7 +279,7 @@ class NucleiWidget(Container):
                 continue
             path = Path(store)
             try:
-                outcome.table = read_table(path.parent / f"{path.name[: -len('.zarr')]}.parquet")
+                outcome.table = read_table(_store_parquet(path))
             except Exception as exc:  # noqa: BLE001 (the correction is saved; only this view is old)
                 self._set_status(f"The corrected table could not be read again: {exc}")
                 continue
@@ -615,14 +615,10 @@ class NucleiWidget(Container):
             suggested = float(f"{verdict.suggested_mpp:.2g}")
             self._suggested = (str(slide.path), suggested)
             self._use_mpp.text = f"Use {suggested:g} µm/px for this slide"
-            # The core's line ends "Check its µm/px (set it and segment again)."; here the
-            # panel says how, once.
-            said = verdict.message(slide.path.name).replace(
-                " Check its µm/px (set it and segment again).", ""
-            )
-            text = (
-                f"{said} Press 'Use {suggested:g} µm/px' below (or set it in the Slide panel), "
-                "then segment again."
+            text = verdict.message(
+                slide.path.name,
+                advice=f"Press 'Use {suggested:g} µm/px' below (or set it in the Slide panel), "
+                "then segment again.",
             )
             self._status.value = text
             show_warning(text)
@@ -1237,11 +1233,17 @@ def _warm_up(method, ended, project=None) -> None:
     try:
         # napari's first labels layer imports pandas (for label features): a second, once.
         importlib.import_module("pandas")
-        warm_up(get_method(method, project=project) if project is not None else method)
+        warm_up(get_method(method, project=project))
     except Exception:  # noqa: BLE001 (a failed load is not kept: the run that needs it says why)
         pass
     finally:
         ended()
+
+
+def _store_parquet(store) -> Path:
+    """The table written beside a whole-slide result store (``x.nuclei.zarr`` →
+    ``x.nuclei.parquet``)."""
+    return Path(store).with_suffix(".parquet")
 
 
 def _then_read_table(steps):
@@ -1252,8 +1254,7 @@ def _then_read_table(steps):
     def read(last):
         from ..wholeslide import read_table
 
-        parquet = last.store.parent / f"{last.store.name[: -len('.zarr')]}.parquet"
-        return last.store, read_table(parquet)
+        return last.store, read_table(_store_parquet(last.store))
 
     return then_in_worker(steps, read)
 

@@ -281,13 +281,17 @@ class ProjectWidget(Container):
             return False
         return True
 
-    def view_labels(self):
+    def view_labels(self, slide_edit: bool = True):
         """The current view's nuclei labels layer (the Nuclei panel's result, one kept with its
-        edits or a re-opened accepted view): the selected one, else the top one; or None."""
+        edits, a re-opened accepted view, or with ``slide_edit`` a view of a whole-slide result
+        being corrected): the selected one, else the top one; or None."""
+        from ._wholeslide_edit import EDIT_SCOPE
+
         layers = [
             lyr  # "view", "view-edited" (kept with its edits), "view-example" (re-opened)
             for lyr in find_layers(self.viewer, "nuclei")
             if str(tag(lyr).get("scope", "")).startswith("view")
+            and (slide_edit or tag(lyr)["scope"] != EDIT_SCOPE)
         ]
         active = self.viewer.layers.selection.active
         if any(lyr is active for lyr in layers):
@@ -495,12 +499,7 @@ class ProjectWidget(Container):
                 "result'. To add training data, segment a view (Nuclei panel) and accept that."
             )
             return
-        views = [
-            lyr
-            for lyr in find_layers(self.viewer, "nuclei")
-            if str(tag(lyr).get("scope", "")).startswith("view") and tag(lyr)["scope"] != EDIT_SCOPE
-        ]
-        layer = active if any(lyr is active for lyr in views) else (views[-1] if views else None)
+        layer = self.view_labels(slide_edit=False)
         if layer is None:
             show_warning("Segment the current view (Nuclei panel) before accepting it.")
             return

@@ -15,6 +15,7 @@ from ._jobs import JobRunner
 from ._layers import (
     MPP_APPLIED,
     build_form,
+    deleted,
     find_layers,
     in_user_words,
     open_layer_slide,
@@ -108,11 +109,10 @@ class SlideWidget(Container):
 
     def _on_mpp_applied(self, layer) -> None:
         """Another panel set a slide's µm/px: show it if it is this panel's slide."""
-        try:
-            if layer is self._layer.value:
-                self._show_info()
-        except RuntimeError:  # this panel was closed (its Qt widgets deleted)
+        if deleted(self.native):  # this panel was closed
             MPP_APPLIED.disconnect(self._on_mpp_applied)
+        elif layer is self._layer.value:
+            self._show_info()
 
     def _set_status(self, text: str) -> None:
         self._status.value = text

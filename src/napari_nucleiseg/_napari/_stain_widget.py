@@ -177,9 +177,8 @@ class StainWidget(Container):
             and not self.jobs.running
         ):
             # Its layer deleted: the panel said "the slide is shown normalised" on, ticked.
-            self._show.changed.disconnect(self._on_show)
-            self._show.value = False
-            self._show.changed.connect(self._on_show)
+            with self._show.changed.blocked():
+                self._show.value = False
             self._set_status("The normalised view was closed; tick the box to show it again.")
 
     def _set_status(self, text: str) -> None:

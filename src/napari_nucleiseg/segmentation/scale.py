@@ -46,13 +46,16 @@ class ScaleVerdict:
     suggested_mpp: float | None  # None: too few nuclei to tell
     implausible: bool
 
-    def message(self, name: str) -> str:
-        """One line for the user, naming ``name`` (a slide, an image)."""
+    def message(
+        self, name: str, advice: str = "Check its µm/px (set it and segment again)."
+    ) -> str:
+        """One line for the user, naming ``name`` (a slide, an image), ending with ``advice``
+        (what to do, in the words of where it is read)."""
         return (
             f"{name}: the nuclei found are {self.median_area_um2:.0f} µm² (median of "
             f"{self.count:,}) at {self.stated_mpp:g} µm/px, where H&E nuclei measure about "
             f"{REFERENCE_AREA_UM2:.0f} µm²: the slide is more likely about "
-            f"{self.suggested_mpp:.2g} µm/px. Check its µm/px (set it and segment again)."
+            f"{self.suggested_mpp:.2g} µm/px. {advice}"
         )
 
 
