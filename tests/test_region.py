@@ -102,6 +102,9 @@ def test_glass_outside_and_too_large_views_say_so(demo_open):
         return plan_region(demo_open, box, get_method("classical")).megapixels
 
     assert megapixels_at(zoom) <= 4 < megapixels_at(zoom - 0.1)  # enough, and not more
+    # A limit the context alone exceeds is refused too (the zoom advice looped for ever).
+    with pytest.raises(RegionTooLargeError, match="whole-slide job"):
+        run(segment_region(demo_open, (0, 0, 4096, 3072), "classical", max_megapixels=1e-6))
 
 
 def test_a_tiled_region_yields_per_tile_and_stops_when_closed(demo_open):

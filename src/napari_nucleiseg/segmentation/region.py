@@ -248,8 +248,14 @@ def segment_region(
         # the zoom that brings it under the limit, those margins (which do not shrink) included.
         x0, y0, x1, y1 = plan.box
         w, h = round((x1 - x0) / plan.downsample), round((y1 - y0) / plan.downsample)
+
+        def megapixels(zoom):  # the view zoomed in by ``zoom``, with its context
+            return (w / zoom + 2 * plan.halo) * (h / zoom + 2 * plan.halo) / 1e6
+
         zoom = 1.1
-        while (w / zoom + 2 * plan.halo) * (h / zoom + 2 * plan.halo) / 1e6 > max_megapixels:
+        # Bounded: a context alone larger than the limit (a tiny limit, a wide-context model)
+        # is never brought under it by zooming, and the loop ran for ever.
+        while megapixels(zoom) > max_megapixels and zoom < 100:
             zoom += 0.1
         raise RegionTooLargeError(
             f"{slide.path.name}: the view is {w} x {h} px at the model's {plan.mpp:.3g} µm/px "
