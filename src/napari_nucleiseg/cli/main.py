@@ -400,8 +400,7 @@ def cmd_release(args) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from ..models import MODELS_DIR
-    from ..training.release import release
+    from ..training.release import ModelExistsError, release
 
     run = Path(args.run)
     if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
@@ -415,16 +414,23 @@ def cmd_release(args) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 1
-    card = Path(args.out_dir or MODELS_DIR) / f"{args.name}.json"
-    if card.exists() and not args.replace:
+    try:
+        card = release(
+            args.run,
+            args.name,
+            args.version,
+            args.train_data,
+            args.test_data,
+            args.out_dir,
+            replace=args.replace,
+        )
+    except ModelExistsError as exc:
         print(
-            f"error: {card} exists: releasing would replace that model; give --out-dir (e.g. "
-            "runs/release) or another --name, or --replace to replace it",
+            f"error: {exc.args[0]} exists: releasing would replace that model; give --out-dir "
+            "(e.g. runs/release) or another --name, or --replace to replace it",
             file=sys.stderr,
         )
         return 1
-
-    card = release(args.run, args.name, args.version, args.train_data, args.test_data, args.out_dir)
     print(Path(card).read_text())
     return 0
 

@@ -55,9 +55,17 @@ def tune_postprocess(predictor, images, *more_sets) -> dict:
     }
 
 
-def release(run_dir, name, version, train_data, test_data, out_dir=None, notes="") -> Path:
+class ModelExistsError(FileExistsError):
+    """A release would replace the model card (its path: ``args[0]``)."""
+
+
+def release(
+    run_dir, name, version, train_data, test_data, out_dir=None, notes="", replace: bool = False
+) -> Path:
     """Export, tune post-processing on held-out training images with the runtime that ships by
-    default (the int8 ONNX model), then measure the test set with the tuned settings."""
+    default (the int8 ONNX model), then measure the test set with the tuned settings. A model of
+    that name already in ``out_dir`` (by default the shipped models' folder) is replaced only
+    with ``replace``: else :class:`ModelExistsError`, before anything is written."""
     from ..methods import load_predictor
     from ..metrics import aggregate, score_image
     from ..models import MODELS_DIR
@@ -67,6 +75,8 @@ def release(run_dir, name, version, train_data, test_data, out_dir=None, notes="
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else MODELS_DIR
+    if (out_dir / f"{name}.json").exists() and not replace:
+        raise ModelExistsError(out_dir / f"{name}.json")
     cfg = json.loads((run_dir / "config.json").read_text())
     train_index = json.loads((Path(train_data) / "index.json").read_text())
     training_data = [
