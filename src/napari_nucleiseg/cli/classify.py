@@ -125,6 +125,7 @@ def cmd_train_classifier(args) -> int:
 def cmd_classify(args) -> int:
     import csv
     import os
+    from collections import Counter
 
     from ..io.output import OutputError, check_output_file
     from ..methods import get_method
@@ -133,7 +134,7 @@ def cmd_classify(args) -> int:
     from ..project import Project
     from ..project.errors import ProjectError
     from ..project.folder import open_with_mpp
-    from .main import note_mpp_overrides
+    from .main import note_override
 
     out = Path(args.out)
     try:
@@ -153,13 +154,14 @@ def cmd_classify(args) -> int:
             "p_tumour is left empty",
             file=sys.stderr,
         )
-    note_mpp_overrides(args.images, args.mpp)
     rows, failed = [], 0
     # Rows are named by file stem; images sharing a stem (a/x.png, b/x.png) by their path.
-    stems = [Path(p).stem for p in args.images]
+    stems = Counter(Path(p).stem for p in args.images)
     for path in args.images:
         try:
             with open_with_mpp(path, args.mpp) as image:
+                # The file's own µm/px, read as it opens (no second look at its header).
+                note_override(path, image.mpp_file, args.mpp)
                 h, w = image.shape
                 if h * w > 64_000_000:
                     raise ProjectError(
@@ -173,7 +175,7 @@ def cmd_classify(args) -> int:
             failed += 1
             continue
         stem = Path(path).stem
-        row = {"file": stem if stems.count(stem) == 1 else str(path)}
+        row = {"file": stem if stems[stem] == 1 else str(path)}
         p = dict(zip(method.classes, (float(v) for v in probs)))
         row["p_tumour"] = f"{p[TUMOUR]:.6f}" if TUMOUR in p else ""
         row.update({f"p_{tag}": f"{v:.6f}" for tag, v in p.items() if tag != TUMOUR})

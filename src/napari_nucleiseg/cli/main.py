@@ -38,11 +38,12 @@ def open_with_warnings(path, mpp=None):
         slide = open_slide(path, mpp=mpp)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
-    _note_override(path, slide.mpp_file, mpp)
+    note_override(path, slide.mpp_file, mpp)
     return slide
 
 
-def _note_override(path, stated, mpp) -> None:
+def note_override(path, stated, mpp) -> None:
+    """A note when ``--mpp`` replaces the µm/px ``path`` states by another value."""
     if mpp is not None and stated is not None and abs(stated - mpp) > 0.01 * stated:
         print(
             f"note: {Path(path).name} states {stated:.4g} µm/px; --mpp {mpp:g} is used instead",
@@ -71,7 +72,7 @@ def note_mpp_overrides(paths, mpp) -> None:
                 slide.close()
         except (SlideError, OSError):  # said by the command itself, in its turn
             continue
-        _note_override(path, stated, mpp)
+        note_override(path, stated, mpp)
 
 
 def cmd_info(args) -> int:
