@@ -676,7 +676,7 @@ def test_a_resume_with_another_detection_threshold_is_refused(small_slide, tmp_p
     """A store made with the user's detection threshold is finished only with that threshold:
     the message says which threshold made it, not 'made with nuclei-unet-v5, this run uses
     nuclei-unet-v5'."""
-    from napari_nucleiseg.methods import with_detection_threshold
+    from napari_nucleiseg.methods import get_method, with_detection_threshold
     from napari_nucleiseg.wholeslide import StoreMismatchError, segment_slide
 
     low = with_detection_threshold("nuclei-unet-v5", 0.3)
@@ -687,10 +687,12 @@ def test_a_resume_with_another_detection_threshold_is_refused(small_slide, tmp_p
     gen.close()
     assert not p.finished
     listing = sorted(p.store.rglob("*"))
+    own = get_method("nuclei-unet-v5").default_detection_threshold
     with pytest.raises(
         StoreMismatchError,
         match=rf"{re.escape(str(p.store))}: it was made with detection threshold 0.3, this run "
-        r"uses the model's own threshold \(set the same threshold to resume it\); refusing to mix",
+        rf"uses the model's own threshold \({own:g}\) \(set the same threshold to resume it\); "
+        "refusing to mix",
     ):
         list(segment_slide(small_slide, tmp_path, method="nuclei-unet-v5", tile_um=160, workers=1))
     assert sorted(p.store.rglob("*")) == listing

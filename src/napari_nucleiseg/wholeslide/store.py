@@ -454,6 +454,17 @@ def slide_fingerprint(slide) -> dict:
     }
 
 
+def _card_threshold(method: str | None) -> float | None:
+    """The detection threshold ``method``'s card was tuned with, or None (not a card model, or
+    not found here): the number the user sets to resume a store made with it."""
+    from ..methods import get_method
+
+    try:
+        return float(get_method(method).default_detection_threshold)
+    except Exception:  # noqa: BLE001 - a message's detail, never a reason to fail
+        return None
+
+
 def describe_difference(old: dict, new: dict) -> str:
     """One phrase saying why a store's identity differs from this run's."""
     if old.get("format") != new.get("format"):
@@ -485,9 +496,10 @@ def describe_difference(old: dict, new: dict) -> str:
 
             def threshold(m):
                 own = m.get("detection_threshold")
-                return (
-                    "the model's own threshold" if own is None else f"detection threshold {own:g}"
-                )
+                if own is not None:
+                    return f"detection threshold {own:g}"
+                card = _card_threshold(m.get("method"))
+                return "the model's own threshold" + (f" ({card:g})" if card is not None else "")
 
             return (
                 f"it was made with {threshold(om)}, this run uses {threshold(nm)} (set the same "
