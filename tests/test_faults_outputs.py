@@ -194,6 +194,34 @@ def test_demo_train_and_release_refuse_bad_places_in_one_line(tmp_path, capsys):
     ]
 
 
+def test_train_names_a_missing_or_unreadable_file_of_the_data_set(tmp_path, capsys):
+    """Was: a traceback from tifffile or PIL, after the run folder had been made."""
+    import tifffile
+    from PIL import Image
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    index = {"name": "d", "mpp": 0.25, "images": [{"stem": "a"}]}
+    (data / "index.json").write_text(json.dumps(index))
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(data / "images" / "a.png")
+    run = tmp_path / "run"
+    labels = data / "labels" / "a.tif"
+    code, _, err = cli(capsys, "train", "--data", data, "--out", run, "--iters", "1")
+    assert code == 1 and err == [
+        f"error: {labels}: no such file (listed in the data set's index.json)"
+    ]
+    labels.write_bytes(b"not a tiff")
+    code, _, err = cli(capsys, "train", "--data", data, "--out", run, "--iters", "1")
+    assert code == 1 and len(err) == 1 and err[0].startswith(f"error: {labels}: cannot be read (")
+    tifffile.imwrite(labels, np.zeros((30, 40), np.int32))
+    code, _, err = cli(capsys, "train", "--data", data, "--out", run, "--iters", "1")
+    assert code == 1 and err == [
+        f"error: {labels}: labels 40x30 px do not match their image a.png (40x40 px)"
+    ]
+    assert not run.exists()  # no empty run folder left behind
+
+
 def test_release_model_refuses_to_replace_a_model_unless_told(tmp_path, capsys):
     """Was: the documented recipes, pasted, replaced the installed shipped model's files."""
     from napari_nucleiseg.models import MODELS_DIR

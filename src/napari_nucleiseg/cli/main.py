@@ -259,14 +259,13 @@ def missing_training_packages(what: str) -> str | None:
 
 
 def cmd_train(args) -> int:
-    from .progress import Progress
 
     problem = missing_training_packages("training")
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     from ..io.output import OutputError, check_output_dir
-    from ..training.nuclei_data import split_spec
+    from ..training.nuclei_data import DataSetError, split_spec
     from ..training.seg_train import TrainConfig, train
 
     specs = [args.data, *(split_spec(spec)[0] for spec in args.extra_data or [])]
@@ -304,6 +303,17 @@ def cmd_train(args) -> int:
         end_distributed_process(0)
         return 0
     # The log lines are the progress on a log; a terminal also gets a bar.
+    try:
+        return _train_with_progress(cfg, args)
+    except DataSetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _train_with_progress(cfg, args) -> int:
+    from ..training.seg_train import train
+    from .progress import Progress
+
     with Progress("train", "iters", min_total=1) as bar:
         for info in train(cfg):
             if bar.tty:

@@ -59,19 +59,39 @@ def load_dataset(
             continue
         if kinds is not None and row.get("kind") not in kinds:
             continue
-        rgb = np.asarray(Image.open(root / "images" / f"{stem}.png").convert("RGB"))
-        labels = tifffile.imread(root / "labels" / f"{stem}.tif")
+        image_path, labels_path = root / "images" / f"{stem}.png", root / "labels" / f"{stem}.tif"
+        rgb = _read(image_path, lambda p: np.asarray(Image.open(p).convert("RGB")))
+        labels = _read(labels_path, tifffile.imread)
+        if labels.shape != rgb.shape[:2]:
+            raise DataSetError(
+                f"{labels_path}: labels {labels.shape[1]}x{labels.shape[0]} px do not match "
+                f"their image {image_path.name} ({rgb.shape[1]}x{rgb.shape[0]} px)"
+            )
         if mpp:
             im_mpp = float(mpp)
         else:
             try:
                 im_mpp = mpp_from_truth(labels)
             except ValueError as exc:
-                raise ValueError(f"{root / 'labels' / f'{stem}.tif'}: {exc}") from None
+                raise DataSetError(f"{labels_path}: {exc}") from None
         out.append(LabelledImage(stem, rgb, labels, im_mpp))
     if not out:
-        raise ValueError(f"{root}: no images found")
+        raise DataSetError(f"{root}: no images found")
     return out
+
+
+class DataSetError(ValueError):
+    """A data set's file is missing or unreadable; the message names the file."""
+
+
+def _read(path: Path, reader):
+    """``reader(path)``, any failure to read it as a :class:`DataSetError` naming the file."""
+    try:
+        return reader(path)
+    except FileNotFoundError:
+        raise DataSetError(f"{path}: no such file (listed in the data set's index.json)") from None
+    except Exception as exc:  # noqa: BLE001 - PIL and tifffile raise many kinds
+        raise DataSetError(f"{path}: cannot be read ({exc})") from None
 
 
 def split_spec(spec: str) -> tuple[str, str]:

@@ -115,7 +115,6 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
     run = distributed.setup()  # several processes under torchrun, else one
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     torch.manual_seed(cfg.seed)
     images = load_dataset(cfg.data)
@@ -137,6 +136,9 @@ def train(cfg: TrainConfig) -> Iterator[dict]:
             np.full(len(extra_train), cfg.extra_share / len(extra_train)),
         ]
         train_imgs = train_imgs + extra_train
+    # The run folder is made once the data have loaded: a data set that fails to load leaves no
+    # empty run folder behind.
+    out.mkdir(parents=True, exist_ok=True)
     model = UNet(tuple(cfg.widths), decoder=cfg.decoder).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
