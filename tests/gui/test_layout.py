@@ -173,6 +173,12 @@ def test_table_headers_read_with_units_and_need_no_sideways_scroll(
         value = table.model().data(table.model().index(0, i))
         assert header.sectionSize(i) >= widest + 4, (name, header.sectionSize(i), widest)
         assert header.sectionSize(i) >= table.fontMetrics().horizontalAdvance(value), value
+    # A width dragged by hand survives the panel being resized while the table scrolls.
+    dragged = header.sectionSize(3) + 60
+    header.resizeSection(3, dragged)
+    table.resize(table.width() - 12, table.height())
+    qtbot.wait(100)
+    assert header.sectionSize(3) == dragged
     for name in table.columns._names:  # back to the default: they fit, and share the width
         table.show_column(name, name in DEFAULT_COLUMNS)
     qtbot.wait(100)

@@ -161,9 +161,11 @@ class MeasurementsView(QTableView):
             self.sortByColumn(names.index(sorted_by), order)
         self._fit_columns()
 
-    def _fit_columns(self) -> None:
+    def _fit_columns(self, resized: bool = False) -> None:
         """Shown columns that fit the table share its width (no sideways scroll); when they do
-        not, each keeps the width of its header and values, and the table scrolls sideways."""
+        not, each keeps the width of its header and values, and the table scrolls sideways.
+        ``resized``: only the table's size changed; a table that scrolled already keeps the
+        widths it has (a user may have dragged them)."""
         header = self.horizontalHeader()
         names = self.columns._names
         shown = [i for i in range(len(names)) if not self.isColumnHidden(i)]
@@ -180,6 +182,11 @@ class MeasurementsView(QTableView):
                 header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
             self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
             return
+        scrolled = bool(shown) and (
+            header.sectionResizeMode(shown[0]) == QHeaderView.ResizeMode.Interactive
+        )
+        if resized and scrolled:
+            return
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         for i, width in need.items():
             header.resizeSection(i, width)
@@ -187,7 +194,7 @@ class MeasurementsView(QTableView):
 
     def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         super().resizeEvent(event)
-        self._fit_columns()
+        self._fit_columns(resized=True)
 
     def shown_headers(self) -> list[str]:
         """The headers of the columns shown, on one line each."""
