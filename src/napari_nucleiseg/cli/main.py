@@ -296,6 +296,7 @@ def cmd_train(args) -> int:
         extra_data=args.extra_data or [],
         extra_share=args.extra_share,
         augment=args.augment,
+        align_labels=args.align_labels,
     )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         for _ in train(cfg):
@@ -698,6 +699,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="standard",
         help="augmentation: standard; wide (scale ±35 %%, stains ×0.6-1.4, blur, JPEG); wider "
         "(wide, and on half the patches the stain colours turned up to 15°, amounts ×0.5-1.8)",
+    )
+    s.add_argument(
+        "--align-labels",
+        action="store_true",
+        help="move each data set's labels onto its nuclei first (the move that puts the most "
+        "haematoxylin under them, found per data set; recorded in the run's config.json)",
     )
     s.add_argument("--log-every", type=int, default=25, help="print a log line every N iterations")
     s.set_defaults(func=cmd_train)

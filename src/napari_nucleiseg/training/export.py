@@ -66,8 +66,10 @@ def export_model(
                 "extra_share",
                 "extra_holdout",
                 "augment",
+                "align_labels",
+                "label_moves",
             )
-            if cfg.get(k) not in (None, "", [], 0, 0.0, "standard")
+            if cfg.get(k) not in (None, "", [], {}, 0, 0.0, "standard")
         }
         | {
             "iterations_done": int(state["iter"]),
@@ -118,7 +120,8 @@ def _init_args(cfg: dict) -> str:
 
 
 def _data_args(cfg: dict) -> str:
-    """``--extra-data``, ``--extra-share`` and ``--augment`` as the run used them."""
+    """``--extra-data``, ``--extra-share``, ``--augment`` and ``--align-labels`` as the run used
+    them."""
     from .nuclei_data import split_spec
 
     args = ""
@@ -129,6 +132,8 @@ def _data_args(cfg: dict) -> str:
         args += f" --extra-share {cfg['extra_share']:g}"
     if cfg.get("augment", "standard") != "standard":
         args += f" --augment {cfg['augment']}"
+    if cfg.get("align_labels"):
+        args += " --align-labels"
     return args
 
 

@@ -82,6 +82,7 @@ def release(
     training_data = [
         f"{train_index['name']} ({len(train_index['images'])} images; "
         f"{len(cfg['holdout'])} held out for model selection and post-processing tuning)"
+        + _moved_note(cfg, cfg["data"])
     ]
     licence = (
         f"weights trained on data licensed {train_index.get('licence')}: "
@@ -97,6 +98,7 @@ def release(
             f"{index['name']}{f' ({kind} images)' if kind else ''}: {n} images at µm/px estimated "
             f"from their labels, {len(extra_held)} held out as whole look-alike clusters, "
             f"{cfg.get('extra_share', 0):g} of each batch; licence {index.get('licence')}"
+            + _moved_note(cfg, spec)
         )
     export_model(
         run_dir, name, version, out_dir, training_data=training_data, licence=licence, notes=notes
@@ -135,3 +137,12 @@ def release(
     }
     card_path.write_text(card.to_json() + "\n")
     return card_path
+
+
+def _moved_note(cfg: dict, data: str) -> str:
+    """How training moved ``data``'s labels onto its nuclei (``--align-labels``), or ""."""
+    move = cfg.get("label_moves", {}).get(str(data))
+    if not move or move == [0, 0]:
+        return ""
+    dy, dx = move
+    return f"; labels moved {dy:+d} px down, {dx:+d} px right onto the nuclei before training"
