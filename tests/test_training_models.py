@@ -348,3 +348,49 @@ def test_wider_augmentation_turns_stain_colours_beyond_wide():
 
     assert share_turned("wide") <= 0.05
     assert share_turned("wider") >= 0.15
+
+
+def test_release_model_into_a_new_folder_and_nothing_half_made_when_it_fails(
+    tiny_dataset, tmp_path, capsys
+):
+    """Was: ``--out-dir`` had to exist (a traceback otherwise), and a release stopped part way
+    left a card without tuning or metrics that counted as a model and blocked the rerun."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_faults_cli import cli, everything
+
+    run = tmp_path / "run"
+    list(train(tiny_cfg(tiny_dataset, run, iters=2)))
+    out = tmp_path / "new" / "models"
+    args = ["--version", "0.0.1", "--train-data", tiny_dataset, "--test-data", tiny_dataset]
+    code, lines, err = cli(
+        capsys, "release-model", run, "--name", "tiny-r", "--out-dir", out, *args
+    )
+    assert code == 0, err
+    card = json.loads((out / "tiny-r.json").read_text())
+    assert card["postprocess"] and card["metrics"]["monuseg2018_test"]["images"] == 3
+    assert everything(out) == [
+        "tiny-r.int8.onnx",
+        "tiny-r.json",
+        "tiny-r.onnx",
+        "tiny-r.safetensors",
+    ]
+    # A release that fails part way (here: its checkpoint is damaged) leaves nothing behind.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((run / "config.json").read_text())
+    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    code, _, err = cli(capsys, "release-model", broken, "--name", "tiny-b", "--out-dir", out, *args)
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith(f"error: {broken / 'checkpoint.pt'}: cannot be read (")
+    assert everything(out) == [
+        "tiny-r.int8.onnx",
+        "tiny-r.json",
+        "tiny-r.onnx",
+        "tiny-r.safetensors",
+    ]
+    # A name that is not a plain file name is refused before anything is written.
+    code, _, err = cli(capsys, "release-model", run, "--name", "../evil", "--out-dir", out, *args)
+    assert code == 2 and err[0].startswith("error: --name: model name '../evil': use letters")
+    assert not (tmp_path / "new" / "evil.json").exists()

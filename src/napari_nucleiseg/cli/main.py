@@ -412,8 +412,16 @@ def cmd_release(args) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from ..training.release import ModelExistsError, release
+    import pickle
 
+    from ..io.output import OutputError, check_output_dir
+    from ..training.release import ModelExistsError, check_model_name, release
+
+    try:
+        check_model_name(args.name)
+    except ValueError as exc:
+        print(f"error: --name: {exc}", file=sys.stderr)
+        return 2
     run = Path(args.run)
     if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
         print(
@@ -426,6 +434,12 @@ def cmd_release(args) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 1
+    if args.out_dir:
+        try:
+            check_output_dir(args.out_dir)
+        except OutputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     try:
         card = release(
             args.run,
@@ -436,6 +450,10 @@ def cmd_release(args) -> int:
             args.out_dir,
             replace=args.replace,
         )
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:  # a damaged checkpoint
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {run / 'checkpoint.pt'}: cannot be read ({first})", file=sys.stderr)
+        return 1
     except ModelExistsError as exc:
         print(
             f"error: {exc.args[0]} exists: releasing would replace that model; give --out-dir "

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import re
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -66,17 +69,42 @@ def release(
     default (the int8 ONNX model), then measure the test set with the tuned settings. A model of
     that name already in ``out_dir`` (by default the shipped models' folder) is replaced only
     with ``replace``: else :class:`ModelExistsError`, before anything is written."""
-    from ..methods import load_predictor
-    from ..metrics import aggregate, score_image
     from ..models import MODELS_DIR
-    from ..segmentation.postprocess import PostprocessSettings
-    from .export import export_model
-    from .nuclei_data import load_dataset, load_spec, split_spec
 
+    check_model_name(name)
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else MODELS_DIR
     if (out_dir / f"{name}.json").exists() and not replace:
         raise ModelExistsError(out_dir / f"{name}.json")
+    # Everything is made in a hidden folder beside the models and moved in, card last, once it is
+    # tuned and measured: an interrupted release leaves no half-made card that would count as a
+    # model (and block the rerun). A folder an earlier interrupted release left is made anew.
+    final_dir = out_dir
+    out_dir = final_dir / f".{name}.partial"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    try:
+        card_path = _make(run_dir, name, version, train_data, test_data, out_dir, notes)
+    except BaseException:  # an error, or Ctrl-C: nothing half-made stays behind
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    card = json.loads(card_path.read_text())
+    for f in (card.get("weights"), card.get("onnx"), card.get("onnx_int8"), card_path.name):
+        if f:  # the card last
+            os.replace(out_dir / f, final_dir / f)
+    out_dir.rmdir()
+    return final_dir / card_path.name
+
+
+def _make(run_dir, name, version, train_data, test_data, out_dir, notes) -> Path:
+    """Export, tune and measure into ``out_dir``; the card's path."""
+    from ..methods import load_predictor
+    from ..metrics import aggregate, score_image
+    from ..segmentation.postprocess import PostprocessSettings
+    from .export import export_model
+    from .nuclei_data import load_dataset, load_spec, split_spec
+
     cfg = json.loads((run_dir / "config.json").read_text())
     train_index = json.loads((Path(train_data) / "index.json").read_text())
     training_data = [
@@ -114,7 +142,7 @@ def release(
     test = load_dataset(test_data)
     scores = [score_image(im.labels, predictor.segment(im.rgb, im.mpp), im.stem) for im in test]
     agg = aggregate(scores)
-    sub = aggregate([s for s in scores if s.name in CI_SUBSET])
+    subset = [s for s in scores if s.name in CI_SUBSET]  # absent from another test set
     # MoNuSeg's test sites are none of its training sites: each image is a left-out site.
     per_site = sorted(round(s.aji, 4) for s in scores)
     card.metrics = {
@@ -133,10 +161,26 @@ def release(
         },
         "heldout_train_aji_after_tuning": pp["tuned_on_heldout_train_aji"],
         "heldout_per_source_aji_after_tuning": pp["tuned_per_set_aji"],
-        "ci_subset": {"stems": CI_SUBSET, "aji": round(sub["aji"], 4), "f1": round(sub["f1"], 4)},
     }
+    if subset:
+        sub = aggregate(subset)
+        card.metrics["ci_subset"] = {
+            "stems": CI_SUBSET,
+            "aji": round(sub["aji"], 4),
+            "f1": round(sub["f1"], 4),
+        }
     card_path.write_text(card.to_json() + "\n")
     return card_path
+
+
+def check_model_name(name: str) -> None:
+    """Refuse a model name that is not a plain file name (``../x`` would write outside the
+    models folder) with a ValueError naming it."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(name)) or ".." in str(name):
+        raise ValueError(
+            f"model name {name!r}: use letters, digits, '.', '_' and '-' only, starting with a "
+            "letter or digit (it names the model's files)"
+        )
 
 
 def _moved_note(cfg: dict, data: str) -> str:
