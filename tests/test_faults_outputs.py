@@ -222,6 +222,47 @@ def test_train_names_a_missing_or_unreadable_file_of_the_data_set(tmp_path, caps
     assert not run.exists()  # no empty run folder left behind
 
 
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("--batch 0", "--batch must be at least 1, got 0"),
+        ("--iters 0", "--iters must be at least 1, got 0"),
+        ("--lr -1", "--lr must be above 0, got -1.0"),
+        ("--model-mpp 0", "--model-mpp must be above 0, got 0.0"),
+        ("--extra-share 0.5", "--extra-share given without --extra-data"),
+        ("--cycles 1,x", "--cycles: give whole numbers separated by commas, got '1,x'"),
+        ("--widths 4", "--widths must be 2 to 8 positive numbers, got (4,)"),
+        ("--patch 7", "--patch must be a multiple of 8 (the network's 4 levels) and at least 16"),
+        ("--init-from nope", "--init-from: no model named 'nope'; available: "),
+        ("--init-from no.safetensors", "--init-from no.safetensors: no such weights file"),
+    ],
+)
+def test_train_refuses_bad_options_before_any_work(tmp_path, capsys, option, message):
+    """Was: tracebacks (ZeroDivisionError, size mismatch…) after the run folder was made, or
+    a run that trained nothing."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "index.json").write_text("{}")  # never read: the options are refused first
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--data", data, "--out", run, *option.split())
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {message}"), err
+    assert not run.exists()
+
+
+def test_train_refuses_to_continue_a_run_of_another_network(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "index.json").write_text("{}")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"widths": [4, 8], "decoder": "double"}))
+    code, _, err = cli(capsys, "train", "--data", data, "--out", run, "--widths", "4,16")
+    assert code == 2 and err == [
+        f"error: {run} holds a run of another network (--widths 4,8 --decoder double): give "
+        "those to continue it, or another --out for a new run"
+    ]
+
+
 def test_release_model_refuses_to_replace_a_model_unless_told(tmp_path, capsys):
     """Was: the documented recipes, pasted, replaced the installed shipped model's files."""
     from napari_nucleiseg.models import MODELS_DIR

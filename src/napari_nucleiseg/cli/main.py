@@ -278,6 +278,10 @@ def cmd_train(args) -> int:
     except OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    problem = _train_options_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     cfg = TrainConfig(
         data=args.data,
         out=args.out,
@@ -309,6 +313,60 @@ def cmd_train(args) -> int:
     except DataSetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _train_options_problem(args) -> str | None:
+    """Why ``train``'s options cannot make a run, or None: checked before any work, so a bad
+    value is one line (exit 2) and leaves no run folder."""
+    import json
+
+    from ..models import WeightsError, find_card
+    from ..training.seg_train import TrainConfig
+
+    def numbers(option, text):
+        try:
+            return tuple(int(v) for v in text.split(",")) if text else ()
+        except ValueError:
+            raise ValueError(
+                f"{option}: give whole numbers separated by commas, got {text!r}"
+            ) from None
+
+    try:
+        widths, cycles = numbers("--widths", args.widths), numbers("--cycles", args.cycles)
+        TrainConfig(
+            data=args.data, out=args.out, iters=args.iters, batch=args.batch, patch=args.patch,
+            threads=args.threads, mpp=args.model_mpp, widths=widths, lr=args.lr, cycles=cycles,
+            extra_data=args.extra_data or [], extra_share=args.extra_share,
+        )  # fmt: skip
+    except ValueError as exc:  # the config's words for a value, as the option that set it
+        first, _, rest = str(exc).partition(" ")
+        options = {"mpp": "--model-mpp", "extra_share": "--extra-share"}
+        known = first in options or first in ("iters", "batch", "threads", "patch", "lr")
+        known = known or first in ("widths", "cycles")
+        rest = rest.replace("extra_data", "--extra-data")
+        return f"{options.get(first, '--' + first)} {rest}" if known else str(exc)
+    if args.init_from:
+        if args.init_from.endswith(".safetensors"):
+            if not Path(args.init_from).is_file():
+                return f"--init-from {args.init_from}: no such weights file"
+        else:
+            try:
+                find_card(args.init_from)
+            except WeightsError as exc:
+                return f"--init-from: {exc}"
+    saved = Path(args.out) / "config.json"
+    if saved.is_file():  # continuing a run: the same network, or its checkpoint cannot load
+        try:
+            old = json.loads(saved.read_text())
+        except (OSError, ValueError):
+            return f"{saved}: cannot be read; give another --out for a new run"
+        if tuple(old.get("widths", ())) != widths or old.get("decoder") != args.decoder:
+            return (
+                f"{args.out} holds a run of another network (--widths "
+                f"{','.join(map(str, old.get('widths', ())))} --decoder {old.get('decoder')}): "
+                "give those to continue it, or another --out for a new run"
+            )
+    return None
 
 
 def _train_with_progress(cfg, args) -> int:

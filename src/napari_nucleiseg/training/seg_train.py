@@ -72,6 +72,22 @@ class TrainConfig:
             if min(self.cycles) < 1:
                 raise ValueError(f"cycles must be positive, got {self.cycles}")
             self.iters = sum(self.cycles)
+        # Values that would fail part way, or train nothing: refused before any work.
+        self.widths = tuple(int(w) for w in self.widths)
+        if not 2 <= len(self.widths) <= 8 or min(self.widths) < 1:
+            raise ValueError(f"widths must be 2 to 8 positive numbers, got {self.widths}")
+        multiple = 2 ** (len(self.widths) - 1)
+        if self.patch < 2 * multiple or self.patch % multiple:
+            raise ValueError(
+                f"patch must be a multiple of {multiple} (the network's {len(self.widths)} "
+                f"levels) and at least {2 * multiple}, got {self.patch}"
+            )
+        for name in ("iters", "batch", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "mpp"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be above 0, got {getattr(self, name)}")
 
     def cycle_starts(self) -> list[int]:
         """Iterations where a cycle begins (0 first)."""
