@@ -162,17 +162,19 @@ def test_a_cancelled_run_resumes_from_its_checkpoint_and_finishes_once(tmp_path)
             break
     gen.close()
     (run,) = project.runs_dir.iterdir()
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["iter"] == 2
+    # The cancel keeps the training done up to it, not only the last regular checkpoint (was:
+    # Ctrl-C threw away up to 49 iterations, and a run cancelled before 50 restarted from 0).
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["iter"] == 3
     state = json.loads((run / "state.json").read_text())
-    assert not state["finished"] and state["checkpoint_iter"] == 2 and "teacher_aji" in state
+    assert not state["finished"] and state["checkpoint_iter"] == 3 and "teacher_aji" in state
     assert not list(project.models_dir.glob("*.json"))
 
-    # Resumed with a new budget: the same run, on from iteration 2, the teacher not re-measured.
+    # Resumed with a new budget: the same run, on from iteration 3, the teacher not re-measured.
     items = list(retrain(project, _tiny(minutes=0.15), resume=True))
     stages = [i["stage"] for i in items]
     assert "measure teacher" not in stages and "pseudo-label" not in stages
     iters = [i["iter"] for i in items if i["stage"] == "train"]
-    assert iters and iters[0] == 3, iters
+    assert iters and iters[0] == 4, iters
     result = items[-1]["result"]
     assert result["run"] == str(run) and result["iterations"] == iters[-1]
     assert len(list(project.models_dir.glob("*.json"))) == 1  # the student, exported once
@@ -224,6 +226,26 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_one(tmp_pa
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"error: {run}: cannot write the checkpoint")
     assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_retrain_refuses_values_out_of_range_as_usage_errors(tmp_path, capsys):
+    from napari_nucleiseg.cli.main import main
+
+    p = tmp_path / "p"
+    for args, message in [
+        (["--minutes", "0"], "minutes must be above 0"),
+        (["--confidence", "2"], "confidence must be from 0.5 to 1"),
+        (
+            ["--strong-share", "0.9", "--replay-share", "0.5"],
+            "strong share 0.9 and replay share 0.5 add up to more than one batch",
+        ),
+    ]:
+        assert main(["retrain", str(p), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert main(["train-normaliser", str(p), "--minutes", "0"]) == 2
+    assert "minutes must be above 0" in capsys.readouterr().err
+    assert not p.exists()
 
 
 def test_resume_says_so_when_there_is_nothing_to_resume(tmp_path, capsys):

@@ -47,6 +47,12 @@ def cmd_train_normaliser(args) -> int:
     from ..project import Project, ProjectError
     from .progress import follow_training
 
+    if args.minutes is not None and not 0 < args.minutes <= 24 * 60:  # a usage error: exit 2
+        print(
+            f"error: minutes must be above 0 (and at most a day), got {args.minutes:g}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         from ..training.normaliser_train import NormaliserConfig, train_normaliser
 

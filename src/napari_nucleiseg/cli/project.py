@@ -302,6 +302,20 @@ def cmd_retrain(args) -> int:
     from .progress import follow_training
 
     quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks for all
+    try:  # an option out of range: a usage error (exit 2), before the project is touched
+        if args.minutes is not None or not args.resume:
+            RetrainConfig(
+                minutes=10.0 if args.minutes is None else args.minutes,
+                promote=args.promote,
+                confidence=args.confidence,
+                lr=args.lr,
+                anchor=args.anchor,
+                strong_share=args.strong_share,
+                replay_share=args.replay_share,
+            )
+    except ProjectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         project = Project(args.dir)
         if args.resume:
@@ -338,6 +352,14 @@ def cmd_retrain(args) -> int:
     except OSError as exc:
         print(f"error: {args.dir}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if not quiet:
+            print(
+                "interrupted: the project's model is unchanged; the training done so far is "
+                f"kept: `nucleiseg retrain {args.dir} --resume` goes on from it",
+                file=sys.stderr,
+            )
+        return 130
     if not quiet:
         if result.get("note"):
             print(f"note: {result['note']}", file=sys.stderr)

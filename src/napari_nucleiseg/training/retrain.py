@@ -81,6 +81,11 @@ class RetrainConfig:
                 f"shares of a batch must be 0 <= replay < 1 and 0 < strong <= 1, got "
                 f"{self.replay_share} and {self.strong_share}"
             )
+        if self.strong_share + self.replay_share > 1:
+            raise ProjectError(
+                f"strong share {self.strong_share:g} and replay share {self.replay_share:g} add "
+                "up to more than one batch: lower one of them"
+            )
         if not (0 < self.minutes <= 24 * 60):
             raise ProjectError(f"minutes must be above 0 (and at most a day), got {self.minutes}")
 
@@ -539,39 +544,52 @@ def _fine_tune(teacher, card, strong, pseudo, cfg, run, deadline, cores, ddp):
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.eval()
-    while True:
-        now = time.perf_counter()
-        go = it == 0 or now < deadline  # at least one step: a student
-        frac = min(1.0, (trained_s + now - start) / span)
-        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
-        if ddp.active:  # rank 0's clock for all: every rank takes the same steps
-            agreed = torch.tensor([float(go), lr], dtype=torch.float64)
-            torch.distributed.broadcast(agreed, 0)
-            go, lr = bool(agreed[0]), float(agreed[1])
-        if not go:
-            break
-        for g in opt.param_groups:
-            g["lr"] = lr
-        parts = [strong_sampler.batch(n_strong)]
-        if n_pseudo > 0:
-            parts.append(pseudo_sampler.batch(n_pseudo))
-        if n_replay > 0:
-            parts.append(replay_sampler.batch(n_replay))
-        rgb = np.concatenate([p[0] for p in parts])
-        targets = np.concatenate([p[1] for p in parts])
-        x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255.0)
-        x = x.contiguous(memory_format=torch.channels_last)
-        loss = loss_fn(net(x), torch.from_numpy(targets))
-        if cfg.anchor:
-            drift = sum(((p - p0) ** 2).sum() for p, p0 in zip(model.parameters(), start_weights))
-            loss = loss + cfg.anchor * drift
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        it += 1
-        if ddp.main and it % cfg.checkpoint_every == 0:
+    stepping = False
+    try:
+        while True:
+            now = time.perf_counter()
+            go = it == 0 or now < deadline  # at least one step: a student
+            frac = min(1.0, (trained_s + now - start) / span)
+            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+            if ddp.active:  # rank 0's clock for all: every rank takes the same steps
+                agreed = torch.tensor([float(go), lr], dtype=torch.float64)
+                torch.distributed.broadcast(agreed, 0)
+                go, lr = bool(agreed[0]), float(agreed[1])
+            if not go:
+                break
+            for g in opt.param_groups:
+                g["lr"] = lr
+            parts = [strong_sampler.batch(n_strong)]
+            if n_pseudo > 0:
+                parts.append(pseudo_sampler.batch(n_pseudo))
+            if n_replay > 0:
+                parts.append(replay_sampler.batch(n_replay))
+            rgb = np.concatenate([p[0] for p in parts])
+            targets = np.concatenate([p[1] for p in parts])
+            x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div_(255.0)
+            x = x.contiguous(memory_format=torch.channels_last)
+            loss = loss_fn(net(x), torch.from_numpy(targets))
+            if cfg.anchor:
+                drift = sum(
+                    ((p - p0) ** 2).sum() for p, p0 in zip(model.parameters(), start_weights)
+                )
+                loss = loss + cfg.anchor * drift
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            stepping = True  # weights half-updated until the step returns
+            opt.step()
+            stepping = False
+            it += 1
+            if ddp.main and it % cfg.checkpoint_every == 0:
+                _checkpoint(run, model, opt, it, trained_s + time.perf_counter() - start)
+            yield run.emit({"stage": "train", "iter": it, "loss": float(loss.detach()), "lr": lr})
+    except (GeneratorExit, KeyboardInterrupt):
+        # Cancelled (the panel) or Ctrl-C (the command line): keep what this session trained,
+        # so --resume / Resume goes on from here, not from the last 50-iteration checkpoint.
+        # Not from inside the optimiser's step: those weights are half-updated.
+        if ddp.main and it != first and not stepping:
             _checkpoint(run, model, opt, it, trained_s + time.perf_counter() - start)
-        yield run.emit({"stage": "train", "iter": it, "loss": float(loss.detach()), "lr": lr})
+        raise
     distributed.sync_buffers(model, ddp)
     if ddp.main and it != first and it % cfg.checkpoint_every:  # the student, should export fail
         _checkpoint(run, model, opt, it, trained_s + time.perf_counter() - start)
