@@ -698,3 +698,13 @@ def test_a_resume_with_another_detection_threshold_is_refused(small_slide, tmp_p
     assert sorted(p.store.rglob("*")) == listing
     finished = list(segment_slide(small_slide, tmp_path, method=low, tile_um=160, workers=1))[-1]
     assert finished.finished and finished.resumed >= 1
+
+
+@pytest.mark.parametrize("address", ["bogus", "http://x"])
+def test_a_scheduler_that_is_not_an_address_is_named_in_one_line(address):
+    """Was: ValueError tracebacks from dask ("missing port number", "unknown address scheme")."""
+    from napari_nucleiseg.wholeslide.job import connect
+
+    with pytest.raises(ConnectionError, match=r"is not a dask scheduler address") as err:
+        connect(address)
+    assert address in str(err.value) and "\n" not in str(err.value)

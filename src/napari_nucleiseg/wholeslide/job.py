@@ -208,6 +208,11 @@ def connect(scheduler, workers: int | None = None):
         return Client(scheduler, timeout="20s"), None
     except (OSError, TimeoutError) as exc:
         raise ConnectionError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from exc
+    except ValueError as exc:  # not an address: "bogus", "http://x"
+        raise ConnectionError(
+            f"{scheduler!r} is not a dask scheduler address ({exc}): give HOST:PORT, "
+            "tcp://HOST:PORT, or local"
+        ) from exc
 
 
 async def _close_http_server(dask_worker=None, dask_scheduler=None) -> None:
