@@ -508,3 +508,11 @@ def _with_sigint(fn):
         return fn(*a, **k)
 
     return wrapped
+
+
+def test_a_bad_environment_setting_is_refused_like_a_bad_option(png, tmp_path, capsys, monkeypatch):
+    """Was: a ValueError traceback from deep in the predictor, after the work had started."""
+    monkeypatch.setenv("NUCLEISEG_TTA", "7")
+    code, _, err = cli(capsys, "segment", png("a.png"), "--mpp", "0.25", "--out", tmp_path / "o")
+    assert code == 2 and err == ["error: NUCLEISEG_TTA='7': use auto, off, 2 or 4"]
+    assert not (tmp_path / "o").exists()

@@ -834,6 +834,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _environment_problem() -> str | None:
+    """A setting given by environment variable that no command could use, or None: refused
+    like a bad option, before any work."""
+    from ..models.runtime import tta_mode
+
+    try:
+        tta_mode()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def main(argv=None) -> int:
     """Run one command; its exit code. Ctrl-C anywhere is ``interrupted`` and 130 (what a shell
     reports for SIGINT), so ``nucleiseg ... && next`` stops."""
@@ -841,6 +853,10 @@ def main(argv=None) -> int:
     warnings.showwarning = _one_line_warning  # a repaired store, a taken-over lock: one line
     try:
         args = build_parser().parse_args(argv)
+        problem = _environment_problem()
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
     except KeyboardInterrupt:

@@ -148,3 +148,13 @@ def open_session(path: Path, threads: int | None = None):
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     session.nucleiseg_path = str(path)
     return session
+
+
+def tta_mode() -> str:
+    """``NUCLEISEG_TTA`` normalised: ``auto`` (the rule), ``off``, ``2`` or ``4``. One reading of
+    the variable for the predictor and for the method identity that outputs record."""
+    mode = os.environ.get("NUCLEISEG_TTA", "auto").strip().lower() or "auto"
+    mode = "off" if mode in ("0", "1", "none") else mode
+    if mode not in ("auto", "off", "2", "4"):
+        raise ValueError(f"NUCLEISEG_TTA={mode!r}: use auto, off, 2 or 4")
+    return mode

@@ -11,13 +11,12 @@ a 20x input. ``NUCLEISEG_TTA=off`` (or 1, 2, 4) overrides the rule.
 
 from __future__ import annotations
 
-import os
 import threading
 from contextlib import contextmanager
 
 import numpy as np
 
-from ..models.runtime import usable_cores
+from ..models.runtime import tta_mode, usable_cores
 from .postprocess import PostprocessSettings, instances_from_maps
 
 __all__ = ["Predictor", "flip_passes", "sharing_cores", "tta_mode", "usable_cores"]
@@ -48,16 +47,6 @@ def _resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 #: Image axes flipped in each test-time pass (rows = 0, columns = 1), by number of passes.
 FLIPS = {1: ((),), 2: ((), (1,)), 4: ((), (1,), (0,), (0, 1))}
-
-
-def tta_mode() -> str:
-    """``NUCLEISEG_TTA`` normalised: ``auto`` (the rule), ``off``, ``2`` or ``4``. One reading of
-    the variable for the predictor and for the method identity that outputs record."""
-    mode = os.environ.get("NUCLEISEG_TTA", "auto").strip().lower() or "auto"
-    mode = "off" if mode in ("0", "1", "none") else mode
-    if mode not in ("auto", "off", "2", "4"):
-        raise ValueError(f"NUCLEISEG_TTA={mode!r}: use auto, off, 2 or 4")
-    return mode
 
 
 def flip_passes(model_mpp: float, mpp: float) -> int:
