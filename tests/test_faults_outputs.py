@@ -142,6 +142,17 @@ def test_classify_keeps_its_inputs_and_an_earlier_table(png, tmp_path, capsys):
     assert code == 2 and "not a napari-nucleiseg project" in err[0]  # a bad option
 
 
+def test_classify_lists_the_bad_files_of_a_batch_in_a_last_line(png, tmp_path, capsys):
+    """As segment and info do (the guide's promise); classify printed no ``failed:`` line."""
+    good, missing = png("good.png"), tmp_path / "missing.png"
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    out = tmp_path / "p.csv"
+    code, _, err = cli(capsys, "classify", good, bad, missing, "--mpp", 0.5, "--out", out)
+    assert code == 1 and len(out.read_text().splitlines()) == 2
+    assert err[-1] == f"failed: {bad}, {missing}"
+
+
 def test_classify_names_rows_by_path_when_two_images_share_a_name(png, tmp_path, capsys):
     a, b, c = png("a/x.png"), png("b/x.png"), png("c/y.png")
     out = tmp_path / "p.csv"

@@ -154,7 +154,7 @@ def cmd_classify(args) -> int:
             "p_tumour is left empty",
             file=sys.stderr,
         )
-    rows, failed = [], 0
+    rows, failed = [], []
     # Rows are named by file stem; images sharing a stem (a/x.png, b/x.png) by their path.
     stems = Counter(Path(p).stem for p in args.images)
     for path in args.images:
@@ -172,7 +172,7 @@ def cmd_classify(args) -> int:
         except (ProjectError, OSError, ValueError) as exc:
             text = str(exc)
             print(f"error: {text if str(path) in text else f'{path}: {text}'}", file=sys.stderr)
-            failed += 1
+            failed.append(str(path))
             continue
         stem = Path(path).stem
         row = {"file": stem if stems[stem] == 1 else str(path)}
@@ -182,6 +182,7 @@ def cmd_classify(args) -> int:
         rows.append(row)
     if not rows:  # an earlier table at --out is worth more than an empty one
         print(f"nothing classified; {out} was not written", file=sys.stderr)
+        _failed_line(failed, len(args.images))
         return 1
     fields = ["file", "p_tumour", *[f"p_{t}" for t in method.classes if t != TUMOUR]]
     tmp = out.with_name(f".{out.name}.tmp")
@@ -197,4 +198,11 @@ def cmd_classify(args) -> int:
         print(f"error: {out}: cannot write ({exc.strerror})", file=sys.stderr)
         return 1
     print(f"{len(rows)} images classified with {method.name} -> {out}", file=sys.stderr)
+    _failed_line(failed, len(args.images))
     return 1 if failed else 0
+
+
+def _failed_line(failed: list[str], given: int) -> None:
+    """As ``segment`` and ``info``: the bad files of a batch in one last line."""
+    if failed and given > 1:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
