@@ -1,6 +1,7 @@
 """The nucleiseg command line, run as a user runs it (a subprocess)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -73,6 +74,11 @@ def test_demo_command(tmp_path):
     out = run("demo", "--out", tmp_path)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "demo_he.tif").exists() and "nuclei at 0.5 µm/px" in out.stdout
+    # As readable as any file the user writes (the subprocess has this process's umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("demo_he.tif", "demo_he_labels.tif"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_non_positive_sizes_are_refused(demo):

@@ -2,6 +2,7 @@
 fail their hash. A tiny data set in the shared layout is rendered here, so no download is needed."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -370,6 +371,11 @@ def test_release_model_into_a_new_folder_and_nothing_half_made_when_it_fails(
     assert code == 0, err
     card = json.loads((out / "tiny-r.json").read_text())
     assert card["postprocess"] and card["metrics"]["monuseg2018_test"]["images"] == 3
+    # Readable by the others who share the folder, as any file the user writes (was 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in out.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
     assert everything(out) == [
         "tiny-r.int8.onnx",
         "tiny-r.json",

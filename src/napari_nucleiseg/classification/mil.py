@@ -227,12 +227,14 @@ class MILModel:
         its weights complete). Returns the JSON path."""
         from safetensors.numpy import save_file
 
+        from ..io.output import shareable
         from ..models import sha256_of
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         weights = folder / f"{name}.safetensors"
         save_file({k: np.ascontiguousarray(v) for k, v in self.weights.items()}, str(weights))
+        shareable(weights)
         doc = {
             **self.meta,  # first: the keys below are this file's, whatever an old head said
             "format": FORMAT,

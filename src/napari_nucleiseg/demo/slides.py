@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.output import shareable
 from .render import render_he
 
 #: Bump when rendering changes, so cached demo slides are regenerated rather than reused.
@@ -70,6 +71,7 @@ def _atomic(target: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        shareable(tmp)  # mkstemp's file is owner-only
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

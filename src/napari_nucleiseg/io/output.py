@@ -280,3 +280,15 @@ def write_together(files: dict[Path, Callable[[Path], None]]) -> list[Path]:
     for d in tmp_dirs.values():
         shutil.rmtree(d, ignore_errors=True)
     return placed
+
+
+def shareable(path) -> Path:
+    """Give ``path`` the permissions a plain ``open()`` would have (0666 less the umask), for
+    files written through a private temporary file (``mkstemp``, safetensors' writer), which are
+    owner-only: a model or demo slide in a shared project folder must be readable by the others
+    who use it."""
+    path = Path(path)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+    return path

@@ -178,11 +178,13 @@ def save_classifier(
     from safetensors.torch import save_file
 
     from ..classification.network import TissueNet
+    from ..io.output import shareable
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    shareable(weights)
     os.chmod(weights, 0o644)  # safetensors writes 0600: a model is for every user to read
     model = TissueNet(len(tags), tuple(widths))
     model.load_state_dict(state)

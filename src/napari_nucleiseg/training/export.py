@@ -22,6 +22,7 @@ def export_model(
     import torch
     from safetensors.torch import save_file
 
+    from ..io.output import shareable
     from ..models.registry import ModelCard, sha256_of
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -30,6 +31,7 @@ def export_model(
     weights = out_dir / f"{name}.safetensors"
     # Plain contiguous float tensors only: nothing in the file can execute when loaded.
     save_file({k: v.contiguous() for k, v in state["model"].items()}, str(weights))
+    shareable(weights)
     decoder = cfg.get("decoder", "double")
     onnx_path = export_onnx(state["model"], tuple(cfg["widths"]), out_dir / f"{name}.onnx", decoder)
     int8_path = quantize_onnx(

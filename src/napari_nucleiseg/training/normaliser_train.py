@@ -479,6 +479,7 @@ def export_normaliser(
     import torch
     from safetensors.torch import save_file
 
+    from ..io.output import shareable
     from ..models.registry import ModelCard, sha256_of
     from ..segmentation.unet import fuse_for_inference
     from ..stain.learned import NormalisePath
@@ -487,6 +488,7 @@ def export_normaliser(
     weights = folder / f"{name}.safetensors"
     state = {k: v.detach().contiguous() for k, v in gen.state_dict().items()}
     save_file(state, str(weights))
+    shareable(weights)
     fused = copy.deepcopy(gen).eval()
     fused.unet = fuse_for_inference(fused.unet)
     fused = fused.to(memory_format=torch.contiguous_format)

@@ -632,12 +632,14 @@ def _export(state, parent, folder: Path, name, version, strong, pseudo, iters, c
 
     from safetensors.torch import save_file
 
+    from ..io.output import shareable
     from ..models.registry import ModelCard, sha256_of
     from .export import export_onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{name}.safetensors"
     save_file(state, str(weights))
+    shareable(weights)
     onnx_path = export_onnx(state, tuple(parent.widths), folder / f"{name}.onnx", parent.decoder)
     manifest = [
         {"id": ex.id, "kind": ex.kind, "source": ex.provenance.get("source", "")}
