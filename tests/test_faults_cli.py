@@ -516,3 +516,14 @@ def test_a_bad_environment_setting_is_refused_like_a_bad_option(png, tmp_path, c
     code, _, err = cli(capsys, "segment", png("a.png"), "--mpp", "0.25", "--out", tmp_path / "o")
     assert code == 2 and err == ["error: NUCLEISEG_TTA='7': use auto, off, 2 or 4"]
     assert not (tmp_path / "o").exists()
+
+
+def test_an_empty_folder_or_list_of_inputs_is_an_error_not_a_silent_success(tmp_path, capsys):
+    """Was: an empty list file ran nothing, printed nothing and exited 0."""
+    (tmp_path / "empty").mkdir()
+    listing = tmp_path / "slides.txt"
+    listing.write_text("# nothing yet\n\n")
+    for given, words in [(tmp_path / "empty", "folder"), (listing, "list")]:
+        code, _, err = cli(capsys, "segment", given, "--out", tmp_path / "o")
+        assert code == 1 and f"error: {given}: a {words} with no slides or images in it" in err
+    assert not (tmp_path / "o").exists()

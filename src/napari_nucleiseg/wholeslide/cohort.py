@@ -45,11 +45,15 @@ def expand_inputs(inputs) -> tuple[list[Path], list[str]]:
                 errors.append(f"{item}: a folder with no slides or images in it")
             paths.extend(found)
         elif item.suffix.lower() in LIST_SUFFIXES and item.is_file():
+            listed = 0
             for line in item.read_text(encoding="utf-8", errors="replace").splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
                     p = Path(line).expanduser()
                     paths.append(p if p.is_absolute() else item.parent / p)
+                    listed += 1
+            if not listed:  # as an empty folder: a run that does nothing must say so
+                errors.append(f"{item}: a list with no slides or images in it")
         else:
             paths.append(item)
     return paths, errors
