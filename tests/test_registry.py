@@ -180,3 +180,27 @@ def test_lower_layers_import_nothing_above_them():
                     if node.module.split(".")[1] in above:
                         offenders.append(f"{layer}/{py.name}: from {node.module}")
     assert not offenders, offenders
+
+
+def test_a_users_card_with_a_shipped_name_is_the_one_listed(tmp_path, monkeypatch, capsys):
+    """Was: `models list` showed the shipped card's version and AJI on the row of the user's
+    card that replaces it by name (find_card's choice), marked `user`."""
+    from napari_nucleiseg.cli.main import main
+    from napari_nucleiseg.models import MODELS_DIR, find_card, list_cards
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    card = json.loads((MODELS_DIR / f"{DEFAULT_NUCLEI_MODEL}.json").read_text())
+    for key in ("weights", "onnx", "onnx_int8"):
+        if card.get(key):
+            shutil.copy(MODELS_DIR / card[key], mine / card[key])
+    card["version"] = "0.0.2"
+    (mine / f"{DEFAULT_NUCLEI_MODEL}.json").write_text(json.dumps(card))
+    monkeypatch.setenv("NUCLEISEG_MODELS_DIR", str(mine))
+    assert find_card(DEFAULT_NUCLEI_MODEL) == (mine / f"{DEFAULT_NUCLEI_MODEL}.json", "user")
+    listed = {c.name: c for c in list_cards(kind="nuclei")}
+    assert listed[DEFAULT_NUCLEI_MODEL].version == "0.0.2"
+    assert main(["models", "list"]) == 0
+    (row,) = [r for r in capsys.readouterr().out.splitlines() if f" {DEFAULT_NUCLEI_MODEL} " in r]
+    words = row.split()
+    assert words[words.index(DEFAULT_NUCLEI_MODEL) + 1 :][:2] == ["0.0.2", "user"], row

@@ -322,8 +322,12 @@ def list_cards(kind: str | None = None, project=None) -> list[ModelCard]:
     that cannot be read is skipped with a warning naming it."""
     import warnings
 
-    out, seen = [], set()
-    for folder, _source in reversed(card_folders(project)):
+    # A name in two folders is the card find_card gives for it (the most specific folder's):
+    # looked up most specific first, listed shipped first.
+    found: list[list[ModelCard]] = []
+    seen: set[str] = set()
+    for folder, _source in card_folders(project):
+        found.append(out := [])
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob("*.json")):
@@ -338,7 +342,7 @@ def list_cards(kind: str | None = None, project=None) -> list[ModelCard]:
             if (kind is None or card.kind == kind) and card.name not in seen:
                 seen.add(card.name)
                 out.append(card)
-    return out
+    return [card for cards in reversed(found) for card in cards]
 
 
 def list_models() -> list[str]:
