@@ -474,3 +474,19 @@ def test_cli_unwritable_out_is_one_line(mosaic, tmp_path, capsys):
         assert _cli(["heatmap", str(mosaic[0]), "--out", str(out)]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and str(blocker) in err[0]
+
+
+def test_a_slide_stating_an_implausible_mpp_is_refused_before_any_work(tmp_path, capsys):
+    """Was: boxes.tiff (352.8 µm/px, a 72 dpi default) planned 5,921 blocks and ran for a
+    quarter of an hour; segmenting refuses it at once."""
+    from conftest import shared_slide
+
+    from napari_nucleiseg.cli.main import main
+
+    boxes = shared_slide("boxes.tiff")
+    out = tmp_path / "maps"
+    assert main(["heatmap", str(boxes), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {boxes}: the input at 352.778 µm/px is 353x coarser than")
+    assert "--mpp" in err[0]  # the warning says how to give the real one
+    assert not out.exists()

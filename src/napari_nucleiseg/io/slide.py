@@ -205,7 +205,8 @@ class Slide:
         elif self.mpp_file > PLAUSIBLE_MPP_MAX:
             warnings.warn(
                 f"{self.path}: the file states {self.mpp_file:.4g} µm/px, which no microscope "
-                "produces (probably a 72 dpi default); give the real resolution with mpp=...",
+                "produces (probably a 72 dpi default); give the real one (mpp=..., --mpp, or "
+                "the Slide widget's override)",
                 ImplausibleResolutionWarning,
                 stacklevel=3,
             )
