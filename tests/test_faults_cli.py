@@ -527,3 +527,21 @@ def test_an_empty_folder_or_list_of_inputs_is_an_error_not_a_silent_success(tmp_
         code, _, err = cli(capsys, "segment", given, "--out", tmp_path / "o")
         assert code == 1 and f"error: {given}: a {words} with no slides or images in it" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "tile_um, words",
+    [("100", "tiles must be at least twice nuclei-unet-v5's 80 µm halo (160 µm)"),
+     ("1e9", "tiles can be at most 4096 µm (8192 px at nuclei-unet-v5's 0.5 µm/px")],
+)  # fmt: skip
+def test_a_whole_slide_tile_size_out_of_range_is_refused_before_any_work(
+    png, tmp_path, capsys, tile_um, words
+):
+    """Was: reported per slide after opening it (exit 1), or 8 s in: "array is too big"."""
+    image, out = png("a.png"), tmp_path / "o"
+    code, _, err = cli(
+        capsys, "segment", image, "--mpp", "0.5", "--out", out, "--whole-slide",
+        "--method", "nuclei-unet-v5", "--tile-um", tile_um,
+    )  # fmt: skip
+    assert code == 2 and len(err) == 1 and words in err[0], err
+    assert not out.exists()

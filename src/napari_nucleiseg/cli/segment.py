@@ -222,6 +222,11 @@ def cmd_segment(args) -> int:
             print(f"error: {exc}", file=err)
             return 2
 
+    problem = _tile_um_problem(args)
+    if problem:
+        print(f"error: {problem}", file=err)
+        return 2
+
     out = Path(args.out)
     try:
         check_output_dir(out)  # before hours of work, not after
@@ -498,3 +503,32 @@ def print_summary(outcomes, stream=None) -> None:
         if o.ok:
             print(f"{o.slide}: {o.nuclei} nuclei -> {o.store}", file=stream)
     stream.flush()
+
+
+#: The largest whole-slide tile core, in the model's pixels: a tile and its maps are held in
+#: memory whole (8192² model px: about 1 GB of maps).
+MAX_TILE_MODEL_PX = 8192
+
+
+def _tile_um_problem(args) -> str | None:
+    """Why ``--tile-um`` cannot tile a whole slide for the chosen method, or None: refused
+    before any work (was: per slide in the cohort table, or 8 s in, "array is too big")."""
+    if getattr(args, "tile_um", None) is None:
+        return None
+    from ..methods import get_method
+
+    m = get_method(args.method)
+    low = 2 * float(m.context_um)
+    high = MAX_TILE_MODEL_PX * float(m.mpp)
+    if args.tile_um < low:
+        return (
+            f"--tile-um {args.tile_um:g}: tiles must be at least twice {m.name}'s "
+            f"{float(m.context_um):g} µm halo ({low:g} µm)"
+        )
+    if args.tile_um > high:
+        return (
+            f"--tile-um {args.tile_um:g}: tiles can be at most {high:g} µm "
+            f"({MAX_TILE_MODEL_PX} px at {m.name}'s {float(m.mpp):g} µm/px; a tile is held in "
+            "memory whole)"
+        )
+    return None
