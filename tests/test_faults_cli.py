@@ -545,3 +545,14 @@ def test_a_whole_slide_tile_size_out_of_range_is_refused_before_any_work(
     )  # fmt: skip
     assert code == 2 and len(err) == 1 and words in err[0], err
     assert not out.exists()
+
+
+def test_tile_um_for_an_image_segmented_in_memory_is_noted_not_ignored(png, tmp_path, capsys):
+    image = png("a.png")
+    code, _, err = cli(
+        capsys, "segment", image, "--mpp", "0.5", "--out", tmp_path / "o", "--tile-um", "300"
+    )
+    assert code == 0 and err[0] == (
+        "note: --tile-um is for whole-slide jobs; a.png is segmented in memory in the model's "
+        "own tiles (add --whole-slide to tile them)"
+    )

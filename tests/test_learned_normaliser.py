@@ -208,6 +208,12 @@ def test_normalize_cli_sets_the_calibration_and_refuses_it_where_it_means_nothin
     )  # fmt: skip
     assert code == 1 and not (tmp_path / "m.png").exists()
     assert "--calibration is for --method learned" in capsys.readouterr().err
+    code = main(  # was: the model silently ignored, macenko run
+        [*common, str(tmp_path / "m.png"), "--method", "macenko", "--target", str(src),
+         "--model", "stain-cycle-v1"]
+    )  # fmt: skip
+    assert code == 1 and not (tmp_path / "m.png").exists()
+    assert "--model is for --method learned" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main([*common, str(tmp_path / "x.png"), *learned, "--calibration", "2"])
     assert exc.value.code == 2 and "between 0 and 1" in capsys.readouterr().err

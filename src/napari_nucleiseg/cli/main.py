@@ -695,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--out",
         required=True,
-        help=".png/.jpg (image), .tif (pyramidal tiled TIFF) or .zarr (OME-Zarr)",
+        help=".png/.jpg/.bmp (image), .tif (pyramidal tiled TIFF) or .zarr (OME-Zarr)",
     )
     s.add_argument("--save-profile", metavar="JSON", help="also save the fitted target profile")
     s.add_argument(

@@ -254,6 +254,14 @@ def cmd_segment(args) -> int:
     plain = [p for p in plain if p not in refused]
     whole = [p for p in whole if p not in refused]
     note_mpp_overrides(plain + whole, args.mpp)
+    if args.tile_um is not None and plain:  # was silently ignored for them
+        names = ", ".join(p.name for p in plain[:3]) + (" …" if len(plain) > 3 else "")
+        print(
+            f"note: --tile-um is for whole-slide jobs; {names} "
+            f"{'is' if len(plain) == 1 else 'are'} segmented in memory in the model's own "
+            "tiles (add --whole-slide to tile them)",
+            file=err,
+        )
     code = 0
     try:
         if plain:

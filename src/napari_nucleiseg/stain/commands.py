@@ -137,10 +137,14 @@ def normalize_file(
     out = Path(out_path)
     suffix = ".zarr" if out.name.lower().endswith(".zarr") else out.suffix.lower()
     if suffix not in IMAGE_SUFFIXES + PYRAMID_SUFFIXES:
-        raise SlideError(out, "write .tif/.tiff (pyramidal TIFF), .zarr (OME-Zarr) or .png/.jpg")
+        raise SlideError(
+            out, "write .tif/.tiff (pyramidal TIFF), .zarr (OME-Zarr) or .png/.jpg/.bmp"
+        )
     learned = method == "learned"
     if calibration is not None and not learned:
         raise StainError("--calibration is for --method learned (a trained normaliser)")
+    if model is not None and not learned:  # was silently ignored
+        raise StainError("--model is for --method learned (a trained normaliser)")
     if learned and (target is not None or save_profile):
         raise StainError(
             "a learned normaliser has no --target or --save-profile: it maps to the style it "
