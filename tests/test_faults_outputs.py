@@ -415,8 +415,11 @@ def test_eval_with_nothing_to_compare_says_so_before_reading_anything(tmp_path, 
     for name in ("a", "b"):
         tifffile.imwrite(truth / f"{name}.tif", np.zeros((8, 8), np.uint16))
     code, _, err = cli(capsys, "eval", tmp_path / "nothing", truth)
+    assert code == 2 and err == [f"error: {tmp_path / 'nothing'}: no such folder"]
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli(capsys, "eval", tmp_path / "empty", truth)
     assert code == 2 and err == [
-        f"error: {tmp_path / 'nothing'}: no predictions matching the ground-truth names"
+        f"error: {tmp_path / 'empty'}: no predictions matching the ground-truth names"
     ]
 
 

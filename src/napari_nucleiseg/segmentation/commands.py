@@ -191,6 +191,11 @@ def evaluate_dirs(pred_dir, gt_dir, progress=None, report=None) -> Evaluation:
     from ..metrics import aggregate, score_image
 
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for folder in (pred_dir, gt_dir):
+        if not folder.is_dir():
+            raise EvaluationError(
+                f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}"
+            )
     if (gt_dir / "labels").is_dir():
         gt_dir = gt_dir / "labels"
     gts: dict[str, Path] = {}
