@@ -113,3 +113,15 @@ def test_copied_real_slide_with_unknown_suffix_still_opens(tmp_path, quiet):
     p = tmp_path / "renamed.dat"
     shutil.copy(shared_slide("CMU-1-Small-Region.svs"), p)
     assert open_slide(p).format == "aperio"
+
+
+def test_a_label_map_opened_as_a_slide_is_named_for_what_it_is(demo):
+    """Was: "the slide is corrupt or truncated: … can not handle images with 32-bit samples" for
+    the demo's own, intact, label TIFF."""
+    from napari_nucleiseg.io import CorruptSlideError, SlideError, open_slide
+
+    with pytest.raises(
+        SlideError, match=r"not an RGB image \(.*32-bit samples\): a label map"
+    ) as e:
+        open_slide(demo.labels)
+    assert not isinstance(e.value, CorruptSlideError)
