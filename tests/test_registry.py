@@ -204,3 +204,4 @@ def test_a_users_card_with_a_shipped_name_is_the_one_listed(tmp_path, monkeypatc
     (row,) = [r for r in capsys.readouterr().out.splitlines() if f" {DEFAULT_NUCLEI_MODEL} " in r]
     words = row.split()
     assert words[words.index(DEFAULT_NUCLEI_MODEL) + 1 :][:2] == ["0.0.2", "user"], row
+    assert "MoNuSeg test" in row  # where its AJI was measured: a project's is not comparable

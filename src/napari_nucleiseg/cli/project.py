@@ -395,14 +395,14 @@ def _models(args) -> int:
         raise ProjectError(f"`models {command}` needs a model NAME (see `nucleiseg models list`)")
     if command == "list":
         current = default_method_name("nuclei", where)
-        print(f"{'':2}{'model':<32}{'version':>9}  {'from':<8}{'AJI':>8}  parent")
+        print(f"{'':2}{'model':<32}{'version':>9}  {'from':<8}{'AJI':>8} {'on':<17} parent")
         for card in list_cards(kind="nuclei", project=where):
             source = find_card(card.name, where)[1]
             aji = _aji_of(card)
             parent = card.training.get("parent", {}).get("name", "")
             mark = "* " if card.name == current else "  "
-            aji_text = f"{aji:8.4f}" if aji is not None else f"{'':>8}"
-            print(f"{mark}{card.name:<32}{card.version:>9}  {source:<8}{aji_text}  {parent}")
+            aji_text = f"{aji[0]:8.4f} {aji[1]:<17}" if aji is not None else f"{'':>8} {'':<17}"
+            print(f"{mark}{card.name:<32}{card.version:>9}  {source:<8}{aji_text} {parent}")
         classifiers = list_cards(kind="classifier", project=where)
         if classifiers:
             current = default_method_name("classifier", where)
@@ -430,11 +430,16 @@ def _models(args) -> int:
     return 0
 
 
-def _aji_of(card) -> float | None:
-    """The AJI a card states: MoNuSeg test for shipped models, held-out labels for a project's."""
+#: Where a card's AJI was measured, as ``models list`` names it: the two are not comparable.
+AJI_SETS = {"monuseg2018_test": "MoNuSeg test", "project_heldout": "project held-out"}
+
+
+def _aji_of(card) -> tuple[float, str] | None:
+    """The AJI a card states and where (MoNuSeg test for shipped models, the project's held-out
+    labels for a project's), or None."""
     metrics = card.metrics or {}
-    for key in ("monuseg2018_test", "project_heldout"):
+    for key, where in AJI_SETS.items():
         value = metrics.get(key, {})
         if isinstance(value, dict) and isinstance(value.get("aji"), (int, float)):
-            return float(value["aji"])
+            return float(value["aji"]), where
     return None
