@@ -261,6 +261,9 @@ def test_a_projects_models_are_listed_used_for_segment_and_rolled_back(tmp_path,
     assert main(["models", "rollback", "--project", str(p)]) == 0
     assert f"{DEFAULT_NUCLEI_MODEL} (the package default)" in capsys.readouterr().out
     assert Project(p).current_model() is None
+    # Once more: nothing left to roll back, said so (was: "is now …", exit 0).
+    assert main(["models", "rollback", "--project", str(p)]) == 1
+    assert "nothing to roll back" in capsys.readouterr().err
 
 
 def test_accepted_views_are_listed_edited_in_place_and_removed(tmp_path, capsys):

@@ -424,6 +424,11 @@ def _models(args) -> int:
         project.set_current_model(card.name, kind=card.kind)
         print(f"{project.path}: {card.kind} model is now {card.name} {card.version}")
         return 0
+    if project.data.get("models", {}).get(args.kind) is None:  # was: "now X", exit 0
+        raise ProjectError(
+            f"{project.path}: nothing to roll back: its {args.kind} model is already the package "
+            f"default ({default_method_name(args.kind)})"
+        )
     previous = project.rollback(kind=args.kind)
     now = previous or f"{default_method_name(args.kind)} (the package default)"
     print(f"{project.path}: {args.kind} model is now {now}")
