@@ -257,6 +257,10 @@ def test_resume_says_so_when_there_is_nothing_to_resume(tmp_path, capsys):
     assert err.count("\n") == 1 and "no retraining run to resume" in err
     assert main(["retrain", str(project.path), "--resume", "--promote", "never"]) == 1
     assert "--resume" in capsys.readouterr().err
+    # The normaliser's too, before what a new run would need (was: "no slide is marked as the
+    # reference style").
+    assert main(["train-normaliser", str(project.path), "--resume"]) == 1
+    assert "no unfinished normaliser run to resume" in capsys.readouterr().err
 
 
 def test_two_processes_under_torchrun_train_one_student(tmp_path):

@@ -108,18 +108,19 @@ def train_normaliser(
     ``done`` and the ``result``. Closing the generator cancels: the last checkpoint stays and
     ``resume=True`` goes on from it."""
     t0 = time.perf_counter()
+    # A resume with nothing to resume says that first (not what a new run would lack).
+    path = latest_run(project) if resume else None
+    if resume and (path is None or _read_json(path / "state.json").get("finished")):
+        raise ProjectError(
+            f"{project.path}: no unfinished normaliser run to resume: start one with "
+            "`nucleiseg train-normaliser`"
+        )
     if not any(s.get("reference") for s in project.slides):
         raise ProjectError(
             f"{project.path}: no slide is marked as the reference style: mark one or more with "
             "`nucleiseg project add-slide DIR SLIDE --reference` (or in the Project panel)"
         )
     if resume:
-        path = latest_run(project)
-        if path is None or _read_json(path / "state.json").get("finished"):
-            raise ProjectError(
-                f"{project.path}: no unfinished normaliser run to resume: start one with "
-                "`nucleiseg train-normaliser`"
-            )
         saved = _read_json(path / "config.json")
         known = {f.name for f in fields(NormaliserConfig)}
         old = NormaliserConfig(**{k: v for k, v in saved.items() if k in known})
