@@ -313,3 +313,22 @@ def test_accepted_views_are_listed_edited_in_place_and_removed(tmp_path, capsys)
     assert (tmp_path / "p" / "store.zarr").is_dir() and len(Project(p).store.examples()) == 1
     with pytest.raises(ProjectError, match="no example"):
         project.remove_labels(first.id)
+
+
+def test_learned_normalisers_are_listed_and_rolled_back_like_the_other_models(tmp_path, capsys):
+    """Was: `models list` never showed a normaliser and `rollback --kind normaliser` was an
+    invalid choice, though `models use` switched one."""
+    from napari_nucleiseg.cli.main import main
+    from napari_nucleiseg.methods.normaliser import DEFAULT_NORMALISER_MODEL
+
+    p = str(Project.init(tmp_path / "p").path)
+    assert main(["models", "list", "--project", p]) == 0
+    listed = capsys.readouterr().out.split("\n\n")
+    (section,) = [s for s in listed if s.lstrip().startswith("normaliser")]
+    assert f"* {DEFAULT_NORMALISER_MODEL} " in section
+    assert main(["models", "use", DEFAULT_NORMALISER_MODEL, "--project", p]) == 0
+    assert Project(p).current_model("normaliser") == DEFAULT_NORMALISER_MODEL
+    capsys.readouterr()
+    assert main(["models", "rollback", "--kind", "normaliser", "--project", p]) == 0
+    assert "normaliser model is now" in capsys.readouterr().out
+    assert Project(p).current_model("normaliser") is None

@@ -187,7 +187,7 @@ def add_parser(sub, formatter) -> None:
     m.add_argument("--project", metavar="DIR", help="the project folder")
     m.add_argument(
         "--kind",
-        choices=("nuclei", "classifier"),
+        choices=("nuclei", "classifier", "normaliser"),
         default="nuclei",
         help="rollback: which of the project's models goes back (default nuclei; `use` knows "
         "from the model)",
@@ -412,6 +412,15 @@ def _models(args) -> int:
                 mark = "* " if card.name == current else "  "
                 tags = ", ".join(card.classes)
                 print(f"{mark}{card.name:<32}{card.version:>9}  {source:<8}  {tags}")
+        normalisers = list_cards(kind="normaliser", project=where)
+        if normalisers:  # the learned stain normalisers, shipped and trained in the project
+            current = default_method_name("normaliser", where)
+            print(f"\n{'':2}{'normaliser':<32}{'version':>9}  {'from':<8}  parent")
+            for card in normalisers:
+                source = find_card(card.name, where)[1]
+                mark = "* " if card.name == current else "  "
+                parent = card.training.get("parent", {}).get("name", "")
+                print(f"{mark}{card.name:<32}{card.version:>9}  {source:<8}  {parent}")
         return 0
     if command == "show":
         path, source = find_card(args.name, where)
