@@ -418,6 +418,14 @@ def test_ctrl_c_in_a_whole_slide_cohort_exits_130(png, tmp_path, capsys, monkeyp
     )  # fmt: skip
     assert code == 130 and stdout == []
     assert err[-1].startswith("interrupted")
+    # Two slides: neither failed; both are named as not finished (was: a "failed:" line that
+    # listed the slide that never started).
+    code, _, err = cli(
+        capsys, "segment", png("x.png"), png("y.png"), "--whole-slide", "--out",
+        tmp_path / "O", "--mpp", "0.5", "--method", "classical",
+    )  # fmt: skip
+    assert code == 130 and err[-2].startswith("interrupted")
+    assert err[-1] == "not finished: x.png, y.png" and not any(e.startswith("failed") for e in err)
 
 
 def test_sigint_on_a_real_whole_slide_run_exits_130(demo, tmp_path):

@@ -452,7 +452,10 @@ def segment_slides(slides, out, args, normaliser) -> tuple[int, list[str]]:
             str(exc) or "interrupted: finished tiles are kept; run the same command to resume",
             file=sys.stderr,
         )
-        return 130, [str(s) for s in slides[len(outcomes) :]]
+        left = [Path(s).name for s in slides[len(outcomes) :]]
+        if len(slides) > 1 and left:  # not failed: the same command goes on with them
+            print(f"not finished: {', '.join(left)}", file=sys.stderr)
+        return 130, [o.slide for o in outcomes if not o.ok]
     display.close()
     print_summary(outcomes)
     for o in outcomes:
