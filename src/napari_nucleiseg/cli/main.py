@@ -569,7 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help=JSON_SIZES_HELP)
     s.set_defaults(func=cmd_info)
 
-    s = command("tissue", "tissue mask and the tissue tiles whole-slide jobs visit")
+    s = command(
+        "tissue",
+        "tissue mask and the tiles of a grid that hold tissue (the rule whole-slide jobs use to "
+        "skip glass, on their own, larger tiles)",
+    )
     s.add_argument("slide", help="the slide")
     s.add_argument("--mpp", type=_mpp, help="µm/px override (0.05-50)")
     s.add_argument("--tile-um", type=_positive(float), help="tile edge in µm (default 256)")
