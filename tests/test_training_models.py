@@ -376,6 +376,19 @@ def test_release_model_into_a_new_folder_and_nothing_half_made_when_it_fails(
     os.umask(umask)
     for f in out.iterdir():
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
+    # Replaced on request: the new card with its own files, nothing else left.
+    code, _, err = cli(
+        capsys, "release-model", run, "--name", "tiny-r", "--out-dir", out, "--replace", *args,
+        "--version", "0.0.2",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((out / "tiny-r.json").read_text())["version"] == "0.0.2"
+    assert everything(out) == [
+        "tiny-r.int8.onnx",
+        "tiny-r.json",
+        "tiny-r.onnx",
+        "tiny-r.safetensors",
+    ]
     assert everything(out) == [
         "tiny-r.int8.onnx",
         "tiny-r.json",
@@ -387,9 +400,21 @@ def test_release_model_into_a_new_folder_and_nothing_half_made_when_it_fails(
     broken.mkdir()
     (broken / "config.json").write_text((run / "config.json").read_text())
     (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    code, _, err = cli(capsys, "release-model", broken, "--name", "tiny-b", "--out-dir", out, *args)
-    assert code == 1 and len(err) == 1
-    assert err[0].startswith(f"error: {broken / 'checkpoint.pt'}: cannot be read (")
+    for junk in (b"not a checkpoint", b"junk\n"):  # the unpickler raises other errors for each
+        (broken / "checkpoint.pt").write_bytes(junk)
+        code, _, err = cli(
+            capsys, "release-model", broken, "--name", "tiny-b", "--out-dir", out, *args
+        )
+        assert code == 1 and len(err) == 1
+        assert err[0].startswith(
+            f"error: {broken / 'checkpoint.pt'}: cannot be read as a training checkpoint ("
+        )
+    # ... and a folder the failed release made for itself goes too.
+    code, _, err = cli(
+        capsys, "release-model", broken, "--name", "tiny-b", "--out-dir", tmp_path / "a" / "b",
+        *args,
+    )  # fmt: skip
+    assert code == 1 and not (tmp_path / "a").exists()
     assert everything(out) == [
         "tiny-r.int8.onnx",
         "tiny-r.json",

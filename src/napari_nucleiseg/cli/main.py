@@ -470,9 +470,9 @@ def cmd_release(args) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    import pickle
-
     from ..io.output import OutputError, check_output_dir
+    from ..training.export import CheckpointError
+    from ..training.nuclei_data import DataSetError
     from ..training.release import ModelExistsError, check_model_name, release
 
     try:
@@ -508,9 +508,8 @@ def cmd_release(args) -> int:
             args.out_dir,
             replace=args.replace,
         )
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:  # a damaged checkpoint
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {run / 'checkpoint.pt'}: cannot be read ({first})", file=sys.stderr)
+    except (CheckpointError, DataSetError) as exc:  # a damaged checkpoint, a data set's file
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except ModelExistsError as exc:
         print(

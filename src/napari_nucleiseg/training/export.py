@@ -19,7 +19,6 @@ def export_model(
     postprocess: dict | None = None,
     notes: str = "",
 ) -> Path:
-    import torch
     from safetensors.torch import save_file
 
     from ..io.output import shareable
@@ -27,7 +26,7 @@ def export_model(
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    state = load_checkpoint(run_dir / "checkpoint.pt")
     weights = out_dir / f"{name}.safetensors"
     # Plain contiguous float tensors only: nothing in the file can execute when loaded.
     save_file({k: v.contiguous() for k, v in state["model"].items()}, str(weights))
@@ -219,3 +218,23 @@ def quantize_onnx(fp32_path: Path, out_path: Path, blocks: list) -> Path:
     finally:
         pre.unlink(missing_ok=True)
     return Path(out_path)
+
+
+class CheckpointError(ValueError):
+    """A training run's checkpoint cannot be read; the message names the file."""
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A run's ``checkpoint.pt`` (weights only: nothing in it can execute), or
+    :class:`CheckpointError` naming it, whatever the damage (the unpickler raises many kinds)."""
+    import torch
+
+    try:
+        state = torch.load(path, weights_only=True)
+        state["model"]  # noqa: B018 - a checkpoint holds the network's weights
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(
+            f"{path}: cannot be read as a training checkpoint ({type(exc).__name__}); "
+            "train again, or resume the run to write a new one"
+        ) from None
+    return state

@@ -8,6 +8,7 @@ export safetensors + model card, then measure (never tune) on the test set and r
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -80,6 +81,7 @@ def release(
     # tuned and measured: an interrupted release leaves no half-made card that would count as a
     # model (and block the rerun). A folder an earlier interrupted release left is made anew.
     final_dir = out_dir
+    made = [p for p in (final_dir, *final_dir.parents) if not p.exists()]  # to undo on failure
     out_dir = final_dir / f".{name}.partial"
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -88,12 +90,18 @@ def release(
         card_path = _make(run_dir, name, version, train_data, test_data, out_dir, notes)
     except BaseException:  # an error, or Ctrl-C: nothing half-made stays behind
         shutil.rmtree(out_dir, ignore_errors=True)
+        for folder in made:  # the folders this release made, deepest first, if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     card = json.loads(card_path.read_text())
+    old_card = final_dir / card_path.name
+    if old_card.exists():  # --replace: the old card goes first, so the model is absent while
+        os.replace(old_card, out_dir / "replaced.json")  # its files change, never mismatched
     for f in (card.get("weights"), card.get("onnx"), card.get("onnx_int8"), card_path.name):
         if f:  # the card last
             os.replace(out_dir / f, final_dir / f)
-    out_dir.rmdir()
+    shutil.rmtree(out_dir)
     return final_dir / card_path.name
 
 
