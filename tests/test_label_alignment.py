@@ -72,3 +72,14 @@ def test_training_moves_each_data_set_and_records_the_move(tmp_path):
 
     assert run(tmp_path / "aligned", True)["label_moves"] == {str(root): [-1, 0]}
     assert run(tmp_path / "as_given", False)["label_moves"] == {}
+
+
+def test_labels_of_an_image_without_haematoxylin_under_its_nuclei_are_not_moved():
+    """Fluorescence (bright nuclei on black): every move's contrast is negative, and the argmax
+    was a 2 px move of labels that sat exactly on their nuclei."""
+    fluorescent = [
+        LabelledImage(im.stem, np.repeat(np.where(im.labels[..., None] > 0, 230, 10), 3, -1)
+                      .astype(np.uint8), im.labels, im.mpp)
+        for im in _images()
+    ]  # fmt: skip
+    assert dataset_offset(fluorescent) == (0, 0)

@@ -47,7 +47,9 @@ def moved(labels: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 def contrast_by_move(rgb: np.ndarray, labels: np.ndarray, reach: int = REACH) -> dict:
     """``{(dy, dx): mean haematoxylin under the moved labels' foreground minus outside it}``,
-    measured away from the border the moves touch."""
+    measured away from the border the moves touch (``reach`` >= 1)."""
+    if reach < 1:
+        raise ValueError(f"reach must be at least 1 px, got {reach}")
     h = haematoxylin(rgb)
     fg = np.asarray(labels) > 0
     inner = (slice(reach, -reach), slice(reach, -reach))
@@ -74,7 +76,11 @@ def dataset_offset(images, reach: int = REACH) -> tuple[int, int]:
     for im in images:
         for move, c in contrast_by_move(im.rgb, im.labels, reach).items():
             total[move] = total.get(move, 0.0) + c
-    # Ties (no contrast anywhere) keep the labels where they are.
+    # Ties (no contrast anywhere) keep the labels where they are. So does a data set whose
+    # nuclei are not where the haematoxylin is (fluorescence: bright nuclei on black, every
+    # move's contrast negative): the measure does not apply to it, and its argmax would be noise.
+    if total.get((0, 0), 0.0) <= 0:
+        return (0, 0)
     return max(sorted(total), key=lambda m: (total[m], m == (0, 0)))
 
 
