@@ -246,6 +246,9 @@ def test_train_names_a_missing_or_unreadable_file_of_the_data_set(tmp_path, caps
         ("--patch 7", "--patch must be a multiple of 8 (the network's 4 levels) and at least 16"),
         ("--init-from nope", "--init-from: no model named 'nope'; available: "),
         ("--init-from no.safetensors", "--init-from no.safetensors: no such weights file"),
+        ("--log-every 0", "--log-every must be at least 1, got 0"),
+        ("--seed -1", "--seed must be 0 or more, got -1"),
+        ("--cycles 2,2 --cycle-lr-decay -1", "--cycle-lr-decay must be above 0, got -1.0"),
     ],
 )
 def test_train_refuses_bad_options_before_any_work(tmp_path, capsys, option, message):
@@ -272,6 +275,10 @@ def test_train_refuses_to_continue_a_run_of_another_network(tmp_path, capsys):
         f"error: {run} holds a run of another network (--widths 4,8 --decoder double): give "
         "those to continue it, or another --out for a new run"
     ]
+    # A run from before the decoder option (no "decoder" in its config) was a double one.
+    (run / "config.json").write_text(json.dumps({"widths": [4, 8]}))
+    code, _, err = cli(capsys, "train", "--data", data, "--out", run, "--widths", "4,16")
+    assert code == 2 and "(--widths 4,8 --decoder double)" in err[0]
 
 
 def test_release_model_refuses_to_replace_a_model_unless_told(tmp_path, capsys):

@@ -336,13 +336,21 @@ def _train_options_problem(args) -> str | None:
         TrainConfig(
             data=args.data, out=args.out, iters=args.iters, batch=args.batch, patch=args.patch,
             threads=args.threads, mpp=args.model_mpp, widths=widths, lr=args.lr, cycles=cycles,
-            extra_data=args.extra_data or [], extra_share=args.extra_share,
+            extra_data=args.extra_data or [], extra_share=args.extra_share, seed=args.seed,
+            cycle_lr_decay=args.cycle_lr_decay,
         )  # fmt: skip
+        if args.log_every < 1:
+            raise ValueError(f"log_every must be at least 1, got {args.log_every}")
     except ValueError as exc:  # the config's words for a value, as the option that set it
         first, _, rest = str(exc).partition(" ")
-        options = {"mpp": "--model-mpp", "extra_share": "--extra-share"}
+        options = {
+            "mpp": "--model-mpp",
+            "extra_share": "--extra-share",
+            "cycle_lr_decay": "--cycle-lr-decay",
+            "log_every": "--log-every",
+        }
         known = first in options or first in ("iters", "batch", "threads", "patch", "lr")
-        known = known or first in ("widths", "cycles")
+        known = known or first in ("widths", "cycles", "seed")
         rest = rest.replace("extra_data", "--extra-data")
         return f"{options.get(first, '--' + first)} {rest}" if known else str(exc)
     if args.init_from:
@@ -360,10 +368,12 @@ def _train_options_problem(args) -> str | None:
             old = json.loads(saved.read_text())
         except (OSError, ValueError):
             return f"{saved}: cannot be read; give another --out for a new run"
-        if tuple(old.get("widths", ())) != widths or old.get("decoder") != args.decoder:
+        # A run from before the decoder option was a "double" one (as train() reads it).
+        if tuple(old.get("widths", ())) != widths or old.get("decoder", "double") != args.decoder:
             return (
                 f"{args.out} holds a run of another network (--widths "
-                f"{','.join(map(str, old.get('widths', ())))} --decoder {old.get('decoder')}): "
+                f"{','.join(map(str, old.get('widths', ())))} --decoder "
+                f"{old.get('decoder', 'double')}): "
                 "give those to continue it, or another --out for a new run"
             )
     return None

@@ -297,22 +297,26 @@ def cmd_retrain(args) -> int:
     from ..io import SlideError
     from ..models import WeightsError
     from ..project import Project, ProjectError
-    from ..training.retrain import RetrainConfig, retrain
+    from ..training.retrain import RetrainConfig, check_new_run, retrain
     from .main import end_distributed_process
     from .progress import follow_training
 
     quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks for all
     try:  # an option out of range: a usage error (exit 2), before the project is touched
-        if args.minutes is not None or not args.resume:
-            RetrainConfig(
-                minutes=10.0 if args.minutes is None else args.minutes,
-                promote=args.promote,
-                confidence=args.confidence,
-                lr=args.lr,
-                anchor=args.anchor,
-                strong_share=args.strong_share,
-                replay_share=args.replay_share,
+        if not args.resume:
+            check_new_run(
+                RetrainConfig(
+                    minutes=10.0 if args.minutes is None else args.minutes,
+                    promote=args.promote,
+                    confidence=args.confidence,
+                    lr=args.lr,
+                    anchor=args.anchor,
+                    strong_share=args.strong_share,
+                    replay_share=args.replay_share,
+                )
             )
+        elif args.minutes is not None:
+            RetrainConfig(minutes=args.minutes)
     except ProjectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -355,8 +359,8 @@ def cmd_retrain(args) -> int:
     except KeyboardInterrupt:
         if not quiet:
             print(
-                "interrupted: the project's model is unchanged; the training done so far is "
-                f"kept: `nucleiseg retrain {args.dir} --resume` goes on from it",
+                "interrupted: what the run finished is kept (its training up to now included): "
+                f"`nucleiseg retrain {args.dir} --resume` goes on from there",
                 file=sys.stderr,
             )
         return 130

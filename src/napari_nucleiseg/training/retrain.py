@@ -81,16 +81,22 @@ class RetrainConfig:
                 f"shares of a batch must be 0 <= replay < 1 and 0 < strong <= 1, got "
                 f"{self.replay_share} and {self.strong_share}"
             )
-        if self.strong_share + self.replay_share > 1:
-            raise ProjectError(
-                f"strong share {self.strong_share:g} and replay share {self.replay_share:g} add "
-                "up to more than one batch: lower one of them"
-            )
         if not (0 < self.minutes <= 24 * 60):
             raise ProjectError(f"minutes must be above 0 (and at most a day), got {self.minutes}")
 
 
 STATE = "state.json"
+
+
+def check_new_run(cfg: RetrainConfig) -> None:
+    """What a new run's settings must also meet (a run saved before these rules still resumes
+    with the settings it started with): strong and replay shares within one batch (they were
+    squeezed silently)."""
+    if cfg.strong_share + cfg.replay_share > 1:
+        raise ProjectError(
+            f"strong share {cfg.strong_share:g} and replay share {cfg.replay_share:g} add up to "
+            "more than one batch: lower one of them"
+        )
 
 
 def retrain(project, cfg: RetrainConfig | None = None, *, resume: bool = False) -> Iterator[dict]:
@@ -144,6 +150,7 @@ def retrain(project, cfg: RetrainConfig | None = None, *, resume: bool = False) 
                 # for a missing file would fail on it at every --resume.
                 from ..project.folder import open_with_mpp
 
+                check_new_run(cfg)
                 for source, mpp in cfg.unlabelled:
                     open_with_mpp(source, mpp).close()
                 path = _new_run_dir(project)

@@ -85,9 +85,11 @@ class TrainConfig:
         for name in ("iters", "batch", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "mpp"):
+        for name in ("lr", "mpp", "cycle_lr_decay"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be above 0, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be 0 or more, got {self.seed}")
 
     def cycle_starts(self) -> list[int]:
         """Iterations where a cycle begins (0 first)."""
