@@ -288,7 +288,19 @@ def shareable(path) -> Path:
     owner-only: a model or demo slide in a shared project folder must be readable by the others
     who use it."""
     path = Path(path)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    os.chmod(path, 0o666 & ~_umask())
     return path
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` can only set it, and another
+    thread creating a file meanwhile would get 0666): Linux states it in /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the briefest set-and-restore
+    os.umask(mask)
+    return mask

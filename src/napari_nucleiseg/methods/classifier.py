@@ -184,8 +184,7 @@ def save_classifier(
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
-    shareable(weights)
-    os.chmod(weights, 0o644)  # safetensors writes 0600: a model is for every user to read
+    shareable(weights)  # safetensors writes 0600: a model is for every user of the folder
     model = TissueNet(len(tags), tuple(widths))
     model.load_state_dict(state)
     model.eval()
