@@ -425,7 +425,8 @@ def test_ctrl_c_in_a_whole_slide_cohort_exits_130(png, tmp_path, capsys, monkeyp
         tmp_path / "O", "--mpp", "0.5", "--method", "classical",
     )  # fmt: skip
     assert code == 130 and err[-2].startswith("interrupted")
-    assert err[-1] == "not finished: x.png, y.png" and not any(e.startswith("failed") for e in err)
+    x, y = tmp_path / "x.png", tmp_path / "y.png"
+    assert err[-1] == f"not finished: {x}, {y}" and not any(e.startswith("failed") for e in err)
 
 
 def test_sigint_on_a_real_whole_slide_run_exits_130(demo, tmp_path):
@@ -555,10 +556,13 @@ def test_a_whole_slide_tile_size_out_of_range_is_refused_before_any_work(
     assert not out.exists()
 
 
-def test_tile_um_for_an_image_segmented_in_memory_is_noted_not_ignored(png, tmp_path, capsys):
+@pytest.mark.parametrize("tile_um", ["300", "100"])  # 100: too small for a whole slide
+def test_tile_um_for_an_image_segmented_in_memory_is_noted_not_ignored(
+    png, tmp_path, capsys, tile_um
+):
     image = png("a.png")
     code, _, err = cli(
-        capsys, "segment", image, "--mpp", "0.5", "--out", tmp_path / "o", "--tile-um", "300"
+        capsys, "segment", image, "--mpp", "0.5", "--out", tmp_path / "o", "--tile-um", tile_um
     )
     assert code == 0 and err[0] == (
         "note: --tile-um is for whole-slide jobs; a.png is segmented in memory in the model's "

@@ -222,11 +222,6 @@ def cmd_segment(args) -> int:
             print(f"error: {exc}", file=err)
             return 2
 
-    problem = _tile_um_problem(args)
-    if problem:
-        print(f"error: {problem}", file=err)
-        return 2
-
     out = Path(args.out)
     try:
         check_output_dir(out)  # before hours of work, not after
@@ -244,6 +239,12 @@ def cmd_segment(args) -> int:
         unique.setdefault(_identity(p), p)
     forced = bool(args.whole_slide or args.scheduler)
     plain, whole = route_inputs(list(unique.values()), whole_slide=forced, mpp=args.mpp)
+    problem = _tile_um_problem(args) if whole else None  # only whole slides are tiled by it
+    if problem:
+        print(f"error: {problem}", file=err)
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        return 2
     refused, lines = find_clashes(plain, whole, out)
     for more in (refuse_results(plain + whole), find_overwrites(plain, out)):
         refused |= more[0]
@@ -452,7 +453,7 @@ def segment_slides(slides, out, args, normaliser) -> tuple[int, list[str]]:
             str(exc) or "interrupted: finished tiles are kept; run the same command to resume",
             file=sys.stderr,
         )
-        left = [Path(s).name for s in slides[len(outcomes) :]]
+        left = [str(s) for s in slides[len(outcomes) :]]  # as the failed: line names them
         if len(slides) > 1 and left:  # not failed: the same command goes on with them
             print(f"not finished: {', '.join(left)}", file=sys.stderr)
         return 130, [o.slide for o in outcomes if not o.ok]

@@ -102,7 +102,7 @@ class OpenSlideSlide(Slide):
                     self._read_level(level, x, y, min(64, lw), min(64, lh))
         except Exception as exc:
             self.close()
-            if "can not handle" in str(exc):  # libtiff: intact, but not RGB (a label map)
+            if "can not handle" in str(exc).lower():  # libtiff: intact, not RGB (a label map)
                 raise SlideError(
                     path,
                     f"not an RGB image ({str(exc).split(': ')[-1]}): a label map or another "
