@@ -197,4 +197,12 @@ def _moved_note(cfg: dict, data: str) -> str:
     if not move or move == [0, 0]:
         return ""
     dy, dx = move
-    return f"; labels moved {dy:+d} px down, {dx:+d} px right onto the nuclei before training"
+    parts = [
+        f"{abs(d)} px {word[d > 0]}"
+        for d, word in ((dy, ("up", "down")), (dx, ("left", "right")))
+        if d
+    ]
+    return (
+        f"; labels moved {' and '.join(parts)} onto the nuclei before training (held-out and "
+        "test labels scored as given)"
+    )
