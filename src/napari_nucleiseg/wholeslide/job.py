@@ -204,15 +204,30 @@ def connect(scheduler, workers: int | None = None):
             raise
         cluster.scheduler_info.get("services", {}).pop("dashboard", None)
         return client, cluster
+    _check_address(scheduler)
     try:
         return Client(scheduler, timeout="20s"), None
     except (OSError, TimeoutError) as exc:
         raise ConnectionError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from exc
-    except ValueError as exc:  # not an address: "bogus", "http://x"
+
+
+def _check_address(scheduler: str) -> None:
+    """Refuse what is not a scheduler address ("bogus", "http://x") by its syntax alone, before
+    a Client starts an event loop for it (where the error surfaced as a dask traceback, or as
+    an assertion in dask's loop runner)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+
+    try:
+        scheme, location = parse_address(scheduler)
+        get_backend(scheme)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            parse_host_port(location)
+    except ValueError as exc:
         raise ConnectionError(
             f"{scheduler!r} is not a dask scheduler address ({exc}): give HOST:PORT, "
             "tcp://HOST:PORT, or local"
-        ) from exc
+        ) from None
 
 
 async def _close_http_server(dask_worker=None, dask_scheduler=None) -> None:
