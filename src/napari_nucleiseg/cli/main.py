@@ -266,7 +266,7 @@ def cmd_train(args) -> int:
         return 2
     from ..io.output import OutputError, check_output_dir
     from ..training.nuclei_data import DataSetError, split_spec
-    from ..training.seg_train import TrainConfig, train
+    from ..training.seg_train import train
 
     specs = [args.data, *(split_spec(spec)[0] for spec in args.extra_data or [])]
     problem = next(filter(None, map(data_set_problem, specs)), None)
@@ -278,30 +278,10 @@ def cmd_train(args) -> int:
     except OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    problem = _train_options_problem(args)
+    cfg, problem = _train_config(args)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    cfg = TrainConfig(
-        data=args.data,
-        out=args.out,
-        iters=args.iters,
-        batch=args.batch,
-        patch=args.patch,
-        threads=args.threads,
-        seed=args.seed,
-        mpp=args.model_mpp,
-        widths=tuple(int(w) for w in args.widths.split(",")),
-        decoder=args.decoder,
-        lr=args.lr,
-        cycles=tuple(int(c) for c in args.cycles.split(",")) if args.cycles else (),
-        cycle_lr_decay=args.cycle_lr_decay,
-        init_from=args.init_from,
-        extra_data=args.extra_data or [],
-        extra_share=args.extra_share,
-        augment=args.augment,
-        align_labels=args.align_labels,
-    )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         for _ in train(cfg):
             pass
@@ -315,9 +295,11 @@ def cmd_train(args) -> int:
         return 1
 
 
-def _train_options_problem(args) -> str | None:
-    """Why ``train``'s options cannot make a run, or None: checked before any work, so a bad
-    value is one line (exit 2) and leaves no run folder."""
+def _train_config(args):
+    """``(TrainConfig, None)`` for ``train``'s options, or ``(None, why)`` when they cannot make
+    a run: checked before any work, so a bad value is one line (exit 2) and leaves no run
+    folder."""
+    cfg = None
     import json
 
     from ..models import WeightsError, find_card
@@ -333,11 +315,12 @@ def _train_options_problem(args) -> str | None:
 
     try:
         widths, cycles = numbers("--widths", args.widths), numbers("--cycles", args.cycles)
-        TrainConfig(
+        cfg = TrainConfig(
             data=args.data, out=args.out, iters=args.iters, batch=args.batch, patch=args.patch,
-            threads=args.threads, mpp=args.model_mpp, widths=widths, lr=args.lr, cycles=cycles,
-            extra_data=args.extra_data or [], extra_share=args.extra_share, seed=args.seed,
-            cycle_lr_decay=args.cycle_lr_decay,
+            threads=args.threads, seed=args.seed, mpp=args.model_mpp, widths=widths,
+            decoder=args.decoder, lr=args.lr, cycles=cycles, cycle_lr_decay=args.cycle_lr_decay,
+            init_from=args.init_from, extra_data=args.extra_data or [],
+            extra_share=args.extra_share, augment=args.augment, align_labels=args.align_labels,
         )  # fmt: skip
         if args.log_every < 1:
             raise ValueError(f"log_every must be at least 1, got {args.log_every}")
@@ -352,31 +335,31 @@ def _train_options_problem(args) -> str | None:
         known = first in options or first in ("iters", "batch", "threads", "patch", "lr")
         known = known or first in ("widths", "cycles", "seed")
         rest = rest.replace("extra_data", "--extra-data")
-        return f"{options.get(first, '--' + first)} {rest}" if known else str(exc)
+        return None, f"{options.get(first, '--' + first)} {rest}" if known else str(exc)
     if args.init_from:
         if args.init_from.endswith(".safetensors"):
             if not Path(args.init_from).is_file():
-                return f"--init-from {args.init_from}: no such weights file"
+                return None, f"--init-from {args.init_from}: no such weights file"
         else:
             try:
                 find_card(args.init_from)
             except WeightsError as exc:
-                return f"--init-from: {exc}"
+                return None, f"--init-from: {exc}"
     saved = Path(args.out) / "config.json"
     if saved.is_file():  # continuing a run: the same network, or its checkpoint cannot load
         try:
             old = json.loads(saved.read_text())
         except (OSError, ValueError):
-            return f"{saved}: cannot be read; give another --out for a new run"
+            return None, f"{saved}: cannot be read; give another --out for a new run"
         # A run from before the decoder option was a "double" one (as train() reads it).
         if tuple(old.get("widths", ())) != widths or old.get("decoder", "double") != args.decoder:
-            return (
+            return None, (
                 f"{args.out} holds a run of another network (--widths "
                 f"{','.join(map(str, old.get('widths', ())))} --decoder "
                 f"{old.get('decoder', 'double')}): "
                 "give those to continue it, or another --out for a new run"
             )
-    return None
+    return cfg, None
 
 
 def _train_with_progress(cfg, args) -> int:

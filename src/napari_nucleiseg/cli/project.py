@@ -302,19 +302,20 @@ def cmd_retrain(args) -> int:
     from .progress import follow_training
 
     quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks for all
+    new_run = None
     try:  # an option out of range: a usage error (exit 2), before the project is touched
         if not args.resume:
-            check_new_run(
-                RetrainConfig(
-                    minutes=10.0 if args.minutes is None else args.minutes,
-                    promote=args.promote,
-                    confidence=args.confidence,
-                    lr=args.lr,
-                    anchor=args.anchor,
-                    strong_share=args.strong_share,
-                    replay_share=args.replay_share,
-                )
+            new_run = RetrainConfig(
+                minutes=10.0 if args.minutes is None else args.minutes,
+                promote=args.promote,
+                confidence=args.confidence,
+                lr=args.lr,
+                anchor=args.anchor,
+                strong_share=args.strong_share,
+                replay_share=args.replay_share,
+                unlabelled=[(u, args.mpp) for u in args.unlabelled],
             )
+            check_new_run(new_run)
         elif args.minutes is not None:
             RetrainConfig(minutes=args.minutes)
     except ProjectError as exc:
@@ -332,16 +333,7 @@ def cmd_retrain(args) -> int:
                 )
             cfg = None if args.minutes is None else RetrainConfig(minutes=args.minutes)
         else:
-            cfg = RetrainConfig(
-                minutes=10.0 if args.minutes is None else args.minutes,
-                promote=args.promote,
-                confidence=args.confidence,
-                lr=args.lr,
-                anchor=args.anchor,
-                strong_share=args.strong_share,
-                replay_share=args.replay_share,
-                unlabelled=[(u, args.mpp) for u in args.unlabelled],
-            )
+            cfg = new_run
         result = follow_training("retrain", retrain(project, cfg, resume=args.resume), quiet)
     except (ProjectError, SlideError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
